@@ -1,0 +1,28 @@
+"""Entry point of the ``hwcost`` command."""
+
+from __future__ import annotations
+
+import click
+
+from hwcost import __version__
+from hwcost.cli.device import device_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hwcost")
+def cli() -> None:
+    """hwcost: pick per-layer precisions (bf16, fp8, int8, ...) that make a model fastest on
+    a device while the loss error stays under a bound, from a database of measured costs.
+
+    \b
+    The usual flow:
+      hwcost profile MODEL --device cpu --shape batch=1,seq=128   # measure (on the device)
+      hwcost sensitivity MODEL --calib DATA                      # loss-MSE per layer
+      hwcost plan MODEL --device cpu --shape batch=1,seq=128 --max-loss-mse 0.01
+      hwcost run                                                 # all of it, on the demo model
+
+    The store is $HWCOST_DB or an embedded SQLite file; every command takes --db.
+    """
+
+
+cli.add_command(device_cmd)

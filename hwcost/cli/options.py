@@ -1,0 +1,97 @@
+"""Options and output helpers shared by every command, so ``--db`` and ``--json`` behave
+the same everywhere."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from hwcost.errors import HwcostError
+
+
+def store_option(f: Callable) -> Callable:
+    """``--db URL``: the store to use (default: $HWCOST_DB, else the embedded SQLite file)."""
+    return click.option(
+        "--db", "db_url", envvar="HWCOST_DB", default=None, metavar="URL",
+        help="Store URL: sqlite:///PATH or postgresql+psycopg://USER:PW@HOST/DB "
+             "[env: HWCOST_DB; default: embedded SQLite in the user data dir].")(f)
+
+
+def json_option(f: Callable) -> Callable:
+    """``--json``: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON instead of a table.")(f)
+
+
+def device_option(f: Callable) -> Callable:
+    """``--device``: a device kind (cpu, cuda, hpu) or a stored fingerprint or name."""
+    return click.option("--device", "device", default="cpu", show_default=True,
+                        help="Device kind of this machine (cpu, cuda, hpu), or a stored device "
+                             "fingerprint (prefix) or product name.")(f)
+
+
+@contextmanager
+def open_cli_store(db_url: str | None) -> Iterator[Any]:
+    """Open the store for a command; library errors become one-line CLI errors."""
+    from hwcost.store import open_store
+
+    with errors_as_click():
+        store = open_store(db_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def errors_as_click() -> Iterator[None]:
+    """Turn library errors into ``click.ClickException`` so users see one line, no traceback."""
+    try:
+        yield
+    except HwcostError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Decorator form of :func:`errors_as_click`."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        with errors_as_click():
+            return f(*args, **kwargs)
+    return wrapper
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain fixed-width text table (no dependency, stable for tests)."""
+    if not rows:
+        return "(none)"
+    columns = columns or list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([line, rule, *body])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+    return str(v)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only where a person watches (a terminal), never in CI logs or pipes."""
+    return sys.stderr.isatty()

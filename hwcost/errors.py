@@ -1,0 +1,59 @@
+"""Library errors. The CLI turns each into a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class HwcostError(Exception):
+    """Base class of every error hwcost reports to users."""
+
+
+class SchemaTooNew(HwcostError):
+    """The store was written by a newer hwcost than this one."""
+
+
+class StoreError(HwcostError):
+    """The store cannot be opened or used."""
+
+
+class NoSuchDevice(HwcostError):
+    """No device in the store or the catalog matches."""
+
+
+class NoSuchModel(HwcostError):
+    """No model manifest in the store matches."""
+
+
+class InvalidMeasurement(HwcostError):
+    """A latency is NaN, infinite, negative or otherwise unusable."""
+
+
+class UnknownPrecision(HwcostError):
+    """A precision name is not in the registry."""
+
+
+class BadShape(HwcostError):
+    """A shape key cannot be parsed."""
+
+
+class BundleInvalid(HwcostError):
+    """An exchange bundle is corrupt, truncated, tampered with or of the wrong schema."""
+
+
+class ReadOnlyViolation(HwcostError):
+    """A query tried to write through a read-only interface."""
+
+
+class Infeasible(HwcostError):
+    """No plan satisfies the constraints."""
+
+
+class PartitionError(HwcostError):
+    """A model cannot be cut into sequential subgraphs."""
+
+
+class BackendUnavailable(HwcostError):
+    """A backend cannot run on this machine."""
+
+
+class NoEstimate(HwcostError):
+    """No cost source can answer a query."""

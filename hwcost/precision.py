@@ -1,0 +1,79 @@
+"""Canonical precision names and their storage widths.
+
+This module only names precisions; how each is emulated and deployed on a backend lives
+in ``profiles.precisions`` (it needs torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+from hwcost.errors import UnknownPrecision
+
+
+class Precision(str, Enum):
+    """A numeric format a layer's weights and activations can run in."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def bytes(self) -> float:
+        """Bytes per stored element."""
+        return _BYTES[self]
+
+    @property
+    def bits(self) -> int:
+        return int(_BYTES[self] * 8)
+
+
+_BYTES = {
+    Precision.FP32: 4.0,
+    Precision.BF16: 2.0,
+    Precision.FP16: 2.0,
+    Precision.FP8_E4M3: 1.0,
+    Precision.FP8_E5M2: 1.0,
+    Precision.INT8: 1.0,
+}
+
+
+def parse_precision(name: str | Precision) -> Precision:
+    """Return the Precision for a canonical name; raise UnknownPrecision listing the known ones."""
+    if isinstance(name, Precision):
+        return name
+    try:
+        return Precision(str(name).strip().lower())
+    except ValueError:
+        known = ", ".join(p.value for p in Precision)
+        raise UnknownPrecision(f"unknown precision {name!r}; known: {known}") from None
+
+
+def parse_precisions(names: str | Iterable[str]) -> list[Precision]:
+    """Parse a comma-separated list (or an iterable) of precision names."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    return [parse_precision(n) for n in names]
+
+
+Config = tuple[Precision, ...]
+"""The precision of each slot of a subgraph, in slot order."""
+
+
+def config_key(config: Sequence[Precision | str]) -> str:
+    """Canonical string form of a config, as stored: ``"bf16,int8,int8"``."""
+    return ",".join(parse_precision(p).value for p in config)
+
+
+def parse_config(key: str) -> Config:
+    """Inverse of :func:`config_key`."""
+    if not key:
+        raise UnknownPrecision("empty config")
+    return tuple(parse_precisions(key))

@@ -1,0 +1,78 @@
+"""Workload shape keys such as ``batch=1,seq=128,phase=prefill``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwcost.errors import BadShape
+
+_ORDER = ("batch", "seq", "kv", "phase")
+_PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A workload: batch size, tokens per sequence in this call, KV length and phase.
+
+    Prefill processes ``seq`` new tokens per sequence; decode processes one new token per
+    sequence against a cache of ``kv`` tokens.
+    """
+
+    batch: int = 1
+    seq: int = 1
+    kv: int = 0
+    phase: str = "prefill"
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.seq < 1 or self.kv < 0:
+            raise BadShape(f"shape needs batch>=1, seq>=1, kv>=0; got {self}")
+        if self.phase not in _PHASES:
+            raise BadShape(f"phase must be one of {', '.join(_PHASES)}; got {self.phase!r}")
+
+    @property
+    def tokens(self) -> int:
+        """New tokens processed per call, the M dimension of every linear layer."""
+        return self.batch * (self.seq if self.phase == "prefill" else 1)
+
+    @property
+    def key(self) -> str:
+        parts = [f"batch={self.batch}"]
+        if self.phase == "prefill":
+            parts.append(f"seq={self.seq}")
+        if self.kv:
+            parts.append(f"kv={self.kv}")
+        parts.append(f"phase={self.phase}")
+        return ",".join(parts)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def parse_shape(text: str | Shape) -> Shape:
+    """Parse a shape key. Order and spaces do not matter; unknown fields are an error."""
+    if isinstance(text, Shape):
+        return text
+    fields: dict[str, str] = {}
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise BadShape(f"cannot parse shape {text!r}: expected key=value pairs like "
+                           "'batch=1,seq=128' (bad part {part!r})")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in _ORDER:
+            raise BadShape(f"cannot parse shape {text!r}: unknown field {k!r}; "
+                           f"known: {', '.join(_ORDER)}")
+        fields[k] = v
+    if not fields:
+        raise BadShape("empty shape; give e.g. 'batch=1,seq=128'")
+    try:
+        ints = {k: int(v) for k, v in fields.items() if k != "phase"}
+    except ValueError:
+        raise BadShape(f"cannot parse shape {text!r}: batch, seq and kv must be integers") from None
+    phase = fields.get("phase", "prefill")
+    if phase == "decode" and "seq" in ints and ints["seq"] != 1:
+        raise BadShape(f"cannot parse shape {text!r}: decode processes one token; use kv=N")
+    ints.setdefault("seq", 1)
+    return Shape(phase=phase, **ints)

@@ -1,0 +1,606 @@
+"""The cost database: open by URL, upsert in batches, query costs.
+
+One code path serves the embedded SQLite default and a shared PostgreSQL
+(``postgresql+psycopg://user:pw@host/db``). URL resolution: explicit argument, then the
+``HWCOST_DB`` environment variable, then ``sqlite:///<user data dir>/hwcost.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, SQLModel
+
+from hwcost import __version__
+from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, SchemaTooNew, StoreError
+from hwcost.migrations import MIGRATIONS, pending
+from hwcost.precision import config_key, parse_config
+from hwcost.schema import (
+    SCHEMA_VERSION,
+    Device,
+    ManifestEntry,
+    Measurement,
+    Meta,
+    Model,
+    ModelLatency,
+    Plan,
+    Sensitivity,
+    Subgraph,
+    Validation,
+    utcnow,
+)
+from hwcost.shape import parse_shape
+
+ENV_VAR = "HWCOST_DB"
+
+
+def default_url() -> str:
+    """The URL used when none is given: ``HWCOST_DB`` or the embedded SQLite file."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    from platformdirs import user_data_dir
+
+    return f"sqlite:///{Path(user_data_dir('hwcost')) / 'hwcost.db'}"
+
+
+# ---------------------------------------------------------------- data crossing the boundary
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One quantizable layer position inside a subgraph (structure only, no names)."""
+
+    op: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+    @property
+    def weight_params(self) -> int:
+        return self.in_features * self.out_features
+
+    @property
+    def macs_per_token(self) -> int:
+        return self.in_features * self.out_features
+
+    def to_dict(self) -> dict:
+        return {
+            "op": self.op, "in_features": self.in_features, "out_features": self.out_features,
+            "bias": self.bias, "macs_per_token": self.macs_per_token,
+            "weight_params": self.weight_params,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SlotInfo:
+        return cls(d["op"], int(d["in_features"]), int(d["out_features"]), bool(d["bias"]))
+
+
+@dataclass(frozen=True)
+class SubgraphInfo:
+    """A subgraph's signature and structure, as the partitioner produces it."""
+
+    signature: str
+    kind: str
+    slots: tuple[SlotInfo, ...]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One subgraph instance in a model, with the module name of each slot."""
+
+    position: int
+    signature: str
+    layer_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MeasurementIn:
+    """A measurement to write. Latencies in microseconds."""
+
+    device: str  # fingerprint
+    signature: str
+    shape: str
+    config: tuple[str, ...] | str
+    median_us: float
+    spread_us: float
+    n_samples: int
+    host: str = field(default_factory=socket.gethostname)
+    campaign: str | None = None
+    tool_version: str = __version__
+    measured_at: datetime | None = None
+
+    def validated(self) -> MeasurementIn:
+        for name in ("median_us", "spread_us"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or v < 0:
+                raise InvalidMeasurement(
+                    f"{name}={v!r} for {self.signature[:12]} {self.shape} [{self.config}] "
+                    "is not a finite non-negative latency")
+        if self.median_us == 0:
+            raise InvalidMeasurement(f"median_us=0 for {self.signature[:12]}: a run cannot be free")
+        if self.n_samples < 1:
+            raise InvalidMeasurement(f"n_samples={self.n_samples} must be >= 1")
+        parse_shape(self.shape)
+        cfg = self.config if isinstance(self.config, str) else config_key(self.config)
+        parse_config(cfg)
+        return self
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """A measured cost of one subgraph instance of a model."""
+
+    position: int
+    signature: str
+    config: str
+    median_us: float
+    spread_us: float
+    n_samples: int
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class Store:
+    """A connection to one cost database. Use :func:`open_store` to get one."""
+
+    def __init__(self, url: str, engine: Engine):
+        self.url = url
+        self.engine = engine
+
+    # -- lifecycle
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    def schema_version(self) -> int:
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            return int(row.value) if row else 0
+
+    # -- devices
+    def upsert_device(self, dev: Device) -> Device:
+        """Insert a device by fingerprint, or return the stored one (filling missing peaks)."""
+        with self.session() as s:
+            found = s.scalars(select(Device).where(Device.fingerprint == dev.fingerprint)).first()
+            if found is None:
+                s.add(dev)
+                s.flush()
+                return dev
+            if dev.peaks != "{}" and found.peaks != dev.peaks:
+                merged = {**json.loads(found.peaks), **json.loads(dev.peaks)}
+                found.peaks = json.dumps(merged, sort_keys=True)
+            return found
+
+    def devices(self) -> list[Device]:
+        with self.session() as s:
+            return list(s.scalars(select(Device).order_by(Device.id)))
+
+    def get_device(self, ref: str) -> Device:
+        """Find a device by fingerprint (or unique prefix) or by exact product name."""
+        with self.session() as s:
+            rows = list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
+            if not rows:
+                rows = list(s.scalars(select(Device).where(Device.name == ref)))
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise NoSuchDevice(f"no device {ref!r} in the store; `hwcost db ls` lists devices, "
+                               "`hwcost device --save` records this machine")
+        names = ", ".join(d.fingerprint[:12] for d in rows)
+        raise NoSuchDevice(f"{ref!r} matches several devices ({names}); give more of the fingerprint")
+
+    def set_device_peaks(self, fingerprint: str, peaks: dict) -> None:
+        with self.session() as s:
+            dev = s.scalars(select(Device).where(Device.fingerprint == fingerprint)).one()
+            dev.peaks = json.dumps({**json.loads(dev.peaks), **peaks}, sort_keys=True)
+
+    # -- subgraphs and models
+    def upsert_subgraphs(self, infos: Iterable[SubgraphInfo]) -> dict[str, int]:
+        """Get-or-create subgraphs by signature; returns signature -> id."""
+        infos = list({i.signature: i for i in infos}.values())
+        rows = [{
+            "signature": i.signature, "kind": i.kind, "n_slots": len(i.slots),
+            "slots": json.dumps([sl.to_dict() for sl in i.slots]),
+            "extra": json.dumps(i.extra, sort_keys=True), "created_at": utcnow(),
+        } for i in infos]
+        with self.session() as s:
+            self._insert_ignore(s, Subgraph, rows, ["signature"])
+            return self._subgraph_ids(s, [i.signature for i in infos])
+
+    def _subgraph_ids(self, s: Session, signatures: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        sigs = list(set(signatures))
+        for i in range(0, len(sigs), 500):
+            chunk = sigs[i:i + 500]
+            out.update(s.execute(select(Subgraph.signature, Subgraph.id)
+                                 .where(Subgraph.signature.in_(chunk))).tuples().all())
+        return out
+
+    def subgraph(self, signature: str) -> SubgraphInfo:
+        with self.session() as s:
+            row = s.scalars(select(Subgraph).where(Subgraph.signature == signature)).first()
+        if row is None:
+            raise StoreError(f"no subgraph {signature[:12]} in the store")
+        return _subgraph_info(row)
+
+    def put_model(self, fingerprint: str, name: str, subgraphs: Sequence[SubgraphInfo],
+                  manifest: Sequence[ManifestItem]) -> int:
+        """Store a model's subgraphs and manifest (idempotent by fingerprint); returns its id."""
+        ids = self.upsert_subgraphs(subgraphs)
+        missing = {m.signature for m in manifest} - set(ids)
+        if missing:
+            raise StoreError(f"manifest names subgraphs not given: {sorted(missing)[:3]}")
+        with self.session() as s:
+            found = s.scalars(select(Model).where(Model.fingerprint == fingerprint)).first()
+            if found is not None:
+                return found.id
+            n_layers = sum(len(m.layer_names) for m in manifest)
+            model = Model(fingerprint=fingerprint, name=name, n_subgraphs=len(manifest),
+                          n_layers=n_layers)
+            s.add(model)
+            s.flush()
+            s.add_all(ManifestEntry(model_id=model.id, position=m.position,
+                                    subgraph_id=ids[m.signature],
+                                    layer_names=json.dumps(list(m.layer_names)))
+                      for m in manifest)
+            return model.id
+
+    def models(self) -> list[Model]:
+        with self.session() as s:
+            return list(s.scalars(select(Model).order_by(Model.id)))
+
+    def get_model(self, ref: str) -> Model:
+        """Find a model by fingerprint (or unique prefix) or by name (latest wins)."""
+        with self.session() as s:
+            rows = list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
+            if not rows:
+                rows = list(s.scalars(select(Model).where(Model.name == ref)
+                                      .order_by(Model.id.desc())))[:1]
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise NoSuchModel(f"no model {ref!r} in the store; `hwcost profile MODEL` records one, "
+                              "`hwcost db ls` lists what is there")
+        raise NoSuchModel(f"{ref!r} matches several models; give more of the fingerprint")
+
+    def manifest(self, model_ref: str) -> tuple[Model, list[tuple[ManifestItem, SubgraphInfo]]]:
+        """A model's subgraph instances in order, each with its structure."""
+        model = self.get_model(model_ref)
+        with self.session() as s:
+            rows = s.execute(select(ManifestEntry, Subgraph)
+                             .join(Subgraph, Subgraph.id == ManifestEntry.subgraph_id)
+                             .where(ManifestEntry.model_id == model.id)
+                             .order_by(ManifestEntry.position)).all()
+        return model, [(ManifestItem(e.position, g.signature, tuple(json.loads(e.layer_names))),
+                        _subgraph_info(g)) for e, g in rows]
+
+    # -- measurements
+    def add_measurements(self, items: Iterable[MeasurementIn], *, replace: bool = False) -> int:
+        """Write measurements in one transaction; all are validated before any is written.
+
+        A key (device, subgraph, shape, config) already present is kept unless ``replace``.
+        Returns the number of rows inserted or replaced.
+        """
+        items = [m.validated() for m in items]
+        if not items:
+            return 0
+        with self.session() as s:
+            devs = dict(s.execute(select(Device.fingerprint, Device.id).where(
+                Device.fingerprint.in_({m.device for m in items}))).tuples().all())
+            sgs = self._subgraph_ids(s, [m.signature for m in items])
+            rows = []
+            for m in items:
+                if m.device not in devs:
+                    raise NoSuchDevice(f"device {m.device[:12]} is not in the store; record it first")
+                if m.signature not in sgs:
+                    raise StoreError(f"subgraph {m.signature[:12]} is not in the store")
+                cfg = m.config if isinstance(m.config, str) else config_key(m.config)
+                rows.append({
+                    "device_id": devs[m.device], "subgraph_id": sgs[m.signature],
+                    "shape": parse_shape(m.shape).key, "config": cfg,
+                    "median_us": float(m.median_us), "spread_us": float(m.spread_us),
+                    "n_samples": int(m.n_samples), "measured_at": m.measured_at or utcnow(),
+                    "host": m.host, "campaign": m.campaign, "tool_version": m.tool_version,
+                })
+            keys = ["device_id", "subgraph_id", "shape", "config"]
+            if replace:
+                return self._upsert(s, Measurement, rows, keys)
+            return self._insert_ignore(s, Measurement, rows, keys)
+
+    def measurement_count(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Measurement))
+
+    def measured_configs(self, device: str, shape: str, signatures: Sequence[str]
+                         ) -> dict[str, set[str]]:
+        """signature -> configs measured for it on this device and shape."""
+        dev = self.get_device(device)
+        shape = parse_shape(shape).key
+        with self.session() as s:
+            ids = self._subgraph_ids(s, signatures)
+            by_id = {v: k for k, v in ids.items()}
+            out: dict[str, set[str]] = {sig: set() for sig in signatures}
+            for i in range(0, len(by_id), 500):
+                chunk = list(by_id)[i:i + 500]
+                for sid, cfg in s.execute(select(Measurement.subgraph_id, Measurement.config)
+                                          .where(Measurement.device_id == dev.id,
+                                                 Measurement.shape == shape,
+                                                 Measurement.subgraph_id.in_(chunk))):
+                    out[by_id[sid]].add(cfg)
+        return out
+
+    def model_costs(self, model_ref: str, device: str, shape: str) -> list[CostRow]:
+        """All measured costs of a model's subgraph instances on one device and shape.
+
+        One query: the manifest joined to the measurements (identical blocks share rows).
+        """
+        model = self.get_model(model_ref)
+        dev = self.get_device(device)
+        shape = parse_shape(shape).key
+        stmt = (select(ManifestEntry.position, Subgraph.signature, Measurement.config,
+                       Measurement.median_us, Measurement.spread_us, Measurement.n_samples)
+                .join(Subgraph, Subgraph.id == ManifestEntry.subgraph_id)
+                .join(Measurement, Measurement.subgraph_id == ManifestEntry.subgraph_id)
+                .where(ManifestEntry.model_id == model.id, Measurement.device_id == dev.id,
+                       Measurement.shape == shape)
+                .order_by(ManifestEntry.position, Measurement.config))
+        with self.engine.connect() as c:
+            return [CostRow(*r) for r in c.execute(stmt)]
+
+    def device_measurements(self, device: str) -> list[tuple[SubgraphInfo, str, str, float, float]]:
+        """Every measurement of a device as (subgraph, shape, config, median_us, spread_us)."""
+        dev = self.get_device(device)
+        with self.session() as s:
+            rows = s.execute(select(Subgraph, Measurement.shape, Measurement.config,
+                                    Measurement.median_us, Measurement.spread_us)
+                             .join(Measurement, Measurement.subgraph_id == Subgraph.id)
+                             .where(Measurement.device_id == dev.id)
+                             .order_by(Measurement.id)).all()
+            return [(_subgraph_info(g), sh, cfg, med, spr) for g, sh, cfg, med, spr in rows]
+
+    # -- whole-model latencies
+    def add_model_latency(self, row: ModelLatency, *, replace: bool = True) -> None:
+        for name in ("median_us", "spread_us"):
+            v = getattr(row, name)
+            if v is None or math.isnan(v) or math.isinf(v) or v < 0:
+                raise InvalidMeasurement(f"{name}={v!r} is not a finite non-negative latency")
+        data = row.model_dump(exclude={"id"})
+        with self.session() as s:
+            keys = ["model_id", "device_id", "shape", "config_hash"]
+            (self._upsert if replace else self._insert_ignore)(s, ModelLatency, [data], keys)
+
+    def model_latency(self, model_id: int, device_id: int, shape: str, config_hash: str
+                      ) -> ModelLatency | None:
+        with self.session() as s:
+            return s.scalars(select(ModelLatency).where(
+                ModelLatency.model_id == model_id, ModelLatency.device_id == device_id,
+                ModelLatency.shape == parse_shape(shape).key,
+                ModelLatency.config_hash == config_hash)).first()
+
+    # -- sensitivities
+    def add_sensitivities(self, rows: Sequence[Sensitivity], *, replace: bool = True) -> int:
+        """Write a sensitivity table in one transaction (all rows validated first)."""
+        for r in rows:
+            for name in ("loss_mse", "stderr"):
+                v = getattr(r, name)
+                if v is None or math.isnan(v) or math.isinf(v) or v < 0:
+                    raise InvalidMeasurement(
+                        f"sensitivity {name}={v!r} for {r.layer} [{r.precision}] is not finite >= 0")
+        data = [r.model_dump(exclude={"id"}) for r in rows]
+        keys = ["model_id", "calib_fingerprint", "layer", "precision", "method"]
+        with self.session() as s:
+            return (self._upsert if replace else self._insert_ignore)(s, Sensitivity, data, keys)
+
+    def sensitivities(self, model_id: int, method: str = "taylor",
+                      calib_fingerprint: str | None = None) -> list[Sensitivity]:
+        """A model's sensitivity rows for one method (latest calibration set if none given)."""
+        with self.session() as s:
+            q = select(Sensitivity).where(Sensitivity.model_id == model_id,
+                                          Sensitivity.method == method)
+            if calib_fingerprint is None:
+                latest = s.scalars(q.order_by(Sensitivity.created_at.desc(),
+                                              Sensitivity.id.desc())).first()
+                if latest is None:
+                    return []
+                calib_fingerprint = latest.calib_fingerprint
+            q = q.where(Sensitivity.calib_fingerprint == calib_fingerprint)
+            return list(s.scalars(q.order_by(Sensitivity.id)))
+
+    # -- plans and validations
+    def add_plan(self, plan: Plan) -> int:
+        with self.session() as s:
+            s.add(plan)
+            s.flush()
+            return plan.id
+
+    def get_plan(self, plan_id: int) -> Plan:
+        with self.session() as s:
+            plan = s.get(Plan, plan_id)
+        if plan is None:
+            raise StoreError(f"no plan {plan_id} in the store")
+        return plan
+
+    def add_validation(self, v: Validation) -> int:
+        with self.session() as s:
+            s.add(v)
+            s.flush()
+            return v.id
+
+    # -- bulk helpers shared by every writer
+    def _insert_ignore(self, s: Session, table: type[SQLModel], rows: list[dict],
+                       keys: list[str]) -> int:
+        """INSERT ... ON CONFLICT DO NOTHING in chunks; returns rows inserted."""
+        if not rows:
+            return 0
+        ins = _dialect_insert(self.dialect)
+        n = 0
+        step = max(1, 30000 // max(1, len(rows[0])))  # stay under bound-parameter limits
+        for i in range(0, len(rows), step):
+            stmt = (ins(table).values(rows[i:i + step]).on_conflict_do_nothing(index_elements=keys)
+                    .returning(table.id))
+            n += len(s.execute(stmt).all())  # rowcount is -1 for multi-row inserts on psycopg
+        return n
+
+    def _upsert(self, s: Session, table: type[SQLModel], rows: list[dict],
+                keys: list[str]) -> int:
+        if not rows:
+            return 0
+        ins = _dialect_insert(self.dialect)
+        n = 0
+        step = max(1, 30000 // max(1, len(rows[0])))
+        for i in range(0, len(rows), step):
+            stmt = ins(table).values(rows[i:i + step])
+            update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update).returning(table.id)
+            n += len(s.execute(stmt).all())
+        return n
+
+
+def _dialect_insert(dialect: str):
+    if dialect == "sqlite":
+        return sqlite_dialect.insert
+    if dialect == "postgresql":
+        return pg_dialect.insert
+    raise StoreError(f"unsupported database {dialect!r}; use sqlite:/// or postgresql+psycopg://")
+
+
+def _subgraph_info(row: Subgraph) -> SubgraphInfo:
+    return SubgraphInfo(row.signature, row.kind,
+                        tuple(SlotInfo.from_dict(d) for d in json.loads(row.slots)),
+                        json.loads(row.extra))
+
+
+# ------------------------------------------------------------------------------- opening
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            # Let SQLAlchemy drive transactions; BEGIN IMMEDIATE below takes the write lock up
+            # front, so concurrent writers queue on busy_timeout instead of failing mid-way.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgres"):
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return create_engine(url, pool_pre_ping=True)
+    raise StoreError(f"unsupported store URL {url!r}; use sqlite:///PATH or "
+                     "postgresql+psycopg://USER:PW@HOST/DB")
+
+
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
+    """Open (and create or upgrade) the store at ``url``.
+
+    Raises ``SchemaTooNew`` for a store written by a newer hwcost, ``StoreError`` when the
+    database cannot be reached or is not a store.
+    """
+    url = url or default_url()
+    engine = _make_engine(url)
+    try:
+        _ensure_schema(engine, create=create)
+    except (SchemaTooNew, StoreError):
+        engine.dispose()
+        raise
+    except OperationalError as e:
+        engine.dispose()
+        raise StoreError(f"cannot open store {_redact(url)}: {str(e.orig).strip().splitlines()[0]}"
+                         ) from None
+    return Store(url, engine)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _ensure_schema(engine: Engine, *, create: bool) -> None:
+    names = set(inspect(engine).get_table_names())
+    if "meta" in names:
+        with engine.connect() as c:
+            row = c.execute(text("SELECT value FROM meta WHERE key = :k"),
+                            {"k": "schema_version"}).first()
+        stored = int(row[0]) if row else 0
+        if stored > SCHEMA_VERSION:
+            raise SchemaTooNew(f"store has schema version {stored}, this hwcost reads up to "
+                               f"{SCHEMA_VERSION}: upgrade hwcost (pip install -U hwcost)")
+        if stored == SCHEMA_VERSION:
+            return
+        _migrate(engine, stored)
+        return
+    if names - {"meta"} and not names & {"device", "measurement"}:
+        raise StoreError(f"database at {_redact(str(engine.url))} holds other tables "
+                         f"({', '.join(sorted(names)[:3])}...), not an hwcost store")
+    if not create:
+        raise StoreError(f"no hwcost store at {_redact(str(engine.url))}; `hwcost db init` makes one")
+    SQLModel.metadata.create_all(engine)
+    with engine.begin() as c:
+        _set_version(c, SCHEMA_VERSION)
+
+
+def _migrate(engine: Engine, stored: int) -> None:
+    steps = pending(stored, SCHEMA_VERSION)
+    missing = [v for v in steps if v not in MIGRATIONS]
+    if missing:
+        raise StoreError(f"no migration from schema version {missing[0]}; this store cannot be "
+                         "upgraded by this hwcost")
+    with engine.begin() as c:
+        for v in steps:
+            MIGRATIONS[v](c)
+        SQLModel.metadata.create_all(c)  # tables added since; existing ones are left alone
+        _set_version(c, SCHEMA_VERSION)
+
+
+def _set_version(c, version: int) -> None:
+    c.execute(text("DELETE FROM meta WHERE key = :k"), {"k": "schema_version"})
+    c.execute(text("INSERT INTO meta (key, value) VALUES (:k, :v)"),
+              {"k": "schema_version", "v": str(version)})

@@ -1,0 +1,123 @@
+"""Precision registry, emulation half: quantize-dequantize functions that reproduce, in
+high precision, the numbers a deployed low-precision layer computes with.
+
+Sensitivity scores these; ``profiles.backends`` deploys the same formats with real kernels
+and the backend tests check that deployed outputs match these emulations. One definition of
+each format (scale granularity, rounding, range) lives here.
+
+Conventions (shared with every backend's deployment):
+
+- weights are quantized per output channel (row of ``W``, shape ``[out, in]``), symmetric;
+- activations are quantized dynamically per token (row of ``x``), symmetric;
+- floating formats round to nearest even; fp8 scales map the row's absolute maximum to the
+  format's largest finite value (448 for e4m3, 57344 for e5m2; 240 on Gaudi 2, see
+  ``FP8_E4M3_GAUDI2_MAX``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hwcost.precision import Precision, parse_precision
+
+FP8_E4M3_MAX = 448.0
+FP8_E4M3_GAUDI2_MAX = 240.0
+FP8_E5M2_MAX = 57344.0
+INT8_MAX = 127.0
+_EPS = 1e-12
+
+
+def _cast_roundtrip(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).to(t.dtype)
+
+
+def _absmax_rows(t: torch.Tensor) -> torch.Tensor:
+    return t.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def quantize_fp8_rows(t: torch.Tensor, dtype: torch.dtype, fmax: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scaled fp8: returns (fp8 tensor, float32 scale) with ``t ~= q * scale``."""
+    scale = (_absmax_rows(t.float()) / fmax)
+    q = (t.float() / scale).clamp(-fmax, fmax).to(dtype)
+    return q, scale
+
+
+def quantize_int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: returns (int8 tensor, float32 scale) with ``t ~= q * scale``."""
+    scale = _absmax_rows(t.float()) / INT8_MAX
+    q = torch.round(t.float() / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def _fp8_qdq(t: torch.Tensor, dtype: torch.dtype, fmax: float) -> torch.Tensor:
+    q, scale = quantize_fp8_rows(t, dtype, fmax)
+    return (q.float() * scale).to(t.dtype)
+
+
+def _int8_qdq(t: torch.Tensor) -> torch.Tensor:
+    q, scale = quantize_int8_rows(t)
+    return (q.float() * scale).to(t.dtype)
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """How one precision changes a linear layer's operands.
+
+    ``weight(W)`` and ``activation(x)`` return tensors of the input's dtype holding the
+    values the deployed kernel would compute with; ``rel_tol`` bounds the relative error of
+    one matmul output against the fp32 result, used by tests and the backend checks.
+    """
+
+    precision: Precision
+    fp8_max: float | None = None
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        return self._qdq(w)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self._qdq(x)
+
+    def _qdq(self, t: torch.Tensor) -> torch.Tensor:
+        p = self.precision
+        if p is Precision.FP32:
+            return t
+        if p is Precision.BF16:
+            return _cast_roundtrip(t, torch.bfloat16)
+        if p is Precision.FP16:
+            return _cast_roundtrip(t, torch.float16)
+        if p is Precision.FP8_E4M3:
+            return _fp8_qdq(t, torch.float8_e4m3fn, self.fp8_max or FP8_E4M3_MAX)
+        if p is Precision.FP8_E5M2:
+            return _fp8_qdq(t, torch.float8_e5m2, self.fp8_max or FP8_E5M2_MAX)
+        if p is Precision.INT8:
+            return _int8_qdq(t)
+        raise ValueError(f"no emulation for {p}")
+
+    @property
+    def rel_tol(self) -> float:
+        return _REL_TOL[self.precision]
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The emulated layer: ``Q(x) @ Q(W)^T + b`` in x's dtype."""
+        return torch.nn.functional.linear(self.activation(x), self.weight(w), b)
+
+
+# Relative error (Frobenius) of one emulated matmul against fp32, with margin, for
+# Gaussian-like operands: unit roundoff grows with sqrt of the reduction in practice.
+_REL_TOL = {
+    Precision.FP32: 1e-5,
+    Precision.BF16: 2e-2,
+    Precision.FP16: 5e-3,
+    Precision.FP8_E4M3: 1e-1,
+    Precision.FP8_E5M2: 2e-1,
+    Precision.INT8: 5e-2,
+}
+
+
+def emulation(precision: Precision | str, *, fp8_max: float | None = None) -> Emulation:
+    """The registry's emulation for ``precision`` (``fp8_max`` overrides e.g. Gaudi 2's 240)."""
+    return Emulation(parse_precision(precision), fp8_max)

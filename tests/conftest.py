@@ -1,0 +1,77 @@
+"""Shared fixtures. ``store_url`` / ``store`` run each test once per real backend:
+an SQLite file and, where ``HWCOST_TEST_PG`` names a server (CI always does), a fresh
+PostgreSQL database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ENV = "HWCOST_TEST_PG"  # e.g. postgresql+psycopg://hwcost:hwcost@127.0.0.1:5432/postgres
+
+
+def _pg_admin_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url and os.environ.get("CI"):
+        raise RuntimeError(f"CI must set {PG_ENV} so the store tests run on PostgreSQL")
+    return url
+
+
+def make_pg_database() -> tuple[str, callable]:
+    """Create an empty PostgreSQL database; return its URL and a function that drops it."""
+    from sqlalchemy import create_engine, text
+
+    admin = _pg_admin_url()
+    name = f"hwcost_t_{uuid.uuid4().hex[:12]}"
+    eng = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    base = admin.rsplit("/", 1)[0]
+
+    def drop() -> None:
+        with eng.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        eng.dispose()
+
+    return f"{base}/{name}", drop
+
+
+def _backends() -> list:
+    params = [pytest.param("sqlite", id="sqlite")]
+    params.append(pytest.param("postgresql", id="postgresql",
+                               marks=pytest.mark.skipif(
+                                   not os.environ.get(PG_ENV) and not os.environ.get("CI"),
+                                   reason=f"{PG_ENV} not set")))
+    return params
+
+
+@pytest.fixture(params=_backends())
+def store_url(request, tmp_path) -> Iterator[str]:
+    """URL of an empty store on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    url, drop = make_pg_database()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def store(store_url):
+    """An open, empty store on each backend."""
+    from hwcost.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """URL of an empty embedded store, for tests that need only one backend."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
