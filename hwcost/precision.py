@@ -77,3 +77,14 @@ def parse_config(key: str) -> Config:
     if not key:
         raise UnknownPrecision("empty config")
     return tuple(parse_precisions(key))
+
+
+BASELINE = {"cpu": Precision.FP32, "cuda": Precision.BF16, "hpu": Precision.BF16}
+"""The high-precision reference each device kind is compared against."""
+
+CANDIDATES = {
+    "cpu": (Precision.FP32, Precision.BF16, Precision.INT8, Precision.FP8_E4M3),
+    "cuda": (Precision.BF16, Precision.FP8_E4M3, Precision.INT8),
+    "hpu": (Precision.BF16, Precision.FP8_E4M3),
+}
+"""Precisions each device kind can deploy (fp8 on cpu is emulated: measured, and slower)."""
