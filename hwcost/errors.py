@@ -57,3 +57,12 @@ class BackendUnavailable(HwcostError):
 
 class NoEstimate(HwcostError):
     """No cost source can answer a query."""
+
+
+class SensitivityError(HwcostError):
+    """Sensitivity cannot be computed: bad calibration data, a loss that is not per-sample,
+    a model without quantizable layers, or non-finite gradients."""
+
+
+class ModelLoadError(HwcostError):
+    """A model spec (directory or package.module:factory) names nothing loadable."""

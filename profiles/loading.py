@@ -1,0 +1,202 @@
+"""Load the model a command names: the demo model, a Hugging Face directory, or a factory.
+
+``load_model(spec)`` accepts
+
+- ``None``: the demo model directory (:func:`demo_model_dir`, ``data/demo_model`` in the
+  repository, or ``$HWCOST_DATA/demo_model``);
+- a path to a Hugging Face model directory (``config.json`` + weights), loaded locally with
+  ``AutoModelForCausalLM.from_pretrained(..., local_files_only=True)``, never downloaded;
+- ``package.module:factory``: a Python callable. **Factory contract**: ``factory()`` takes
+  no arguments and returns either a :class:`LoadedModel`, or a pair ``(model, inputs)`` where
+  ``inputs`` is either a callable ``inputs(shape: Shape, seed: int) -> dict[str, Tensor]``
+  (preferred: the factory decides what a shape means for its model) or a fixed example
+  ``dict[str, Tensor]``. From a fixed example, :meth:`LoadedModel.inputs_for` derives inputs
+  of other shapes: integer tensors ``[B, S]`` become random ids ``[batch, seq]``, float
+  tensors ``[N, F]`` become ``[tokens, F]`` and ``[B, S, F]`` become ``[batch, seq, F]``.
+
+Models are returned in eval mode, in float32, on the CPU; backends move what they deploy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwcost.errors import BadShape, ModelLoadError
+from hwcost.shape import Shape, parse_shape
+
+DATA_ENV = "HWCOST_DATA"
+"""Environment variable naming the data folder (default: the repository's ``data/``)."""
+
+
+InputsFn = Callable[[Shape, int], dict[str, torch.Tensor]]
+
+
+def demo_model_dir() -> Path:
+    """The demo model's directory: ``$HWCOST_DATA/demo_model`` or ``<repo>/data/demo_model``."""
+    base = os.environ.get(DATA_ENV)
+    root = Path(base) if base else Path(__file__).resolve().parent.parent / "data"
+    return root / "demo_model"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to profile: eval mode, float32, on the CPU."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any | None = None
+    source: str = ""
+    inputs_fn: InputsFn | None = field(default=None, repr=False)
+    example: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def inputs_for(self, shape: Shape | str, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Inputs of ``shape`` such that ``model(**inputs)`` runs.
+
+        Causal LMs get random token ids ``[batch, tokens]`` (``use_cache=False``: profiling
+        times prefill-style passes). Decode shapes with a KV cache (``kv>0``) are refused
+        rather than timed without their cache.
+        """
+        shape = parse_shape(shape)
+        if shape.kv:
+            raise BadShape(f"shape {shape.key}: profiling with a KV cache is not supported yet; "
+                           "use a prefill shape such as batch=1,seq=128")
+        if self.inputs_fn is not None:
+            return self.inputs_fn(shape, seed)
+        if self.example is not None:
+            return _resize_example(self.example, shape, seed)
+        vocab = _vocab_size(self.model)
+        if vocab is None:
+            raise ModelLoadError(f"model {self.name!r} has no vocabulary size in its config and no "
+                                 "example inputs; give a factory that returns inputs")
+        gen = torch.Generator().manual_seed(seed)
+        seq = shape.seq if shape.phase == "prefill" else 1
+        ids = torch.randint(0, vocab, (shape.batch, seq), generator=gen)
+        return {"input_ids": ids, "use_cache": False}
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    v = getattr(cfg, "vocab_size", None) if cfg is not None else None
+    return int(v) if v else None
+
+
+def _resize_example(example: dict[str, Any], shape: Shape, seed: int) -> dict[str, Any]:
+    """Inputs of ``shape`` with the layout of a fixed example (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = shape.seq if shape.phase == "prefill" else 1
+    out: dict[str, Any] = {}
+    for k, t in example.items():
+        if not isinstance(t, torch.Tensor):
+            out[k] = t
+            continue
+        if t.is_floating_point():
+            if t.dim() == 2:
+                size = (shape.tokens, t.shape[1])
+            elif t.dim() == 3:
+                size = (shape.batch, seq, t.shape[2])
+            else:
+                raise BadShape(f"input {k!r} of rank {t.dim()} has no rule for shape {shape.key}; "
+                               "return an inputs(shape, seed) callable from the factory")
+            out[k] = torch.randn(size, generator=gen, dtype=t.dtype)
+        elif t.dim() == 2:
+            hi = int(t.max().item()) + 1 if t.numel() else 2
+            out[k] = torch.randint(0, max(hi, 2), (shape.batch, seq), generator=gen, dtype=t.dtype)
+        else:
+            raise BadShape(f"input {k!r} ({t.dtype}, rank {t.dim()}) has no rule for shape "
+                           f"{shape.key}; return an inputs(shape, seed) callable from the factory")
+    return out
+
+
+def _prepare(model: nn.Module) -> nn.Module:
+    model = model.float().eval()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "use_cache"):
+        cfg.use_cache = False  # profiling times whole passes; a cache would leak between runs
+    return model
+
+
+def load_model(spec: str | None) -> LoadedModel:
+    """Load the model a spec names (see the module docstring). Raises ModelLoadError."""
+    if spec is None or spec == "":
+        path = demo_model_dir()
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"demo model not found at {path}; build it (see data/README) or "
+                                 f"give a model directory or package.module:factory")
+        return _load_hf(path, name="demo")
+    if ":" in spec and not Path(spec).exists():
+        return _load_factory(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return _load_hf(path, name=path.name)
+    raise ModelLoadError(f"cannot load model {spec!r}: not a directory and not "
+                         "package.module:factory")
+
+
+def _load_hf(path: Path, name: str) -> LoadedModel:
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+    try:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:  # pragma: no cover - transformers is in the torch extra
+        raise ModelLoadError(f"loading {path} needs transformers: {e}") from None
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                     dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model from {path}: {first}") from None
+    tokenizer = None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:  # noqa: BLE001 - a missing/odd tokenizer must not stop profiling
+        tokenizer = None
+    return LoadedModel(name=name, model=_prepare(model), tokenizer=tokenizer, source=str(path))
+
+
+def _load_factory(spec: str) -> LoadedModel:
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ModelLoadError(f"bad factory spec {spec!r}; expected package.module:factory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelLoadError(f"cannot import {mod_name!r} for {spec!r}: {e}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelLoadError(f"module {mod_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ModelLoadError(f"{spec!r} is not callable")
+    result = fn()
+    if isinstance(result, LoadedModel):
+        result.model = _prepare(result.model)
+        result.source = result.source or spec
+        return result
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
+        raise ModelLoadError(f"factory {spec!r} must return a LoadedModel or (model, inputs); "
+                             f"got {type(result).__name__}")
+    model, inputs = result
+    name = attr.split(".")[-1]
+    if callable(inputs) and not isinstance(inputs, dict):
+        n_params = len(inspect.signature(inputs).parameters)
+        inputs_fn = inputs if n_params >= 2 else (lambda shape, seed, f=inputs: f(shape))
+        return LoadedModel(name, _prepare(model), None, spec, inputs_fn=inputs_fn)
+    if isinstance(inputs, dict):
+        return LoadedModel(name, _prepare(model), None, spec, example=inputs)
+    raise ModelLoadError(f"factory {spec!r}: inputs must be a dict of tensors or a callable "
+                         f"(shape, seed) -> dict; got {type(inputs).__name__}")
