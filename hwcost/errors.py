@@ -66,3 +66,15 @@ class SensitivityError(HwcostError):
 
 class ModelLoadError(HwcostError):
     """A model spec (directory or package.module:factory) names nothing loadable."""
+
+
+class UnknownLayer(HwcostError):
+    """A layer name is not in the model, or names a layer that has no precision."""
+
+
+class UnsupportedPrecision(HwcostError):
+    """A device cannot run (and nobody measured) a precision."""
+
+
+class BadConfig(HwcostError):
+    """A config does not fit the subgraph it is asked for (wrong number of slots)."""

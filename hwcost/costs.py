@@ -1,0 +1,403 @@
+"""Cost queries with honest fallbacks: measured, else learned, else roofline.
+
+Every answer is an :class:`Estimate` that says where it came from and how far to trust it:
+
+- ``measured``: the store's median for this (device, subgraph, shape, config); uncertainty is
+  the measurement's spread (half the inter-quartile range).
+- ``learned``: the device's :class:`~hwcost.learned.LatencyModel`, trained on demand on the
+  device's measurements; uncertainty is its cross-validated 68th-percentile relative error
+  times the estimate, and ``cv_error`` its cross-validated median error. Used when the device
+  has enough measurements and its cross-validated error beats the fitted roofline's.
+- ``roofline``: :mod:`hwcost.roofline` from the device's peaks (catalog or calibration), with
+  efficiency factors fitted to the device's measurements when it has some; uncertainty is
+  the fit's error, or 100% of the estimate (a factor-2 band) with no measurement at all.
+
+A device argument is a stored fingerprint (or prefix) or product name, a device kind (``cpu``
+when exactly one local cpu device is stored), or a catalog name (``H100-SXM``, ``Gaudi2``),
+for which a ``source="catalog"`` device row is created on first use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwcost.catalog import Peaks, find_catalog, load_catalog
+from hwcost.errors import BadConfig, NoEstimate, NoSuchDevice, UnsupportedPrecision
+from hwcost.learned import LatencyModel
+from hwcost.precision import BASELINE, CANDIDATES, Config, Precision, config_key, parse_config
+from hwcost.roofline import Query, RooflineModel, terms
+from hwcost.schema import Device
+from hwcost.shape import Shape, parse_shape
+from hwcost.store import SlotInfo, Store, SubgraphInfo
+
+SOURCES = ("measured", "learned", "roofline")
+MIN_LEARNED_SAMPLES = 12
+"""Fewer measurements than this on a device: no learned model, roofline only."""
+MAX_CONFIGS = 1 << 16
+"""Configs per subgraph a table enumerates at most (precisions ** slots)."""
+
+# Rough rates for a stored device that has measurements but neither a catalog entry nor a
+# calibration: the fit to its measurements sets the real scale; only the ratios matter.
+_NOMINAL_TFLOPS = {"cpu": {Precision.FP32: 0.1, Precision.BF16: 0.2, Precision.INT8: 0.4,
+                           Precision.FP8_E4M3: 0.05},
+                   "cuda": {Precision.FP32: 20.0, Precision.BF16: 300.0, Precision.FP8_E4M3: 600.0,
+                            Precision.INT8: 600.0},
+                   "hpu": {Precision.BF16: 400.0, Precision.FP8_E4M3: 800.0}}
+_NOMINAL_GBPS = {"cpu": 20.0, "cuda": 2000.0, "hpu": 2400.0}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A latency with its source and uncertainty (microseconds).
+
+    ``cv_error`` is the learned model's cross-validated median relative error (learned
+    estimates) or the fitted roofline's error on the device's measurements (roofline with
+    measurements); None for measured costs and unfitted rooflines.
+    """
+
+    latency_us: float
+    source: str  # "measured" | "learned" | "roofline"
+    uncertainty_us: float
+    cv_error: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"latency_us": self.latency_us, "source": self.source,
+                "uncertainty_us": self.uncertainty_us, "cv_error": self.cv_error}
+
+
+# ------------------------------------------------------------------------------- devices
+
+
+def resolve_device(store: Store, ref: str) -> Device:
+    """The device row ``ref`` names: stored (fingerprint, prefix, name), a kind with one
+    local device, or a catalog device (created in the store on first use)."""
+    try:
+        return store.get_device(ref)
+    except NoSuchDevice as e:
+        if "several" in str(e):
+            raise
+    if ref in BASELINE:
+        local = [d for d in store.devices() if d.kind == ref and d.source == "local"]
+        if len(local) == 1:
+            return local[0]
+        if len(local) > 1:
+            fps = ", ".join(d.fingerprint[:12] for d in local)
+            raise NoSuchDevice(f"several {ref} devices in the store ({fps}); pass --device "
+                               "with a fingerprint")
+    entry = find_catalog(ref)
+    if entry is not None:
+        return store.upsert_device(entry.to_row())
+    names = ", ".join(load_catalog())
+    raise NoSuchDevice(
+        f"no device {ref!r} in the store or the catalog ({names}); measure it on the device "
+        "with `hwcost profile MODEL --device cpu --shape SHAPE`, or import its tables with "
+        "`hwcost db import FILE`")
+
+
+def device_peaks(dev: Device) -> Peaks | None:
+    """The device's own peaks (calibrated or catalog), else its product's catalog entry."""
+    own = Peaks.from_json(json.loads(dev.peaks or "{}"))
+    if own is not None:
+        return own
+    entry = find_catalog(dev.name)
+    return entry.peaks if entry is not None else None
+
+
+def _nominal_peaks(kind: str) -> Peaks:
+    return Peaks(dict(_NOMINAL_TFLOPS.get(kind, _NOMINAL_TFLOPS["cpu"])),
+                 _NOMINAL_GBPS.get(kind, 20.0), 5.0, "nominal (fitted to measurements)")
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class CostModel:
+    """Answers cost queries for one device; fits its fallbacks lazily, in memory only.
+
+    Hold one for many queries (``model_table`` does): the roofline fit and the learned model
+    are trained once per instance from the store's measurements of this device.
+    """
+
+    def __init__(self, store: Store, device: str | Device, seed: int = 0):
+        self.store = store
+        self.device = device if isinstance(device, Device) else resolve_device(store, device)
+        self.kind = self.device.kind
+        self.carrier = BASELINE.get(self.kind, Precision.FP32)
+        self.seed = seed
+        self._peaks = device_peaks(self.device)
+
+    @property
+    def label(self) -> str:
+        return f"{self.device.name} ({self.device.fingerprint[:12]})"
+
+    # -- measurements, loaded once
+    @property
+    def measurements(self) -> list[tuple[SubgraphInfo, str, str, float, float]]:
+        if not hasattr(self, "_rows"):
+            self._rows = self.store.device_measurements(self.device.fingerprint)
+            self._measured = {(g.signature, sh, cfg): (med, spr) for g, sh, cfg, med, spr in self._rows}
+        return self._rows
+
+    def measured(self, signature: str, shape: str, config: str) -> Estimate | None:
+        self.measurements  # noqa: B018 - loads the index
+        hit = self._measured.get((signature, shape, config))
+        return Estimate(hit[0], "measured", hit[1]) if hit else None
+
+    @property
+    def peaks(self) -> Peaks:
+        if self._peaks is None:
+            if not self.measurements:
+                raise NoEstimate(
+                    f"device {self.label} has no measurements and no peak rates; measure it with "
+                    "`hwcost profile MODEL --device ... --shape SHAPE` or, on this machine, "
+                    "`hwcost device calibrate`")
+            self._peaks = _nominal_peaks(self.kind)
+        return self._peaks
+
+    def supported(self) -> tuple[Precision, ...]:
+        """Precisions this device can be asked about: rated in its peaks, or measured."""
+        have = set(self.peaks.supported())
+        for _, _, cfg, _, _ in self.measurements:
+            have.update(parse_config(cfg))
+        return tuple(p for p in Precision if p in have)
+
+    def check(self, sub: SubgraphInfo, config: Config) -> None:
+        """Raise a one-line error for a config that does not fit the subgraph or the device."""
+        if len(config) != len(sub.slots):
+            raise BadConfig(f"config {config_key(config)!r} has {len(config)} precisions; subgraph "
+                            f"{sub.signature[:12]} ({sub.kind}) has {len(sub.slots)} slots")
+        bad = sorted({p.value for p in config} - {p.value for p in self.supported()})
+        if bad:
+            ok = ", ".join(p.value for p in self.supported())
+            raise UnsupportedPrecision(
+                f"device {self.label} has no rate and no measurement for {', '.join(bad)} "
+                f"(it supports {ok}); measure it on the device with `hwcost profile MODEL "
+                f"--device {self.kind} --shape SHAPE --precisions {','.join(bad)}`")
+
+    # -- fallbacks, fitted once
+    def _train_queries(self) -> tuple[list[Query], np.ndarray]:
+        qs = [Query(g, parse_shape(sh), parse_config(cfg)) for g, sh, cfg, _, _ in self.measurements]
+        return qs, np.array([med for _, _, _, med, _ in self.measurements], dtype=float)
+
+    @property
+    def roofline(self) -> RooflineModel:
+        if not hasattr(self, "_roofline"):
+            model = RooflineModel(self.peaks)
+            if self.measurements:
+                qs, y = self._train_queries()
+                model.fit(terms(qs, self.peaks, self.carrier), y)
+            self._roofline = model
+        return self._roofline
+
+    @property
+    def learned(self) -> LatencyModel | None:
+        """The trained learned model, or None when there is too little to train on."""
+        if not hasattr(self, "_learned"):
+            self._learned = None
+            if len(self.measurements) >= MIN_LEARNED_SAMPLES:
+                qs, y = self._train_queries()
+                if len({(q.subgraph.signature, q.shape.key) for q in qs}) >= 2:
+                    self._learned = LatencyModel(self.peaks, self.carrier, seed=self.seed).fit(qs, y)
+        return self._learned
+
+    def _use_learned(self) -> bool:
+        lm = self.learned
+        return lm is not None and lm.cv_mape_ <= lm.roofline_cv_mape_
+
+    # -- queries
+    def estimate_unmeasured(self, queries: Sequence[Query]) -> list[Estimate]:
+        """Fallback estimates (learned or roofline) for queries known to be unmeasured."""
+        if not queries:
+            return []
+        if self._use_learned():
+            lm = self.learned
+            pred = lm.predict(queries)
+            return [Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_) for v in pred]
+        roof = self.roofline
+        pred = roof.predict(terms(queries, self.peaks, self.carrier))
+        if roof.fitted:
+            lm = self.learned  # its folds give the roofline an honest out-of-sample error
+            rel = lm.roofline_cv_p68_ if lm is not None else max(roof.rel_error_ or 0.0, 0.25)
+            err = lm.roofline_cv_mape_ if lm is not None else roof.rel_error_
+            return [Estimate(float(v), "roofline", float(v * rel), err) for v in pred]
+        return [Estimate(float(v), "roofline", float(v), None) for v in pred]
+
+    def estimate(self, sub: SubgraphInfo, shape: str | Shape, config: Sequence | str) -> Estimate:
+        """One estimate, measured when the store has it."""
+        shp = parse_shape(shape)
+        cfg = parse_config(config) if isinstance(config, str) else parse_config(config_key(config))
+        self.check(sub, cfg)
+        hit = self.measured(sub.signature, shp.key, config_key(cfg))
+        if hit is not None:
+            return hit
+        return self.estimate_unmeasured([Query(sub, shp, cfg)])[0]
+
+
+def latency(store: Store, device: str, subgraph: SubgraphInfo, shape: str,
+            config: tuple | str) -> Estimate:
+    """Latency of ``subgraph`` at ``shape`` in ``config`` on ``device``, measured when the store
+    has it, else learned, else roofline. For many queries use :class:`CostModel` or
+    :func:`model_table`, which train the fallbacks once."""
+    return CostModel(store, device).estimate(subgraph, shape, config)
+
+
+# ------------------------------------------------------------------------------ a model's table
+
+
+@dataclass
+class SubgraphCosts:
+    """One subgraph instance of a model and the estimate of every config of its slots."""
+
+    position: int
+    signature: str
+    layer_names: tuple[str, ...]
+    slots: tuple[SlotInfo, ...]
+    costs: dict[str, Estimate] = field(default_factory=dict)  # config_key -> estimate
+
+
+@dataclass
+class ModelCostTable:
+    """Every config's cost of every subgraph instance of a model on one device and shape."""
+
+    model: str
+    device: str  # device fingerprint
+    shape: str
+    baseline: str  # precision name
+    precisions: tuple[str, ...]
+    entries: list[SubgraphCosts]
+
+    def baseline_config(self, entry: SubgraphCosts) -> str:
+        """Config key with every slot of ``entry`` in the baseline precision."""
+        return ",".join([self.baseline] * len(entry.slots))
+
+    def baseline_us(self, entry: SubgraphCosts) -> float:
+        return entry.costs[self.baseline_config(entry)].latency_us
+
+    def gain(self, entry: SubgraphCosts, config: str) -> float:
+        """Baseline latency minus the latency of ``config`` (negative: slower than baseline)."""
+        return self.baseline_us(entry) - entry.costs[config].latency_us
+
+    def gain_measured(self, entry: SubgraphCosts, config: str) -> bool:
+        """Whether both sides of this config's gain are measured."""
+        return (entry.costs[config].source == "measured"
+                and entry.costs[self.baseline_config(entry)].source == "measured")
+
+    def best_config(self, entry: SubgraphCosts) -> str:
+        """The fastest config of ``entry`` (ties: first in key order)."""
+        return min(sorted(entry.costs), key=lambda k: entry.costs[k].latency_us)
+
+    def measured_share(self, choice: Mapping[int, str] | None = None) -> float:
+        """Share of the predicted gain of a choice (position -> config key; default the
+        fastest config of each entry) that rests on measured costs at both ends."""
+        total = on_measured = 0.0
+        n_measured = 0
+        for e in self.entries:
+            cfg = choice.get(e.position, self.baseline_config(e)) if choice else self.best_config(e)
+            g = abs(self.gain(e, cfg))
+            total += g
+            if self.gain_measured(e, cfg):
+                on_measured += g
+                n_measured += 1
+        if total == 0:
+            return n_measured / len(self.entries) if self.entries else 1.0
+        return on_measured / total
+
+    def entry_measured_share(self, entry: SubgraphCosts) -> float:
+        """Share of the absolute gain over all of an entry's configs that is measured."""
+        gains = {k: abs(self.gain(entry, k)) for k in entry.costs}
+        total = sum(gains.values())
+        if total == 0:
+            return float(all(self.gain_measured(entry, k) for k in gains))
+        return sum(g for k, g in gains.items() if self.gain_measured(entry, k)) / total
+
+    def sources(self, entry: SubgraphCosts) -> dict[str, int]:
+        """How many of the entry's configs each source answers."""
+        c = Counter(e.source for e in entry.costs.values())
+        return {s: c.get(s, 0) for s in SOURCES}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "shape": self.shape,
+                "baseline": self.baseline, "precisions": list(self.precisions),
+                "entries": [{"position": e.position, "signature": e.signature,
+                             "layer_names": list(e.layer_names),
+                             "costs": {k: v.to_dict() for k, v in e.costs.items()}}
+                            for e in self.entries]}
+
+
+def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precision, ...]:
+    seen = {p for cfg in measured_cfgs for p in parse_config(cfg)}
+    if not seen:
+        ok = set(cm.supported())
+        seen = {p for p in CANDIDATES.get(cm.kind, ()) if p in ok}
+    seen.add(cm.carrier)
+    return tuple(p for p in Precision if p in seen)
+
+
+def model_table(store: Store, model_ref: str, device: str, shape: str,
+                precisions: Sequence[str] | None = None, *, seed: int = 0) -> ModelCostTable:
+    """Every config's cost of every subgraph instance of a model on ``device`` at ``shape``.
+
+    Measured costs come from one query (``Store.model_costs``; identical blocks share rows);
+    the device's other measurements are read once more only when some config is unmeasured,
+    to fit the fallbacks. ``precisions`` defaults to those measured for this model on this
+    device, else the device kind's candidates; the baseline precision is always included.
+    """
+    shp = parse_shape(shape)
+    cm = CostModel(store, device, seed=seed)
+    model, manifest = store.manifest(model_ref)
+    rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key)
+    measured: dict[str, dict[str, Estimate]] = {}
+    for r in rows:
+        measured.setdefault(r.signature, {})[r.config] = Estimate(r.median_us, "measured",
+                                                                  r.spread_us)
+    if precisions is None:
+        precs = _default_precisions(cm, {c for m in measured.values() for c in m})
+    else:
+        precs = tuple(p for p in Precision
+                      if p in {parse_config(config_key([x]))[0] for x in precisions} | {cm.carrier})
+
+    by_sig: dict[str, dict[str, Estimate]] = {}
+    missing: list[Query] = []
+    for _, sub in manifest:
+        if sub.signature in by_sig:
+            continue
+        n_cfg = len(precs) ** len(sub.slots)
+        if n_cfg > MAX_CONFIGS:
+            raise BadConfig(f"subgraph {sub.signature[:12]} has {len(sub.slots)} slots: "
+                            f"{n_cfg} configs over {len(precs)} precisions; pass fewer precisions")
+        costs: dict[str, Estimate] = {}
+        have = measured.get(sub.signature, {})
+        for cfg in itertools.product(precs, repeat=len(sub.slots)):
+            key = config_key(cfg)
+            if key in have:
+                costs[key] = have[key]
+            else:
+                cm.check(sub, cfg)
+                missing.append(Query(sub, shp, cfg))
+        by_sig[sub.signature] = costs
+    for q, est in zip(missing, cm.estimate_unmeasured(missing)):
+        by_sig[q.subgraph.signature][config_key(q.config)] = est
+
+    entries = []
+    for item, sub in manifest:
+        costs = by_sig[sub.signature]
+        entries.append(SubgraphCosts(item.position, sub.signature, item.layer_names, sub.slots,
+                                     {k: costs[k] for k in sorted(costs)}))
+    return ModelCostTable(model.fingerprint, cm.device.fingerprint, shp.key, cm.carrier.value,
+                          tuple(p.value for p in precs), entries)
+
+
+__all__ = [
+    # answers
+    "Estimate", "SubgraphCosts", "ModelCostTable", "SOURCES",
+    # queries
+    "latency", "model_table", "CostModel",
+    # devices
+    "resolve_device", "device_peaks",
+]
