@@ -1,0 +1,32 @@
+"""Loss-MSE sensitivity of each layer to each precision, from one forward and backward pass
+(first-order Taylor expansion of each sample's loss, arXiv 2505.13060), with the ground
+truth and baselines it is validated against.
+
+Public API: the table (``SensitivityTable``, ``SensitivityRow``, ``save_table``,
+``load_table``); computing it (``analyze``, ``per_sample_terms``, ``causal_lm_loss``,
+``per_sample_losses``, ``quantizable_layers``, ``emulated``); calibration data
+(``load_calibration``, ``from_ids``, ``from_text``, ``CalibrationSet``); ground truth and
+baselines (``direct_table``, ``weight_only_table``, ``fisher_table``, ``measured_loss_mse``);
+validation (``random_configs``, ``validate``, ``scatter_plot``).
+"""
+
+from sensitivity.data import CalibrationSet, fingerprint_ids, from_ids, from_text, load_calibration
+from sensitivity.layers import emulated, quantizable_layers
+from sensitivity.loss import causal_lm_loss, per_sample_losses
+from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
+from sensitivity.reference import direct_table, fisher_table, measured_loss_mse, weight_only_table
+from sensitivity.taylor import DEFAULT_PRECISIONS, PerSampleTerms, analyze, per_sample_terms
+from sensitivity.validate import ValidationResult, random_configs, scatter_plot, validate
+
+__all__ = [
+    # the table
+    "SensitivityRow", "SensitivityTable", "load_table", "save_table",
+    # computing it
+    "DEFAULT_PRECISIONS", "PerSampleTerms", "analyze", "per_sample_terms",
+    "causal_lm_loss", "per_sample_losses", "emulated", "quantizable_layers",
+    # calibration data
+    "CalibrationSet", "fingerprint_ids", "from_ids", "from_text", "load_calibration",
+    # ground truth, baselines, validation
+    "direct_table", "fisher_table", "measured_loss_mse", "weight_only_table",
+    "ValidationResult", "random_configs", "scatter_plot", "validate",
+]

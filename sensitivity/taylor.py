@@ -1,0 +1,244 @@
+"""Loss-MSE sensitivity from one high-precision forward and backward pass (arXiv 2505.13060).
+
+For calibration sample n with loss L_n, a quantizable layer l (``y = x W^T + b``) and output
+gradient ``g = dL_n/dy``, the first-order change of L_n when layer l runs in precision p is
+
+    d_{l,n}(p) = <g, (Q_p(x) - x) W^T + x (Q_p(W) - W)^T>
+               = <Q_p(x) - x, g W>  +  <Q_p(W) - W, sum_t g_t^T x_t>
+
+and ``s_l(p) = mean_n d_{l,n}(p)^2``. Both inner products are computed in a tensor hook on
+the layer's output, when ``g`` arrives during the backward pass, for every precision at once;
+the layer's input is then dropped. Per-sample terms are exact because the batch's loss is the
+sum of the per-sample losses (the model runs in eval mode, samples do not interact). Parameter
+gradients are not needed and are switched off for the pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwcost.errors import SensitivityError
+from hwcost.precision import Precision, parse_precisions
+from profiles.precisions import Emulation, emulation
+from sensitivity.layers import quantizable_layers, weight_matrix
+from sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
+from sensitivity.noise import error_variance
+from sensitivity.records import SensitivityRow, SensitivityTable
+
+DEFAULT_PRECISIONS = ("bf16", "fp8_e4m3", "int8")
+
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Emulation]], torch.Tensor]
+"""``scorer(x [B,T,in], g [B,T,out], W [out,in], emulations) -> [P, B]`` per-sample values."""
+
+
+@dataclass(frozen=True)
+class PerSampleTerms:
+    """Per-sample values of every (layer, precision) from one pass: ``values[layer]`` is
+    ``[P, N]`` float64 with rows in ``precisions`` order."""
+
+    layers: list[str]
+    precisions: list[str]
+    values: dict[str, np.ndarray]
+    n_samples: int
+
+    def of(self, layer: str, precision: str) -> np.ndarray:
+        return self.values[layer][self.precisions.index(precision)]
+
+
+# ------------------------------------------------------------------------------ scorers
+
+
+def _per_sample_outer(g: torch.Tensor, x: torch.Tensor, chunk: int):
+    """Yield ``(slice, G)`` with ``G[b] = sum_t g[b,t]^T x[b,t]`` ([c, out, in]) in chunks of
+    samples, so the per-sample weight gradients never take more memory than the activations."""
+    for start in range(0, g.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        yield sl, torch.bmm(g[sl].transpose(1, 2), x[sl])
+
+
+def _chunk(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> int:
+    return max(1, (x.numel() + g.numel()) // w.numel())
+
+
+def taylor_scorer(x, g, w, emus) -> torch.Tensor:
+    """First-order change ``d_{l,n}(p)`` of each sample's loss, for each precision."""
+    gw = g @ w  # dL/dx of this layer alone: [B, T, in]
+    out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
+    for i, emu in enumerate(emus):
+        dx = emu.activation(x) - x
+        out[i] = (dx * gw).sum(dim=(1, 2), dtype=torch.float64)
+    dws = [emu.weight(w) - w for emu in emus]
+    for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
+        for i, dw in enumerate(dws):
+            out[i, sl] += (big_g * dw).sum(dim=(1, 2), dtype=torch.float64)
+    return out
+
+
+def noise_scorer(x, g, w, emus) -> torch.Tensor:
+    """Expected ``d_{l,n}(p)^2`` when the errors are independent noise of the format's
+    variance: ``sum var(dx) (gW)^2 + sum var(dW) G_n^2``."""
+    gw2 = (g @ w).square()
+    out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
+    for i, emu in enumerate(emus):
+        out[i] = (error_variance(emu, x) * gw2).sum(dim=(1, 2), dtype=torch.float64)
+    var_w = [error_variance(emu, w) for emu in emus]
+    for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
+        g2 = big_g.square()
+        for i, v in enumerate(var_w):
+            out[i, sl] += (g2 * v).sum(dim=(1, 2), dtype=torch.float64)
+    return out
+
+
+def fisher_scorer(x, g, w, emus) -> torch.Tensor:
+    """ModelOpt AutoQuantize-style score per sample: ``sum g^2 (Y_q - Y)^2`` over the
+    layer's outputs (a diagonal-Fisher approximation that ignores correlations)."""
+    y = x @ w.t()
+    g2 = g.square()
+    out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
+    for i, emu in enumerate(emus):
+        dy = emu.activation(x) @ emu.weight(w).t() - y
+        out[i] = (g2 * dy.square()).sum(dim=(1, 2), dtype=torch.float64)
+    return out
+
+
+SCORERS: dict[str, Scorer] = {"taylor": taylor_scorer, "noise": noise_scorer, "fisher": fisher_scorer}
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
+                     precisions: Sequence[Precision | str] = DEFAULT_PRECISIONS,
+                     layers: str | Sequence[str] = "auto", scorer: str | Scorer = "taylor"
+                     ) -> PerSampleTerms:
+    """Run one forward and backward pass per batch and return each layer's per-sample values
+    for every precision (``d_{l,n}(p)`` for the Taylor scorer)."""
+    loss_fn = loss_fn or causal_lm_loss
+    score = SCORERS[scorer] if isinstance(scorer, str) else scorer
+    precs = parse_precisions(precisions)
+    if not precs:
+        raise SensitivityError("no precisions to score")
+    emus = [emulation(p) for p in precs]
+    chosen = quantizable_layers(model, layers)
+    names = list(chosen)
+    collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    current: dict[str, torch.Tensor] = {}
+    n_in_batch = 0
+
+    def make_hooks(name: str, module: nn.Module):
+        def pre_hook(_m, args):
+            # Parameters are frozen, so the first layers' inputs would carry no gradient path;
+            # a fresh leaf per layer is enough because g depends only on what comes after.
+            x = args[0]
+            if isinstance(x, torch.Tensor) and not x.requires_grad and x.is_floating_point():
+                return (x.detach().requires_grad_(True), *args[1:])
+            return None
+
+        def fwd_hook(_m, args, y):
+            if not isinstance(y, torch.Tensor) or not y.requires_grad:
+                return
+            x = args[0].detach()
+            if x.shape[0] != n_in_batch:
+                raise SensitivityError(
+                    f"layer {name}: input has {x.shape[0]} rows for a batch of {n_in_batch} samples; "
+                    "per-sample terms need the batch dimension first")
+
+            def on_grad(g: torch.Tensor) -> None:
+                if not torch.isfinite(g).all():
+                    raise SensitivityError(f"non-finite gradient (NaN or inf) at layer {name}; "
+                                           "the loss or the model overflows at this precision")
+                with torch.no_grad():
+                    w = weight_matrix(module).detach()
+                    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+                    g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x.dtype)
+                    vals = score(x3, g3, w, emus)
+                # a module called twice in one forward: first-order changes add up
+                current[name] = current[name] + vals if name in current else vals
+
+            y.register_hook(on_grad)
+        return pre_hook, fwd_hook
+
+    handles = []
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        model.eval()
+        for name, module in chosen.items():
+            pre, fwd = make_hooks(name, module)
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(fwd))
+        n_total = 0
+        with torch.enable_grad():
+            for batch in batches:
+                n_in_batch = batch_size(batch)
+                current.clear()
+                losses = checked_losses(loss_fn(model, batch), n_in_batch)
+                if not losses.requires_grad:
+                    raise SensitivityError("the loss does not depend on any quantizable layer's output")
+                losses.sum().backward()
+                for n in names:
+                    collected[n].append(current.get(n, torch.zeros(len(emus), n_in_batch,
+                                                                   dtype=torch.float64)))
+                n_total += n_in_batch
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+    if n_total == 0:
+        raise SensitivityError("no calibration batches")
+    values = {n: torch.cat(v, dim=1).numpy() for n, v in collected.items()}
+    return PerSampleTerms(names, [p.value for p in precs], values, n_total)
+
+
+def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
+            precisions: Sequence[Precision | str] = DEFAULT_PRECISIONS,
+            layers: str | Sequence[str] = "auto", method: str = "taylor",
+            calib_fingerprint: str = "") -> SensitivityTable:
+    """Per-layer, per-precision loss-MSE contributions ``s_l(p)`` from one pass.
+
+    Args:
+        model: any torch module; it runs in eval mode in its own dtype (the high-precision
+            reference). Parameters are left unchanged.
+        batches: calibration batches (for the default loss: token ids ``[N, T]`` or
+            ``{"input_ids": ...}``); reused iterables are fine.
+        loss_fn: ``loss_fn(model, batch) -> [N]`` per-sample losses; default: next-token
+            cross-entropy of a causal LM, averaged over each sample's tokens.
+        precisions: the precisions to score (registry names); fp32 is the identity.
+        layers: ``"auto"`` (every nn.Linear / Conv1D) or a list of module names.
+        method: ``"taylor"`` (the actual rounding errors, first order) or ``"noise"`` (errors
+            as independent noise of the format's variance).
+        calib_fingerprint: fingerprint of the calibration set, kept with the table.
+
+    Returns:
+        a SensitivityTable with ``s_l(p)`` and its standard error over samples.
+    """
+    if method not in ("taylor", "noise"):
+        raise SensitivityError(f"unknown sensitivity method {method!r}; known: taylor, noise")
+    terms = per_sample_terms(model, batches, loss_fn, precisions, layers, method)
+    squared = method == "taylor"  # the noise scorer already returns E[d^2] per sample
+    return table_from_terms(terms, method, calib_fingerprint, squared=squared)
+
+
+def table_from_terms(terms: PerSampleTerms, method: str, calib_fingerprint: str = "",
+                     *, squared: bool) -> SensitivityTable:
+    """Mean over samples (of ``d^2`` when ``squared``) with its standard error."""
+    rows = []
+    n = terms.n_samples
+    for layer in terms.layers:
+        vals = terms.values[layer]
+        per_sample = np.square(vals) if squared else vals
+        for i, prec in enumerate(terms.precisions):
+            v = per_sample[i]
+            stderr = float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+            rows.append(SensitivityRow(layer, prec, float(v.mean()), stderr, n))
+    return SensitivityTable(rows, method, calib_fingerprint)
