@@ -340,16 +340,19 @@ def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precisi
 
 
 def model_table(store: Store, model_ref: str, device: str, shape: str,
-                precisions: Sequence[str] | None = None, *, seed: int = 0) -> ModelCostTable:
+                precisions: Sequence[str] | None = None, *, seed: int = 0,
+                cost_model: CostModel | None = None) -> ModelCostTable:
     """Every config's cost of every subgraph instance of a model on ``device`` at ``shape``.
 
     Measured costs come from one query (``Store.model_costs``; identical blocks share rows);
     the device's other measurements are read once more only when some config is unmeasured,
     to fit the fallbacks. ``precisions`` defaults to those measured for this model on this
     device, else the device kind's candidates; the baseline precision is always included.
+    Pass ``cost_model`` (a :class:`CostModel` of the same device) to reuse its fitted
+    fallbacks across tables.
     """
     shp = parse_shape(shape)
-    cm = CostModel(store, device, seed=seed)
+    cm = cost_model or CostModel(store, device, seed=seed)
     model, manifest = store.manifest(model_ref)
     rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key)
     measured: dict[str, dict[str, Estimate]] = {}

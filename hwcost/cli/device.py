@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hwcost.cli.costs import calibrate_cmd
 from hwcost.cli.options import (
     emit_json,
     handle_errors,
@@ -46,3 +47,6 @@ def device_cmd(ctx: click.Context, kind: str, save: bool, db_url: str | None,
     click.echo("software     " + " ".join(f"{k}={v}" for k, v in sorted(d["software"].items())))
     if save:
         click.echo("saved to the store")
+
+
+device_cmd.add_command(calibrate_cmd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hwcost import __version__
+from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.device import device_cmd
 
 
@@ -26,3 +27,4 @@ def cli() -> None:
 
 
 cli.add_command(device_cmd)
+cli.add_command(coverage_cmd)
