@@ -1,0 +1,31 @@
+"""Backends: deploy each precision of the registry with real kernels on a device kind.
+
+>>> from profiles.backends import get_backend, apply_precisions
+>>> cpu = get_backend("cpu")
+>>> fast = apply_precisions(model, {"layers.0.mlp.up_proj": "int8"}, cpu)
+"""
+
+from profiles.backends.base import Backend, Deployment, apply_precisions
+from profiles.backends.cpu import CpuBackend
+from profiles.backends.cuda import CudaBackend
+from profiles.backends.hpu import HpuBackend
+from profiles.backends.layers import DeployedLinear, is_linear, linear_params
+from profiles.backends.registry import all_backends, backend_kinds, get_backend
+
+__all__ = [
+    # lookup
+    "get_backend",
+    "all_backends",
+    "backend_kinds",
+    # interface and registry entries
+    "Backend",
+    "Deployment",
+    "CpuBackend",
+    "CudaBackend",
+    "HpuBackend",
+    # deployment
+    "apply_precisions",
+    "DeployedLinear",
+    "is_linear",
+    "linear_params",
+]

@@ -1,0 +1,237 @@
+"""Timing harness: honest latencies of a few candidate callables on one device.
+
+``time_interleaved`` is the one entry point. What it does and why:
+
+- **threads**: on CPU the torch thread count is set explicitly for the run (the backend's
+  default, all CPUs this process may use, unless ``threads`` says otherwise) and restored
+  afterwards; it is recorded in every :class:`Timing` because it changes timings.
+- **warm-up until stable**: every candidate runs until the median of its last few samples
+  moves by less than ``warmup_tol`` (allocator, oneDNN primitive caches, lazy init, CPU clocks),
+  bounded by ``warmup_max_s``.
+- **samples of a sensible length**: a candidate faster than ``min_sample_us`` is called
+  ``inner`` times back to back per sample, so timer and sync overhead stay small.
+- **interleaved**: samples are taken round-robin, one per candidate per round, in an order
+  that rotates and alternates direction each round, so slow drift (thermal, other load)
+  hits every candidate alike and cancels in their differences.
+- **fresh inputs**: each call takes the next input of ``inputs`` (rotating), so a candidate is
+  not flattered by finding its operands in cache from the previous call.
+- **synchronised**: on CUDA each sample is timed with CUDA events; elsewhere with
+  ``perf_counter`` after ``backend.synchronize()`` (``torch.hpu.synchronize()`` on Gaudi).
+- **median and spread**: the reported latency is the median; the spread is half the
+  interquartile range. When any candidate's relative spread exceeds ``max_rel_spread``, the
+  batch is measured again (fresh samples), up to ``max_seconds``; the batch with the lowest
+  worst-case spread is kept whole, so candidates are still compared on the same rounds, and
+  ``stable`` says whether the tolerance was met.
+- ``torch.inference_mode`` and the garbage collector paused while timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from profiles.backends import Backend, get_backend
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One candidate's latency: median and half-IQR over ``n_samples`` samples (microseconds
+    per call), the host threads used, how many calls each sample averaged (``inner``) and
+    whether the spread met the requested tolerance (``stable``)."""
+
+    median_us: float
+    spread_us: float
+    n_samples: int
+    threads: int | None
+    inner: int = 1
+    stable: bool = True
+
+    @property
+    def rel_spread(self) -> float:
+        return self.spread_us / self.median_us if self.median_us > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(samples_us: Sequence[float]) -> tuple[float, float]:
+    """``(median, half interquartile range)`` of samples."""
+    if not samples_us:
+        raise ValueError("no samples")
+    if len(samples_us) < 4:
+        return statistics.median(samples_us), (max(samples_us) - min(samples_us)) / 2
+    q1, q2, q3 = statistics.quantiles(samples_us, n=4, method="inclusive")
+    return q2, (q3 - q1) / 2
+
+
+@contextmanager
+def _timing_context(backend: Backend, threads: int | None) -> Iterator[int]:
+    """Threads pinned, inference mode, GC paused; yields the thread count in effect."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            yield torch.get_num_threads()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(before)
+
+
+class _Runner:
+    """Calls one candidate on rotating inputs and times samples on the backend's clock."""
+
+    def __init__(self, fn: Callable[[Any], Any], inputs: Sequence[Any], backend: Backend,
+                 offset: int) -> None:
+        self.fn, self.inputs, self.backend = fn, inputs, backend
+        self.i = offset  # candidates start at different inputs
+        self.inner = 1
+        self.cuda = backend.kind == "cuda"
+
+    def _calls(self, n: int) -> None:
+        fn, inputs = self.fn, self.inputs
+        for _ in range(n):
+            fn(inputs[self.i % len(inputs)])
+            self.i += 1
+
+    def sample(self) -> float:
+        """Microseconds per call, averaged over ``inner`` calls."""
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._calls(self.inner)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e3 / self.inner
+        self.backend.synchronize()
+        t0 = time.perf_counter()
+        self._calls(self.inner)
+        self.backend.synchronize()
+        return (time.perf_counter() - t0) * 1e6 / self.inner
+
+
+def _order(names: list[str], round_no: int) -> list[str]:
+    """Round-robin order that rotates and alternates direction, so no candidate always runs
+    first or always follows the same neighbour."""
+    k = round_no % len(names)
+    rotated = names[k:] + names[:k]
+    return rotated if round_no % 2 == 0 else rotated[::-1]
+
+
+def _warm_up(runners: dict[str, _Runner], min_sample_us: float, tol: float, window: int,
+             max_s: float) -> None:
+    deadline = time.perf_counter() + max_s
+    for r in runners.values():  # first calls: lazy init, primitive creation
+        r.sample()
+    for r in runners.values():
+        r.inner = max(1, math.ceil(min_sample_us / max(r.sample(), 1e-3)))
+    history: dict[str, list[float]] = {n: [] for n in runners}
+    pending = set(runners)
+    round_no = 0
+    while pending and time.perf_counter() < deadline:
+        for name in _order(list(runners), round_no):
+            history[name].append(runners[name].sample())
+        round_no += 1
+        for name in list(pending):
+            h = history[name]
+            if len(h) >= 2 * window:
+                prev, last = statistics.median(h[-2 * window:-window]), statistics.median(h[-window:])
+                if abs(last - prev) <= tol * prev:
+                    pending.discard(name)
+    # recalibrate on warm timings: the first calls overstate the cost of a fast candidate
+    for name, r in runners.items():
+        if history[name]:
+            warm = statistics.median(history[name][-window:])
+            r.inner = max(1, math.ceil(min_sample_us / max(warm, 1e-3)))
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[Any], Any]],
+    inputs: Sequence[Any],
+    backend: Backend | str = "cpu",
+    *,
+    threads: int | None = None,
+    warmup_tol: float = 0.05,
+    warmup_window: int = 3,
+    warmup_max_s: float = 2.0,
+    min_samples: int = 15,
+    max_rel_spread: float = 0.05,
+    max_seconds: float = 5.0,
+    min_sample_us: float = 200.0,
+) -> dict[str, Timing]:
+    """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
+
+    Args:
+        fns: name -> callable taking one element of ``inputs``.
+        inputs: distinct inputs, used in rotation (give several so caches don't flatter).
+        backend: the device the callables run on (decides sync and the clock).
+        threads: CPU threads to time with (default: the backend's default, all usable CPUs).
+        warmup_tol, warmup_window, warmup_max_s: warm-up ends when the medians of two
+            consecutive windows of samples agree within ``warmup_tol``, or after the time limit.
+        min_samples: samples per candidate in one measurement batch.
+        max_rel_spread: the half-IQR / median a batch must meet; otherwise re-measured.
+        max_seconds: time budget for re-measuring (at least one batch is always taken).
+        min_sample_us: a sample averages enough calls to last at least this long.
+
+    Returns:
+        name -> :class:`Timing` (microseconds per call).
+    """
+    if not fns:
+        raise ValueError("no callables to time")
+    if not inputs:
+        raise ValueError("no inputs to time with")
+    if min_samples < 3:
+        raise ValueError("min_samples must be at least 3")
+    backend = get_backend(backend)
+    backend.require()
+    if threads is None:
+        threads = backend.default_threads()
+    names = list(fns)
+    start = time.perf_counter()
+    with _timing_context(backend, threads) as used_threads:
+        runners = {n: _Runner(fns[n], inputs, backend, offset=k) for k, n in enumerate(names)}
+        _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
+        best: dict[str, list[float]] | None = None
+        best_worst = math.inf
+        round_no = 0
+        while True:
+            batch: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(min_samples):
+                for name in _order(names, round_no):
+                    batch[name].append(runners[name].sample())
+                round_no += 1
+            worst = max(_rel(batch[n]) for n in names)
+            if worst < best_worst:
+                best, best_worst = batch, worst
+            if best_worst <= max_rel_spread or time.perf_counter() - start > max_seconds:
+                break
+    stable = best_worst <= max_rel_spread
+    out = {}
+    for n in names:
+        median, spread = summarize(best[n])
+        out[n] = Timing(median, spread, len(best[n]), used_threads, runners[n].inner, stable)
+    return out
+
+
+def _rel(samples: list[float]) -> float:
+    median, spread = summarize(samples)
+    return spread / median if median > 0 else math.inf
+
+
+def time_one(fn: Callable[[Any], Any], inputs: Sequence[Any], backend: Backend | str = "cpu",
+             **kwargs: Any) -> Timing:
+    """:func:`time_interleaved` for a single callable."""
+    return time_interleaved({"fn": fn}, inputs, backend, **kwargs)["fn"]

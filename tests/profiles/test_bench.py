@@ -1,0 +1,123 @@
+"""Timing harness behaviour: right magnitudes, right ordering, interleaving, rotation of
+inputs, thread pinning, re-measurement of noisy candidates (not speed)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import torch
+
+from hwcost.errors import BackendUnavailable
+from profiles.bench import Timing, summarize, time_interleaved, time_one
+
+# One thread: on a shared machine a second OpenMP thread that gets descheduled stalls every
+# parallel region for a time slice, which would test the neighbours, not the harness.
+FAST = {"warmup_max_s": 0.3, "max_seconds": 1.0, "threads": 1}
+
+
+def test_sleep_of_2ms_measures_about_2000us():
+    t = time_one(lambda _: time.sleep(0.002), [None], "cpu", min_samples=5, **FAST)
+    assert isinstance(t, Timing)
+    # time.sleep oversleeps a little (timer slack, a loaded machine), never undersleeps
+    assert 1990 <= t.median_us <= 2600, t
+    assert t.n_samples == 5 and t.inner == 1
+
+
+def test_heavier_matmul_measures_slower_than_lighter():
+    inputs = [torch.randn(384, 384) for _ in range(3)]
+    out = time_interleaved({"light": lambda x: x[:48, :48] @ x[:48, :48], "heavy": lambda x: x @ x},
+                           inputs, "cpu", **FAST)
+    assert out["heavy"].median_us > 4 * out["light"].median_us, out
+    assert out["light"].inner > 1  # a fast candidate is averaged over several calls per sample
+
+
+def test_candidates_are_interleaved_and_inputs_rotated():
+    log: list[tuple[str, int]] = []
+    inputs = list(range(5))
+
+    def make(name):
+        def fn(i):
+            log.append((name, i))
+            time.sleep(0.0003)  # longer than min_sample_us below: one call per sample
+        return fn
+
+    time_interleaved({"a": make("a"), "b": make("b"), "c": make("c")}, inputs, "cpu",
+                     min_samples=6, min_sample_us=100, **FAST)
+    tail = [name for name, _ in log[-18:]]  # the measured rounds: one call of each per round
+    runs = [len(list(g)) for _, g in itertools.groupby(tail)]
+    assert max(runs) <= 2  # rotating order: at most two in a row, at a round boundary
+    for k in range(0, 18, 3):
+        assert sorted(tail[k:k + 3]) == ["a", "b", "c"]
+    for name in "abc":
+        seen = [i for n, i in log if n == name]
+        assert all(x != y for x, y in zip(seen, seen[1:]))  # never the same input twice in a row
+        assert set(seen) == set(inputs)
+
+
+def test_threads_are_set_recorded_and_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    t = time_one(lambda _: seen.append(torch.get_num_threads()), [None], "cpu",
+                 min_samples=3, **FAST)
+    assert t.threads == 1 and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
+
+
+def test_runs_in_inference_mode():
+    modes = []
+    time_one(lambda _: modes.append(torch.is_inference_mode_enabled()), [None], "cpu",
+             min_samples=3, **FAST)
+    assert all(modes)
+
+
+def test_noisy_candidate_is_remeasured_and_flagged():
+    durations = itertools.cycle([0.0005, 0.0015])  # bimodal: half-IQR ~ 25 % of the median
+    calls = []
+
+    def noisy(_):
+        calls.append(1)
+        time.sleep(next(durations))
+
+    start = time.perf_counter()
+    t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, max_rel_spread=0.05,
+                 warmup_max_s=0.1, max_seconds=0.3, threads=1)
+    elapsed = time.perf_counter() - start
+    assert not t.stable and t.rel_spread > 0.05
+    assert t.n_samples == 8  # one batch reported whole
+    assert len(calls) > 3 * 8  # more than the first batch was taken
+    assert elapsed < 2.0  # and the budget was respected (plus one batch)
+
+
+def test_quiet_candidate_is_stable():
+    t = time_one(lambda _: time.sleep(0.001), [None], "cpu", min_samples=5,
+                 max_rel_spread=0.5, **FAST)
+    assert t.stable and t.spread_us < 0.5 * t.median_us
+
+
+def test_summarize_median_and_half_iqr():
+    assert summarize([1, 2, 3, 4, 5]) == (3, 1.0)
+    assert summarize([10.0]) == (10.0, 0.0)
+    with pytest.raises(ValueError, match="no samples"):
+        summarize([])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="no callables to time"):
+        time_interleaved({}, [None], "cpu")
+    with pytest.raises(ValueError, match="no inputs to time with"):
+        time_interleaved({"f": print}, [], "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="backend cuda is unavailable"):
+            time_one(lambda _: None, [None], "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is False")
+def test_cuda_events_order_matmuls():
+    inputs = [torch.randn(2048, 2048, device="cuda") for _ in range(2)]
+    out = time_interleaved({"light": lambda x: x[:256, :256] @ x[:256, :256],
+                            "heavy": lambda x: x @ x}, inputs, "cuda", **FAST)
+    assert out["heavy"].median_us > 4 * out["light"].median_us
