@@ -1,0 +1,638 @@
+"""Cut a model into sequential subgraphs ("pieces") that can be timed one by one.
+
+One forward pass with hooks on every module records, per call, its inputs and output. The
+partitioner then walks the data flow backwards from the model's output: at each level the
+children that hand the main tensor (the residual stream) from one to the next form the chain;
+children off the chain must hold no quantizable layer (rotary tables, position embeddings),
+otherwise data flow branches and :class:`PartitionError` names the module.
+
+Decoder blocks are recognised by their pre-norm residual units, verified numerically on the
+recorded pass: ``h = x + sub(norm(x))`` for the attention and then the MLP. Each unit becomes
+a piece (norm, sublayer and residual add). A piece whose ``n_precisions ** slots`` exceeds
+``max_configs`` is split before its output projection into a head (norm, input projections
+and the attention core; carries the residual) and a tail (output projection and residual add).
+Plain sequential containers (``nn.Sequential``) are packed greedily into pieces of at most
+``k_max`` quantizable layers, each with the activations that follow them.
+
+Side inputs of a piece (attention masks, rotary tables) depend on the shape only; they are
+captured from a pass of the whole model at that shape (:meth:`Partition.capture_inputs`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwcost.errors import PartitionError
+from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
+from profiles.signature import digest, model_fingerprint, module_structure
+
+__all__ = [
+    "Partition", "Piece", "PieceInput", "partition", "register_model", "quantizable",
+    "model_fingerprint", "QUANTIZABLE_TYPES",
+]
+
+
+def _conv1d_type() -> tuple[type, ...]:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain torch models
+        return ()
+    return (Conv1D,)
+
+
+QUANTIZABLE_TYPES: tuple[type, ...] = (nn.Linear, *_conv1d_type())
+"""Layer types that get a precision slot: ``nn.Linear`` (and subclasses) and GPT-2's Conv1D."""
+
+
+def quantizable(m: nn.Module) -> bool:
+    """Whether ``m`` is a layer the planner assigns a precision to."""
+    return isinstance(m, QUANTIZABLE_TYPES)
+
+
+def slot_info(m: nn.Module) -> SlotInfo:
+    """Structure of one quantizable layer. Conv1D stores its weight as ``[in, out]``."""
+    w = m.weight
+    if isinstance(m, nn.Linear):
+        fin, fout = m.in_features, m.out_features
+    else:
+        fin, fout = int(w.shape[0]), int(w.shape[1])
+    return SlotInfo(type(m).__name__, int(fin), int(fout), getattr(m, "bias", None) is not None)
+
+
+# ------------------------------------------------------------------------------ tracing
+
+
+@dataclass
+class Call:
+    """One recorded module call."""
+
+    index: int
+    name: str
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    parent: int | None
+    output: Any = None
+    children: list[int] = field(default_factory=list)
+
+
+def _main_where(args: tuple, kwargs: dict) -> tuple[str, Any] | None:
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            return ("arg", i)
+    for k in ("hidden_states", "input_ids", "inputs_embeds", "x", "input"):
+        if isinstance(kwargs.get(k), torch.Tensor):
+            return ("kw", k)
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            return ("kw", k)
+    return None
+
+
+def _get(args: tuple, kwargs: dict, where: tuple[str, Any] | None) -> torch.Tensor | None:
+    if where is None:
+        return None
+    return args[where[1]] if where[0] == "arg" else kwargs[where[1]]
+
+
+def _main_out(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict):  # transformers' ModelOutput: logits / last_hidden_state first
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return a is not None
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    if b is None or a.shape != b.shape:
+        return False
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Trace:
+    """Every module call of one forward pass, in call order, with the call tree."""
+
+    def __init__(self, model: nn.Module, inputs: dict[str, Any]):
+        self.calls: list[Call] = []
+        self.by_name: dict[str, list[int]] = {}
+        stack: list[int] = []
+        names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        handles = []
+
+        def pre(mod, args, kwargs):
+            c = Call(len(self.calls), names.get(id(mod), "?"), mod, args, dict(kwargs),
+                     stack[-1] if stack else None)
+            if c.parent is not None:
+                self.calls[c.parent].children.append(c.index)
+            self.calls.append(c)
+            self.by_name.setdefault(c.name, []).append(c.index)
+            stack.append(c.index)
+
+        def post(mod, args, kwargs, out):
+            self.calls[stack.pop()].output = out
+
+        for m in {id(m): m for m in model.modules()}.values():
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
+        try:
+            with torch.no_grad():
+                self.output = model(**inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        if not self.calls:
+            raise PartitionError("the model ran no module calls")
+
+    def call(self, name: str) -> Call:
+        idx = self.by_name.get(name)
+        if not idx:
+            raise PartitionError(f"module {name!r} was not called at this shape")
+        return self.calls[idx[0]]
+
+    def slots(self, c: Call) -> list[Call]:
+        """Quantizable layer calls inside ``c`` (itself included), in execution order."""
+        if quantizable(c.module):
+            return [c]
+        return [s for i in c.children for s in self.slots(self.calls[i])]
+
+
+# ------------------------------------------------------------------------------- stages
+
+
+def _resolve(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+def _with_main(call_args: tuple, call_kwargs: dict, where, t: torch.Tensor) -> tuple[tuple, dict]:
+    args, kwargs = list(call_args), dict(call_kwargs)
+    if where[0] == "arg":
+        args[where[1]] = t
+    else:
+        kwargs[where[1]] = t
+    return tuple(args), kwargs
+
+
+@dataclass(frozen=True)
+class Component:
+    """One module call inside a stage: where its main tensor goes in."""
+
+    path: str
+    where: tuple[str, Any]
+
+
+@dataclass
+class PieceInput:
+    """What one piece runs on: its live tensors and each component's captured side inputs."""
+
+    tensors: tuple[torch.Tensor, ...]
+    sides: tuple[tuple[tuple, dict], ...]
+
+    def to(self, device: Any) -> PieceInput:
+        return PieceInput(_move(self.tensors, device), _move(self.sides, device))
+
+
+def _move(obj: Any, device: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _Empty(nn.Module):
+    """A plain container used to rebuild a piece's module paths from the model root."""
+
+
+class _Skip(nn.Identity):
+    """Stands in for the output projection a split head does not run."""
+
+
+@dataclass
+class Stage:
+    """A runnable step of the chain.
+
+    ``mode``: ``seq`` (components run one after another), ``residual`` (``x + sub(pre(x))``),
+    ``head`` (the same with the sub's output projection skipped; yields ``(x, ctx)``) or
+    ``tail`` (``x + proj(ctx)``, with the components after the projection).
+    """
+
+    mode: str
+    components: tuple[Component, ...]
+    slot_names: tuple[str, ...]
+    skip: tuple[str, ...] = ()  # head: paths replaced by _Skip (output projection and after)
+    residual: Component | None = None  # tail: the call whose main input is the unit's residual
+
+    def needed_paths(self) -> list[str]:
+        return [c.path for c in self.components]
+
+    def extract(self, root: nn.Module) -> nn.Module:
+        """A small module holding only this stage's modules, under the same root paths.
+
+        Parameters are shared with ``root`` (nothing is copied), so
+        ``apply_precisions(extracted, {layer_name: precision}, backend)`` deploys exactly the
+        piece's layers by their model names.
+        """
+        holder = _Empty()
+        for path in self.needed_paths():
+            mod = _resolve(root, path)
+            skips = [s[len(path) + 1:] for s in self.skip if s.startswith(path + ".")]
+            if skips:
+                mod = _shallow_without(mod, skips)
+            _place(holder, path, mod)
+        holder._hwcost_stage = id(self)
+        return holder
+
+    def run(self, root: nn.Module, inp: PieceInput) -> tuple[torch.Tensor, ...]:
+        """Run this stage alone on a captured input; returns the live tensors after it."""
+        if getattr(root, "_hwcost_stage", None) != id(self) and self.skip:
+            root = self.extract(root)
+        if self.mode == "tail":
+            x, t = inp.tensors
+        else:
+            x = t = inp.tensors[0]
+        for comp, (args, kwargs) in zip(self.components, inp.sides):
+            a, k = _with_main(args, kwargs, comp.where, t)
+            t = _main_out(_resolve(root, comp.path)(*a, **k))
+        if self.mode == "seq":
+            return (t,)
+        if self.mode == "head":
+            return (x, t)
+        return (x + t,)
+
+
+def _shallow_without(mod: nn.Module, rel_paths: Sequence[str]) -> nn.Module:
+    """A shallow copy of ``mod`` with the given descendants replaced by identities."""
+    new = copy.copy(mod)
+    new._modules = dict(mod._modules)
+    by_first: dict[str, list[str]] = {}
+    for rel in rel_paths:
+        head, _, rest = rel.partition(".")
+        by_first.setdefault(head, []).append(rest)
+    for head, rests in by_first.items():
+        if "" in rests:
+            new._modules[head] = _Skip()
+        else:
+            new._modules[head] = _shallow_without(mod._modules[head], rests)
+    return new
+
+
+def _place(holder: nn.Module, path: str, mod: nn.Module) -> None:
+    parts = path.split(".")
+    node = holder
+    for p in parts[:-1]:
+        if p not in node._modules:
+            node._modules[p] = _Empty()
+        node = node._modules[p]
+    node._modules[parts[-1]] = mod
+
+
+# ------------------------------------------------------------------------------- pieces
+
+
+@dataclass
+class Piece:
+    """A subgraph instance: a stage with quantizable layers, its signature and slots."""
+
+    position: int
+    signature: str
+    kind: str
+    layer_names: tuple[str, ...]
+    slots: tuple[SlotInfo, ...]
+    extra: dict
+    stage: Stage = field(repr=False)
+
+    def extract(self, model: nn.Module) -> nn.Module:
+        """This piece's modules under their model-root names (see :meth:`Stage.extract`)."""
+        return self.stage.extract(model)
+
+    def run(self, module_or_model: nn.Module, captured: PieceInput) -> tuple[torch.Tensor, ...]:
+        """Run the piece alone (on the whole model or on :meth:`extract`'s result)."""
+        return self.stage.run(module_or_model, captured)
+
+    def info(self) -> SubgraphInfo:
+        return SubgraphInfo(self.signature, self.kind, self.slots, self.extra)
+
+
+@dataclass
+class Partition:
+    """A model cut into pieces; ``stages`` also holds slot-less glue between pieces."""
+
+    model_fingerprint: str
+    pieces: list[Piece]
+    stages: list[Stage] = field(repr=False)
+    k_max: int = 0
+
+    def subgraph_infos(self) -> list[SubgraphInfo]:
+        """One SubgraphInfo per unique signature, in first-use order."""
+        seen: dict[str, SubgraphInfo] = {}
+        for p in self.pieces:
+            seen.setdefault(p.signature, p.info())
+        return list(seen.values())
+
+    def manifest_items(self) -> list[ManifestItem]:
+        return [ManifestItem(p.position, p.signature, p.layer_names) for p in self.pieces]
+
+    def layer_names(self) -> list[str]:
+        return [n for p in self.pieces for n in p.layer_names]
+
+    def capture_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> list[PieceInput]:
+        """Each piece's input from one pass of ``model`` on ``inputs`` (any shape)."""
+        tr = Trace(model, inputs)
+        return [self._capture(p.stage, tr) for p in self.pieces]
+
+    def capture_stages(self, model: nn.Module, inputs: dict[str, Any]
+                       ) -> tuple[list[PieceInput], Any]:
+        """Every stage's input (glue included) and the model's output, from one pass."""
+        tr = Trace(model, inputs)
+        return [self._capture(s, tr) for s in self.stages], tr.output
+
+    def run_all(self, model: nn.Module, captured: Sequence[PieceInput]) -> torch.Tensor:
+        """Run every stage in order, each on the previous one's output; returns the last tensor.
+
+        ``captured`` comes from :meth:`capture_stages`: the first stage starts from its
+        captured tensors, later stages use only their captured side inputs.
+        """
+        tensors = captured[0].tensors
+        for stage, cap in zip(self.stages, captured):
+            tensors = stage.run(model, PieceInput(tensors, cap.sides))
+        if len(tensors) != 1:
+            raise PartitionError("the chain ends with more than one live tensor")
+        return tensors[0]
+
+    @staticmethod
+    def _capture(stage: Stage, tr: Trace) -> PieceInput:
+        calls = [tr.call(c.path) for c in stage.components]
+        sides = tuple((c.args, c.kwargs) for c in calls)
+        first = _get(calls[0].args, calls[0].kwargs, stage.components[0].where)
+        if stage.mode == "tail":
+            r = tr.call(stage.residual.path)
+            return PieceInput((_get(r.args, r.kwargs, stage.residual.where), first), sides)
+        return PieceInput((first,), sides)
+
+
+# ----------------------------------------------------------------------------- the walk
+
+
+class _Walker:
+    def __init__(self, tr: Trace, k_max: int):
+        self.tr = tr
+        self.k_max = k_max
+
+    def nslots(self, c: Call) -> int:
+        return len(self.tr.slots(c))
+
+    def chain(self, c: Call) -> tuple[list[Call], bool]:
+        """Children of ``c`` on its main data path, in order; and whether data enters the
+        chain from outside the modules (a prologue of plain tensor ops)."""
+        kids = [self.tr.calls[i] for i in c.children]
+        target = _main_out(c.output)
+        start = _get(c.args, c.kwargs, _main_where(c.args, c.kwargs))
+        chain: list[Call] = []
+        j = len(kids) - 1
+        prologue = False
+        while True:
+            k = j
+            while k >= 0 and not _same(_main_out(kids[k].output), target):
+                k -= 1
+            if k < 0:
+                prologue = not _same(target, start)
+                if not chain:
+                    raise PartitionError(f"cannot cut {c.name or 'the model'}: its output is "
+                                         "not produced by any of its modules")
+                break
+            for off in kids[k + 1:j + 1]:
+                self._off_chain(c, off, chain)
+            chain.insert(0, kids[k])
+            target = _get(kids[k].args, kids[k].kwargs, _main_where(kids[k].args, kids[k].kwargs))
+            j = k - 1
+            if _same(target, start):
+                break
+        for off in kids[:j + 1]:
+            if self.nslots(off) and not prologue:
+                raise PartitionError(f"data flow branches at {off.name}: its output does not "
+                                     "feed the next piece of the chain")
+        if prologue and any(self.nslots(o) for o in kids[:j + 1]):
+            bad = [o.name for o in kids[:j + 1] if self.nslots(o)]
+            raise PartitionError(f"data flow branches at {bad[-1]}: the input of {chain[0].name} "
+                                 f"combines {', '.join(bad)} through non-module operations")
+        return chain, prologue
+
+    def _off_chain(self, parent: Call, off: Call, chain: list[Call]) -> None:
+        if self.nslots(off):
+            raise PartitionError(f"data flow branches at {off.name}: its output does not feed "
+                                 "the next piece of the chain")
+
+    def stages(self, c: Call, top: bool = True) -> list[tuple[Stage, bool]]:
+        """Stages of ``c``'s chain; the flag marks an unrunnable prologue before them."""
+        chain, prologue = self.chain(c)
+        out: list[tuple[Stage, bool]] = [(None, True)] if prologue else []  # type: ignore
+        for kid in chain:
+            n = self.nslots(kid)
+            if n == 0 or quantizable(kid.module) or not kid.children:
+                out.append((self._seq([kid]), False))
+                continue
+            units = self._residual_units(kid)
+            if units is not None:
+                for unit in units:
+                    out.extend((s, False) for s in self._unit_stages(kid, unit))
+                continue
+            if n <= self.k_max and not isinstance(kid.module, (nn.Sequential, nn.ModuleList)):
+                out.append((self._seq([kid]), False))
+                continue
+            inner = self.stages(kid, top=False)
+            if inner and inner[0][0] is None and any(
+                    s is not None and s.slot_names for s, _ in out):
+                raise PartitionError(f"data flow branches at {kid.name}: data enters it from "
+                                     "outside the chain")
+            out.extend(inner)
+        return out
+
+    def _seq(self, calls: list[Call]) -> Stage:
+        comps = tuple(Component(k.name, _main_where(k.args, k.kwargs)) for k in calls)
+        names = tuple(s.name for k in calls for s in self.tr.slots(k))
+        return Stage("seq", comps, names)
+
+    def _residual_units(self, b: Call) -> list[tuple[list[Call], Call]] | None:
+        """``[(pre_calls, sub_call), ...]`` when ``b`` is a chain of pre-norm residual units
+        (checked on the recorded values), else None."""
+        kids = [self.tr.calls[i] for i in b.children]
+        x = _get(b.args, b.kwargs, _main_where(b.args, b.kwargs))
+        if x is None or not kids:
+            return None
+        h, i, units = x, 0, []
+        while i < len(kids):
+            pre = []
+            while i < len(kids) and self.nslots(kids[i]) == 0:
+                pre.append(kids[i])
+                i += 1
+            if i == len(kids):
+                return None
+            sub = kids[i]
+            i += 1
+            t = h
+            for m in [*pre, sub]:
+                inp = _get(m.args, m.kwargs, _main_where(m.args, m.kwargs))
+                if not (inp is t or _close(t, inp)):
+                    return None
+                t = _main_out(m.output)
+            if t is None or t.shape != h.shape:
+                return None
+            units.append((pre, sub))
+            h = h + t
+        if len(units) < 2 and self.nslots(b) <= self.k_max:
+            return None  # a single unit that fits is better timed whole
+        return units if _close(h, _main_out(b.output)) else None
+
+    def _unit_stages(self, block: Call, unit: tuple[list[Call], Call]) -> list[Stage]:
+        pre, sub = unit
+        comps = tuple(Component(k.name, _main_where(k.args, k.kwargs)) for k in [*pre, sub])
+        names = tuple(s.name for s in self.tr.slots(sub))
+        if len(names) <= self.k_max:
+            return [Stage("residual", comps, names)]
+        kids = [self.tr.calls[i] for i in sub.children]
+        target = _main_out(sub.output)
+        # the output projection: the last quantizable call whose output reaches the sub's
+        # output through slot-less modules only (dropout)
+        k = len(kids) - 1
+        trail: list[Call] = []
+        while k >= 0 and not quantizable(kids[k].module):
+            if self.nslots(kids[k]):
+                break
+            trail.insert(0, kids[k])
+            k -= 1
+        if k < 0 or not quantizable(kids[k].module):
+            raise PartitionError(f"cannot cut {sub.name} into pieces of at most {self.k_max} "
+                                 "layers: it has no final output projection to cut before")
+        proj = kids[k]
+        t = _main_out(proj.output)
+        for m in trail:
+            t = _main_out(m.output)
+        if not _same(t, target) or len(names) - 1 > self.k_max:
+            heads = ", ".join(n.rsplit(".", 1)[-1] for n in names[:-1])
+            raise PartitionError(f"data flow branches at {sub.name}: its layers {heads} cannot be "
+                                 f"cut into pieces of at most {self.k_max}; raise max_configs or "
+                                 "profile fewer precisions")
+        skip = tuple(m.name for m in [proj, *trail])
+        head = Stage("head", comps, names[:-1], skip=skip)
+        tail_comps = tuple(Component(m.name, _main_where(m.args, m.kwargs)) for m in [proj, *trail])
+        return [head, Stage("tail", tail_comps, names[-1:], residual=comps[0])]
+
+
+# ---------------------------------------------------------------------------- partition
+
+
+def _k_max(n_precisions: int, max_configs: int) -> int:
+    if max_configs < 1:
+        raise PartitionError(f"max_configs must be >= 1; got {max_configs}")
+    if n_precisions <= 1:
+        return 1 << 30
+    k = int(math.floor(math.log(max_configs) / math.log(n_precisions) + 1e-9))
+    if k < 1:
+        raise PartitionError(f"max_configs={max_configs} is below the {n_precisions} configs of "
+                             "a single layer")
+    return k
+
+
+def _pack(stages: list[Stage], k_max: int) -> list[Stage]:
+    """Merge consecutive ``seq`` stages of plain modules into pieces of <= k_max slots."""
+    out: list[Stage] = []
+    for s in stages:
+        prev = out[-1] if out else None
+        if (prev is not None and prev.mode == "seq" and s.mode == "seq"
+                and len(prev.slot_names) + len(s.slot_names) <= k_max):
+            out[-1] = Stage("seq", prev.components + s.components, prev.slot_names + s.slot_names)
+        else:
+            out.append(s)
+    return out
+
+
+def _describe(stage: Stage, root: nn.Module) -> tuple[str, str, tuple, dict]:
+    mods = [_resolve(root, c.path) for c in stage.components]
+    slots = tuple(slot_info(_resolve(root, n)) for n in stage.slot_names)
+    structure = []
+    for comp, m in zip(stage.components, mods):
+        skip = frozenset(s[len(comp.path) + 1:] for s in stage.skip
+                         if s.startswith(comp.path + "."))
+        structure.append(module_structure(m, skip))
+    if stage.mode == "seq":
+        kind = "+".join(type(m).__name__ for m in mods)
+    elif stage.mode == "tail":  # named for the sublayer that owns the output projection
+        path = stage.components[0].path
+        owner = _resolve(root, path.rsplit(".", 1)[0]) if "." in path else mods[0]
+        kind = f"{type(owner).__name__}.tail"
+    else:
+        kind = type(mods[-1]).__name__ + (".head" if stage.mode == "head" else "")
+    extra: dict[str, Any] = {"stage": stage.mode, "modules": [type(m).__name__ for m in mods]}
+    for m in mods:
+        for k in ("num_heads", "num_key_value_groups", "head_dim", "num_key_value_heads"):
+            v = getattr(m, k, None)
+            if isinstance(v, int):
+                extra[k] = v
+    payload = {"mode": stage.mode, "structure": structure,
+               "slots": [s.to_dict() for s in slots],
+               "where": [list(c.where) for c in stage.components]}
+    return digest(payload), kind, slots, extra
+
+
+def partition(model: nn.Module, example_inputs: dict[str, Any], *, n_precisions: int = 3,
+              max_configs: int = 64) -> Partition:
+    """Cut ``model`` into sequential pieces of at most ``k`` quantizable layers, where
+    ``n_precisions ** k <= max_configs``.
+
+    Raises PartitionError naming the module where data flow branches when the model cannot
+    be cut, or when it has no quantizable layer.
+    """
+    k_max = _k_max(n_precisions, max_configs)
+    tr = Trace(model, example_inputs)
+    root = tr.calls[0]
+    if not tr.slots(root):
+        raise PartitionError(f"{type(model).__name__} has no quantizable layer "
+                             f"({', '.join(t.__name__ for t in QUANTIZABLE_TYPES)})")
+    for names in tr.by_name.values():
+        if len(names) > 1 and tr.slots(tr.calls[names[0]]):
+            raise PartitionError(f"data flow branches at {tr.calls[names[0]].name}: it is called "
+                                 f"{len(names)} times in one pass (shared weights)")
+    walker = _Walker(tr, k_max)
+    raw = walker.stages(root)
+    # everything before the last prologue marker runs before the first piece and is not needed
+    last_pro = max((i for i, (s, _) in enumerate(raw) if s is None), default=-1)
+    stages = [s for s, _ in raw[last_pro + 1:]]
+    stages = _pack(stages, k_max)
+    first = next(i for i, s in enumerate(stages) if s.slot_names)
+    stages = stages[first:]
+    pieces = []
+    for s in stages:
+        if not s.slot_names:
+            continue
+        sig, kind, slots, extra = _describe(s, model)
+        pieces.append(Piece(len(pieces), sig, kind, s.slot_names, slots, extra, s))
+    return Partition(model_fingerprint(model), pieces, stages, k_max)
+
+
+def register_model(store: Any, loaded: Any, part: Partition) -> int:
+    """Write the partition's subgraphs and manifest under the loaded model's name."""
+    return store.put_model(part.model_fingerprint, loaded.name, part.subgraph_infos(),
+                           part.manifest_items())
