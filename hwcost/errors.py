@@ -78,3 +78,7 @@ class UnsupportedPrecision(HwcostError):
 
 class BadConfig(HwcostError):
     """A config does not fit the subgraph it is asked for (wrong number of slots)."""
+
+
+class PlanInvalid(HwcostError):
+    """A plan document is not a valid hwcost plan."""

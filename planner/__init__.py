@@ -1,0 +1,37 @@
+"""Planning: pick one precision configuration per subgraph to maximise the predicted gain
+with the predicted loss MSE under a bound (arXiv 2505.13060), from the store alone.
+
+Importing ``planner`` never imports torch; only :mod:`planner.apply` (apply and validate on
+a device) does, lazily.
+"""
+
+from planner.export import FORMATS, export, plan_document, read_plan, to_inc, to_torchao, validate_plan
+from planner.objectives import (
+    OBJECTIVES,
+    Constraints,
+    Threshold,
+    lowest_precision_mse,
+    parse_groups,
+    parse_objective,
+    parse_pins,
+    parse_threshold,
+)
+from planner.plans import PlanResult, load_plan, make_plan, save_plan
+from planner.problem import Choice, Option, Problem, build_problem, match_layers
+from planner.solve import Solution, compile_problem, min_loss_mse, solve, solve_compiled
+from planner.sweep import FrontierPoint, sweep
+
+__all__ = [
+    # the problem
+    "Problem", "Choice", "Option", "build_problem", "match_layers",
+    # objectives and constraints
+    "OBJECTIVES", "Constraints", "Threshold", "parse_objective", "parse_threshold", "parse_pins",
+    "parse_groups", "lowest_precision_mse",
+    # solving
+    "Solution", "solve", "compile_problem", "solve_compiled", "min_loss_mse", "sweep",
+    "FrontierPoint",
+    # plans
+    "PlanResult", "make_plan", "save_plan", "load_plan",
+    # exporters
+    "FORMATS", "plan_document", "validate_plan", "read_plan", "export", "to_inc", "to_torchao",
+]

@@ -7,6 +7,7 @@ import click
 from hwcost import __version__
 from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.device import device_cmd
+from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,3 +29,6 @@ def cli() -> None:
 
 cli.add_command(device_cmd)
 cli.add_command(coverage_cmd)
+cli.add_command(plan_cmd)
+cli.add_command(validate_cmd)
+cli.add_command(export_plan_cmd)

@@ -1,0 +1,193 @@
+"""``hwcost plan``, ``hwcost validate`` and ``hwcost export-plan``.
+
+Planning reads only the store (no torch); ``validate`` loads the model and runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hwcost.cli.options import (
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    open_cli_store,
+    store_option,
+    table,
+)
+
+
+@click.command("plan")
+@click.argument("model")
+@device_option
+@click.option("--shape", required=True, help="Workload shape key, e.g. batch=1,seq=128.")
+@click.option("--max-loss-mse", "max_loss", default=None, metavar="X",
+              help="Bound on predicted loss MSE: absolute (0.01) or a share of the "
+                   "all-lowest-precision loss MSE (10%).")
+@click.option("--objective", type=click.Choice(["time", "memory", "macs"]), default="time",
+              show_default=True, help="Gain to maximise: measured time, weight bytes, or MAC time.")
+@click.option("--pin", "pins", multiple=True, metavar="PATTERN=PREC",
+              help="Keep matching layers at a precision (glob or name suffix), e.g. lm_head=fp32. "
+                   "Repeatable.")
+@click.option("--group", "groups", multiple=True, metavar="P1,P2,...",
+              help="Layers matching these patterns share one precision, e.g. "
+                   "'*.q_proj,*.k_proj,*.v_proj'. Repeatable.")
+@click.option("--memory-budget", default=None, metavar="BYTES",
+              help="Upper bound on weight bytes of the planned layers, e.g. 12GB or 300MiB.")
+@click.option("--precisions", default=None, metavar="P1,P2",
+              help="Precisions to plan over (default: the device's candidates that have a "
+                   "sensitivity table).")
+@click.option("--method", default="taylor", show_default=True,
+              help="Sensitivity method whose table bounds the loss MSE.")
+@click.option("--sweep", "sweep_n", type=int, default=None, metavar="N",
+              help="Solve N thresholds and print the Pareto frontier (loss MSE vs speedup).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="With --sweep: where to write the PNG [default: pareto.png].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the plan (or the sweep) as JSON to this file.")
+@click.option("--time-limit", type=float, default=60.0, show_default=True,
+              help="Solver time limit per solve, seconds (the gap is reported if hit).")
+@store_option
+@json_option
+@handle_errors
+def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_budget, precisions,
+             method, sweep_n, plot_path, output, time_limit, db_url, as_json):
+    """Pick a precision per layer that maximises the predicted gain on a device with the
+    predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
+    Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
+    from hwcost.errors import HwcostError
+    from planner.objectives import Constraints, parse_bytes, parse_groups, parse_pins, parse_threshold
+    from planner.plans import make_plan, save_plan
+    from planner.problem import build_problem
+
+    if max_loss is None and sweep_n is None:
+        raise HwcostError("give --max-loss-mse (e.g. 0.01 or 10%), or --sweep N for the frontier")
+    threshold = parse_threshold(max_loss) if max_loss is not None else None
+    cons = Constraints(max_weight_bytes=parse_bytes(memory_budget), pins=parse_pins(pins),
+                       groups=parse_groups(groups))
+    precs = [p for p in precisions.split(",") if p.strip()] if precisions else None
+    with open_cli_store(db_url) as store:
+        problem = build_problem(store, model, device, shape, precisions=precs, method=method)
+        if sweep_n is not None:
+            _sweep(problem, sweep_n, objective, cons, plot_path, output, time_limit, as_json)
+            return
+        result = make_plan(store, model, device, shape, threshold, objective, cons,
+                           time_limit_s=time_limit, problem=problem)
+        save_plan(store, result)
+    doc = result.document
+    if output:
+        Path(output).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if as_json:
+        emit_json(doc)
+        return
+    _print_plan(doc, output)
+
+
+def _print_plan(doc: dict, output: str | None) -> None:
+    d = doc["data"]
+    pr, sv = d["predicted"], d["solver"]
+    click.echo(f"plan {d['plan_id']}: {d['model']['name']} on {d['device']['name']} "
+               f"({d['device']['fingerprint'][:12]}), {d['shape']}, objective {d['objective']}")
+    click.echo(table([{"layer": k, "precision": v} for k, v in d["layers"].items()]))
+    counts: dict[str, int] = {}
+    for p in d["layers"].values():
+        counts[p] = counts.get(p, 0) + 1
+    click.echo("layers        " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
+    click.echo(f"speedup       {pr['speedup']:.3f}x predicted ({pr['baseline_us']:.1f} us -> "
+               f"{pr['plan_us']:.1f} us)")
+    bound = d["max_loss_mse"]
+    bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if d.get("threshold", "").endswith("%")
+                                          else "") + ")" if bound is not None else ""
+    click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
+    click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
+               "measured costs")
+    gap = "" if sv["status"] == "optimal" else f", gap {sv['gap'] * 100:.2f}%"
+    click.echo(f"solver        {sv['status']}{gap} in {sv['wall_s']:.2f} s")
+    if output:
+        click.echo(f"written to    {output}")
+
+
+def _sweep(problem, n, objective, cons, plot_path, output, time_limit, as_json) -> None:
+    from planner.plot import plot_frontier
+    from planner.sweep import frontier_table, sweep
+
+    points = sweep(problem, n, objective, cons, time_limit_s=time_limit)
+    rows = frontier_table(points)
+    payload = {"model": problem.model_name, "device": problem.device_fingerprint,
+               "shape": problem.shape, "objective": objective, "points": rows}
+    png = plot_frontier(points, plot_path or "pareto.png",
+                        title=f"{problem.model_name} on {problem.device_name}, {problem.shape}")
+    payload["plot"] = str(png)
+    if output:
+        Path(output).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    if as_json:
+        emit_json(payload)
+        return
+    click.echo(table(rows, ["max_loss_mse", "loss_mse", "speedup", "low_layers", "status"]))
+    click.echo(f"plot          {png}")
+    if output:
+        click.echo(f"written to    {output}")
+
+
+@click.command("export-plan")
+@click.argument("plan")
+@click.option("--format", "fmt", type=click.Choice(["json", "inc", "torchao"]), default="json",
+              show_default=True, help="json: the plan document; inc: Intel Neural Compressor FP8 "
+                                      "config (Gaudi); torchao: per-module torchao configs.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
+@store_option
+@handle_errors
+def export_plan_cmd(plan, fmt, output, db_url):
+    """Export a plan (a store id or a plan JSON file) for deployment tools."""
+    from planner.export import export
+    from planner.plans import load_plan
+
+    if Path(plan).exists():
+        from planner.export import read_plan
+
+        doc = read_plan(plan)
+    else:
+        with open_cli_store(db_url) as store:
+            doc, _ = load_plan(store, plan)
+    text = json.dumps(export(doc, fmt), indent=2, sort_keys=True) + "\n"
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"written to {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command("validate")
+@click.argument("plan")
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="Model to load (HF directory or module:factory) [default: the demo model].")
+@click.option("--eval-data", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Held-out text or token ids for the true loss MSE [default: data/corpus/test.txt].")
+@click.option("--samples", type=int, default=32, show_default=True,
+              help="Held-out sequences for the loss MSE.")
+@click.option("--threads", type=int, default=None, help="CPU threads to time with.")
+@store_option
+@json_option
+@handle_errors
+def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json):
+    """Apply a plan with the backend's real kernels and measure it: end-to-end latency
+    against the baseline (interleaved) and the true loss MSE on held-out data, printed next
+    to the prediction and stored."""
+    from planner.apply import validate_plan_on_device
+    from planner.plans import load_plan
+
+    with open_cli_store(db_url) as store:
+        doc, plan_id = load_plan(store, plan)
+        res = validate_plan_on_device(store, doc, plan_id, model_spec=model_spec,
+                                      eval_data=eval_data, samples=samples, threads=threads)
+    if as_json:
+        emit_json(res.to_dict())
+        return
+    click.echo(table(res.rows(), ["quantity", "predicted", "measured"]))
+    click.echo(f"validation {res.validation_id} stored for plan {res.plan_id} "
+               f"({res.threads} threads, {res.n_eval_samples} held-out samples)")

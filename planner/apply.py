@@ -1,0 +1,207 @@
+"""Apply a plan with the backend's real kernels and check it against its prediction.
+
+Imports torch (through ``profiles`` and ``sensitivity``) lazily, inside the functions: the
+rest of ``planner`` plans without torch.
+
+- latency: the baseline model and the planned model timed interleaved on fresh inputs of the
+  plan's shape (``profiles.bench.time_interleaved``, thread count recorded);
+- loss MSE: ``E_n[(L_n(plan) - L_n(baseline))^2]`` of the *deployed* models (real kernels)
+  over held-out sequences (``data/corpus/test.txt`` by default), per-sample next-token losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hwcost import __version__
+from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
+from hwcost.schema import ModelLatency, Plan, Validation
+from planner.export import validate_plan
+
+DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"
+
+
+@dataclass
+class ValidationResult:
+    """Predicted against measured speedup and loss MSE of one applied plan."""
+
+    plan_id: int
+    validation_id: int
+    device: str
+    baseline_us: float
+    plan_us: float
+    baseline_spread_us: float
+    plan_spread_us: float
+    measured_speedup: float
+    predicted_speedup: float | None
+    measured_loss_mse: float
+    predicted_loss_mse: float | None
+    n_eval_samples: int
+    threads: int | None
+    note: str = ""
+
+    def rows(self) -> list[dict]:
+        return [
+            {"quantity": "speedup", "predicted": _f(self.predicted_speedup, "{:.3f}x"),
+             "measured": f"{self.measured_speedup:.3f}x"},
+            {"quantity": "latency_us", "predicted": "-",
+             "measured": f"{self.baseline_us:.1f} -> {self.plan_us:.1f}"},
+            {"quantity": "loss_mse", "predicted": _f(self.predicted_loss_mse, "{:.4g}"),
+             "measured": f"{self.measured_loss_mse:.4g}"},
+        ]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def layer_map_hash(layers: Mapping[str, str]) -> str:
+    """The ``ModelLatency.config_hash`` of a per-layer config."""
+    return hashlib.sha256(json.dumps(dict(sorted(layers.items()))).encode()).hexdigest()[:16]
+
+
+def deploy(loaded_model, layers: Mapping[str, str], backend):
+    """A copy of the model with each layer deployed in its precision (fp32 layers of the
+    float32 model are left as they are: that is the fp32 deployment)."""
+    from profiles.backends import apply_precisions
+
+    todo = {n: p for n, p in layers.items() if p != "fp32"}
+    model = loaded_model.to(backend.device)
+    return apply_precisions(model, todo, backend).eval()
+
+
+def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, backend,
+                 *, threads: int | None = None, n_inputs: int = 3, **timing_kwargs) -> dict:
+    """Interleaved end-to-end latency of several per-layer configs of one model.
+
+    Returns name -> ``profiles.bench.Timing``.
+    """
+    import torch
+
+    from profiles.bench import time_interleaved
+
+    models = {name: deploy(loaded.model, layers, backend) for name, layers in configs.items()}
+    inputs = [{k: (v.to(backend.device) if isinstance(v, torch.Tensor) else v)
+               for k, v in loaded.inputs_for(shape, seed=i).items()} for i in range(n_inputs)]
+
+    def runner(m):
+        def run(inp):
+            with torch.inference_mode():
+                return m(**inp)
+        return run
+
+    return time_interleaved({n: runner(m) for n, m in models.items()}, inputs, backend,
+                            threads=threads, **timing_kwargs)
+
+
+def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: int = 128,
+                 batch: int = 8, seed: int = 1) -> list:
+    """Held-out token windows, in batches, for the true loss MSE."""
+    from sensitivity.data import load_calibration
+
+    path = Path(eval_data) if eval_data else DEFAULT_EVAL
+    if not path.is_file():
+        raise HwcostError(f"held-out data {path} not found; pass --eval-data FILE")
+    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    cal = load_calibration(path, tokenizer=loaded.tokenizer, samples=samples, seq_len=seq_len,
+                           seed=seed, vocab_size=vocab)
+    ids = cal.input_ids
+    return [ids[i:i + batch] for i in range(0, ids.shape[0], batch)]
+
+
+def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, backend
+             ) -> dict[str, float]:
+    """True loss MSE of each deployed config against the undeployed float32 model."""
+    import numpy as np
+
+    from sensitivity.reference import per_sample_losses
+
+    ref = per_sample_losses(loaded.model, batches).numpy()
+    out = {}
+    for name, layers in configs.items():
+        m = deploy(loaded.model, layers, backend)
+        q = per_sample_losses(m, [b.to(backend.device) for b in batches]).cpu().numpy()
+        out[name] = float(np.mean(np.square(q - ref)))
+    return out
+
+
+def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
+    """The plan's id in this store, inserting the document when it came from a file."""
+    data = validate_plan(doc)
+    if plan_id is not None:
+        try:
+            row = store.get_plan(int(plan_id))
+            if json.loads(row.body)["data"]["model"]["fingerprint"] == data["model"]["fingerprint"]:
+                return row.id
+        except StoreError:
+            pass
+    model = store.get_model(data["model"]["fingerprint"])
+    try:
+        dev = store.get_device(data["device"]["fingerprint"])
+    except NoSuchDevice:
+        raise PlanInvalid(f"the plan's device {data['device']['fingerprint'][:12]} is not in this "
+                          "store; import its cost tables first") from None
+    pr = data["predicted"]
+    return store.add_plan(Plan(model_id=model.id, device_id=dev.id, shape=data["shape"],
+                               objective=data["objective"], max_loss_mse=data.get("max_loss_mse"),
+                               predicted_speedup=pr.get("speedup"),
+                               predicted_loss_mse=pr.get("loss_mse"),
+                               measured_share=pr.get("measured_share"),
+                               body=json.dumps(doc, sort_keys=True)))
+
+
+def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
+                            eval_data: str | None = None, samples: int = 32,
+                            threads: int | None = None, seq_len: int = 128) -> ValidationResult:
+    """Apply the plan on this machine's device of the plan's kind, measure latency against the
+    baseline and the true loss MSE, store a Validation and the two ModelLatency rows."""
+    from hwcost.device import local_device
+    from profiles.backends import get_backend
+    from profiles.loading import load_model
+
+    data = validate_plan(doc)
+    kind = data["device"]["kind"]
+    backend = get_backend(kind)
+    backend.require()
+    loaded = load_model(model_spec)
+    layers = dict(data["layers"])
+    base_layers = {n: data["baseline"] for n in layers}
+    configs = {"baseline": base_layers, "plan": layers}
+    timings = time_configs(loaded, configs, data["shape"], backend, threads=threads)
+    batches = eval_batches(loaded, eval_data, samples, seq_len)
+    losses = loss_mse(loaded, {"plan": layers}, batches, backend)
+    n_eval = sum(int(b.shape[0]) for b in batches)
+
+    used_threads = timings["plan"].threads
+    info = local_device(kind)
+    dev_row = store.upsert_device(info.to_row())
+    note = "" if info.fingerprint == data["device"]["fingerprint"] else (
+        f"measured on {info.fingerprint[:12]}, planned for {data['device']['fingerprint'][:12]}")
+    pid = ensure_plan_row(store, doc, plan_id)
+    model = store.get_model(data["model"]["fingerprint"])
+    host = socket.gethostname()
+    for name, hash_ in (("baseline", f"all:{data['baseline']}"), ("plan", layer_map_hash(layers))):
+        t = timings[name]
+        store.add_model_latency(ModelLatency(
+            model_id=model.id, device_id=dev_row.id, shape=data["shape"], config_hash=hash_,
+            config="{}" if name == "baseline" else json.dumps(layers, sort_keys=True),
+            median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples, host=host,
+            tool_version=__version__))
+    b, p = timings["baseline"], timings["plan"]
+    pr = data["predicted"]
+    v = Validation(plan_id=pid, device_id=dev_row.id, baseline_us=b.median_us, plan_us=p.median_us,
+                   measured_speedup=b.median_us / p.median_us,
+                   predicted_speedup=pr.get("speedup"), measured_loss_mse=losses["plan"],
+                   predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host)
+    vid = store.add_validation(v)
+    return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
+                            p.spread_us, b.median_us / p.median_us, pr.get("speedup"),
+                            losses["plan"], pr.get("loss_mse"), n_eval, used_threads, note)

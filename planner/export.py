@@ -1,0 +1,182 @@
+"""Plan documents and the configs other tools read.
+
+- plan JSON: ``{"type": "hwcost.plan", "version": 1, "data": {...}}``, validated on read;
+- Intel Neural Compressor FP8 config (Gaudi): the FP8 quantization JSON that
+  ``neural_compressor.torch.quantization.FP8Config.from_json_file`` reads; layers kept in high
+  precision go to the blocklist, FP8 layers to the allowlist;
+- torchao: ``torchao.core.config.config_to_dict`` form of an ``FqnToConfig`` (module FQN ->
+  ``Int8DynamicActivationInt8WeightConfig`` / ``Float8DynamicActivationFloat8WeightConfig``),
+  loadable with ``config_from_dict`` and applied with ``quantize_(model, config, filter_fn=None)``,
+  plus the bf16 casts torchao has no config for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hwcost.errors import HwcostError, PlanInvalid
+from hwcost.precision import parse_precision
+
+PLAN_TYPE = "hwcost.plan"
+PLAN_VERSION = 1
+FORMATS = ("json", "inc", "torchao")
+
+_REQUIRED = {"model": dict, "device": dict, "shape": str, "objective": str, "baseline": str,
+             "layers": dict, "predicted": dict}
+
+
+def plan_document(solution, constraints=None, threshold: str | None = None) -> dict:
+    """The versioned plan JSON of a solved plan (what the store keeps and exporters read)."""
+    p = solution.problem
+    subgraphs = [{
+        "position": c.position, "signature": c.signature, "kind": c.kind,
+        "layers": list(c.layer_names), "config": list(o.config), "gain_us": o.gain_us,
+        "loss_mse": o.loss_mse, "source": o.source,
+    } for c, o in zip(p.choices, solution.chosen)]
+    data = {
+        "model": {"name": p.model_name, "fingerprint": p.model_fingerprint},
+        "device": {"fingerprint": p.device_fingerprint, "name": p.device_name, "kind": p.device_kind},
+        "shape": p.shape,
+        "objective": solution.objective,
+        "baseline": p.baseline,
+        "precisions": list(p.precisions),
+        "max_loss_mse": solution.max_loss_mse,
+        "threshold": threshold,
+        "constraints": constraints.to_dict() if constraints is not None else {},
+        "layers": solution.layers,
+        "subgraphs": subgraphs,
+        "predicted": {
+            "baseline_us": p.baseline_us, "plan_us": solution.plan_us,
+            "speedup": solution.predicted_speedup, "gain_us": solution.gain_us,
+            "loss_mse": solution.loss_mse, "weight_bytes": solution.weight_bytes,
+            "measured_share": solution.measured_share,
+            "baseline_from": "model" if p.model_baseline_us else "subgraphs",
+        },
+        "solver": {"status": solution.status, "gap": solution.gap, "wall_s": solution.wall_s},
+        "sensitivity": p.sensitivity,
+    }
+    return {"type": PLAN_TYPE, "version": PLAN_VERSION, "data": data}
+
+
+def validate_plan(doc) -> dict:
+    """Check a plan document's envelope and fields; return its ``data``."""
+    if not isinstance(doc, dict):
+        raise PlanInvalid("a plan must be a JSON object")
+    if doc.get("type") != PLAN_TYPE:
+        raise PlanInvalid(f"not an hwcost plan: type is {doc.get('type')!r}, expected {PLAN_TYPE!r}")
+    version = doc.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise PlanInvalid(f"plan version {version!r} is not a positive integer")
+    if version > PLAN_VERSION:
+        raise PlanInvalid(f"plan version {version} is newer than this hwcost reads ({PLAN_VERSION}); "
+                          "upgrade hwcost")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise PlanInvalid("plan has no 'data' object")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(data.get(key), typ):
+            raise PlanInvalid(f"plan field {key!r} is missing or not a {typ.__name__}")
+    for layer, prec in data["layers"].items():
+        if not isinstance(layer, str) or not isinstance(prec, str):
+            raise PlanInvalid(f"plan layer entry {layer!r}: {prec!r} is not name -> precision")
+        try:
+            parse_precision(prec)
+        except HwcostError:
+            raise PlanInvalid(f"plan layer {layer} has unknown precision {prec!r}") from None
+    parse_precision(data["baseline"])
+    if not data["layers"]:
+        raise PlanInvalid("plan assigns no layer")
+    return data
+
+
+def read_plan(path: str | Path) -> dict:
+    """Read and validate a plan JSON file; returns the whole document."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PlanInvalid(f"cannot read plan {path}: {e.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlanInvalid(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    validate_plan(doc)
+    return doc
+
+
+def to_inc(doc: dict, dump_stats_path: str = "./inc_output/measure") -> dict:
+    """Intel Neural Compressor FP8 quantization config (``mode: QUANTIZE``) for Gaudi."""
+    data = validate_plan(doc)
+    fp8 = sorted(n for n, p in data["layers"].items() if p.startswith("fp8"))
+    high = sorted(n for n, p in data["layers"].items() if not p.startswith("fp8"))
+    other = sorted({p for p in data["layers"].values()} - {"fp8_e4m3", "fp8_e5m2", "bf16",
+                                                            "fp16", "fp32"})
+    if other:
+        raise HwcostError(f"the INC FP8 config cannot express {', '.join(other)} layers; "
+                          "export this plan with --format torchao")
+    kinds = {data["layers"][n] for n in fp8}
+    if len(kinds) > 1:
+        raise HwcostError("INC's FP8 config uses one FP8 format per model; the plan mixes "
+                          f"{', '.join(sorted(kinds))}")
+    hp = data["baseline"] if data["baseline"] in ("bf16", "fp16", "fp32") else "bf16"
+    return {
+        "mode": "QUANTIZE",
+        "observer": "maxabs",
+        "scale_method": "maxabs_hw",
+        "fp8_config": "E5M2" if kinds == {"fp8_e5m2"} else "E4M3",
+        "hp_dtype": hp,
+        "allowlist": {"types": [], "names": fp8},
+        "blocklist": {"types": [], "names": high},
+        "dump_stats_path": dump_stats_path,
+    }
+
+
+_INT8 = {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}
+_PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {}}
+
+
+def _fp8(dtype: str) -> dict:
+    dt = {"_type": "torch.dtype", "_data": dtype}
+    return {"_type": "Float8DynamicActivationFloat8WeightConfig", "_version": 2,
+            "_data": {"activation_dtype": dt, "weight_dtype": dt, "granularity": [_PER_ROW, _PER_ROW]}}
+
+
+_TORCHAO = {"int8": _INT8, "fp8_e4m3": _fp8("float8_e4m3fn"), "fp8_e5m2": _fp8("float8_e5m2")}
+_CASTS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def to_torchao(doc: dict) -> dict:
+    """torchao per-module mapping: ``fqn_to_config`` in torchao's own serialized form (per-row
+    scales, matching our precision registry), and dtype casts for float layers that differ from
+    the baseline. Baseline layers are left out."""
+    data = validate_plan(doc)
+    base = data["baseline"]
+    fqn, casts = {}, {}
+    for name, p in sorted(data["layers"].items()):
+        if p == base:
+            continue
+        if p in _TORCHAO:
+            fqn[name] = _TORCHAO[p]
+        elif p in _CASTS:
+            casts[name] = _CASTS[p]
+    return {
+        "type": "hwcost.torchao", "version": 1,
+        "data": {
+            "model": data["model"], "baseline": base,
+            "casts": casts,
+            "quantize": {"_type": "FqnToConfig", "_version": 1, "_data": {"fqn_to_config": fqn}},
+            "modules": {n: {"config": c["_type"]} for n, c in fqn.items()},
+        },
+    }
+
+
+def export(doc: dict, fmt: str) -> dict:
+    """The plan in one of :data:`FORMATS`."""
+    if fmt == "json":
+        validate_plan(doc)
+        return doc
+    if fmt == "inc":
+        return to_inc(doc)
+    if fmt == "torchao":
+        return to_torchao(doc)
+    raise HwcostError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -1,0 +1,231 @@
+"""The multiple-choice problem: one precision configuration per subgraph instance.
+
+Built from the store alone (manifest, cost table with fallbacks, sensitivity table), so it
+needs no model weights and no torch. Each subgraph instance offers its configurations as
+:class:`Option` s; each option carries what every objective and constraint needs: latency
+and time gain, predicted loss MSE (sum of its layers' s_l(p)), weight bytes and MAC-based
+theoretical time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hwcost.errors import HwcostError, NoEstimate, NoSuchModel
+from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precision
+from hwcost.shape import Shape, parse_shape
+
+SOURCES = ("measured", "learned", "roofline")
+"""Cost sources from most to least trusted; an option's source is the weaker of its own
+latency's and its subgraph baseline's."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration of one subgraph instance."""
+
+    config: tuple[str, ...]  # precision per slot, in slot order
+    latency_us: float
+    gain_us: float  # baseline latency minus this latency (negative: slower than baseline)
+    loss_mse: float  # sum over its layers of s_l(p_l)
+    weight_bytes: float
+    macs_time_us: float  # theoretical time from MACs and the device's (or relative) peak rates
+    source: str  # measured | learned | roofline
+    uncertainty_us: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return ",".join(self.config)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A subgraph instance of the model and its options (index 0 is the all-baseline config)."""
+
+    position: int
+    signature: str
+    kind: str
+    layer_names: tuple[str, ...]
+    options: tuple[Option, ...]
+
+    @property
+    def baseline(self) -> Option:
+        return self.options[0]
+
+
+@dataclass
+class Problem:
+    """Everything the solver needs, detached from the store."""
+
+    model_name: str
+    model_fingerprint: str
+    device_fingerprint: str
+    device_name: str
+    device_kind: str
+    shape: str
+    baseline: str
+    precisions: tuple[str, ...]
+    choices: list[Choice]
+    model_baseline_us: float | None = None  # measured whole-model baseline latency, if stored
+    sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint}
+
+    @property
+    def subgraph_baseline_us(self) -> float:
+        return sum(c.baseline.latency_us for c in self.choices)
+
+    @property
+    def baseline_us(self) -> float:
+        """End-to-end baseline: the measured whole model if stored, else the subgraph sum."""
+        return self.model_baseline_us or self.subgraph_baseline_us
+
+    @property
+    def layers(self) -> list[str]:
+        return [n for c in self.choices for n in c.layer_names]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    position: int
+    signature: str
+    kind: str
+    layer_names: tuple[str, ...]
+    slots: tuple
+    costs: dict
+
+
+# ------------------------------------------------------------------------- building
+
+
+def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
+                  precisions: Sequence[str] | None = None, method: str = "taylor") -> Problem:
+    """The planning problem of a stored model on a device and shape.
+
+    ``device`` is anything ``hwcost.costs.resolve_device`` accepts (fingerprint, name, kind,
+    catalog name). ``precisions`` defaults to the device kind's candidates that have a
+    sensitivity table; the baseline precision is always included. Costs come from
+    ``hwcost.costs.model_table``: measured, else learned, else roofline, each labelled.
+    """
+    from hwcost.costs import resolve_device
+
+    shape_obj = parse_shape(shape)
+    dev = resolve_device(store, device)
+    model, manifest = store.manifest(model_ref)
+    if not manifest:
+        raise NoSuchModel(f"model {model.name!r} has an empty manifest; re-run `hwcost profile`")
+    baseline = BASELINE.get(dev.kind, Precision.FP32).value
+    sens, calib = _sensitivity_table(store, model, method)
+    layers = [n for item, _ in manifest for n in item.layer_names]
+    precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
+    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs, manifest)
+    rates = _mac_rates(dev, baseline, precs)
+    choices = [_choice(e, baseline, precs, sens, rates, shape_obj) for e in entries]
+    base_row = store.model_latency(model.id, dev.id, shape_obj.key, f"all:{baseline}")
+    return Problem(model_name=model.name, model_fingerprint=model.fingerprint,
+                   device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
+                   shape=shape_obj.key, baseline=baseline, precisions=precs, choices=choices,
+                   model_baseline_us=base_row.median_us if base_row else None,
+                   sensitivity={"method": method, "calib_fingerprint": calib})
+
+
+def _sensitivity_table(store, model, method: str) -> tuple[dict[tuple[str, str], float], str]:
+    rows = store.sensitivities(model.id, method=method)
+    if not rows:
+        raise HwcostError(f"no {method} sensitivity table for model {model.name!r}; run "
+                          f"`hwcost sensitivity {model.name} --calib DATA` first")
+    return {(r.layer, r.precision): float(r.loss_mse) for r in rows}, rows[0].calib_fingerprint
+
+
+def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
+                       sens: dict, layers: list[str], model_name: str) -> tuple[str, ...]:
+    have = {p for _, p in sens}
+    if asked:
+        precs = [parse_precision(p).value for p in asked]
+    else:
+        precs = [p.value for p in CANDIDATES.get(kind, ()) if p.value in have or p.value == baseline]
+    precs = [baseline] + [p for p in dict.fromkeys(precs) if p != baseline]
+    for p in precs[1:]:
+        missing = [n for n in layers if (n, p) not in sens]
+        if missing:
+            raise HwcostError(
+                f"the sensitivity table of {model_name!r} has no {p} rows for {len(missing)} "
+                f"layer(s) (e.g. {missing[0]}); run `hwcost sensitivity {model_name} --calib DATA "
+                f"--precisions {','.join(precs[1:])}`")
+    if len(precs) < 2:
+        raise HwcostError(f"nothing to plan: no precision besides the baseline {baseline} has a "
+                          f"sensitivity table for {model_name!r}")
+    return tuple(precs)
+
+
+def _cost_entries(store, model_fp: str, dev, shape: Shape, precs: tuple[str, ...],
+                  manifest) -> list[_Entry]:
+    """Cost table per subgraph instance from ``hwcost.costs`` (measured, else learned, else
+    roofline, each labelled)."""
+    from hwcost.costs import model_table
+
+    kinds = {item.position: info.kind for item, info in manifest}
+    table = model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs)
+    return [_Entry(e.position, e.signature, kinds.get(e.position, ""), tuple(e.layer_names),
+                   tuple(e.slots), dict(e.costs)) for e in table.entries]
+
+
+def _mac_rates(dev, baseline: str, precs: tuple[str, ...]) -> dict[str, float]:
+    """MACs per microsecond per precision: the device's peaks (calibrated or catalog) when
+    known, else the baseline's rate scaled by the ratio of bits, the proxy MAC counts imply."""
+    from hwcost.costs import device_peaks
+
+    peaks = device_peaks(dev)
+
+    def peak(p: str) -> float | None:
+        v = peaks.rate(Precision(p)) if peaks is not None else None
+        return float(v) * 1e12 / 2 / 1e6 if v else None  # TFLOP/s -> MAC/us
+
+    base = peak(baseline) or 1.0
+    base_bits = Precision(baseline).bits
+    return {p: peak(p) or base * base_bits / Precision(p).bits for p in precs}
+
+
+def _choice(e: _Entry, baseline: str, precs: tuple[str, ...], sens: dict,
+            rates: dict[str, float], shape: Shape) -> Choice:
+    n = len(e.slots)
+    base_key = config_key([baseline] * n)
+    if base_key not in e.costs:
+        raise NoEstimate(f"no cost for the baseline config [{base_key}] of subgraph "
+                         f"{e.signature[:12]} ({', '.join(e.layer_names)}); run `hwcost profile` "
+                         "for this device and shape")
+    base = e.costs[base_key]
+    options = []
+    for cfg in itertools.product(precs, repeat=n):
+        key = ",".join(cfg)
+        est = e.costs.get(key)
+        if est is None:
+            continue
+        loss = sum(sens.get((layer, p), 0.0) if p != baseline else 0.0
+                   for layer, p in zip(e.layer_names, cfg))
+        wbytes = sum(s.weight_params * Precision(p).bytes for s, p in zip(e.slots, cfg))
+        macs_t = sum(s.macs_per_token * shape.tokens / rates[p] for s, p in zip(e.slots, cfg))
+        options.append(Option(
+            config=tuple(cfg), latency_us=float(est.latency_us),
+            gain_us=float(base.latency_us) - float(est.latency_us), loss_mse=float(loss),
+            weight_bytes=float(wbytes), macs_time_us=float(macs_t),
+            source=_weaker(est.source, base.source),
+            uncertainty_us=float(getattr(est, "uncertainty_us", 0.0) or 0.0)))
+    options.sort(key=lambda o: (o.key != base_key, o.key))
+    return Choice(e.position, e.signature, e.kind, tuple(e.layer_names), tuple(options))
+
+
+def _weaker(a: str, b: str) -> str:
+    rank = {s: i for i, s in enumerate(SOURCES)}
+    return max((a, b), key=lambda s: rank.get(s, len(SOURCES)))
+
+
+# --------------------------------------------------------------------- layer patterns
+
+
+def match_layers(pattern: str, layers: Sequence[str]) -> list[str]:
+    """Layers a pin or group pattern names: exact name, glob (``*.lm_head``), or a suffix
+    after a dot (``lm_head`` matches ``model.lm_head``)."""
+    return [n for n in layers
+            if n == pattern or fnmatch.fnmatchcase(n, pattern) or n.endswith("." + pattern)]
