@@ -88,8 +88,9 @@ def test_noisy_candidate_is_remeasured_and_flagged():
     elapsed = time.perf_counter() - start
     assert not t.stable and t.rel_spread > 0.05
     assert t.n_samples == 8  # one batch reported whole
-    assert len(calls) > 3 * 8  # more than the first batch was taken
-    assert elapsed < 2.0  # and the budget was respected (plus one batch)
+    assert elapsed >= 0.3  # it kept re-measuring until the budget was spent
+    assert len(calls) > 2 * 8
+    assert elapsed < 2.0  # and then stopped (the budget plus at most one batch)
 
 
 def test_quiet_candidate_is_stable():
