@@ -7,6 +7,7 @@ import click
 from hwcost import __version__
 from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.device import device_cmd
+from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
 
 
@@ -32,3 +33,4 @@ cli.add_command(coverage_cmd)
 cli.add_command(plan_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(export_plan_cmd)
+cli.add_command(doctor_cmd)
