@@ -16,7 +16,7 @@ from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
-from profiles.precisions import emulation
+from profiles.precisions import Emulation, emulation
 
 
 def _conv1d_type() -> type | None:
@@ -65,38 +65,60 @@ def quantizable_layers(model: nn.Module, layers: str | Sequence[str] = "auto"
 
 
 @contextmanager
-def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str]) -> Iterator[None]:
+def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | Emulation]
+             ) -> Iterator[None]:
     """Run ``model`` with the named layers quantize-dequantized by the registry's emulation.
 
-    Weights are replaced in place by ``Q_p(W)`` (restored on exit) and each layer's input by
-    ``Q_p(x)`` through a forward pre-hook, so the layer computes ``Q_p(x) Q_p(W)^T + b``,
-    exactly what :func:`profiles.precisions.Emulation.linear` defines.
+    Each layer computes ``Q_p(x) Q_p(W)^T + b``, exactly what
+    :func:`profiles.precisions.Emulation.linear` defines. ``Q_p(W)`` is computed once and
+    swapped in only while the layer itself runs, so a weight tied to another module (GPT-2's
+    lm_head and token embedding) stays unquantized everywhere else, as when deployed.
     """
     modules = dict(model.named_modules())
-    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
     handles = []
     try:
         for name, prec in layer_precisions.items():
             module = modules.get(name)
             if module is None or not is_quantizable(module):
                 raise SensitivityError(f"not a quantizable layer of the model: {name!r}")
-            emu = emulation(parse_precision(prec))
-            if emu.precision is Precision.FP32:
+            emu = as_emulation(prec)
+            if type(emu) is Emulation and emu.precision is Precision.FP32:
                 continue  # identity; fp32 is the reference
             with torch.no_grad():
-                saved.append((module.weight, module.weight.data))
                 q = emu.weight(weight_matrix(module).detach())
-                module.weight.data = q if isinstance(module, nn.Linear) else q.t().contiguous()
-            handles.append(module.register_forward_pre_hook(_input_quantizer(emu)))
+                q = q if isinstance(module, nn.Linear) else q.t().contiguous()
+            swap = _WeightSwap(module.weight, q)
+            handles.append(module.register_forward_pre_hook(_input_quantizer(emu, swap)))
+            handles.append(module.register_forward_hook(swap.restore))
         yield
     finally:
         for h in handles:
             h.remove()
-        for param, data in saved:
-            param.data = data
 
 
-def _input_quantizer(emu):
+class _WeightSwap:
+    def __init__(self, param: nn.Parameter, quantized: torch.Tensor):
+        self.param, self.quantized, self.saved = param, quantized, None
+
+    def apply(self) -> None:
+        self.saved = self.param.data
+        self.param.data = self.quantized
+
+    def restore(self, *_args) -> None:
+        if self.saved is not None:
+            self.param.data, self.saved = self.saved, None
+
+
+def as_emulation(p: Precision | str | Emulation) -> Emulation:
+    """The registry's emulation of a precision name, or ``p`` itself when it already is an
+    emulation (e.g. Gaudi 2's fp8 with ``fp8_max=240``, or a synthetic error in tests)."""
+    if isinstance(p, Emulation):
+        return p
+    return emulation(parse_precision(p))
+
+
+def _input_quantizer(emu: Emulation, swap: _WeightSwap):
     def hook(_module, args):
+        swap.apply()
         return (emu.activation(args[0]), *args[1:])
     return hook

@@ -51,6 +51,10 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     ids = batch_input_ids(batch)
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise SensitivityError(f"token ids must have shape [N, T] with T >= 2, got {list(ids.shape)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+        raise SensitivityError(f"token id {int(ids.max())} is outside the model's vocabulary "
+                               f"of {vocab}")
     out = model(input_ids=ids) if _takes_input_ids(model) else model(ids)
     logits = out.logits if hasattr(out, "logits") else out
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:

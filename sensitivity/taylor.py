@@ -25,8 +25,8 @@ from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
-from profiles.precisions import Emulation, emulation
-from sensitivity.layers import quantizable_layers, weight_matrix
+from profiles.precisions import Emulation
+from sensitivity.layers import as_emulation, quantizable_layers, weight_matrix
 from sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
 from sensitivity.noise import error_variance
 from sensitivity.records import SensitivityRow, SensitivityTable
@@ -114,17 +114,18 @@ SCORERS: dict[str, Scorer] = {"taylor": taylor_scorer, "noise": noise_scorer, "f
 
 
 def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
-                     precisions: Sequence[Precision | str] = DEFAULT_PRECISIONS,
+                     precisions: Sequence[Precision | str | Emulation] = DEFAULT_PRECISIONS,
                      layers: str | Sequence[str] = "auto", scorer: str | Scorer = "taylor"
                      ) -> PerSampleTerms:
     """Run one forward and backward pass per batch and return each layer's per-sample values
     for every precision (``d_{l,n}(p)`` for the Taylor scorer)."""
     loss_fn = loss_fn or causal_lm_loss
     score = SCORERS[scorer] if isinstance(scorer, str) else scorer
-    precs = parse_precisions(precisions)
-    if not precs:
+    if isinstance(precisions, str):
+        precisions = parse_precisions(precisions)
+    emus = [as_emulation(p) for p in precisions]
+    if not emus:
         raise SensitivityError("no precisions to score")
-    emus = [emulation(p) for p in precs]
     chosen = quantizable_layers(model, layers)
     names = list(chosen)
     collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -197,11 +198,11 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
     if n_total == 0:
         raise SensitivityError("no calibration batches")
     values = {n: torch.cat(v, dim=1).numpy() for n, v in collected.items()}
-    return PerSampleTerms(names, [p.value for p in precs], values, n_total)
+    return PerSampleTerms(names, [e.precision.value for e in emus], values, n_total)
 
 
 def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
-            precisions: Sequence[Precision | str] = DEFAULT_PRECISIONS,
+            precisions: Sequence[Precision | str | Emulation] = DEFAULT_PRECISIONS,
             layers: str | Sequence[str] = "auto", method: str = "taylor",
             calib_fingerprint: str = "") -> SensitivityTable:
     """Per-layer, per-precision loss-MSE contributions ``s_l(p)`` from one pass.
