@@ -1,0 +1,102 @@
+"""Plan documents round-trip and are validated on read; INC and torchao exports are what
+those tools read."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwcost.errors import HwcostError, PlanInvalid
+from planner.export import PLAN_TYPE, read_plan, to_inc, to_torchao, validate_plan
+
+
+def doc_for(layers: dict[str, str], baseline: str = "bf16") -> dict:
+    return {"type": PLAN_TYPE, "version": 1, "data": {
+        "model": {"name": "m", "fingerprint": "f"},
+        "device": {"fingerprint": "d", "name": "Gaudi2", "kind": "hpu"},
+        "shape": "batch=1,seq=128,phase=prefill", "objective": "time", "baseline": baseline,
+        "layers": layers, "predicted": {"speedup": 1.2, "loss_mse": 0.01}}}
+
+
+names = st.text(alphabet="abcdefghij._0123456789", min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(names, st.sampled_from(["fp32", "bf16", "fp8_e4m3", "int8"]), min_size=1,
+                       max_size=12))
+def test_plan_json_round_trip(tmp_path_factory, layers):
+    doc = doc_for(layers)
+    path = tmp_path_factory.mktemp("p") / "plan.json"
+    path.write_text(json.dumps(doc))
+    assert read_plan(path) == doc
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(type="other"), "not an hwcost plan: type is 'other', expected 'hwcost.plan'"),
+    (lambda d: d.update(version=2), "plan version 2 is newer than this hwcost reads (1); upgrade hwcost"),
+    (lambda d: d["data"].pop("layers"), "plan field 'layers' is missing or not a dict"),
+    (lambda d: d["data"]["layers"].update(x="int4"), "plan layer x has unknown precision 'int4'"),
+    (lambda d: d.pop("data"), "plan has no 'data' object"),
+])
+def test_invalid_plans_are_refused(mutate, message):
+    doc = doc_for({"a": "bf16"})
+    mutate(doc)
+    with pytest.raises(PlanInvalid) as e:
+        validate_plan(doc)
+    assert str(e.value) == message
+
+
+def test_not_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{not json")
+    with pytest.raises(PlanInvalid, match=r"is not valid JSON \(Expecting property name"):
+        read_plan(p)
+
+
+def test_inc_config_blocklists_high_precision_layers():
+    layers = {"model.layers.0.mlp.down_proj": "bf16", "model.layers.0.mlp.up_proj": "fp8_e4m3",
+              "lm_head": "bf16", "model.layers.0.self_attn.q_proj": "fp8_e4m3"}
+    inc = to_inc(doc_for(layers))
+    assert inc["mode"] == "QUANTIZE" and inc["fp8_config"] == "E4M3" and inc["hp_dtype"] == "bf16"
+    assert inc["blocklist"] == {"types": [], "names": ["lm_head", "model.layers.0.mlp.down_proj"]}
+    assert inc["allowlist"] == {"types": [], "names": ["model.layers.0.mlp.up_proj",
+                                                       "model.layers.0.self_attn.q_proj"]}
+    assert inc["scale_method"] == "maxabs_hw" and inc["observer"] == "maxabs"
+    with pytest.raises(HwcostError, match="cannot express int8 layers"):
+        to_inc(doc_for({"a": "int8"}))
+
+
+def test_inc_config_parses_with_inc_when_installed():
+    fp8 = pytest.importorskip("neural_compressor.torch.quantization")
+    cfg = fp8.FP8Config.from_dict(to_inc(doc_for({"a": "fp8_e4m3", "b": "bf16"})))
+    assert "b" in json.dumps(cfg.to_dict())
+
+
+def test_torchao_mapping_loads_and_applies():
+    torch = pytest.importorskip("torch")
+    core = pytest.importorskip("torchao.core.config")
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    doc = doc_for({"0": "int8", "1": "fp32", "2": "bf16", "3": "fp8_e4m3"}, baseline="fp32")
+    out = to_torchao(doc)["data"]
+    assert out["casts"] == {"2": "bfloat16"}
+    assert out["modules"] == {"0": {"config": "Int8DynamicActivationInt8WeightConfig"},
+                              "3": {"config": "Float8DynamicActivationFloat8WeightConfig"}}
+    cfg = core.config_from_dict(out["quantize"])
+    fqn = cfg.fqn_to_config if hasattr(cfg, "fqn_to_config") else cfg.module_fqn_to_config
+    assert isinstance(fqn["0"], Int8DynamicActivationInt8WeightConfig)
+    # the int8 part applies on this CPU (fp8 needs an accelerator): weights become int8
+    model = torch.nn.Sequential(*(torch.nn.Linear(64, 64) for _ in range(3)))
+    only_int8 = copy.deepcopy(out["quantize"])
+    only_int8["_data"]["fqn_to_config"].pop("3")
+    quantize_(model, core.config_from_dict(only_int8), filter_fn=None)
+    w = model[0].weight
+    inner = getattr(w, "qdata", None)
+    if inner is None:
+        inner = getattr(getattr(w, "tensor_impl", None), "int_data", None)
+    assert inner is not None and inner.dtype == torch.int8
+    assert model(torch.randn(2, 64)).shape == (2, 64)
