@@ -9,6 +9,7 @@ from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.device import device_cmd
 from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
+from hwcost.cli.sensitivity import sensitivity_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,3 +35,4 @@ cli.add_command(plan_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(export_plan_cmd)
 cli.add_command(doctor_cmd)
+cli.add_command(sensitivity_cmd)

@@ -1,0 +1,168 @@
+"""The jobs behind ``hwcost sensitivity``: load a model and calibration data, compute the
+table, store it keyed by model fingerprint and calibration fingerprint; validate predicted
+against measured loss MSE on random mixed configurations.
+
+Everything that can fail on bad input (model, data, loss, gradients) runs before anything
+is written, so a failed job stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwcost.errors import SensitivityError
+from hwcost.precision import parse_precisions
+from sensitivity.data import CalibrationSet, load_calibration
+from sensitivity.records import SensitivityTable, load_table, save_table
+
+DEFAULT_CALIB_SPLIT = "valid.txt"
+"""The demo model's default calibration text (``data/corpus``; ``test.txt`` stays held out)."""
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """Where calibration data comes from and how much of it to take."""
+
+    path: str | None = None
+    samples: int = 64
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class Prepared:
+    """A loaded model with its partition (for the manifest's layer names) and calibration set."""
+
+    loaded: Any
+    partition: Any
+    calib: CalibrationSet
+    batch_size: int
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.partition.layer_names())
+
+    @property
+    def batches(self) -> list:
+        return self.calib.batches(self.batch_size)
+
+
+@dataclass
+class SensitivityRun:
+    """A computed (and stored) table with what identifies it."""
+
+    model_id: int
+    model_name: str
+    model_fingerprint: str
+    calib: CalibrationSet
+    table: SensitivityTable
+    stored_rows: int
+    reused: bool = False
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "model_fingerprint": self.model_fingerprint,
+                "model_id": self.model_id, "calib_fingerprint": self.calib.fingerprint,
+                "calib_source": self.calib.source, "n_samples": self.calib.n_samples,
+                "seq_len": self.calib.seq_len, "method": self.table.method,
+                "stored_rows": self.stored_rows, "reused": self.reused,
+                "rows": [r.__dict__ for r in self.table.rows]}
+
+
+def default_calib_path(model_spec: str | None) -> str:
+    """The demo corpus' calibration split for the demo model; other models must name data."""
+    if model_spec:
+        raise SensitivityError("--calib DATA is required for a model other than the demo model "
+                               "(a .txt file, or token ids [N, T] in .safetensors/.npy)")
+    from profiles.loading import demo_model_dir
+
+    return str(demo_model_dir().parent / "corpus" / DEFAULT_CALIB_SPLIT)
+
+
+def prepare(model_spec: str | None, calib: CalibSpec) -> Prepared:
+    """Load the model (``profiles.loading``), its calibration set, and partition it."""
+    from profiles.loading import load_model
+    from profiles.partition import partition
+
+    path = calib.path or default_calib_path(model_spec)
+    loaded = load_model(model_spec)
+    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    cset = load_calibration(path, tokenizer=loaded.tokenizer, samples=calib.samples,
+                            seq_len=calib.seq_len, seed=calib.seed, vocab_size=vocab)
+    example = {"input_ids": cset.input_ids[:1]}
+    if hasattr(loaded.model, "config"):
+        example["use_cache"] = False
+    part = partition(loaded.model, example)
+    return Prepared(loaded, part, cset, calib.batch_size)
+
+
+def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
+                      precisions: str | Sequence[str], method: str = "taylor",
+                      prepared: Prepared | None = None) -> SensitivityRun:
+    """Compute the table (one forward+backward pass over the calibration set) and store it."""
+    from profiles.partition import register_model
+    from sensitivity.taylor import analyze
+
+    prep = prepared or prepare(model_spec, calib)
+    precs = [p.value for p in parse_precisions(precisions)]
+    table = analyze(prep.loaded.model, prep.batches, precisions=precs, layers=prep.layers,
+                    method=method, calib_fingerprint=prep.calib.fingerprint)
+    model_id = register_model(store, prep.loaded, prep.partition)
+    n = save_table(store, model_id, table)
+    return SensitivityRun(model_id, prep.loaded.name, prep.partition.model_fingerprint,
+                          prep.calib, table, n)
+
+
+def stored_or_computed(store: Any, prep: Prepared, precisions: str | Sequence[str],
+                       method: str) -> SensitivityRun:
+    """The stored table for this model and calibration set when it covers ``precisions``,
+    else a freshly computed (and stored) one."""
+    from hwcost.errors import NoSuchModel
+
+    precs = [p.value for p in parse_precisions(precisions)]
+    try:
+        model = store.get_model(prep.partition.model_fingerprint)
+        table = load_table(store, model.id, method, prep.calib.fingerprint)
+        if set(precs) <= set(table.precisions) and set(prep.layers) <= set(table.layers):
+            return SensitivityRun(model.id, prep.loaded.name, model.fingerprint, prep.calib,
+                                  table, 0, reused=True)
+    except (NoSuchModel, SensitivityError):
+        pass
+    return compute_and_store(store, None, CalibSpec(), precs, method, prepared=prep)
+
+
+@dataclass
+class ValidationReport:
+    """A validation run: the table it checked and the comparison."""
+
+    run: SensitivityRun
+    result: Any  # sensitivity.validate.ValidationResult
+    plot: Path | None
+
+    def to_dict(self) -> dict:
+        return {"model": self.run.model_name, "model_fingerprint": self.run.model_fingerprint,
+                "calib_fingerprint": self.run.calib.fingerprint, "table_reused": self.run.reused,
+                "plot": str(self.plot) if self.plot else None, **self.result.to_dict()}
+
+
+def validate_model(store: Any, model_spec: str | None, calib: CalibSpec,
+                   precisions: str | Sequence[str], n_configs: int = 50, seed: int = 0,
+                   method: str = "taylor", plot: str | Path | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Draw random mixed configurations, measure their loss MSE (emulated, forward only) and
+    compare with the sums predicted by the table (stored, or computed and stored)."""
+    from sensitivity.validate import random_configs, scatter_plot, validate
+
+    if n_configs < 3:
+        raise SensitivityError(f"--configs must be >= 3 to correlate, got {n_configs}")
+    prep = prepare(model_spec, calib)
+    run = stored_or_computed(store, prep, precisions, method)
+    precs = [p.value for p in parse_precisions(precisions)]
+    configs = random_configs(prep.layers, precs, n_configs, seed)
+    result = validate(prep.loaded.model, prep.batches, run.table, configs, progress=progress)
+    path = scatter_plot(result, plot, title=f"{run.model_name}: {n_configs} random configurations") \
+        if plot else None
+    return ValidationReport(run, result, path)
