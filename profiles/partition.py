@@ -248,19 +248,26 @@ class Stage:
     def needed_paths(self) -> list[str]:
         return [c.path for c in self.components]
 
-    def extract(self, root: nn.Module) -> nn.Module:
+    def extract(self, root: nn.Module, replace: dict[str, nn.Module] | None = None) -> nn.Module:
         """A small module holding only this stage's modules, under the same root paths.
 
         Parameters are shared with ``root`` (nothing is copied), so
         ``apply_precisions(extracted, {layer_name: precision}, backend)`` deploys exactly the
-        piece's layers by their model names.
+        piece's layers by their model names. ``replace`` maps layer names (from the model
+        root) to modules standing in for them, e.g. layers already deployed; the model itself
+        is never modified.
         """
+        swaps: dict[str, nn.Module] = {s: _Skip() for s in self.skip}
+        swaps.update(replace or {})
         holder = _Empty()
         for path in self.needed_paths():
-            mod = _resolve(root, path)
-            skips = [s[len(path) + 1:] for s in self.skip if s.startswith(path + ".")]
-            if skips:
-                mod = _shallow_without(mod, skips)
+            mine = {k[len(path) + 1:]: v for k, v in swaps.items() if k.startswith(path + ".")}
+            if path in swaps:
+                mod = swaps[path]
+            elif mine:
+                mod = _shallow_replace(_resolve(root, path), mine)
+            else:
+                mod = _resolve(root, path)
             _place(holder, path, mod)
         holder._hwcost_stage = id(self)
         return holder
@@ -283,19 +290,17 @@ class Stage:
         return (x + t,)
 
 
-def _shallow_without(mod: nn.Module, rel_paths: Sequence[str]) -> nn.Module:
-    """A shallow copy of ``mod`` with the given descendants replaced by identities."""
+def _shallow_replace(mod: nn.Module, swaps: dict[str, nn.Module]) -> nn.Module:
+    """A shallow copy of ``mod`` with the descendants named in ``swaps`` (relative paths)
+    replaced; everything else, parameters included, is shared with ``mod``."""
     new = copy.copy(mod)
     new._modules = dict(mod._modules)
-    by_first: dict[str, list[str]] = {}
-    for rel in rel_paths:
+    by_first: dict[str, dict[str, nn.Module]] = {}
+    for rel, m in swaps.items():
         head, _, rest = rel.partition(".")
-        by_first.setdefault(head, []).append(rest)
-    for head, rests in by_first.items():
-        if "" in rests:
-            new._modules[head] = _Skip()
-        else:
-            new._modules[head] = _shallow_without(mod._modules[head], rests)
+        by_first.setdefault(head, {})[rest] = m
+    for head, inner in by_first.items():
+        new._modules[head] = inner[""] if "" in inner else _shallow_replace(mod._modules[head], inner)
     return new
 
 
@@ -324,9 +329,9 @@ class Piece:
     extra: dict
     stage: Stage = field(repr=False)
 
-    def extract(self, model: nn.Module) -> nn.Module:
+    def extract(self, model: nn.Module, replace: dict[str, nn.Module] | None = None) -> nn.Module:
         """This piece's modules under their model-root names (see :meth:`Stage.extract`)."""
-        return self.stage.extract(model)
+        return self.stage.extract(model, replace)
 
     def run(self, module_or_model: nn.Module, captured: PieceInput) -> tuple[torch.Tensor, ...]:
         """Run the piece alone (on the whole model or on :meth:`extract`'s result)."""

@@ -9,6 +9,7 @@ from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.device import device_cmd
 from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
+from hwcost.cli.profile import profile_cmd
 from hwcost.cli.sensitivity import sensitivity_cmd
 
 
@@ -36,3 +37,4 @@ cli.add_command(validate_cmd)
 cli.add_command(export_plan_cmd)
 cli.add_command(doctor_cmd)
 cli.add_command(sensitivity_cmd)
+cli.add_command(profile_cmd)

@@ -1,0 +1,81 @@
+"""``hwcost profile``: measure a model's subgraphs on this machine and fill the store."""
+
+from __future__ import annotations
+
+import click
+
+from hwcost.cli.options import (
+    emit_json,
+    handle_errors,
+    json_option,
+    open_cli_store,
+    store_option,
+    table,
+)
+
+
+@click.command("profile")
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.option("--device", "device", default="cpu", show_default=True,
+              help="Device kind to profile on: cpu, cuda (cuda:N) or hpu.")
+@click.option("--shape", "shapes", multiple=True, metavar="SHAPE",
+              help="Workload shape, e.g. batch=1,seq=128 (repeat for several) "
+                   "[default: batch=1,seq=128].")
+@click.option("--precisions", default=None, metavar="LIST",
+              help="Comma-separated precisions to profile [default: all the device deploys]; "
+                   "the device's baseline is always included.")
+@click.option("--worker", default=None, metavar="NAME",
+              help="Claim tasks from a campaign in the (shared) store under this worker name; "
+                   "start one per device, on any number of hosts.")
+@click.option("--campaign", default=None, metavar="NAME",
+              help="Campaign name [default in --worker mode: derived from the model and "
+                   "device, so workers started alike share one].")
+@click.option("--max-configs", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most precision configs timed per subgraph; larger pieces are split.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads to time with [default: all this process may use].")
+@click.option("--group", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Configs timed together (interleaved) and written in one transaction.")
+@click.option("--quick", is_flag=True,
+              help="Few samples, no re-measuring: for smoke tests, not for numbers to keep.")
+@store_option
+@json_option
+@handle_errors
+def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisions: str | None,
+                worker: str | None, campaign: str | None, max_configs: int, threads: int | None,
+                group: int, quick: bool, db_url: str | None, as_json: bool) -> None:
+    """Profile MODEL on this machine: cut it into sequential subgraphs, time every
+    precision config of each unique subgraph for each shape with real kernels, and write
+    the latencies to the store as they complete. Run it again to resume: only what is
+    missing is measured. Also times the whole model in the baseline precision.
+
+    MODEL is a Hugging Face model directory, or package.module:factory for a Python
+    callable returning (model, inputs); without it, the demo model.
+    """
+    from hwcost.shape import parse_shape
+    from profiles.campaign import QUICK_TIMING, run_campaign
+    from profiles.loading import load_model
+
+    shape_list = [parse_shape(s) for s in shapes]  # bad shapes fail before anything loads
+    loaded = load_model(model)
+    with open_cli_store(db_url) as store:
+        report = run_campaign(store, loaded, device, shape_list or None, precisions, worker,
+                              campaign, max_configs=max_configs, group=group, threads=threads,
+                              timing=QUICK_TIMING if quick else None)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(f"model     {report.model} (id {report.model_id}, {report.model_fingerprint})")
+    click.echo(f"device    {report.device_name} ({report.device}, {report.threads} threads)")
+    click.echo(f"subgraphs {report.pieces} pieces, {report.unique_subgraphs} unique")
+    if report.campaign:
+        click.echo(f"campaign  {report.campaign}" + (f" (worker {report.worker})"
+                                                    if report.worker else ""))
+    click.echo(f"tasks     {report.tasks} total: {report.measured} measured now, "
+               f"{report.already} already in the store, {report.failed} failed "
+               f"({report.elapsed_s:.1f} s)")
+    rows = [{"shape": s, "baseline_ms": us / 1000} for s, us in report.baseline_us.items()]
+    if rows:
+        click.echo(table(rows))
+    for err in report.errors[:5]:
+        click.echo(f"failed: {err}", err=True)

@@ -1,0 +1,353 @@
+"""Profiling campaigns: measure every (unique subgraph, shape, config) a model needs.
+
+:func:`run_campaign` partitions the model, registers it in the store, enumerates the tasks
+(each unique signature x shape x precision config of its slots) that are not measured yet
+on this device, times them with real kernels (``profiles.backends``) through the
+interleaved harness (``profiles.bench``), and writes each group of measurements as soon as
+it is timed. Killed at any point and run again, it measures only what is missing: finished
+work is in the store, unfinished work was never written.
+
+With ``worker=NAME`` it instead claims tasks from a campaign in the store
+(``hwcost.queue``), so any number of processes on any number of hosts sharing a PostgreSQL
+store split one campaign; each task is measured by one worker.
+
+It also times the whole model per shape with every layer in the device's baseline precision
+and stores it as the model latency ``all:<baseline>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from hwcost import __version__, queue
+from hwcost.device import local_device
+from hwcost.errors import UnknownPrecision
+from hwcost.precision import BASELINE, Precision, config_key, parse_precisions
+from hwcost.schema import ModelLatency
+from hwcost.shape import Shape, parse_shape
+from hwcost.store import MeasurementIn
+from profiles.loading import LoadedModel
+from profiles.partition import Partition, Piece, PieceInput, partition, register_model
+
+DEFAULT_SHAPE = "batch=1,seq=128"
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """Harness settings passed to ``profiles.bench.time_interleaved`` for every group."""
+
+    min_samples: int = 15
+    warmup_max_s: float = 2.0
+    max_seconds: float = 4.0
+    max_rel_spread: float = 0.05
+    min_sample_us: float = 200.0
+
+    def __post_init__(self) -> None:
+        if self.min_samples < 3:
+            raise ValueError("min_samples must be at least 3")
+        if self.warmup_max_s < 0 or self.max_seconds < 0 or self.min_sample_us < 0:
+            raise ValueError("timing limits must be non-negative")
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+QUICK_TIMING = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0)
+"""Few samples, no re-measuring: for tests and smoke runs, not for numbers you keep."""
+
+
+@dataclass
+class CampaignReport:
+    """What a campaign run did."""
+
+    model: str
+    model_id: int
+    model_fingerprint: str
+    device: str
+    device_name: str
+    threads: int | None
+    shapes: list[str]
+    precisions: list[str]
+    pieces: int
+    unique_subgraphs: int
+    tasks: int
+    already: int = 0
+    measured: int = 0
+    failed: int = 0
+    campaign: str | None = None
+    worker: str | None = None
+    baseline_us: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def configs(n_slots: int, precisions: Sequence[Precision]) -> list[tuple[Precision, ...]]:
+    """Every config of ``n_slots`` slots, the all-first-precision (baseline) one first."""
+    return list(itertools.product(precisions, repeat=n_slots))
+
+
+def campaign_tasks(part: Partition, shapes: Sequence[Shape], precisions: Sequence[Precision]
+                   ) -> list[tuple[str, str, str]]:
+    """``(signature, shape key, config key)`` of every unique subgraph x shape x config,
+    grouped by shape and then signature (first-use order)."""
+    out = []
+    for shape in shapes:
+        for info in part.subgraph_infos():
+            out.extend((info.signature, shape.key, config_key(c))
+                       for c in configs(len(info.slots), precisions))
+    return out
+
+
+def _precisions(backend: Any, names: Sequence[str] | str | None) -> list[Precision]:
+    known = list(backend.precisions)
+    chosen = parse_precisions(names) if names else known
+    bad = [p.value for p in chosen if p not in known]
+    if bad:
+        raise UnknownPrecision(f"backend {backend.kind} cannot deploy {', '.join(bad)}; it has: "
+                               f"{', '.join(p.value for p in known)}")
+    base = BASELINE.get(backend.kind, chosen[0])
+    # the baseline comes first (gains are measured against it) and is always included
+    return [base] + [p for p in dict.fromkeys(chosen) if p != base]
+
+
+class _Measurer:
+    """Times groups of configs of one piece at one shape on one backend."""
+
+    def __init__(self, loaded: LoadedModel, part: Partition, backend: Any, threads: int | None,
+                 timing: TimingOptions, n_inputs: int):
+        self.loaded, self.part, self.backend = loaded, part, backend
+        self.threads, self.timing, self.n_inputs = threads, timing, n_inputs
+        self.reps: dict[str, Piece] = {}
+        for p in part.pieces:
+            self.reps.setdefault(p.signature, p)
+        self._captured: dict[str, dict[str, list[PieceInput]]] = {}
+
+    def inputs(self, shape: str, signature: str) -> list[PieceInput]:
+        """Distinct captured inputs of the piece (one per seed), on the backend's device."""
+        if shape not in self._captured:
+            per_sig: dict[str, list[PieceInput]] = {s: [] for s in self.reps}
+            index = {p.position: i for i, p in enumerate(self.part.pieces)}
+            with torch.no_grad():
+                for seed in range(self.n_inputs):
+                    inputs = _move(self.loaded.inputs_for(shape, seed), self.backend.device)
+                    caps = self.part.capture_inputs(self.loaded.model, inputs)
+                    for sig, rep in self.reps.items():
+                        per_sig[sig].append(caps[index[rep.position]])
+            self._captured[shape] = per_sig
+        return self._captured[shape][signature]
+
+    def measure(self, signature: str, shape: str, cfgs: Sequence[str]) -> dict[str, Any]:
+        """config key -> Timing for each config of the group.
+
+        Each (layer, precision) is deployed once per group with the backend's real kernel
+        and shared by the configs that use it; every config runs in its own shallow copy
+        of the piece, so the model itself is never modified.
+        """
+        from profiles.bench import time_interleaved
+
+        piece = self.reps[signature]
+        model = self.loaded.model
+        deployed: dict[tuple[str, str], torch.nn.Module] = {}
+        fns = {}
+        for key in cfgs:
+            swaps = {}
+            for name, prec in zip(piece.layer_names, key.split(",")):
+                if (name, prec) not in deployed:
+                    deployed[name, prec] = self.backend.deploy_linear(model.get_submodule(name), prec)
+                swaps[name] = deployed[name, prec]
+            holder = piece.extract(model, replace=swaps)
+            fns[key] = (lambda inp, m=holder: piece.run(m, inp))
+        return time_interleaved(fns, self.inputs(shape, signature), self.backend,
+                                threads=self.threads, **self.timing.kwargs())
+
+    def model_latency(self, shape: str, baseline: Precision) -> Any:
+        """Timing of the whole model with every slot layer deployed in ``baseline``, the
+        same kernels the pieces' baseline configs run."""
+        from profiles.backends import apply_precisions
+        from profiles.bench import time_one
+
+        model = apply_precisions(self.loaded.model,
+                                 {n: baseline for n in self.part.layer_names()}, self.backend)
+        inputs = [_move(self.loaded.inputs_for(shape, seed), self.backend.device)
+                  for seed in range(self.n_inputs)]
+        return time_one(lambda inp: model(**inp), inputs, self.backend, threads=self.threads,
+                        **self.timing.kwargs())
+
+
+def _move(inputs: dict, device: Any) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
+                 shapes: Sequence[str | Shape] | None = None,
+                 precisions: Sequence[str] | str | None = None, worker: str | None = None,
+                 campaign: str | None = None, *, max_configs: int = 64, group: int = 32,
+                 threads: int | None = None, n_inputs: int = 3,
+                 timing: TimingOptions | None = None, progress: bool | None = None,
+                 stale_after_s: float = queue.STALE_AFTER_S,
+                 model_latency: bool = True) -> CampaignReport:
+    """Measure what the store lacks for ``loaded`` on this machine's ``device_kind``.
+
+    Args:
+        store: an open :class:`hwcost.store.Store`.
+        loaded: the model (:func:`profiles.loading.load_model`).
+        device_kind: ``cpu``, ``cuda`` or ``hpu`` (BackendUnavailable if it cannot run here).
+        shapes: shape keys (default ``batch=1,seq=128``).
+        precisions: precisions to profile (default: all the backend deploys); the device's
+            baseline is always included.
+        worker: claim tasks from the campaign in the store under this worker name instead of
+            measuring everything in this process.
+        campaign: campaign name (default in worker mode: model and device fingerprints, so
+            workers started alike join the same campaign).
+        max_configs: cap on configs per subgraph (pieces are split to stay under it).
+        group: configs timed together (interleaved) and written in one transaction.
+        threads: CPU threads to time with (default: the backend's, all usable CPUs); part of
+            the device fingerprint.
+        n_inputs: distinct captured inputs per piece, used in rotation.
+        timing: harness settings (default :class:`TimingOptions`).
+        progress: show a progress bar on stderr (default: when stderr is a terminal).
+        stale_after_s: worker mode: claims older than this are handed out again.
+        model_latency: also time the whole model in the baseline precision per shape.
+    """
+    from profiles.backends import get_backend
+
+    start = time.perf_counter()
+    backend = get_backend(device_kind)
+    backend.require()
+    if backend.device.type != "cpu":
+        loaded.model.to(backend.device)  # pieces run in place; only deployed layers are new
+    precs = _precisions(backend, precisions)
+    shape_list = [parse_shape(s) for s in (shapes or [DEFAULT_SHAPE])]
+    timing = timing or TimingOptions()
+    if group < 1:
+        raise ValueError("group must be at least 1")
+    threads = threads if threads is not None else backend.default_threads()
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)  # the fingerprint records the threads timings use
+    try:
+        info = local_device(backend.kind)
+        dev = store.upsert_device(info.to_row())
+        with torch.no_grad():
+            part = partition(loaded.model, _move(loaded.inputs_for(shape_list[0]), backend.device),
+                             n_precisions=len(precs), max_configs=max_configs)
+        model_id = register_model(store, loaded, part)
+        tasks = campaign_tasks(part, shape_list, precs)
+        report = CampaignReport(
+            loaded.name, model_id, part.model_fingerprint, info.fingerprint, info.name, threads,
+            [s.key for s in shape_list], [p.value for p in precs], len(part.pieces),
+            len(part.subgraph_infos()), len(tasks), worker=worker)
+        measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs)
+        if worker:
+            report.campaign = campaign or f"{part.model_fingerprint[:12]}-{info.fingerprint[:12]}"
+            _run_worker(store, report, tasks, measurer, worker, group, stale_after_s, progress)
+        else:
+            report.campaign = campaign
+            _run_direct(store, report, tasks, measurer, group, progress)
+        if model_latency:
+            base = precs[0]
+            for shape in shape_list:
+                found = store.model_latency(model_id, dev.id, shape.key, f"all:{base.value}")
+                if found is None:
+                    t = measurer.model_latency(shape.key, base)
+                    store.add_model_latency(ModelLatency(
+                        model_id=model_id, device_id=dev.id, shape=shape.key,
+                        config_hash=f"all:{base.value}", config="{}", median_us=t.median_us,
+                        spread_us=t.spread_us, n_samples=t.n_samples, host=socket.gethostname(),
+                        tool_version=__version__))
+                    report.baseline_us[shape.key] = t.median_us
+                else:
+                    report.baseline_us[shape.key] = found.median_us
+    finally:
+        torch.set_num_threads(before)
+    report.elapsed_s = round(time.perf_counter() - start, 2)
+    return report
+
+
+def _bar(total: int, initial: int, progress: bool | None, desc: str):
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, initial=initial, desc=desc, unit="cfg", file=sys.stderr,
+                disable=not show, dynamic_ncols=True)
+
+
+def _groups(items: Sequence[tuple[str, str, str]], size: int):
+    """Consecutive runs of the same (signature, shape), cut to ``size``."""
+    for (sig, shape), run in itertools.groupby(items, key=lambda t: (t[0], t[1])):
+        run = list(run)
+        for i in range(0, len(run), size):
+            yield sig, shape, run[i:i + size]
+
+
+def _write(store, report: CampaignReport, sig: str, shape: str, timings: dict) -> None:
+    store.add_measurements([
+        MeasurementIn(report.device, sig, shape, cfg, t.median_us, t.spread_us, t.n_samples,
+                      campaign=report.campaign) for cfg, t in timings.items()])
+
+
+def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
+                progress: bool | None) -> None:
+    todo = []
+    for shape in report.shapes:
+        sigs = list(dict.fromkeys(t[0] for t in tasks if t[1] == shape))
+        done = store.measured_configs(report.device, shape, sigs)
+        todo.extend(t for t in tasks if t[1] == shape and t[2] not in done[t[0]])
+    report.already = len(tasks) - len(todo)
+    with _bar(len(tasks), report.already, progress, report.model) as bar:
+        for sig, shape, run in _groups(todo, group):
+            cfgs = [t[2] for t in run]
+            try:
+                timings = measurer.measure(sig, shape, cfgs)
+            except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
+                report.failed += len(cfgs)
+                report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
+                bar.update(len(cfgs))
+                continue
+            _write(store, report, sig, shape, timings)
+            report.measured += len(timings)
+            bar.update(len(cfgs))
+
+
+def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worker: str,
+                group: int, stale_after_s: float, progress: bool | None) -> None:
+    cid = queue.ensure_campaign(store, report.campaign, device=report.device,
+                                model_id=report.model_id, shapes=report.shapes,
+                                precisions=report.precisions)
+    queue.add_tasks(store, cid, tasks)
+    queue.release(store, cid, worker)  # a restarted worker of this name resumes its claims
+    prog = queue.progress(store, cid)
+    report.already = prog.done
+    with _bar(prog.total, prog.done + prog.failed, progress,
+              f"{report.model} [{worker}]") as bar:
+        while batch := queue.claim(store, cid, worker, group, stale_after_s=stale_after_s):
+            for sig, shape, run in _groups([(t.signature, t.shape, t.config, t.id)
+                                            for t in batch], group):
+                ids = [t[3] for t in run]
+                try:
+                    timings = measurer.measure(sig, shape, [t[2] for t in run])
+                except Exception as e:  # noqa: BLE001 - recorded on the tasks, the run goes on
+                    queue.fail(store, ids, worker, f"{type(e).__name__}: {e}")
+                    report.failed += len(ids)
+                    report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
+                    bar.update(len(ids))
+                    continue
+                _write(store, report, sig, shape, timings)
+                queue.complete(store, ids, worker)
+                report.measured += len(timings)
+                bar.update(len(ids))
+            now = queue.progress(store, cid)
+            bar.total = now.total
+            bar.n = now.done + now.failed
+            bar.refresh()
