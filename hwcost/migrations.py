@@ -7,6 +7,7 @@ for writing; a newer one is refused (``SchemaTooNew``) so an old hwcost never da
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
@@ -19,3 +20,20 @@ MIGRATIONS: dict[int, Migration] = {}
 def pending(stored: int, target: int) -> list[int]:
     """Versions whose migrations must run to go from ``stored`` to ``target``."""
     return list(range(stored, target))
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """A store's schema version against this hwcost's, and the migrations between them."""
+
+    stored: int
+    current: int
+    pending: list[int]
+
+
+def schema_status(store) -> SchemaStatus:
+    """Where ``store`` (opened with ``upgrade=False``) stands against this hwcost."""
+    from hwcost import schema
+
+    stored = store.schema_version()
+    return SchemaStatus(stored, schema.SCHEMA_VERSION, pending(stored, schema.SCHEMA_VERSION))

@@ -192,11 +192,11 @@ class Store:
     def upsert_device(self, dev: Device) -> Device:
         """Insert a device by fingerprint, or return the stored one (filling missing peaks)."""
         with self.session() as s:
-            found = s.scalars(select(Device).where(Device.fingerprint == dev.fingerprint)).first()
-            if found is None:
-                s.add(dev)
-                s.flush()
-                return dev
+            # INSERT ... ON CONFLICT DO NOTHING, then read: concurrent workers recording the
+            # same device at once (PostgreSQL) must not fail on the unique fingerprint.
+            data = dev.model_dump(exclude={"id"})
+            self._insert_ignore(s, Device, [data], ["fingerprint"])
+            found = s.scalars(select(Device).where(Device.fingerprint == dev.fingerprint)).one()
             if dev.peaks != "{}" and found.peaks != dev.peaks:
                 merged = {**json.loads(found.peaks), **json.loads(dev.peaks)}
                 found.peaks = json.dumps(merged, sort_keys=True)
@@ -262,19 +262,19 @@ class Store:
         if missing:
             raise StoreError(f"manifest names subgraphs not given: {sorted(missing)[:3]}")
         with self.session() as s:
-            found = s.scalars(select(Model).where(Model.fingerprint == fingerprint)).first()
-            if found is not None:
-                return found.id
             n_layers = sum(len(m.layer_names) for m in manifest)
-            model = Model(fingerprint=fingerprint, name=name, n_subgraphs=len(manifest),
-                          n_layers=n_layers)
-            s.add(model)
-            s.flush()
-            s.add_all(ManifestEntry(model_id=model.id, position=m.position,
+            row = {"fingerprint": fingerprint, "name": name, "n_subgraphs": len(manifest),
+                   "n_layers": n_layers, "created_at": utcnow()}
+            # Insert-or-ignore so two processes storing the same model at once both succeed;
+            # only the one that inserted the model writes its manifest.
+            if not self._insert_ignore(s, Model, [row], ["fingerprint"]):
+                return s.scalar(select(Model.id).where(Model.fingerprint == fingerprint))
+            model_id = s.scalar(select(Model.id).where(Model.fingerprint == fingerprint))
+            s.add_all(ManifestEntry(model_id=model_id, position=m.position,
                                     subgraph_id=ids[m.signature],
                                     layer_names=json.dumps(list(m.layer_names)))
                       for m in manifest)
-            return model.id
+            return model_id
 
     def models(self) -> list[Model]:
         with self.session() as s:
@@ -531,21 +531,25 @@ def _make_engine(url: str) -> Engine:
     if url.startswith("postgres"):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return create_engine(url, pool_pre_ping=True)
+        # UTC sessions: naive timestamps (bulk COPY, imports) mean UTC whatever the server's
+        # TimeZone, and timestamptz values come back as +00.
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     raise StoreError(f"unsupported store URL {url!r}; use sqlite:///PATH or "
                      "postgresql+psycopg://USER:PW@HOST/DB")
 
 
-def open_store(url: str | None = None, *, create: bool = True) -> Store:
+def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = True) -> Store:
     """Open (and create or upgrade) the store at ``url``.
 
-    Raises ``SchemaTooNew`` for a store written by a newer hwcost, ``StoreError`` when the
-    database cannot be reached or is not a store.
+    ``upgrade=False`` opens an older store as it is (to report its version and pending
+    migrations); only an upgraded store should be written to. Raises ``SchemaTooNew`` for
+    a store written by a newer hwcost, ``StoreError`` when the database cannot be reached
+    or is not a store.
     """
     url = url or default_url()
     engine = _make_engine(url)
     try:
-        _ensure_schema(engine, create=create)
+        _ensure_schema(engine, create=create, upgrade=upgrade)
     except (SchemaTooNew, StoreError):
         engine.dispose()
         raise
@@ -563,7 +567,7 @@ def _redact(url: str) -> str:
     return url
 
 
-def _ensure_schema(engine: Engine, *, create: bool) -> None:
+def _ensure_schema(engine: Engine, *, create: bool, upgrade: bool = True) -> None:
     names = set(inspect(engine).get_table_names())
     if "meta" in names:
         with engine.connect() as c:
@@ -573,7 +577,7 @@ def _ensure_schema(engine: Engine, *, create: bool) -> None:
         if stored > SCHEMA_VERSION:
             raise SchemaTooNew(f"store has schema version {stored}, this hwcost reads up to "
                                f"{SCHEMA_VERSION}: upgrade hwcost (pip install -U hwcost)")
-        if stored == SCHEMA_VERSION:
+        if stored == SCHEMA_VERSION or not upgrade:
             return
         _migrate(engine, stored)
         return

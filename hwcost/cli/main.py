@@ -6,6 +6,7 @@ import click
 
 from hwcost import __version__
 from hwcost.cli.costs import coverage_cmd
+from hwcost.cli.db import db_cmd
 from hwcost.cli.device import device_cmd
 from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
@@ -36,5 +37,6 @@ cli.add_command(plan_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(export_plan_cmd)
 cli.add_command(doctor_cmd)
+cli.add_command(db_cmd)
 cli.add_command(sensitivity_cmd)
 cli.add_command(profile_cmd)
