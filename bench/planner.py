@@ -1,0 +1,435 @@
+"""Planner benchmark.
+
+(a) Solver: a 70B-shaped problem (80 decoder blocks x (attention: q,k,v,o + MLP: gate,up,down),
+    3 precisions, costs synthesized for an H100, see ``planner_synthetic.py``): wall time to
+    proven optimality at several thresholds (target <= 1 s each, build + compile + solve) and a
+    50-point sweep (target <= 10 s); the CP-SAT optimum (integer-scaled) is checked against
+    SCIP on the float coefficients.
+(b) On the demo model on this CPU: profile (what the store lacks), Taylor sensitivity, then at
+    three thresholds apply and time, interleaved, on the real kernels:
+      ours      the plan maximising measured time gain;
+      random    200 random configs meeting the same predicted loss-MSE bound (random layer
+                order, each layer given a random precision when the bound still allows it);
+                ranked by predicted latency from the cost table, the top 5 measured; best kept;
+      macs      the plan maximising MAC-based theoretical gain, same bound;
+      isolated  the plan maximising gains from per-layer latencies timed in isolation and
+                summed (HAWQ-V3 style), same bound.
+    and the true loss MSE of ours on held-out data (data/corpus/test.txt) against the bound.
+
+Usage: python bench/planner.py [--part a|b|all] [--model SPEC] [--db URL] [--threads N]
+Writes bench/results/planner.json and bench/results/planner.md; ends with ``target:`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+from planner.objectives import lowest_precision_mse, parse_threshold  # noqa: E402
+from planner.problem import Choice, Problem  # noqa: E402
+from planner.solve import compile_problem, solve, solve_compiled  # noqa: E402
+from planner.sweep import sweep  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+# ------------------------------------------------------------------------------ part (a)
+
+
+def scip_optimum(comp, bound: float) -> float:
+    """The float-coefficient optimum from SCIP (OR-Tools' MIP wrapper), for the scaling check."""
+    from ortools.linear_solver import pywraplp
+
+    s = pywraplp.Solver.CreateSolver("SCIP")
+    s.SetSolverSpecificParametersAsString("limits/gap = 0\n")
+    x = [[s.BoolVar("") for _ in g] for g in comp.gains]
+    for xs in x:
+        s.Add(sum(xs) == 1)
+    s.Add(sum(m * v for xs, ms in zip(x, comp.mses) for v, m in zip(xs, ms)) <= bound)
+    s.Maximize(sum(g * v for xs, gs in zip(x, comp.gains) for v, g in zip(xs, gs)))
+    if s.Solve() != pywraplp.Solver.OPTIMAL:
+        raise RuntimeError("SCIP did not prove optimality")
+    return s.Objective().Value()
+
+
+def part_a(seeds=(0, 1, 2), fractions=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5)) -> dict:
+    from planner_synthetic import synthetic_70b
+
+    rows, worst, sweeps, sweep_cpu, max_rel = [], 0.0, [], [], 0.0
+    for seed in seeds:
+        t0 = time.perf_counter()
+        problem = synthetic_70b(seed=seed)
+        build_s = time.perf_counter() - t0
+        low = lowest_precision_mse(problem)
+        for f in fractions:
+            t0, c0 = time.perf_counter(), time.process_time()
+            comp = compile_problem(problem, "time")
+            sol = solve_compiled(comp, f * low)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            ref = scip_optimum(comp, f * low)
+            rel = abs(ref - sol.gain_us) / max(abs(ref), 1e-9)
+            max_rel = max(max_rel, rel)
+            worst = max(worst, wall)
+            rows.append({"seed": seed, "bound": f"{f:.0%} of all-int8", "status": sol.status,
+                         "solve_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                         "speedup": round(sol.predicted_speedup, 4),
+                         "kept_options": sum(len(k) for k in comp.keep),
+                         "rel_diff_vs_scip": rel})
+        t0, c0 = time.perf_counter(), time.process_time()
+        points = sweep(problem, 50)
+        sweep_s = time.perf_counter() - t0
+        sweeps.append(sweep_s)
+        sweep_cpu.append(time.process_time() - c0)
+        assert all(p.solution.optimal for p in points)
+        print(f"  seed {seed}: build {build_s:.2f} s, 50-point sweep {sweep_s:.2f} s, "
+              f"(cpu {sweep_cpu[-1]:.2f} s), frontier speedup {points[0].solution.predicted_speedup:.3f}x .. "
+              f"{points[-1].solution.predicted_speedup:.3f}x", flush=True)
+    n_opts = sum(len(c.options) for c in synthetic_70b().choices)
+    return {"rows": rows, "worst_solve_s": worst, "sweep_s": max(sweeps),
+            "sweep_s_all": sweeps, "sweep_cpu_s_all": sweep_cpu,
+            "load_avg_1min": _load(), "max_rel_diff_vs_scip": max_rel,
+            "instance": {"subgraphs": 160, "layers": 560, "precisions": 3, "options": n_opts}}
+
+
+# ------------------------------------------------------------------------------ part (b)
+
+
+def random_configs(problem: Problem, bound: float, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` distinct random per-layer configs with predicted loss MSE <= bound.
+
+    Each: layers in random order; each layer draws a random precision (the baseline included)
+    and keeps it when the running predicted loss MSE stays within the bound. Configs whose
+    subgraph configs the cost table lacks cannot occur (the table covers every config)."""
+    rng = random.Random(seed)
+    sens = {}
+    for c in problem.choices:
+        for o in c.options:
+            if sum(p != problem.baseline for p in o.config) == 1:
+                i = next(k for k, p in enumerate(o.config) if p != problem.baseline)
+                sens[(c.layer_names[i], o.config[i])] = o.loss_mse
+    layers = problem.layers
+    out, seen, tries = [], set(), 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        order = layers[:]
+        rng.shuffle(order)
+        cfg, total = {n_: problem.baseline for n_ in layers}, 0.0
+        for name in order:
+            p = rng.choice(problem.precisions)
+            s = sens.get((name, p), 0.0)
+            if total + s <= bound:
+                cfg[name], total = p, total + s
+        key = tuple(sorted(cfg.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    return out
+
+
+def predicted_latency(problem: Problem, cfg: dict[str, str]) -> tuple[float, float]:
+    """(predicted end-to-end latency, predicted loss MSE) of a per-layer config."""
+    gain = mse = 0.0
+    for c in problem.choices:
+        want = tuple(cfg[n] for n in c.layer_names)
+        o = next(o for o in c.options if o.config == want)
+        gain, mse = gain + o.gain_us, mse + o.loss_mse
+    return problem.baseline_us - gain, mse
+
+
+def isolated_layer_latencies(loaded, problem: Problem, shape: str, backend, threads: int) -> dict:
+    """(in, out, precision) -> latency of that linear layer alone on [tokens, in] inputs."""
+    import torch
+
+    from hwcost.shape import parse_shape
+    from profiles.bench import time_interleaved
+
+    tokens = parse_shape(shape).tokens
+    named = dict(loaded.model.named_modules())
+    dims = {}
+    for name in problem.layers:
+        m = named[name]
+        w = m.weight
+        dims.setdefault((w.shape[1], w.shape[0]), name)
+    out = {}
+    for (fin, fout), name in dims.items():
+        layer = named[name]
+        fns = {}
+        for p in problem.precisions:
+            dep = backend.deploy_linear(layer, p)
+
+            def run(x, dep=dep):
+                with torch.inference_mode():
+                    return dep(x)
+            fns[p] = run
+        gen = torch.Generator().manual_seed(0)
+        xs = [torch.randn(tokens, fin, generator=gen) for _ in range(3)]
+        for p, t in time_interleaved(fns, xs, backend, threads=threads, max_seconds=3.0).items():
+            out[(fin, fout, p)] = t.median_us
+    return out
+
+
+def isolated_problem(problem: Problem, lat: dict, dims: dict[str, tuple[int, int]]) -> Problem:
+    """The problem with each option's gain replaced by the sum of its layers' isolated gains."""
+    choices = []
+    for c in problem.choices:
+        opts = []
+        for o in c.options:
+            g = sum(lat[(*dims[n], problem.baseline)] - lat[(*dims[n], p)]
+                    for n, p in zip(c.layer_names, o.config))
+            opts.append(replace(o, gain_us=g, latency_us=c.baseline.latency_us - g))
+        choices.append(Choice(c.position, c.signature, c.kind, c.layer_names, tuple(opts)))
+    return replace(problem, choices=choices)
+
+
+def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 64):
+    """Profile what the store lacks and compute the Taylor table if missing; returns the
+    campaign report and the model id."""
+    import torch
+
+    from profiles.campaign import run_campaign
+    from sensitivity.data import from_ids, load_calibration
+    from sensitivity.records import save_table
+    from sensitivity.taylor import analyze
+
+    report = run_campaign(store, loaded, "cpu", shapes=[shape], threads=threads, progress=False)
+    if not store.sensitivities(report.model_id):
+        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+        train = ROOT / "data" / "corpus" / "train.txt"
+        if loaded.tokenizer is not None and train.exists():
+            cal = load_calibration(train, tokenizer=loaded.tokenizer, samples=calib_samples,
+                                   seq_len=128, seed=0, vocab_size=vocab)
+        else:
+            gen = torch.Generator().manual_seed(0)
+            cal = from_ids(torch.randint(0, vocab, (calib_samples, 128), generator=gen),
+                           vocab_size=vocab, samples=calib_samples, seq_len=128, source="random")
+        precs = [p for p in report.precisions if p != "fp32"]
+        table = analyze(loaded.model, cal.batches(8), precisions=precs,
+                        calib_fingerprint=cal.fingerprint)
+        save_table(store, report.model_id, table)
+    return report
+
+
+def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds: list[str],
+           shape: str = "batch=1,seq=128,phase=prefill", n_random: int = 200, top: int = 5) -> dict:
+    import torch
+
+    from hwcost.store import open_store
+    from planner.apply import eval_batches, loss_mse, time_configs
+    from planner.problem import build_problem
+    from profiles.backends import get_backend
+    from profiles.loading import load_model
+
+    torch.set_num_threads(threads)
+    backend = get_backend("cpu")
+    loaded = load_model(model_spec)
+    url = db_url or f"sqlite:///{Path(tempfile.gettempdir()) / 'hwcost-bench-planner.db'}"
+    store = open_store(url)
+    t0 = time.perf_counter()
+    report = ensure_inputs(store, loaded, shape, threads)
+    prep_s = time.perf_counter() - t0
+    problem = build_problem(store, report.model_fingerprint, report.device, shape)
+    print(f"  {loaded.name}: {len(problem.layers)} layers, {len(problem.choices)} subgraphs, "
+          f"precisions {','.join(problem.precisions)}; profile+sensitivity {prep_s:.0f} s "
+          f"(measured {report.measured}, already {report.already})", flush=True)
+    named = dict(loaded.model.named_modules())
+    dims = {n: (named[n].weight.shape[1], named[n].weight.shape[0]) for n in problem.layers}
+    iso_lat = isolated_layer_latencies(loaded, problem, shape, backend, threads)
+    iso_problem = isolated_problem(problem, iso_lat, dims)
+    batches = eval_batches(loaded, None, samples=32) if loaded.tokenizer is not None else \
+        [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
+                       generator=torch.Generator().manual_seed(7)) for _ in range(4)]
+    rows = []
+    for th in thresholds:
+        bound = parse_threshold(th).resolve(problem)
+        ours = solve(problem, bound, "time")
+        macs = solve(problem, bound, "macs")
+        iso = solve(iso_problem, bound, "time")
+        rand = random_configs(problem, bound, n_random, seed=len(rows))
+        ranked = sorted(rand, key=lambda c: predicted_latency(problem, c)[0])[:top]
+        configs = {"baseline": {n: problem.baseline for n in problem.layers},
+                   "ours": ours.layers, "macs": macs.layers,
+                   "isolated": {n: iso.layers[n] for n in problem.layers}}
+        configs.update({f"random{i}": c for i, c in enumerate(ranked)})
+        # identical configs are timed once, so identical plans compare exactly equal
+        unique: dict[tuple, str] = {}
+        alias = {}
+        for name, cfg in configs.items():
+            key = tuple(sorted(cfg.items()))
+            alias[name] = unique.setdefault(key, name)
+        to_time = {name: configs[name] for name in set(alias.values())}
+        timings = time_configs(loaded, to_time, shape, backend, threads=threads,
+                               min_samples=21, max_seconds=20.0)
+        us = {name: timings[alias[name]].median_us for name in configs}
+        base = us["baseline"]
+        speed = {name: base / v for name, v in us.items()}
+        best_random = max(speed[f"random{i}"] for i in range(len(ranked)))
+        true = loss_mse(loaded, {"ours": ours.layers}, batches, backend)["ours"]
+        row = {
+            "threshold": th, "bound": bound,
+            "ours_speedup": speed["ours"], "ours_predicted": ours.predicted_speedup,
+            "best_random_speedup": best_random, "macs_speedup": speed["macs"],
+            "isolated_speedup": speed["isolated"],
+            "ours_vs_random": speed["ours"] / best_random,
+            "ours_vs_macs": speed["ours"] / speed["macs"],
+            "ours_vs_isolated": speed["ours"] / speed["isolated"],
+            "ours_predicted_mse": ours.loss_mse, "ours_measured_mse": true,
+            "measured_mse_over_bound": true / bound if bound > 0 else math.inf,
+            "n_random": len(rand), "random_timed": len(ranked),
+            "same_as_macs": alias["macs"] == alias["ours"],
+            "same_as_isolated": alias["isolated"] == alias["ours"],
+            "low_layers": {p: sum(v == p for v in ours.layers.values()) for p in problem.precisions},
+            "spread_rel_max": max(t.rel_spread for t in timings.values()),
+        }
+        rows.append(row)
+        print(f"  {th:>5}: ours {row['ours_speedup']:.3f}x (pred {row['ours_predicted']:.3f}x), "
+              f"best random {best_random:.3f}x, macs {row['macs_speedup']:.3f}x, "
+              f"isolated {row['isolated_speedup']:.3f}x; loss MSE {true:.3g} / bound {bound:.3g}",
+              flush=True)
+    store.close()
+    return {"model": loaded.name, "shape": shape, "threads": threads, "device": report.device,
+            "device_name": report.device_name, "layers": len(problem.layers),
+            "precisions": list(problem.precisions), "prep_s": prep_s, "rows": rows,
+            "random_method": "random layer order; random precision per layer kept while the "
+                             f"predicted bound holds; {n_random} configs, top {top} by predicted "
+                             "latency measured"}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _target(name: str, value: float, unit: str, op: str, limit: float) -> str:
+    ok = value <= limit if op == "<=" else value >= limit
+    return f"target: {name} = {value:.4g} {unit} (goal {op} {limit:g}) {'met' if ok else 'missed'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["a", "b", "all"], default="all")
+    ap.add_argument("--model", default=None, help="model spec for part b (default: demo model)")
+    ap.add_argument("--db", default=None, help="store for part b (default: a temp SQLite file)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--thresholds", default="5%,15%,40%",
+                    help="loss-MSE bounds for part b (share of all-lowest-precision MSE)")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path = RESULTS / "planner.json"
+    result = json.loads(out_path.read_text()) if out_path.exists() else {}
+    result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
+                         "processor": _cpu_name(), "threads": args.threads}
+    if args.part in ("a", "all"):
+        print("(a) solver on the 70B-shaped problem", flush=True)
+        result["a"] = part_a()
+    if args.part in ("b", "all"):
+        print("(b) demo model on this CPU", flush=True)
+        try:
+            result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","))
+        except Exception as e:  # noqa: BLE001 - report what is missing, keep part a's results
+            result["b"] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"  part b could not run: {result['b']['error']}", flush=True)
+    out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    targets = targets_of(result)
+    (RESULTS / "planner.md").write_text(markdown(result, targets))
+    print()
+    for t in targets:
+        print(t)
+
+
+def targets_of(result: dict) -> list[str]:
+    out = []
+    a = result.get("a")
+    if a:
+        out.append(_target("planner_70b_solve_s", a["worst_solve_s"], "s", "<=", 1.0))
+        out.append(_target("planner_70b_sweep50_s", a["sweep_s"], "s", "<=", 10.0))
+    b = result.get("b")
+    if b and "rows" in b:
+        rows = b["rows"]
+        out.append(_target("planner_vs_best_random", 100 * min(r["ours_vs_random"] for r in rows),
+                           "%", ">=", 95.0))
+        out.append(_target("planner_vs_macs_plan", min(r["ours_vs_macs"] for r in rows), "x", ">=", 1.0))
+        out.append(_target("planner_vs_isolated_plan", min(r["ours_vs_isolated"] for r in rows),
+                           "x", ">=", 1.0))
+        out.append(_target("planner_measured_mse_over_bound",
+                           max(r["measured_mse_over_bound"] for r in rows), "x", "<=", 1.25))
+    return out
+
+
+def markdown(result: dict, targets: list[str]) -> str:
+    m = result["machine"]
+    lines = ["# Planner benchmark", "", f"Machine: {m['processor']}, {m['platform']}, "
+             f"Python {m['python']}, {m['threads']} threads.", ""]
+    a = result.get("a")
+    if a:
+        inst = a["instance"]
+        lines += ["## (a) Solver on a 70B-shaped problem", "",
+                  f"{inst['subgraphs']} subgraph instances, {inst['layers']} layers, "
+                  f"{inst['precisions']} precisions, {inst['options']} options before pruning; "
+                  "synthetic H100 costs. CP-SAT, one worker, seed 0, integer-scaled; "
+                  f"largest relative difference from SCIP on float coefficients: "
+                  f"{a['max_rel_diff_vs_scip']:.2e}.", "",
+                  f"1-minute load average when it ran: {a.get('load_avg_1min')} on "
+                  f"{_ncpu()} CPUs (wall times include waiting for a CPU; CPU times do not).", "",
+                  "| seed | bound | status | solve s (wall) | CPU s | predicted speedup | options kept |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in a["rows"]:
+            lines.append(f"| {r['seed']} | {r['bound']} | {r['status']} | {r['solve_s']} | "
+                         f"{r.get('cpu_s', '-')} | {r['speedup']} | {r['kept_options']} |")
+        lines += ["", f"50-point sweep, wall: {', '.join(f'{s:.2f}' for s in a['sweep_s_all'])} s; "
+                      f"CPU: {', '.join(f'{s:.2f}' for s in a.get('sweep_cpu_s_all', []))} s "
+                      "(one per seed).", ""]
+    b = result.get("b")
+    if b and "rows" in b:
+        lines += [f"## (b) {b['model']} on this CPU ({b['device_name']}, {b['threads']} threads)",
+                  "", f"{b['layers']} layers, precisions {', '.join(b['precisions'])}, shape "
+                  f"{b['shape']}. Random baseline: {b['random_method']}. Speedups are measured "
+                  "end to end, interleaved, against the fp32 model.", "",
+                  "| bound | ours | predicted | best random | MAC plan | isolated plan | "
+                  "loss MSE measured / bound |", "|---|---|---|---|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['threshold']} ({r['bound']:.3g}) | {r['ours_speedup']:.3f}x | "
+                         f"{r['ours_predicted']:.3f}x | {r['best_random_speedup']:.3f}x | "
+                         f"{r['macs_speedup']:.3f}x | {r['isolated_speedup']:.3f}x | "
+                         f"{r['measured_mse_over_bound']:.2f} |")
+        lines.append("")
+    elif b:
+        lines += ["## (b) demo model", "", f"Not run: {b['error']}", ""]
+    lines += ["## Targets", "", "```", *targets, "```", ""]
+    return "\n".join(lines)
+
+
+def _ncpu() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _load() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
