@@ -1,0 +1,298 @@
+"""Do measured subgraph gains add up to the end-to-end gain? (issue 3, "Must show")
+
+On this CPU, for N random per-layer precision configs of a small Llama (the demo model when
+``data/demo_model`` exists, else one built from the demo's config with random weights):
+
+- **measured**: the whole model with the config applied (``apply_precisions``), timed
+  interleaved with the fp32 model on the same inputs;
+- **method** (arXiv 2505.13060): baseline minus the sum over sequential subgraphs of the
+  measured subgraph gain (subgraph in fp32 minus subgraph in its config). The gains come from
+  a real profiling campaign (``profiles.campaign.run_campaign``, what ``hwcost profile`` runs)
+  into a scratch SQLite store, read back with ``Store.model_costs``: every config of every
+  unique subgraph, each run alone on inputs captured from the model, configs of a signature
+  timed interleaved;
+- **per-layer** (HAWQ-V3 style): baseline minus the sum of per-layer gains, each linear layer
+  timed alone on an input of its shape;
+- **MACs**: latency proportional to sum(MACs x bits/32) (attention matmuls stay fp32),
+  scaled so the fp32 model costs the measured baseline.
+
+The baseline of each prediction is the fp32 model timed in the same interleaved rounds as
+that config's model, so drift of a shared machine cancels. Error = |predicted - measured| /
+measured. Prints a table, writes bench/results/additivity.{json,md}, ends with the target line.
+
+    python bench/additivity.py [--configs 30] [--seq 256] [--threads 2] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hwcost.device import local_device  # noqa: E402
+from hwcost.errors import ModelLoadError  # noqa: E402
+from hwcost.precision import Precision  # noqa: E402
+from hwcost.shape import parse_shape  # noqa: E402
+from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
+from profiles.bench import time_interleaved  # noqa: E402
+from profiles.loading import LoadedModel, load_model  # noqa: E402
+from profiles.partition import partition  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8, Precision.FP8_E4M3)
+GOAL_PCT = 3.0
+N_INPUTS = 3  # distinct inputs rotated by the harness
+
+
+def load_llama(layers: int) -> tuple[LoadedModel, str]:
+    """The demo model, or a Llama of the demo's size with seeded random weights."""
+    try:
+        loaded = load_model(None)
+        return loaded, f"demo model ({loaded.source or 'data/demo_model'})"
+    except ModelLoadError:
+        pass
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=264, hidden_size=256, intermediate_size=768,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).float().eval()
+    return (LoadedModel("additivity-llama", model, source="config"),
+            f"Llama from config ({layers} layers, random weights; data/demo_model absent)")
+
+
+def random_configs(layers: list[str], n: int, rng: random.Random) -> list[dict[str, Precision]]:
+    """Per-layer precisions; each config draws its own mixture so configs range from mostly
+    fp32 to mostly int8/fp8 (uniform per layer would make every config look alike)."""
+    out = []
+    for _ in range(n):
+        weights = [rng.gammavariate(1.0, 1.0) for _ in PRECISIONS]
+        out.append({name: rng.choices(PRECISIONS, weights)[0] for name in layers})
+    return out
+
+
+def profile_subgraphs(loaded, shape, threads, max_seconds) -> dict:
+    """Run the method's profiling campaign (what ``hwcost profile`` does) into a scratch
+    SQLite store and read back each subgraph instance's measured latency per config:
+    ``(position, config) -> us``. Every config of every unique signature is measured, all
+    configs of a signature interleaved with its fp32 configuration."""
+    from hwcost.store import open_store
+    from profiles.campaign import TimingOptions, run_campaign
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/additivity.db")
+        try:
+            report = run_campaign(store, loaded, "cpu", [shape.key],
+                                  [p.value for p in PRECISIONS], max_configs=64,
+                                  threads=threads, n_inputs=N_INPUTS, progress=False,
+                                  timing=TimingOptions(max_seconds=max_seconds),
+                                  model_latency=True)
+            rows = store.model_costs(report.model_fingerprint, report.device, shape.key)
+        finally:
+            store.close()
+    costs = {(r.position, tuple(Precision(p) for p in r.config.split(","))): r.median_us
+             for r in rows}
+    return {"costs": costs, "report": report.to_dict()}
+
+
+def measure_layers(model, layer_names, tokens, backend, timing) -> dict:
+    """``(in, out, bias) -> {precision: us}``: each distinct linear shape timed alone."""
+    shapes = {}
+    for name in layer_names:
+        w, b = linear_params(model.get_submodule(name))
+        shapes.setdefault((w.shape[1], w.shape[0], b is not None), name)
+    out = {}
+    for key, name in shapes.items():
+        layer = model.get_submodule(name)
+        fns = {p.value: (lambda m: lambda x: m(x))(get_backend(backend).deploy_linear(layer, p))
+               for p in PRECISIONS}
+        xs = [torch.randn(tokens, key[0]) for _ in range(N_INPUTS)]
+        res = time_interleaved(fns, xs, backend, **timing)
+        out[key] = {Precision(k): v.median_us for k, v in res.items()}
+    return out
+
+
+def macs(model, layer_names, batch, seq) -> tuple[dict[str, int], int]:
+    """MACs of each linear layer, and of the attention matmuls (QK^T and PV, kept fp32)."""
+    tokens = batch * seq
+    per_layer = {}
+    for n in layer_names:
+        w, _ = linear_params(model.get_submodule(n))
+        per_layer[n] = tokens * w.shape[0] * w.shape[1]
+    cfg = model.config
+    attn = 2 * batch * cfg.num_attention_heads * seq * seq * (cfg.hidden_size //
+                                                               cfg.num_attention_heads)
+    return per_layer, attn * cfg.num_hidden_layers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6, help="layers of the fallback model")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: all CPUs this process may use)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=6.0,
+                    help="re-measure budget per timing call")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    backend = get_backend("cpu")
+    threads = args.threads or backend.default_threads()
+    torch.set_num_threads(threads)
+    timing = {"threads": threads, "max_seconds": args.max_seconds}
+    shape = parse_shape(f"batch={args.batch},seq={args.seq}")
+    loaded, model_desc = load_llama(args.layers)
+    model = loaded.model
+    inputs = [loaded.inputs_for(shape, seed=k) for k in range(N_INPUTS)]
+    with torch.no_grad():
+        part = partition(model, inputs[0], n_precisions=len(PRECISIONS), max_configs=64)
+    layers = part.layer_names()
+    configs = random_configs(layers, args.configs, random.Random(args.seed))
+    print(f"model: {model_desc}; {len(layers)} linear layers, {len(part.pieces)} subgraphs, "
+          f"{len(part.subgraph_infos())} unique; shape {shape.key}; threads {threads}",
+          flush=True)
+
+    sub = profile_subgraphs(loaded, shape, threads, args.max_seconds)
+    costs = sub["costs"]
+    print(f"campaign: {sub['report']['measured']} subgraph configs measured in "
+          f"{sub['report']['elapsed_s']:.0f} s", flush=True)
+    per_layer = measure_layers(model, layers, shape.tokens, backend, timing)
+    layer_macs, attn_macs = macs(model, layers, args.batch, args.seq)
+    total_macs = sum(layer_macs.values()) + attn_macs
+    # the baseline runs the same fp32 kernels as the pieces' baseline configs
+    baseline_model = apply_precisions(model, dict.fromkeys(layers, Precision.FP32), backend)
+    fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in part.pieces}
+
+    rows = []
+    for i, cfg in enumerate(configs):
+        deployed = apply_precisions(model, cfg, backend)
+        res = time_interleaved({"fp32": lambda inp: baseline_model(**inp),
+                                "config": lambda inp, m=deployed: m(**inp)},
+                               inputs, backend, **timing)
+        base, meas = res["fp32"].median_us, res["config"].median_us
+        gain = sum(costs[(p.position, fp32_cfg[p.position])]
+                   - costs[(p.position, tuple(cfg[n] for n in p.layer_names))]
+                   for p in part.pieces)
+        layer_gain = 0.0
+        for n in layers:
+            w, b = linear_params(model.get_submodule(n))
+            lat = per_layer[(w.shape[1], w.shape[0], b is not None)]
+            layer_gain += lat[Precision.FP32] - lat[cfg[n]]
+        mac_cost = (sum(layer_macs[n] * cfg[n].bits / 32 for n in layers) + attn_macs) / total_macs
+        pred = {"method": base - gain, "per_layer": base - layer_gain, "macs": base * mac_cost}
+        counts = {p.value: sum(1 for n in layers if cfg[n] is p) for p in PRECISIONS}
+        row = {"config": i, "counts": counts, "baseline_us": base, "measured_us": meas,
+               "measured_spread_us": res["config"].spread_us, "stable": res["config"].stable,
+               "predicted_us": pred,
+               "abs_err_pct": {k: abs(v - meas) / meas * 100 for k, v in pred.items()},
+               "method_with_campaign_baseline_us":
+                   sub["report"]["baseline_us"][shape.key] - gain}
+        rows.append(row)
+        e = row["abs_err_pct"]
+        print(f"{i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured {meas / 1e3:7.2f} ms  "
+              f"method {pred['method'] / 1e3:7.2f} ({e['method']:4.1f}%)  per-layer "
+              f"{pred['per_layer'] / 1e3:7.2f} ({e['per_layer']:4.1f}%)  MACs "
+              f"{pred['macs'] / 1e3:7.2f} ({e['macs']:5.1f}%)", flush=True)
+
+    summary = {}
+    for k in ("method", "per_layer", "macs"):
+        errs = [r["abs_err_pct"][k] for r in rows]
+        summary[k] = {"median_abs_err_pct": statistics.median(errs),
+                      "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))],
+                      "max_abs_err_pct": max(errs),
+                      "rank_corr": _spearman([r["predicted_us"][k] for r in rows],
+                                             [r["measured_us"] for r in rows])}
+    speedups = [r["baseline_us"] / r["measured_us"] for r in rows]
+    report = {
+        "benchmark": "additivity", "model": model_desc, "shape": shape.key,
+        "threads": threads, "device": local_device("cpu").to_dict(),
+        "precisions": [p.value for p in PRECISIONS], "n_configs": len(rows),
+        "n_subgraphs": len(part.pieces), "n_unique_subgraphs": len(part.subgraph_infos()),
+        "n_subgraph_configs_measured": sub["report"]["measured"],
+        "speedup_range": [min(speedups), max(speedups)],
+        "summary": summary, "rows": rows, "campaign": sub["report"],
+        "seconds": time.perf_counter() - t_start,
+        "loadavg_1min": [load_before[0], os.getloadavg()[0]],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "additivity.json").write_text(json.dumps(report, indent=2, default=str))
+    md = _markdown(report)
+    (args.out / "additivity.md").write_text(md)
+    print()
+    print(md.split("\n## Configs")[0])
+    err = summary["method"]["median_abs_err_pct"]
+    print(f"target: additivity_median_abs_err = {err:.2f} % (goal <= {GOAL_PCT:g}) "
+          f"{'met' if err <= GOAL_PCT else 'missed'}")
+    return 0
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(x):
+        order = sorted(range(len(x)), key=x.__getitem__)
+        r = [0.0] * len(x)
+        for pos, i in enumerate(order):
+            r[i] = float(pos)
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def _markdown(r: dict) -> str:
+    lines = [
+        "# Additivity of measured subgraph gains", "",
+        f"Model: {r['model']}; shape `{r['shape']}`; {r['threads']} threads; "
+        f"{r['device']['name']} ({' '.join(r['device']['flags'])}); torch "
+        f"{r['device']['software'].get('torch')}.",
+        f"{r['n_configs']} random per-layer configs over {', '.join(r['precisions'])}; "
+        f"{r['n_subgraphs']} subgraphs ({r['n_unique_subgraphs']} unique signatures), "
+        f"{r['n_subgraph_configs_measured']} subgraph configs measured; measured speedups "
+        f"{r['speedup_range'][0]:.2f}x to {r['speedup_range'][1]:.2f}x; {r['seconds']:.0f} s; "
+        f"load average (1 min) {r['loadavg_1min'][0]:.1f} at start, {r['loadavg_1min'][1]:.1f} "
+        f"at end (the machine has {os.cpu_count()} CPUs).",
+        "",
+        "| predictor | median abs err | p90 abs err | max abs err | rank corr |",
+        "|---|---|---|---|---|",
+    ]
+    names = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer sum (HAWQ-V3)",
+             "macs": "MACs x bits (scaled)"}
+    for k, s in r["summary"].items():
+        lines.append(f"| {names[k]} | {s['median_abs_err_pct']:.2f} % | "
+                     f"{s['p90_abs_err_pct']:.2f} % | {s['max_abs_err_pct']:.2f} % | "
+                     f"{s['rank_corr']:.3f} |")
+    lines += ["", "## Configs", "",
+              "| # | fp32/bf16/int8/fp8 layers | fp32 ms | measured ms | method ms (err) | "
+              "per-layer ms (err) | MACs ms (err) |", "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        c, p, e = row["counts"], row["predicted_us"], row["abs_err_pct"]
+        lines.append(
+            f"| {row['config']} | {c['fp32']}/{c['bf16']}/{c['int8']}/{c['fp8_e4m3']} | "
+            f"{row['baseline_us'] / 1e3:.2f} | {row['measured_us'] / 1e3:.2f} | "
+            f"{p['method'] / 1e3:.2f} ({e['method']:.1f}%) | "
+            f"{p['per_layer'] / 1e3:.2f} ({e['per_layer']:.1f}%) | "
+            f"{p['macs'] / 1e3:.2f} ({e['macs']:.1f}%) |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
