@@ -160,9 +160,14 @@ def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
 
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
                             eval_data: str | None = None, samples: int = 32,
-                            threads: int | None = None, seq_len: int = 128) -> ValidationResult:
+                            threads: int | None = None, seq_len: int = 128, loaded=None,
+                            timing: dict | None = None) -> ValidationResult:
     """Apply the plan on this machine's device of the plan's kind, measure latency against the
-    baseline and the true loss MSE, store a Validation and the two ModelLatency rows."""
+    baseline and the true loss MSE, store a Validation and the two ModelLatency rows.
+
+    ``loaded`` (a ``profiles.loading.LoadedModel``) skips loading ``model_spec``; ``timing``
+    passes harness settings to ``profiles.bench.time_interleaved``.
+    """
     from hwcost.device import local_device
     from profiles.backends import get_backend
     from profiles.loading import load_model
@@ -171,11 +176,12 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     kind = data["device"]["kind"]
     backend = get_backend(kind)
     backend.require()
-    loaded = load_model(model_spec)
+    loaded = loaded or load_model(model_spec)
     layers = dict(data["layers"])
     base_layers = {n: data["baseline"] for n in layers}
     configs = {"baseline": base_layers, "plan": layers}
-    timings = time_configs(loaded, configs, data["shape"], backend, threads=threads)
+    timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
+                           **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
     n_eval = sum(int(b.shape[0]) for b in batches)
