@@ -100,7 +100,7 @@ def _print_plan(doc: dict, output: str | None) -> None:
     click.echo(f"speedup       {pr['speedup']:.3f}x predicted ({pr['baseline_us']:.1f} us -> "
                f"{pr['plan_us']:.1f} us)")
     bound = d["max_loss_mse"]
-    bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if d.get("threshold", "").endswith("%")
+    bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
     click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
     click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
