@@ -1,0 +1,231 @@
+"""Campaigns: every task measured once, deeper models reuse measurements, resume after a
+kill, workers splitting a campaign on PostgreSQL, and the ``hwcost profile`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hwcost.cli.main import cli
+from hwcost.errors import UnknownPrecision
+from hwcost.store import open_store
+from profiles.campaign import QUICK_TIMING, campaign_tasks, run_campaign
+from profiles.loading import LoadedModel
+from profiles.partition import partition
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = "batch=1,seq=8"
+
+FACTORY = '''
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny(layers=2):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    model = LlamaForCausalLM(cfg)
+
+    def inputs(shape, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"input_ids": torch.randint(0, 64, (shape.batch, shape.seq), generator=g),
+                "use_cache": False}
+
+    return model, inputs
+'''
+
+
+def _tiny(layers: int = 2) -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    return LoadedModel(f"tiny{layers}", LlamaForCausalLM(cfg).eval(), None, "test")
+
+
+def _quick(store, loaded, **kw):
+    kw.setdefault("precisions", "fp32,bf16")
+    return run_campaign(store, loaded, "cpu", [SHAPE], threads=1, n_inputs=2, timing=QUICK_TIMING,
+                        progress=False, **kw)
+
+
+def test_campaign_measures_each_task_once_and_a_deeper_model_adds_none(store):
+    two = _tiny(2)
+    rep = _quick(store, two)
+    # 2 precisions allow 6 slots (2**6 <= 64): attention (4 slots), MLP (3) and lm_head
+    # stay whole: 16 + 8 + 2 configs per shape
+    assert (rep.tasks, rep.measured, rep.already, rep.failed) == (26, 26, 0, 0)
+    assert rep.precisions == ["fp32", "bf16"] and rep.unique_subgraphs == 3 and rep.pieces == 5
+    assert store.measurement_count() == 26
+    costs = store.model_costs(rep.model_fingerprint, rep.device, SHAPE)
+    assert len(costs) == 16 + 8 + 16 + 8 + 2
+    assert {(c.position, c.config) for c in costs} >= {(0, "fp32,fp32,fp32,fp32"),
+                                                       (1, "bf16,bf16,bf16"), (4, "fp32")}
+    assert all(c.median_us > 0 and c.n_samples >= 5 for c in costs)
+    lat = store.model_latency(rep.model_id, store.get_device(rep.device).id, SHAPE, "all:fp32")
+    assert lat is not None and lat.median_us == rep.baseline_us["batch=1,seq=8,phase=prefill"]
+
+    again = _quick(store, two)
+    assert (again.measured, again.already) == (0, 26)
+
+    four = _tiny(4)
+    deeper = _quick(store, four)
+    assert (deeper.tasks, deeper.measured, deeper.already) == (26, 0, 26)
+    assert deeper.model_id != rep.model_id and deeper.pieces == 9
+    assert store.measurement_count() == 26
+    # the deeper model's manifest is fully covered by the shallow one's measurements
+    positions = {c.position for c in store.model_costs(deeper.model_fingerprint, rep.device, SHAPE)}
+    assert positions == set(range(9))
+
+
+def test_an_unknown_precision_stores_nothing(sqlite_url):
+    with open_store(sqlite_url) as s:
+        with pytest.raises(UnknownPrecision, match="backend cpu cannot deploy fp8_e5m2"):
+            _quick(s, _tiny(2), precisions="bf16,fp8_e5m2")
+        assert s.devices() == [] and s.models() == []
+
+
+def test_tasks_enumerate_unique_signature_shape_config():
+    loaded = _tiny(2)
+    part = partition(loaded.model, loaded.inputs_for(SHAPE), n_precisions=2)
+    from hwcost.precision import parse_precisions
+    from hwcost.shape import parse_shape
+
+    tasks = campaign_tasks(part, [parse_shape(SHAPE), parse_shape("batch=2,seq=4")],
+                           parse_precisions("fp32,bf16"))
+    assert len(tasks) == len(set(tasks)) == 2 * 26
+    assert tasks[0] == (part.pieces[0].signature, "batch=1,seq=8,phase=prefill",
+                        "fp32,fp32,fp32,fp32")
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+@pytest.fixture
+def factory_env(tmp_path):
+    (tmp_path / "hwcost_tiny_factory.py").write_text(FACTORY)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")])
+    env.pop("HWCOST_DB", None)
+    return env
+
+
+def _profile_cmd(url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "from hwcost.cli.main import cli; cli()", "profile",
+            "hwcost_tiny_factory:tiny", "--db", url, "--shape", SHAPE, "--precisions",
+            "fp32,bf16,int8", "--threads", "1", "--quick", "--json", *extra]
+
+
+def _rows(url: str) -> dict:
+    from sqlalchemy import select
+
+    from hwcost.schema import Measurement
+
+    with open_store(url) as s, s.session() as ses:
+        return {(m.subgraph_id, m.shape, m.config): (m.median_us, m.measured_at)
+                for m in ses.scalars(select(Measurement))}
+
+
+def test_a_killed_campaign_resumes_without_repeating_or_losing_work(sqlite_url, factory_env):
+    # fp32/bf16/int8 on the tiny Llama: 27 + 3 + 27 + 3 = 60 tasks, written 3 at a time
+    proc = subprocess.Popen(_profile_cmd(sqlite_url, "--group", "3"), env=factory_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                n = len(_rows(sqlite_url))
+            except Exception:  # noqa: BLE001 - the store may not exist yet
+                n = 0
+            if n >= 9:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the campaign finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = _rows(sqlite_url)
+    assert 9 <= len(before) < 60
+    done = subprocess.run(_profile_cmd(sqlite_url), env=factory_env, capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert (report["tasks"], report["already"], report["measured"]) == (60, len(before),
+                                                                      60 - len(before))
+    after = _rows(sqlite_url)
+    assert len(after) == 60
+    assert {k: after[k] for k in before} == before  # nothing measured twice, nothing lost
+
+
+def test_two_workers_split_a_campaign_on_postgresql(store_url, factory_env):
+    if not store_url.startswith("postgresql"):
+        pytest.skip("fleet workers share a PostgreSQL store")
+    url = store_url
+    open_store(url).close()  # a fleet store is created once (`hwcost db init`), then shared
+    procs = [subprocess.Popen(_profile_cmd(url, "--worker", w, "--group", "3"),
+                              env=factory_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for w in ("w1", "w2")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    reports = [json.loads(out) for out, _ in outs]
+    assert reports[0]["campaign"] == reports[1]["campaign"]
+    measured = [r["measured"] for r in reports]
+    assert sum(measured) == 60, measured  # no task measured by both
+    assert all(m > 0 for m in measured), measured
+    assert len(_rows(url)) == 60
+    from hwcost import queue
+
+    with open_store(url) as s:
+        cid = queue.campaign_id(s, reports[0]["campaign"])
+        assert queue.progress(s, cid).to_dict() == {
+            "pending": 0, "claimed": 0, "done": 60, "failed": 0, "total": 60}
+        by_worker = list(queue.task_workers(s, cid).values())
+    assert sorted(set(by_worker)) == ["w1", "w2"]
+    assert [by_worker.count("w1"), by_worker.count("w2")] == measured
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def test_profile_cli_runs_a_factory_and_prints_a_summary(sqlite_url, factory_env, monkeypatch):
+    monkeypatch.syspath_prepend(factory_env["PYTHONPATH"].split(os.pathsep)[0])
+    res = CliRunner().invoke(cli, ["profile", "hwcost_tiny_factory:tiny", "--db", sqlite_url,
+                                   "--shape", SHAPE, "--precisions", "bf16", "--threads", "1",
+                                   "--quick"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("model     tiny (id 1, ")
+    assert lines[2] == "subgraphs 5 pieces, 3 unique"
+    assert lines[3].startswith("tasks     26 total: 26 measured now, 0 already in the store, "
+                               "0 failed")
+    assert lines[4].split() == ["shape", "baseline_ms"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["profile", "--shape", "batch=1,sq=4"],
+     "Error: cannot parse shape 'batch=1,sq=4': unknown field 'sq'; known: batch, seq, kv, phase\n"),
+    (["profile", "/no/such/model"],
+     "Error: cannot load model '/no/such/model': not a directory and not package.module:factory\n"),
+    (["profile", "no_such_pkg_q:f"],
+     "Error: cannot import 'no_such_pkg_q' for 'no_such_pkg_q:f': No module named 'no_such_pkg_q'\n"),
+    (["profile", "hwcost_tiny_factory:tiny", "--device", "tpu"],
+     "Error: unknown device kind 'tpu'; known: cpu, cuda, hpu\n"),
+])
+def test_profile_cli_errors_are_one_line(args, message, sqlite_url, factory_env, monkeypatch):
+    monkeypatch.syspath_prepend(factory_env["PYTHONPATH"].split(os.pathsep)[0])
+    res = CliRunner().invoke(cli, [*args, "--db", sqlite_url])
+    assert res.exit_code == 1
+    assert res.output == message
