@@ -57,17 +57,16 @@ def read_rows(conn: Connection, sql: str, columns: Columns,
         cur.close()
     if not rows:
         return schema.empty_table()
+    # Tuples straight into one struct array: no Python-level transposition. Timestamps
+    # arrive as SQLAlchemy's naive UTC text and are parsed by Arrow.
+    text_schema = pa.struct([(n, pa.string() if k == "ts" else ARROW_TYPES[k]) for n, k in columns])
+    arr = pa.array(rows, text_schema)
+    del rows
     arrays = []
-    for (_, kind), values in zip(columns, zip(*rows)):
+    for (_, kind), field_arr in zip(columns, arr.flatten()):
         if kind == "ts":
-            # naive text in UTC, as SQLAlchemy writes it; the cast keeps the wall-clock values
-            arrays.append(pa.array(values, pa.string()).cast(pa.timestamp("us"))
-                          .cast(ARROW_TYPES["ts"]))
-        elif kind == "float":
-            # SQLite hands back integral REALs as ints; Arrow wants floats in a float column
-            arrays.append(pa.array(values, pa.float64(), from_pandas=False))
-        else:
-            arrays.append(pa.array(values, ARROW_TYPES[kind]))
+            field_arr = field_arr.cast(pa.timestamp("us")).cast(ARROW_TYPES["ts"])
+        arrays.append(field_arr)
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -60,8 +60,7 @@ class TableSpec:
     refs: tuple[tuple[str, str], ...] = ()  # (bundle column, referenced table)
     stamp: str | None = None  # timestamp column the "newer" rule compares
     nullable: tuple[str, ...] = ()
-    select: str = ""  # SELECT producing ``cols`` in order, natural keys joined in
-    device_col: str | None = None  # SQL expression the --device filter applies to
+    device_filter: str | None = None  # store column the --device filter applies to
     insert_extra: tuple[tuple[str, str], ...] = ()  # store-only columns set on insert
 
     @property
@@ -84,27 +83,21 @@ SPECS: tuple[TableSpec, ...] = (
         "device",
         (("fingerprint", "str"), ("kind", "str"), ("name", "str"), ("threads", "int"),
          ("flags", "str"), ("software", "str"), ("peaks", "str")),
-        key=("fingerprint",), nullable=("threads",),
-        select="SELECT fingerprint, kind, name, threads, flags, software, peaks FROM device d",
-        device_col="d.fingerprint", insert_extra=(("source", ":source"), *_NOW)),
+        key=("fingerprint",), nullable=("threads",), device_filter="id",
+        insert_extra=(("source", ":source"), *_NOW)),
     TableSpec(
         "subgraph",
         (("signature", "str"), ("kind", "str"), ("n_slots", "int"), ("slots", "str"),
          ("extra", "str")),
-        key=("signature",),
-        select="SELECT signature, kind, n_slots, slots, extra FROM subgraph", insert_extra=_NOW),
+        key=("signature",), insert_extra=_NOW),
     TableSpec(
         "model",
         (("fingerprint", "str"), ("name", "str"), ("n_subgraphs", "int"), ("n_layers", "int")),
-        key=("fingerprint",),
-        select="SELECT fingerprint, name, n_subgraphs, n_layers FROM model", insert_extra=_NOW),
+        key=("fingerprint",), insert_extra=_NOW),
     TableSpec(
         "manifest_entry",
         (("model", "str"), ("position", "int"), ("subgraph", "str"), ("layer_names", "str")),
-        key=("model", "position"), refs=(("model", "model"), ("subgraph", "subgraph")),
-        select="SELECT m.fingerprint, e.position, s.signature, e.layer_names "
-               "FROM manifest_entry e JOIN model m ON m.id = e.model_id "
-               "JOIN subgraph s ON s.id = e.subgraph_id"),
+        key=("model", "position"), refs=(("model", "model"), ("subgraph", "subgraph"))),
     TableSpec(
         "measurement",
         (("device", "str"), ("subgraph", "str"), ("shape", "str"), ("config", "str"),
@@ -112,12 +105,7 @@ SPECS: tuple[TableSpec, ...] = (
          ("measured_at", "ts"), ("host", "str"), ("campaign", "str"), ("tool_version", "str")),
         key=("device", "subgraph", "shape", "config"),
         refs=(("device", "device"), ("subgraph", "subgraph")), stamp="measured_at",
-        nullable=("campaign",),
-        select="SELECT d.fingerprint, s.signature, x.shape, x.config, x.median_us, x.spread_us, "
-               "x.n_samples, x.measured_at, x.host, x.campaign, x.tool_version "
-               "FROM measurement x JOIN device d ON d.id = x.device_id "
-               "JOIN subgraph s ON s.id = x.subgraph_id",
-        device_col="d.fingerprint"),
+        nullable=("campaign",), device_filter="device_id"),
     TableSpec(
         "model_latency",
         (("model", "str"), ("device", "str"), ("shape", "str"), ("config_hash", "str"),
@@ -125,21 +113,14 @@ SPECS: tuple[TableSpec, ...] = (
          ("measured_at", "ts"), ("host", "str"), ("tool_version", "str")),
         key=("model", "device", "shape", "config_hash"),
         refs=(("model", "model"), ("device", "device")), stamp="measured_at",
-        select="SELECT m.fingerprint, d.fingerprint, x.shape, x.config_hash, x.config, "
-               "x.median_us, x.spread_us, x.n_samples, x.measured_at, x.host, x.tool_version "
-               "FROM model_latency x JOIN model m ON m.id = x.model_id "
-               "JOIN device d ON d.id = x.device_id",
-        device_col="d.fingerprint"),
+        device_filter="device_id"),
     TableSpec(
         "sensitivity",
         (("model", "str"), ("calib_fingerprint", "str"), ("layer", "str"), ("precision", "str"),
          ("method", "str"), ("loss_mse", "float"), ("stderr", "float"), ("n_samples", "int"),
          ("created_at", "ts")),
         key=("model", "calib_fingerprint", "layer", "precision", "method"),
-        refs=(("model", "model"),), stamp="created_at",
-        select="SELECT m.fingerprint, x.calib_fingerprint, x.layer, x.precision, x.method, "
-               "x.loss_mse, x.stderr, x.n_samples, x.created_at "
-               "FROM sensitivity x JOIN model m ON m.id = x.model_id"),
+        refs=(("model", "model"),), stamp="created_at"),
 )
 SPEC = {s.name: s for s in SPECS}
 
@@ -244,19 +225,38 @@ def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
 
     ``fingerprint`` (a full device fingerprint) restricts the device-keyed tables (device,
     measurement, model_latency); subgraphs, models, manifests and sensitivities, which do not
-    depend on a device, are always whole.
+    depend on a device, are always whole. Rows are read with integer ids, which Arrow then
+    maps to natural keys: far cheaper than joining strings into every row in SQL.
     """
-    fp = fingerprint
     out: dict[str, pa.Table] = {}
+    keys: dict[str, tuple[pa.Array, pa.Array]] = {}  # table -> (ids, natural keys)
     with store.engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot
         with conn.begin():
+            dev_id = None
+            if fingerprint:
+                dev_id = conn.execute(text("SELECT id FROM device WHERE fingerprint = :fp"),
+                                      {"fp": fingerprint}).scalar_one()
             for spec in SPECS:
-                sql, params = spec.select, {}
-                if fp and spec.device_col:
-                    sql, params = f"{sql} WHERE {spec.device_col} = :fp", {"fp": fp}
-                out[spec.name] = read_rows(conn, sql, spec.cols, params)
+                cols = spec.store_cols
+                if spec.name in _REF_ID:
+                    cols = [("id", "int"), *cols]
+                sql = f"SELECT {', '.join(c for c, _ in cols)} FROM {spec.name}"
+                params = {}
+                if dev_id is not None and spec.device_filter:
+                    sql += f" WHERE {spec.device_filter} = :dev"
+                    params = {"dev": dev_id}
+                t = read_rows(conn, sql, cols, params)
+                if spec.name in _REF_ID:
+                    keys[spec.name] = (t.column("id").combine_chunks(),
+                                       t.column(spec.key[0]).combine_chunks())
+                    t = t.drop_columns(["id"])
+                for col, target in spec.refs:
+                    ids, names = keys[target]
+                    i = t.schema.get_field_index(f"{col}_id")
+                    t = t.set_column(i, col, pc.take(names, pc.index_in(t.column(i), value_set=ids)))
+                out[spec.name] = t
     return out
 
 
@@ -446,7 +446,7 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
             col = t.column(name)
             if name not in spec.nullable and col.null_count:
                 raise bad(f"{spec.name}.{name} has {col.null_count} missing value(s)")
-            if kind == "str" and t.num_rows and pc.any(pc.match_substring(col, "\0")).as_py():
+            if kind == "str" and any(_has_nul(chunk) for chunk in col.chunks):
                 raise bad(f"{spec.name}.{name} holds a NUL character")
         if t.num_rows:
             keys = t.group_by(list(spec.key)).aggregate([([], "count_all")])
@@ -482,17 +482,20 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
     n_slots = dict(zip(tables["subgraph"].column("signature").to_pylist(),
                        tables["subgraph"].column("n_slots").to_pylist()))
     m = tables["measurement"]
+    lengths = {}
+    for cfg in pc.unique(m.column("config")).to_pylist():
+        try:
+            parsed = parse_config(cfg)
+        except HwcostError as e:
+            raise bad(f"measurement.config: {e}") from None
+        if config_key(parsed) != cfg:
+            raise bad(f"measurement.config {cfg!r} is not canonical")
+        lengths[cfg] = len(parsed)
     if m.num_rows:
         pairs = m.group_by(["subgraph", "config"]).aggregate([])
         for sig, cfg in zip(pairs.column("subgraph").to_pylist(), pairs.column("config").to_pylist()):
-            try:
-                parsed = parse_config(cfg)
-            except HwcostError as e:
-                raise bad(f"measurement.config: {e}") from None
-            if config_key(parsed) != cfg:
-                raise bad(f"measurement.config {cfg!r} is not canonical")
-            if sig in n_slots and len(parsed) != n_slots[sig]:
-                raise bad(f"measurement.config {cfg!r} has {len(parsed)} precisions, subgraph "
+            if sig in n_slots and lengths[cfg] != n_slots[sig]:
+                raise bad(f"measurement.config {cfg!r} has {lengths[cfg]} precisions, subgraph "
                           f"{sig[:12]} has {n_slots[sig]} slots")
     for p in pc.unique(tables["sensitivity"].column("precision")).to_pylist():
         try:
@@ -503,6 +506,18 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
             raise bad(f"sensitivity.precision {p!r} is not canonical")
     _check_json(tables, bad)
     _check_refs(tables, bad)
+
+
+def _has_nul(arr: pa.Array) -> bool:
+    """Whether any string of ``arr`` holds a NUL byte (PostgreSQL text cannot store one)."""
+    if len(arr) == 0:
+        return False
+    arr = arr.cast(pa.large_string())
+    _, offsets, data = arr.buffers()
+    if data is None:
+        return False
+    off = np.frombuffer(offsets, dtype="<i8")[arr.offset:arr.offset + len(arr) + 1]
+    return bool((np.frombuffer(data, dtype=np.uint8)[off[0]:off[-1]] == 0).any())
 
 
 def _check_latencies(t: pa.Table, name: str, cols: Sequence[str], bad, allow_zero=False) -> None:

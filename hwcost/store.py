@@ -363,20 +363,29 @@ class Store:
     def model_costs(self, model_ref: str, device: str, shape: str) -> list[CostRow]:
         """All measured costs of a model's subgraph instances on one device and shape.
 
-        One query: the manifest joined to the measurements (identical blocks share rows).
+        Two queries: the manifest, and the measurements of its *distinct* subgraphs (the 32
+        identical blocks of a model share one set), expanded per instance here. Rows are
+        ordered by position, then config.
         """
         model = self.get_model(model_ref)
         dev = self.get_device(device)
         shape = parse_shape(shape).key
-        stmt = (select(ManifestEntry.position, Subgraph.signature, Measurement.config,
+        parts = select(ManifestEntry.subgraph_id).where(ManifestEntry.model_id == model.id)
+        stmt = (select(Measurement.subgraph_id, Subgraph.signature, Measurement.config,
                        Measurement.median_us, Measurement.spread_us, Measurement.n_samples)
-                .join(Subgraph, Subgraph.id == ManifestEntry.subgraph_id)
-                .join(Measurement, Measurement.subgraph_id == ManifestEntry.subgraph_id)
-                .where(ManifestEntry.model_id == model.id, Measurement.device_id == dev.id,
-                       Measurement.shape == shape)
-                .order_by(ManifestEntry.position, Measurement.config))
+                .join(Subgraph, Subgraph.id == Measurement.subgraph_id)
+                .where(Measurement.device_id == dev.id, Measurement.shape == shape,
+                       Measurement.subgraph_id.in_(parts.distinct()))
+                .order_by(Measurement.subgraph_id, Measurement.config))
         with self.engine.connect() as c:
-            return [CostRow(*r) for r in c.execute(stmt)]
+            manifest = c.execute(select(ManifestEntry.position, ManifestEntry.subgraph_id)
+                                 .where(ManifestEntry.model_id == model.id)
+                                 .order_by(ManifestEntry.position)).all()
+            measured = c.execute(stmt).all()  # fetchall: row-by-row iteration is 2x slower
+        by_subgraph: dict[int, list[tuple]] = {}
+        for sid, *rest in measured:
+            by_subgraph.setdefault(sid, []).append(rest)
+        return [CostRow(pos, *r) for pos, sid in manifest for r in by_subgraph.get(sid, ())]
 
     def device_measurements(self, device: str) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         """Every measurement of a device as (subgraph, shape, config, median_us, spread_us)."""
@@ -450,6 +459,19 @@ class Store:
         if plan is None:
             raise StoreError(f"no plan {plan_id} in the store")
         return plan
+
+    def plans_for(self, model_id: int, device_id: int, shape: str) -> list[Plan]:
+        """Plans of a model on a device and shape, oldest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Plan).where(
+                Plan.model_id == model_id, Plan.device_id == device_id,
+                Plan.shape == parse_shape(shape).key).order_by(Plan.id)))
+
+    def validations_for(self, plan_id: int) -> list[Validation]:
+        """Validations of a plan, oldest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Validation).where(Validation.plan_id == plan_id)
+                                  .order_by(Validation.id)))
 
     def add_validation(self, v: Validation) -> int:
         with self.session() as s:

@@ -122,25 +122,28 @@ def _export(store, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("rule,later,taken", [
-    ("keep", True, False), ("replace", False, True), ("newer", True, True), ("newer", False, False)])
-def test_conflict_rules(store, tmp_path, rule, later, taken):
+def _medians(store, path: Path) -> dict[str, float]:
+    export_bundle(store, path)
+    return {r["device"] + r["subgraph"] + r["shape"] + r["config"]: r["median_us"]
+            for r in read_bundle(path).tables["measurement"].to_pylist()}
+
+
+def test_conflict_rules(store, tmp_path):
     small_store(store)
-    before = {r["device"] + r["subgraph"] + r["shape"] + r["config"]: r["median_us"]
-              for r in read_bundle(_export(store, tmp_path / "x.parquet"))
-              .tables["measurement"].to_pylist()}
-    path, n = _conflicting_bundle(store, tmp_path, 3600 if later else -3600)
-    rep = import_bundle(store, path, on_conflict=rule)
-    t = rep.tables["measurement"]
-    assert (t.new, t.conflicting, t.identical) == (0, n, t.rows - n)
-    assert (t.replaced, t.kept) == ((n, 0) if taken else (0, n))
-    assert len(t.examples) == 3
-    after = {r["device"] + r["subgraph"] + r["shape"] + r["config"]: r["median_us"]
-             for r in read_bundle(_export(store, tmp_path / "y.parquet"))
-             .tables["measurement"].to_pylist()}
-    changed = sum(after[k] != v for k, v in before.items())
-    assert changed == (n if taken else 0)
-    if taken:
+    base = _export(store, tmp_path / "base0.parquet")
+    before = _medians(store, tmp_path / "x.parquet")
+    for rule, later, taken in [("keep", True, False), ("replace", False, True),
+                               ("newer", True, True), ("newer", False, False)]:
+        import_bundle(store, base, on_conflict="replace")  # back to the original rows
+        assert _medians(store, tmp_path / "x.parquet") == before
+        path, n = _conflicting_bundle(store, tmp_path, 3600 if later else -3600)
+        rep = import_bundle(store, path, on_conflict=rule)
+        t = rep.tables["measurement"]
+        assert (t.new, t.conflicting, t.identical) == (0, n, t.rows - n), rule
+        assert (t.replaced, t.kept) == ((n, 0) if taken else (0, n)), rule
+        assert len(t.examples) == 3
+        after = _medians(store, tmp_path / "y.parquet")
+        assert sum(after[k] != v for k, v in before.items()) == (n if taken else 0), rule
         assert all(after[k] in (v, 2 * v) for k, v in before.items())
 
 
@@ -214,6 +217,7 @@ def _bad_bundles(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         ("device ref", _set("measurement", "device", "ffffffffffffffff"), "does not hold"),
         ("subgraph ref", _set("manifest_entry", "subgraph", "0" * 16), "does not hold"),
         ("null", _set("measurement", "host", None), "missing value"),
+        ("nul", _set("measurement", "host", "a\0b"), "NUL character"),
         ("json", _set("subgraph", "slots", "[{"), "invalid JSON"),
         ("n_samples", _set("measurement", "n_samples", 0), "n_samples must be >= 1"),
         ("duplicate", lambda ts: ts.__setitem__(
