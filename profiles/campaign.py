@@ -240,8 +240,10 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         info = local_device(backend.kind)
         dev = store.upsert_device(info.to_row())
         with torch.no_grad():
+            # at least 3 precisions for the cut, so that with the defaults every device and
+            # precision subset cuts the model alike and one manifest serves them all
             part = partition(loaded.model, _move(loaded.inputs_for(shape_list[0]), backend.device),
-                             n_precisions=len(precs), max_configs=max_configs)
+                             n_precisions=max(3, len(precs)), max_configs=max_configs)
         model_id = register_model(store, loaded, part)
         tasks = campaign_tasks(part, shape_list, precs)
         report = CampaignReport(

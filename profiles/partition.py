@@ -549,6 +549,10 @@ class _Walker:
 # ---------------------------------------------------------------------------- partition
 
 
+DEFAULT_K_MAX = 3
+"""Slots per piece with the defaults (3 precisions, 64 configs; also 4 CPU precisions at 64)."""
+
+
 def _k_max(n_precisions: int, max_configs: int) -> int:
     if max_configs < 1:
         raise PartitionError(f"max_configs must be >= 1; got {max_configs}")
@@ -634,10 +638,21 @@ def partition(model: nn.Module, example_inputs: dict[str, Any], *, n_precisions:
             continue
         sig, kind, slots, extra = _describe(s, model)
         pieces.append(Piece(len(pieces), sig, kind, s.slot_names, slots, extra, s))
-    return Partition(model_fingerprint(model), pieces, stages, k_max)
+    fingerprint = model_fingerprint(model)
+    if k_max != DEFAULT_K_MAX:  # another cut is another manifest: keep it apart in the store
+        fingerprint = digest({"model": fingerprint, "k_max": k_max})
+    return Partition(fingerprint, pieces, stages, k_max)
 
 
 def register_model(store: Any, loaded: Any, part: Partition) -> int:
-    """Write the partition's subgraphs and manifest under the loaded model's name."""
-    return store.put_model(part.model_fingerprint, loaded.name, part.subgraph_infos(),
-                           part.manifest_items())
+    """Write the partition's subgraphs and manifest under the loaded model's name; returns
+    the model id. A model already stored with a different cut (another hwcost version's
+    partitioner) is an error rather than a silently mismatched manifest."""
+    mid = store.put_model(part.model_fingerprint, loaded.name, part.subgraph_infos(),
+                          part.manifest_items())
+    _, items = store.manifest(part.model_fingerprint)
+    stored = [(i.signature, tuple(i.layer_names)) for i, _ in items]
+    if stored != [(p.signature, p.layer_names) for p in part.pieces]:
+        raise PartitionError(f"model {part.model_fingerprint} is stored with another cut into "
+                             "subgraphs than this partition; profile it into a new store")
+    return mid

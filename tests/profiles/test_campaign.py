@@ -63,30 +63,30 @@ def _quick(store, loaded, **kw):
 def test_campaign_measures_each_task_once_and_a_deeper_model_adds_none(store):
     two = _tiny(2)
     rep = _quick(store, two)
-    # 2 precisions allow 6 slots (2**6 <= 64): attention (4 slots), MLP (3) and lm_head
-    # stay whole: 16 + 8 + 2 configs per shape
-    assert (rep.tasks, rep.measured, rep.already, rep.failed) == (26, 26, 0, 0)
-    assert rep.precisions == ["fp32", "bf16"] and rep.unique_subgraphs == 3 and rep.pieces == 5
-    assert store.measurement_count() == 26
+    # the cut is the default one (3 slots a piece) whatever the precisions:
+    # head 2**3 + tail 2 + MLP 2**3 + lm_head 2 configs per shape
+    assert (rep.tasks, rep.measured, rep.already, rep.failed) == (20, 20, 0, 0)
+    assert rep.precisions == ["fp32", "bf16"] and rep.unique_subgraphs == 4 and rep.pieces == 7
+    assert store.measurement_count() == 20
     costs = store.model_costs(rep.model_fingerprint, rep.device, SHAPE)
-    assert len(costs) == 16 + 8 + 16 + 8 + 2
-    assert {(c.position, c.config) for c in costs} >= {(0, "fp32,fp32,fp32,fp32"),
-                                                       (1, "bf16,bf16,bf16"), (4, "fp32")}
+    assert len(costs) == 2 * (8 + 2 + 8) + 2
+    assert {(c.position, c.config) for c in costs} >= {(0, "fp32,fp32,fp32"), (1, "bf16"),
+                                                       (5, "bf16,bf16,bf16"), (6, "fp32")}
     assert all(c.median_us > 0 and c.n_samples >= 5 for c in costs)
     lat = store.model_latency(rep.model_id, store.get_device(rep.device).id, SHAPE, "all:fp32")
     assert lat is not None and lat.median_us == rep.baseline_us["batch=1,seq=8,phase=prefill"]
 
     again = _quick(store, two)
-    assert (again.measured, again.already) == (0, 26)
+    assert (again.measured, again.already) == (0, 20)
 
     four = _tiny(4)
     deeper = _quick(store, four)
-    assert (deeper.tasks, deeper.measured, deeper.already) == (26, 0, 26)
-    assert deeper.model_id != rep.model_id and deeper.pieces == 9
-    assert store.measurement_count() == 26
+    assert (deeper.tasks, deeper.measured, deeper.already) == (20, 0, 20)
+    assert deeper.model_id != rep.model_id and deeper.pieces == 13
+    assert store.measurement_count() == 20
     # the deeper model's manifest is fully covered by the shallow one's measurements
     positions = {c.position for c in store.model_costs(deeper.model_fingerprint, rep.device, SHAPE)}
-    assert positions == set(range(9))
+    assert positions == set(range(13))
 
 
 def test_an_unknown_precision_stores_nothing(sqlite_url):
@@ -208,8 +208,8 @@ def test_profile_cli_runs_a_factory_and_prints_a_summary(sqlite_url, factory_env
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].startswith("model     tiny (id 1, ")
-    assert lines[2] == "subgraphs 5 pieces, 3 unique"
-    assert lines[3].startswith("tasks     26 total: 26 measured now, 0 already in the store, "
+    assert lines[2] == "subgraphs 7 pieces, 4 unique"
+    assert lines[3].startswith("tasks     20 total: 20 measured now, 0 already in the store, "
                                "0 failed")
     assert lines[4].split() == ["shape", "baseline_ms"]
 

@@ -232,6 +232,22 @@ def test_register_model_writes_subgraphs_and_manifest(store):
     assert stored.n_layers == 15
 
 
+def test_another_cut_is_another_model_and_a_mismatched_manifest_is_refused(sqlite_url):
+    from hwcost.store import open_store
+
+    model = _llama()
+    default, wide = partition(model, _ids()), partition(model, _ids(), max_configs=81)
+    assert default.model_fingerprint == model_fingerprint(model)
+    assert wide.model_fingerprint != default.model_fingerprint
+    loaded = LoadedModel("m", model)
+    with open_store(sqlite_url) as store:
+        assert register_model(store, loaded, default) != register_model(store, loaded, wide)
+        tampered = partition(model, _ids())
+        tampered.pieces[0].layer_names = ("model.layers.0.self_attn.q_proj",)
+        with pytest.raises(PartitionError, match="is stored with another cut into subgraphs"):
+            register_model(store, loaded, tampered)
+
+
 def test_inputs_for_shapes_feed_the_partition():
     model = _llama()
     loaded = LoadedModel("tiny", model)
