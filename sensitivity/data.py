@@ -105,6 +105,10 @@ def from_text(text: str, tokenizer: Any, *, samples: int, seq_len: int, seed: in
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # the Rust tokenizer directly: no model_max_length warning for a long corpus
+        return list(backend.encode(text, add_special_tokens=False).ids)
     if hasattr(tokenizer, "encode"):
         try:
             return list(tokenizer.encode(text, add_special_tokens=False))

@@ -75,14 +75,13 @@ def test_first_order_terms_add_up_across_layers(batches, arch, eps, rtol):
     np.testing.assert_allclose(total, fd, rtol=rtol, atol=rtol * np.abs(fd).max())
 
 
-def _slow_reference(model, ids, precision):
+def _slow_reference(model, ids, precisions):
     """d_{l,n}(p) by an explicit loop over samples: one forward and autograd.grad per sample,
     the error terms written out with F.linear exactly as in the metric's definition."""
     from profiles.precisions import emulation
 
-    emu = emulation(precision)
     layers = quantizable_layers(model)
-    out = {name: [] for name in layers}
+    out = {(name, p): [] for name in layers for p in precisions}
     for n in range(ids.shape[0]):
         captured: dict[str, tuple] = {}
 
@@ -100,25 +99,29 @@ def _slow_reference(model, ids, precision):
         for name, g in zip(names, grads):
             x = captured[name][0].detach()
             w = weight_matrix(layers[name]).detach()
-            dy = (nn.functional.linear(emu.activation(x) - x, w)
-                  + nn.functional.linear(x, emu.weight(w) - w))
-            out[name].append(float((g * dy).sum()))
+            for p in precisions:
+                emu = emulation(p)
+                dy = (nn.functional.linear(emu.activation(x) - x, w)
+                      + nn.functional.linear(x, emu.weight(w) - w))
+                out[(name, p)].append(float((g * dy).sum()))
     return {k: np.array(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp8_e4m3", "bf16"])
-def test_batched_terms_equal_slow_per_sample_reference(llama64, ids, precision):
-    batches = [ids[:7], ids[7:]]  # uneven batches, tensors instead of dicts
-    terms = per_sample_terms(llama64, batches, precisions=[precision])
-    slow = _slow_reference(llama64, ids, precision)
-    table = analyze(llama64, batches, precisions=[precision])
+def test_batched_terms_equal_slow_per_sample_reference(llama64, ids):
+    precisions = ["int8", "fp8_e4m3", "bf16"]
+    ids = ids[:7]
+    batches = [ids[:4], ids[4:]]  # uneven batches, tensors instead of dicts
+    terms = per_sample_terms(llama64, batches, precisions=precisions)
+    slow = _slow_reference(llama64, ids, precisions)
+    table = analyze(llama64, batches, precisions=precisions)
     for layer in terms.layers:
-        np.testing.assert_allclose(terms.of(layer, precision), slow[layer], rtol=1e-9, atol=1e-15)
-        row = table.get(layer, precision)
-        d2 = slow[layer] ** 2
-        assert row.n_samples == 12
-        assert row.loss_mse == pytest.approx(d2.mean(), rel=1e-9)
-        assert row.stderr == pytest.approx(d2.std(ddof=1) / np.sqrt(12), rel=1e-9)
+        for p in precisions:
+            np.testing.assert_allclose(terms.of(layer, p), slow[(layer, p)], rtol=1e-9, atol=1e-15)
+            row = table.get(layer, p)
+            d2 = slow[(layer, p)] ** 2
+            assert row.n_samples == 7
+            assert row.loss_mse == pytest.approx(d2.mean(), rel=1e-9)
+            assert row.stderr == pytest.approx(d2.std(ddof=1) / np.sqrt(7), rel=1e-9)
 
 
 def test_predicted_sums_are_exactly_additive(llama64, batches):
@@ -134,7 +137,7 @@ def test_predicted_sums_are_exactly_additive(llama64, batches):
 
 
 def test_taylor_agrees_with_direct_measurement(llama64, batches):
-    precs = ["bf16", "int8", "fp8_e4m3"]
+    precs = ["int8", "fp8_e4m3"]
     taylor = analyze(llama64, batches, precisions=precs)
     direct = direct_table(llama64, batches, precisions=precs)
     t = np.array([r.loss_mse for r in taylor.rows])

@@ -1,0 +1,66 @@
+"""Sensitivity tables in the store: round trip on every backend, keys, bad rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwcost.errors import InvalidMeasurement, SensitivityError
+from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
+from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
+
+
+def _model(store) -> int:
+    sg = SubgraphInfo("sig-mlp", "LlamaMLP", (SlotInfo("Linear", 8, 16), SlotInfo("Linear", 16, 8)))
+    return store.put_model("fp-model", "tiny", [sg],
+                           [ManifestItem(0, "sig-mlp", ("mlp.up", "mlp.down"))])
+
+
+def _table(calib="c" * 64, method="taylor", scale=1.0) -> SensitivityTable:
+    rows = [SensitivityRow(layer, p, scale * v, 0.1 * scale * v, 32)
+            for layer, base in (("mlp.up", 1e-5), ("mlp.down", 3e-4))
+            for p, v in (("bf16", base / 100), ("int8", base))]
+    return SensitivityTable(rows, method, calib)
+
+
+def test_round_trip(store):
+    mid = _model(store)
+    t = _table()
+    assert save_table(store, mid, t) == 4
+    back = load_table(store, mid)
+    assert back == t
+    assert back.predict({"mlp.up": "int8", "mlp.down": "bf16"}) == pytest.approx(1e-5 + 3e-6)
+
+
+def test_keys_method_and_calibration(store):
+    mid = _model(store)
+    save_table(store, mid, _table("a" * 64))
+    save_table(store, mid, _table("b" * 64, scale=2.0))
+    save_table(store, mid, _table("b" * 64, method="noise", scale=3.0))
+    assert load_table(store, mid, calib_fingerprint="a" * 64).get("mlp.up", "int8").loss_mse == 1e-5
+    assert load_table(store, mid).calib_fingerprint == "b" * 64  # latest calibration set
+    assert load_table(store, mid, "noise").get("mlp.up", "int8").loss_mse == pytest.approx(3e-5)
+    save_table(store, mid, _table("a" * 64, scale=5.0))  # same key again: replaced, not doubled
+    again = load_table(store, mid, calib_fingerprint="a" * 64)
+    assert len(again.rows) == 4 and again.get("mlp.up", "int8").loss_mse == pytest.approx(5e-5)
+
+
+def test_bad_rows_store_nothing(store):
+    mid = _model(store)
+    rows = _table().rows
+    bad = SensitivityTable([*rows[:2], SensitivityRow("mlp.down", "int8", float("nan"), 0.0, 3)],
+                           "taylor", "c" * 64)
+    with pytest.raises(InvalidMeasurement):
+        save_table(store, mid, bad)
+    with pytest.raises(SensitivityError, match="no taylor sensitivities stored"):
+        load_table(store, mid)
+    with pytest.raises(SensitivityError, match="needs its calibration fingerprint"):
+        save_table(store, mid, SensitivityTable(rows, "taylor", ""))
+
+
+def test_table_lookup_errors():
+    t = _table()
+    with pytest.raises(SensitivityError, match="no sensitivity for layer 'mlp.up' at fp8_e4m3"):
+        t.predict({"mlp.up": "fp8_e4m3"})
+    with pytest.raises(ValueError, match="unknown sensitivity method"):
+        SensitivityTable([], "magic")
+    assert SensitivityTable.from_dict(t.to_dict()) == t
