@@ -44,8 +44,9 @@ from profiles.backends import Backend, get_backend
 @dataclass(frozen=True)
 class Timing:
     """One candidate's latency: median and half-IQR over ``n_samples`` samples (microseconds
-    per call), the host threads used, how many calls each sample averaged (``inner``) and
-    whether the spread met the requested tolerance (``stable``)."""
+    per call), the host threads used, how many calls each sample averaged (``inner``),
+    whether the spread met the requested tolerance (``stable``) and the fastest sample
+    (``min_us``: a diagnostic for contended machines, where stolen time only adds)."""
 
     median_us: float
     spread_us: float
@@ -53,6 +54,7 @@ class Timing:
     threads: int | None
     inner: int = 1
     stable: bool = True
+    min_us: float | None = None
 
     @property
     def rel_spread(self) -> float:
@@ -222,7 +224,8 @@ def time_interleaved(
     out = {}
     for n in names:
         median, spread = summarize(best[n])
-        out[n] = Timing(median, spread, len(best[n]), used_threads, runners[n].inner, stable)
+        out[n] = Timing(median, spread, len(best[n]), used_threads, runners[n].inner, stable,
+                        min(best[n]))
     return out
 
 
