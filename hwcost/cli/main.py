@@ -11,6 +11,7 @@ from hwcost.cli.device import device_cmd
 from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
 from hwcost.cli.profile import profile_cmd
+from hwcost.cli.run import run_cmd
 from hwcost.cli.sensitivity import sensitivity_cmd
 
 
@@ -29,6 +30,16 @@ def cli() -> None:
 
     The store is $HWCOST_DB or an embedded SQLite file; every command takes --db.
     """
+    _quiet_third_party_logs()
+
+
+def _quiet_third_party_logs() -> None:
+    """torchao warns about CUDA-only extensions on CPU machines and torch about deprecated
+    pytree registrations at import; neither is actionable for our users."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 cli.add_command(device_cmd)
@@ -40,3 +51,4 @@ cli.add_command(doctor_cmd)
 cli.add_command(db_cmd)
 cli.add_command(sensitivity_cmd)
 cli.add_command(profile_cmd)
+cli.add_command(run_cmd)

@@ -1,0 +1,220 @@
+"""``hwcost run``: the main job, from nothing to a validated mixed-precision plan.
+
+This command is the one composition root of the project: it chains the library steps of the
+other packages (each skips what the store already holds), so a second run reuses everything and
+finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hwcost.cli.options import (
+    emit_json,
+    handle_errors,
+    json_option,
+    open_cli_store,
+    progress_enabled,
+    store_option,
+)
+
+
+@dataclass
+class RunSummary:
+    """What ``hwcost run`` did and found; ``--json`` prints exactly this."""
+
+    model: str
+    model_fingerprint: str
+    device: str
+    device_name: str
+    shape: str
+    threshold: str
+    measured_now: int
+    measurements_reused: int
+    sensitivity_reused: bool
+    plan_id: int
+    plan_reused: bool
+    layers: dict[str, str]
+    precision_counts: dict[str, int]
+    predicted_speedup: float
+    measured_speedup: float
+    predicted_loss_mse: float
+    measured_loss_mse: float
+    measured_share: float
+    baseline_us: float
+    plan_us: float
+    validation_id: int
+    validation_reused: bool
+    plan_file: str
+    plot_file: str
+    steps_s: dict[str, float] = field(default_factory=dict)
+
+
+def _step(name: str) -> None:
+    click.echo(f"[hwcost run] {name}", err=True)
+
+
+def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: str,
+                 threshold_text: str, out_dir: Path, *, calib: str | None = None,
+                 eval_data: str | None = None,
+                 sweep_points: int = 12, samples: int = 32, progress: bool = False) -> RunSummary:
+    """Profile what is missing, compute sensitivity if missing, plan, apply and validate."""
+    from hwcost.shape import parse_shape
+    from planner.apply import validate_plan_on_device
+    from planner.objectives import parse_threshold
+    from planner.plans import make_plan, save_plan
+    from planner.plot import plot_frontier
+    from planner.problem import build_problem
+    from planner.sweep import sweep
+    from profiles.campaign import run_campaign
+    from profiles.loading import load_model
+    from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
+
+    shape = parse_shape(shape).key
+    threshold = parse_threshold(threshold_text)
+    times: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    _step(f"loading model {model_spec or '(demo model)'}")
+    loaded = load_model(model_spec)
+    _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
+    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress)
+    times["profile"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    precisions = camp.precisions
+    _step(f"sensitivity for {', '.join(precisions)} (reused when stored)")
+    prep = prepare(model_spec, CalibSpec(path=calib))
+    prep.loaded = loaded
+    sens = stored_or_computed(store, prep, precisions, "taylor")
+    times["sensitivity"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _step(f"planning for loss MSE <= {threshold}")
+    problem = build_problem(store, camp.model_fingerprint, camp.device, shape)
+    result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
+                       problem=problem)
+    layers = dict(result.document["data"]["layers"])
+    prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers)
+    plan_reused = prior is not None
+    if prior is None:
+        save_plan(store, result)
+    else:
+        result.plan_id = prior[0]
+        result.document["data"]["plan_id"] = prior[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = out_dir / "plan.json"
+    plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
+    points = sweep(problem, sweep_points)
+    plot_file = plot_frontier(points, out_dir / "pareto.png",
+                              title=f"{loaded.name} on {camp.device_name} ({shape})")
+    times["plan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if prior is not None and prior[1] is not None:
+        _step("validation reused from the store (same plan, device and shape)")
+        v = prior[1]
+        val = {"id": v.id, "baseline_us": v.baseline_us, "plan_us": v.plan_us,
+               "speedup": v.measured_speedup, "loss_mse": v.measured_loss_mse}
+    else:
+        _step("applying the plan with real kernels and validating on held-out data")
+        r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
+                                    eval_data=eval_data, samples=samples)
+        val = {"id": r.validation_id, "baseline_us": r.baseline_us, "plan_us": r.plan_us,
+               "speedup": r.measured_speedup, "loss_mse": r.measured_loss_mse}
+    times["validate"] = time.perf_counter() - t0
+
+    sol = result.solution
+    counts: dict[str, int] = {}
+    for p in layers.values():
+        counts[p] = counts.get(p, 0) + 1
+    return RunSummary(
+        model=loaded.name, model_fingerprint=camp.model_fingerprint, device=camp.device,
+        device_name=camp.device_name, shape=shape, threshold=str(threshold),
+        measured_now=camp.measured, measurements_reused=camp.already,
+        sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
+        layers=layers, precision_counts=dict(sorted(counts.items())),
+        predicted_speedup=sol.predicted_speedup, measured_speedup=val["speedup"],
+        predicted_loss_mse=sol.loss_mse, measured_loss_mse=val["loss_mse"],
+        measured_share=sol.measured_share, baseline_us=val["baseline_us"],
+        plan_us=val["plan_us"], validation_id=val["id"], validation_reused=prior is not None
+        and prior[1] is not None, plan_file=str(plan_file), plot_file=str(plot_file),
+        steps_s={k: round(v, 2) for k, v in times.items()})
+
+
+def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
+                         layers: dict[str, str]) -> tuple[int, Any] | None:
+    """An earlier plan with exactly these layer precisions, and its latest validation."""
+    dev = store.get_device(device)
+    for plan in store.plans_for(model_id, dev.id, shape):
+        body = json.loads(plan.body)
+        if dict(body.get("data", {}).get("layers", {})) == layers:
+            vals = store.validations_for(plan.id)
+            return plan.id, (vals[-1] if vals else None)
+    return None
+
+
+@click.command("run")
+@click.argument("model", required=False)
+@click.option("--device", "device_kind", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "cuda", "hpu"]), help="This machine's device to run on.")
+@click.option("--shape", default="batch=1,seq=128", show_default=True,
+              help="Workload to optimise for, e.g. batch=4,seq=256.")
+@click.option("--max-loss-mse", "max_loss", default="10%", show_default=True,
+              help="Loss-MSE bound: absolute (0.01) or a share of the all-lowest-precision "
+                   "loss MSE (10%).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hwcost-out",
+              show_default=True, help="Folder for plan.json and pareto.png.")
+@click.option("--calib", default=None, metavar="DATA",
+              help="Calibration data for sensitivity (.txt, or token ids in .safetensors/.npy) "
+                   "[default for the demo model: data/corpus/valid.txt].")
+@click.option("--eval-data", default=None, metavar="DATA",
+              help="Held-out data for the measured loss MSE (same formats as --calib) "
+                   "[default for the demo model: data/corpus/test.txt].")
+@click.option("--samples", default=32, show_default=True,
+              help="Held-out sequences for the measured loss MSE.")
+@store_option
+@json_option
+@handle_errors
+def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
+            calib: str | None, eval_data: str | None, samples: int, db_url: str | None,
+            as_json: bool) -> None:
+    """Run the main job end to end: profile what the store lacks, compute the sensitivity
+    table if missing, plan, apply the plan with real kernels and validate it.
+
+    MODEL is a Hugging Face model directory or module:factory; it defaults to the demo
+    model in data/. Everything measured is kept in the store, so a second run reuses it
+    and finishes in seconds.
+
+    \b
+    Example:
+      hwcost run --device cpu --shape batch=1,seq=128 --max-loss-mse 10%
+    """
+    with open_cli_store(db_url) as store:
+        s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
+                         calib=calib, eval_data=eval_data, samples=samples, progress=progress_enabled())
+    if as_json:
+        emit_json(asdict(s))
+        return
+    mix = ", ".join(f"{n} {p}" for p, n in s.precision_counts.items())
+    click.echo(f"model              {s.model} ({s.model_fingerprint[:12]})")
+    click.echo(f"device             {s.device_name} ({s.device[:12]}), shape {s.shape}")
+    click.echo(f"measurements       {s.measured_now} new, {s.measurements_reused} reused")
+    click.echo(f"sensitivity        {'reused' if s.sensitivity_reused else 'computed'}")
+    click.echo(f"plan {s.plan_id:<13} {mix} (loss MSE <= {s.threshold})")
+    click.echo(f"speedup            predicted {s.predicted_speedup:.3f}x, measured "
+               f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us)")
+    click.echo(f"loss MSE           predicted {s.predicted_loss_mse:.4g}, measured "
+               f"{s.measured_loss_mse:.4g}")
+    click.echo(f"measured share     {s.measured_share:.0%} of the predicted gain rests on "
+               "measured costs")
+    click.echo(f"validation         {s.validation_id}"
+               f"{' (reused)' if s.validation_reused else ''}")
+    click.echo(f"plan file          {s.plan_file}")
+    click.echo(f"plot               {s.plot_file}")
