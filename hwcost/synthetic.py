@@ -14,13 +14,9 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import pyarrow as pa
-from sqlalchemy import text
-
-from hwcost.bulk import drop_temp, load_temp
 from hwcost.precision import config_key
 from hwcost.schema import Device, ModelLatency, Sensitivity
-from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, Store, SubgraphInfo
+from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, Store, SubgraphInfo, open_store
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
 SHAPES = ("batch=1,seq=128,phase=prefill", "batch=1,kv=512,phase=decode",
@@ -100,6 +96,11 @@ def fill_grid(store: Store, n_devices: int, n_subgraphs: int, shapes: list[str],
     With ``model_positions`` a model whose manifest cycles through the first subgraphs is
     stored too (fingerprint ``grid-model``). Returns the number of measurements written.
     """
+    import pyarrow as pa  # only here: the concurrency workers start faster without it
+    from sqlalchemy import text
+
+    from hwcost.bulk import drop_temp, load_temp
+
     for i in range(n_devices):
         store.upsert_device(device(i))
     sgs = [subgraph(i, n_slots) for i in range(n_subgraphs)]
@@ -143,3 +144,40 @@ def fill_grid(store: Store, n_devices: int, n_subgraphs: int, shapes: list[str],
             drop_temp(conn, "grid_rows")
         total += n_per_dev
     return total
+
+
+def overlap_keys() -> list[tuple[str, str, str]]:
+    """The (signature, shape, config) grid :func:`concurrent_writer` draws from (108 keys)."""
+    sgs = [subgraph(i) for i in range(4)]
+    return [(sg.signature, shape, config_key(cfg)) for sg in sgs for shape in SHAPES
+            for cfg in itertools.product(PRECISIONS[:3], repeat=2)]
+
+
+def overlap_value(key: tuple[str, str, str]) -> float:
+    """The latency every writer records for ``key``, so overlapping writes agree."""
+    return 1.0 + int(_hex(*key)[:6], 16) / 1000
+
+
+def concurrent_writer(url: str, worker: int, n_keys: int, stride: int, barrier,
+                      batch: int = 10) -> None:
+    """One of several processes writing overlapping measurements to one store at once.
+
+    Worker ``w`` records the device, subgraphs and model (all shared), waits for the others,
+    then writes keys ``w*stride .. w*stride+n_keys-1`` of :func:`overlap_keys` in
+    transactions of ``batch`` rows. Used by the concurrency tests (multiprocessing, spawn).
+    """
+    store = open_store(url)
+    try:
+        dev = store.upsert_device(device(0)).fingerprint
+        sgs = [subgraph(i) for i in range(4)]
+        manifest = [ManifestItem(p, sgs[p % 4].signature, (f"l{p}.a", f"l{p}.b")) for p in range(8)]
+        store.put_model(_hex("overlap-model"), "overlap", sgs, manifest)
+        mine = overlap_keys()[worker * stride: worker * stride + n_keys]
+        barrier.wait(timeout=120)
+        for i in range(0, len(mine), batch):
+            store.add_measurements(
+                MeasurementIn(dev, sig, shape, cfg, overlap_value((sig, shape, cfg)), 0.5, 7,
+                              host=f"worker{worker}", campaign="overlap")
+                for sig, shape, cfg in mine[i:i + batch])
+    finally:
+        store.close()
