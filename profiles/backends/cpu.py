@@ -1,6 +1,9 @@
 """CPU backend: fp32 baseline, bf16 (oneDNN), int8 (``torch._int_mm``, VNNI) and fp8
 (``torch._scaled_mm``, which ATen emulates on CPUs: stored and measured, not faster).
 
+``torch._int_mm`` on CPU dispatches to oneDNN's int8 GEMM (VNNI): 256x768x768 takes 0.36 ms on
+one core against 3.5 ms in fp32, and 380 ms in ATen's scalar fallback with oneDNN disabled.
+
 Kernel choice for int8 (torch 2.13, 2 cores, AVX-512 VNNI, 256x256 layers): per-token
 ``torch._int_mm`` runs in ~100 us against ~80 us for ``quantized::linear_dynamic``
 (fbgemm/x86, per-tensor asymmetric activations) and ~340 us for torchao's
@@ -45,7 +48,8 @@ class CpuBackend(Backend):
     kind = "cpu"
 
     def available(self) -> tuple[bool, str]:
-        return True, f"{torch.get_num_threads()} torch threads"
+        onednn = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
+        return True, f"{torch.get_num_threads()} torch threads, {onednn}"
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +72,9 @@ def _cpu_deployments() -> dict[Precision, Deployment]:
     bf16_unit = "AVX512-BF16" if "avx512_bf16" in flags else (
         "AMX-BF16" if "amx_bf16" in flags else "no native bf16 unit")
     int8_unit = "VNNI" if ({"avx512_vnni", "avx_vnni"} & flags) else "no VNNI"
+    if not torch.backends.mkldnn.is_available():
+        # without oneDNN, ATen's _int_mm is a scalar loop (~1000x slower): say so, still measure
+        int8_unit += "; no oneDNN in this torch build: scalar fallback"
     return {
         Precision.FP32: Deployment(
             Precision.FP32, "aten linear fp32 (MKL/oneDNN sgemm)", torch.float32,
