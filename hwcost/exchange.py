@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -149,6 +150,7 @@ class ImportReport:
     on_conflict: str
     checksum: str
     tables: dict[str, TableReport]
+    seconds: dict[str, float] = field(default_factory=dict)  # validate, merge, commit
 
     @property
     def new(self) -> int:
@@ -160,7 +162,8 @@ class ImportReport:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "on_conflict": self.on_conflict, "checksum": self.checksum,
-                "tables": {k: vars(v) for k, v in self.tables.items()}}
+                "tables": {k: vars(v) for k, v in self.tables.items()},
+                "seconds": self.seconds}
 
 
 @dataclass(frozen=True)
@@ -599,9 +602,11 @@ def import_bundle(store, path: str | os.PathLike, on_conflict: str = "keep") -> 
     if on_conflict not in CONFLICT_RULES:
         raise HwcostError(f"on_conflict must be one of {', '.join(CONFLICT_RULES)}; "
                           f"got {on_conflict!r}")
+    t0 = time.perf_counter()
     bundle = read_bundle(path)
     report = ImportReport(bundle.path, on_conflict, bundle.checksum, {})
     now = datetime.now(timezone.utc).replace(tzinfo=None)
+    t1 = time.perf_counter()
     with store.session() as s:
         conn = s.connection()
         ids: dict[str, dict[str, int]] = {}
@@ -611,6 +616,10 @@ def import_bundle(store, path: str | os.PathLike, on_conflict: str = "keep") -> 
             if spec.name in _REF_ID:
                 ids[spec.name] = _id_map(conn, spec)
             drop_temp(conn, f"imp_{spec.name}")
+        t2 = time.perf_counter()
+    t3 = time.perf_counter()
+    report.seconds = {"validate": round(t1 - t0, 3), "merge": round(t2 - t1, 3),
+                      "commit": round(t3 - t2, 3)}
     return report
 
 
