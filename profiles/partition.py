@@ -32,147 +32,23 @@ from torch import nn
 from hwcost.errors import PartitionError
 from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
 from profiles.signature import digest, model_fingerprint, module_structure
+from profiles.trace import (
+    QUANTIZABLE_TYPES,
+    Call,
+    Trace,
+    close,
+    get_main,
+    main_out,
+    main_where,
+    quantizable,
+    same,
+    slot_info,
+)
 
 __all__ = [
     "Partition", "Piece", "PieceInput", "partition", "register_model", "quantizable",
     "model_fingerprint", "QUANTIZABLE_TYPES",
 ]
-
-
-def _conv1d_type() -> tuple[type, ...]:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for plain torch models
-        return ()
-    return (Conv1D,)
-
-
-QUANTIZABLE_TYPES: tuple[type, ...] = (nn.Linear, *_conv1d_type())
-"""Layer types that get a precision slot: ``nn.Linear`` (and subclasses) and GPT-2's Conv1D."""
-
-
-def quantizable(m: nn.Module) -> bool:
-    """Whether ``m`` is a layer the planner assigns a precision to."""
-    return isinstance(m, QUANTIZABLE_TYPES)
-
-
-def slot_info(m: nn.Module) -> SlotInfo:
-    """Structure of one quantizable layer. Conv1D stores its weight as ``[in, out]``."""
-    w = m.weight
-    if isinstance(m, nn.Linear):
-        fin, fout = m.in_features, m.out_features
-    else:
-        fin, fout = int(w.shape[0]), int(w.shape[1])
-    return SlotInfo(type(m).__name__, int(fin), int(fout), getattr(m, "bias", None) is not None)
-
-
-# ------------------------------------------------------------------------------ tracing
-
-
-@dataclass
-class Call:
-    """One recorded module call."""
-
-    index: int
-    name: str
-    module: nn.Module
-    args: tuple
-    kwargs: dict
-    parent: int | None
-    output: Any = None
-    children: list[int] = field(default_factory=list)
-
-
-def _main_where(args: tuple, kwargs: dict) -> tuple[str, Any] | None:
-    for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
-            return ("arg", i)
-    for k in ("hidden_states", "input_ids", "inputs_embeds", "x", "input"):
-        if isinstance(kwargs.get(k), torch.Tensor):
-            return ("kw", k)
-    for k, v in kwargs.items():
-        if isinstance(v, torch.Tensor):
-            return ("kw", k)
-    return None
-
-
-def _get(args: tuple, kwargs: dict, where: tuple[str, Any] | None) -> torch.Tensor | None:
-    if where is None:
-        return None
-    return args[where[1]] if where[0] == "arg" else kwargs[where[1]]
-
-
-def _main_out(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict):  # transformers' ModelOutput: logits / last_hidden_state first
-        for v in out.values():
-            if isinstance(v, torch.Tensor):
-                return v
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is b:
-        return a is not None
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-        return False
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-
-
-def _close(a: torch.Tensor, b: torch.Tensor | None) -> bool:
-    if b is None or a.shape != b.shape:
-        return False
-    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-class Trace:
-    """Every module call of one forward pass, in call order, with the call tree."""
-
-    def __init__(self, model: nn.Module, inputs: dict[str, Any]):
-        self.calls: list[Call] = []
-        self.by_name: dict[str, list[int]] = {}
-        stack: list[int] = []
-        names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-        handles = []
-
-        def pre(mod, args, kwargs):
-            c = Call(len(self.calls), names.get(id(mod), "?"), mod, args, dict(kwargs),
-                     stack[-1] if stack else None)
-            if c.parent is not None:
-                self.calls[c.parent].children.append(c.index)
-            self.calls.append(c)
-            self.by_name.setdefault(c.name, []).append(c.index)
-            stack.append(c.index)
-
-        def post(mod, args, kwargs, out):
-            self.calls[stack.pop()].output = out
-
-        for m in {id(m): m for m in model.modules()}.values():
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post, with_kwargs=True))
-        try:
-            with torch.no_grad():
-                self.output = model(**inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        if not self.calls:
-            raise PartitionError("the model ran no module calls")
-
-    def call(self, name: str) -> Call:
-        idx = self.by_name.get(name)
-        if not idx:
-            raise PartitionError(f"module {name!r} was not called at this shape")
-        return self.calls[idx[0]]
-
-    def slots(self, c: Call) -> list[Call]:
-        """Quantizable layer calls inside ``c`` (itself included), in execution order."""
-        if quantizable(c.module):
-            return [c]
-        return [s for i in c.children for s in self.slots(self.calls[i])]
 
 
 # ------------------------------------------------------------------------------- stages
@@ -282,7 +158,7 @@ class Stage:
             x = t = inp.tensors[0]
         for comp, (args, kwargs) in zip(self.components, inp.sides):
             a, k = _with_main(args, kwargs, comp.where, t)
-            t = _main_out(_resolve(root, comp.path)(*a, **k))
+            t = main_out(_resolve(root, comp.path)(*a, **k))
         if self.mode == "seq":
             return (t,)
         if self.mode == "head":
@@ -391,10 +267,10 @@ class Partition:
     def _capture(stage: Stage, tr: Trace) -> PieceInput:
         calls = [tr.call(c.path) for c in stage.components]
         sides = tuple((c.args, c.kwargs) for c in calls)
-        first = _get(calls[0].args, calls[0].kwargs, stage.components[0].where)
+        first = get_main(calls[0].args, calls[0].kwargs, stage.components[0].where)
         if stage.mode == "tail":
             r = tr.call(stage.residual.path)
-            return PieceInput((_get(r.args, r.kwargs, stage.residual.where), first), sides)
+            return PieceInput((get_main(r.args, r.kwargs, stage.residual.where), first), sides)
         return PieceInput((first,), sides)
 
 
@@ -413,17 +289,17 @@ class _Walker:
         """Children of ``c`` on its main data path, in order; and whether data enters the
         chain from outside the modules (a prologue of plain tensor ops)."""
         kids = [self.tr.calls[i] for i in c.children]
-        target = _main_out(c.output)
-        start = _get(c.args, c.kwargs, _main_where(c.args, c.kwargs))
+        target = main_out(c.output)
+        start = get_main(c.args, c.kwargs, main_where(c.args, c.kwargs))
         chain: list[Call] = []
         j = len(kids) - 1
         prologue = False
         while True:
             k = j
-            while k >= 0 and not _same(_main_out(kids[k].output), target):
+            while k >= 0 and not same(main_out(kids[k].output), target):
                 k -= 1
             if k < 0:
-                prologue = not _same(target, start)
+                prologue = not same(target, start)
                 if not chain:
                     raise PartitionError(f"cannot cut {c.name or 'the model'}: its output is "
                                          "not produced by any of its modules")
@@ -431,9 +307,9 @@ class _Walker:
             for off in kids[k + 1:j + 1]:
                 self._off_chain(c, off, chain)
             chain.insert(0, kids[k])
-            target = _get(kids[k].args, kids[k].kwargs, _main_where(kids[k].args, kids[k].kwargs))
+            target = get_main(kids[k].args, kids[k].kwargs, main_where(kids[k].args, kids[k].kwargs))
             j = k - 1
-            if _same(target, start):
+            if same(target, start):
                 break
         for off in kids[:j + 1]:
             if self.nslots(off) and not prologue:
@@ -476,7 +352,7 @@ class _Walker:
         return out
 
     def _seq(self, calls: list[Call]) -> Stage:
-        comps = tuple(Component(k.name, _main_where(k.args, k.kwargs)) for k in calls)
+        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in calls)
         names = tuple(s.name for k in calls for s in self.tr.slots(k))
         return Stage("seq", comps, names)
 
@@ -484,7 +360,7 @@ class _Walker:
         """``[(pre_calls, sub_call), ...]`` when ``b`` is a chain of pre-norm residual units
         (checked on the recorded values), else None."""
         kids = [self.tr.calls[i] for i in b.children]
-        x = _get(b.args, b.kwargs, _main_where(b.args, b.kwargs))
+        x = get_main(b.args, b.kwargs, main_where(b.args, b.kwargs))
         if x is None or not kids:
             return None
         h, i, units = x, 0, []
@@ -499,26 +375,26 @@ class _Walker:
             i += 1
             t = h
             for m in [*pre, sub]:
-                inp = _get(m.args, m.kwargs, _main_where(m.args, m.kwargs))
-                if not (inp is t or _close(t, inp)):
+                inp = get_main(m.args, m.kwargs, main_where(m.args, m.kwargs))
+                if not (inp is t or close(t, inp)):
                     return None
-                t = _main_out(m.output)
+                t = main_out(m.output)
             if t is None or t.shape != h.shape:
                 return None
             units.append((pre, sub))
             h = h + t
         if len(units) < 2 and self.nslots(b) <= self.k_max:
             return None  # a single unit that fits is better timed whole
-        return units if _close(h, _main_out(b.output)) else None
+        return units if close(h, main_out(b.output)) else None
 
     def _unit_stages(self, block: Call, unit: tuple[list[Call], Call]) -> list[Stage]:
         pre, sub = unit
-        comps = tuple(Component(k.name, _main_where(k.args, k.kwargs)) for k in [*pre, sub])
+        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in [*pre, sub])
         names = tuple(s.name for s in self.tr.slots(sub))
         if len(names) <= self.k_max:
             return [Stage("residual", comps, names)]
         kids = [self.tr.calls[i] for i in sub.children]
-        target = _main_out(sub.output)
+        target = main_out(sub.output)
         # the output projection: the last quantizable call whose output reaches the sub's
         # output through slot-less modules only (dropout)
         k = len(kids) - 1
@@ -532,17 +408,17 @@ class _Walker:
             raise PartitionError(f"cannot cut {sub.name} into pieces of at most {self.k_max} "
                                  "layers: it has no final output projection to cut before")
         proj = kids[k]
-        t = _main_out(proj.output)
+        t = main_out(proj.output)
         for m in trail:
-            t = _main_out(m.output)
-        if not _same(t, target) or len(names) - 1 > self.k_max:
+            t = main_out(m.output)
+        if not same(t, target) or len(names) - 1 > self.k_max:
             heads = ", ".join(n.rsplit(".", 1)[-1] for n in names[:-1])
             raise PartitionError(f"data flow branches at {sub.name}: its layers {heads} cannot be "
                                  f"cut into pieces of at most {self.k_max}; raise max_configs or "
                                  "profile fewer precisions")
         skip = tuple(m.name for m in [proj, *trail])
         head = Stage("head", comps, names[:-1], skip=skip)
-        tail_comps = tuple(Component(m.name, _main_where(m.args, m.kwargs)) for m in [proj, *trail])
+        tail_comps = tuple(Component(m.name, main_where(m.args, m.kwargs)) for m in [proj, *trail])
         return [head, Stage("tail", tail_comps, names[-1:], residual=comps[0])]
 
 
