@@ -1,129 +1,43 @@
-"""Sharing cost tables: export a store (or one device of it) to a single Parquet bundle and
-merge a bundle into a store.
+"""Sharing cost tables: export a store (or one device of it) to a bundle file and merge a
+bundle into a store. The file format is ``hwcost.bundle``.
 
-Bundle layout (one Parquet file, ``format_version`` 1). Each row is a record of one table;
-column ``record`` names the table, and table ``T``'s column ``c`` is stored in column ``T_c``
-(null in the rows of other tables). Rows are sorted by natural key, each table in its own
-row groups. Rows refer to each other by natural keys (device fingerprint, subgraph signature,
-model fingerprint), never by database ids. The Parquet key-value metadata entry
-``hwcost.bundle`` holds JSON: format and schema versions, the hwcost version that wrote it,
-the device filter, per-table row counts and columns, and a sha256 content checksum over a
-canonical binary form of the rows (see :func:`content_checksum`). DuckDB reads a bundle
-directly: ``SELECT measurement_shape, measurement_median_us FROM 'b.parquet'
-WHERE record = 'measurement'``.
-
-Import validates everything before it writes anything, then merges in one transaction by
-natural key. Conflict rule (a key present in both with different values): ``keep`` (default)
-keeps the store's row, ``replace`` takes the bundle's, ``newer`` takes the bundle's where its
-timestamp (``measured_at``/``created_at``) is later and keeps the store's otherwise (tables
-without a timestamp keep). Every conflict is counted in the report either way.
+Import validates everything before it writes anything (``hwcost.bundle.read_bundle``), then
+merges in one transaction by natural key. Conflict rule (a key present in both with different
+values): ``keep`` (default) keeps the store's row, ``replace`` takes the bundle's, ``newer``
+takes the bundle's where its timestamp (``measured_at``/``created_at``) is later and keeps the
+store's otherwise (tables without a timestamp keep). Every conflict is counted in the report
+either way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import DateTime, bindparam, text
 
-from hwcost import __version__
-from hwcost import schema as _schema
-from hwcost.bulk import ARROW_TYPES, drop_temp, load_temp, read_rows
-from hwcost.errors import BundleInvalid, HwcostError
-from hwcost.precision import config_key, parse_config, parse_precision
-from hwcost.shape import parse_shape
-
-FORMAT = "hwcost-bundle"
-FORMAT_VERSION = 1
-META_KEY = b"hwcost.bundle"
-CHECKSUM_ALGORITHM = "sha256-hwcost-1"
-CONFLICT_RULES = ("keep", "replace", "newer")
-_TS = pa.timestamp("us", tz="UTC")
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """How one store table travels in a bundle."""
-
-    name: str
-    cols: tuple[tuple[str, str], ...]  # (bundle column, kind), natural keys first
-    key: tuple[str, ...]
-    refs: tuple[tuple[str, str], ...] = ()  # (bundle column, referenced table)
-    stamp: str | None = None  # timestamp column the "newer" rule compares
-    nullable: tuple[str, ...] = ()
-    device_filter: str | None = None  # store column the --device filter applies to
-    insert_extra: tuple[tuple[str, str], ...] = ()  # store-only columns set on insert
-
-    @property
-    def names(self) -> list[str]:
-        return [c for c, _ in self.cols]
-
-    def store_col(self, col: str) -> str:
-        return f"{col}_id" if col in dict(self.refs) else col
-
-    @property
-    def store_cols(self) -> list[tuple[str, str]]:
-        return [(self.store_col(c), "int" if c in dict(self.refs) else k) for c, k in self.cols]
-
-
-_REF_ID = {"device": "device", "subgraph": "subgraph", "model": "model"}
-_NOW = (("created_at", ":now"),)
-
-SPECS: tuple[TableSpec, ...] = (
-    TableSpec(
-        "device",
-        (("fingerprint", "str"), ("kind", "str"), ("name", "str"), ("threads", "int"),
-         ("flags", "str"), ("software", "str"), ("peaks", "str")),
-        key=("fingerprint",), nullable=("threads",), device_filter="id",
-        insert_extra=(("source", ":source"), *_NOW)),
-    TableSpec(
-        "subgraph",
-        (("signature", "str"), ("kind", "str"), ("n_slots", "int"), ("slots", "str"),
-         ("extra", "str")),
-        key=("signature",), insert_extra=_NOW),
-    TableSpec(
-        "model",
-        (("fingerprint", "str"), ("name", "str"), ("n_subgraphs", "int"), ("n_layers", "int")),
-        key=("fingerprint",), insert_extra=_NOW),
-    TableSpec(
-        "manifest_entry",
-        (("model", "str"), ("position", "int"), ("subgraph", "str"), ("layer_names", "str")),
-        key=("model", "position"), refs=(("model", "model"), ("subgraph", "subgraph"))),
-    TableSpec(
-        "measurement",
-        (("device", "str"), ("subgraph", "str"), ("shape", "str"), ("config", "str"),
-         ("median_us", "float"), ("spread_us", "float"), ("n_samples", "int"),
-         ("measured_at", "ts"), ("host", "str"), ("campaign", "str"), ("tool_version", "str")),
-        key=("device", "subgraph", "shape", "config"),
-        refs=(("device", "device"), ("subgraph", "subgraph")), stamp="measured_at",
-        nullable=("campaign",), device_filter="device_id"),
-    TableSpec(
-        "model_latency",
-        (("model", "str"), ("device", "str"), ("shape", "str"), ("config_hash", "str"),
-         ("config", "str"), ("median_us", "float"), ("spread_us", "float"), ("n_samples", "int"),
-         ("measured_at", "ts"), ("host", "str"), ("tool_version", "str")),
-        key=("model", "device", "shape", "config_hash"),
-        refs=(("model", "model"), ("device", "device")), stamp="measured_at",
-        device_filter="device_id"),
-    TableSpec(
-        "sensitivity",
-        (("model", "str"), ("calib_fingerprint", "str"), ("layer", "str"), ("precision", "str"),
-         ("method", "str"), ("loss_mse", "float"), ("stderr", "float"), ("n_samples", "int"),
-         ("created_at", "ts")),
-        key=("model", "calib_fingerprint", "layer", "precision", "method"),
-        refs=(("model", "model"),), stamp="created_at"),
+from hwcost.bulk import drop_temp, load_temp, read_rows
+from hwcost.bundle import (  # noqa: F401  (re-exported: the exchange API in one place)
+    META_KEY,
+    REFERENCED,
+    SPEC,
+    SPECS,
+    Bundle,
+    ExportReport,
+    TableSpec,
+    content_checksum,
+    format_key,
+    read_bundle,
+    write_bundle,
 )
-SPEC = {s.name: s for s in SPECS}
+from hwcost.errors import HwcostError
+
+CONFLICT_RULES = ("keep", "replace", "newer")
 
 
 # ------------------------------------------------------------------------------ reports
@@ -166,60 +80,6 @@ class ImportReport:
                 "seconds": self.seconds}
 
 
-@dataclass(frozen=True)
-class ExportReport:
-    """Result of :func:`export_bundle`."""
-
-    path: str
-    checksum: str
-    rows: dict[str, int]
-    device: str | None = None
-
-
-# ------------------------------------------------------------------------------ checksum
-
-
-def content_checksum(tables: dict[str, pa.Table], schema_version: int) -> str:
-    """sha256 over a canonical binary form of the rows, independent of Parquet encoding.
-
-    For the header ``hwcost-bundle\\0<format>\\0<schema>\\0`` and then, per table in the
-    fixed order of ``SPECS``: ``name\\0rows\\0``, and per column ``name\\0``, one validity
-    byte per row, then the values: int64 / float64 little-endian (nulls as 0, -0.0 as 0.0),
-    timestamps as int64 microseconds since the epoch (UTC), strings as int64 byte lengths
-    followed by the concatenated UTF-8 bytes (nulls as empty).
-    """
-    h = hashlib.sha256(f"{FORMAT}\0{FORMAT_VERSION}\0{schema_version}\0".encode())
-    for spec in SPECS:
-        t = tables[spec.name]
-        h.update(f"{spec.name}\0{t.num_rows}\0".encode())
-        for name, kind in spec.cols:
-            col = t.column(name).combine_chunks() if t.num_rows else pa.array([], ARROW_TYPES[kind])
-            h.update(f"{name}\0".encode())
-            h.update(pc.is_valid(col).to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
-            if kind == "str":
-                col = col.fill_null("").cast(pa.large_string())
-                h.update(pc.binary_length(col).to_numpy().astype("<i8").tobytes())
-                h.update(_string_data(col))
-            elif kind == "ts":
-                ints = col.cast(_TS).cast(pa.int64()).fill_null(0)
-                h.update(ints.to_numpy().astype("<i8").tobytes())
-            elif kind == "int":
-                h.update(col.fill_null(0).to_numpy().astype("<i8").tobytes())
-            else:
-                vals = col.fill_null(0.0).to_numpy().astype("<f8") + 0.0  # -0.0 -> 0.0
-                h.update(vals.tobytes())
-    return h.hexdigest()
-
-
-def _string_data(col: pa.Array) -> bytes:
-    """The concatenated UTF-8 bytes of a large_string array (no nulls)."""
-    if len(col) == 0:
-        return b""
-    _, offsets, data = col.buffers()
-    off = np.frombuffer(offsets, dtype="<i8")[col.offset:col.offset + len(col) + 1]
-    return data.to_pybytes()[off[0]:off[-1]] if data is not None else b""
-
-
 # ------------------------------------------------------------------------------ export
 
 
@@ -243,7 +103,7 @@ def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
                                       {"fp": fingerprint}).scalar_one()
             for spec in SPECS:
                 cols = spec.store_cols
-                if spec.name in _REF_ID:
+                if spec.name in REFERENCED:
                     cols = [("id", "int"), *cols]
                 sql = f"SELECT {', '.join(c for c, _ in cols)} FROM {spec.name}"
                 params = {}
@@ -251,7 +111,7 @@ def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
                     sql += f" WHERE {spec.device_filter} = :dev"
                     params = {"dev": dev_id}
                 t = read_rows(conn, sql, cols, params)
-                if spec.name in _REF_ID:
+                if spec.name in REFERENCED:
                     keys[spec.name] = (t.column("id").combine_chunks(),
                                        t.column(spec.key[0]).combine_chunks())
                     t = t.drop_columns(["id"])
@@ -262,27 +122,6 @@ def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
                 out[spec.name] = t
     return out
 
-
-def _canonical(spec: TableSpec, t: pa.Table) -> pa.Table:
-    """Cast to the bundle's column types and sort by natural key (byte order)."""
-    arrays = []
-    for name, kind in spec.cols:
-        col = t.column(name)
-        arrays.append(col.cast(_TS) if kind == "ts" else col.cast(ARROW_TYPES[kind]))
-    t = pa.Table.from_arrays(arrays, names=spec.names)
-    if t.num_rows > 1:
-        t = t.take(pc.sort_indices(t, sort_keys=[(k, "ascending") for k in spec.key]))
-    return t
-
-
-def _bundle_schema() -> pa.Schema:
-    fields = [pa.field("record", pa.string(), nullable=False)]
-    for spec in SPECS:
-        for name, kind in spec.cols:
-            fields.append(pa.field(f"{spec.name}_{name}", _TS if kind == "ts" else ARROW_TYPES[kind]))
-    return pa.schema(fields)
-
-
 def export_bundle(store, path: str | os.PathLike, device: str | None = None) -> ExportReport:
     """Write the store (or one device's part of it) to one self-describing Parquet file.
 
@@ -291,302 +130,6 @@ def export_bundle(store, path: str | os.PathLike, device: str | None = None) -> 
     """
     fp = store.get_device(device).fingerprint if device else None
     return write_bundle(read_tables(store, fp), path, device=fp)
-
-
-def write_bundle(tables: dict[str, pa.Table], path: str | os.PathLike, *,
-                 device: str | None = None, schema_version: int | None = None) -> ExportReport:
-    """Write natural-key tables (as :func:`read_tables` returns them) to a bundle file.
-
-    The file is written next to ``path`` and renamed into place, so a failed export never
-    leaves a half-written bundle.
-    """
-    tables = {s.name: _canonical(s, tables[s.name]) for s in SPECS}
-    version = _schema.SCHEMA_VERSION if schema_version is None else schema_version
-    checksum = content_checksum(tables, version)
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": version,
-        "hwcost_version": __version__, "created_at": datetime.now(timezone.utc).isoformat(),
-        "device": device, "checksum": {"algorithm": CHECKSUM_ALGORITHM, "value": checksum},
-        "tables": {s.name: {"rows": tables[s.name].num_rows, "key": list(s.key),
-                            "columns": [[f"{s.name}_{c}", k] for c, k in s.cols]}
-                   for s in SPECS},
-    }
-    schema = _bundle_schema().with_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd", write_page_checksum=True) as w:
-            for spec in SPECS:
-                t = tables[spec.name]
-                n = t.num_rows
-                if n == 0:
-                    continue
-                own = {f"{spec.name}_{c}": t.column(c) for c in spec.names}
-                own["record"] = pa.repeat(spec.name, n)
-                arrays = [own.get(f.name, pa.nulls(n, f.type)) for f in schema]
-                w.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=1 << 20)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return ExportReport(str(path), checksum, {s.name: tables[s.name].num_rows for s in SPECS},
-                        device)
-
-
-# ------------------------------------------------------------------------------ read + validate
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A bundle read and fully validated; ``tables`` hold natural-key rows per table."""
-
-    path: str
-    schema_version: int
-    checksum: str
-    device: str | None
-    tables: dict[str, pa.Table]
-
-
-def read_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and validate a bundle; raise ``BundleInvalid`` (one line) on any problem."""
-    path = Path(path)
-    where = path.name
-
-    def bad(msg: str) -> BundleInvalid:
-        return BundleInvalid(f"invalid bundle {where}: {msg}")
-
-    if not path.is_file():
-        raise BundleInvalid(f"no bundle file {str(path)!r}")
-    try:
-        pf = pq.ParquetFile(path, page_checksum_verification=True)
-        raw_meta = (pf.schema_arrow.metadata or {}).get(META_KEY)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise bad(f"not a readable Parquet file ({_first_line(e)}); truncated or corrupt?"
-                  ) from None
-    if raw_meta is None:
-        raise bad("no hwcost.bundle metadata; not an hwcost bundle")
-    try:
-        meta = json.loads(raw_meta)
-        fmt, fver = meta["format"], int(meta["format_version"])
-        version, checksum = int(meta["schema_version"]), str(meta["checksum"]["value"])
-    except (ValueError, KeyError, TypeError):
-        raise bad("hwcost.bundle metadata is not valid JSON with format, schema_version "
-                  "and checksum") from None
-    if fmt != FORMAT or fver != FORMAT_VERSION:
-        raise bad(f"format {fmt!r} version {fver}; this hwcost reads {FORMAT} version "
-                  f"{FORMAT_VERSION}")
-    if version > _schema.SCHEMA_VERSION:
-        raise bad(f"schema version {version} is newer than this hwcost's "
-                  f"{_schema.SCHEMA_VERSION}; upgrade hwcost (pip install -U hwcost)")
-    if version < 1:
-        raise bad(f"schema version {version} is not a valid version")
-    names = set(pf.schema_arrow.names)
-    missing = [f"{s.name}_{c}" for s in SPECS for c in s.names if f"{s.name}_{c}" not in names]
-    if "record" not in names:
-        missing.insert(0, "record")
-    if missing:
-        raise bad(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
-                  + (" ..." if len(missing) > 4 else ""))
-    try:
-        whole = pf.read(columns=["record"] + [f"{s.name}_{c}" for s in SPECS for c in s.names])
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise bad(f"cannot read its rows ({_first_line(e)}); truncated or corrupt?") from None
-    records = whole.column("record")
-    unknown = set(pc.unique(records).to_pylist()) - set(SPEC)
-    if unknown:
-        raise bad(f"unknown record type {sorted(map(str, unknown))[0]!r}")
-    tables: dict[str, pa.Table] = {}
-    for spec in SPECS:
-        sub = whole.filter(pc.equal(records, spec.name))
-        arrays = []
-        for name, kind in spec.cols:
-            col = sub.column(f"{spec.name}_{name}")
-            arrays.append(_cast_column(col, kind, f"{spec.name}_{name}", bad))
-        tables[spec.name] = pa.Table.from_arrays(arrays, names=spec.names)
-        expected = _declared_rows(meta, spec.name)
-        if expected is not None and expected != sub.num_rows:
-            raise bad(f"{spec.name} has {sub.num_rows} rows, its metadata says {expected}; "
-                      "truncated?")
-    actual = content_checksum(tables, version)
-    if actual != checksum:
-        raise bad(f"checksum mismatch (stored {checksum[:12]}, content {actual[:12]}); "
-                  "the file was changed or damaged")
-    _validate(tables, bad)
-    return Bundle(str(path), version, checksum, meta.get("device"), tables)
-
-
-def _declared_rows(meta: dict, table: str) -> int | None:
-    try:
-        return int(meta["tables"][table]["rows"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _cast_column(col: pa.ChunkedArray, kind: str, name: str, bad) -> pa.ChunkedArray:
-    t = col.type
-    ok = {"str": pa.types.is_string(t) or pa.types.is_large_string(t),
-          "int": pa.types.is_integer(t),
-          "float": pa.types.is_floating(t),
-          "ts": pa.types.is_timestamp(t)}[kind]
-    if not ok:
-        raise bad(f"column {name} has type {t}, expected {kind}")
-    if kind == "ts":
-        if t.tz is None:
-            raise bad(f"column {name} is a timestamp without time zone; bundles store UTC")
-        return col.cast(_TS)
-    return col.cast(ARROW_TYPES[kind])
-
-
-def _validate(tables: dict[str, pa.Table], bad) -> None:
-    """Every row check that must pass before anything is written."""
-    for spec in SPECS:
-        t = tables[spec.name]
-        for name, kind in spec.cols:
-            col = t.column(name)
-            if name not in spec.nullable and col.null_count:
-                raise bad(f"{spec.name}.{name} has {col.null_count} missing value(s)")
-            if kind == "str" and any(_has_nul(chunk) for chunk in col.chunks):
-                raise bad(f"{spec.name}.{name} holds a NUL character")
-        if t.num_rows:
-            keys = t.group_by(list(spec.key)).aggregate([([], "count_all")])
-            dup = keys.filter(pc.greater(keys.column("count_all"), 1))
-            if dup.num_rows:
-                first = dup.slice(0, 1).to_pylist()[0]
-                first.pop("count_all")
-                raise bad(f"{spec.name} has duplicate key {_fmt_key(first.values())}")
-    _check_latencies(tables["measurement"], "measurement", ("median_us", "spread_us"), bad)
-    _check_latencies(tables["model_latency"], "model_latency", ("median_us", "spread_us"), bad)
-    _check_latencies(tables["sensitivity"], "sensitivity", ("loss_mse", "stderr"), bad,
-                     allow_zero=True)
-    for name in ("measurement", "model_latency", "sensitivity"):
-        n = tables[name].column("n_samples")
-        if len(n) and pc.min(n).as_py() < 1:
-            raise bad(f"{name}.n_samples must be >= 1")
-    ints = {"device": ("threads",), "subgraph": ("n_slots",), "model": ("n_subgraphs", "n_layers"),
-            "manifest_entry": ("position",)}
-    for name, cols in ints.items():
-        for c in cols:
-            col = tables[name].column(c)
-            if len(col) - col.null_count and pc.min(col).as_py() < 0:
-                raise bad(f"{name}.{c} must not be negative")
-    # Shapes and configs: few distinct values, each parsed and required canonical.
-    for name in ("measurement", "model_latency"):
-        for shape in pc.unique(tables[name].column("shape")).to_pylist():
-            try:
-                key = parse_shape(shape).key
-            except HwcostError as e:
-                raise bad(f"{name}.shape: {e}") from None
-            if key != shape:
-                raise bad(f"{name}.shape {shape!r} is not canonical (expected {key!r})")
-    n_slots = dict(zip(tables["subgraph"].column("signature").to_pylist(),
-                       tables["subgraph"].column("n_slots").to_pylist()))
-    m = tables["measurement"]
-    lengths = {}
-    for cfg in pc.unique(m.column("config")).to_pylist():
-        try:
-            parsed = parse_config(cfg)
-        except HwcostError as e:
-            raise bad(f"measurement.config: {e}") from None
-        if config_key(parsed) != cfg:
-            raise bad(f"measurement.config {cfg!r} is not canonical")
-        lengths[cfg] = len(parsed)
-    if m.num_rows:
-        pairs = m.group_by(["subgraph", "config"]).aggregate([])
-        for sig, cfg in zip(pairs.column("subgraph").to_pylist(), pairs.column("config").to_pylist()):
-            if sig in n_slots and lengths[cfg] != n_slots[sig]:
-                raise bad(f"measurement.config {cfg!r} has {lengths[cfg]} precisions, subgraph "
-                          f"{sig[:12]} has {n_slots[sig]} slots")
-    for p in pc.unique(tables["sensitivity"].column("precision")).to_pylist():
-        try:
-            parse_precision(p)
-        except HwcostError as e:
-            raise bad(f"sensitivity.precision: {e}") from None
-        if parse_precision(p).value != p:
-            raise bad(f"sensitivity.precision {p!r} is not canonical")
-    _check_json(tables, bad)
-    _check_refs(tables, bad)
-
-
-def _has_nul(arr: pa.Array) -> bool:
-    """Whether any string of ``arr`` holds a NUL byte (PostgreSQL text cannot store one)."""
-    if len(arr) == 0:
-        return False
-    arr = arr.cast(pa.large_string())
-    _, offsets, data = arr.buffers()
-    if data is None:
-        return False
-    off = np.frombuffer(offsets, dtype="<i8")[arr.offset:arr.offset + len(arr) + 1]
-    return bool((np.frombuffer(data, dtype=np.uint8)[off[0]:off[-1]] == 0).any())
-
-
-def _check_latencies(t: pa.Table, name: str, cols: Sequence[str], bad, allow_zero=False) -> None:
-    for c in cols:
-        col = t.column(c)
-        if not len(col):
-            continue
-        values = col.to_numpy()
-        if not np.isfinite(values).all():
-            raise bad(f"{name}.{c} holds NaN or infinite values")
-        if (values < 0).any():
-            raise bad(f"{name}.{c} holds negative values")
-        if c == "median_us" and not allow_zero and (values == 0).any():
-            raise bad(f"{name}.{c} holds zero latencies")
-
-
-def _check_json(tables: dict[str, pa.Table], bad) -> None:
-    checks = [("device", "flags", list), ("device", "software", dict), ("device", "peaks", dict),
-              ("subgraph", "slots", list), ("subgraph", "extra", dict),
-              ("manifest_entry", "layer_names", list), ("model_latency", "config", dict)]
-    for table, col, typ in checks:
-        for value in pc.unique(tables[table].column(col)).to_pylist():
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise bad(f"{table}.{col} holds invalid JSON {value[:40]!r}") from None
-            if not isinstance(parsed, typ):
-                raise bad(f"{table}.{col} must hold JSON {typ.__name__}s, got {value[:40]!r}")
-            if table == "model_latency":
-                for p in parsed.values():
-                    try:
-                        parse_precision(p)
-                    except HwcostError as e:
-                        raise bad(f"model_latency.config: {e}") from None
-    sg = tables["subgraph"]
-    for sig, n, slots in zip(sg.column("signature").to_pylist(), sg.column("n_slots").to_pylist(),
-                             sg.column("slots").to_pylist()):
-        if len(json.loads(slots)) != n:
-            raise bad(f"subgraph {sig[:12]} has n_slots={n} but {len(json.loads(slots))} slots")
-
-
-def _check_refs(tables: dict[str, pa.Table], bad) -> None:
-    for spec in SPECS:
-        t = tables[spec.name]
-        for col, target in spec.refs:
-            known = tables[target].column(SPEC[target].key[0]).combine_chunks()
-            values = pc.unique(t.column(col))
-            missing = pc.filter(values, pc.invert(pc.is_in(values, value_set=known)))
-            if len(missing):
-                raise bad(f"{spec.name}.{col} refers to {target} {missing[0].as_py()[:16]!r}, "
-                          "which the bundle does not hold")
-    counts = tables["manifest_entry"].group_by("model").aggregate([("position", "count"),
-                                                                  ("position", "max")])
-    by_model = {r["model"]: r for r in counts.to_pylist()}
-    models = tables["model"]
-    for fp, n in zip(models.column("fingerprint").to_pylist(),
-                     models.column("n_subgraphs").to_pylist()):
-        r = by_model.get(fp, {"position_count": 0, "position_max": -1})
-        if r["position_count"] != n or r["position_max"] != n - 1:
-            raise bad(f"model {fp[:12]} says {n} subgraphs but its manifest has "
-                      f"{r['position_count']} entries")
-
-
-def _fmt_key(values) -> str:
-    return "(" + ", ".join(str(v)[:24] for v in values) + ")"
-
 
 # ------------------------------------------------------------------------------ import
 
@@ -613,7 +156,7 @@ def import_bundle(store, path: str | os.PathLike, on_conflict: str = "keep") -> 
         for spec in SPECS:
             t = _with_ids(spec, bundle.tables[spec.name], ids)
             report.tables[spec.name] = _merge(conn, spec, t, on_conflict, now, ids)
-            if spec.name in _REF_ID:
+            if spec.name in REFERENCED:
                 ids[spec.name] = _id_map(conn, spec)
             drop_temp(conn, f"imp_{spec.name}")
         t2 = time.perf_counter()
@@ -654,6 +197,9 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
     newer = f"i.{spec.stamp} > t.{spec.stamp}" if spec.stamp else "1 = 0"
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {tmp}")  # temp tables have no statistics otherwise
+        if t.num_rows >= _BULK_ROWS and not spec.insert_extra and \
+                _pg_load_into_empty(conn, spec.name, tmp, cols):
+            return TableReport(rows=t.num_rows, new=t.num_rows)
     row = conn.execute(text(
         f"SELECT COUNT(*), "
         f"COALESCE(SUM(CASE WHEN t.id IS NULL THEN 1 ELSE 0 END), 0), "
@@ -669,7 +215,7 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
             f"SELECT {', '.join('i.' + k for k in keys)} FROM {tmp} i JOIN {spec.name} t ON {on} "
             f"WHERE NOT ({equal}) ORDER BY {', '.join('i.' + k for k in keys)} LIMIT 3")).all()
         back = {f"{c}_id": {v: k for k, v in ids[tgt].items()} for c, tgt in spec.refs}
-        rep.examples = [_fmt_key(back[k].get(v, v) if k in back else v for k, v in zip(keys, r))
+        rep.examples = [format_key(back[k].get(v, v) if k in back else v for k, v in zip(keys, r))
                         for r in sample]
     extra_cols = [c for c, _ in spec.insert_extra]
     target = ", ".join([c for c, _ in cols] + extra_cols)
@@ -700,9 +246,47 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
     return rep
 
 
-def same_content(a: Bundle | str, b: Bundle | str) -> bool:
-    """Whether two bundles hold the same rows (their content checksums agree)."""
-    ca = a.checksum if isinstance(a, Bundle) else read_bundle(a).checksum
-    cb = b.checksum if isinstance(b, Bundle) else read_bundle(b).checksum
-    return ca == cb
+_BULK_ROWS = 50_000
 
+
+def _pg_load_into_empty(conn, table: str, tmp: str, cols: Sequence[tuple[str, str]]) -> bool:
+    """Fill an *empty* PostgreSQL table from ``tmp`` with its indexes and constraints built
+    once afterwards instead of row by row (3-5x faster for a million rows).
+
+    Locks the table (ACCESS EXCLUSIVE, until commit) and returns False, doing nothing else,
+    when it holds rows. Index and constraint definitions come from the catalog, so what is
+    rebuilt is exactly what was there; all of it is one transaction with the rest of the
+    import, so a failure restores everything.
+    """
+    if conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is not None:
+        return False
+    conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    if conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is not None:
+        return False
+    constraints = conn.execute(text(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = CAST(:t AS regclass) AND contype IN ('u', 'f') ORDER BY contype DESC"),
+        {"t": table}).all()
+    indexes = conn.execute(text(
+        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"),
+        {"t": table}).all()
+    for name, _ in constraints:
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {_quote_ident(name)}")
+    for name, _ in indexes:
+        conn.exec_driver_sql(f"DROP INDEX {_quote_ident(name)}")
+    names = ", ".join(c for c, _ in cols)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp}")
+    for name, definition in constraints:  # unique first, then foreign keys
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {_quote_ident(name)} "
+                             f"{definition}")
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    conn.exec_driver_sql(f"ANALYZE {table}")
+    return True
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -287,3 +287,31 @@ def test_measurements_written_through_store_api_round_trip(store, second_url, tm
                                                1e-300, 0.0)
         assert export_bundle(dst, tmp_path / "b.parquet").checksum == \
             read_bundle(tmp_path / "a.parquet").checksum
+
+
+def test_bulk_load_into_an_empty_postgresql_table_rebuilds_its_indexes(
+        store, second_url, bundle, tmp_path, monkeypatch):
+    """Large imports into an empty PostgreSQL table build indexes and constraints once,
+    afterwards; the result must be the same rows and the same catalog."""
+    if not store.url.startswith("postgres"):
+        pytest.skip("the bulk path is PostgreSQL's")
+    from hwcost import exchange
+
+    def catalog(s):
+        with s.engine.connect() as c:
+            return sorted(c.execute(text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+                "'measurement'::regclass UNION ALL SELECT regexp_replace(indexdef, "
+                "'INDEX \\S+ ON', 'INDEX ON') FROM pg_indexes WHERE tablename = 'measurement'"))
+                .scalars())
+
+    monkeypatch.setattr(exchange, "_BULK_ROWS", 1)
+    with open_store(second_url) as dst:
+        before = catalog(dst)
+        assert len(before) >= 6  # pkey, unique, 2 foreign keys, their indexes, lookup index
+        rep = import_bundle(dst, bundle)
+        assert rep.tables["measurement"].new == read_bundle(bundle).tables["measurement"].num_rows
+        assert catalog(dst) == before
+        assert export_bundle(dst, tmp_path / "bulk.parquet").checksum == read_bundle(bundle).checksum
+        again = import_bundle(dst, bundle)  # not empty now: the ordinary path, nothing new
+        assert again.new == 0 and again.tables["measurement"].identical == rep.tables["measurement"].new
