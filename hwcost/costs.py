@@ -130,7 +130,8 @@ class CostModel:
         self.kind = self.device.kind
         self.carrier = BASELINE.get(self.kind, Precision.FP32)
         self.seed = seed
-        self._peaks = device_peaks(self.device)
+        self._own_peaks = device_peaks(self.device)  # catalog or calibration; None if neither
+        self._peaks = self._own_peaks
 
     @property
     def label(self) -> str:
@@ -161,8 +162,10 @@ class CostModel:
         return self._peaks
 
     def supported(self) -> tuple[Precision, ...]:
-        """Precisions this device can be asked about: rated in its peaks, or measured."""
-        have = set(self.peaks.supported())
+        """Precisions this device can be asked about: rated in its own or its catalog
+        peaks, or measured on it (nominal rates never make a precision supported)."""
+        have = set(self._own_peaks.supported()) if self._own_peaks is not None else set()
+        self.peaks  # noqa: B018 - a device with neither peaks nor measurements is refused here
         for _, _, cfg, _, _ in self.measurements:
             have.update(parse_config(cfg))
         return tuple(p for p in Precision if p in have)
@@ -212,21 +215,34 @@ class CostModel:
 
     # -- queries
     def estimate_unmeasured(self, queries: Sequence[Query]) -> list[Estimate]:
-        """Fallback estimates (learned or roofline) for queries known to be unmeasured."""
+        """Fallback estimates for queries known to be unmeasured: the learned model where it
+        is trained, beats the roofline in cross-validation and has seen every precision of
+        the query; the roofline otherwise."""
         if not queries:
             return []
+        out: list[Estimate | None] = [None] * len(queries)
+        rest = list(range(len(queries)))
         if self._use_learned():
             lm = self.learned
-            pred = lm.predict(queries)
-            return [Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_) for v in pred]
-        roof = self.roofline
-        pred = roof.predict(terms(queries, self.peaks, self.carrier))
-        if roof.fitted:
-            lm = self.learned  # its folds give the roofline an honest out-of-sample error
-            rel = lm.roofline_cv_p68_ if lm is not None else max(roof.rel_error_ or 0.0, 0.25)
-            err = lm.roofline_cv_mape_ if lm is not None else roof.rel_error_
-            return [Estimate(float(v), "roofline", float(v * rel), err) for v in pred]
-        return [Estimate(float(v), "roofline", float(v), None) for v in pred]
+            known = set(lm.precisions_)
+            mine = [i for i in rest if set(queries[i].config) <= known]
+            rest = [i for i in rest if i not in set(mine)]
+            for i, v in zip(mine, lm.predict([queries[i] for i in mine])):
+                out[i] = Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_)
+        if rest:
+            roof = self.roofline
+            pred = roof.predict(terms([queries[i] for i in rest], self.peaks, self.carrier))
+            lm = self.learned if roof.fitted else None
+            for i, v in zip(rest, pred):
+                if not roof.fitted:  # priors only: trust it to a factor of two
+                    out[i] = Estimate(float(v), "roofline", float(v), None)
+                elif lm is not None:  # its folds give the roofline an out-of-sample error
+                    out[i] = Estimate(float(v), "roofline", float(v * lm.roofline_cv_p68_),
+                                      lm.roofline_cv_mape_)
+                else:
+                    out[i] = Estimate(float(v), "roofline", float(v * max(roof.rel_error_, 0.25)),
+                                      roof.rel_error_)
+        return out
 
     def estimate(self, sub: SubgraphInfo, shape: str | Shape, config: Sequence | str) -> Estimate:
         """One estimate, measured when the store has it."""

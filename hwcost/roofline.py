@@ -58,14 +58,17 @@ def _int_extra(extra: dict, keys: Sequence[str]) -> int | None:
 def attention_dims(sub: SubgraphInfo) -> tuple[int, int, int] | None:
     """(heads, kv_heads, head_dim) when the subgraph holds an attention core, else None.
 
-    Read from the partitioner's ``extra`` (head counts); a subgraph whose kind names
-    attention but records no heads is assumed to use 64-wide heads.
+    Read from the partitioner's ``extra`` (head counts, ``head_dim``,
+    ``num_key_value_groups``, the module types it holds); an attention without recorded
+    head sizes is assumed to use 64-wide heads. The tail of a split attention (its output
+    projection only) holds no core.
     """
     extra = sub.extra or {}
-    heads = _int_extra(extra, _HEAD_KEYS)
-    if heads is None and "attn" not in sub.kind.lower() and "attention" not in sub.kind.lower():
+    if extra.get("stage") == "tail" or not sub.slots:
         return None
-    if not sub.slots:
+    names = " ".join([sub.kind, *map(str, extra.get("modules", []))]).lower()
+    heads = _int_extra(extra, _HEAD_KEYS)
+    if heads is None and "attn" not in names and "attention" not in names:
         return None
     q_out = sub.slots[0].out_features
     head_dim = _int_extra(extra, ("head_dim",))
@@ -73,8 +76,11 @@ def attention_dims(sub: SubgraphInfo) -> tuple[int, int, int] | None:
         head_dim = head_dim or 64
         heads = max(1, q_out // head_dim)
     head_dim = head_dim or max(1, q_out // heads)
-    kv_heads = _int_extra(extra, _KV_HEAD_KEYS) or heads
-    return heads, kv_heads, head_dim
+    kv_heads = _int_extra(extra, _KV_HEAD_KEYS)
+    groups = _int_extra(extra, ("num_key_value_groups",))
+    if kv_heads is None and groups:
+        kv_heads = max(1, heads // groups)
+    return heads, kv_heads or heads, head_dim
 
 
 def _extra_ops(sub: SubgraphInfo) -> int:
@@ -109,7 +115,12 @@ def terms(queries: Sequence[Query], peaks: Peaks, carrier: Precision) -> np.ndar
                    + m * slot.out_features * out_b) / bw
             row[col[f"slots_{p.value}"]] += max(compute, mem)
             if p != carrier:
-                row[col["convert"]] += m * (slot.in_features + slot.out_features) * (cb + pb) / bw
+                # activations are cast (or quantized) on the way in; a float slot casts its
+                # output back, a quantized one dequantizes in the matmul's epilogue
+                cast = m * slot.in_features * (cb + pb)
+                if p not in _QUANTIZED:
+                    cast += m * slot.out_features * (cb + pb)
+                row[col["convert"]] += cast / bw
             if prev is not None and p != prev:
                 row[col["boundary"]] += m * slot.in_features * cb / bw
             row[col["elementwise"]] += m * (slot.in_features + slot.out_features) * cb / bw
@@ -143,28 +154,38 @@ class RooflineModel:
     """Roofline with efficiency factors: ``latency = terms @ coef_``.
 
     ``fit`` fits the factors to a device's measurements (non-negative least squares on
-    relative error, with a ridge pull of weight ``prior_weight`` towards the priors);
+    relative error, Huber-reweighted ``huber_iters`` times, with a ridge pull of weight
+    ``prior_weight`` towards the priors);
     ``predict`` on an unfitted model uses the priors.
     """
 
-    def __init__(self, peaks: Peaks, prior_weight: float = 0.05):
+    def __init__(self, peaks: Peaks, prior_weight: float = 0.05, huber_iters: int = 5):
         self.peaks = peaks
         self.prior_weight = prior_weight
+        self.huber_iters = huber_iters
 
     @property
     def prior_(self) -> np.ndarray:
         return prior_coefficients(self.peaks)
 
     def fit(self, t: np.ndarray, latency_us: np.ndarray) -> RooflineModel:
-        """Fit the factors to measured latencies (rows of ``t`` from :func:`terms`)."""
+        """Fit the factors to measured latencies (rows of ``t`` from :func:`terms`).
+
+        Relative-error NNLS, reweighted a few times with Huber weights so that a handful of
+        disturbed measurements (a noisy neighbour on a shared host) cannot drag the factors.
+        """
         y = np.asarray(latency_us, dtype=float)
         k0 = self.prior_
         a = t / y[:, None]  # relative error: every measurement counts the same
-        b = np.ones(len(y))
         lam = np.sqrt(self.prior_weight * max(1, len(y)) / len(k0))
         reg = np.diag(lam / k0)
-        coef, _ = nnls(np.vstack([a, reg]), np.concatenate([b, np.full(len(k0), lam)]),
-                       maxiter=50 * len(k0))
+        w = np.ones(len(y))
+        for _ in range(self.huber_iters + 1):
+            coef, _ = nnls(np.vstack([a * w[:, None], reg]),
+                           np.concatenate([w, np.full(len(k0), lam)]), maxiter=50 * len(k0))
+            r = np.abs(a @ coef - 1.0)
+            delta = max(0.05, 1.5 * float(np.median(r))) if len(r) else 1.0
+            w = np.sqrt(np.where(r <= delta, 1.0, delta / np.maximum(r, 1e-12)))
         self.coef_ = coef
         rel = np.abs(t @ coef - y) / y
         self.rel_error_ = float(np.median(rel)) if len(rel) else None

@@ -1,0 +1,247 @@
+"""Benchmark: how well the fallbacks predict costs nobody measured, on this CPU.
+
+1. Profile small Llama models built from configs (three widths, one decoder block each)
+   with ``profiles.campaign`` at several prefill shapes, every config over fp32, bf16, int8
+   (real kernels) and fp8 (emulated), into a store (resumable: a rerun measures only what is
+   missing). Calibrate the CPU's peaks (``profiles.calibrate``) for the roofline.
+2. Hold out whole shapes (leave one shape out) and whole subgraphs (leave one signature
+   out), train on the rest exactly as ``hwcost.costs`` would (learned model and fitted
+   roofline from the remaining measurements), predict the held-out ones.
+3. Report median absolute percentage error of the learned model and of the roofline side by
+   side, the roofline's predicted/measured ratio, and the Spearman correlation of each held-out
+   subgraph's configs (learned ranking vs measured) at each shape.
+
+    python bench/fallbacks.py [--db URL] [--threads 1] [--quick]
+
+Writes bench/results/fallbacks.json and .md and ends with ``target:`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hwcost.catalog import Peaks  # noqa: E402
+from hwcost.learned import LatencyModel  # noqa: E402
+from hwcost.precision import BASELINE, Precision, parse_config  # noqa: E402
+from hwcost.roofline import Query, RooflineModel, terms  # noqa: E402
+from hwcost.shape import parse_shape  # noqa: E402
+from hwcost.store import open_store  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WIDTHS = (128, 256, 384)
+SHAPES = ("batch=1,seq=8", "batch=1,seq=32", "batch=1,seq=64", "batch=1,seq=128",
+          "batch=4,seq=64", "batch=1,seq=256")
+PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
+
+
+def build(width: int, seed: int = 0):
+    """A one-block Llama of hidden size ``width`` (GQA, 32-wide heads), random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from profiles.loading import LoadedModel
+
+    torch.manual_seed(seed)
+    inter = int(round(2.75 * width / 32)) * 32
+    cfg = LlamaConfig(hidden_size=width, intermediate_size=inter, num_hidden_layers=1,
+                      num_attention_heads=width // 32, num_key_value_heads=width // 64,
+                      vocab_size=512, max_position_embeddings=1024, use_cache=False)
+    model = LlamaForCausalLM(cfg).float().eval()
+    return LoadedModel(f"bench-llama-h{width}", model, source="bench/fallbacks.py")
+
+
+def collect(store, widths, shapes, threads: int, quick: bool) -> tuple[str, float]:
+    """Profile every width at every shape; calibrate the CPU. Returns (device, seconds)."""
+    import torch
+
+    from profiles.calibrate import calibrate_cpu
+    from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
+
+    timing = QUICK_TIMING if quick else TimingOptions(
+        min_samples=9, warmup_max_s=0.3, max_seconds=1.5, max_rel_spread=0.08, min_sample_us=300)
+    t0 = time.perf_counter()
+    device = None
+    for w in widths:
+        rep = run_campaign(store, build(w), "cpu", list(shapes), list(PRECISIONS),
+                           threads=threads, timing=timing, progress=False, model_latency=False)
+        device = rep.device
+        print(f"  h={w}: {rep.measured} measured, {rep.already} already in the store "
+              f"({rep.elapsed_s:.0f} s)", flush=True)
+    before = torch.get_num_threads()
+    peaks = calibrate_cpu(threads=threads, budget_s=4.0 if quick else 8.0)
+    torch.set_num_threads(before)
+    store.set_device_peaks(device, peaks)
+    return device, time.perf_counter() - t0
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
+    """Hold out whole shapes and whole subgraphs; predict them with each source."""
+    qs = [Query(g, parse_shape(sh), parse_config(cfg)) for g, sh, cfg, _, _ in rows]
+    y = np.array([r[3] for r in rows])
+    shape_of = np.array([q.shape.key for q in qs])
+    sig_of = np.array([q.subgraph.signature for q in qs])
+    t_all = terms(qs, peaks, carrier)
+    peaks_only = RooflineModel(peaks).predict(t_all)  # zero measurements: catalog/calibration
+    splits = [("shape", s, shape_of == s) for s in sorted(set(shape_of))]
+    splits += [("subgraph", g, sig_of == g) for g in sorted(set(sig_of))]
+    pred_l = {k: np.empty_like(y) for k in ("shape", "subgraph")}
+    pred_r = {k: np.empty_like(y) for k in ("shape", "subgraph")}
+    chosen = {k: np.empty_like(y) for k in ("shape", "subgraph")}
+    cv = []
+    for kind, name, test in splits:
+        train = ~test
+        tq = [q for q, m in zip(qs, train) if m]
+        lm = LatencyModel(peaks, carrier, seed=seed).fit(tq, y[train])
+        hq = [q for q, m in zip(qs, test) if m]
+        pred_l[kind][test] = lm.predict(hq)
+        pred_r[kind][test] = lm.roofline_.predict(t_all[test])
+        use_learned = lm.cv_mape_ <= lm.roofline_cv_mape_
+        chosen[kind][test] = pred_l[kind][test] if use_learned else pred_r[kind][test]
+        cv.append({"held_out": kind, "name": name, "cv_mape": lm.cv_mape_,
+                   "roofline_cv_mape": lm.roofline_cv_mape_, "answers": "learned" if use_learned
+                   else "roofline", "n_train": int(train.sum()), "n_test": int(test.sum())})
+
+    def ape(p):
+        return np.abs(p - y) / y
+
+    out: dict = {"n_measurements": len(y), "splits": cv, "by_holdout": {}}
+    group_of = np.array([f"{g}|{s}" for g, s in zip(sig_of, shape_of)])
+    for kind in ("shape", "subgraph"):
+        ratio = pred_r[kind] / y
+        ratio0 = peaks_only / y
+        rhos, rhos_r = [], []
+        for grp in sorted(set(group_of)):
+            m = group_of == grp
+            if m.sum() >= 3 and np.ptp(y[m]) > 0:
+                rhos.append(_spearman(pred_l[kind][m], y[m]))
+                rhos_r.append(_spearman(pred_r[kind][m], y[m]))
+        out["by_holdout"][kind] = {
+            "learned_mape": float(np.median(ape(pred_l[kind]))),
+            "roofline_mape": float(np.median(ape(pred_r[kind]))),
+            "chosen_mape": float(np.median(ape(chosen[kind]))),
+            "roofline_median_ratio": float(np.median(ratio)),
+            "roofline_within_2x": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))),
+            "peaks_only_mape": float(np.median(ape(peaks_only))),
+            "peaks_only_median_ratio": float(np.median(ratio0)),
+            "peaks_only_within_2x": float(np.mean((ratio0 >= 0.5) & (ratio0 <= 2.0))),
+            "learned_spearman_median": float(np.median(rhos)),
+            "learned_spearman_min": float(np.min(rhos)),
+            "learned_spearman_share_ge_0.9": float(np.mean(np.array(rhos) >= 0.9)),
+            "roofline_spearman_median": float(np.median(rhos_r)),
+            "groups": len(rhos),
+        }
+    return out
+
+
+def _markdown(res: dict) -> str:
+    lines = ["# Fallback accuracy on held-out measurements (bench/fallbacks.py)", "",
+             f"Machine: {res['machine']}; torch threads {res['threads']}; "
+             f"{res['evaluation']['n_measurements']} measurements of {len(res['widths'])} model "
+             f"widths {list(res['widths'])} x {len(res['shapes'])} shapes x all configs over "
+             f"{', '.join(res['precisions'])}.", "",
+             "| held out | learned MAPE | roofline MAPE (fitted) | roofline median ratio | "
+             "roofline within 2x | peaks-only roofline MAPE | peaks-only within 2x | "
+             "learned Spearman (median / min) | roofline Spearman (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for kind, r in res["evaluation"]["by_holdout"].items():
+        lines.append(
+            f"| whole {kind}s | {r['learned_mape']:.1%} | {r['roofline_mape']:.1%} | "
+            f"{r['roofline_median_ratio']:.2f} | {r['roofline_within_2x']:.0%} | "
+            f"{r['peaks_only_mape']:.1%} | {r['peaks_only_within_2x']:.0%} | "
+            f"{r['learned_spearman_median']:.3f} / {r['learned_spearman_min']:.3f} | "
+            f"{r['roofline_spearman_median']:.3f} |")
+    lines += ["", "MAPE: median absolute percentage error. Roofline (fitted): efficiency factors "
+              "fitted to the training measurements, as `hwcost.costs` answers for a measured "
+              "device. Peaks-only: the calibrated peaks with prior efficiencies, as for a device "
+              "with no measurement. Spearman: per held-out subgraph and shape, the ranking of its "
+              "configs by the learned model against the measured ranking.", "",
+              "Targets:", ""] + [f"    {t}" for t in res["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default=None,
+                    help="store URL (default: a SQLite file under bench/results/, reused)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads to time with (1: steadier on a shared machine)")
+    ap.add_argument("--quick", action="store_true", help="few samples, fewer shapes (smoke run)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    widths = WIDTHS
+    shapes = SHAPES[:4] if args.quick else SHAPES
+    db = args.db or f"sqlite:///{RESULTS / ('fallbacks_quick.db' if args.quick else 'fallbacks.db')}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    store = open_store(db)
+    print(f"profiling {len(widths)} widths x {len(shapes)} shapes into {db}", flush=True)
+    device, collect_s = collect(store, widths, shapes, args.threads, args.quick)
+    dev = store.get_device(device)
+    peaks = Peaks.from_json(json.loads(dev.peaks))
+    rows = [r for r in store.device_measurements(device)
+            if r[1] in {parse_shape(s).key for s in shapes}
+            and r[0].signature in _signatures(store, widths)]
+    t0 = time.perf_counter()
+    ev = evaluate(rows, peaks, BASELINE["cpu"], seed=args.seed)
+    eval_s = time.perf_counter() - t0
+    shp, sub = ev["by_holdout"]["shape"], ev["by_holdout"]["subgraph"]
+    learned_mape = max(shp["learned_mape"], sub["learned_mape"])
+    ratio = [shp["roofline_median_ratio"], sub["roofline_median_ratio"]]
+    worst_ratio = max(ratio, key=lambda r: abs(np.log(r)))
+    rho = min(shp["learned_spearman_median"], sub["learned_spearman_median"])
+    print(f"\n{'held out':<16}{'learned':>10}{'roofline':>10}{'ratio':>8}{'in 2x':>8}"
+          f"{'peaks-only':>12}{'rho med':>9}{'rho min':>9}")
+    for kind, r in ev["by_holdout"].items():
+        print(f"{'whole ' + kind + 's':<16}{r['learned_mape']:>10.1%}{r['roofline_mape']:>10.1%}"
+              f"{r['roofline_median_ratio']:>8.2f}{r['roofline_within_2x']:>8.0%}"
+              f"{r['peaks_only_mape']:>12.1%}{r['learned_spearman_median']:>9.3f}"
+              f"{r['learned_spearman_min']:>9.3f}")
+    targets = [
+        f"target: learned_mape_held_out = {learned_mape * 100:.1f} % (goal <= 10 %) "
+        f"{'met' if learned_mape <= 0.10 else 'missed'}",
+        f"target: roofline_median_ratio_held_out = {worst_ratio:.2f} x (goal within 0.5..2) "
+        f"{'met' if 0.5 <= worst_ratio <= 2.0 else 'missed'}",
+        f"target: learned_config_spearman_median = {rho:.3f} rho (goal >= 0.9) "
+        f"{'met' if rho >= 0.9 else 'missed'}",
+    ]
+    res = {"machine": f"{dev.name}; {platform.system()} {platform.release()}",
+           "device": device, "threads": args.threads, "widths": list(widths),
+           "shapes": [parse_shape(s).key for s in shapes], "precisions": list(PRECISIONS),
+           "peaks": json.loads(dev.peaks), "collect_s": round(collect_s, 1),
+           "eval_s": round(eval_s, 1), "quick": args.quick, "evaluation": ev, "targets": targets}
+    name = "fallbacks_quick" if args.quick else "fallbacks"
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+    (RESULTS / f"{name}.md").write_text(_markdown(res))
+    print(f"\n(profiling {collect_s:.0f} s, evaluation {eval_s:.0f} s; "
+          f"results in bench/results/{name}.json/.md)")
+    for t in targets:
+        print(t)
+    store.close()
+    return 0
+
+
+def _signatures(store, widths) -> set[str]:
+    sigs: set[str] = set()
+    for w in widths:
+        _, manifest = store.manifest(f"bench-llama-h{w}")
+        sigs.update(sub.signature for _, sub in manifest)
+    return sigs
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
