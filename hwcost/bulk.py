@@ -98,10 +98,29 @@ def load_temp(conn: Connection, name: str, table: pa.Table, columns: Columns) ->
     The table lives until :func:`drop_temp` (SQLite) or the end of the transaction
     (PostgreSQL, ``ON COMMIT DROP``).
     """
-    names = [n for n, _ in columns]
-    types = _PG_TYPES if conn.dialect.name == "postgresql" else _SQL_TYPES
+    pg = conn.dialect.name == "postgresql"
+    types = _PG_TYPES if pg else _SQL_TYPES
     ddl = ", ".join(f"{n} {types[k]}" for n, k in columns)
+    raw = _raw(conn)
+    cur = raw.cursor()
+    try:
+        if pg:
+            cur.execute(f"CREATE TEMP TABLE {name} ({ddl}) ON COMMIT DROP")
+        else:
+            cur.execute(f"DROP TABLE IF EXISTS temp.{name}")
+            cur.execute(f"CREATE TEMP TABLE {name} ({ddl})")
+    finally:
+        cur.close()
+    insert_rows(conn, name if pg else f"temp.{name}", table, columns)
+
+
+def insert_rows(conn: Connection, name: str, table: pa.Table, columns: Columns) -> None:
+    """Append the rows of ``table`` (its ``columns``) to table ``name``: COPY on PostgreSQL,
+    one ``executemany`` on SQLite."""
+    names = [n for n, _ in columns]
     data = table.select(names)
+    if not data.num_rows:
+        return
     # Timestamps travel as the store's own text form on both backends.
     for i, (n, k) in enumerate(columns):
         if k == "ts":
@@ -111,23 +130,17 @@ def load_temp(conn: Connection, name: str, table: pa.Table, columns: Columns) ->
             data = data.set_column(i, n, pc.strftime(col, format=_SQLITE_TS_FORMAT))
     raw = _raw(conn)
     if conn.dialect.name == "postgresql":
-        with raw.cursor() as cur:
-            cur.execute(f"CREATE TEMP TABLE {name} ({ddl}) ON COMMIT DROP")
-            if data.num_rows:
-                sink = io.BytesIO()
-                pacsv.write_csv(data, sink, pacsv.WriteOptions(include_header=False))
-                with cur.copy(f"COPY {name} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)"
-                              ) as cp:
-                    cp.write(sink.getvalue())
+        sink = io.BytesIO()
+        pacsv.write_csv(data, sink, pacsv.WriteOptions(include_header=False))
+        with raw.cursor() as cur, cur.copy(
+                f"COPY {name} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)") as cp:
+            cp.write(sink.getvalue())
         return
     cur = raw.cursor()
     try:
-        cur.execute(f"DROP TABLE IF EXISTS temp.{name}")
-        cur.execute(f"CREATE TEMP TABLE {name} ({ddl})")
-        if data.num_rows:
-            cols = [c.to_pylist() for c in data.columns]
-            marks = ", ".join("?" * len(names))
-            cur.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", zip(*cols))
+        cols = [c.to_pylist() for c in data.columns]
+        marks = ", ".join("?" * len(names))
+        cur.executemany(f"INSERT INTO {name} ({', '.join(names)}) VALUES ({marks})", zip(*cols))
     finally:
         cur.close()
 

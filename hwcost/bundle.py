@@ -292,7 +292,8 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise bad(f"unknown record type {sorted(map(str, unknown))[0]!r}")
     tables: dict[str, pa.Table] = {}
     for spec in SPECS:
-        sub = whole.filter(pc.equal(records, spec.name))
+        sub = _rows_of(whole.select([f"{spec.name}_{c}" for c in spec.names]),
+                       pc.equal(records, spec.name))
         arrays = []
         for name, kind in spec.cols:
             col = sub.column(f"{spec.name}_{name}")
@@ -308,6 +309,19 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
                   "the file was changed or damaged")
     _validate(tables, bad)
     return Bundle(str(path), version, checksum, meta.get("device"), tables)
+
+
+def _rows_of(t: pa.Table, mask: pa.ChunkedArray) -> pa.Table:
+    """The rows of ``t`` where ``mask`` holds: a zero-copy slice when they are contiguous (as
+    the writer lays them out), a filtered copy otherwise."""
+    idx = pc.indices_nonzero(mask)
+    n = len(idx)
+    if n == 0:
+        return t.slice(0, 0)
+    first, last = idx[0].as_py(), idx[n - 1].as_py()
+    if last - first + 1 == n:
+        return t.slice(first, n)
+    return t.filter(mask)
 
 
 def _declared_rows(meta: dict, table: str) -> int | None:

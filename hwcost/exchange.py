@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import DateTime, bindparam, text
 
-from hwcost.bulk import drop_temp, load_temp, read_rows
+from hwcost.bulk import drop_temp, insert_rows, load_temp, read_rows
 from hwcost.bundle import (  # noqa: F401  (re-exported: the exchange API in one place)
     META_KEY,
     REFERENCED,
@@ -188,6 +188,9 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
            ids: dict[str, dict[str, int]]) -> TableReport:
     tmp = f"imp_{spec.name}"
     cols = spec.store_cols
+    if t.num_rows >= _BULK_ROWS and not spec.insert_extra and \
+            _load_into_empty(conn, spec.name, t, cols):
+        return TableReport(rows=t.num_rows, new=t.num_rows)
     load_temp(conn, tmp, t, cols)
     keys = [spec.store_col(k) for k in spec.key]
     values = [c for c, _ in cols if c not in keys]
@@ -197,9 +200,6 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
     newer = f"i.{spec.stamp} > t.{spec.stamp}" if spec.stamp else "1 = 0"
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {tmp}")  # temp tables have no statistics otherwise
-        if t.num_rows >= _BULK_ROWS and not spec.insert_extra and \
-                _pg_load_into_empty(conn, spec.name, tmp, cols):
-            return TableReport(rows=t.num_rows, new=t.num_rows)
     row = conn.execute(text(
         f"SELECT COUNT(*), "
         f"COALESCE(SUM(CASE WHEN t.id IS NULL THEN 1 ELSE 0 END), 0), "
@@ -249,42 +249,51 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
 _BULK_ROWS = 50_000
 
 
-def _pg_load_into_empty(conn, table: str, tmp: str, cols: Sequence[tuple[str, str]]) -> bool:
-    """Fill an *empty* PostgreSQL table from ``tmp`` with its indexes and constraints built
-    once afterwards instead of row by row (3-5x faster for a million rows).
+def _load_into_empty(conn, table: str, t: pa.Table, cols: Sequence[tuple[str, str]]) -> bool:
+    """Fill an *empty* table straight from ``t``, with its secondary indexes (and on
+    PostgreSQL its unique and foreign-key constraints) built once afterwards instead of row by
+    row: several times faster for a million rows.
 
-    Locks the table (ACCESS EXCLUSIVE, until commit) and returns False, doing nothing else,
-    when it holds rows. Index and constraint definitions come from the catalog, so what is
-    rebuilt is exactly what was there; all of it is one transaction with the rest of the
-    import, so a failure restores everything.
+    Returns False, having written nothing, when the table holds rows. The table is locked
+    first (SQLite: the import's ``BEGIN IMMEDIATE``; PostgreSQL: ACCESS EXCLUSIVE until
+    commit), so no other writer can add a row meanwhile; the bundle's keys are unique
+    (validated). Definitions come from the catalog, so what is rebuilt is exactly what was
+    there, and all of it is one transaction with the rest of the import.
     """
+    pg = conn.dialect.name == "postgresql"
+    if pg:
+        if conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is not None:
+            return False
+        conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     if conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is not None:
         return False
-    conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-    if conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is not None:
-        return False
-    constraints = conn.execute(text(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = CAST(:t AS regclass) AND contype IN ('u', 'f') ORDER BY contype DESC"),
-        {"t": table}).all()
-    indexes = conn.execute(text(
-        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
-        "JOIN pg_class i ON i.oid = x.indexrelid "
-        "WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary "
-        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"),
-        {"t": table}).all()
-    for name, _ in constraints:
-        conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {_quote_ident(name)}")
-    for name, _ in indexes:
-        conn.exec_driver_sql(f"DROP INDEX {_quote_ident(name)}")
-    names = ", ".join(c for c, _ in cols)
-    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp}")
+    constraints, rebuild = [], []
+    if pg:
+        constraints = conn.execute(text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+            "CAST(:t AS regclass) AND contype IN ('u', 'f') ORDER BY contype DESC"),
+            {"t": table}).all()
+        indexes = conn.execute(text(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid "
+            "WHERE x.indrelid = CAST(:t AS regclass) AND NOT x.indisprimary "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"),
+            {"t": table}).all()
+    else:  # SQLite's UNIQUE (autoindex) cannot be dropped; its plain indexes can
+        indexes = conn.execute(text(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
+            "AND sql IS NOT NULL"), {"t": table}).all()
     for name, definition in constraints:  # unique first, then foreign keys
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {_quote_ident(name)} "
-                             f"{definition}")
-    for _, definition in indexes:
-        conn.exec_driver_sql(definition)
-    conn.exec_driver_sql(f"ANALYZE {table}")
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {_quote_ident(name)}")
+        rebuild.append(f"ALTER TABLE {table} ADD CONSTRAINT {_quote_ident(name)} {definition}")
+    for name, definition in indexes:
+        conn.exec_driver_sql(f"DROP INDEX {_quote_ident(name)}")
+        rebuild.append(definition)
+    insert_rows(conn, table, t, cols)
+    for statement in rebuild:
+        conn.exec_driver_sql(statement)
+    if pg:
+        conn.exec_driver_sql(f"ANALYZE {table}")  # fresh statistics for the planner
     return True
 
 

@@ -289,16 +289,17 @@ def test_measurements_written_through_store_api_round_trip(store, second_url, tm
             read_bundle(tmp_path / "a.parquet").checksum
 
 
-def test_bulk_load_into_an_empty_postgresql_table_rebuilds_its_indexes(
+def test_bulk_load_into_an_empty_table_rebuilds_its_indexes(
         store, second_url, bundle, tmp_path, monkeypatch):
-    """Large imports into an empty PostgreSQL table build indexes and constraints once,
+    """Large imports into an empty table build indexes (and constraints) once,
     afterwards; the result must be the same rows and the same catalog."""
-    if not store.url.startswith("postgres"):
-        pytest.skip("the bulk path is PostgreSQL's")
     from hwcost import exchange
 
     def catalog(s):
         with s.engine.connect() as c:
+            if s.dialect == "sqlite":
+                return sorted(c.execute(text("SELECT type, name, sql FROM sqlite_master WHERE "
+                                             "tbl_name = 'measurement'")).all())
             return sorted(c.execute(text(
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
                 "'measurement'::regclass UNION ALL SELECT regexp_replace(indexdef, "
@@ -308,7 +309,7 @@ def test_bulk_load_into_an_empty_postgresql_table_rebuilds_its_indexes(
     monkeypatch.setattr(exchange, "_BULK_ROWS", 1)
     with open_store(second_url) as dst:
         before = catalog(dst)
-        assert len(before) >= 6  # pkey, unique, 2 foreign keys, their indexes, lookup index
+        assert len(before) >= 3  # the table or pkey, the unique key, the lookup index, ...
         rep = import_bundle(dst, bundle)
         assert rep.tables["measurement"].new == read_bundle(bundle).tables["measurement"].num_rows
         assert catalog(dst) == before
