@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT))
 
 from hwcost.device import local_device  # noqa: E402
 from hwcost.errors import ModelLoadError  # noqa: E402
-from hwcost.precision import Precision  # noqa: E402
+from hwcost.precision import Precision, parse_precisions  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
 from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
 from profiles.bench import time_interleaved  # noqa: E402
+from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
-from profiles.partition import partition  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8, Precision.FP8_E4M3)
@@ -73,41 +73,42 @@ def load_llama(layers: int) -> tuple[LoadedModel, str]:
             f"Llama from config ({layers} layers, random weights; data/demo_model absent)")
 
 
-def random_configs(layers: list[str], n: int, rng: random.Random) -> list[dict[str, Precision]]:
+def random_configs(layers: list[str], n: int, rng: random.Random,
+                   precisions: tuple[Precision, ...] = PRECISIONS) -> list[dict[str, Precision]]:
     """Per-layer precisions; each config draws its own mixture so configs range from mostly
     fp32 to mostly int8/fp8 (uniform per layer would make every config look alike)."""
     out = []
     for _ in range(n):
-        weights = [rng.gammavariate(1.0, 1.0) for _ in PRECISIONS]
-        out.append({name: rng.choices(PRECISIONS, weights)[0] for name in layers})
+        weights = [rng.gammavariate(1.0, 1.0) for _ in precisions]
+        out.append({name: rng.choices(precisions, weights)[0] for name in layers})
     return out
 
 
-def profile_subgraphs(loaded, shape, threads, max_seconds) -> dict:
+def profile_subgraphs(loaded, shape, precisions, threads, timing) -> dict:
     """Run the method's profiling campaign (what ``hwcost profile`` does) into a scratch
     SQLite store and read back each subgraph instance's measured latency per config:
     ``(position, config) -> us``. Every config of every unique signature is measured, all
     configs of a signature interleaved with its fp32 configuration."""
     from hwcost.store import open_store
-    from profiles.campaign import TimingOptions, run_campaign
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"sqlite:///{tmp}/additivity.db")
         try:
             report = run_campaign(store, loaded, "cpu", [shape.key],
-                                  [p.value for p in PRECISIONS], max_configs=64,
+                                  [p.value for p in precisions], max_configs=64,
                                   threads=threads, n_inputs=N_INPUTS, progress=False,
-                                  timing=TimingOptions(max_seconds=max_seconds),
+                                  timing=timing,
                                   model_latency=True)
             rows = store.model_costs(report.model_fingerprint, report.device, shape.key)
+            _, manifest = store.manifest(report.model_fingerprint)
         finally:
             store.close()
     costs = {(r.position, tuple(Precision(p) for p in r.config.split(","))): r.median_us
              for r in rows}
-    return {"costs": costs, "report": report.to_dict()}
+    return {"costs": costs, "pieces": [item for item, _ in manifest], "report": report.to_dict()}
 
 
-def measure_layers(model, layer_names, tokens, backend, timing) -> dict:
+def measure_layers(model, layer_names, tokens, precisions, backend, threads, timing) -> dict:
     """``(in, out, bias) -> {precision: us}``: each distinct linear shape timed alone."""
     shapes = {}
     for name in layer_names:
@@ -117,9 +118,9 @@ def measure_layers(model, layer_names, tokens, backend, timing) -> dict:
     for key, name in shapes.items():
         layer = model.get_submodule(name)
         fns = {p.value: (lambda m: lambda x: m(x))(get_backend(backend).deploy_linear(layer, p))
-               for p in PRECISIONS}
+               for p in precisions}
         xs = [torch.randn(tokens, key[0]) for _ in range(N_INPUTS)]
-        res = time_interleaved(fns, xs, backend, **timing)
+        res = time_interleaved(fns, xs, backend, threads=threads, **timing.kwargs())
         out[key] = {Precision(k): v.median_us for k, v in res.items()}
     return out
 
@@ -148,49 +149,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=6.0,
                     help="re-measure budget per timing call")
+    ap.add_argument("--precisions", default=",".join(p.value for p in PRECISIONS),
+                    help="precisions to draw from; fp32 (the baseline) first")
+    ap.add_argument("--quick", action="store_true",
+                    help="few samples, no re-measuring: a smoke run, not numbers to keep")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
+    precisions = tuple(parse_precisions(args.precisions))
+    if precisions[0] is not Precision.FP32:
+        ap.error("--precisions must start with fp32, the CPU baseline")
     load_before = os.getloadavg()
     backend = get_backend("cpu")
     threads = args.threads or backend.default_threads()
     torch.set_num_threads(threads)
-    timing = {"threads": threads, "max_seconds": args.max_seconds}
+    timing = TimingOptions(max_seconds=args.max_seconds)
+    if args.quick:
+        timing = QUICK_TIMING
     shape = parse_shape(f"batch={args.batch},seq={args.seq}")
     loaded, model_desc = load_llama(args.layers)
     model = loaded.model
     inputs = [loaded.inputs_for(shape, seed=k) for k in range(N_INPUTS)]
-    with torch.no_grad():
-        part = partition(model, inputs[0], n_precisions=len(PRECISIONS), max_configs=64)
-    layers = part.layer_names()
-    configs = random_configs(layers, args.configs, random.Random(args.seed))
-    print(f"model: {model_desc}; {len(layers)} linear layers, {len(part.pieces)} subgraphs, "
-          f"{len(part.subgraph_infos())} unique; shape {shape.key}; threads {threads}",
-          flush=True)
-
-    sub = profile_subgraphs(loaded, shape, threads, args.max_seconds)
-    costs = sub["costs"]
+    sub = profile_subgraphs(loaded, shape, precisions, threads, timing)
+    costs, pieces = sub["costs"], sub["pieces"]  # pieces: the stored manifest, in order
+    layers = [n for item in pieces for n in item.layer_names]
+    configs = random_configs(layers, args.configs, random.Random(args.seed), precisions)
+    n_unique = len({item.signature for item in pieces})
+    print(f"model: {model_desc}; {len(layers)} linear layers, {len(pieces)} subgraphs, "
+          f"{n_unique} unique; shape {shape.key}; threads {threads}", flush=True)
     print(f"campaign: {sub['report']['measured']} subgraph configs measured in "
           f"{sub['report']['elapsed_s']:.0f} s", flush=True)
-    per_layer = measure_layers(model, layers, shape.tokens, backend, timing)
+    per_layer = measure_layers(model, layers, shape.tokens, precisions, backend, threads, timing)
     layer_macs, attn_macs = macs(model, layers, args.batch, args.seq)
     total_macs = sum(layer_macs.values()) + attn_macs
     # the baseline runs the same fp32 kernels as the pieces' baseline configs
     baseline_model = apply_precisions(model, dict.fromkeys(layers, Precision.FP32), backend)
-    fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in part.pieces}
-    pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in part.pieces)
+    fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in pieces}
+    pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
 
     rows = []
     for i, cfg in enumerate(configs):
         deployed = apply_precisions(model, cfg, backend)
         res = time_interleaved({"fp32": lambda inp: baseline_model(**inp),
                                 "config": lambda inp, m=deployed: m(**inp)},
-                               inputs, backend, **timing)
+                               inputs, backend, threads=threads, **timing.kwargs())
         base, meas = res["fp32"].median_us, res["config"].median_us
         gain = sum(costs[(p.position, fp32_cfg[p.position])]
                    - costs[(p.position, tuple(cfg[n] for n in p.layer_names))]
-                   for p in part.pieces)
+                   for p in pieces)
         layer_gain = 0.0
         for n in layers:
             w, b = linear_params(model.get_submodule(n))
@@ -224,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "additivity", "model": model_desc, "shape": shape.key,
         "threads": threads, "device": local_device("cpu").to_dict(),
-        "precisions": [p.value for p in PRECISIONS], "n_configs": len(rows),
-        "n_subgraphs": len(part.pieces), "n_unique_subgraphs": len(part.subgraph_infos()),
+        "timing": timing.kwargs(),
+        "quick": args.quick,
+        "precisions": [p.value for p in precisions], "n_configs": len(rows),
+        "n_subgraphs": len(pieces), "n_unique_subgraphs": n_unique,
         "n_subgraph_configs_measured": sub["report"]["measured"],
         "speedup_range": [min(speedups), max(speedups)],
         "pieces_fp32_sum_us": pieces_fp32_us,

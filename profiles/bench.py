@@ -81,7 +81,8 @@ def _timing_context(backend: Backend, threads: int | None) -> Iterator[int]:
     if threads is not None:
         torch.set_num_threads(threads)
     gc_was_enabled = gc.isenabled()
-    gc.collect()
+    # no gc.collect() first: a full collection after importing transformers costs seconds
+    # per call, and disabling is what keeps collection pauses out of the samples
     gc.disable()
     try:
         with torch.inference_mode():
