@@ -51,7 +51,7 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> d
             "speedup": solution.predicted_speedup, "gain_us": solution.gain_us,
             "loss_mse": solution.loss_mse, "weight_bytes": solution.weight_bytes,
             "measured_share": solution.measured_share,
-            "baseline_from": "model" if p.model_baseline_us else "subgraphs",
+            "baseline_from": p.baseline_from,
         },
         "solver": {"status": solution.status, "gap": solution.gap, "wall_s": solution.wall_s},
         "sensitivity": p.sensitivity,

@@ -78,8 +78,18 @@ class Problem:
 
     @property
     def baseline_us(self) -> float:
-        """End-to-end baseline: the measured whole model if stored, else the subgraph sum."""
-        return self.model_baseline_us or self.subgraph_baseline_us
+        """End-to-end baseline: the measured whole model when stored, else the subgraph sum.
+
+        The whole model contains every subgraph, so a stored whole-model time below the sum of
+        the subgraph baselines (noisy timings) is replaced by that sum: predicted plan
+        latencies then stay positive."""
+        return max(self.model_baseline_us or 0.0, self.subgraph_baseline_us)
+
+    @property
+    def baseline_from(self) -> str:
+        """``model`` when the measured whole-model latency is the baseline, else ``subgraphs``."""
+        m = self.model_baseline_us
+        return "model" if m and m >= self.subgraph_baseline_us else "subgraphs"
 
     @property
     def layers(self) -> list[str]:

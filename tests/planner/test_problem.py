@@ -146,3 +146,21 @@ def test_plan_is_stored(store, tiny):
     assert row.predicted_speedup == pytest.approx(res.solution.predicted_speedup)
     assert row.measured_share == pytest.approx(1.0)
     assert row.max_loss_mse == pytest.approx(0.2 * lowest_precision_mse(res.problem))
+
+
+def test_whole_model_baseline(store, tiny):
+    from hwcost.schema import ModelLatency
+
+    dev = store.get_device(tiny.device)
+    p = build_problem(store, tiny.name, tiny.device, tiny.shape)
+    assert p.baseline_us == p.subgraph_baseline_us and p.baseline_from == "subgraphs"
+    for us, expect in ((p.subgraph_baseline_us * 1.5, "model"), (p.subgraph_baseline_us * 0.5,
+                                                                   "subgraphs")):
+        store.add_model_latency(ModelLatency(model_id=tiny.model_id, device_id=dev.id,
+                                             shape=tiny.shape, config_hash="all:fp32",
+                                             median_us=us, spread_us=1.0, n_samples=9))
+        q = build_problem(store, tiny.name, tiny.device, tiny.shape)
+        assert q.baseline_from == expect
+        assert q.baseline_us == max(us, q.subgraph_baseline_us)
+        sol = solve(q, None)
+        assert sol.predicted_speedup == pytest.approx(q.baseline_us / (q.baseline_us - sol.gain_us))
