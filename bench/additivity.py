@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline_model = apply_precisions(model, dict.fromkeys(layers, Precision.FP32), backend)
     fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in pieces}
     pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
+    campaign_base = sub["report"]["baseline_us"][shape.key]
 
     rows = []
     for i, cfg in enumerate(configs):
@@ -204,14 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             lat = per_layer[(w.shape[1], w.shape[0], b is not None)]
             layer_gain += lat[Precision.FP32] - lat[cfg[n]]
         mac_cost = (sum(layer_macs[n] * cfg[n].bits / 32 for n in layers) + attn_macs) / total_macs
-        pred = {"method": base - gain, "per_layer": base - layer_gain, "macs": base * mac_cost}
+        pred = {"method": base - gain, "per_layer": base - layer_gain, "macs": base * mac_cost,
+                # diagnostic: gains rescaled by how much slower or faster the machine runs the
+                # fp32 model now than during the campaign (cancels uniform load changes)
+                "method_rescaled": base - gain * base / campaign_base}
         counts = {p.value: sum(1 for n in layers if cfg[n] is p) for p in PRECISIONS}
         row = {"config": i, "counts": counts, "baseline_us": base, "measured_us": meas,
                "measured_spread_us": res["config"].spread_us, "stable": res["config"].stable,
                "predicted_us": pred,
                "abs_err_pct": {k: abs(v - meas) / meas * 100 for k, v in pred.items()},
-               "method_with_campaign_baseline_us":
-                   sub["report"]["baseline_us"][shape.key] - gain}
+               "method_with_campaign_baseline_us": campaign_base - gain}
         rows.append(row)
         e = row["abs_err_pct"]
         print(f"{i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured {meas / 1e3:7.2f} ms  "
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{pred['macs'] / 1e3:7.2f} ({e['macs']:5.1f}%)", flush=True)
 
     summary = {}
-    for k in ("method", "per_layer", "macs"):
+    for k in ("method", "per_layer", "macs", "method_rescaled"):
         errs = [r["abs_err_pct"][k] for r in rows]
         summary[k] = {"median_abs_err_pct": statistics.median(errs),
                       "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))],
@@ -292,7 +295,8 @@ def _markdown(r: dict) -> str:
         "|---|---|---|---|---|",
     ]
     names = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer sum (HAWQ-V3)",
-             "macs": "MACs x bits (scaled)"}
+             "macs": "MACs x bits (scaled)",
+             "method_rescaled": "method, gains x (fp32 now / fp32 at campaign) [diagnostic]"}
     for k, s in r["summary"].items():
         lines.append(f"| {names[k]} | {s['median_abs_err_pct']:.2f} % | "
                      f"{s['p90_abs_err_pct']:.2f} % | {s['max_abs_err_pct']:.2f} % | "

@@ -52,5 +52,5 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     # one layer: attention head (3 slots), tail (1), MLP (3), lm_head (1); 2 precisions
     assert report["n_subgraph_configs_measured"] == 8 + 2 + 8 + 2
     assert report["precisions"] == ["fp32", "int8"]
-    assert set(report["summary"]) == {"method", "per_layer", "macs"}
+    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_rescaled"}
     assert "| sum of subgraph gains (method) |" in (tmp_path / "additivity.md").read_text()
