@@ -55,15 +55,22 @@ class PerSampleTerms:
 
 
 def _per_sample_outer(g: torch.Tensor, x: torch.Tensor, chunk: int):
-    """Yield ``(slice, G)`` with ``G[b] = sum_t g[b,t]^T x[b,t]`` ([c, out, in]) in chunks of
-    samples, so the per-sample weight gradients never take more memory than the activations."""
+    """Yield ``(slice, G)`` with ``G[b] = sum_t g[b,t]^T x[b,t]`` flattened to ``[c, out*in]``,
+    in chunks of samples so the per-sample weight gradients never take much more memory than
+    the layer's activations."""
     for start in range(0, g.shape[0], chunk):
         sl = slice(start, start + chunk)
-        yield sl, torch.bmm(g[sl].transpose(1, 2), x[sl])
+        yield sl, torch.bmm(g[sl].transpose(1, 2), x[sl]).flatten(1)
 
 
 def _chunk(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> int:
     return max(1, (x.numel() + g.numel()) // w.numel())
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner products of two ``[B, ...]`` tensors (one batched BLAS call)."""
+    n = a.shape[0]
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(n)
 
 
 def taylor_scorer(x, g, w, emus) -> torch.Tensor:
@@ -71,12 +78,10 @@ def taylor_scorer(x, g, w, emus) -> torch.Tensor:
     gw = g @ w  # dL/dx of this layer alone: [B, T, in]
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
-        dx = emu.activation(x) - x
-        out[i] = (dx * gw).sum(dim=(1, 2), dtype=torch.float64)
-    dws = [emu.weight(w) - w for emu in emus]
+        out[i] = _rowdot(emu.activation(x) - x, gw).double()
+    dws = torch.stack([(emu.weight(w) - w).flatten() for emu in emus], dim=1)  # [out*in, P]
     for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
-        for i, dw in enumerate(dws):
-            out[i, sl] += (big_g * dw).sum(dim=(1, 2), dtype=torch.float64)
+        out[:, sl] += (big_g @ dws).double().t()
     return out
 
 
@@ -86,12 +91,10 @@ def noise_scorer(x, g, w, emus) -> torch.Tensor:
     gw2 = (g @ w).square()
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
-        out[i] = (error_variance(emu, x) * gw2).sum(dim=(1, 2), dtype=torch.float64)
-    var_w = [error_variance(emu, w) for emu in emus]
+        out[i] = _rowdot(error_variance(emu, x), gw2).double()
+    var_w = torch.stack([error_variance(emu, w).flatten() for emu in emus], dim=1)  # [out*in, P]
     for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
-        g2 = big_g.square()
-        for i, v in enumerate(var_w):
-            out[i, sl] += (g2 * v).sum(dim=(1, 2), dtype=torch.float64)
+        out[:, sl] += (big_g.square() @ var_w).double().t()
     return out
 
 
@@ -103,7 +106,7 @@ def fisher_scorer(x, g, w, emus) -> torch.Tensor:
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
         dy = emu.activation(x) @ emu.weight(w).t() - y
-        out[i] = (g2 * dy.square()).sum(dim=(1, 2), dtype=torch.float64)
+        out[i] = _rowdot(g2, dy.square()).double()
     return out
 
 
