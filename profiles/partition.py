@@ -41,6 +41,7 @@ from profiles.trace import (
     main_out,
     main_where,
     quantizable,
+    residual_add,
     same,
     slot_info,
 )
@@ -163,7 +164,7 @@ class Stage:
             return (t,)
         if self.mode == "head":
             return (x, t)
-        return (x + t,)
+        return (residual_add(x, t),)
 
 
 def _shallow_replace(mod: nn.Module, swaps: dict[str, nn.Module]) -> nn.Module:
@@ -301,8 +302,10 @@ class _Walker:
             if k < 0:
                 prologue = not same(target, start)
                 if not chain:
-                    raise PartitionError(f"cannot cut {c.name or 'the model'}: its output is "
-                                         "not produced by any of its modules")
+                    raise PartitionError(
+                        f"data flow branches inside {c.name or 'the model'}: its output is "
+                        "computed from its modules' outputs by non-module operations (parallel "
+                        "attention and MLP summed, a final logit soft-cap, ...)")
                 break
             for off in kids[k + 1:j + 1]:
                 self._off_chain(c, off, chain)
@@ -356,9 +359,14 @@ class _Walker:
         names = tuple(s.name for k in calls for s in self.tr.slots(k))
         return Stage("seq", comps, names)
 
-    def _residual_units(self, b: Call) -> list[tuple[list[Call], Call]] | None:
-        """``[(pre_calls, sub_call), ...]`` when ``b`` is a chain of pre-norm residual units
-        (checked on the recorded values), else None."""
+    def _residual_units(self, b: Call) -> list[tuple[list[Call], list[Call]]] | None:
+        """``[(pre_calls, body_calls), ...]`` when ``b`` is a chain of residual units
+        ``h = h + body(pre(h))``, checked on the recorded values; else None.
+
+        ``pre`` are slot-less modules (the input norm); ``body`` starts at the first module
+        with slots and runs on while modules take the previous one's output: a sublayer
+        (attention, MLP), a sandwich norm after it (Gemma), or a flat fc1/activation/fc2 (OPT).
+        """
         kids = [self.tr.calls[i] for i in b.children]
         x = get_main(b.args, b.kwargs, main_where(b.args, b.kwargs))
         if x is None or not kids:
@@ -371,28 +379,37 @@ class _Walker:
                 i += 1
             if i == len(kids):
                 return None
-            sub = kids[i]
-            i += 1
             t = h
-            for m in [*pre, sub]:
-                inp = get_main(m.args, m.kwargs, main_where(m.args, m.kwargs))
-                if not (inp is t or close(t, inp)):
+            for m in pre:
+                if not _feeds(t, m):
                     return None
                 t = main_out(m.output)
-            if t is None or t.shape != h.shape:
+            body = []
+            while i < len(kids) and t is not None and _feeds(t, kids[i]) and not (
+                    body and t.numel() == h.numel() and _feeds(residual_add(h, t), kids[i])):
+                body.append(kids[i])
+                t = main_out(kids[i].output)
+                i += 1
+            if not body or t is None or t.numel() != h.numel() or t.shape[-1] != h.shape[-1]:
                 return None
-            units.append((pre, sub))
-            h = h + t
+            units.append((pre, body))
+            h = residual_add(h, t)
         if len(units) < 2 and self.nslots(b) <= self.k_max:
             return None  # a single unit that fits is better timed whole
         return units if close(h, main_out(b.output)) else None
 
-    def _unit_stages(self, block: Call, unit: tuple[list[Call], Call]) -> list[Stage]:
-        pre, sub = unit
-        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in [*pre, sub])
-        names = tuple(s.name for s in self.tr.slots(sub))
+    def _unit_stages(self, block: Call, unit: tuple[list[Call], list[Call]]) -> list[Stage]:
+        pre, body = unit
+        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in [*pre, *body])
+        names = tuple(s.name for k in body for s in self.tr.slots(k))
         if len(names) <= self.k_max:
             return [Stage("residual", comps, names)]
+        sloted = [k for k in body if self.nslots(k)]
+        if len(sloted) > 1 or body[0] is not sloted[0]:
+            raise PartitionError(f"cannot cut the residual unit of {block.name} at "
+                                 f"{sloted[0].name} into pieces of at most {self.k_max} layers; "
+                                 "raise max_configs or profile fewer precisions")
+        sub, post = body[0], body[1:]
         kids = [self.tr.calls[i] for i in sub.children]
         target = main_out(sub.output)
         # the output projection: the last quantizable call whose output reaches the sub's
@@ -417,9 +434,17 @@ class _Walker:
                                  f"cut into pieces of at most {self.k_max}; raise max_configs or "
                                  "profile fewer precisions")
         skip = tuple(m.name for m in [proj, *trail])
-        head = Stage("head", comps, names[:-1], skip=skip)
-        tail_comps = tuple(Component(m.name, main_where(m.args, m.kwargs)) for m in [proj, *trail])
+        n_head = len(pre) + 1
+        head = Stage("head", comps[:n_head], names[:-1], skip=skip)
+        tail_comps = tuple(Component(m.name, main_where(m.args, m.kwargs))
+                           for m in [proj, *trail, *post])
         return [head, Stage("tail", tail_comps, names[-1:], residual=comps[0])]
+
+
+def _feeds(t: torch.Tensor, call: Call) -> bool:
+    """Whether ``call``'s main input is ``t`` (the same tensor or equal values)."""
+    inp = get_main(call.args, call.kwargs, main_where(call.args, call.kwargs))
+    return inp is t or close(t, inp)
 
 
 # ---------------------------------------------------------------------------- partition
@@ -468,8 +493,11 @@ def _describe(stage: Stage, root: nn.Module) -> tuple[str, str, tuple, dict]:
         path = stage.components[0].path
         owner = _resolve(root, path.rsplit(".", 1)[0]) if "." in path else mods[0]
         kind = f"{type(owner).__name__}.tail"
-    else:
-        kind = type(mods[-1]).__name__ + (".head" if stage.mode == "head" else "")
+    else:  # named for the sublayer holding the slots (not the norms around it)
+        first = stage.slot_names[0]
+        owner = next(m for c, m in zip(stage.components, mods)
+                     if first == c.path or first.startswith(c.path + "."))
+        kind = type(owner).__name__ + (".head" if stage.mode == "head" else "")
     extra: dict[str, Any] = {"stage": stage.mode, "modules": [type(m).__name__ for m in mods]}
     for m in mods:
         for k in ("num_heads", "num_key_value_groups", "head_dim", "num_key_value_heads"):

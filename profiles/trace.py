@@ -89,18 +89,37 @@ def main_out(out: Any) -> torch.Tensor | None:
     return None
 
 
+def _aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """``a`` viewed in ``b``'s shape where they hold as many elements (a model that flattens
+    tokens between modules, as OPT does, passes the same values in another shape)."""
+    if a.shape == b.shape:
+        return a
+    if a.numel() == b.numel() and a.shape[-1:] == b.shape[-1:]:
+        return a.reshape(b.shape)
+    return None
+
+
 def same(a: Any, b: Any) -> bool:
+    """The same tensor, or equal values (up to a reshape that keeps the last dimension)."""
     if a is b:
         return a is not None
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dtype != b.dtype:
         return False
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    a = _aligned(a, b)
+    return a is not None and torch.equal(a, b)
 
 
 def close(a: torch.Tensor, b: torch.Tensor | None) -> bool:
-    if b is None or a.shape != b.shape:
+    """Values equal within float32 rounding (up to the same reshape as :func:`same`)."""
+    if b is None:
         return False
-    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    a = _aligned(a, b)
+    return a is not None and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def residual_add(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x + t`` in ``x``'s shape (``t`` may come back flattened over tokens)."""
+    return x + (t if t.shape == x.shape else t.reshape(x.shape))
 
 
 class Trace:

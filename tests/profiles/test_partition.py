@@ -110,6 +110,43 @@ def test_each_piece_runs_alone_on_its_captured_input(arch):
     torch.testing.assert_close(out, _main(model(**inputs())))
 
 
+def _family(name):
+    import transformers as T
+
+    cls = {"mistral": (T.MistralConfig, T.MistralForCausalLM),
+           "phi3": (T.Phi3Config, T.Phi3ForCausalLM),
+           "gemma3": (T.Gemma3TextConfig, T.Gemma3ForCausalLM),
+           "opt": (T.OPTConfig, T.OPTForCausalLM),
+           "gpt_neox": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM)}[name]
+    kw = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, use_cache=False,
+              pad_token_id=0, ffn_dim=128, word_embed_proj_dim=64)
+    torch.manual_seed(0)
+    return cls[1](cls[0](**kw)).eval()
+
+
+@pytest.mark.parametrize(("name", "kinds"), [
+    ("mistral", ["MistralAttention.head", "MistralAttention.tail", "MistralMLP"]),
+    ("phi3", ["Phi3Attention", "Phi3MLP"]),  # fused qkv_proj and gate_up_proj
+    ("gemma3", ["Gemma3Attention.head", "Gemma3Attention.tail", "Gemma3MLP"]),  # sandwich norms
+    ("opt", ["OPTAttention.head", "OPTAttention.tail", "Linear"]),  # flat fc1/fc2, 2-D tokens
+])
+def test_more_decoder_families_round_trip(name, kinds):
+    model = _family(name)
+    part = partition(model, _ids())
+    assert [p.kind for p in part.pieces][:len(kinds)] == kinds
+    captured, out = part.capture_stages(model, _ids(batch=1, seq=5))
+    with torch.no_grad():
+        torch.testing.assert_close(part.run_all(model, captured), out.logits, rtol=0, atol=0)
+
+
+def test_parallel_residual_blocks_are_refused_by_name():
+    with pytest.raises(PartitionError) as e:
+        partition(_family("gpt_neox"), _ids())
+    assert str(e.value).startswith("data flow branches inside gpt_neox.layers.0: its output is "
+                                   "computed from its modules' outputs by non-module operations")
+
+
 def test_llama_is_cut_at_attention_and_mlp_and_split_when_configs_exceed():
     model = _llama()
     part = partition(model, _ids(), n_precisions=3, max_configs=64)  # k_max = 3
