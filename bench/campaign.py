@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -77,13 +78,14 @@ def main() -> int:
     shape = f"batch=1,seq={args.seq}"
     loaded, what, cfg = demo_sized(args.layers)
     layers = int(cfg["num_hidden_layers"])
-    print(f"model: {what}; shape {shape}; {args.threads} threads")
+    print(f"model: {what}; shape {shape}; {args.threads} threads; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"sqlite:///{tmp}/campaign.db")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         first = run_campaign(store, loaded, "cpu", [shape], threads=args.threads)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         deeper = _build(cfg, 2 * layers, "demo-sized-x2")
         t1 = time.perf_counter()
         second = run_campaign(store, deeper, "cpu", [shape], threads=args.threads)
@@ -106,6 +108,7 @@ def main() -> int:
         ("already in the store", first.already, second.already),
         ("failed", first.failed, second.failed),
         ("campaign wall time (s)", f"{wall:.1f}", f"{wall2:.1f}"),
+        ("campaign CPU time (s, all threads)", f"{cpu:.1f}", "-"),
         ("whole model fp32 (ms)", f"{whole / 1e3:.2f}",
          f"{next(iter(second.baseline_us.values())) / 1e3:.2f}"),
         ("sum of pieces fp32 (ms)", f"{pieces_sum / 1e3:.2f}", "-"),
@@ -117,7 +120,7 @@ def main() -> int:
     result = {
         "model": what, "shape": shape, "threads": args.threads, "layers": layers,
         "first": first.to_dict(), "deeper": second.to_dict(), "wall_s": wall,
-        "deeper_wall_s": wall2, "measurements_in_store": n_meas,
+        "deeper_wall_s": wall2, "cpu_s": cpu, "measurements_in_store": n_meas,
         "pieces_fp32_sum_us": pieces_sum, "whole_fp32_us": whole,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
