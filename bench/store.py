@@ -89,16 +89,16 @@ def run_backend(backend: str, rows: int, tmp: Path) -> dict:
             cost_rows = store.model_costs("grid-model", fp, SHAPES[2])
             fetch.append((time.perf_counter() - t0) * 1000)
         bundle = tmp / f"{backend}.parquet"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         exp = export_bundle(store, bundle)
-        export_s = time.perf_counter() - t0
+        export_s, export_cpu = time.perf_counter() - t0, time.process_time() - c0
         store.close()
         url2, drop2 = _new_store(backend, tmp, "dst")
         drops.append(drop2)
         dst = open_store(url2)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rep = import_bundle(dst, bundle)
-        import_s = time.perf_counter() - t0
+        import_s, import_cpu = time.perf_counter() - t0, time.process_time() - c0
         assert rep.tables["measurement"].new == n, "import lost rows"
         dst.close()
         return {"backend": backend, "rows": n, "build_s": round(build_s, 2),
@@ -106,7 +106,11 @@ def run_backend(backend: str, rows: int, tmp: Path) -> dict:
                 "fetch_model_table_ms": round(statistics.median(fetch), 2),
                 "fetch_model_table_ms_max": round(max(fetch), 2),
                 "export_s": round(export_s, 2), "bundle_mb": round(bundle.stat().st_size / 2**20, 1),
-                "import_s": round(import_s, 2), "checksum": exp.checksum}
+                "import_s": round(import_s, 2), "import_phases_s": rep.seconds,
+                # this process's CPU seconds: all the work on SQLite, the client's share on
+                # PostgreSQL; next to wall time it shows how busy the machine was
+                "export_cpu_s": round(export_cpu, 2), "import_cpu_s": round(import_cpu, 2),
+                "checksum": exp.checksum}
     finally:
         for d in drops:
             d()
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{backend}] building {args.rows:,} rows ...", file=sys.stderr, flush=True)
             results.append(run_backend(backend, args.rows, Path(d)))
     cols = ["backend", "rows", "build_s", "model_table_rows", "fetch_model_table_ms", "export_s",
-            "bundle_mb", "import_s"]
+            "export_cpu_s", "bundle_mb", "import_s", "import_cpu_s"]
     header = "| " + " | ".join(cols) + " |"
     lines = [header, "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in results]
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
             met = "met" if value < goal else "missed"
             targets.append(f"target: {r['backend']}_{name} = {value} {unit} (goal < {goal:g}) {met}")
     env = {"python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+           "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "store.json").write_text(json.dumps({"results": results, "env": env,
                                                     "targets": targets}, indent=2) + "\n")
