@@ -90,6 +90,30 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def noise_floor(rows) -> dict:
+    """How noisy the measurements themselves are: the median relative spread (half-IQR /
+    median) and the residual of a per-(subgraph, shape) model additive in each slot's
+    precision (log space), fitted in-sample: no predictor can be much better than these."""
+    import collections
+
+    spread = float(np.median([r[4] / r[3] for r in rows]))
+    groups = collections.defaultdict(list)
+    for g, sh, cfg, med, _ in rows:
+        groups[(g.signature, sh)].append((cfg.split(","), med))
+    resid = []
+    for items in groups.values():
+        if len(items) < 8:
+            continue
+        n = len(items[0][0])
+        x = np.array([[1.0] + [float(c[i] == p) for i in range(n) for p in PRECISIONS[1:]]
+                      for c, _ in items])
+        y = np.log([m for _, m in items])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        resid += list(np.abs(np.exp(x @ coef - y) - 1.0))
+    return {"median_rel_spread": spread,
+            "additive_residual_median": float(np.median(resid)) if resid else None}
+
+
 def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     """Hold out whole shapes and whole subgraphs; predict them with each source."""
     qs = [Query(g, parse_shape(sh), parse_config(cfg)) for g, sh, cfg, _, _ in rows]
@@ -103,24 +127,31 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     pred_l = {k: np.empty_like(y) for k in ("shape", "subgraph")}
     pred_r = {k: np.empty_like(y) for k in ("shape", "subgraph")}
     chosen = {k: np.empty_like(y) for k in ("shape", "subgraph")}
-    cv = []
+    # which source hwcost.costs would answer with: decided by the learned model's own
+    # grouped cross-validation on all measurements (as CostModel does)
+    full = LatencyModel(peaks, carrier, seed=seed).fit(qs, y)
+    use_learned = full.cv_mape_ <= full.roofline_cv_mape_
+    cv = {"cv_mape": full.cv_mape_, "roofline_cv_mape": full.roofline_cv_mape_,
+          "answers": "learned" if use_learned else "roofline", "held_out": []}
     for kind, name, test in splits:
         train = ~test
         tq = [q for q, m in zip(qs, train) if m]
-        lm = LatencyModel(peaks, carrier, seed=seed).fit(tq, y[train])
+        lm = LatencyModel(peaks, carrier, seed=seed, n_splits=0).fit(tq, y[train])
         hq = [q for q, m in zip(qs, test) if m]
         pred_l[kind][test] = lm.predict(hq)
         pred_r[kind][test] = lm.roofline_.predict(t_all[test])
-        use_learned = lm.cv_mape_ <= lm.roofline_cv_mape_
         chosen[kind][test] = pred_l[kind][test] if use_learned else pred_r[kind][test]
-        cv.append({"held_out": kind, "name": name, "cv_mape": lm.cv_mape_,
-                   "roofline_cv_mape": lm.roofline_cv_mape_, "answers": "learned" if use_learned
-                   else "roofline", "n_train": int(train.sum()), "n_test": int(test.sum())})
+        err_l = float(np.median(np.abs(pred_l[kind][test] - y[test]) / y[test]))
+        err_r = float(np.median(np.abs(pred_r[kind][test] - y[test]) / y[test]))
+        cv["held_out"].append({"kind": kind, "name": name, "learned_mape": err_l,
+                               "roofline_mape": err_r, "n_train": int(train.sum()),
+                               "n_test": int(test.sum())})
 
     def ape(p):
         return np.abs(p - y) / y
 
-    out: dict = {"n_measurements": len(y), "splits": cv, "by_holdout": {}}
+    out: dict = {"n_measurements": len(y), "cross_validation": cv, "by_holdout": {},
+                 "noise": noise_floor(rows)}
     group_of = np.array([f"{g}|{s}" for g, s in zip(sig_of, shape_of)])
     for kind in ("shape", "subgraph"):
         ratio = pred_r[kind] / y
@@ -166,6 +197,10 @@ def _markdown(res: dict) -> str:
             f"{r['peaks_only_mape']:.1%} | {r['peaks_only_within_2x']:.0%} | "
             f"{r['learned_spearman_median']:.3f} / {r['learned_spearman_min']:.3f} | "
             f"{r['roofline_spearman_median']:.3f} |")
+    noise = res["evaluation"]["noise"]
+    lines += ["", f"Noise floor of the measurements themselves: median relative spread "
+              f"{noise['median_rel_spread']:.1%}; in-sample residual of a per-(subgraph, shape) "
+              f"model additive in each slot's precision {noise['additive_residual_median']:.1%}."]
     lines += ["", "MAPE: median absolute percentage error. Roofline (fitted): efficiency factors "
               "fitted to the training measurements, as `hwcost.costs` answers for a measured "
               "device. Peaks-only: the calibrated peaks with prior efficiencies, as for a device "
@@ -229,6 +264,9 @@ def main(argv=None) -> int:
     (RESULTS / f"{name}.md").write_text(_markdown(res))
     print(f"\n(profiling {collect_s:.0f} s, evaluation {eval_s:.0f} s; "
           f"results in bench/results/{name}.json/.md)")
+    noise = ev["noise"]
+    print(f"noise floor: median relative spread {noise['median_rel_spread']:.1%}, additive-model "
+          f"residual {noise['additive_residual_median']:.1%}")
     for t in targets:
         print(t)
     store.close()

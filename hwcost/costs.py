@@ -30,7 +30,15 @@ import numpy as np
 from hwcost.catalog import Peaks, find_catalog, load_catalog
 from hwcost.errors import BadConfig, NoEstimate, NoSuchDevice, UnsupportedPrecision
 from hwcost.learned import LatencyModel
-from hwcost.precision import BASELINE, CANDIDATES, Config, Precision, config_key, parse_config
+from hwcost.precision import (
+    BASELINE,
+    CANDIDATES,
+    Config,
+    Precision,
+    config_key,
+    parse_config,
+    parse_precision,
+)
 from hwcost.roofline import Query, RooflineModel, terms
 from hwcost.schema import Device
 from hwcost.shape import Shape, parse_shape
@@ -378,8 +386,8 @@ def model_table(store: Store, model_ref: str, device: str, shape: str,
     if precisions is None:
         precs = _default_precisions(cm, {c for m in measured.values() for c in m})
     else:
-        precs = tuple(p for p in Precision
-                      if p in {parse_config(config_key([x]))[0] for x in precisions} | {cm.carrier})
+        asked = {parse_precision(x) for x in precisions} | {cm.carrier}
+        precs = tuple(p for p in Precision if p in asked)
 
     by_sig: dict[str, dict[str, Estimate]] = {}
     missing: list[Query] = []

@@ -28,12 +28,28 @@ from hwcost.store import SubgraphInfo
 
 PRECISIONS: tuple[Precision, ...] = tuple(Precision)
 TERMS: tuple[str, ...] = (*(f"slots_{p.value}" for p in PRECISIONS),
-                          "convert", "boundary", "elementwise", "attention", "ops")
-"""Column names of :func:`terms`: roofline microseconds per term (``ops`` is a count)."""
+                          *(f"convert_{p.value}" for p in PRECISIONS),
+                          *(f"weights_{p.value}" for p in PRECISIONS),
+                          "boundary", "elementwise", "attention",
+                          *(f"ops_{p.value}" for p in PRECISIONS), "ops_other")
+"""Column names of :func:`terms`. ``slots_P``: per-slot max(compute, memory) of the slots in
+precision P; ``convert_P``: casting/quantizing activations into and out of them;
+``weights_P``: touching their weights once per call at the carrier width (zero prior: an
+emulated format that upcasts its weights every call is fitted to it); ``boundary``,
+``elementwise``, ``attention``: see the module docstring (all microseconds at peak);
+``ops_P``/``ops_other``: kernel launches of the P slots and of the non-slot work (counts)."""
 
 _QUANTIZED = {Precision.INT8, Precision.FP8_E4M3, Precision.FP8_E5M2}
 # Priors: 1 / expected efficiency of each term; measured devices replace them by a fit.
 _PRIOR_EFF = {"slots": 0.7, "convert": 0.5, "boundary": 1.0, "elementwise": 0.5, "attention": 0.3}
+_ZERO_PRIOR = ("weights",)  # terms a device may not have at all
+
+
+def _ops_per_slot(p: Precision, carrier: Precision) -> int:
+    """Kernels one slot launches (prior): the matmul, plus a cast in and out for another
+    float format, or a per-token absmax and a quantizing cast for a quantized one. Eager CPU
+    code launches more; the fit to the device's measurements scales each precision's count."""
+    return 1 if p == carrier else 3
 _HEAD_KEYS = ("num_attention_heads", "num_heads", "n_heads", "heads")
 _KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 
@@ -114,13 +130,15 @@ def terms(queries: Sequence[Query], peaks: Peaks, carrier: Precision) -> np.ndar
             mem = (slot.weight_params * pb + m * slot.in_features * pb
                    + m * slot.out_features * out_b) / bw
             row[col[f"slots_{p.value}"]] += max(compute, mem)
+            row[col[f"ops_{p.value}"]] += _ops_per_slot(p, carrier)
             if p != carrier:
                 # activations are cast (or quantized) on the way in; a float slot casts its
                 # output back, a quantized one dequantizes in the matmul's epilogue
                 cast = m * slot.in_features * (cb + pb)
                 if p not in _QUANTIZED:
                     cast += m * slot.out_features * (cb + pb)
-                row[col["convert"]] += cast / bw
+                row[col[f"convert_{p.value}"]] += cast / bw
+                row[col[f"weights_{p.value}"]] += slot.weight_params * cb / bw
             if prev is not None and p != prev:
                 row[col["boundary"]] += m * slot.in_features * cb / bw
             row[col["elementwise"]] += m * (slot.in_features + slot.out_features) * cb / bw
@@ -135,7 +153,7 @@ def terms(queries: Sequence[Query], peaks: Peaks, carrier: Precision) -> np.ndar
             flops = 4.0 * s.batch * heads * q_len * kv_len * hd
             kv_bytes = 2.0 * s.batch * (s.kv + q_len) * kv_heads * hd * cb
             row[col["attention"]] = max(flops / (carrier_rate * 1e6), kv_bytes / bw)
-        row[col["ops"]] = len(q.subgraph.slots) + _extra_ops(q.subgraph)
+        row[col["ops_other"]] = _extra_ops(q.subgraph)
     return out
 
 
@@ -143,10 +161,13 @@ def prior_coefficients(peaks: Peaks) -> np.ndarray:
     """Coefficients before any measurement: 1/efficiency per term, overhead per op."""
     k = []
     for name in TERMS:
-        if name == "ops":
+        family = name.split("_")[0]
+        if family == "ops":
             k.append(peaks.op_overhead_us)
+        elif family in _ZERO_PRIOR:
+            k.append(0.0)
         else:
-            k.append(1.0 / _PRIOR_EFF[name.split("_")[0] if name.startswith("slots_") else name])
+            k.append(1.0 / _PRIOR_EFF[family])
     return np.array(k)
 
 
@@ -178,11 +199,13 @@ class RooflineModel:
         k0 = self.prior_
         a = t / y[:, None]  # relative error: every measurement counts the same
         lam = np.sqrt(self.prior_weight * max(1, len(y)) / len(k0))
-        reg = np.diag(lam / k0)
+        # the pull is on the relative deviation from a prior; on the absolute value for a
+        # zero prior (scaled to a term whose unit is microseconds at peak)
+        reg = np.diag(lam / np.where(k0 > 0, k0, 1.0))
         w = np.ones(len(y))
         for _ in range(self.huber_iters + 1):
             coef, _ = nnls(np.vstack([a * w[:, None], reg]),
-                           np.concatenate([w, np.full(len(k0), lam)]), maxiter=50 * len(k0))
+                           np.concatenate([w, np.diag(reg) * k0]), maxiter=50 * len(k0))
             r = np.abs(a @ coef - 1.0)
             delta = max(0.05, 1.5 * float(np.median(r))) if len(r) else 1.0
             w = np.sqrt(np.where(r <= delta, 1.0, delta / np.maximum(r, 1e-12)))

@@ -122,10 +122,15 @@ def test_roofline_orders_precisions_as_the_datasheet_does(store):
                                                                        bf16).latency_us
     assert 0.5 < g2 < 0.6
     assert 1.0 < g3 < 1.25
-    small = model_table(store, "toy", "Gaudi2", "batch=1,kv=512,phase=decode")
+    # decoding one token reads every weight: fp8 halves the bytes of a wide MLP...
+    dec = "batch=1,kv=512,phase=decode"
+    assert latency(store, "Gaudi2", wide, dec, fp8).latency_us < \
+        0.9 * latency(store, "Gaudi2", wide, dec, bf16).latency_us
+    # ...while a narrow one is launch-bound and quantizing only adds kernels
+    small = model_table(store, "toy", "Gaudi2", dec)
     e = small.entries[1]
     assert small.precisions == ("bf16", "fp8_e4m3")
-    assert e.costs["fp8_e4m3,fp8_e4m3,fp8_e4m3"].latency_us < small.baseline_us(e)
+    assert e.costs["fp8_e4m3,fp8_e4m3,fp8_e4m3"].latency_us > small.baseline_us(e)
 
 
 def test_a100_defaults_leave_out_fp8_and_refuse_it_explicitly(store):

@@ -40,7 +40,8 @@ def test_one_slot_is_the_larger_of_compute_and_memory():
             assert t[COL[f"slots_{p.value}"]] == pytest.approx(max(compute_us, mem_us))
             cast_out = 0 if p == P.INT8 else tokens * 4096 * (4 + p.bytes)
             convert = 0 if p == P.FP32 else (tokens * 1024 * (4 + p.bytes) + cast_out) / 1e6
-            assert t[COL["convert"]] == pytest.approx(convert)
+            assert sum(t[COL[f"convert_{x.value}"]] for x in Precision) == pytest.approx(convert)
+            assert t[COL[f"ops_{p.value}"]] == {P.FP32: 1, P.BF16: 3, P.INT8: 3}[p]
             assert t[COL["boundary"]] == 0
 
 
@@ -106,5 +107,5 @@ def test_terms_never_measured_keep_their_prior():
     t = terms(queries, PEAKS, P.FP32)
     y = 2.0 * (t @ prior_coefficients(PEAKS))
     model = RooflineModel(PEAKS).fit(t, y)
-    for name in ("slots_bf16", "slots_int8", "convert", "boundary", "attention"):
+    for name in ("slots_bf16", "slots_int8", "convert_int8", "weights_bf16", "boundary", "attention"):
         assert model.coef_[COL[name]] == pytest.approx(prior_coefficients(PEAKS)[COL[name]])
