@@ -20,8 +20,10 @@ FAST = {"warmup_max_s": 0.3, "max_seconds": 1.0, "threads": 1}
 def test_sleep_of_2ms_measures_about_2000us():
     t = time_one(lambda _: time.sleep(0.002), [None], "cpu", min_samples=5, **FAST)
     assert isinstance(t, Timing)
-    # time.sleep oversleeps a little (timer slack, a loaded machine), never undersleeps
-    assert 1990 <= t.median_us <= 2600, t
+    # time.sleep oversleeps a little (timer slack; on a loaded machine wake-ups come late),
+    # never undersleeps: the fastest sample is close to 2 ms, the median not far off
+    assert 1990 <= t.min_us <= 2500, t
+    assert 1990 <= t.median_us <= 4000, t
     assert t.n_samples == 5 and t.inner == 1
 
 
