@@ -154,6 +154,15 @@ def claim(store, campaign: int, worker: str, n: int = 1, *,
     """
     if n < 1:
         raise ValueError("claim at least one task")
+    while True:  # until a task to hand out, or none pending
+        tasks, closed = _claim_once(store, campaign, worker, n, stale_after_s)
+        if tasks or not closed:
+            return tasks
+
+
+def _claim_once(store, campaign: int, worker: str, n: int, stale_after_s: float
+                ) -> tuple[list[Task], int]:
+    """One claiming transaction: (tasks handed out, tasks closed as already measured)."""
     now = _now()
     with store.session() as s:
         device_id = s.scalar(select(Campaign.device_id).where(Campaign.id == campaign))
@@ -182,9 +191,7 @@ def claim(store, campaign: int, worker: str, n: int = 1, *,
         if tasks:
             s.execute(update(CampaignTask).where(CampaignTask.id.in_([t.id for t in tasks]))
                       .values(state="claimed", worker=worker, claimed_at=now))
-    if not tasks and done_ids:
-        return claim(store, campaign, worker, n, stale_after_s=stale_after_s)
-    return tasks
+    return tasks, len(done_ids)
 
 
 def complete(store, task_ids: Sequence[int], worker: str) -> int:
@@ -232,3 +239,45 @@ def task_workers(store, campaign: int) -> dict[int, str | None]:
     with store.session() as s:
         return dict(s.execute(select(CampaignTask.id, CampaignTask.worker)
                               .where(CampaignTask.campaign_id == campaign)).all())
+
+
+@dataclass(frozen=True)
+class CampaignStatus:
+    """A campaign with its task counts and who worked on it."""
+
+    name: str
+    model: str | None
+    device: str
+    shapes: list[str]
+    progress: Progress
+    workers: dict[str, int]  # worker -> tasks done
+    created_at: datetime
+
+    @property
+    def complete(self) -> bool:
+        return self.progress.total > 0 and self.progress.open == 0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "model": self.model, "device": self.device,
+                "shapes": self.shapes, **self.progress.to_dict(), "complete": self.complete,
+                "workers": self.workers, "created_at": self.created_at.isoformat()}
+
+
+def campaigns(store) -> list[CampaignStatus]:
+    """Every campaign in the store with its progress, oldest first."""
+    from hwcost.schema import Model
+
+    with store.session() as s:
+        rows = s.execute(select(Campaign, Device.fingerprint, Model.name)
+                         .join(Device, Device.id == Campaign.device_id)
+                         .outerjoin(Model, Model.id == Campaign.model_id)
+                         .order_by(Campaign.id)).all()
+        done = s.execute(select(CampaignTask.campaign_id, CampaignTask.worker, func.count())
+                         .where(CampaignTask.state == "done")
+                         .group_by(CampaignTask.campaign_id, CampaignTask.worker)).all()
+    by_campaign: dict[int, dict[str, int]] = {}
+    for cid, worker, n in done:
+        by_campaign.setdefault(cid, {})[worker or "-"] = int(n)
+    return [CampaignStatus(c.name, model, dev, json.loads(c.shapes), progress(store, c.id),
+                           dict(sorted(by_campaign.get(c.id, {}).items())), c.created_at)
+            for c, dev, model in rows]

@@ -56,6 +56,12 @@ def default_url() -> str:
     return f"sqlite:///{Path(user_data_dir('hwcost')) / 'hwcost.db'}"
 
 
+def host_name() -> str:
+    """The host recorded with each measurement: ``HWCOST_HOST`` (for containers whose
+    hostnames mean nothing to a fleet's operators), else the machine's hostname."""
+    return os.environ.get("HWCOST_HOST") or socket.gethostname()
+
+
 # ---------------------------------------------------------------- data crossing the boundary
 
 
@@ -118,7 +124,7 @@ class MeasurementIn:
     median_us: float
     spread_us: float
     n_samples: int
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=lambda: host_name())
     campaign: str | None = None
     tool_version: str = __version__
     measured_at: datetime | None = None

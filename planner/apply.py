@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from hwcost import __version__
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
 from hwcost.schema import ModelLatency, Plan, Validation
+from hwcost.store import host_name
 from planner.export import validate_plan
 
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"
@@ -193,7 +193,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
         f"measured on {info.fingerprint[:12]}, planned for {data['device']['fingerprint'][:12]}")
     pid = ensure_plan_row(store, doc, plan_id)
     model = store.get_model(data["model"]["fingerprint"])
-    host = socket.gethostname()
+    host = host_name()
     for name, hash_ in (("baseline", f"all:{data['baseline']}"), ("plan", layer_map_hash(layers))):
         t = timings[name]
         store.add_model_latency(ModelLatency(

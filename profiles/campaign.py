@@ -18,7 +18,6 @@ and stores it as the model latency ``all:<baseline>``.
 from __future__ import annotations
 
 import itertools
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from hwcost.errors import UnknownPrecision
 from hwcost.precision import BASELINE, Precision, config_key, parse_precisions
 from hwcost.schema import ModelLatency
 from hwcost.shape import Shape, parse_shape
-from hwcost.store import MeasurementIn
+from hwcost.store import MeasurementIn, host_name
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
 
@@ -266,7 +265,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                     store.add_model_latency(ModelLatency(
                         model_id=model_id, device_id=dev.id, shape=shape.key,
                         config_hash=f"all:{base.value}", config="{}", median_us=t.median_us,
-                        spread_us=t.spread_us, n_samples=t.n_samples, host=socket.gethostname(),
+                        spread_us=t.spread_us, n_samples=t.n_samples, host=host_name(),
                         tool_version=__version__))
                     report.baseline_us[shape.key] = t.median_us
                 else:

@@ -75,3 +75,16 @@ def store(store_url):
 def sqlite_url(tmp_path) -> str:
     """URL of an empty embedded store, for tests that need only one backend."""
     return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """An empty PostgreSQL database shared by the tests of one module (journeys that build
+    on each other); skipped where no server is configured outside CI."""
+    if not os.environ.get(PG_ENV) and not os.environ.get("CI"):
+        pytest.skip(f"{PG_ENV} not set")
+    url, drop = make_pg_database()
+    try:
+        yield url
+    finally:
+        drop()

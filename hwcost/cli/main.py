@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hwcost import __version__
+from hwcost.cli.campaign import campaign_cmd
 from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.db import db_cmd
 from hwcost.cli.device import device_cmd
@@ -52,3 +53,4 @@ cli.add_command(db_cmd)
 cli.add_command(sensitivity_cmd)
 cli.add_command(profile_cmd)
 cli.add_command(run_cmd)
+cli.add_command(campaign_cmd)

@@ -38,12 +38,16 @@ from hwcost.cli.options import (
               help="Configs timed together (interleaved) and written in one transaction.")
 @click.option("--quick", is_flag=True,
               help="Few samples, no re-measuring: for smoke tests, not for numbers to keep.")
+@click.option("--stale-after", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Worker mode: hand out again tasks claimed longer ago than this, e.g. by a "
+                   "worker that was killed [default: 900].")
 @store_option
 @json_option
 @handle_errors
 def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisions: str | None,
                 worker: str | None, campaign: str | None, max_configs: int, threads: int | None,
-                group: int, quick: bool, db_url: str | None, as_json: bool) -> None:
+                group: int, quick: bool, stale_after: float | None, db_url: str | None,
+                as_json: bool) -> None:
     """Profile MODEL on this machine: cut it into sequential subgraphs, time every
     precision config of each unique subgraph for each shape with real kernels, and write
     the latencies to the store as they complete. Run it again to resume: only what is
@@ -52,6 +56,7 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     MODEL is a Hugging Face model directory, or package.module:factory for a Python
     callable returning (model, inputs); without it, the demo model.
     """
+    from hwcost.queue import STALE_AFTER_S
     from hwcost.shape import parse_shape
     from profiles.campaign import QUICK_TIMING, run_campaign
     from profiles.loading import load_model
@@ -61,7 +66,8 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     with open_cli_store(db_url) as store:
         report = run_campaign(store, loaded, device, shape_list or None, precisions, worker,
                               campaign, max_configs=max_configs, group=group, threads=threads,
-                              timing=QUICK_TIMING if quick else None)
+                              timing=QUICK_TIMING if quick else None,
+                              stale_after_s=STALE_AFTER_S if stale_after is None else stale_after)
     if as_json:
         emit_json(report.to_dict())
         return
