@@ -270,7 +270,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
             alias[name] = unique.setdefault(key, name)
         to_time = {name: configs[name] for name in set(alias.values())}
         timings = time_configs(loaded, to_time, shape, backend, threads=threads,
-                               min_samples=21, max_seconds=20.0)
+                               min_samples=15, max_seconds=10.0)
         us = {name: timings[alias[name]].median_us for name in configs}
         base = us["baseline"]
         speed = {name: base / v for name, v in us.items()}
