@@ -158,3 +158,16 @@ def test_plan_never_imports_torch(tiny_sqlite):
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+def test_validate_bad_plan_refs(tiny_sqlite, tmp_path):
+    url, _ = tiny_sqlite
+    r = run("validate", "7", "--db", url)
+    assert r.exit_code == 1 and r.output == "Error: no plan 7 in the store\n"
+    r = run("validate", "nothere.json", "--db", url)
+    assert r.output == ("Error: no plan 'nothere.json': give a plan id from the store or a plan "
+                        "JSON file\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "hwcost.plan", "version": 1, "data": {}}))
+    r = run("validate", bad, "--db", url)
+    assert r.output == "Error: plan field 'model' is missing or not a dict\n"
