@@ -48,6 +48,7 @@ from profiles.backends import apply_precisions, get_backend, linear_params  # no
 from profiles.bench import time_interleaved  # noqa: E402
 from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
+from profiles.partition import partition  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8, Precision.FP8_E4M3)
@@ -108,6 +109,33 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing) -> dict:
     return {"costs": costs, "pieces": [item for item, _ in manifest], "report": report.to_dict()}
 
 
+def same_window(model, part, baseline_model, cfg, inputs, captured, backend, threads, timing
+                ) -> dict:
+    """The method's arithmetic with every term timed in the same interleaved rounds: the fp32
+    and configured models and, for each subgraph whose config differs from fp32, the subgraph
+    alone in both. Load changes between profiling and validation cannot enter; what is left
+    is non-additivity (and sampling noise)."""
+    fns = {"model_fp32": lambda d: baseline_model(**d["inp"]),
+           "model_cfg": (lambda m: lambda d: m(**d["inp"]))(apply_precisions(model, cfg, backend))}
+    changed = []
+    for piece in part.pieces:
+        c = {n: cfg[n] for n in piece.layer_names}
+        if all(p is Precision.FP32 for p in c.values()):
+            continue
+        changed.append(piece.position)
+        holder = piece.extract(model)
+        for tag, mapping in (("fp32", dict.fromkeys(c, Precision.FP32)), ("cfg", c)):
+            mod = apply_precisions(holder, mapping, backend)
+            fns[f"{tag}:{piece.position}"] = (
+                lambda pc, m: lambda d: pc.run(m, d["caps"][pc.position]))(piece, mod)
+    data = [{"inp": i, "caps": c} for i, c in zip(inputs, captured)]
+    res = time_interleaved(fns, data, backend, threads=threads, **timing.kwargs())
+    gain = sum(res[f"fp32:{k}"].median_us - res[f"cfg:{k}"].median_us for k in changed)
+    pred, meas = res["model_fp32"].median_us - gain, res["model_cfg"].median_us
+    return {"baseline_us": res["model_fp32"].median_us, "measured_us": meas,
+            "predicted_us": pred, "abs_err_pct": abs(pred - meas) / meas * 100}
+
+
 def measure_layers(model, layer_names, tokens, precisions, backend, threads, timing) -> dict:
     """``(in, out, bias) -> {precision: us}``: each distinct linear shape timed alone."""
     shapes = {}
@@ -151,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-measure budget per timing call")
     ap.add_argument("--precisions", default=",".join(p.value for p in PRECISIONS),
                     help="precisions to draw from; fp32 (the baseline) first")
+    ap.add_argument("--same-window", type=int, default=10, metavar="N",
+                    help="for the first N configs also run the diagnostic with every term timed "
+                         "in the same interleaved rounds (0: off)")
     ap.add_argument("--quick", action="store_true",
                     help="few samples, no re-measuring: a smoke run, not numbers to keep")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -188,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in pieces}
     pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
     campaign_base = sub["report"]["baseline_us"][shape.key]
+    with torch.no_grad():
+        # cut as the campaign cuts (at least 3 precisions: one canonical cut per model)
+        part = partition(model, inputs[0], n_precisions=max(3, len(precisions)), max_configs=64)
+    if [(p.signature, p.layer_names) for p in part.pieces] != [
+            (p.signature, tuple(p.layer_names)) for p in pieces]:
+        print("same-window diagnostic off: this partition differs from the campaign's")
+        args.same_window = 0
+    captured = [part.capture_inputs(model, inp) for inp in inputs] if args.same_window else []
 
     rows = []
     for i, cfg in enumerate(configs):
@@ -215,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
                "predicted_us": pred,
                "abs_err_pct": {k: abs(v - meas) / meas * 100 for k, v in pred.items()},
                "method_with_campaign_baseline_us": campaign_base - gain}
+        if i < args.same_window:
+            row["same_window"] = same_window(model, part, baseline_model, cfg, inputs, captured,
+                                             backend, threads, timing)
         rows.append(row)
         e = row["abs_err_pct"]
         print(f"{i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured {meas / 1e3:7.2f} ms  "
               f"method {pred['method'] / 1e3:7.2f} ({e['method']:4.1f}%)  per-layer "
               f"{pred['per_layer'] / 1e3:7.2f} ({e['per_layer']:4.1f}%)  MACs "
-              f"{pred['macs'] / 1e3:7.2f} ({e['macs']:5.1f}%)", flush=True)
+              f"{pred['macs'] / 1e3:7.2f} ({e['macs']:5.1f}%)"
+              + (f"  same-window {row['same_window']['abs_err_pct']:4.1f}%"
+                 if "same_window" in row else ""), flush=True)
 
     summary = {}
     for k in ("method", "per_layer", "macs", "method_rescaled"):
@@ -230,6 +274,15 @@ def main(argv: list[str] | None = None) -> int:
                       "max_abs_err_pct": max(errs),
                       "rank_corr": _spearman([r["predicted_us"][k] for r in rows],
                                              [r["measured_us"] for r in rows])}
+    sw = [r["same_window"] for r in rows if "same_window" in r]
+    if sw:
+        errs = [x["abs_err_pct"] for x in sw]
+        summary["method_same_window"] = {
+            "median_abs_err_pct": statistics.median(errs),
+            "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))],
+            "max_abs_err_pct": max(errs),
+            "rank_corr": _spearman([x["predicted_us"] for x in sw], [x["measured_us"] for x in sw]),
+            "n_configs": len(sw)}
     speedups = [r["baseline_us"] / r["measured_us"] for r in rows]
     report = {
         "benchmark": "additivity", "model": model_desc, "shape": shape.key,
@@ -288,22 +341,26 @@ def _markdown(r: dict) -> str:
         f"{r['speedup_range'][0]:.2f}x to {r['speedup_range'][1]:.2f}x; {r['seconds']:.0f} s; "
         f"load average (1 min) {r['loadavg_1min'][0]:.1f} at start, {r['loadavg_1min'][1]:.1f} "
         f"at end (the machine has {os.cpu_count()} CPUs).",
-        f"Campaign: fp32 model {_base(r) / 1e3:.2f} ms, its subgraphs in fp32 sum to "
-        f"{r['pieces_fp32_sum_us'] / 1e3:.2f} ms (the rest is embedding, final norm, glue).",
+        f"Campaign: fp32 model {_base(r) / 1e3:.2f} ms; its subgraphs, each timed alone in "
+        f"fp32, sum to {r['pieces_fp32_sum_us'] / 1e3:.2f} ms (the difference: embedding, "
+        "final norm, glue, and load changes during the campaign).",
         "",
         "| predictor | median abs err | p90 abs err | max abs err | rank corr |",
         "|---|---|---|---|---|",
     ]
     names = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer sum (HAWQ-V3)",
              "macs": "MACs x bits (scaled)",
-             "method_rescaled": "method, gains x (fp32 now / fp32 at campaign) [diagnostic]"}
+             "method_rescaled": "method, gains x (fp32 now / fp32 at campaign) [diagnostic]",
+             "method_same_window": "method, every term timed in the same rounds [diagnostic]"}
     for k, s in r["summary"].items():
-        lines.append(f"| {names[k]} | {s['median_abs_err_pct']:.2f} % | "
+        n = f" ({s['n_configs']} configs)" if "n_configs" in s else ""
+        lines.append(f"| {names[k]}{n} | {s['median_abs_err_pct']:.2f} % | "
                      f"{s['p90_abs_err_pct']:.2f} % | {s['max_abs_err_pct']:.2f} % | "
                      f"{s['rank_corr']:.3f} |")
     lines += ["", "## Configs", "",
               "| # | fp32/bf16/int8/fp8 layers | fp32 ms | measured ms | method ms (err) | "
-              "per-layer ms (err) | MACs ms (err) |", "|---|---|---|---|---|---|---|"]
+              "per-layer ms (err) | MACs ms (err) | same-window err |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         c, p, e = row["counts"], row["predicted_us"], row["abs_err_pct"]
         lines.append(
@@ -311,7 +368,8 @@ def _markdown(r: dict) -> str:
             f"{row['baseline_us'] / 1e3:.2f} | {row['measured_us'] / 1e3:.2f} | "
             f"{p['method'] / 1e3:.2f} ({e['method']:.1f}%) | "
             f"{p['per_layer'] / 1e3:.2f} ({e['per_layer']:.1f}%) | "
-            f"{p['macs'] / 1e3:.2f} ({e['macs']:.1f}%) |")
+            f"{p['macs'] / 1e3:.2f} ({e['macs']:.1f}%) | "
+            + (f"{row['same_window']['abs_err_pct']:.1f}% |" if "same_window" in row else "- |"))
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,8 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
 
     monkeypatch.setattr(additivity, "load_model", no_demo)  # always the small config model
     rc = additivity.main(["--configs", "2", "--layers", "1", "--seq", "16", "--threads", "1",
-                          "--precisions", "fp32,int8", "--quick", "--out", str(tmp_path)])
+                          "--precisions", "fp32,int8", "--same-window", "1", "--quick",
+                          "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
@@ -52,5 +53,7 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     # one layer: attention head (3 slots), tail (1), MLP (3), lm_head (1); 2 precisions
     assert report["n_subgraph_configs_measured"] == 8 + 2 + 8 + 2
     assert report["precisions"] == ["fp32", "int8"]
-    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_rescaled"}
+    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_rescaled",
+                                      "method_same_window"}
+    assert "same_window" in report["rows"][0] and "same_window" not in report["rows"][1]
     assert "| sum of subgraph gains (method) |" in (tmp_path / "additivity.md").read_text()
