@@ -38,7 +38,8 @@ class OpLog(TorchDispatchMode):
         self.calls: list[tuple[str, tuple[torch.dtype, ...]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+        flat = [*args, *(kwargs or {}).values()]
+        dtypes = tuple(a.dtype for a in flat if isinstance(a, torch.Tensor))
         self.calls.append((func.__name__, dtypes))
         return func(*args, **(kwargs or {}))
 
