@@ -37,7 +37,9 @@ class Peaks:
 
     ``tflops`` maps a precision to its dense matrix rate in TFLOP/s (TOPS for integers);
     ``mem_gbps`` is memory bandwidth in GB/s; ``op_overhead_us`` the per-kernel cost the
-    roofline adds for each op until measurements refine it.
+    roofline adds for each op until measurements refine it. ``achieved`` marks rates measured
+    on the device (``hwcost device calibrate``) rather than datasheet peaks: the roofline then
+    expects its kernels to run at those rates, not at a fraction of them.
     """
 
     tflops: dict[Precision, float]
@@ -45,6 +47,7 @@ class Peaks:
     op_overhead_us: float = 5.0
     source: str = ""
     sources: dict[str, str] = field(default_factory=dict)
+    achieved: bool = False
 
     def rate(self, p: Precision) -> float | None:
         """TFLOP/s for precision ``p`` (through RATE_ALIASES), or None when not known."""
@@ -61,6 +64,8 @@ class Peaks:
         """The ``Device.peaks`` form: ``{"<precision>_tflops": x, "mem_gbps": y, ...}``."""
         out: dict = {f"{p.value}_tflops": v for p, v in self.tflops.items()}
         out.update(mem_gbps=self.mem_gbps, op_overhead_us=self.op_overhead_us, source=self.source)
+        if self.achieved:
+            out["achieved"] = True
         if self.sources:
             out["sources"] = self.sources
         return out
@@ -77,7 +82,7 @@ class Peaks:
         if not rates or not isinstance(bw, (int, float)) or bw <= 0:
             return None
         return cls(rates, float(bw), float(d.get("op_overhead_us", 5.0)), str(d.get("source", "")),
-                   dict(d.get("sources", {})))
+                   dict(d.get("sources", {})), bool(d.get("achieved", False)))
 
 
 @dataclass(frozen=True)

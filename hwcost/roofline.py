@@ -166,6 +166,8 @@ def prior_coefficients(peaks: Peaks) -> np.ndarray:
             k.append(peaks.op_overhead_us)
         elif family in _ZERO_PRIOR:
             k.append(0.0)
+        elif family == "slots" and peaks.achieved:
+            k.append(1.0)  # calibrated rates are what the deployed kernels achieve
         else:
             k.append(1.0 / _PRIOR_EFF[family])
     return np.array(k)
