@@ -189,6 +189,16 @@ class Store:
             with s.begin():
                 yield s
 
+    @contextmanager
+    def _reuse(self, session: Session | None) -> Iterator[Session]:
+        """The caller's session when given (one transaction, one round trip less), else a
+        new one."""
+        if session is not None:
+            yield session
+        else:
+            with self.session() as s:
+                yield s
+
     def schema_version(self) -> int:
         with self.session() as s:
             row = s.get(Meta, "schema_version")
@@ -212,9 +222,9 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Device).order_by(Device.id)))
 
-    def get_device(self, ref: str) -> Device:
+    def get_device(self, ref: str, *, session: Session | None = None) -> Device:
         """Find a device by fingerprint (or unique prefix) or by exact product name."""
-        with self.session() as s:
+        with self._reuse(session) as s:
             rows = list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
             if not rows:
                 rows = list(s.scalars(select(Device).where(Device.name == ref)))
@@ -286,9 +296,9 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Model).order_by(Model.id)))
 
-    def get_model(self, ref: str) -> Model:
+    def get_model(self, ref: str, *, session: Session | None = None) -> Model:
         """Find a model by fingerprint (or unique prefix) or by name (latest wins)."""
-        with self.session() as s:
+        with self._reuse(session) as s:
             rows = list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
             if not rows:
                 rows = list(s.scalars(select(Model).where(Model.name == ref)
@@ -369,29 +379,34 @@ class Store:
     def model_costs(self, model_ref: str, device: str, shape: str) -> list[CostRow]:
         """All measured costs of a model's subgraph instances on one device and shape.
 
-        Two queries: the manifest, and the measurements of its *distinct* subgraphs (the 32
-        identical blocks of a model share one set), expanded per instance here. Rows are
-        ordered by position, then config.
+        One transaction: the model, the device, the manifest, and the measurements of its
+        *distinct* subgraphs (the 32 identical blocks of a model share one set), expanded per
+        instance here. Rows are ordered by position, then config.
         """
-        model = self.get_model(model_ref)
-        dev = self.get_device(device)
         shape = parse_shape(shape).key
-        parts = select(ManifestEntry.subgraph_id).where(ManifestEntry.model_id == model.id)
+        with self.session() as c:  # one connection and transaction for all four queries
+            model = self.get_model(model_ref, session=c)
+            dev = self.get_device(device, session=c)
+            manifest, measured = self._model_cost_rows(c.connection(), model.id, dev.id, shape)
+        by_subgraph: dict[int, list[tuple]] = {}
+        for r in measured:
+            by_subgraph.setdefault(r[0], []).append(r[1:])
+        return [CostRow(pos, *r) for pos, sid in manifest for r in by_subgraph.get(sid, ())]
+
+    @staticmethod
+    def _model_cost_rows(c, model_id: int, device_id: int, shape: str):
+        parts = select(ManifestEntry.subgraph_id).where(ManifestEntry.model_id == model_id)
         stmt = (select(Measurement.subgraph_id, Subgraph.signature, Measurement.config,
                        Measurement.median_us, Measurement.spread_us, Measurement.n_samples)
                 .join(Subgraph, Subgraph.id == Measurement.subgraph_id)
-                .where(Measurement.device_id == dev.id, Measurement.shape == shape,
+                .where(Measurement.device_id == device_id, Measurement.shape == shape,
                        Measurement.subgraph_id.in_(parts.distinct()))
                 .order_by(Measurement.subgraph_id, Measurement.config))
-        with self.engine.connect() as c:
-            manifest = c.execute(select(ManifestEntry.position, ManifestEntry.subgraph_id)
-                                 .where(ManifestEntry.model_id == model.id)
-                                 .order_by(ManifestEntry.position)).all()
-            measured = c.execute(stmt).all()  # fetchall: row-by-row iteration is 2x slower
-        by_subgraph: dict[int, list[tuple]] = {}
-        for sid, *rest in measured:
-            by_subgraph.setdefault(sid, []).append(rest)
-        return [CostRow(pos, *r) for pos, sid in manifest for r in by_subgraph.get(sid, ())]
+        manifest = c.execute(select(ManifestEntry.position, ManifestEntry.subgraph_id)
+                             .where(ManifestEntry.model_id == model_id)
+                             .order_by(ManifestEntry.position)).all()
+        measured = c.execute(stmt).all()  # fetchall: row-by-row iteration is 2x slower
+        return manifest, measured
 
     def device_measurements(self, device: str) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         """Every measurement of a device as (subgraph, shape, config, median_us, spread_us)."""
