@@ -152,16 +152,23 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
                 raise SensitivityError(
                     f"layer {name}: input has {x.shape[0]} rows for a batch of {n_in_batch} samples; "
                     "per-sample terms need the batch dimension first")
+            # The hook outlives its use (autograd keeps graph nodes until the whole backward
+            # ends): hand x over through a holder and empty it, so x is freed as soon as this
+            # layer is scored, as autograd frees the tensors it saved.
+            holder = [x]
 
             def on_grad(g: torch.Tensor) -> None:
-                if not torch.isfinite(g).all():
-                    raise SensitivityError(f"non-finite gradient (NaN or inf) at layer {name}; "
-                                           "the loss or the model overflows at this precision")
+                x = holder.pop()
                 with torch.no_grad():
                     w = weight_matrix(module).detach()
                     x3 = x.reshape(x.shape[0], -1, x.shape[-1])
                     g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x.dtype)
                     vals = score(x3, g3, w, emus)
+                # NaN/inf in g reaches every inner product (inf * 0 is NaN too): checking the
+                # few results is as strict as checking g and costs nothing
+                if not torch.isfinite(vals).all():
+                    raise SensitivityError(f"non-finite gradient (NaN or inf) at layer {name}; "
+                                           "the loss or the model overflows at this precision")
                 # a module called twice in one forward: first-order changes add up
                 current[name] = current[name] + vals if name in current else vals
 
