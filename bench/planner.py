@@ -247,7 +247,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     dims = {n: (named[n].weight.shape[1], named[n].weight.shape[0]) for n in problem.layers}
     iso_lat = isolated_layer_latencies(loaded, problem, shape, backend, threads)
     iso_problem = isolated_problem(problem, iso_lat, dims)
-    batches = eval_batches(loaded, None, samples=32) if loaded.tokenizer is not None else \
+    batches = eval_batches(loaded, None, samples=128) if loaded.tokenizer is not None else \
         [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
                        generator=torch.Generator().manual_seed(7)) for _ in range(4)]
     rows = []

@@ -159,7 +159,7 @@ def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
 
 
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
-                            eval_data: str | None = None, samples: int = 32,
+                            eval_data: str | None = None, samples: int = 128,
                             threads: int | None = None, seq_len: int = 128, loaded=None,
                             timing: dict | None = None) -> ValidationResult:
     """Apply the plan on this machine's device of the plan's kind, measure latency against the

@@ -168,7 +168,7 @@ def export_plan_cmd(plan, fmt, output, db_url):
               help="Model to load (HF directory or module:factory) [default: the demo model].")
 @click.option("--eval-data", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Held-out text or token ids for the true loss MSE [default: data/corpus/test.txt].")
-@click.option("--samples", type=int, default=32, show_default=True,
+@click.option("--samples", type=int, default=128, show_default=True,
               help="Held-out sequences for the loss MSE.")
 @click.option("--threads", type=int, default=None, help="CPU threads to time with.")
 @store_option
