@@ -110,6 +110,55 @@ def fisher_scorer(x, g, w, emus) -> torch.Tensor:
     return out
 
 
+class _SharedInputs:
+    """Quantized activations shared by the layers that read the same input tensor (q/k/v of
+    an attention block, gate/up of an MLP): computed once per precision, dropped after the
+    last of those layers is scored."""
+
+    def __init__(self) -> None:
+        self.uses: dict[tuple, int] = {}
+        self.cache: dict[tuple, dict[int, torch.Tensor]] = {}
+
+    @staticmethod
+    def key(x: torch.Tensor) -> tuple:
+        return (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
+
+    def add_use(self, key: tuple) -> None:
+        self.uses[key] = self.uses.get(key, 0) + 1
+
+    def emulations(self, key: tuple, emus: Sequence[Emulation]) -> list:
+        return [_Memo(emu, self, key, i) for i, emu in enumerate(emus)]
+
+    def release(self, key: tuple) -> None:
+        self.uses[key] -= 1
+        if self.uses[key] <= 0:
+            self.uses.pop(key)
+            self.cache.pop(key, None)
+
+    def clear(self) -> None:
+        self.uses.clear()
+        self.cache.clear()
+
+
+class _Memo:
+    """An emulation whose ``activation`` is looked up in a :class:`_SharedInputs` cache."""
+
+    def __init__(self, emu: Emulation, shared: _SharedInputs, key: tuple, index: int):
+        self.emu, self.shared, self.key, self.index = emu, shared, key, index
+        self.precision, self.fp8_max = emu.precision, emu.fp8_max
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        return self.emu.weight(w)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared.uses.get(self.key, 0) <= 1:  # read by this layer only: nothing to share
+            return self.emu.activation(x)
+        slot = self.shared.cache.setdefault(self.key, {})
+        if self.index not in slot:
+            slot[self.index] = self.emu.activation(x)
+        return slot[self.index]
+
+
 SCORERS: dict[str, Scorer] = {"taylor": taylor_scorer, "noise": noise_scorer, "fisher": fisher_scorer}
 
 
@@ -133,6 +182,7 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
     names = list(chosen)
     collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     current: dict[str, torch.Tensor] = {}
+    shared = _SharedInputs()
     n_in_batch = 0
 
     def make_hooks(name: str, module: nn.Module):
@@ -156,6 +206,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             # ends): hand x over through a holder and empty it, so x is freed as soon as this
             # layer is scored, as autograd frees the tensors it saved.
             holder = [x]
+            key = shared.key(x)
+            shared.add_use(key)
 
             def on_grad(g: torch.Tensor) -> None:
                 x = holder.pop()
@@ -163,7 +215,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
                     w = weight_matrix(module).detach()
                     x3 = x.reshape(x.shape[0], -1, x.shape[-1])
                     g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x.dtype)
-                    vals = score(x3, g3, w, emus)
+                    vals = score(x3, g3, w, shared.emulations(key, emus))
+                shared.release(key)
                 # NaN/inf in g reaches every inner product (inf * 0 is NaN too): checking the
                 # few results is as strict as checking g and costs nothing
                 if not torch.isfinite(vals).all():
@@ -191,6 +244,7 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             for batch in batches:
                 n_in_batch = batch_size(batch)
                 current.clear()
+                shared.clear()
                 losses = checked_losses(loss_fn(model, batch), n_in_batch)
                 if not losses.requires_grad:
                     raise SensitivityError("the loss does not depend on any quantizable layer's output")
