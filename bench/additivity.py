@@ -45,7 +45,7 @@ from hwcost.errors import ModelLoadError  # noqa: E402
 from hwcost.precision import Precision, parse_precisions  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
 from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
-from profiles.bench import time_interleaved  # noqa: E402
+from profiles.bench import CLOCK_ENV, time_interleaved  # noqa: E402
 from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
 from profiles.partition import partition  # noqa: E402
@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--same-window", type=int, default=10, metavar="N",
                     help="for the first N configs also run the diagnostic with every term timed "
                          "in the same interleaved rounds (0: off)")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: time the thread's CPU time (needs --threads 1), leaving out "
+                         "the slices other processes take on a shared machine")
     ap.add_argument("--quick", action="store_true",
                     help="few samples, no re-measuring: a smoke run, not numbers to keep")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -195,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = get_backend("cpu")
     threads = args.threads or backend.default_threads()
     torch.set_num_threads(threads)
+    if args.clock == "thread" and threads != 1:
+        ap.error("--clock thread needs --threads 1")
+    os.environ[CLOCK_ENV] = args.clock  # the campaign's timings too
     timing = TimingOptions(max_seconds=args.max_seconds)
     if args.quick:
         timing = QUICK_TIMING
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     speedups = [r["baseline_us"] / r["measured_us"] for r in rows]
     report = {
         "benchmark": "additivity", "model": model_desc, "shape": shape.key,
-        "threads": threads, "device": local_device("cpu").to_dict(),
+        "threads": threads, "clock": args.clock, "device": local_device("cpu").to_dict(),
         "timing": timing.kwargs(),
         "quick": args.quick,
         "precisions": [p.value for p in precisions], "n_configs": len(rows),
@@ -333,6 +339,7 @@ def _markdown(r: dict) -> str:
     lines = [
         "# Additivity of measured subgraph gains", "",
         f"Model: {r['model']}; shape `{r['shape']}`; {r['threads']} threads; "
+        f"{'wall-clock' if r['clock'] == 'wall' else 'thread CPU-time'} timings; "
         f"{r['device']['name']} ({' '.join(r['device']['flags'])}); torch "
         f"{r['device']['software'].get('torch')}.",
         f"{r['n_configs']} random per-layer configs over {', '.join(r['precisions'])}; "

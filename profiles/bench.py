@@ -23,12 +23,16 @@
   worst-case spread is kept whole, so candidates are still compared on the same rounds, and
   ``stable`` says whether the tolerance was met.
 - ``torch.inference_mode`` and the garbage collector paused while timing.
+- **clock**: wall time by default. On a shared CPU, ``clock="thread"`` (or
+  ``HWCOST_BENCH_CLOCK=thread``) with one torch thread times the calling thread's CPU time,
+  which leaves out the time slices other processes take; each Timing records its clock.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +43,10 @@ from typing import Any
 import torch
 
 from profiles.backends import Backend, get_backend
+
+CLOCK_ENV = "HWCOST_BENCH_CLOCK"
+"""Environment variable choosing the default clock (``wall`` or ``thread``), so a whole
+campaign on a shared machine can time CPU time without changing every caller."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Timing:
     inner: int = 1
     stable: bool = True
     min_us: float | None = None
+    clock: str = "wall"
 
     @property
     def rel_spread(self) -> float:
@@ -97,11 +106,12 @@ class _Runner:
     """Calls one candidate on rotating inputs and times samples on the backend's clock."""
 
     def __init__(self, fn: Callable[[Any], Any], inputs: Sequence[Any], backend: Backend,
-                 offset: int) -> None:
+                 offset: int, clock: str = "wall") -> None:
         self.fn, self.inputs, self.backend = fn, inputs, backend
         self.i = offset  # candidates start at different inputs
         self.inner = 1
         self.cuda = backend.kind == "cuda"
+        self.now = time.thread_time if clock == "thread" else time.perf_counter
 
     def _calls(self, n: int) -> None:
         fn, inputs = self.fn, self.inputs
@@ -120,10 +130,10 @@ class _Runner:
             end.synchronize()
             return start.elapsed_time(end) * 1e3 / self.inner
         self.backend.synchronize()
-        t0 = time.perf_counter()
+        t0 = self.now()
         self._calls(self.inner)
         self.backend.synchronize()
-        return (time.perf_counter() - t0) * 1e6 / self.inner
+        return (self.now() - t0) * 1e6 / self.inner
 
 
 def _order(names: list[str], round_no: int) -> list[str]:
@@ -174,6 +184,7 @@ def time_interleaved(
     max_rel_spread: float = 0.05,
     max_seconds: float = 5.0,
     min_sample_us: float = 200.0,
+    clock: str | None = None,
 ) -> dict[str, Timing]:
     """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
 
@@ -188,6 +199,11 @@ def time_interleaved(
         max_rel_spread: the half-IQR / median a batch must meet; otherwise re-measured.
         max_seconds: time budget for re-measuring (at least one batch is always taken).
         min_sample_us: a sample averages enough calls to last at least this long.
+        clock: ``wall`` (default), or ``thread``: the calling thread's CPU time, which leaves
+            out the time other processes hold the CPU. Only for the CPU backend with one
+            thread (the ops then run on the calling thread); it does not count sleeping or
+            waiting, so it is for compute on a shared machine, not for I/O. Default:
+            ``$HWCOST_BENCH_CLOCK``, else ``wall``.
 
     Returns:
         name -> :class:`Timing` (microseconds per call).
@@ -202,10 +218,17 @@ def time_interleaved(
     backend.require()
     if threads is None:
         threads = backend.default_threads()
+    clock = clock or os.environ.get(CLOCK_ENV) or "wall"
+    if clock not in ("wall", "thread"):
+        raise ValueError(f"unknown clock {clock!r}; known: wall, thread")
+    if clock == "thread" and (backend.kind != "cpu" or threads != 1):
+        raise ValueError("the thread CPU-time clock needs the cpu backend and threads=1 "
+                         f"(got {backend.kind}, threads={threads})")
     names = list(fns)
     start = time.perf_counter()
     with _timing_context(backend, threads) as used_threads:
-        runners = {n: _Runner(fns[n], inputs, backend, offset=k) for k, n in enumerate(names)}
+        runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock)
+                   for k, n in enumerate(names)}
         _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
         best: dict[str, list[float]] | None = None
         best_worst = math.inf
@@ -226,7 +249,7 @@ def time_interleaved(
     for n in names:
         median, spread = summarize(best[n])
         out[n] = Timing(median, spread, len(best[n]), used_threads, runners[n].inner, stable,
-                        min(best[n]))
+                        min(best[n]), clock)
     return out
 
 

@@ -124,3 +124,27 @@ def test_cuda_events_order_matmuls():
     out = time_interleaved({"light": lambda x: x[:256, :256] @ x[:256, :256],
                             "heavy": lambda x: x @ x}, inputs, "cuda", **FAST)
     assert out["heavy"].median_us > 4 * out["light"].median_us
+
+
+def test_thread_clock_ignores_time_off_cpu():
+    """The CPU-time clock counts computation, not sleeping (nor other processes' slices)."""
+    x = torch.randn(256, 256)
+
+    def work_and_sleep(_):
+        x @ x
+        time.sleep(0.002)
+
+    wall = time_one(work_and_sleep, [None], "cpu", min_samples=5, **FAST)
+    cpu = time_one(work_and_sleep, [None], "cpu", min_samples=5, clock="thread", **FAST)
+    assert wall.clock == "wall" and cpu.clock == "thread"
+    assert wall.median_us >= 2000 and cpu.median_us < 1500
+    assert cpu.median_us > 0
+
+
+def test_thread_clock_needs_one_cpu_thread(monkeypatch):
+    with pytest.raises(ValueError, match="needs the cpu backend and threads=1"):
+        time_one(lambda _: None, [None], "cpu", clock="thread", threads=2)
+    with pytest.raises(ValueError, match="unknown clock 'tsc'; known: wall, thread"):
+        time_one(lambda _: None, [None], "cpu", clock="tsc", threads=1)
+    monkeypatch.setenv("HWCOST_BENCH_CLOCK", "thread")
+    assert time_one(lambda _: None, [None], "cpu", min_samples=3, **FAST).clock == "thread"
