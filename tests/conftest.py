@@ -32,8 +32,21 @@ def make_pg_database() -> tuple[str, callable]:
     base = admin.rsplit("/", 1)[0]
 
     def drop() -> None:
-        with eng.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # An autovacuum worker (not ours to terminate, so FORCE fails) may still be analysing
+        # a freshly written database: retry for a while.
+        import time
+
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(40):
+            try:
+                with eng.connect() as c:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except DBAPIError:
+                if attempt == 39:
+                    raise
+                time.sleep(0.5)
         eng.dispose()
 
     return f"{base}/{name}", drop
