@@ -307,8 +307,10 @@ class _Walker:
                         "computed from its modules' outputs by non-module operations (parallel "
                         "attention and MLP summed, a final logit soft-cap, ...)")
                 break
-            for off in kids[k + 1:j + 1]:
-                self._off_chain(c, off, chain)
+            for off in kids[k + 1:j + 1]:  # between chain members: side computations only
+                if self.nslots(off):
+                    raise PartitionError(f"data flow branches at {off.name}: its output does "
+                                         "not feed the next piece of the chain")
             chain.insert(0, kids[k])
             target = get_main(kids[k].args, kids[k].kwargs, main_where(kids[k].args, kids[k].kwargs))
             j = k - 1
@@ -324,31 +326,26 @@ class _Walker:
                                  f"combines {', '.join(bad)} through non-module operations")
         return chain, prologue
 
-    def _off_chain(self, parent: Call, off: Call, chain: list[Call]) -> None:
-        if self.nslots(off):
-            raise PartitionError(f"data flow branches at {off.name}: its output does not feed "
-                                 "the next piece of the chain")
-
-    def stages(self, c: Call, top: bool = True) -> list[tuple[Stage, bool]]:
-        """Stages of ``c``'s chain; the flag marks an unrunnable prologue before them."""
+    def stages(self, c: Call) -> list[Stage | None]:
+        """Stages of ``c``'s chain; ``None`` marks a prologue (data entering through plain
+        tensor operations), after which the chain starts."""
         chain, prologue = self.chain(c)
-        out: list[tuple[Stage, bool]] = [(None, True)] if prologue else []  # type: ignore
+        out: list[Stage | None] = [None] if prologue else []
         for kid in chain:
             n = self.nslots(kid)
             if n == 0 or quantizable(kid.module) or not kid.children:
-                out.append((self._seq([kid]), False))
+                out.append(self._seq([kid]))
                 continue
             units = self._residual_units(kid)
             if units is not None:
                 for unit in units:
-                    out.extend((s, False) for s in self._unit_stages(kid, unit))
+                    out.extend(self._unit_stages(kid, unit))
                 continue
             if n <= self.k_max and not isinstance(kid.module, (nn.Sequential, nn.ModuleList)):
-                out.append((self._seq([kid]), False))
+                out.append(self._seq([kid]))
                 continue
-            inner = self.stages(kid, top=False)
-            if inner and inner[0][0] is None and any(
-                    s is not None and s.slot_names for s, _ in out):
+            inner = self.stages(kid)
+            if inner and inner[0] is None and any(s is not None and s.slot_names for s in out):
                 raise PartitionError(f"data flow branches at {kid.name}: data enters it from "
                                      "outside the chain")
             out.extend(inner)
@@ -531,8 +528,8 @@ def partition(model: nn.Module, example_inputs: dict[str, Any], *, n_precisions:
     walker = _Walker(tr, k_max)
     raw = walker.stages(root)
     # everything before the last prologue marker runs before the first piece and is not needed
-    last_pro = max((i for i, (s, _) in enumerate(raw) if s is None), default=-1)
-    stages = [s for s, _ in raw[last_pro + 1:]]
+    last_pro = max((i for i, s in enumerate(raw) if s is None), default=-1)
+    stages = [s for s in raw[last_pro + 1:] if s is not None]
     stages = _pack(stages, k_max)
     first = next(i for i, s in enumerate(stages) if s.slot_names)
     stages = stages[first:]
