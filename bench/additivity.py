@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-measure budget per timing call")
     ap.add_argument("--precisions", default=",".join(p.value for p in PRECISIONS),
                     help="precisions to draw from; fp32 (the baseline) first")
-    ap.add_argument("--same-window", type=int, default=10, metavar="N",
+    ap.add_argument("--same-window", type=int, default=0, metavar="N",
                     help="for the first N configs also run the diagnostic with every term timed "
                          "in the same interleaved rounds (0: off)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
