@@ -233,3 +233,13 @@ def test_profile_cli_errors_are_one_line(args, message, sqlite_url, factory_env,
     res = CliRunner().invoke(cli, [*args, "--db", sqlite_url])
     assert res.exit_code == 1
     assert res.output == message
+
+
+def test_profile_has_help_and_a_docs_section():
+    res = CliRunner().invoke(cli, ["profile", "--help"])
+    assert res.exit_code == 0
+    assert "Profile MODEL on this machine" in res.output
+    assert "--worker NAME" in res.output
+    docs = (REPO / "docs" / "cli.md").read_text()
+    assert "## Profiling: `hwcost profile`" in docs
+    assert (REPO / "docs" / "profiling.md").exists()
