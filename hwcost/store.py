@@ -260,7 +260,7 @@ class Store:
         for i in range(0, len(sigs), 500):
             chunk = sigs[i:i + 500]
             out.update(s.execute(select(Subgraph.signature, Subgraph.id)
-                                 .where(Subgraph.signature.in_(chunk))).tuples().all())
+                                 .where(Subgraph.signature.in_(chunk))).all())
         return out
 
     def subgraph(self, signature: str) -> SubgraphInfo:
@@ -333,7 +333,7 @@ class Store:
             return 0
         with self.session() as s:
             devs = dict(s.execute(select(Device.fingerprint, Device.id).where(
-                Device.fingerprint.in_({m.device for m in items}))).tuples().all())
+                Device.fingerprint.in_({m.device for m in items}))).all())
             sgs = self._subgraph_ids(s, [m.signature for m in items])
             rows = []
             for m in items:
@@ -610,41 +610,60 @@ def _redact(url: str) -> str:
     return url
 
 
+_SCHEMA_LOCK = 0x6877636F7374  # "hwcost": PostgreSQL advisory lock key for schema changes
+
+
 def _ensure_schema(engine: Engine, *, create: bool, upgrade: bool = True) -> None:
-    names = set(inspect(engine).get_table_names())
-    if "meta" in names:
-        with engine.connect() as c:
-            row = c.execute(text("SELECT value FROM meta WHERE key = :k"),
-                            {"k": "schema_version"}).first()
-        stored = int(row[0]) if row else 0
-        if stored > SCHEMA_VERSION:
-            raise SchemaTooNew(f"store has schema version {stored}, this hwcost reads up to "
-                               f"{SCHEMA_VERSION}: upgrade hwcost (pip install -U hwcost)")
-        if stored == SCHEMA_VERSION or not upgrade:
-            return
-        _migrate(engine, stored)
-        return
-    if names - {"meta"} and not names & {"device", "measurement"}:
-        raise StoreError(f"database at {_redact(str(engine.url))} holds other tables "
-                         f"({', '.join(sorted(names)[:3])}...), not an hwcost store")
-    if not create:
-        raise StoreError(f"no hwcost store at {_redact(str(engine.url))}; `hwcost db init` makes one")
-    SQLModel.metadata.create_all(engine)
+    if _stored_version(engine, engine) == SCHEMA_VERSION:
+        return  # the common case: no lock, no transaction beyond one read
+    # Create or migrate under a lock, re-checking inside it, so that workers opening a new
+    # shared store at the same moment do it once (SQLite: BEGIN IMMEDIATE serialises them).
     with engine.begin() as c:
+        if c.dialect.name == "postgresql":
+            c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+        stored = _stored_version(engine, c)
+        if stored is not None:
+            if stored > SCHEMA_VERSION:
+                raise SchemaTooNew(f"store has schema version {stored}, this hwcost reads up to "
+                                   f"{SCHEMA_VERSION}: upgrade hwcost (pip install -U hwcost)")
+            if stored < SCHEMA_VERSION and upgrade:
+                _migrate(c, stored)
+            return
+        names = set(inspect(c).get_table_names())
+        if names and not names & {"device", "measurement"}:
+            raise StoreError(f"database at {_redact(str(engine.url))} holds other tables "
+                             f"({', '.join(sorted(names)[:3])}...), not an hwcost store")
+        if not create:
+            raise StoreError(f"no hwcost store at {_redact(str(engine.url))}; "
+                             "`hwcost db init` makes one")
+        SQLModel.metadata.create_all(c)
         _set_version(c, SCHEMA_VERSION)
 
 
-def _migrate(engine: Engine, stored: int) -> None:
+def _stored_version(engine: Engine, conn) -> int | None:
+    """The store's schema version; None when there is no ``meta`` table (no store yet)."""
+    if "meta" not in set(inspect(conn).get_table_names()):
+        return None
+    if conn is engine:
+        with engine.connect() as c:
+            row = c.execute(text("SELECT value FROM meta WHERE key = :k"),
+                            {"k": "schema_version"}).first()
+    else:
+        row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
+                           {"k": "schema_version"}).first()
+    return int(row[0]) if row else 0
+
+
+def _migrate(c, stored: int) -> None:
     steps = pending(stored, SCHEMA_VERSION)
     missing = [v for v in steps if v not in MIGRATIONS]
     if missing:
         raise StoreError(f"no migration from schema version {missing[0]}; this store cannot be "
                          "upgraded by this hwcost")
-    with engine.begin() as c:
-        for v in steps:
-            MIGRATIONS[v](c)
-        SQLModel.metadata.create_all(c)  # tables added since; existing ones are left alone
-        _set_version(c, SCHEMA_VERSION)
+    for v in steps:
+        MIGRATIONS[v](c)
+    SQLModel.metadata.create_all(c)  # tables added since; existing ones are left alone
+    _set_version(c, SCHEMA_VERSION)
 
 
 def _set_version(c, version: int) -> None:
