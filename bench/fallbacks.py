@@ -143,7 +143,7 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
         chosen[kind][test] = pred_l[kind][test] if use_learned else pred_r[kind][test]
         err_l = float(np.median(np.abs(pred_l[kind][test] - y[test]) / y[test]))
         err_r = float(np.median(np.abs(pred_r[kind][test] - y[test]) / y[test]))
-        cv["held_out"].append({"kind": kind, "name": name, "learned_mape": err_l,
+        cv["held_out"].append({"kind": kind, "name": str(name), "learned_mape": err_l,
                                "roofline_mape": err_r, "n_train": int(train.sum()),
                                "n_test": int(test.sum())})
 
@@ -197,6 +197,15 @@ def _markdown(res: dict) -> str:
             f"{r['peaks_only_mape']:.1%} | {r['peaks_only_within_2x']:.0%} | "
             f"{r['learned_spearman_median']:.3f} / {r['learned_spearman_min']:.3f} | "
             f"{r['roofline_spearman_median']:.3f} |")
+    lines += ["", "Per held-out shape or subgraph (median absolute percentage error):", "",
+              "| held out | name | n | learned | fitted roofline |", "|---|---|---|---|---|"]
+    for h in res["evaluation"]["cross_validation"]["held_out"]:
+        lines.append(f"| {h['kind']} | {h['name']} | {h['n_test']} | {h['learned_mape']:.1%} | "
+                     f"{h['roofline_mape']:.1%} |")
+    cv = res["evaluation"]["cross_validation"]
+    lines += ["", f"Source `hwcost.costs` answers with on this device: {cv['answers']} (grouped "
+              f"5-fold cross-validation on all measurements: learned {cv['cv_mape']:.1%}, "
+              f"fitted roofline {cv['roofline_cv_mape']:.1%})."]
     noise = res["evaluation"]["noise"]
     lines += ["", f"Noise floor of the measurements themselves: median relative spread "
               f"{noise['median_rel_spread']:.1%}; in-sample residual of a per-(subgraph, shape) "
