@@ -9,6 +9,8 @@ Conventions (shared with every backend's deployment):
 
 - weights are quantized per output channel (row of ``W``, shape ``[out, in]``), symmetric;
 - activations are quantized dynamically per token (row of ``x``), symmetric;
+- bf16 and fp16 layers also return their output in the format (rounded), as the deployed
+  kernels do; int8 and fp8 kernels accumulate and rescale in fp32;
 - floating formats round to nearest even; fp8 scales map the row's absolute maximum to the
   format's largest finite value (448 for e4m3, 57344 for e5m2; 240 on Gaudi 2, see
   ``FP8_E4M3_GAUDI2_MAX``).
@@ -97,13 +99,34 @@ class Emulation:
         raise ValueError(f"no emulation for {p}")
 
     @property
+    def rounds_output(self) -> bool:
+        """Whether the deployed kernel returns its output in the format itself: float formats
+        (bf16, fp16) compute and return in it, so the layer's output is rounded too; int8
+        and fp8 kernels accumulate and rescale in fp32."""
+        return self.precision in (Precision.BF16, Precision.FP16)
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output as the deployed kernel returns it (see :attr:`rounds_output`)."""
+        if self.precision is Precision.BF16:
+            return _cast_roundtrip(y, torch.bfloat16)
+        if self.precision is Precision.FP16:
+            return _cast_roundtrip(y, torch.float16)
+        return y
+
+    @property
     def rel_tol(self) -> float:
         return _REL_TOL[self.precision]
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
                ) -> torch.Tensor:
-        """The emulated layer: ``Q(x) @ Q(W)^T + b`` in x's dtype."""
-        return torch.nn.functional.linear(self.activation(x), self.weight(w), b)
+        """The emulated layer: ``R(Q(x) @ Q(W)^T + R(b))`` in x's dtype, ``R`` the output
+        rounding of float formats (whose kernels also store the bias in the format)."""
+        return self.output(torch.nn.functional.linear(self.activation(x), self.weight(w),
+                                                      self.bias(b)))
+
+    def bias(self, b: torch.Tensor | None) -> torch.Tensor | None:
+        """The bias as the deployed layer stores it: in the format for bf16/fp16, else fp32."""
+        return self.output(b) if b is not None and self.rounds_output else b
 
 
 # Relative error (Frobenius) of one emulated matmul against fp32, with margin, for

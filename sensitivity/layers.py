@@ -69,7 +69,7 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
              ) -> Iterator[None]:
     """Run ``model`` with the named layers quantize-dequantized by the registry's emulation.
 
-    Each layer computes ``Q_p(x) Q_p(W)^T + b``, exactly what
+    Each layer computes ``R_p(Q_p(x) Q_p(W)^T + b)``, exactly what
     :func:`profiles.precisions.Emulation.linear` defines. ``Q_p(W)`` is computed once and
     swapped in only while the layer itself runs, so a weight tied to another module (GPT-2's
     lm_head and token embedding) stays unquantized everywhere else, as when deployed.
@@ -87,9 +87,11 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
             with torch.no_grad():
                 q = emu.weight(weight_matrix(module).detach())
                 q = q if isinstance(module, nn.Linear) else q.t().contiguous()
-            swap = _WeightSwap(module.weight, q)
+                bias = getattr(module, "bias", None)
+                qb = emu.bias(bias.detach()) if bias is not None else None
+            swap = _WeightSwap(module.weight, q, bias, qb)
             handles.append(module.register_forward_pre_hook(_input_quantizer(emu, swap)))
-            handles.append(module.register_forward_hook(swap.restore))
+            handles.append(module.register_forward_hook(_output_rounder(emu, swap)))
         yield
     finally:
         for h in handles:
@@ -97,16 +99,26 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
 
 
 class _WeightSwap:
-    def __init__(self, param: nn.Parameter, quantized: torch.Tensor):
-        self.param, self.quantized, self.saved = param, quantized, None
+    """Puts a layer's quantized weight (and bias, for formats that store it rounded) in place
+    while the layer runs, and the originals back after."""
+
+    def __init__(self, param: nn.Parameter, quantized: torch.Tensor,
+                 bias: nn.Parameter | None = None, quantized_bias: torch.Tensor | None = None):
+        self.pairs = [(param, quantized)]
+        if bias is not None and quantized_bias is not None:
+            self.pairs.append((bias, quantized_bias))
+        self.saved: list | None = None
 
     def apply(self) -> None:
-        self.saved = self.param.data
-        self.param.data = self.quantized
+        self.saved = [p.data for p, _ in self.pairs]
+        for p, q in self.pairs:
+            p.data = q
 
     def restore(self, *_args) -> None:
         if self.saved is not None:
-            self.param.data, self.saved = self.saved, None
+            for (p, _), data in zip(self.pairs, self.saved):
+                p.data = data
+            self.saved = None
 
 
 def as_emulation(p: Precision | str | Emulation) -> Emulation:
@@ -121,4 +133,11 @@ def _input_quantizer(emu: Emulation, swap: _WeightSwap):
     def hook(_module, args):
         swap.apply()
         return (emu.activation(args[0]), *args[1:])
+    return hook
+
+
+def _output_rounder(emu: Emulation, swap: _WeightSwap):
+    def hook(_module, _args, y):
+        swap.restore()
+        return emu.output(y) if emu.rounds_output else None
     return hook

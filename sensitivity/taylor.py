@@ -33,7 +33,7 @@ from sensitivity.records import SensitivityRow, SensitivityTable
 
 DEFAULT_PRECISIONS = ("bf16", "fp8_e4m3", "int8")
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Emulation]], torch.Tensor]
+Scorer = Callable[..., torch.Tensor]  # (x, g, w, emulations, b=bias) -> [P, B] per-sample values
 """``scorer(x [B,T,in], g [B,T,out], W [out,in], emulations) -> [P, B]`` per-sample values."""
 
 
@@ -73,39 +73,57 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(n)
 
 
-def taylor_scorer(x, g, w, emus) -> torch.Tensor:
-    """First-order change ``d_{l,n}(p)`` of each sample's loss, for each precision."""
+def _outputs(x, w, b, emus):
+    """The layer's high-precision output, computed only when some format rounds it."""
+    if not any(emu.rounds_output for emu in emus):
+        return None
+    y = x @ w.t()
+    return y if b is None else y + b
+
+
+def taylor_scorer(x, g, w, emus, b=None) -> torch.Tensor:
+    """First-order change ``d_{l,n}(p)`` of each sample's loss, for each precision: input and
+    weight errors through the layer, plus the output rounding of bf16/fp16 kernels."""
     gw = g @ w  # dL/dx of this layer alone: [B, T, in]
+    y = _outputs(x, w, b, emus)
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
         out[i] = _rowdot(emu.activation(x) - x, gw).double()
+        if emu.rounds_output:
+            out[i] += _rowdot(emu.output(y) - y, g).double()
+            if b is not None:  # the bias is stored in the format too
+                out[i] += (g.sum(1) @ (emu.bias(b) - b)).double()
     dws = torch.stack([(emu.weight(w) - w).flatten() for emu in emus], dim=1)  # [out*in, P]
     for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
         out[:, sl] += (big_g @ dws).double().t()
     return out
 
 
-def noise_scorer(x, g, w, emus) -> torch.Tensor:
+def noise_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     """Expected ``d_{l,n}(p)^2`` when the errors are independent noise of the format's
-    variance: ``sum var(dx) (gW)^2 + sum var(dW) G_n^2``."""
+    variance: ``sum var(dx) (gW)^2 + sum var(dW) G_n^2 (+ sum var(dy) g^2)``."""
     gw2 = (g @ w).square()
+    y = _outputs(x, w, b, emus)
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
         out[i] = _rowdot(error_variance(emu, x), gw2).double()
+        if emu.rounds_output:
+            out[i] += _rowdot(error_variance(emu, y), g.square()).double()
     var_w = torch.stack([error_variance(emu, w).flatten() for emu in emus], dim=1)  # [out*in, P]
     for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
         out[:, sl] += (big_g.square() @ var_w).double().t()
     return out
 
 
-def fisher_scorer(x, g, w, emus) -> torch.Tensor:
+def fisher_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     """ModelOpt AutoQuantize-style score per sample: ``sum g^2 (Y_q - Y)^2`` over the
     layer's outputs (a diagonal-Fisher approximation that ignores correlations)."""
-    y = x @ w.t()
+    y = x @ w.t() if b is None else x @ w.t() + b
     g2 = g.square()
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
-        dy = emu.activation(x) @ emu.weight(w).t() - y
+        yq = emu.activation(x) @ emu.weight(w).t()
+        dy = emu.output(yq if b is None else yq + b) - y
         out[i] = _rowdot(g2, dy.square()).double()
     return out
 
@@ -149,6 +167,13 @@ class _Memo:
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         return self.emu.weight(w)
+
+    @property
+    def rounds_output(self) -> bool:
+        return self.emu.rounds_output
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.emu.output(y)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared.uses.get(self.key, 0) <= 1:  # read by this layer only: nothing to share
@@ -215,7 +240,9 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
                     w = weight_matrix(module).detach()
                     x3 = x.reshape(x.shape[0], -1, x.shape[-1])
                     g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x.dtype)
-                    vals = score(x3, g3, w, shared.emulations(key, emus))
+                    b = getattr(module, "bias", None)
+                    vals = score(x3, g3, w, shared.emulations(key, emus),
+                                 b=None if b is None else b.detach().to(x.dtype))
                 shared.release(key)
                 # NaN/inf in g reaches every inner product (inf * 0 is NaN too): checking the
                 # few results is as strict as checking g and costs nothing

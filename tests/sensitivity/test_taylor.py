@@ -101,8 +101,13 @@ def _slow_reference(model, ids, precisions):
             w = weight_matrix(layers[name]).detach()
             for p in precisions:
                 emu = emulation(p)
+                b = layers[name].bias
+                y_hp = nn.functional.linear(x, w, b)
                 dy = (nn.functional.linear(emu.activation(x) - x, w)
-                      + nn.functional.linear(x, emu.weight(w) - w))
+                      + nn.functional.linear(x, emu.weight(w) - w)
+                      + (emu.output(y_hp) - y_hp))  # bf16 kernels return a rounded output
+                if b is not None:
+                    dy = dy + (emu.bias(b) - b)  # ... and store the bias rounded
                 out[(name, p)].append(float((g * dy).sum()))
     return {k: np.array(v) for k, v in out.items()}
 
