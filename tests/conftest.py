@@ -61,17 +61,28 @@ def _backends() -> list:
     return params
 
 
-@pytest.fixture(params=_backends())
-def store_url(request, tmp_path) -> Iterator[str]:
-    """URL of an empty store on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+def _empty_url(backend: str, path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{path}"
         return
     url, drop = make_pg_database()
     try:
         yield url
     finally:
         drop()
+
+
+@pytest.fixture(params=_backends())
+def store_url(request, tmp_path) -> Iterator[str]:
+    """URL of an empty store on each backend."""
+    yield from _empty_url(request.param, tmp_path / "store.db")
+
+
+@pytest.fixture
+def second_url(store_url, tmp_path) -> Iterator[str]:
+    """A second empty store on the same backend as ``store_url``."""
+    yield from _empty_url("sqlite" if store_url.startswith("sqlite") else "postgresql",
+                          tmp_path / "second.db")
 
 
 @pytest.fixture

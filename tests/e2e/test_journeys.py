@@ -24,34 +24,12 @@ import pytest
 from hwcost.store import open_store
 
 REPO = Path(__file__).resolve().parents[2]
-SHAPES = ("batch=1,seq=8", "batch=2,seq=8")
+SHAPES = ("batch=1,seq=8", "batch=2,seq=8", "batch=1,seq=16", "batch=4,seq=8")
 PRECISIONS = "fp32,bf16,int8"
-
-FACTORY = '''
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-
-def tiny(layers=2):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                      use_cache=False)
-    model = LlamaForCausalLM(cfg)
-
-    def inputs(shape, seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"input_ids": torch.randint(0, 64, (shape.batch, shape.seq), generator=g),
-                "use_cache": False}
-
-    return model, inputs
-'''
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("journey")
-    (d / "journey_factory.py").write_text(FACTORY)
     np.save(d / "calib.npy", np.random.default_rng(0).integers(0, 64, (16, 16)))
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(d), str(REPO), e.get("PYTHONPATH", "")])
@@ -71,7 +49,7 @@ def hwcost(env: dict, *args: str, check: bool = True, timeout: int = 600
 
 
 def worker(env: dict, url: str, name: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hwcost.cli", "profile", "journey_factory:tiny", "--db", url,
+    cmd = [sys.executable, "-m", "hwcost.cli", "profile", "tests.factories:tiny", "--db", url,
            "--precisions", PRECISIONS, "--threads", "1", "--quick", "--group", "2",
            "--worker", name, "--campaign", "fleet", "--json", *extra]
     for s in SHAPES:
@@ -95,16 +73,15 @@ def test_fleet_campaign_survives_a_killed_worker(fleet):
     env, url = fleet
     victim = worker(env, url, "card0")
     # let the victim claim and finish some work, then kill it without warning
+    from hwcost.queue import campaigns
+
     deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            st = campaign_status(env, url)
-        except AssertionError:  # campaign not created yet
-            time.sleep(0.5)
-            continue
-        if st["done"] >= 6:
-            break
-        time.sleep(0.3)
+    with open_store(url) as s:
+        while time.time() < deadline and victim.poll() is None:
+            found = [c for c in campaigns(s) if c.name == "fleet"]
+            if found and found[0].progress.done >= 6:
+                break
+            time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     after_kill = campaign_status(env, url)
@@ -135,7 +112,7 @@ def test_laptop_plans_from_a_bundle_without_torch(fleet, tmp_path):
     env, url = fleet
     calib = Path(env["HWCOST_TMP"]) / "calib.npy"
     # sensitivity is computed where the model is (here, the fleet store), once
-    hwcost(env, "sensitivity", "journey_factory:tiny", "--calib", str(calib), "--precisions",
+    hwcost(env, "sensitivity", "tests.factories:tiny", "--calib", str(calib), "--precisions",
            PRECISIONS, "--db", url)
     bundle = tmp_path / "fleet.parquet"
     hwcost(env, "db", "export", "-o", str(bundle), "--db", url)
@@ -182,7 +159,7 @@ def test_two_teams_merge_their_stores(env, tmp_path):
     def measure(team: str) -> str:
         url = f"sqlite:///{tmp_path / (team + '.db')}"
         e = dict(env, HWCOST_HOST=team)
-        hwcost(e, "profile", "journey_factory:tiny", "--db", url, "--shape", SHAPES[0],
+        hwcost(e, "profile", "tests.factories:tiny", "--db", url, "--shape", SHAPES[0],
                "--precisions", "fp32,bf16", "--threads", "1", "--quick")
         hwcost(e, "db", "export", "-o", str(tmp_path / f"{team}.parquet"), "--db", url)
         return url

@@ -41,21 +41,6 @@ def snapshot(store) -> object:
 
 
 @pytest.fixture
-def second_url(store_url, tmp_path):
-    """A second empty store on the same backend as ``store_url``."""
-    if store_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'second.db'}"
-        return
-    from tests.conftest import make_pg_database
-
-    url, drop = make_pg_database()
-    try:
-        yield url
-    finally:
-        drop()
-
-
-@pytest.fixture
 def bundle(store, tmp_path) -> Path:
     small_store(store)
     path = tmp_path / "b.parquet"

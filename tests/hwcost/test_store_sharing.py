@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from datetime import datetime, timezone
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
@@ -24,21 +23,6 @@ from hwcost.synthetic import (
     small_store,
     subgraph,
 )
-
-
-@pytest.fixture
-def second_url(store_url, tmp_path):
-    """A second empty store on the same backend as ``store_url``."""
-    if store_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'second.db'}"
-        return
-    from tests.conftest import make_pg_database
-
-    url, drop = make_pg_database()
-    try:
-        yield url
-    finally:
-        drop()
 
 
 def test_reopen_round_trip_and_idempotent_writes(store_url, tmp_path):

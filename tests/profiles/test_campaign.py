@@ -25,26 +25,6 @@ from profiles.partition import partition
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = "batch=1,seq=8"
 
-FACTORY = '''
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-
-def tiny(layers=2):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
-    model = LlamaForCausalLM(cfg)
-
-    def inputs(shape, seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"input_ids": torch.randint(0, 64, (shape.batch, shape.seq), generator=g),
-                "use_cache": False}
-
-    return model, inputs
-'''
-
-
 def _tiny(layers: int = 2) -> LoadedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -114,7 +94,6 @@ def test_tasks_enumerate_unique_signature_shape_config():
 
 @pytest.fixture
 def factory_env(tmp_path):
-    (tmp_path / "hwcost_tiny_factory.py").write_text(FACTORY)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")])
     env.pop("HWCOST_DB", None)
@@ -123,7 +102,7 @@ def factory_env(tmp_path):
 
 def _profile_cmd(url: str, *extra: str) -> list[str]:
     return [sys.executable, "-c", "from hwcost.cli.main import cli; cli()", "profile",
-            "hwcost_tiny_factory:tiny", "--db", url, "--shape", SHAPE, "--precisions",
+            "tests.factories:tiny", "--db", url, "--shape", SHAPE, "--precisions",
             "fp32,bf16,int8", "--threads", "1", "--quick", "--json", *extra]
 
 
@@ -206,7 +185,7 @@ def test_two_workers_split_a_campaign_on_postgresql(store_url, factory_env):
 
 def test_profile_cli_runs_a_factory_and_prints_a_summary(sqlite_url, factory_env, monkeypatch):
     monkeypatch.syspath_prepend(factory_env["PYTHONPATH"].split(os.pathsep)[0])
-    res = CliRunner().invoke(cli, ["profile", "hwcost_tiny_factory:tiny", "--db", sqlite_url,
+    res = CliRunner().invoke(cli, ["profile", "tests.factories:tiny", "--db", sqlite_url,
                                    "--shape", SHAPE, "--precisions", "bf16", "--threads", "1",
                                    "--quick"])
     assert res.exit_code == 0, res.output
@@ -225,7 +204,7 @@ def test_profile_cli_runs_a_factory_and_prints_a_summary(sqlite_url, factory_env
      "Error: cannot load model '/no/such/model': not a directory and not package.module:factory\n"),
     (["profile", "no_such_pkg_q:f"],
      "Error: cannot import 'no_such_pkg_q' for 'no_such_pkg_q:f': No module named 'no_such_pkg_q'\n"),
-    (["profile", "hwcost_tiny_factory:tiny", "--device", "tpu"],
+    (["profile", "tests.factories:tiny", "--device", "tpu"],
      "Error: unknown device kind 'tpu'; known: cpu, cuda, hpu\n"),
 ])
 def test_profile_cli_errors_are_one_line(args, message, sqlite_url, factory_env, monkeypatch):
