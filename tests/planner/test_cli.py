@@ -141,7 +141,8 @@ from hwcost.cli.main import cli
 args = sys.argv[1:]
 r = CliRunner().invoke(cli, args, catch_exceptions=False)
 assert r.exit_code == 0, r.output
-r = CliRunner().invoke(cli, args[:-2] + ["--sweep", "4", "--plot", args[-1] + ".png", "--db", args[-1]])
+png = args[-1].split("///", 1)[1] + ".png"  # beside the store file, never in the repo
+r = CliRunner().invoke(cli, args[:-2] + ["--sweep", "4", "--plot", png, "--db", args[-1]])
 assert r.exit_code == 0, r.output
 r = CliRunner().invoke(cli, ["export-plan", "1", "--format", "torchao", "--db", args[-1]])
 assert r.exit_code == 0, r.output
