@@ -6,7 +6,7 @@ their output, and collects the target lines, tables and plots into one report th
 machine it ran on.
 
     python bench/run_all.py            # all benchmarks
-    python bench/run_all.py store planner   # some of them
+    python bench/run_all.py store planner   # some of them (the others' last results are kept)
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ def report(runs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _merge_with_previous(runs: list[dict], all_names: list[str]) -> list[dict]:
+    """Running some benchmarks again keeps the others' last results in the report."""
+    path = RESULTS / "report.json"
+    previous = {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    previous.update({r["name"]: r for r in runs})
+    return [previous[n] for n in all_names if n in previous]
+
+
 def main(argv: list[str]) -> int:
     names = argv or [n for n in ORDER if (HERE / f"{n}.py").exists()]
     RESULTS.mkdir(exist_ok=True)
@@ -91,6 +99,7 @@ def main(argv: list[str]) -> int:
                   f"{t['verdict']}")
         if r["rc"]:
             print(f"   failed (exit {r['rc']}): {' | '.join(r['stderr_tail'])}")
+    runs = _merge_with_previous(runs, all_names=[n for n in ORDER if (HERE / f"{n}.py").exists()])
     (RESULTS / "REPORT.md").write_text(report(runs))
     (RESULTS / "report.json").write_text(json.dumps(runs, indent=2))
     print(f"wrote {RESULTS / 'REPORT.md'}")

@@ -62,8 +62,8 @@ def _step(name: str) -> None:
 
 def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: str,
                  threshold_text: str, out_dir: Path, *, calib: str | None = None,
-                 eval_data: str | None = None,
-                 sweep_points: int = 12, samples: int = 32, progress: bool = False) -> RunSummary:
+                 eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
+                 quick: bool = False, progress: bool = False) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate."""
     from hwcost.shape import parse_shape
     from planner.apply import validate_plan_on_device
@@ -72,7 +72,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     from planner.plot import plot_frontier
     from planner.problem import build_problem
     from planner.sweep import sweep
-    from profiles.campaign import run_campaign
+    from profiles.campaign import QUICK_TIMING, run_campaign
     from profiles.loading import load_model
     from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
 
@@ -84,7 +84,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     _step(f"loading model {model_spec or '(demo model)'}")
     loaded = load_model(model_spec)
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
-    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress)
+    timing = QUICK_TIMING if quick else None
+    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress, timing=timing)
     times["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -125,7 +126,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     else:
         _step("applying the plan with real kernels and validating on held-out data")
         r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
-                                    eval_data=eval_data, samples=samples)
+                                    eval_data=eval_data, samples=samples,
+                                    timing=timing.kwargs() if timing else None)
         val = {"id": r.validation_id, "baseline_us": r.baseline_us, "plan_us": r.plan_us,
                "speedup": r.measured_speedup, "loss_mse": r.measured_loss_mse}
     times["validate"] = time.perf_counter() - t0
@@ -179,12 +181,14 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
                    "[default for the demo model: data/corpus/test.txt].")
 @click.option("--samples", default=32, show_default=True,
               help="Held-out sequences for the measured loss MSE.")
+@click.option("--quick", is_flag=True,
+              help="Few timing samples, no re-measuring: for smoke tests, not numbers to keep.")
 @store_option
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
-            calib: str | None, eval_data: str | None, samples: int, db_url: str | None,
-            as_json: bool) -> None:
+            calib: str | None, eval_data: str | None, samples: int, quick: bool,
+            db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
 
@@ -198,7 +202,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     """
     with open_cli_store(db_url) as store:
         s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
-                         calib=calib, eval_data=eval_data, samples=samples, progress=progress_enabled())
+                         calib=calib, eval_data=eval_data, samples=samples, quick=quick,
+                         progress=progress_enabled())
     if as_json:
         emit_json(asdict(s))
         return
