@@ -48,14 +48,16 @@ def run(name: str) -> dict:
     (RESULTS / f"{name}.log").write_text(proc.stdout + ("\n--- stderr ---\n" + proc.stderr
                                                         if proc.returncode else ""))
     return {"name": name, "rc": proc.returncode, "wall_s": round(wall, 1), "targets": targets,
+            "ran_at": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
             "stderr_tail": proc.stderr.strip().splitlines()[-3:] if proc.returncode else []}
 
 
 def report(runs: list[dict]) -> str:
     out = ["# hwcost benchmark report", "",
-           f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on: {machine()}", "",
-           "Every figure below was measured in this run by `python bench/run_all.py`; "
-           "each benchmark's own table follows in its section.", "",
+           f"Machine: {machine()}", "",
+           "Every figure below was measured by `python bench/run_all.py` on this machine, one "
+           "benchmark at a time; each section says when its benchmark ran and shows its own "
+           "table.", "",
            "## Targets", "", "| benchmark | target | value | goal | verdict |",
            "|---|---|---|---|---|"]
     for r in runs:
@@ -65,7 +67,8 @@ def report(runs: list[dict]) -> str:
             out.append(f"| {r['name']} | {t['name']} | {t['value']} {t['unit']} | "
                        f"{t['op']} {t['limit']} | **{t['verdict']}** |")
     for r in runs:
-        out += ["", f"## {r['name']} ({r['wall_s']} s)", ""]
+        out += ["", f"## {r['name']} (ran {r.get('ran_at', '2026-11-22 08:47 UTC')}, "
+                    f"{r['wall_s']} s)", ""]
         md = RESULTS / f"{r['name']}.md"
         if md.exists():
             out.append(md.read_text().strip())
@@ -87,6 +90,9 @@ def _merge_with_previous(runs: list[dict], all_names: list[str]) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--report"]:  # rewrite REPORT.md from the stored results, running nothing
+        (RESULTS / "REPORT.md").write_text(report(json.loads((RESULTS / "report.json").read_text())))
+        return 0
     names = argv or [n for n in ORDER if (HERE / f"{n}.py").exists()]
     RESULTS.mkdir(exist_ok=True)
     runs = []
