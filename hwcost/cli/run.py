@@ -121,8 +121,11 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     if prior is not None and prior[1] is not None:
         _step("validation reused from the store (same plan, device and shape)")
         v = prior[1]
+        # report the predictions this validation checked, not a re-solve's: the validation
+        # itself stored a newer whole-model baseline, which moves the predicted speedup
         val = {"id": v.id, "baseline_us": v.baseline_us, "plan_us": v.plan_us,
-               "speedup": v.measured_speedup, "loss_mse": v.measured_loss_mse}
+               "speedup": v.measured_speedup, "loss_mse": v.measured_loss_mse,
+               "predicted_speedup": v.predicted_speedup, "predicted_loss_mse": v.predicted_loss_mse}
     else:
         _step("applying the plan with real kernels and validating on held-out data")
         r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
@@ -142,8 +145,10 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         measured_now=camp.measured, measurements_reused=camp.already,
         sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
         layers=layers, precision_counts=dict(sorted(counts.items())),
-        predicted_speedup=sol.predicted_speedup, measured_speedup=val["speedup"],
-        predicted_loss_mse=sol.loss_mse, measured_loss_mse=val["loss_mse"],
+        predicted_speedup=val.get("predicted_speedup") or sol.predicted_speedup,
+        measured_speedup=val["speedup"],
+        predicted_loss_mse=val.get("predicted_loss_mse") or sol.loss_mse,
+        measured_loss_mse=val["loss_mse"],
         measured_share=sol.measured_share, baseline_us=val["baseline_us"],
         plan_us=val["plan_us"], validation_id=val["id"], validation_reused=prior is not None
         and prior[1] is not None, plan_file=str(plan_file), plot_file=str(plot_file),

@@ -39,6 +39,9 @@ def test_run_goes_from_nothing_to_a_validated_plan_and_reuses_it(tmp_path, sqlit
     assert s2["measured_now"] == 0 and s2["measurements_reused"] == s1["measured_now"]
     assert s2["sensitivity_reused"] and s2["plan_reused"] and s2["validation_reused"]
     assert (s2["plan_id"], s2["validation_id"]) == (s1["plan_id"], s1["validation_id"])
+    for key in ("predicted_speedup", "measured_speedup", "predicted_loss_mse",
+                "measured_loss_mse"):  # the same validated plan reports the same numbers
+        assert s2[key] == s1[key]
     with open_store(sqlite_url) as s:
         model = s.get_model(s1["model_fingerprint"])
         dev = s.get_device(s1["device"])
