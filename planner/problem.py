@@ -13,14 +13,14 @@ import fnmatch
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hwcost.errors import HwcostError, NoEstimate, NoSuchModel
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precision
 from hwcost.shape import Shape, parse_shape
 
-SOURCES = ("measured", "learned", "roofline")
-"""Cost sources from most to least trusted; an option's source is the weaker of its own
-latency's and its subgraph baseline's."""
+if TYPE_CHECKING:
+    from hwcost.costs import SubgraphCosts
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,6 @@ class Problem:
         return [n for c in self.choices for n in c.layer_names]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    position: int
-    signature: str
-    kind: str
-    layer_names: tuple[str, ...]
-    slots: tuple
-    costs: dict
-
-
 # ------------------------------------------------------------------------- building
 
 
@@ -129,9 +119,11 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     sens, calib = _sensitivity_table(store, model, method)
     layers = [n for item, _ in manifest for n in item.layer_names]
     precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
-    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs, manifest)
+    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs)
+    kinds = {item.position: info.kind for item, info in manifest}
     rates = _mac_rates(dev, baseline, precs)
-    choices = [_choice(e, baseline, precs, sens, rates, shape_obj) for e in entries]
+    choices = [_choice(e, kinds.get(e.position, ""), baseline, precs, sens, rates, shape_obj)
+               for e in entries]
     base_row = store.model_latency(model.id, dev.id, shape_obj.key, f"all:{baseline}")
     return Problem(model_name=model.name, model_fingerprint=model.fingerprint,
                    device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
@@ -169,16 +161,13 @@ def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
     return tuple(precs)
 
 
-def _cost_entries(store, model_fp: str, dev, shape: Shape, precs: tuple[str, ...],
-                  manifest) -> list[_Entry]:
+def _cost_entries(store, model_fp: str, dev, shape: Shape,
+                  precs: tuple[str, ...]) -> list[SubgraphCosts]:
     """Cost table per subgraph instance from ``hwcost.costs`` (measured, else learned, else
     roofline, each labelled)."""
     from hwcost.costs import model_table
 
-    kinds = {item.position: info.kind for item, info in manifest}
-    table = model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs)
-    return [_Entry(e.position, e.signature, kinds.get(e.position, ""), tuple(e.layer_names),
-                   tuple(e.slots), dict(e.costs)) for e in table.entries]
+    return model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs).entries
 
 
 def _mac_rates(dev, baseline: str, precs: tuple[str, ...]) -> dict[str, float]:
@@ -197,7 +186,7 @@ def _mac_rates(dev, baseline: str, precs: tuple[str, ...]) -> dict[str, float]:
     return {p: peak(p) or base * base_bits / Precision(p).bits for p in precs}
 
 
-def _choice(e: _Entry, baseline: str, precs: tuple[str, ...], sens: dict,
+def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], sens: dict,
             rates: dict[str, float], shape: Shape) -> Choice:
     n = len(e.slots)
     base_key = config_key([baseline] * n)
@@ -221,12 +210,15 @@ def _choice(e: _Entry, baseline: str, precs: tuple[str, ...], sens: dict,
             gain_us=float(base.latency_us) - float(est.latency_us), loss_mse=float(loss),
             weight_bytes=float(wbytes), macs_time_us=float(macs_t),
             source=_weaker(est.source, base.source),
-            uncertainty_us=float(getattr(est, "uncertainty_us", 0.0) or 0.0)))
+            uncertainty_us=float(est.uncertainty_us or 0.0)))
     options.sort(key=lambda o: (o.key != base_key, o.key))
-    return Choice(e.position, e.signature, e.kind, tuple(e.layer_names), tuple(options))
+    return Choice(e.position, e.signature, kind, tuple(e.layer_names), tuple(options))
 
 
 def _weaker(a: str, b: str) -> str:
+    """The less trusted of two cost sources (``hwcost.costs.SOURCES`` runs from most to least)."""
+    from hwcost.costs import SOURCES
+
     rank = {s: i for i, s in enumerate(SOURCES)}
     return max((a, b), key=lambda s: rank.get(s, len(SOURCES)))
 
