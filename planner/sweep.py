@@ -46,7 +46,7 @@ def sweep(problem: Problem, n: int, objective: str = "time",
 
 def _thresholds(comp, lo: float, hi: float, n: int) -> list[float]:
     if hi <= lo:
-        return [lo] * 1
+        return [lo]
     start = lo
     if start <= 0:
         positive = [m for ms in comp.mses for m in ms if m > 0]
