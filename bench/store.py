@@ -99,7 +99,8 @@ def run_backend(backend: str, rows: int, tmp: Path) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         rep = import_bundle(dst, bundle)
         import_s, import_cpu = time.perf_counter() - t0, time.process_time() - c0
-        assert rep.tables["measurement"].new == n, "import lost rows"
+        if rep.tables["measurement"].new != n:
+            raise RuntimeError(f"import lost rows: {rep.tables['measurement'].new} of {n} arrived")
         dst.close()
         return {"backend": backend, "rows": n, "build_s": round(build_s, 2),
                 "model_table_rows": len(cost_rows),
