@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from hwcost.device import cpu_model_and_flags  # noqa: E402
 from planner.objectives import lowest_precision_mse, parse_threshold  # noqa: E402
 from planner.problem import Choice, Problem  # noqa: E402
 from planner.solve import compile_problem, solve, solve_compiled  # noqa: E402
@@ -344,7 +345,7 @@ def main() -> None:
     out_path = RESULTS / "planner.json"
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                         "processor": _cpu_name(), "threads": args.threads}
+                         "processor": cpu_model_and_flags()[0], "threads": args.threads}
     if args.part in ("a", "all"):
         print("(a) solver on the 70B-shaped problem", flush=True)
         result["a"] = part_a()
@@ -440,16 +441,6 @@ def _load() -> float | None:
         return float(Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
