@@ -186,7 +186,6 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
     n_eval = sum(int(b.shape[0]) for b in batches)
 
-    used_threads = timings["plan"].threads
     info = local_device(kind)
     dev_row = store.upsert_device(info.to_row())
     note = "" if info.fingerprint == data["device"]["fingerprint"] else (
@@ -202,12 +201,13 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
             median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples, host=host,
             tool_version=__version__))
     b, p = timings["baseline"], timings["plan"]
+    speedup = b.median_us / p.median_us
     pr = data["predicted"]
     v = Validation(plan_id=pid, device_id=dev_row.id, baseline_us=b.median_us, plan_us=p.median_us,
-                   measured_speedup=b.median_us / p.median_us,
+                   measured_speedup=speedup,
                    predicted_speedup=pr.get("speedup"), measured_loss_mse=losses["plan"],
                    predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host)
     vid = store.add_validation(v)
     return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
-                            p.spread_us, b.median_us / p.median_us, pr.get("speedup"),
-                            losses["plan"], pr.get("loss_mse"), n_eval, used_threads, note)
+                            p.spread_us, speedup, pr.get("speedup"),
+                            losses["plan"], pr.get("loss_mse"), n_eval, p.threads, note)
