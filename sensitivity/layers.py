@@ -17,20 +17,7 @@ from torch import nn
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
 from profiles.precisions import Emulation, emulation
-
-
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for plain torch models
-        return None
-    return Conv1D
-
-
-def is_quantizable(module: nn.Module) -> bool:
-    """True for modules computing ``x W^T + b`` (nn.Linear, transformers Conv1D)."""
-    conv1d = _conv1d_type()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+from profiles.trace import quantizable
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
@@ -47,7 +34,7 @@ def quantizable_layers(model: nn.Module, layers: str | Sequence[str] = "auto"
     ``"auto"`` takes every quantizable layer; a list of names takes exactly those (each must
     name a quantizable module). Raises SensitivityError when nothing is left.
     """
-    found = {name: m for name, m in model.named_modules() if name and is_quantizable(m)}
+    found = {name: m for name, m in model.named_modules() if name and quantizable(m)}
     if isinstance(layers, str):
         if layers != "auto":
             raise SensitivityError(f"layers must be 'auto' or a list of module names, not {layers!r}")
@@ -79,7 +66,7 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
     try:
         for name, prec in layer_precisions.items():
             module = modules.get(name)
-            if module is None or not is_quantizable(module):
+            if module is None or not quantizable(module):
                 raise SensitivityError(f"not a quantizable layer of the model: {name!r}")
             emu = as_emulation(prec)
             if type(emu) is Emulation and emu.precision is Precision.FP32:
