@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hwcost.errors import SensitivityError
-from hwcost.precision import Precision, parse_precision, parse_precisions
+from hwcost.precision import Precision, parse_precisions
 from profiles.precisions import emulation
 from sensitivity.layers import emulated, quantizable_layers, weight_matrix
 from sensitivity.loss import LossFn, per_sample_losses
@@ -109,8 +109,3 @@ def fisher_table(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | Non
     terms = per_sample_terms(model, batches, loss_fn, precisions, layers, "fisher")
     return table_from_terms(terms, "fisher", calib_fingerprint, squared=False)
 
-
-def uniform_config(layers: Iterable[str], precision: Precision | str) -> dict[str, str]:
-    """Every layer in one precision."""
-    p = parse_precision(precision).value
-    return {name: p for name in layers}
