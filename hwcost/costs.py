@@ -172,20 +172,23 @@ class CostModel:
     def supported(self) -> tuple[Precision, ...]:
         """Precisions this device can be asked about: rated in its own or its catalog
         peaks, or measured on it (nominal rates never make a precision supported)."""
-        have = set(self._own_peaks.supported()) if self._own_peaks is not None else set()
-        self.peaks  # noqa: B018 - a device with neither peaks nor measurements is refused here
-        for _, _, cfg, _, _ in self.measurements:
-            have.update(parse_config(cfg))
-        return tuple(p for p in Precision if p in have)
+        if not hasattr(self, "_supported"):  # check() asks once per unmeasured config
+            have = set(self._own_peaks.supported()) if self._own_peaks is not None else set()
+            self.peaks  # noqa: B018 - a device with neither peaks nor measurements is refused here
+            for cfg in {cfg for _, _, cfg, _, _ in self.measurements}:
+                have.update(parse_config(cfg))
+            self._supported = tuple(p for p in Precision if p in have)
+        return self._supported
 
     def check(self, sub: SubgraphInfo, config: Config) -> None:
         """Raise a one-line error for a config that does not fit the subgraph or the device."""
         if len(config) != len(sub.slots):
             raise BadConfig(f"config {config_key(config)!r} has {len(config)} precisions; subgraph "
                             f"{sub.signature[:12]} ({sub.kind}) has {len(sub.slots)} slots")
-        bad = sorted({p.value for p in config} - {p.value for p in self.supported()})
+        supported = self.supported()
+        bad = sorted({p.value for p in config} - {p.value for p in supported})
         if bad:
-            ok = ", ".join(p.value for p in self.supported())
+            ok = ", ".join(p.value for p in supported)
             raise UnsupportedPrecision(
                 f"device {self.label} has no rate and no measurement for {', '.join(bad)} "
                 f"(it supports {ok}); measure it on the device with `hwcost profile MODEL "
@@ -234,7 +237,8 @@ class CostModel:
             lm = self.learned
             known = set(lm.precisions_)
             mine = [i for i in rest if set(queries[i].config) <= known]
-            rest = [i for i in rest if i not in set(mine)]
+            taken = set(mine)
+            rest = [i for i in rest if i not in taken]
             for i, v in zip(mine, lm.predict([queries[i] for i in mine])):
                 out[i] = Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_)
         if rest:
