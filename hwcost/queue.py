@@ -275,9 +275,14 @@ def campaigns(store) -> list[CampaignStatus]:
         done = s.execute(select(CampaignTask.campaign_id, CampaignTask.worker, func.count())
                          .where(CampaignTask.state == "done")
                          .group_by(CampaignTask.campaign_id, CampaignTask.worker)).all()
+        states = s.execute(select(CampaignTask.campaign_id, CampaignTask.state, func.count())
+                           .group_by(CampaignTask.campaign_id, CampaignTask.state)).all()
     by_campaign: dict[int, dict[str, int]] = {}
     for cid, worker, n in done:
         by_campaign.setdefault(cid, {})[worker or "-"] = int(n)
-    return [CampaignStatus(c.name, model, dev, json.loads(c.shapes), progress(store, c.id),
+    counts: dict[int, dict[str, int]] = {}
+    for cid, state, n in states:
+        counts.setdefault(cid, {})[state] = int(n)
+    return [CampaignStatus(c.name, model, dev, json.loads(c.shapes), Progress(**counts.get(c.id, {})),
                            dict(sorted(by_campaign.get(c.id, {}).items())), c.created_at)
             for c, dev, model in rows]
