@@ -350,9 +350,7 @@ class Store:
                     "host": m.host, "campaign": m.campaign, "tool_version": m.tool_version,
                 })
             keys = ["device_id", "subgraph_id", "shape", "config"]
-            if replace:
-                return self._upsert(s, Measurement, rows, keys)
-            return self._insert_ignore(s, Measurement, rows, keys)
+            return self._upsert(s, Measurement, rows, keys, replace=replace)
 
     def measurement_count(self) -> int:
         with self.session() as s:
@@ -428,7 +426,7 @@ class Store:
         data = row.model_dump(exclude={"id"})
         with self.session() as s:
             keys = ["model_id", "device_id", "shape", "config_hash"]
-            (self._upsert if replace else self._insert_ignore)(s, ModelLatency, [data], keys)
+            self._upsert(s, ModelLatency, [data], keys, replace=replace)
 
     def model_latency(self, model_id: int, device_id: int, shape: str, config_hash: str
                       ) -> ModelLatency | None:
@@ -450,7 +448,7 @@ class Store:
         data = [r.model_dump(exclude={"id"}) for r in rows]
         keys = ["model_id", "calib_fingerprint", "layer", "precision", "method"]
         with self.session() as s:
-            return (self._upsert if replace else self._insert_ignore)(s, Sensitivity, data, keys)
+            return self._upsert(s, Sensitivity, data, keys, replace=replace)
 
     def sensitivities(self, model_id: int, method: str = "taylor",
                       calib_fingerprint: str | None = None) -> list[Sensitivity]:
@@ -504,29 +502,25 @@ class Store:
     def _insert_ignore(self, s: Session, table: type[SQLModel], rows: list[dict],
                        keys: list[str]) -> int:
         """INSERT ... ON CONFLICT DO NOTHING in chunks; returns rows inserted."""
+        return self._upsert(s, table, rows, keys, replace=False)
+
+    def _upsert(self, s: Session, table: type[SQLModel], rows: list[dict],
+                keys: list[str], *, replace: bool = True) -> int:
+        """INSERT ... ON CONFLICT DO UPDATE (``replace``) or DO NOTHING in chunks; returns
+        rows inserted or updated."""
         if not rows:
             return 0
         ins = _dialect_insert(self.dialect)
         n = 0
         step = max(1, 30000 // max(1, len(rows[0])))  # stay under bound-parameter limits
         for i in range(0, len(rows), step):
-            stmt = (ins(table).values(rows[i:i + step]).on_conflict_do_nothing(index_elements=keys)
-                    .returning(table.id))
-            n += len(s.execute(stmt).all())  # rowcount is -1 for multi-row inserts on psycopg
-        return n
-
-    def _upsert(self, s: Session, table: type[SQLModel], rows: list[dict],
-                keys: list[str]) -> int:
-        if not rows:
-            return 0
-        ins = _dialect_insert(self.dialect)
-        n = 0
-        step = max(1, 30000 // max(1, len(rows[0])))
-        for i in range(0, len(rows), step):
             stmt = ins(table).values(rows[i:i + step])
-            update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update).returning(table.id)
-            n += len(s.execute(stmt).all())
+            if replace:
+                update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+                stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update)
+            else:
+                stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+            n += len(s.execute(stmt.returning(table.id)).all())  # rowcount is -1 on psycopg
         return n
 
 
@@ -642,15 +636,13 @@ def _ensure_schema(engine: Engine, *, create: bool, upgrade: bool = True) -> Non
 
 def _stored_version(engine: Engine, conn) -> int | None:
     """The store's schema version; None when there is no ``meta`` table (no store yet)."""
+    if conn is engine:
+        with engine.connect() as c:  # one connection for the check and the read
+            return _stored_version(engine, c)
     if "meta" not in set(inspect(conn).get_table_names()):
         return None
-    if conn is engine:
-        with engine.connect() as c:
-            row = c.execute(text("SELECT value FROM meta WHERE key = :k"),
-                            {"k": "schema_version"}).first()
-    else:
-        row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
-                           {"k": "schema_version"}).first()
+    row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
+                       {"k": "schema_version"}).first()
     return int(row[0]) if row else 0
 
 
