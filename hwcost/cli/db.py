@@ -144,11 +144,8 @@ def status_cmd(db_url: str | None, as_json: bool) -> None:
     from hwcost.migrations import schema_status
     from hwcost.store import open_store
 
-    store = open_store(db_url, create=False, upgrade=False)
-    try:
+    with open_store(db_url, create=False, upgrade=False) as store:
         st = schema_status(store)
-    finally:
-        store.close()
     if as_json:
         emit_json({"stored": st.stored, "current": st.current, "pending": st.pending})
         return
@@ -164,11 +161,8 @@ def migrate_cmd(db_url: str | None) -> None:
     from hwcost.migrations import schema_status
     from hwcost.store import open_store
 
-    store = open_store(db_url, create=False, upgrade=False)
-    try:
+    with open_store(db_url, create=False, upgrade=False) as store:
         before = schema_status(store)
-    finally:
-        store.close()
     if not before.pending:
         click.echo(f"schema version {before.stored} is current; nothing to migrate")
         return
