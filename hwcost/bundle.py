@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from hwcost import __version__
 from hwcost import schema as _schema
 from hwcost.bulk import ARROW_TYPES
-from hwcost.errors import BundleInvalid, HwcostError
+from hwcost.errors import BundleInvalid, HwcostError, first_line
 from hwcost.precision import config_key, parse_config, parse_precision
 from hwcost.shape import parse_shape
 
@@ -256,7 +256,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         pf = pq.ParquetFile(path, page_checksum_verification=True)
         raw_meta = (pf.schema_arrow.metadata or {}).get(META_KEY)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise bad(f"not a readable Parquet file ({_first_line(e)}); truncated or corrupt?"
+        raise bad(f"not a readable Parquet file ({first_line(e)}); truncated or corrupt?"
                   ) from None
     if raw_meta is None:
         raise bad("no hwcost.bundle metadata; not an hwcost bundle")
@@ -285,7 +285,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     try:
         whole = pf.read(columns=["record"] + [f"{s.name}_{c}" for s in SPECS for c in s.names])
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise bad(f"cannot read its rows ({_first_line(e)}); truncated or corrupt?") from None
+        raise bad(f"cannot read its rows ({first_line(e)}); truncated or corrupt?") from None
     records = whole.column("record")
     unknown = set(pc.unique(records).to_pylist()) - set(SPEC)
     if unknown:
@@ -329,10 +329,6 @@ def _declared_rows(meta: dict, table: str) -> int | None:
         return int(meta["tables"][table]["rows"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _cast_column(col: pa.ChunkedArray, kind: str, name: str, bad) -> pa.ChunkedArray:

@@ -7,6 +7,11 @@ class HwcostError(Exception):
     """Base class of every error hwcost reports to users."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class SchemaTooNew(HwcostError):
     """The store was written by a newer hwcost than this one."""
 

@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 
 import hwcost.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
 from hwcost.bulk import read_rows
-from hwcost.errors import ReadOnlyViolation, StoreError
+from hwcost.errors import ReadOnlyViolation, StoreError, first_line
 
 COSTS_VIEW = """
 CREATE VIEW costs AS
@@ -52,7 +52,7 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise StoreError(f"cannot parse query: {_first_line(e)}") from None
+        raise StoreError(f"cannot parse query: {first_line(e)}") from None
     if len(statements) != 1:
         raise ReadOnlyViolation(f"db query runs exactly one SELECT statement; got "
                                 f"{len(statements)} statements")
@@ -105,10 +105,6 @@ def run_query(store, sql: str) -> QueryResult:
             columns = [d[0] for d in cur.description]
             return QueryResult(columns, cur.fetchall())
         except duckdb.Error as e:
-            raise StoreError(f"query failed: {_first_line(e)}") from None
+            raise StoreError(f"query failed: {first_line(e)}") from None
     finally:
         con.close()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
