@@ -91,6 +91,11 @@ def cpu_threads() -> int:
         import torch
 
         return torch.get_num_threads()
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

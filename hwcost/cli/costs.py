@@ -91,16 +91,11 @@ def calibrate_cmd(threads: int | None, budget: float, db_url: str | None, as_jso
     """Measure this CPU's achieved matmul rate per precision (fp32, bf16, int8 with the
     deployed kernels; fp8 emulated), memory bandwidth and per-op overhead, and store them
     as the device's peaks for the roofline fallback."""
-    import os
-
-    from hwcost.device import local_device
+    from hwcost.device import local_device, usable_cpus
     from profiles.calibrate import calibrate_cpu
 
     if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = os.cpu_count() or 1
+        threads = usable_cpus()
     peaks = calibrate_cpu(threads=threads, budget_s=budget)
     info = local_device("cpu")  # after setting threads: the fingerprint includes them
     with open_cli_store(db_url) as store:
