@@ -365,8 +365,9 @@ class Store:
             ids = self._subgraph_ids(s, signatures)
             by_id = {v: k for k, v in ids.items()}
             out: dict[str, set[str]] = {sig: set() for sig in signatures}
-            for i in range(0, len(by_id), 500):
-                chunk = list(by_id)[i:i + 500]
+            sids = list(by_id)
+            for i in range(0, len(sids), 500):
+                chunk = sids[i:i + 500]
                 for sid, cfg in s.execute(select(Measurement.subgraph_id, Measurement.config)
                                           .where(Measurement.device_id == dev.id,
                                                  Measurement.shape == shape,
