@@ -22,14 +22,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
 
 from hwcost.exchange import export_bundle, import_bundle
 from hwcost.store import open_store
-from hwcost.synthetic import PRECISIONS, device, fill_grid
+from hwcost.synthetic import PRECISIONS, device, fill_grid, scratch_pg_database
 
 RESULTS = Path(__file__).parent / "results"
 N_DEVICES, N_SLOTS, MODEL_POSITIONS = 4, 3, 64
@@ -42,25 +39,7 @@ def _pg_database() -> tuple[str, callable]:
     admin = os.environ.get("HWCOST_TEST_PG")
     if not admin:
         raise SystemExit("set HWCOST_TEST_PG (source /tmp/pgenv) to benchmark PostgreSQL")
-    name = f"hwcost_bench_{uuid.uuid4().hex[:8]}"
-    eng = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        # autovacuum (not ours to terminate) may still be analysing the fresh tables: retry
-        for attempt in range(30):
-            try:
-                with eng.connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                break
-            except Exception:
-                if attempt == 29:
-                    raise
-                time.sleep(1)
-        eng.dispose()
-
-    return f"{admin.rsplit('/', 1)[0]}/{name}", drop
+    return scratch_pg_database(admin, prefix="hwcost_bench")
 
 
 def _new_store(backend: str, tmp: Path, tag: str):

@@ -181,3 +181,34 @@ def concurrent_writer(url: str, worker: int, n_keys: int, stride: int, barrier,
                 for sig, shape, cfg in mine[i:i + batch])
     finally:
         store.close()
+
+
+def scratch_pg_database(admin_url: str, prefix: str = "hwcost_tmp"):
+    """Create an empty PostgreSQL database next to ``admin_url`` (a role that may CREATE
+    DATABASE); return its URL and a function that drops it. For tests and benchmarks."""
+    import time
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"  # generated, never user input: safe to quote
+    eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        # An autovacuum worker (not ours to terminate, so FORCE fails) may still be analysing
+        # a freshly written database: retry for a while.
+        for attempt in range(40):
+            try:
+                with eng.connect() as c:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except DBAPIError:
+                if attempt == 39:
+                    raise
+                time.sleep(0.5)
+        eng.dispose()
+
+    return f"{admin_url.rsplit('/', 1)[0]}/{name}", drop

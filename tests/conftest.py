@@ -5,7 +5,6 @@ PostgreSQL database per test."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -22,34 +21,9 @@ def _pg_admin_url() -> str | None:
 
 def make_pg_database() -> tuple[str, callable]:
     """Create an empty PostgreSQL database; return its URL and a function that drops it."""
-    from sqlalchemy import create_engine, text
+    from hwcost.synthetic import scratch_pg_database
 
-    admin = _pg_admin_url()
-    name = f"hwcost_t_{uuid.uuid4().hex[:12]}"
-    eng = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    base = admin.rsplit("/", 1)[0]
-
-    def drop() -> None:
-        # An autovacuum worker (not ours to terminate, so FORCE fails) may still be analysing
-        # a freshly written database: retry for a while.
-        import time
-
-        from sqlalchemy.exc import DBAPIError
-
-        for attempt in range(40):
-            try:
-                with eng.connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                break
-            except DBAPIError:
-                if attempt == 39:
-                    raise
-                time.sleep(0.5)
-        eng.dispose()
-
-    return f"{base}/{name}", drop
+    return scratch_pg_database(_pg_admin_url(), prefix="hwcost_t")
 
 
 def _backends() -> list:
