@@ -33,6 +33,7 @@ from hwcost.precision import BASELINE, Precision, config_key, parse_precisions
 from hwcost.schema import ModelLatency
 from hwcost.shape import Shape, parse_shape
 from hwcost.store import MeasurementIn, host_name
+from profiles.decode import find_caches, layer_indices, rewind, step_fn
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
 
@@ -141,6 +142,7 @@ class _Measurer:
                 for seed in range(self.n_inputs):
                     inputs = _move(self.loaded.inputs_for(shape, seed), self.backend.device)
                     caps = self.part.capture_inputs(self.loaded.model, inputs)
+                    rewind(find_caches(inputs), parse_shape(shape).kv)  # the pass appended
                     for sig, rep in self.reps.items():
                         per_sig[sig].append(caps[index[rep.position]])
             self._captured[shape] = per_sig
@@ -167,7 +169,12 @@ class _Measurer:
                 swaps[name] = deployed[name, prec]
             holder = piece.extract(model, replace=swaps)
             fns[key] = (lambda inp, m=holder: piece.run(m, inp))
-        return time_interleaved(fns, self.inputs(shape, signature), self.backend,
+        inputs = self.inputs(shape, signature)
+        kv = parse_shape(shape).kv
+        if kv:  # a decode step appends to its layers' caches: rewind after every call
+            layers = layer_indices(piece.extract(model).children())
+            fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
+        return time_interleaved(fns, inputs, self.backend,
                                 threads=self.threads, **self.timing.kwargs())
 
     def model_latency(self, shape: str, baseline: Precision) -> Any:
@@ -180,8 +187,18 @@ class _Measurer:
                                  {n: baseline for n in self.part.layer_names()}, self.backend)
         inputs = [_move(self.loaded.inputs_for(shape, seed), self.backend.device)
                   for seed in range(self.n_inputs)]
-        return time_one(lambda inp: model(**inp), inputs, self.backend, threads=self.threads,
-                        **self.timing.kwargs())
+        fn = step_fn(lambda inp: model(**inp), inputs, parse_shape(shape).kv)
+        return time_one(fn, inputs, self.backend, threads=self.threads, **self.timing.kwargs())
+
+
+def _cut_shape(shapes: Sequence[Shape]) -> Shape:
+    """The shape the model is partitioned on: the first prefill shape, else a short prefill
+    of the first shape's batch (the cut is the same at every shape; a prefill pass needs no
+    cache)."""
+    for s in shapes:
+        if not s.kv:
+            return s
+    return Shape(batch=shapes[0].batch, seq=8)
 
 
 def _move(inputs: dict, device: Any) -> dict:
@@ -228,6 +245,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         loaded.model.to(backend.device)  # pieces run in place; only deployed layers are new
     precs = _precisions(backend, precisions)
     shape_list = [parse_shape(s) for s in (shapes or [DEFAULT_SHAPE])]
+    for shape in shape_list:  # before anything is stored
+        loaded.check_shape(shape)
     timing = timing or TimingOptions()
     if group < 1:
         raise ValueError("group must be at least 1")
@@ -241,7 +260,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         with torch.no_grad():
             # at least 3 precisions for the cut, so that with the defaults every device and
             # precision subset cuts the model alike and one manifest serves them all
-            part = partition(loaded.model, _move(loaded.inputs_for(shape_list[0]), backend.device),
+            part = partition(loaded.model, _move(loaded.inputs_for(_cut_shape(shape_list)),
+                                                 backend.device),
                              n_precisions=max(3, len(precs)), max_configs=max_configs)
         model_id = register_model(store, loaded, part)
         tasks = campaign_tasks(part, shape_list, precs)

@@ -62,13 +62,16 @@ class LoadedModel:
         """Inputs of ``shape`` such that ``model(**inputs)`` runs.
 
         Causal LMs get random token ids ``[batch, tokens]`` (``use_cache=False``: profiling
-        times prefill-style passes). Decode shapes with a KV cache (``kv>0``) are refused
-        rather than timed without their cache.
+        times prefill-style passes). Decode shapes with a KV cache (``kv>0``) get one new
+        token per sequence and a real cache of ``kv`` tokens (:func:`profiles.decode.decode_inputs`);
+        a model without a KV cache, or ``kv`` beyond its positions, is a BadShape.
         """
         shape = parse_shape(shape)
         if shape.kv:
-            raise BadShape(f"shape {shape.key}: profiling with a KV cache is not supported yet; "
-                           "use a prefill shape such as batch=1,seq=128")
+            from profiles.decode import decode_inputs
+
+            self.check_shape(shape)
+            return decode_inputs(self.model, shape, seed)
         if self.inputs_fn is not None:
             return self.inputs_fn(shape, seed)
         if self.example is not None:
@@ -81,6 +84,14 @@ class LoadedModel:
         seq = shape.seq if shape.phase == "prefill" else 1
         ids = torch.randint(0, vocab, (shape.batch, seq), generator=gen)
         return {"input_ids": ids, "use_cache": False}
+
+
+    def check_shape(self, shape: Shape | str) -> None:
+        """Raise BadShape when this model cannot run ``shape`` (a decode shape without a KV
+        cache, a KV length beyond its positions); cheap, runs nothing."""
+        from profiles.decode import check_decode_shape
+
+        check_decode_shape(self.model, self.name, parse_shape(shape))
 
 
 def _vocab_size(model: nn.Module) -> int | None:

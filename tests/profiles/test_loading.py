@@ -73,9 +73,13 @@ def test_hf_directory_loads_in_eval_fp32_and_takes_shaped_inputs(llama_dir):
     assert lm.inputs_for("batch=3,phase=decode")["input_ids"].shape == (3, 1)
 
 
-def test_kv_cache_shapes_are_refused(llama_dir):
-    with pytest.raises(BadShape, match="profiling with a KV cache is not supported yet"):
-        load_model(str(llama_dir)).inputs_for("batch=1,kv=128,phase=decode")
+def test_kv_cache_shapes_get_a_cache_and_a_kv_beyond_positions_is_refused(llama_dir):
+    lm = load_model(str(llama_dir))
+    inputs = lm.inputs_for("batch=1,kv=16,phase=decode")
+    assert inputs["input_ids"].shape == (1, 1) and inputs["use_cache"] is True
+    limit = lm.model.config.max_position_embeddings
+    with pytest.raises(BadShape, match=f"needs position {limit + 1}, beyond model 'llama"):
+        lm.inputs_for(f"batch=1,kv={limit},phase=decode")
 
 
 def test_demo_model_dir_follows_hwcost_data(tmp_path, monkeypatch):
