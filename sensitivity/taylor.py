@@ -105,10 +105,13 @@ def noise_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     gw2 = (g @ w).square()
     y = _outputs(x, w, b, emus)
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
+    gsum2 = g.sum(1).square() if b is not None else None  # [B, out]: one bias per output
     for i, emu in enumerate(emus):
         out[i] = _rowdot(error_variance(emu, x), gw2).double()
         if emu.rounds_output:
             out[i] += _rowdot(error_variance(emu, y), g.square()).double()
+            if b is not None:  # the stored bias is rounded once, shared by every token
+                out[i] += (gsum2 @ error_variance(emu, b)).double()
     var_w = torch.stack([error_variance(emu, w).flatten() for emu in emus], dim=1)  # [out*in, P]
     for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
         out[:, sl] += (big_g.square() @ var_w).double().t()
@@ -123,7 +126,7 @@ def fisher_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
         yq = emu.activation(x) @ emu.weight(w).t()
-        dy = emu.output(yq if b is None else yq + b) - y
+        dy = emu.output(yq if b is None else yq + emu.bias(b)) - y
         out[i] = _rowdot(g2, dy.square()).double()
     return out
 
@@ -174,6 +177,9 @@ class _Memo:
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         return self.emu.output(y)
+
+    def bias(self, b: torch.Tensor | None) -> torch.Tensor | None:
+        return self.emu.bias(b)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared.uses.get(self.key, 0) <= 1:  # read by this layer only: nothing to share

@@ -39,3 +39,19 @@ def ids():
 @pytest.fixture
 def batches(ids):
     return [{"input_ids": ids[:5]}, {"input_ids": ids[5:]}]
+
+
+def tiny_qwen2(dtype=torch.float64, seed: int = 0):
+    """Qwen2: biased q/k/v projections (the layers that crashed the bf16 Taylor term)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, use_cache=False)
+    model = Qwen2ForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():  # HF initialises biases to zero: make them matter
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None and m.bias.dim() == 1:
+                m.bias.normal_(0.0, 0.5)
+    return model
