@@ -1,10 +1,11 @@
 """Planning: pick one precision configuration per subgraph to maximise the predicted gain
 with the predicted loss MSE under a bound (arXiv 2505.13060), from the store alone.
 
-Importing ``planner`` never imports torch; only :mod:`planner.apply` (apply and validate on
-a device) does, lazily.
+Importing ``planner`` never imports torch; :mod:`planner.deploy` (apply a plan to a model) and
+:mod:`planner.apply` (validate on a device) import it lazily, inside their functions.
 """
 
+from planner.deploy import DeployedLayer, deploy, deployed_layers, load_deployed, save_deployed
 from planner.export import FORMATS, export, plan_document, read_plan, to_inc, to_torchao, validate_plan
 from planner.objectives import (
     OBJECTIVES,
@@ -32,6 +33,8 @@ __all__ = [
     "FrontierPoint",
     # plans
     "PlanResult", "make_plan", "save_plan", "load_plan",
+    # deployment
+    "deploy", "deployed_layers", "save_deployed", "load_deployed", "DeployedLayer",
     # exporters
     "FORMATS", "plan_document", "validate_plan", "read_plan", "export", "to_inc", "to_torchao",
 ]

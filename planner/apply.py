@@ -69,13 +69,10 @@ def layer_map_hash(layers: Mapping[str, str]) -> str:
 
 
 def deploy(loaded_model, layers: Mapping[str, str], backend):
-    """A copy of the model with each layer deployed in its precision (fp32 layers of the
-    float32 model are left as they are: that is the fp32 deployment)."""
-    from profiles.backends import apply_precisions
+    """The model with each layer deployed in its precision (:func:`planner.deploy.deploy`)."""
+    from planner.deploy import deploy as deploy_plan
 
-    todo = {n: p for n, p in layers.items() if p != "fp32"}
-    model = loaded_model.to(backend.device)
-    return apply_precisions(model, todo, backend).eval()
+    return deploy_plan(loaded_model, layers, backend)
 
 
 def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, backend,

@@ -131,14 +131,22 @@ def to_inc(doc: dict, dump_stats_path: str = "./inc_output/measure") -> dict:
     }
 
 
-_INT8 = {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2, "_data": {}}
-_PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {}}
+_PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {"dim": -1}}
+# Symmetric per-token activations and per-row weights: the registry's int8 (torchao's default,
+# written out so that a change of torchao's defaults cannot change what is deployed).
+_INT8 = {"_type": "Int8DynamicActivationInt8WeightConfig", "_version": 2,
+         "_data": {"act_mapping_type": {"_type": "MappingType", "_data": "SYMMETRIC"},
+                   "granularity": _PER_ROW}}
 
 
 def _fp8(dtype: str) -> dict:
     dt = {"_type": "torch.dtype", "_data": dtype}
+    # use_fast_accum off: the backends' torch._scaled_mm accumulates in full fp32 precision
+    mm = {"_type": "Float8MMConfig", "_version": 1,
+          "_data": {"emulate": False, "use_fast_accum": False, "pad_inner_dim": False}}
     return {"_type": "Float8DynamicActivationFloat8WeightConfig", "_version": 2,
-            "_data": {"activation_dtype": dt, "weight_dtype": dt, "granularity": [_PER_ROW, _PER_ROW]}}
+            "_data": {"activation_dtype": dt, "weight_dtype": dt, "granularity": [_PER_ROW, _PER_ROW],
+                      "mm_config": mm}}
 
 
 _TORCHAO = {"int8": _INT8, "fp8_e4m3": _fp8("float8_e4m3fn"), "fp8_e5m2": _fp8("float8_e5m2")}
@@ -146,26 +154,40 @@ _CASTS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def to_torchao(doc: dict) -> dict:
-    """torchao per-module mapping: ``fqn_to_config`` in torchao's own serialized form (per-row
-    scales, matching our precision registry), and dtype casts for float layers that differ from
-    the baseline. Baseline layers are left out."""
+    """torchao per-module config of a plan.
+
+    ``data.quantize``: an ``FqnToConfig`` in torchao's serialized form
+    (``torchao.core.config.config_to_dict``) for the int8 and fp8 layers, the scaling of our
+    registry (per-token symmetric activations, per-row weights); load it with
+    ``config_from_dict`` and apply it with ``quantize_(model, config, filter_fn=None)``, or
+    pass it to transformers as ``TorchAoConfig(config_from_dict(data["quantize"]))``.
+    ``data.casts``: float layers to run in another float dtype (bf16 layers of an fp32
+    model), which torchao has no config for; docs/planner.md shows the cast step (the layer's
+    weights cast, its input cast to that dtype and its output back to ``data.dtype``).
+    Baseline layers are left out of both."""
     data = validate_plan(doc)
     base = data["baseline"]
+    if base not in _CASTS:
+        raise HwcostError(f"the torchao export needs a float baseline (fp32, bf16, fp16), not {base}")
     fqn, casts = {}, {}
     for name, p in sorted(data["layers"].items()):
         if p == base:
             continue
         if p in _TORCHAO:
-            fqn[name] = _TORCHAO[p]
+            # keyed by the weight's FQN: transformers' TorchAoConfig, given a module FQN,
+            # quantizes the layer's bias as well (and the biased forward then fails)
+            fqn[f"{name}.weight"] = _TORCHAO[p]
         elif p in _CASTS:
             casts[name] = _CASTS[p]
+        else:
+            raise HwcostError(f"torchao has no config for layer {name}'s precision {p}")
     return {
-        "type": "hwcost.torchao", "version": 1,
+        "type": "hwcost.torchao", "version": 2,
         "data": {
-            "model": data["model"], "baseline": base,
+            "model": data["model"], "baseline": base, "dtype": _CASTS[base],
             "casts": casts,
             "quantize": {"_type": "FqnToConfig", "_version": 1, "_data": {"fqn_to_config": fqn}},
-            "modules": {n: {"config": c["_type"]} for n, c in fqn.items()},
+            "modules": {n.removesuffix(".weight"): {"config": c["_type"]} for n, c in fqn.items()},
         },
     }
 

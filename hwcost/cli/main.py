@@ -8,6 +8,7 @@ from hwcost import __version__
 from hwcost.cli.campaign import campaign_cmd
 from hwcost.cli.costs import coverage_cmd
 from hwcost.cli.db import db_cmd
+from hwcost.cli.deploy import deploy_cmd
 from hwcost.cli.device import device_cmd
 from hwcost.cli.doctor import doctor_cmd
 from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
@@ -48,6 +49,7 @@ cli.add_command(coverage_cmd)
 cli.add_command(plan_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(export_plan_cmd)
+cli.add_command(deploy_cmd)
 cli.add_command(doctor_cmd)
 cli.add_command(db_cmd)
 cli.add_command(sensitivity_cmd)

@@ -88,11 +88,11 @@ def test_torchao_mapping_loads_and_applies():
                               "3": {"config": "Float8DynamicActivationFloat8WeightConfig"}}
     cfg = core.config_from_dict(out["quantize"])
     fqn = cfg.fqn_to_config if hasattr(cfg, "fqn_to_config") else cfg.module_fqn_to_config
-    assert isinstance(fqn["0"], Int8DynamicActivationInt8WeightConfig)
+    assert isinstance(fqn["0.weight"], Int8DynamicActivationInt8WeightConfig)
     # the int8 part applies on this CPU (fp8 needs an accelerator): weights become int8
     model = torch.nn.Sequential(*(torch.nn.Linear(64, 64) for _ in range(3)))
     only_int8 = copy.deepcopy(out["quantize"])
-    only_int8["_data"]["fqn_to_config"].pop("3")
+    only_int8["_data"]["fqn_to_config"].pop("3.weight")
     quantize_(model, core.config_from_dict(only_int8), filter_fn=None)
     w = model[0].weight
     inner = getattr(w, "qdata", None)

@@ -1,0 +1,66 @@
+"""``hwcost deploy``: apply a plan to a model with the backend's kernels and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hwcost.cli.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
+
+
+def plan_from_arg(plan: str, db_url: str | None) -> dict:
+    """A plan document from a plan JSON file or a stored plan id."""
+    if Path(plan).exists():
+        from planner.export import read_plan
+
+        return read_plan(plan)
+    from planner.plans import load_plan
+
+    with open_cli_store(db_url) as store:
+        doc, _ = load_plan(store, plan)
+    return doc
+
+
+@click.command("deploy")
+@click.argument("plan")
+@click.argument("model", required=False, default=None)
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write model.safetensors, hwcost-deploy.json and config.json to.")
+@click.option("--backend", "backend", default=None, metavar="KIND",
+              help="Backend to deploy with (cpu, cuda, hpu) [default: the plan's device kind].")
+@store_option
+@json_option
+@handle_errors
+def deploy_cmd(plan, model, out_dir, backend, db_url, as_json):
+    """Apply PLAN (a plan JSON file or a stored plan id) to MODEL (a Hugging Face directory or
+    package.module:factory; default: the demo model) with the kernels the backend timed, and
+    save the deployed model.
+
+    \b
+    Each planned layer becomes the backend's deployed layer for its precision: int8 weights
+    and scales, fp8 weights and scales, or bf16 weights with a cast of the input and output at
+    the layer's boundary; layers in the model's own dtype are left as they are. The output is
+    safetensors (no pickle) plus the plan and every layer's kernel; load it back with
+    planner.deploy.load_deployed(DIR, model).
+
+    \b
+    Example:
+      hwcost export-plan 3 --format json -o plan.json
+      hwcost deploy plan.json ./my-model -o ./my-model-deployed
+    """
+    from planner.deploy import deploy, deployed_layers, save_deployed
+    from profiles.loading import load_model
+
+    doc = plan_from_arg(plan, db_url)
+    loaded = load_model(model)
+    deployed = deploy(loaded.model, doc, backend)
+    path = save_deployed(deployed, doc, out_dir)
+    layers = deployed_layers(deployed)
+    if as_json:
+        emit_json({"output": str(path), "layers": {n: d.__dict__ for n, d in layers.items()}})
+        return
+    rows = [{"layer": n, "precision": d.precision, "kernel": d.kernel, "weights": d.weight_dtype}
+            for n, d in layers.items()]
+    click.echo(table(rows, ["layer", "precision", "kernel", "weights"]))
+    click.echo(f"deployed {len(rows)} layers of {loaded.name}; written to {path}")

@@ -1,0 +1,166 @@
+"""Deploy a plan: each planned layer swapped for the backend's deployed layer, the kernel that
+profiling timed and whose emulation sensitivity scored; save and reload the deployed model.
+
+``deploy(model, plan)`` is the one place a plan meets a model (``hwcost deploy``, ``hwcost
+validate`` and ``bench/exports.py`` all call it). Layers whose precision is the model's own
+float dtype are left untouched; every other layer becomes a ``DeployedLinear`` that casts its
+input to its format and its output back, so bf16 layers in an fp32 model run with a cast at
+each precision boundary, exactly as profiled.
+
+Saved models are safetensors (``model.safetensors``, no pickle) plus ``hwcost-deploy.json``
+(the plan and the kernel of every deployed layer) and the model's ``config.json`` when it has
+one. :func:`load_deployed` rebuilds the layer types from the plan and loads the saved
+low-precision weights into them (``strict``: a missing or extra tensor is an error).
+
+Imports torch lazily: ``planner`` plans without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwcost.errors import HwcostError, PlanInvalid
+from planner.export import validate_plan
+
+DEPLOY_MANIFEST = "hwcost-deploy.json"
+WEIGHTS_FILE = "model.safetensors"
+_MANIFEST_TYPE = "hwcost.deployed"
+
+_TORCH_FLOAT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class DeployedLayer:
+    """One layer of a deployed model: its planned precision and what runs it."""
+
+    name: str
+    precision: str
+    kernel: str
+    weight_dtype: str
+
+
+def plan_layers(plan: Mapping[str, Any]) -> dict[str, str]:
+    """``layer -> precision`` of a plan document, or of a plain layer map."""
+    if "type" in plan or "data" in plan:
+        return dict(validate_plan(dict(plan))["layers"])
+    layers = {str(k): str(v) for k, v in plan.items()}
+    if not layers:
+        raise PlanInvalid("the plan assigns no layer")
+    return layers
+
+
+def _plan_kind(plan: Mapping[str, Any]) -> str | None:
+    data = plan.get("data") if isinstance(plan, Mapping) else None
+    return data["device"].get("kind") if isinstance(data, Mapping) else None
+
+
+def _model_precision(model) -> str | None:
+    """The precision name of the model's float parameters (``fp32`` for a float32 model)."""
+    import torch
+
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return names.get(dtypes.pop()) if len(dtypes) == 1 else None
+
+
+def _swap(model, layers: Mapping[str, str], backend):
+    """The model with ``layers`` replaced by their deployments.
+
+    The one line to change when the backends gain an in-place swap: today
+    ``apply_precisions`` returns a deep copy and leaves ``model`` as it was."""
+    from profiles.backends import apply_precisions
+
+    return apply_precisions(model, layers, backend)
+
+
+def deploy(model, plan: Mapping[str, Any], backend=None):
+    """``model`` with the plan's layers deployed by ``backend`` (default: the backend of the
+    plan's device kind, ``cpu`` for a plain layer map), in eval mode.
+
+    ``plan`` is a plan document (``planner.export.plan_document`` / ``read_plan``) or a
+    ``layer -> precision`` map. Layers already in the model's own dtype keep their modules (no
+    cast, no copy of their weights). Unknown layer names and precisions the backend cannot
+    run fail before anything is built (UnknownLayer, UnknownPrecision).
+    """
+    from profiles.backends import get_backend
+
+    layers = plan_layers(plan)
+    if backend is None or isinstance(backend, str):
+        backend = get_backend(backend or _plan_kind(plan) or "cpu")
+    own = _model_precision(model)
+    todo = {n: p for n, p in layers.items() if p != own}
+    model = model.to(backend.device)
+    return _swap(model, todo, backend).eval() if todo else model.eval()
+
+
+def deployed_layers(model) -> dict[str, DeployedLayer]:
+    """What runs each linear layer of a deployed model: a ``DeployedLinear``'s precision and
+    kernel, or a plain layer's weight dtype (``aten linear``)."""
+    from profiles.backends.layers import DeployedLinear, is_linear
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, DeployedLinear):
+            out[name] = DeployedLayer(name, m.precision.value, m.kernel, str(m.weight.dtype))
+        elif is_linear(m):
+            w = m.weight
+            inner = getattr(w, "qdata", None)  # a torchao quantized weight (Int8Tensor, Float8Tensor)
+            dt = inner.dtype if inner is not None else w.dtype
+            kernel = f"torchao {type(w).__name__}" if inner is not None else "aten linear"
+            out[name] = DeployedLayer(name, _precision_of(dt), kernel, str(dt))
+    return out
+
+
+def _precision_of(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    fp8 = {"float8_e4m3fn": "fp8_e4m3", "float8_e4m3fnuz": "fp8_e4m3", "float8_e5m2": "fp8_e5m2"}
+    return {v: k for k, v in _TORCH_FLOAT.items()}.get(name) or fp8.get(name) or \
+        {"int8": "int8"}.get(name, name)
+
+
+def save_deployed(model, plan: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write a deployed model to ``out_dir``: ``model.safetensors`` (every parameter and
+    buffer, low-precision weights and their scales included), ``hwcost-deploy.json`` and the
+    model's ``config.json``. Returns the directory."""
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HwcostError(f"cannot create {out}: {e.strerror}") from None
+    # save_model drops the second name of tied tensors (embeddings tied to lm_head)
+    save_model(model, str(out / WEIGHTS_FILE))
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_file"):
+        cfg.to_json_file(str(out / "config.json"))
+    manifest = {"type": _MANIFEST_TYPE, "version": 1,
+                "plan": dict(plan) if "type" in plan else {"layers": plan_layers(plan)},
+                "layers": {n: d.__dict__ for n, d in deployed_layers(model).items()}}
+    (out / DEPLOY_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_deployed(out_dir: str | Path, model, backend=None):
+    """Load a model saved by :func:`save_deployed` into ``model`` (the same architecture in
+    its original precision, e.g. ``profiles.loading.load_model(spec).model``): the plan is
+    deployed on it, then the saved tensors replace its weights."""
+    from safetensors.torch import load_model
+
+    src = Path(out_dir)
+    try:
+        manifest = json.loads((src / DEPLOY_MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HwcostError(f"{src} is not a deployed model ({DEPLOY_MANIFEST}: {e})") from None
+    if manifest.get("type") != _MANIFEST_TYPE or manifest.get("version") != 1:
+        raise HwcostError(f"{src / DEPLOY_MANIFEST} is not a version-1 hwcost deployment")
+    deployed = deploy(model, manifest["plan"], backend)
+    missing, unexpected = load_model(deployed, str(src / WEIGHTS_FILE), strict=False)
+    if missing or unexpected:
+        raise HwcostError(f"{src / WEIGHTS_FILE} does not fit the plan's model: "
+                          f"{len(missing)} tensors missing, {len(unexpected)} unexpected")
+    return deployed
