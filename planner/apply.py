@@ -79,15 +79,17 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
                  *, threads: int | None = None, n_inputs: int = 3, **timing_kwargs) -> dict:
     """Interleaved end-to-end latency of several per-layer configs of one model.
 
-    Returns name -> ``profiles.bench.Timing``.
+    The configs are views of the one loaded model (:func:`deploy`): side by side they cost
+    only their deployed layers, never a copy of the model. Returns name -> ``profiles.bench.Timing``.
     """
     import torch
 
     from profiles.bench import time_interleaved
+    from profiles.placement import to_device
 
     models = {name: deploy(loaded.model, layers, backend) for name, layers in configs.items()}
-    inputs = [{k: (v.to(backend.device) if isinstance(v, torch.Tensor) else v)
-               for k, v in loaded.inputs_for(shape, seed=i).items()} for i in range(n_inputs)]
+    inputs = [to_device(loaded.inputs_for(shape, seed=i), backend.device)
+              for i in range(n_inputs)]
 
     def runner(m):
         def run(inp):
@@ -95,8 +97,11 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
                 return m(**inp)
         return run
 
-    return time_interleaved({n: runner(m) for n, m in models.items()}, inputs, backend,
-                            threads=threads, **timing_kwargs)
+    try:
+        return time_interleaved({n: runner(m) for n, m in models.items()}, inputs, backend,
+                                threads=threads, **timing_kwargs)
+    finally:
+        models.clear()  # the deployed layers go now, not when the caller's frame ends
 
 
 def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: int = 128,
@@ -116,16 +121,23 @@ def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: in
 
 def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, backend
              ) -> dict[str, float]:
-    """True loss MSE of each deployed config against the undeployed float32 model."""
+    """True loss MSE of each deployed config against the model as loaded (its baseline).
+
+    Each config is deployed in place on the one model and restored before the next
+    (``profiles.backends.deployed``); the loss helpers move the batches to the model's device.
+    """
     import numpy as np
 
+    from profiles.backends import deployed
+    from profiles.placement import place
     from sensitivity.reference import per_sample_losses
 
+    place(loaded.model, backend.device)
     ref = per_sample_losses(loaded.model, batches).numpy()
     out = {}
     for name, layers in configs.items():
-        m = deploy(loaded.model, layers, backend)
-        q = per_sample_losses(m, [b.to(backend.device) for b in batches]).cpu().numpy()
+        with deployed(loaded.model, dict(layers), backend) as m:
+            q = per_sample_losses(m, batches).numpy()
         out[name] = float(np.mean(np.square(q - ref)))
     return out
 

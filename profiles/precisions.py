@@ -99,6 +99,13 @@ class Emulation:
         raise ValueError(f"no emulation for {p}")
 
     @property
+    def rowwise_weight(self) -> bool:
+        """Whether ``weight(W)[rows] == weight(W[rows])``: scales are per output row (int8,
+        fp8) or there are none (float casts). Sensitivity then scores a large weight in
+        chunks of rows instead of holding its whole error at once."""
+        return True
+
+    @property
     def rounds_output(self) -> bool:
         """Whether the deployed kernel returns its output in the format itself: float formats
         (bf16, fp16) compute and return in it, so the layer's output is rounded too; int8

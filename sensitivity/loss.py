@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hwcost.errors import SensitivityError
+from profiles.placement import follow_model
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> tensor [N]`` of per-sample losses."""
@@ -48,7 +49,7 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
     Works for any model whose output has ``.logits`` (Hugging Face) or is the logits tensor.
     """
-    ids = batch_input_ids(batch)
+    ids = follow_model(batch_input_ids(batch), model)
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise SensitivityError(f"token ids must have shape [N, T] with T >= 2, got {list(ids.shape)}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -94,8 +95,8 @@ def per_sample_losses(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn 
     was_training = model.training
     model.eval()
     try:
-        out = [checked_losses(loss_fn(model, b), batch_size(b)).detach().double().cpu()
-               for b in batches]
+        out = [checked_losses(loss_fn(model, follow_model(b, model)), batch_size(b))
+               .detach().double().cpu() for b in batches]
     finally:
         model.train(was_training)
     if not out:

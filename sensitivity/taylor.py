@@ -25,6 +25,7 @@ from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
+from profiles.placement import follow_model
 from profiles.precisions import Emulation
 from sensitivity.layers import as_emulation, quantizable_layers, weight_matrix
 from sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
@@ -54,17 +55,45 @@ class PerSampleTerms:
 # ------------------------------------------------------------------------------ scorers
 
 
-def _per_sample_outer(g: torch.Tensor, x: torch.Tensor, chunk: int):
-    """Yield ``(slice, G)`` with ``G[b] = sum_t g[b,t]^T x[b,t]`` flattened to ``[c, out*in]``,
-    in chunks of samples so the per-sample weight gradients never take much more memory than
-    the layer's activations."""
-    for start in range(0, g.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        yield sl, torch.bmm(g[sl].transpose(1, 2), x[sl]).flatten(1)
+CHUNK_ELEMENTS = 1 << 22
+"""Floor of the per-chunk buffer budget (elements); the budget is otherwise the layer's own
+activations (``x`` and ``g``), so scoring never takes much more than they already do."""
 
 
-def _chunk(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> int:
-    return max(1, (x.numel() + g.numel()) // w.numel())
+def _row_chunks(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, emus) -> int:
+    """Output rows per chunk: the per-sample weight gradients of a chunk (``B x rows x in``)
+    and the P weight errors of those rows (``P x rows x in``) together stay within the layer's
+    activations. Emulations that are not per output row take the whole weight at once."""
+    if not all(getattr(e, "rowwise_weight", False) for e in emus):
+        return w.shape[0]
+    budget = max(x.numel() + g.numel(), CHUNK_ELEMENTS)
+    per_row = (x.shape[0] + len(emus)) * w.shape[1]
+    return max(1, min(w.shape[0], budget // per_row))
+
+
+def _weight_terms(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, emus,
+                  error: Callable[[Any, torch.Tensor], torch.Tensor], square: bool = False
+                  ) -> torch.Tensor:
+    """``[P, B]``: ``sum <G_n, error(emu_p, W)>`` (``G_n^2`` when ``square``), where
+    ``G_n = sum_t g_t^T x_t`` is sample n's weight gradient, computed over chunks of output
+    rows (:func:`_row_chunks`). Only one chunk of ``G`` and of the P weight errors exists at a
+    time: the large-vocabulary head needs no P weight-sized buffers per batch, nor a
+    per-sample gradient the size of its weight."""
+    rows = _row_chunks(x, g, w, emus)
+    out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
+    for r0 in range(0, w.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        if rows == w.shape[0]:
+            d = torch.stack([error(emu, w).flatten() for emu in emus], dim=1)  # [out*in, P]
+        else:  # per-row formats: the rows' errors alone equal those rows of the whole error
+            wr = w[sl]
+            d = torch.stack([error(emu, wr).flatten() for emu in emus], dim=1)
+        big_g = torch.bmm(g[..., sl].transpose(1, 2), x).flatten(1)  # [B, rows*in]
+        if square:
+            big_g = big_g.square_()
+        out += (big_g @ d).double().t().cpu()
+        del big_g, d
+    return out
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -83,20 +112,22 @@ def _outputs(x, w, b, emus):
 
 def taylor_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     """First-order change ``d_{l,n}(p)`` of each sample's loss, for each precision: input and
-    weight errors through the layer, plus the output rounding of bf16/fp16 kernels."""
+    weight errors through the layer, plus the output rounding of bf16/fp16 kernels.
+
+    ``x``, ``g`` and ``w`` are float32 (the pass upcasts a low-precision model's tensors one
+    layer at a time); results are ``[P, B]`` float64 on the CPU."""
     gw = g @ w  # dL/dx of this layer alone: [B, T, in]
     y = _outputs(x, w, b, emus)
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     for i, emu in enumerate(emus):
-        out[i] = _rowdot(emu.activation(x) - x, gw).double()
+        term = _rowdot(emu.activation(x) - x, gw).double()
         if emu.rounds_output:
-            out[i] += _rowdot(emu.output(y) - y, g).double()
+            term += _rowdot(emu.output(y) - y, g).double()
             if b is not None:  # the bias is stored in the format too
-                out[i] += (g.sum(1) @ (emu.bias(b) - b)).double()
-    dws = torch.stack([(emu.weight(w) - w).flatten() for emu in emus], dim=1)  # [out*in, P]
-    for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
-        out[:, sl] += (big_g @ dws).double().t()
-    return out
+                term += (g.sum(1) @ (emu.bias(b) - b)).double()
+        out[i] = term.cpu()
+    del gw, y
+    return out + _weight_terms(x, g, w, emus, lambda emu, t: emu.weight(t) - t)
 
 
 def noise_scorer(x, g, w, emus, b=None) -> torch.Tensor:
@@ -107,15 +138,14 @@ def noise_scorer(x, g, w, emus, b=None) -> torch.Tensor:
     out = torch.zeros(len(emus), x.shape[0], dtype=torch.float64)
     gsum2 = g.sum(1).square() if b is not None else None  # [B, out]: one bias per output
     for i, emu in enumerate(emus):
-        out[i] = _rowdot(error_variance(emu, x), gw2).double()
+        term = _rowdot(error_variance(emu, x), gw2).double()
         if emu.rounds_output:
-            out[i] += _rowdot(error_variance(emu, y), g.square()).double()
+            term += _rowdot(error_variance(emu, y), g.square()).double()
             if b is not None:  # the stored bias is rounded once, shared by every token
-                out[i] += (gsum2 @ error_variance(emu, b)).double()
-    var_w = torch.stack([error_variance(emu, w).flatten() for emu in emus], dim=1)  # [out*in, P]
-    for sl, big_g in _per_sample_outer(g, x, _chunk(x, g, w)):
-        out[:, sl] += (big_g.square() @ var_w).double().t()
-    return out
+                term += (gsum2 @ error_variance(emu, b)).double()
+        out[i] = term.cpu()
+    del gw2, y
+    return out + _weight_terms(x, g, w, emus, error_variance, square=True)
 
 
 def fisher_scorer(x, g, w, emus, b=None) -> torch.Tensor:
@@ -175,6 +205,10 @@ class _Memo:
     def rounds_output(self) -> bool:
         return self.emu.rounds_output
 
+    @property
+    def rowwise_weight(self) -> bool:
+        return getattr(self.emu, "rowwise_weight", False)
+
     def output(self, y: torch.Tensor) -> torch.Tensor:
         return self.emu.output(y)
 
@@ -188,6 +222,11 @@ class _Memo:
         if self.index not in slot:
             slot[self.index] = self.emu.activation(x)
         return slot[self.index]
+
+
+def _high(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is a 16-bit float (float32 and float64 stay as they are)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 SCORERS: dict[str, Scorer] = {"taylor": taylor_scorer, "noise": noise_scorer, "fisher": fisher_scorer}
@@ -243,12 +282,14 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             def on_grad(g: torch.Tensor) -> None:
                 x = holder.pop()
                 with torch.no_grad():
+                    # scored in float32 whatever the model's dtype: a bf16 baseline's
+                    # tensors are upcast here, one layer at a time
                     w = weight_matrix(module).detach()
-                    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-                    g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x.dtype)
+                    x3 = _high(x.reshape(x.shape[0], -1, x.shape[-1]))
+                    g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x3.dtype)
                     b = getattr(module, "bias", None)
-                    vals = score(x3, g3, w, shared.emulations(key, emus),
-                                 b=None if b is None else b.detach().to(x.dtype))
+                    vals = score(x3, g3, w.to(x3.dtype), shared.emulations(key, emus),
+                                 b=None if b is None else b.detach().to(x3.dtype))
                 shared.release(key)
                 # NaN/inf in g reaches every inner product (inf * 0 is NaN too): checking the
                 # few results is as strict as checking g and costs nothing
@@ -275,6 +316,7 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
         n_total = 0
         with torch.enable_grad():
             for batch in batches:
+                batch = follow_model(batch, model)
                 n_in_batch = batch_size(batch)
                 current.clear()
                 shared.clear()

@@ -2,10 +2,22 @@
 
 >>> from profiles.backends import get_backend, apply_precisions
 >>> cpu = get_backend("cpu")
->>> fast = apply_precisions(model, {"layers.0.mlp.up_proj": "int8"}, cpu)
+>>> with deployed(model, {"layers.0.mlp.up_proj": "int8"}, cpu):   # in place, restored on exit
+...     model(**inputs)
+>>> view = apply_precisions(model, {"layers.0.mlp.up_proj": "int8"}, cpu)  # shares all other weights
 """
 
-from profiles.backends.base import Backend, Deployment, apply_precisions
+from profiles.backends.base import (
+    Backend,
+    Deployment,
+    already_deployed,
+    apply_precisions,
+    check_plan,
+    deploy_layers,
+    deployed,
+    shallow_replace,
+    swapped,
+)
 from profiles.backends.cpu import CpuBackend
 from profiles.backends.cuda import CudaBackend
 from profiles.backends.hpu import HpuBackend
@@ -24,7 +36,13 @@ __all__ = [
     "CudaBackend",
     "HpuBackend",
     # deployment
+    "deployed",
+    "swapped",
+    "deploy_layers",
+    "check_plan",
+    "already_deployed",
     "apply_precisions",
+    "shallow_replace",
     "DeployedLinear",
     "is_linear",
     "linear_params",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -105,22 +106,27 @@ class Backend(ABC):
         """See :func:`apply_precisions`."""
         return apply_precisions(module, layer_precisions, self)
 
+    def deployed(self, module: nn.Module, layer_precisions: Mapping[str, Precision | str]):
+        """See :func:`deployed` (a context manager: in place, restored on exit)."""
+        return deployed(module, layer_precisions, self)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind}>"
 
 
-def apply_precisions(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
-                     backend: Backend | str) -> nn.Module:
-    """A deep copy of ``module`` with each named layer replaced by its deployment.
-
-    ``layer_precisions`` maps layer names relative to ``module`` (as in
-    ``module.named_modules()``) to precisions; layers not named keep their modules. Every
-    name is checked before anything is built, so a bad name fails fast with UnknownLayer.
-    """
+def _backend(backend: Backend | str) -> Backend:
     if isinstance(backend, str):
         from profiles.backends.registry import get_backend
 
-        backend = get_backend(backend)
+        return get_backend(backend)
+    return backend
+
+
+def check_plan(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
+               backend: Backend | str) -> list[tuple[str, Precision]]:
+    """``[(name, precision)]`` after checking every name and precision (UnknownLayer,
+    UnknownPrecision) and that the backend can run here (BackendUnavailable); nothing is built."""
+    backend = _backend(backend)
     named = dict(module.named_modules())
     plan: list[tuple[str, Precision]] = []
     for name, prec in layer_precisions.items():
@@ -131,9 +137,113 @@ def apply_precisions(module: nn.Module, layer_precisions: Mapping[str, Precision
                                "layer (nn.Linear or Conv1D)")
         plan.append((name, backend.deployment(prec).precision))
     backend.require()
-    out = copy.deepcopy(module)
-    for name, prec in plan:
-        parent_name, _, child = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, child, backend.deploy_linear(parent.get_submodule(child), prec))
+    return plan
+
+
+def already_deployed(layer: nn.Module, precision: Precision, backend: Backend) -> bool:
+    """True when ``layer`` already computes what its deployment would: a float format
+    (fp32/bf16/fp16) whose weights are stored in that dtype on the backend's device (a bf16
+    model's ``nn.Linear`` *is* the bf16 deployment). Such a layer is left as it is, so a model
+    loaded in its baseline dtype deploys its baseline without a second copy of any weight."""
+    if precision not in (Precision.FP32, Precision.BF16, Precision.FP16):
+        return False
+    w = getattr(layer, "weight", None)
+    dep = backend.deployment(precision)
+    return (isinstance(w, torch.Tensor) and w.dtype == dep.weight_dtype
+            and w.device.type == backend.device.type and is_linear(layer))
+
+
+def deploy_layers(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
+                  backend: Backend | str) -> dict[str, nn.Module]:
+    """``{name: deployed layer}`` for each named layer that its precision changes (see
+    :func:`already_deployed`), built one at a time with the backend's real kernels. The
+    module itself is not touched; :func:`swapped` puts the layers in."""
+    backend = _backend(backend)
+    out: dict[str, nn.Module] = {}
+    for name, prec in check_plan(module, layer_precisions, backend):
+        layer = module.get_submodule(name)
+        if not already_deployed(layer, prec, backend):
+            out[name] = backend.deploy_linear(layer, prec)
+    return out
+
+
+def _set(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = parent.get_submodule(child)
+    setattr(parent, child, new)
+    return old
+
+
+@contextmanager
+def swapped(module: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[nn.Module]:
+    """Put each ``{name: new module}`` into ``module`` in place for the ``with`` block and put
+    the originals back on exit (also on an exception). Yields ``module`` itself.
+
+    This is the one primitive every deployment builds on: nothing else of the model is copied,
+    so a plan on an 8B model costs only its deployed layers (an int8 layer a quarter of its
+    fp32 weights). Do not nest two swaps of the same layer other than as a stack.
+    """
+    originals: list[tuple[str, nn.Module]] = []
+    try:
+        for name, new in replacements.items():
+            originals.append((name, _set(module, name, new)))
+        yield module
+    finally:
+        for name, old in reversed(originals):
+            _set(module, name, old)
+
+
+@contextmanager
+def deployed(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
+             backend: Backend | str) -> Iterator[nn.Module]:
+    """Deploy the named layers IN PLACE for the ``with`` block; restore the originals on exit.
+
+    >>> with deployed(model, {"model.layers.0.mlp.up_proj": "int8"}, "cpu") as m:
+    ...     m(**inputs)          # runs torch._int_mm in that layer
+    >>> # model is back to its own layers here
+
+    Names are relative to ``module``; every name and precision is checked before anything is
+    built (UnknownLayer, UnknownPrecision, BackendUnavailable). Layers already stored in their
+    float precision are left as they are (:func:`already_deployed`). Extra memory: the deployed
+    layers only. The deployed layers are dropped on exit.
+    """
+    layers = deploy_layers(module, layer_precisions, backend)
+    with swapped(module, layers) as m:
+        yield m
+
+
+def apply_precisions(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
+                     backend: Backend | str) -> nn.Module:
+    """A *view* of ``module`` with each named layer replaced by its deployment.
+
+    The view shares every parameter and every module not on the path to a deployed layer
+    with ``module`` (only the containers on those paths are shallow-copied), so ``module``
+    stays as it was and the view costs the deployed layers only: no copy of the weights.
+    Use it where two configurations must live side by side; :func:`deployed` (in place,
+    restored on exit) where one at a time will do. Checks as :func:`deployed`.
+    """
+    layers = deploy_layers(module, layer_precisions, backend)
+    return shallow_replace(module, layers)
+
+
+def shallow_replace(module: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+    """A shallow copy of ``module`` with ``{name: new module}`` put in: each container on the
+    path to a replaced name is copied (its own ``_modules`` dict), all else is shared."""
+    if not replacements:
+        return module
+    by_child: dict[str, dict[str, nn.Module]] = {}
+    here: dict[str, nn.Module] = {}
+    for name, new in replacements.items():
+        head, _, rest = name.partition(".")
+        if rest:
+            by_child.setdefault(head, {})[rest] = new
+        else:
+            here[head] = new
+    out = copy.copy(module)
+    out._modules = dict(module._modules)
+    for head, new in here.items():
+        out._modules[head] = new
+    for head, sub in by_child.items():
+        out._modules[head] = shallow_replace(module._modules[head], sub)
     return out

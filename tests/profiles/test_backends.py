@@ -209,3 +209,56 @@ def test_sequential_names_are_relative_to_the_module():
     out = apply_precisions(mlp, {"0": "bf16", "2": "int8"}, "cpu")
     assert out[0].weight.dtype == torch.bfloat16 and out[2].weight.dtype == torch.int8
     assert out(torch.randn(4, 32)).dtype == torch.float32
+
+
+def _storages(model: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+
+
+def test_deployed_swaps_in_place_and_restores_the_originals():
+    from profiles.backends import deployed
+
+    model = _tiny_llama()
+    ids = torch.randint(0, 64, (1, 16))
+    plan = {"model.layers.0.mlp.down_proj": "int8", "lm_head": "bf16"}
+    originals = {n: model.get_submodule(n) for n in plan}
+    with torch.inference_mode():
+        before = model(ids).logits
+    with deployed(model, plan, "cpu") as m:
+        assert m is model  # no copy: the same object, its layers swapped
+        assert isinstance(model.get_submodule("lm_head"), DeployedLinear)
+        assert model.get_submodule("model.layers.0.mlp.down_proj").weight.dtype == torch.int8
+        with torch.inference_mode():
+            during = model(ids).logits
+    for n, layer in originals.items():
+        assert model.get_submodule(n) is layer
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, before)
+    assert not torch.equal(during, before)
+
+
+def test_deployed_restores_on_error_and_checks_before_building():
+    from profiles.backends import deployed
+
+    model = _tiny_llama()
+    q = model.get_submodule("model.layers.0.self_attn.q_proj")
+    with pytest.raises(RuntimeError, match="inside"), deployed(
+            model, {"model.layers.0.self_attn.q_proj": "int8"}, "cpu"):
+        raise RuntimeError("inside")
+    assert model.get_submodule("model.layers.0.self_attn.q_proj") is q
+    with pytest.raises(UnknownLayer), deployed(model, {"lm_head": "int8", "nope": "int8"}, "cpu"):
+        pass
+    assert isinstance(model.lm_head, nn.Linear)
+
+
+def test_views_share_every_weight_they_do_not_deploy():
+    model = _tiny_llama()
+    view = apply_precisions(model, {"model.layers.1.mlp.up_proj": "int8"}, "cpu")
+    up = model.get_submodule("model.layers.1.mlp.up_proj").weight.untyped_storage().data_ptr()
+    assert _storages(model) - _storages(view) == {up}  # only the deployed layer differs
+    # a layer already stored in its float precision is its own deployment: nothing is built
+    same = apply_precisions(model, dict.fromkeys(["lm_head", "model.layers.0.mlp.up_proj"],
+                                                 "fp32"), "cpu")
+    assert same is model
+    bf = _tiny_llama().to(torch.bfloat16)
+    assert apply_precisions(bf, {"lm_head": "bf16"}, "cpu") is bf
