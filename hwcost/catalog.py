@@ -94,6 +94,8 @@ class CatalogEntry:
     product: str
     aliases: tuple[str, ...]
     peaks: Peaks
+    fp8_e4m3_max: float = 448.0
+    """Largest finite fp8 e4m3 value of the device's FP8 unit (240 on Gaudi 2)."""
 
     @property
     def fingerprint(self) -> str:
@@ -123,8 +125,19 @@ def load_catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
         peaks = Peaks.from_json({**d["peaks"], "op_overhead_us": d.get("op_overhead_us", 5.0),
                                  "source": f"catalog: {d['product']}",
                                  "sources": d.get("sources", {})})
-        out[name] = CatalogEntry(name, d["kind"], d["product"], tuple(d.get("aliases", ())), peaks)
+        out[name] = CatalogEntry(name, d["kind"], d["product"], tuple(d.get("aliases", ())), peaks,
+                                 float(d.get("fp8_e4m3_max", 448.0)))
     return out
+
+
+def fp8_e4m3_max(device_name: str, kind: str = "") -> float:
+    """The fp8 e4m3 range of a device by name (catalog name, alias or product, e.g. the name
+    ``habana_frameworks`` reports, ``GAUDI2``). An unknown Gaudi (``kind`` hpu) gets Gaudi 2's
+    240, the range both generations can hold; anything else the OCP format's 448."""
+    entry = find_catalog(device_name) if device_name else None
+    if entry is not None:
+        return entry.fp8_e4m3_max
+    return 240.0 if kind == "hpu" else 448.0
 
 
 def find_catalog(ref: str, catalog: dict[str, CatalogEntry] | None = None) -> CatalogEntry | None:

@@ -6,7 +6,8 @@ Importing ``planner`` never imports torch; :mod:`planner.deploy` (apply a plan t
 """
 
 from planner.deploy import DeployedLayer, deploy, deployed_layers, load_deployed, save_deployed
-from planner.export import FORMATS, export, plan_document, read_plan, to_inc, to_torchao, validate_plan
+from planner.export import FORMATS, export, export_text, plan_document, read_plan, to_torchao, validate_plan
+from planner.inc import check_inc_schema, to_inc
 from planner.objectives import (
     OBJECTIVES,
     Constraints,
@@ -19,6 +20,7 @@ from planner.objectives import (
 )
 from planner.plans import PlanResult, load_plan, make_plan, save_plan
 from planner.problem import Choice, Option, Problem, build_problem, match_layers
+from planner.report import LayerRow, layer_report
 from planner.solve import Solution, compile_problem, min_loss_mse, solve, solve_compiled
 from planner.sweep import FrontierPoint, sweep
 
@@ -36,5 +38,6 @@ __all__ = [
     # deployment
     "deploy", "deployed_layers", "save_deployed", "load_deployed", "DeployedLayer",
     # exporters
-    "FORMATS", "plan_document", "validate_plan", "read_plan", "export", "to_inc", "to_torchao",
+    "FORMATS", "plan_document", "validate_plan", "read_plan", "export", "export_text", "to_inc",
+    "to_torchao", "check_inc_schema", "layer_report", "LayerRow",
 ]

@@ -1,13 +1,12 @@
 """Plan documents and the configs other tools read.
 
 - plan JSON: ``{"type": "hwcost.plan", "version": 1, "data": {...}}``, validated on read;
-- Intel Neural Compressor FP8 config (Gaudi): the FP8 quantization JSON that
-  ``neural_compressor.torch.quantization.FP8Config.from_json_file`` reads; layers kept in high
-  precision go to the blocklist, FP8 layers to the allowlist;
+- Intel Neural Compressor FP8 config (Gaudi): :mod:`planner.inc`;
 - torchao: ``torchao.core.config.config_to_dict`` form of an ``FqnToConfig`` (module FQN ->
   ``Int8DynamicActivationInt8WeightConfig`` / ``Float8DynamicActivationFloat8WeightConfig``),
   loadable with ``config_from_dict`` and applied with ``quantize_(model, config, filter_fn=None)``,
-  plus the bf16 casts torchao has no config for.
+  plus the bf16 casts torchao has no config for;
+- the per-layer report (CSV, Markdown): :mod:`planner.report`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from hwcost.precision import parse_precision
 
 PLAN_TYPE = "hwcost.plan"
 PLAN_VERSION = 1
-FORMATS = ("json", "inc", "torchao")
+FORMATS = ("json", "inc", "torchao", "csv", "md")
 
 _REQUIRED = {"model": dict, "device": dict, "shape": str, "objective": str, "baseline": str,
              "layers": dict, "predicted": dict}
@@ -32,7 +31,7 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> d
     subgraphs = [{
         "position": c.position, "signature": c.signature, "kind": c.kind,
         "layers": list(c.layer_names), "config": list(o.config), "gain_us": o.gain_us,
-        "loss_mse": o.loss_mse, "source": o.source,
+        "loss_mse": o.loss_mse, "layer_loss_mse": list(o.layer_loss_mse), "source": o.source,
     } for c, o in zip(p.choices, solution.chosen)]
     data = {
         "model": {"name": p.model_name, "fingerprint": p.model_fingerprint},
@@ -104,33 +103,6 @@ def read_plan(path: str | Path) -> dict:
     return doc
 
 
-def to_inc(doc: dict, dump_stats_path: str = "./inc_output/measure") -> dict:
-    """Intel Neural Compressor FP8 quantization config (``mode: QUANTIZE``) for Gaudi."""
-    data = validate_plan(doc)
-    fp8 = sorted(n for n, p in data["layers"].items() if p.startswith("fp8"))
-    high = sorted(n for n, p in data["layers"].items() if not p.startswith("fp8"))
-    other = sorted({p for p in data["layers"].values()} - {"fp8_e4m3", "fp8_e5m2", "bf16",
-                                                            "fp16", "fp32"})
-    if other:
-        raise HwcostError(f"the INC FP8 config cannot express {', '.join(other)} layers; "
-                          "export this plan with --format torchao")
-    kinds = {data["layers"][n] for n in fp8}
-    if len(kinds) > 1:
-        raise HwcostError("INC's FP8 config uses one FP8 format per model; the plan mixes "
-                          f"{', '.join(sorted(kinds))}")
-    hp = data["baseline"] if data["baseline"] in ("bf16", "fp16", "fp32") else "bf16"
-    return {
-        "mode": "QUANTIZE",
-        "observer": "maxabs",
-        "scale_method": "maxabs_hw",
-        "fp8_config": "E5M2" if kinds == {"fp8_e5m2"} else "E4M3",
-        "hp_dtype": hp,
-        "allowlist": {"types": [], "names": fp8},
-        "blocklist": {"types": [], "names": high},
-        "dump_stats_path": dump_stats_path,
-    }
-
-
 _PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {"dim": -1}}
 # Symmetric per-token activations and per-row weights: the registry's int8 (torchao's default,
 # written out so that a change of torchao's defaults cannot change what is deployed).
@@ -192,13 +164,27 @@ def to_torchao(doc: dict) -> dict:
     }
 
 
-def export(doc: dict, fmt: str) -> dict:
-    """The plan in one of :data:`FORMATS`."""
+def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
+    """The plan in one of the JSON formats (``json``, ``inc``, ``torchao``); ``naming`` is the
+    INC config's module naming (``hf`` or ``vllm``, see :func:`planner.inc.to_inc`)."""
     if fmt == "json":
         validate_plan(doc)
         return doc
     if fmt == "inc":
-        return to_inc(doc)
+        from planner.inc import to_inc
+
+        return to_inc(doc, naming)
     if fmt == "torchao":
         return to_torchao(doc)
     raise HwcostError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def export_text(doc: dict, fmt: str, naming: str = "hf") -> str:
+    """The file ``hwcost export-plan --format FMT`` writes: JSON, or the per-layer report as
+    CSV or Markdown (:mod:`planner.report`)."""
+    if fmt in ("csv", "md"):
+        from planner.report import layer_report, to_csv, to_markdown
+
+        rows = layer_report(doc)
+        return to_csv(rows) if fmt == "csv" else to_markdown(rows, doc)
+    return json.dumps(export(doc, fmt, naming), indent=2, sort_keys=True) + "\n"

@@ -35,6 +35,7 @@ class Option:
     macs_time_us: float  # theoretical time from MACs and the device's (or relative) peak rates
     source: str  # measured | learned | roofline
     uncertainty_us: float = 0.0
+    layer_loss_mse: tuple[float, ...] = ()  # s_l(p_l) of each layer, in slot order
 
     @property
     def key(self) -> str:
@@ -201,8 +202,9 @@ def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], 
         est = e.costs.get(key)
         if est is None:
             continue
-        loss = sum(sens.get((layer, p), 0.0) if p != baseline else 0.0
-                   for layer, p in zip(e.layer_names, cfg))
+        layer_loss = tuple(sens.get((layer, p), 0.0) if p != baseline else 0.0
+                           for layer, p in zip(e.layer_names, cfg))
+        loss = sum(layer_loss)
         wbytes = sum(s.weight_params * Precision(p).bytes for s, p in zip(e.slots, cfg))
         macs_t = sum(s.macs_per_token * shape.tokens / rates[p] for s, p in zip(e.slots, cfg))
         options.append(Option(
@@ -210,7 +212,8 @@ def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], 
             gain_us=float(base.latency_us) - float(est.latency_us), loss_mse=float(loss),
             weight_bytes=float(wbytes), macs_time_us=float(macs_t),
             source=_weaker(est.source, base.source),
-            uncertainty_us=float(est.uncertainty_us or 0.0)))
+            uncertainty_us=float(est.uncertainty_us or 0.0),
+            layer_loss_mse=tuple(float(v) for v in layer_loss)))
     options.sort(key=lambda o: (o.key != base_key, o.key))
     return Choice(e.position, e.signature, kind, tuple(e.layer_names), tuple(options))
 

@@ -29,6 +29,10 @@ FP8_E4M3_GAUDI2_MAX = 240.0
 FP8_E5M2_MAX = 57344.0
 INT8_MAX = 127.0
 _EPS = 1e-12
+INC_WEIGHT_BACKOFF = 0.5
+"""Intel Neural Compressor scales weights to half the fp8 range (``backoff`` of its
+``maxabs_pcs_pow2`` weight config); activations use the whole range."""
+_BF16_TINY = 1.1754943508222875e-38  # torch.finfo(torch.bfloat16).tiny, INC's scale floor
 
 
 def _cast_roundtrip(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -59,6 +63,32 @@ def _fp8_qdq(t: torch.Tensor, dtype: torch.dtype, fmax: float) -> torch.Tensor:
     return (q.float() * scale).to(t.dtype)
 
 
+def inc_fp8_dtype(fmax: float) -> torch.dtype:
+    """The torch dtype with Gaudi's e4m3 grid: Gaudi 2's e4m3 (range +-240, exponent bias 8)
+    is ``float8_e4m3fnuz`` (INC's Q/DQ path uses its range there), Gaudi 3's ``float8_e4m3fn``."""
+    return torch.float8_e4m3fnuz if fmax == FP8_E4M3_GAUDI2_MAX else torch.float8_e4m3fn
+
+
+def inc_fp8_scale(t: torch.Tensor, fmax: float, backoff: float = 1.0) -> torch.Tensor:
+    """INC's dynamic per-row scale (``MaxAbsDynamicPcs`` / ``MaxAbsPcs`` with ``ScaleToPow2``):
+    ``2 ** ceil(log2(max(absmax / (fmax * backoff), bf16 tiny)))``, one per row, float32."""
+    s = t.float().abs().amax(dim=-1, keepdim=True) / (fmax * backoff)
+    return torch.exp2(torch.ceil(torch.log2(s.clamp_min(_BF16_TINY))))
+
+
+def inc_fp8_cast(scaled: torch.Tensor, fmax: float) -> torch.Tensor:
+    """Already-scaled values to Gaudi fp8: saturate at +-fmax, round to nearest even."""
+    return scaled.float().clamp(-fmax, fmax).to(inc_fp8_dtype(fmax))
+
+
+def quantize_fp8_inc(t: torch.Tensor, fmax: float, backoff: float = 1.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """INC's dynamic fp8 quantization of rows: (fp8 tensor, power-of-two float32 scale)."""
+    scale = inc_fp8_scale(t, fmax, backoff)
+    # the scale is a power of two, so dividing is exact (INC multiplies by its inverse)
+    return inc_fp8_cast(t.float() / scale, fmax), scale
+
+
 def _int8_qdq(t: torch.Tensor) -> torch.Tensor:
     q, scale = quantize_int8_rows(t)
     return (q.float() * scale).to(t.dtype)
@@ -75,12 +105,31 @@ class Emulation:
 
     precision: Precision
     fp8_max: float | None = None
+    scale_rounding: str = "exact"
+    """``exact``: fp8 scales map each row's absmax to ``fp8_max`` (the backends' kernels);
+    ``pow2``: Intel Neural Compressor's dynamic ``maxabs_pcs_pow2`` quantizer (power-of-two
+    per-token activation scales, per-channel weight scales with backoff 0.5, Gaudi's grid),
+    see :func:`inc_fp8_emulation`."""
+
+    def __post_init__(self) -> None:
+        if self.scale_rounding not in ("exact", "pow2"):
+            raise ValueError(f"scale_rounding {self.scale_rounding!r}; known: exact, pow2")
+        if self.scale_rounding == "pow2" and self.precision is not Precision.FP8_E4M3:
+            raise ValueError("pow2 (INC) scales are defined for fp8_e4m3 only")
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
+        if self.scale_rounding == "pow2":
+            return self._inc_qdq(w, INC_WEIGHT_BACKOFF)
         return self._qdq(w)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_rounding == "pow2":
+            return self._inc_qdq(x, 1.0)
         return self._qdq(x)
+
+    def _inc_qdq(self, t: torch.Tensor, backoff: float) -> torch.Tensor:
+        q, scale = quantize_fp8_inc(t, self.fp8_max or FP8_E4M3_MAX, backoff)
+        return (q.float() * scale).to(t.dtype)
 
     def _qdq(self, t: torch.Tensor) -> torch.Tensor:
         p = self.precision
@@ -151,3 +200,11 @@ _REL_TOL = {
 def emulation(precision: Precision | str, *, fp8_max: float | None = None) -> Emulation:
     """The registry's emulation for ``precision`` (``fp8_max`` overrides e.g. Gaudi 2's 240)."""
     return Emulation(parse_precision(precision), fp8_max)
+
+
+def inc_fp8_emulation(fp8_max: float) -> Emulation:
+    """fp8 e4m3 as Intel Neural Compressor quantizes it on Gaudi with the config
+    ``planner.inc`` exports (``scale_method: maxabs_pcs_pow2``, ``dynamic_quantization``):
+    activations per token, weights per output channel, power-of-two scales, weights backed off
+    to half the range, saturation at ``fp8_max`` (240 on Gaudi 2, 448 on Gaudi 3)."""
+    return Emulation(Precision.FP8_E4M3, float(fp8_max), "pow2")

@@ -135,26 +135,34 @@ def _sweep(problem, n, objective, cons, plot_path, output, time_limit, as_json) 
 
 @click.command("export-plan")
 @click.argument("plan")
-@click.option("--format", "fmt", type=click.Choice(["json", "inc", "torchao"]), default="json",
-              show_default=True, help="json: the plan document; inc: Intel Neural Compressor FP8 "
-                                      "config (Gaudi); torchao: per-module torchao configs.")
+@click.option("--format", "fmt", type=click.Choice(["json", "inc", "torchao", "csv", "md"]),
+              default="json", show_default=True,
+              help="json: the plan document; inc: Intel Neural Compressor FP8 config (Gaudi: "
+                   "optimum-habana, vLLM-gaudi QUANT_CONFIG); torchao: per-module torchao "
+                   "configs (also for transformers' TorchAoConfig) and bf16 casts; csv, md: the "
+                   "per-layer report.")
+@click.option("--naming", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="With --format inc: module names of optimum-habana (hf) or of vLLM-gaudi "
+                   "(vllm: fused qkv_proj and gate_up_proj).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write to this file instead of stdout.")
 @store_option
 @handle_errors
-def export_plan_cmd(plan, fmt, output, db_url):
-    """Export a plan (a store id or a plan JSON file) for deployment tools."""
-    from planner.export import export
-    from planner.plans import load_plan
+def export_plan_cmd(plan, fmt, naming, output, db_url):
+    """Export a plan (a store id or a plan JSON file) for deployment tools, or as a
+    per-layer report (layer, precision, share of the predicted gain and loss MSE, cost
+    source) for review.
 
-    if Path(plan).exists():
-        from planner.export import read_plan
+    \b
+    Examples:
+      hwcost export-plan 3 --format torchao -o plan.torchao.json
+      hwcost export-plan plan.json --format inc --naming vllm -o quant_config.json
+      hwcost export-plan 3 --format md
+    """
+    from hwcost.cli.deploy import plan_from_arg
+    from planner.export import export_text
 
-        doc = read_plan(plan)
-    else:
-        with open_cli_store(db_url) as store:
-            doc, _ = load_plan(store, plan)
-    text = json.dumps(export(doc, fmt), indent=2, sort_keys=True) + "\n"
+    text = export_text(plan_from_arg(plan, db_url), fmt, naming)
     if output:
         Path(output).write_text(text)
         click.echo(f"written to {output}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -108,12 +110,22 @@ def test_export_formats(tiny_sqlite, tmp_path):
             "--precisions", "fp32,bf16", "--db", url)
     assert r.exit_code == 0, r.output
     r = run("export-plan", "1", "--format", "inc", "--db", url)
-    assert r.exit_code == 0, r.output
-    inc = json.loads(r.output)
+    assert r.exit_code == 1  # no fp8 layer: INC would have nothing to do (test_inc.py: the rest)
+    assert r.output == ("Error: the plan has no fp8_e4m3 layer: there is nothing for INC to "
+                        "quantize\n")
     with open_store(url) as s:
-        layers = json.loads(s.get_plan(1).body)["data"]["layers"]
-    assert inc["mode"] == "QUANTIZE"
-    assert inc["blocklist"]["names"] == sorted(layers)  # no fp8 layer: all stay high precision
+        body = json.loads(s.get_plan(1).body)
+    layers = body["data"]["layers"]
+    r = run("export-plan", "1", "--format", "csv", "--db", url)
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert [row["layer"] for row in rows] == list(layers)
+    assert {row["layer"]: row["precision"] for row in rows} == layers
+    assert abs(sum(float(row["loss_share"] or 0) for row in rows) - 1.0) < 1e-4  # 6 digits each
+    total = body["data"]["predicted"]["loss_mse"]
+    assert abs(sum(float(row["loss_mse"] or 0) for row in rows) - total) <= 1e-4 * total
+    r = run("export-plan", "1", "--format", "md", "--db", url)
+    assert r.output.splitlines()[2].startswith("| layer | precision | subgraph | gain_us |")
+    assert len(r.output.splitlines()) == 4 + len(layers)
     out = tmp_path / "plan.json"
     r = run("export-plan", "1", "--format", "json", "-o", out, "--db", url)
     assert r.output == f"written to {out}\n"

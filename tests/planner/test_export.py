@@ -1,5 +1,5 @@
-"""Plan documents round-trip and are validated on read; INC and torchao exports are what
-those tools read."""
+"""Plan documents round-trip and are validated on read; the torchao export is what torchao
+reads (INC: test_inc.py; the report: test_report.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwcost.errors import HwcostError, PlanInvalid
-from planner.export import PLAN_TYPE, read_plan, to_inc, to_torchao, validate_plan
+from hwcost.errors import PlanInvalid
+from planner.export import PLAN_TYPE, read_plan, to_torchao, validate_plan
 
 
 def doc_for(layers: dict[str, str], baseline: str = "bf16") -> dict:
@@ -55,25 +55,6 @@ def test_not_json(tmp_path):
     p.write_text("{not json")
     with pytest.raises(PlanInvalid, match=r"is not valid JSON \(Expecting property name"):
         read_plan(p)
-
-
-def test_inc_config_blocklists_high_precision_layers():
-    layers = {"model.layers.0.mlp.down_proj": "bf16", "model.layers.0.mlp.up_proj": "fp8_e4m3",
-              "lm_head": "bf16", "model.layers.0.self_attn.q_proj": "fp8_e4m3"}
-    inc = to_inc(doc_for(layers))
-    assert inc["mode"] == "QUANTIZE" and inc["fp8_config"] == "E4M3" and inc["hp_dtype"] == "bf16"
-    assert inc["blocklist"] == {"types": [], "names": ["lm_head", "model.layers.0.mlp.down_proj"]}
-    assert inc["allowlist"] == {"types": [], "names": ["model.layers.0.mlp.up_proj",
-                                                       "model.layers.0.self_attn.q_proj"]}
-    assert inc["scale_method"] == "maxabs_hw" and inc["observer"] == "maxabs"
-    with pytest.raises(HwcostError, match="cannot express int8 layers"):
-        to_inc(doc_for({"a": "int8"}))
-
-
-def test_inc_config_parses_with_inc_when_installed():
-    fp8 = pytest.importorskip("neural_compressor.torch.quantization")
-    cfg = fp8.FP8Config.from_dict(to_inc(doc_for({"a": "fp8_e4m3", "b": "bf16"})))
-    assert "b" in json.dumps(cfg.to_dict())
 
 
 def test_torchao_mapping_loads_and_applies():
