@@ -1,19 +1,23 @@
-"""Campaign task queue on the store: many workers, each task measured once.
+"""Campaign work queue on the store: many workers, each task measured once.
 
 Any number of processes, on any number of hosts, share a campaign through the store:
 
 - :func:`ensure_campaign` gets or creates a campaign by name; :func:`add_tasks` adds
-  (subgraph, shape, config) tasks idempotently.
-- :func:`claim` hands out pending tasks to one worker. On PostgreSQL the rows are taken with
-  ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent workers never get the same task and
-  never wait on each other; on SQLite every transaction is ``BEGIN IMMEDIATE`` (one writer at
-  a time), which serialises claims.
-- :func:`complete` and :func:`fail` close tasks. A task whose measurement is already in the
-  store (a worker died after writing it, before closing the task) is closed at claim time
-  instead of being measured again.
-- Stale claims (older than ``stale_after_s``, a worker killed or a host lost) return to
-  pending at the next claim; :func:`release` returns a worker's own claims at once (a
-  restarted worker of the same name).
+  (subgraph, shape, config) tasks idempotently, grouped into **units**: all the configs of
+  one (subgraph, shape), so a baseline and its candidates are timed together on one host.
+- :func:`claim` hands whole units to one worker in one statement. On PostgreSQL that is
+  ``WITH u AS (UPDATE campaign_unit ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
+  LIMIT n) RETURNING ...) UPDATE campaign_task ... FROM u RETURNING ...``: concurrent
+  workers never get the same unit and never wait on each other. On SQLite the same two
+  updates run in one ``BEGIN IMMEDIATE`` transaction (one writer at a time).
+- A claimed unit carries a heartbeat (:class:`Heartbeat` refreshes it from a thread). A unit
+  whose heartbeat is older than ``stale_after_s`` (its worker was killed, its host lost) is
+  handed out again by the same claiming statement; nothing sweeps on every claim.
+- :func:`complete_unit` writes a unit's measurements, closes its tasks and the unit in one
+  transaction, and only while the worker still holds the unit (a worker presumed dead that
+  comes back writes nothing: another worker owns the unit now).
+- :func:`retry`, :func:`cancel` and :func:`release` change states for operators and restarted
+  workers; :mod:`hwcost.fleet_status` reports progress and per-worker throughput.
 
 Timestamps are UTC (the schema's UTCDateTime columns), so hosts in any zone agree.
 """
@@ -21,22 +25,35 @@ Timestamps are UTC (the schema's UTCDateTime columns), so hosts in any zone agre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, text, update
 
 from hwcost.errors import StoreError
-from hwcost.schema import Campaign, CampaignTask, Device, Measurement, Subgraph
+from hwcost.schema import Campaign, CampaignTask, CampaignUnit, Device, Measurement, Subgraph
 from hwcost.shape import parse_shape
 
-STALE_AFTER_S = 900.0
-"""Default age after which a claim is presumed dead and its task handed out again."""
+STALE_AFTER_S = 60.0
+"""Default: a claim without a heartbeat for this long is presumed dead and handed out again."""
+
+OPEN = ("pending", "claimed")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def heartbeat_interval(stale_after_s: float) -> float:
+    """Seconds between heartbeats: several per stale period, so one slow beat is no death."""
+    return max(0.05, min(10.0, stale_after_s / 6))
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,25 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """All the open tasks of one (subgraph, shape) of a campaign, claimed together.
+
+    ``measured`` holds tasks whose measurement is already in the store (written by a direct
+    run or an import): they are closed with the unit, not measured again.
+    """
+
+    id: int
+    signature: str
+    shape: str
+    tasks: tuple[Task, ...]
+    measured: tuple[Task, ...] = ()
+
+    @property
+    def all_ids(self) -> list[int]:
+        return [t.id for t in self.tasks] + [t.id for t in self.measured]
+
+
+@dataclass(frozen=True)
 class Progress:
     """Task counts of a campaign by state."""
 
@@ -57,10 +93,11 @@ class Progress:
     claimed: int = 0
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.claimed + self.done + self.failed
+        return self.pending + self.claimed + self.done + self.failed + self.cancelled
 
     @property
     def open(self) -> int:
@@ -68,7 +105,7 @@ class Progress:
 
     def to_dict(self) -> dict:
         return {"pending": self.pending, "claimed": self.claimed, "done": self.done,
-                "failed": self.failed, "total": self.total}
+                "failed": self.failed, "cancelled": self.cancelled, "total": self.total}
 
 
 def ensure_campaign(store, name: str, *, device: str, model_id: int | None,
@@ -112,14 +149,14 @@ def campaign_id(store, name: str) -> int:
     with store.session() as s:
         cid = s.scalar(select(Campaign.id).where(Campaign.name == name))
     if cid is None:
-        raise StoreError(f"no campaign {name!r} in the store")
+        raise StoreError(f"no campaign {name!r} in the store; `hwcost campaign ls` lists them")
     return cid
 
 
 def add_tasks(store, campaign: int, tasks: Iterable[tuple[str, str, str]]) -> int:
-    """Add ``(signature, shape, config)`` tasks; existing ones are left as they are.
-
-    Returns the number of tasks added. The subgraphs must already be in the store.
+    """Add ``(signature, shape, config)`` tasks and their units; existing ones are left as
+    they are (a cancelled task stays cancelled). A closed unit that gains a new task opens
+    again. Returns the number of tasks added. The subgraphs must already be in the store.
     """
     tasks = list(tasks)
     if not tasks:
@@ -131,97 +168,288 @@ def add_tasks(store, campaign: int, tasks: Iterable[tuple[str, str, str]]) -> in
             raise StoreError(f"tasks name subgraphs not in the store: {sorted(missing)[:3]}")
         rows = [{"campaign_id": campaign, "subgraph_id": ids[sig], "shape": parse_shape(shape).key,
                  "config": cfg, "state": "pending"} for sig, shape, cfg in tasks]
-        return store._insert_ignore(s, CampaignTask, rows,
-                                    ["campaign_id", "subgraph_id", "shape", "config"])
+        units = list({(r["subgraph_id"], r["shape"]): {
+            "campaign_id": campaign, "subgraph_id": r["subgraph_id"], "shape": r["shape"],
+            "state": "pending"} for r in rows}.values())
+        store._insert_ignore(s, CampaignUnit, units, ["campaign_id", "subgraph_id", "shape"])
+        added = store._insert_ignore(s, CampaignTask, rows,
+                                     ["campaign_id", "subgraph_id", "shape", "config"])
+        if added:
+            s.execute(update(CampaignUnit)
+                      .where(CampaignUnit.campaign_id == campaign,
+                             CampaignUnit.state.in_(("done", "failed")), _has_task("pending"))
+                      .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None)
+                      .execution_options(synchronize_session=False))
+        return added
 
 
-def release(store, campaign: int, worker: str) -> int:
-    """Return ``worker``'s claimed tasks to pending (a restarted worker of that name)."""
-    with store.session() as s:
-        res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "claimed",
-                               CampaignTask.worker == worker)
-                        .values(state="pending", worker=None, claimed_at=None))
-        return res.rowcount or 0
+def _has_task(*states: str):
+    return exists().where(and_(CampaignTask.campaign_id == CampaignUnit.campaign_id,
+                               CampaignTask.subgraph_id == CampaignUnit.subgraph_id,
+                               CampaignTask.shape == CampaignUnit.shape,
+                               CampaignTask.state.in_(states)))
+
+
+# --------------------------------------------------------------------------- claiming
+
+_PG_CLAIM = text("""
+WITH u AS (
+  UPDATE campaign_unit SET state = 'claimed', worker = :worker, claimed_at = :now,
+         heartbeat_at = :now
+  WHERE id IN (SELECT id FROM campaign_unit
+               WHERE campaign_id = :cid
+                 AND (state = 'pending' OR (state = 'claimed' AND heartbeat_at < :cutoff))
+               ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED)
+  RETURNING id, subgraph_id, shape)
+UPDATE campaign_task t SET state = 'claimed', worker = :worker, claimed_at = :now
+FROM u, subgraph s
+WHERE t.campaign_id = :cid AND t.subgraph_id = u.subgraph_id AND t.shape = u.shape
+  AND t.state IN ('pending', 'claimed') AND s.id = u.subgraph_id
+RETURNING u.id AS unit_id, t.id, s.signature, t.shape, t.config,
+  EXISTS (SELECT 1 FROM measurement m
+          WHERE m.device_id = (SELECT device_id FROM campaign WHERE id = :cid)
+            AND m.subgraph_id = t.subgraph_id AND m.shape = t.shape
+            AND m.config = t.config) AS measured
+""")
 
 
 def claim(store, campaign: int, worker: str, n: int = 1, *,
-          stale_after_s: float = STALE_AFTER_S) -> list[Task]:
-    """Claim up to ``n`` pending tasks for ``worker``, in insertion order.
+          stale_after_s: float = STALE_AFTER_S) -> list[Unit]:
+    """Claim up to ``n`` units (pending, or claimed with a heartbeat older than
+    ``stale_after_s``) for ``worker``, oldest first; one statement on PostgreSQL.
 
-    Claims older than ``stale_after_s`` go back to pending first. Tasks whose measurement
-    is already stored (for the campaign's device) are marked done, not handed out.
+    Returns the units with their open tasks; [] when nothing is claimable.
     """
     if n < 1:
-        raise ValueError("claim at least one task")
-    while True:  # until a task to hand out, or none pending
-        tasks, closed = _claim_once(store, campaign, worker, n, stale_after_s)
-        if tasks or not closed:
-            return tasks
+        raise ValueError("claim at least one unit")
+    now = _now()
+    cutoff = now - timedelta(seconds=stale_after_s)
+    args = {"cid": campaign, "worker": worker, "now": now, "cutoff": cutoff, "n": n}
+    with store.session() as s:
+        if store.dialect == "postgresql":
+            rows = s.execute(_PG_CLAIM, args).all()
+        else:
+            rows = _claim_sqlite(s, args)
+    units: dict[int, list] = {}
+    for r in rows:
+        units.setdefault(r.unit_id, []).append(r)
+    out = []
+    for uid in sorted(units):
+        rs = sorted(units[uid], key=lambda r: r.id)
+        todo = tuple(Task(r.id, r.signature, r.shape, r.config) for r in rs if not r.measured)
+        done = tuple(Task(r.id, r.signature, r.shape, r.config) for r in rs if r.measured)
+        out.append(Unit(uid, rs[0].signature, rs[0].shape, todo, done))
+    return out
 
 
-def _claim_once(store, campaign: int, worker: str, n: int, stale_after_s: float
-                ) -> tuple[list[Task], int]:
-    """One claiming transaction: (tasks handed out, tasks closed as already measured)."""
+def _claim_sqlite(s, args: dict) -> list:
+    """The claim as two updates in one BEGIN IMMEDIATE transaction (SQLite has no
+    data-modifying CTE); the write lock serialises claimers."""
+    picked = select(CampaignUnit.id).where(
+        CampaignUnit.campaign_id == args["cid"],
+        or_(CampaignUnit.state == "pending",
+            and_(CampaignUnit.state == "claimed", CampaignUnit.heartbeat_at < args["cutoff"]))
+    ).order_by(CampaignUnit.id).limit(args["n"])
+    units = s.execute(update(CampaignUnit).where(CampaignUnit.id.in_(picked.scalar_subquery()))
+                      .values(state="claimed", worker=args["worker"], claimed_at=args["now"],
+                              heartbeat_at=args["now"])
+                      .returning(CampaignUnit.id, CampaignUnit.subgraph_id, CampaignUnit.shape)
+                      .execution_options(synchronize_session=False)).all()
+    if not units:
+        return []
+    device_id = s.scalar(select(Campaign.device_id).where(Campaign.id == args["cid"]))
+    of_unit = {(u.subgraph_id, u.shape): u.id for u in units}
+    in_units = or_(*(and_(CampaignTask.subgraph_id == sg, CampaignTask.shape == sh)
+                     for sg, sh in of_unit))
+    rows = s.execute(update(CampaignTask)
+                     .where(CampaignTask.campaign_id == args["cid"],
+                            CampaignTask.state.in_(OPEN), in_units)
+                     .values(state="claimed", worker=args["worker"], claimed_at=args["now"])
+                     .returning(CampaignTask.id, CampaignTask.subgraph_id, CampaignTask.shape,
+                                CampaignTask.config)
+                     .execution_options(synchronize_session=False)).all()
+    # (SQLite's RETURNING cannot hold a correlated subquery: the measured check is a query)
+    measured = set(s.execute(select(Measurement.subgraph_id, Measurement.shape, Measurement.config)
+                             .where(Measurement.device_id == device_id,
+                                    Measurement.subgraph_id.in_({sg for sg, _ in of_unit}),
+                                    Measurement.shape.in_({sh for _, sh in of_unit}))).all())
+    sigs = dict(s.execute(select(Subgraph.id, Subgraph.signature)
+                          .where(Subgraph.id.in_({sg for sg, _ in of_unit}))).all())
+    return [_Row(of_unit[r.subgraph_id, r.shape], r.id, sigs[r.subgraph_id], r.shape, r.config,
+                 (r.subgraph_id, r.shape, r.config) in measured) for r in rows]
+
+
+@dataclass(frozen=True)
+class _Row:
+    unit_id: int
+    id: int
+    signature: str
+    shape: str
+    config: str
+    measured: bool
+
+
+def complete_unit(store, unit: Unit, worker: str, measurements: Sequence = (),
+                  failed: dict[int, str] | None = None) -> bool:
+    """Write ``unit``'s measurements (``hwcost.store.MeasurementIn``), mark its tasks done
+    (or failed, task id -> one-line reason) and close the unit, in one transaction.
+
+    Returns False, writing nothing, when ``worker`` no longer holds the unit (its heartbeat
+    went stale and another worker claimed it).
+    """
+    failed = failed or {}
     now = _now()
     with store.session() as s:
-        device_id = s.scalar(select(Campaign.device_id).where(Campaign.id == campaign))
-        if device_id is None:
-            raise StoreError(f"no campaign with id {campaign}")
-        s.execute(update(CampaignTask)
-                  .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "claimed",
-                         CampaignTask.claimed_at < now - timedelta(seconds=stale_after_s))
-                  .values(state="pending", worker=None, claimed_at=None))
-        measured = exists().where(and_(
-            Measurement.device_id == device_id, Measurement.subgraph_id == CampaignTask.subgraph_id,
-            Measurement.shape == CampaignTask.shape, Measurement.config == CampaignTask.config))
-        stmt = (select(CampaignTask.id, Subgraph.signature, CampaignTask.shape, CampaignTask.config,
-                       measured.label("measured"))
-                .join(Subgraph, Subgraph.id == CampaignTask.subgraph_id)
-                .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "pending")
-                .order_by(CampaignTask.id).limit(n))
-        if store.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=CampaignTask, skip_locked=True)
-        rows = s.execute(stmt).all()
-        done_ids = [r.id for r in rows if r.measured]
-        tasks = [Task(r.id, r.signature, r.shape, r.config) for r in rows if not r.measured]
-        if done_ids:
-            s.execute(update(CampaignTask).where(CampaignTask.id.in_(done_ids))
-                      .values(state="done", worker=worker, finished_at=now))
-        if tasks:
-            s.execute(update(CampaignTask).where(CampaignTask.id.in_([t.id for t in tasks]))
-                      .values(state="claimed", worker=worker, claimed_at=now))
-    return tasks, len(done_ids)
+        held = s.execute(update(CampaignUnit)
+                         .where(CampaignUnit.id == unit.id, CampaignUnit.worker == worker,
+                                CampaignUnit.state == "claimed")
+                         .values(state="failed" if failed else "done", finished_at=now)
+                         .returning(CampaignUnit.id)
+                         .execution_options(synchronize_session=False)).first()
+        if held is None:
+            return False
+        if measurements:
+            store.add_measurements(measurements, session=s)
+        ok = [i for i in unit.all_ids if i not in failed]
+        if ok:
+            s.execute(update(CampaignTask).where(CampaignTask.id.in_(ok))
+                      .values(state="done", finished_at=now, error=None)
+                      .execution_options(synchronize_session=False))
+        for reason, ids in _by_reason(failed).items():
+            s.execute(update(CampaignTask).where(CampaignTask.id.in_(ids))
+                      .values(state="failed", finished_at=now, error=reason)
+                      .execution_options(synchronize_session=False))
+    return True
 
 
-def complete(store, task_ids: Sequence[int], worker: str) -> int:
-    """Mark tasks done (call after their measurements are written). Returns tasks closed."""
-    return _close(store, task_ids, worker, "done", None)
+def _by_reason(failed: dict[int, str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for tid, err in failed.items():
+        reason = err.strip().splitlines()[0][:500] if err.strip() else "failed"
+        out.setdefault(reason, []).append(tid)
+    return out
 
 
-def fail(store, task_ids: Sequence[int], worker: str, error: str) -> int:
-    """Mark tasks failed with a one-line reason; they are not retried automatically."""
-    return _close(store, task_ids, worker, "failed", error.strip().splitlines()[0][:500]
-                  if error.strip() else "failed")
-
-
-def _close(store, task_ids: Sequence[int], worker: str, state: str, error: str | None) -> int:
-    if not task_ids:
-        return 0
+def heartbeat(store, campaign: int, worker: str) -> int:
+    """Refresh the heartbeat of every unit ``worker`` holds; returns how many it holds."""
     with store.session() as s:
-        res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.id.in_(list(task_ids)), CampaignTask.worker == worker,
-                               CampaignTask.state == "claimed")
-                        .values(state=state, finished_at=_now(), error=error))
+        res = s.execute(update(CampaignUnit)
+                        .where(CampaignUnit.campaign_id == campaign, CampaignUnit.worker == worker,
+                               CampaignUnit.state == "claimed")
+                        .values(heartbeat_at=_now())
+                        .execution_options(synchronize_session=False))
         return res.rowcount or 0
 
 
-def retry_failed(store, campaign: int) -> int:
-    """Return a campaign's failed tasks to pending."""
+class Heartbeat:
+    """A daemon thread that beats for ``worker`` every ``interval`` seconds while it runs
+    (``with Heartbeat(...):``). A failed beat is retried at the next one: a store hiccup
+    shorter than the stale limit costs nothing."""
+
+    def __init__(self, store, campaign: int, worker: str, interval: float):
+        self.store, self.campaign, self.worker, self.interval = store, campaign, worker, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                heartbeat(self.store, self.campaign, self.worker)
+            except Exception:  # noqa: BLE001 - the next beat retries; a dead store ends the run elsewhere
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class OtherClaims:
+    """Units held by other workers: ``live`` beat recently, ``suspect`` did not (they are
+    handed out again once their heartbeat is older than the stale limit)."""
+
+    live: dict[str, int]
+    suspect: dict[str, int]
+
+
+def other_claims(store, campaign: int, worker: str, suspect_after_s: float) -> OtherClaims:
+    """Units of the campaign claimed by workers other than ``worker``, by worker."""
+    cutoff = _now() - timedelta(seconds=suspect_after_s)
+    with store.session() as s:
+        rows = s.execute(select(CampaignUnit.worker, CampaignUnit.heartbeat_at)
+                         .where(CampaignUnit.campaign_id == campaign,
+                                CampaignUnit.state == "claimed", CampaignUnit.worker != worker)
+                         ).all()
+    rows = [(w, hb is None or _utc(hb) < cutoff, 1) for w, hb in rows]
+    live: dict[str, int] = {}
+    suspect: dict[str, int] = {}
+    for w, old, n in rows:
+        d = suspect if old else live
+        d[w] = d.get(w, 0) + int(n)
+    return OtherClaims(live, suspect)
+
+
+# ------------------------------------------------------------------------- operations
+
+
+def release(store, campaign: int, worker: str) -> int:
+    """Return ``worker``'s claimed units and tasks to pending (a restarted worker of that
+    name). Returns the tasks released."""
+    with store.session() as s:
+        s.execute(update(CampaignUnit)
+                  .where(CampaignUnit.campaign_id == campaign, CampaignUnit.state == "claimed",
+                         CampaignUnit.worker == worker)
+                  .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None)
+                  .execution_options(synchronize_session=False))
+        res = s.execute(update(CampaignTask)
+                        .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "claimed",
+                               CampaignTask.worker == worker)
+                        .values(state="pending", worker=None, claimed_at=None)
+                        .execution_options(synchronize_session=False))
+        return res.rowcount or 0
+
+
+def retry(store, campaign: int) -> int:
+    """Return a campaign's failed and cancelled tasks (and their units) to pending; returns
+    the tasks reopened. Measurements already stored are kept."""
     with store.session() as s:
         res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "failed")
-                        .values(state="pending", worker=None, claimed_at=None, error=None))
+                        .where(CampaignTask.campaign_id == campaign,
+                               CampaignTask.state.in_(("failed", "cancelled")))
+                        .values(state="pending", worker=None, claimed_at=None, finished_at=None,
+                                error=None)
+                        .execution_options(synchronize_session=False))
+        s.execute(update(CampaignUnit)
+                  .where(CampaignUnit.campaign_id == campaign,
+                         CampaignUnit.state.in_(("failed", "cancelled", "done")),
+                         _has_task("pending"))
+                  .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None,
+                          finished_at=None)
+                  .execution_options(synchronize_session=False))
+        return res.rowcount or 0
+
+
+retry_failed = retry
+
+
+def cancel(store, campaign: int) -> int:
+    """Cancel a campaign's pending tasks: workers claim nothing more from it and exit once
+    their current units are written. Returns the tasks cancelled (`retry` resumes them)."""
+    now = _now()
+    with store.session() as s:
+        s.execute(update(CampaignUnit)
+                  .where(CampaignUnit.campaign_id == campaign, CampaignUnit.state == "pending")
+                  .values(state="cancelled", finished_at=now)
+                  .execution_options(synchronize_session=False))
+        res = s.execute(update(CampaignTask)
+                        .where(CampaignTask.campaign_id == campaign,
+                               CampaignTask.state == "pending")
+                        .values(state="cancelled", finished_at=now)
+                        .execution_options(synchronize_session=False))
         return res.rowcount or 0
 
 
@@ -241,48 +469,70 @@ def task_workers(store, campaign: int) -> dict[int, str | None]:
                               .where(CampaignTask.campaign_id == campaign)).all())
 
 
+# ------------------------------------------------------------------------- a worker's loop
+
+
 @dataclass(frozen=True)
-class CampaignStatus:
-    """A campaign with its task counts and who worked on it."""
+class WorkResult:
+    """What one worker's loop did and what it left: ``left`` is the campaign's task counts
+    when it stopped, ``live`` the other workers still holding units then."""
 
-    name: str
-    model: str | None
-    device: str
-    shapes: list[str]
-    progress: Progress
-    workers: dict[str, int]  # worker -> tasks done
-    created_at: datetime
-
-    @property
-    def complete(self) -> bool:
-        return self.progress.total > 0 and self.progress.open == 0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "model": self.model, "device": self.device,
-                "shapes": self.shapes, **self.progress.to_dict(), "complete": self.complete,
-                "workers": self.workers, "created_at": self.created_at.isoformat()}
+    units: int
+    measured: int
+    failed: int
+    lost: int
+    left: Progress
+    live: dict[str, int]
 
 
-def campaigns(store) -> list[CampaignStatus]:
-    """Every campaign in the store with its progress, oldest first."""
-    from hwcost.schema import Model
+def work(store, campaign: int, worker: str, measure: Callable[[Unit], tuple[list, dict]], *,
+         stale_after_s: float = STALE_AFTER_S,
+         after_unit: Callable[[], None] | None = None) -> WorkResult:
+    """Claim units one at a time until none is left, measuring each with ``measure(unit)``
+    -> (measurements, {task id: error}) and writing it with :func:`complete_unit`, while a
+    :class:`Heartbeat` keeps the claim alive.
 
-    with store.session() as s:
-        rows = s.execute(select(Campaign, Device.fingerprint, Model.name)
-                         .join(Device, Device.id == Campaign.device_id)
-                         .outerjoin(Model, Model.id == Campaign.model_id)
-                         .order_by(Campaign.id)).all()
-        done = s.execute(select(CampaignTask.campaign_id, CampaignTask.worker, func.count())
-                         .where(CampaignTask.state == "done")
-                         .group_by(CampaignTask.campaign_id, CampaignTask.worker)).all()
-        states = s.execute(select(CampaignTask.campaign_id, CampaignTask.state, func.count())
-                           .group_by(CampaignTask.campaign_id, CampaignTask.state)).all()
-    by_campaign: dict[int, dict[str, int]] = {}
-    for cid, worker, n in done:
-        by_campaign.setdefault(cid, {})[worker or "-"] = int(n)
-    counts: dict[int, dict[str, int]] = {}
-    for cid, state, n in states:
-        counts.setdefault(cid, {})[state] = int(n)
-    return [CampaignStatus(c.name, model, dev, json.loads(c.shapes), Progress(**counts.get(c.id, {})),
-                           dict(sorted(by_campaign.get(c.id, {}).items())), c.created_at)
-            for c, dev, model in rows]
+    With nothing to claim, the worker waits while another worker's claim looks dead (no
+    heartbeat for two beats) and takes it over once it is stale; it stops when the rest is
+    held by live workers (they finish it) or nothing is open.
+    """
+    release(store, campaign, worker)  # a restarted worker of this name resumes its claims
+    beat = heartbeat_interval(stale_after_s)
+    units = measured = failed = lost = 0
+    with Heartbeat(store, campaign, worker, beat):
+        while True:
+            got = claim(store, campaign, worker, 1, stale_after_s=stale_after_s)
+            if not got:
+                others = other_claims(store, campaign, worker, suspect_after_s=2 * beat)
+                if others.suspect:
+                    time.sleep(beat)
+                    continue
+                break
+            for unit in got:
+                rows, errors = measure(unit)
+                if complete_unit(store, unit, worker, rows, errors):
+                    units += 1
+                    measured += len(rows)
+                    failed += len(errors)
+                else:
+                    lost += len(unit.tasks)
+            if after_unit is not None:
+                after_unit()
+    return WorkResult(units, measured, failed, lost, progress(store, campaign), others.live)
+
+
+def what_is_left(name: str, left: Progress, live: dict[str, int]) -> str:
+    """One line for a worker that stops: complete, or what remains and how to finish it."""
+    if not left.open and not left.failed and not left.cancelled:
+        return f"campaign {name} complete: {left.done}/{left.total} tasks done"
+    parts = [f"{left.done}/{left.total} tasks done"]
+    if left.claimed:
+        parts.append(f"{left.claimed} claimed by live workers "
+                     f"{', '.join(sorted(live)) or '-'}, who finish them")
+    if left.pending:
+        parts.append(f"{left.pending} pending")
+    if left.failed:
+        parts.append(f"{left.failed} failed (`hwcost campaign retry {name}` reopens them)")
+    if left.cancelled:
+        parts.append(f"{left.cancelled} cancelled (`hwcost campaign retry {name}` resumes)")
+    return f"campaign {name} not complete: " + "; ".join(parts)

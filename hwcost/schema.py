@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the layout below. Bump it and register a migration in ``hwcost.migrations``."""
 
 
@@ -106,11 +106,35 @@ class CampaignTask(SQLModel, table=True):
     subgraph_id: int = Field(foreign_key="subgraph.id")
     shape: str
     config: str
-    state: str = "pending"  # pending | claimed | done | failed
+    state: str = "pending"  # pending | claimed | done | failed | cancelled
     worker: str | None = None
     claimed_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+
+
+class CampaignUnit(SQLModel, table=True):
+    """The tasks of one (subgraph, shape) of a campaign: what a worker claims at once, so a
+    baseline and its candidates are timed together on one host.
+
+    ``heartbeat_at`` is refreshed by the worker holding the unit; a claim whose heartbeat is
+    older than the workers' stale limit is handed out again (its worker is presumed dead).
+    """
+
+    __tablename__ = "campaign_unit"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "subgraph_id", "shape"),
+        Index("ix_unit_claim", "campaign_id", "state"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    subgraph_id: int = Field(foreign_key="subgraph.id")
+    shape: str
+    state: str = "pending"  # pending | claimed | done | failed | cancelled
+    worker: str | None = None
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class Measurement(SQLModel, table=True):
@@ -209,6 +233,6 @@ class Validation(SQLModel, table=True):
 
 
 ALL_TABLES = [
-    Meta, Device, Subgraph, Model, ManifestEntry, Campaign, CampaignTask, Measurement,
+    Meta, Device, Subgraph, Model, ManifestEntry, Campaign, CampaignTask, CampaignUnit, Measurement,
     ModelLatency, Sensitivity, Plan, Validation,
 ]

@@ -17,18 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel
 
 from hwcost import __version__
-from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, SchemaTooNew, StoreError
-from hwcost.migrations import MIGRATIONS, pending
+from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.precision import config_key, parse_config
 from hwcost.schema import (
-    SCHEMA_VERSION,
     Device,
     ManifestEntry,
     Measurement,
@@ -322,8 +319,10 @@ class Store:
                         _subgraph_info(g)) for e, g in rows]
 
     # -- measurements
-    def add_measurements(self, items: Iterable[MeasurementIn], *, replace: bool = False) -> int:
-        """Write measurements in one transaction; all are validated before any is written.
+    def add_measurements(self, items: Iterable[MeasurementIn], *, replace: bool = False,
+                         session: Session | None = None) -> int:
+        """Write measurements in one transaction (the caller's ``session`` when given); all
+        are validated before any is written.
 
         A key (device, subgraph, shape, config) already present is kept unless ``replace``.
         Returns the number of rows inserted or replaced.
@@ -331,7 +330,7 @@ class Store:
         items = [m.validated() for m in items]
         if not items:
             return 0
-        with self.session() as s:
+        with self._reuse(session) as s:
             devs = dict(s.execute(select(Device.fingerprint, Device.id).where(
                 Device.fingerprint.in_({m.device for m in items}))).all())
             sgs = self._subgraph_ids(s, [m.signature for m in items])
@@ -540,126 +539,6 @@ def _subgraph_info(row: Subgraph) -> SubgraphInfo:
 
 
 # ------------------------------------------------------------------------------- opening
+# (hwcost.opening: URLs, engines, schema creation and upgrades; re-exported here)
 
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):
-            # Let SQLAlchemy drive transactions; BEGIN IMMEDIATE below takes the write lock up
-            # front, so concurrent writers queue on busy_timeout instead of failing mid-way.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if url.startswith("postgres"):
-        if url.startswith("postgresql://") or url.startswith("postgres://"):
-            url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        # UTC sessions: naive timestamps (bulk COPY, imports) mean UTC whatever the server's
-        # TimeZone, and timestamptz values come back as +00.
-        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
-    raise StoreError(f"unsupported store URL {url!r}; use sqlite:///PATH or "
-                     "postgresql+psycopg://USER:PW@HOST/DB")
-
-
-def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = True) -> Store:
-    """Open (and create or upgrade) the store at ``url``.
-
-    ``upgrade=False`` opens an older store as it is (to report its version and pending
-    migrations); only an upgraded store should be written to. Raises ``SchemaTooNew`` for
-    a store written by a newer hwcost, ``StoreError`` when the database cannot be reached
-    or is not a store.
-    """
-    url = url or default_url()
-    engine = _make_engine(url)
-    try:
-        _ensure_schema(engine, create=create, upgrade=upgrade)
-    except (SchemaTooNew, StoreError):
-        engine.dispose()
-        raise
-    except OperationalError as e:
-        engine.dispose()
-        raise StoreError(f"cannot open store {_redact(url)}: {str(e.orig).strip().splitlines()[0]}"
-                         ) from None
-    return Store(url, engine)
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
-_SCHEMA_LOCK = 0x6877636F7374  # "hwcost": PostgreSQL advisory lock key for schema changes
-
-
-def _ensure_schema(engine: Engine, *, create: bool, upgrade: bool = True) -> None:
-    if _stored_version(engine, engine) == SCHEMA_VERSION:
-        return  # the common case: no lock, no transaction beyond one read
-    # Create or migrate under a lock, re-checking inside it, so that workers opening a new
-    # shared store at the same moment do it once (SQLite: BEGIN IMMEDIATE serialises them).
-    with engine.begin() as c:
-        if c.dialect.name == "postgresql":
-            c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-        stored = _stored_version(engine, c)
-        if stored is not None:
-            if stored > SCHEMA_VERSION:
-                raise SchemaTooNew(f"store has schema version {stored}, this hwcost reads up to "
-                                   f"{SCHEMA_VERSION}: upgrade hwcost (pip install -U hwcost)")
-            if stored < SCHEMA_VERSION and upgrade:
-                _migrate(c, stored)
-            return
-        names = set(inspect(c).get_table_names())
-        if names and not names & {"device", "measurement"}:
-            raise StoreError(f"database at {_redact(str(engine.url))} holds other tables "
-                             f"({', '.join(sorted(names)[:3])}...), not an hwcost store")
-        if not create:
-            raise StoreError(f"no hwcost store at {_redact(str(engine.url))}; "
-                             "`hwcost db init` makes one")
-        SQLModel.metadata.create_all(c)
-        _set_version(c, SCHEMA_VERSION)
-
-
-def _stored_version(engine: Engine, conn) -> int | None:
-    """The store's schema version; None when there is no ``meta`` table (no store yet)."""
-    if conn is engine:
-        with engine.connect() as c:  # one connection for the check and the read
-            return _stored_version(engine, c)
-    if "meta" not in set(inspect(conn).get_table_names()):
-        return None
-    row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
-                       {"k": "schema_version"}).first()
-    return int(row[0]) if row else 0
-
-
-def _migrate(c, stored: int) -> None:
-    steps = pending(stored, SCHEMA_VERSION)
-    missing = [v for v in steps if v not in MIGRATIONS]
-    if missing:
-        raise StoreError(f"no migration from schema version {missing[0]}; this store cannot be "
-                         "upgraded by this hwcost")
-    for v in steps:
-        MIGRATIONS[v](c)
-    SQLModel.metadata.create_all(c)  # tables added since; existing ones are left alone
-    _set_version(c, SCHEMA_VERSION)
-
-
-def _set_version(c, version: int) -> None:
-    c.execute(text("DELETE FROM meta WHERE key = :k"), {"k": "schema_version"})
-    c.execute(text("INSERT INTO meta (key, value) VALUES (:k, :v)"),
-              {"k": "schema_version", "v": str(version)})
+from hwcost.opening import _redact, open_store  # noqa: E402,F401

@@ -84,6 +84,9 @@ class CampaignReport:
     failed: int = 0
     campaign: str | None = None
     worker: str | None = None
+    lost: int = 0  # worker mode: tasks of units taken over by another worker (written there)
+    left: dict[str, int] = field(default_factory=dict)  # worker mode: task states at the end
+    note: str = ""  # worker mode: what the campaign still needs, in one line
     baseline_us: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -233,7 +236,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         n_inputs: distinct captured inputs per piece, used in rotation.
         timing: harness settings (default :class:`TimingOptions`).
         progress: show a progress bar on stderr (default: when stderr is a terminal).
-        stale_after_s: worker mode: claims older than this are handed out again.
+        stale_after_s: worker mode: claims whose heartbeat is older than this are handed
+            out again (their worker is presumed dead).
         model_latency: also time the whole model in the baseline precision per shape.
     """
     from profiles.backends import get_backend
@@ -312,10 +316,13 @@ def _groups(items: Sequence[tuple[str, str, str]], size: int):
             yield sig, shape, run[i:i + size]
 
 
+def _measurements(report: CampaignReport, sig: str, shape: str, timings: dict) -> list:
+    return [MeasurementIn(report.device, sig, shape, cfg, t.median_us, t.spread_us, t.n_samples,
+                          campaign=report.campaign) for cfg, t in timings.items()]
+
+
 def _write(store, report: CampaignReport, sig: str, shape: str, timings: dict) -> None:
-    store.add_measurements([
-        MeasurementIn(report.device, sig, shape, cfg, t.median_us, t.spread_us, t.n_samples,
-                      campaign=report.campaign) for cfg, t in timings.items()])
+    store.add_measurements(_measurements(report, sig, shape, timings))
 
 
 def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
@@ -343,32 +350,43 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
 
 def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worker: str,
                 group: int, stale_after_s: float, progress: bool | None) -> None:
+    """Claim whole (subgraph, shape) units until none is left (``hwcost.queue.work``), then
+    say what the campaign still needs."""
     cid = queue.ensure_campaign(store, report.campaign, device=report.device,
                                 model_id=report.model_id, shapes=report.shapes,
                                 precisions=report.precisions)
     queue.add_tasks(store, cid, tasks)
-    queue.release(store, cid, worker)  # a restarted worker of this name resumes its claims
     prog = queue.progress(store, cid)
     report.already = prog.done
-    with _bar(prog.total, prog.done + prog.failed, progress,
-              f"{report.model} [{worker}]") as bar:
-        while batch := queue.claim(store, cid, worker, group, stale_after_s=stale_after_s):
-            for sig, shape, run in _groups([(t.signature, t.shape, t.config, t.id)
-                                            for t in batch], group):
-                ids = [t[3] for t in run]
-                try:
-                    timings = measurer.measure(sig, shape, [t[2] for t in run])
-                except Exception as e:  # noqa: BLE001 - recorded on the tasks, the run goes on
-                    queue.fail(store, ids, worker, f"{type(e).__name__}: {e}")
-                    report.failed += len(ids)
-                    report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
-                    bar.update(len(ids))
-                    continue
-                _write(store, report, sig, shape, timings)
-                queue.complete(store, ids, worker)
-                report.measured += len(timings)
-                bar.update(len(ids))
-            now = queue.progress(store, cid)
-            bar.total = now.total
-            bar.n = now.done + now.failed
-            bar.refresh()
+    with _bar(prog.total, prog.done + prog.failed, progress, f"{report.model} [{worker}]") as bar:
+        def refresh() -> None:
+            if not bar.disable:
+                now = queue.progress(store, cid)
+                bar.total, bar.n = now.total, now.done + now.failed + now.cancelled
+                bar.refresh()
+
+        res = queue.work(store, cid, worker,
+                         lambda unit: _measure_unit(report, measurer, unit, group),
+                         stale_after_s=stale_after_s, after_unit=refresh)
+    report.measured += res.measured
+    report.failed += res.failed
+    report.lost += res.lost
+    report.left = res.left.to_dict()
+    report.note = queue.what_is_left(report.campaign, res.left, res.live)
+
+
+def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: queue.Unit,
+                  group: int) -> tuple[list, dict]:
+    """Time a unit's configs in interleaved groups of ``group``: (measurements, failures)."""
+    rows, failed = [], {}
+    for i in range(0, len(unit.tasks), group):
+        chunk = unit.tasks[i:i + group]
+        try:
+            timings = measurer.measure(unit.signature, unit.shape, [t.config for t in chunk])
+        except Exception as e:  # noqa: BLE001 - recorded on the tasks, the run goes on
+            msg = f"{type(e).__name__}: {e}"
+            failed.update({t.id: msg for t in chunk})
+            report.errors.append(f"{unit.signature[:12]} {unit.shape}: {msg}")
+            continue
+        rows.extend(_measurements(report, unit.signature, unit.shape, timings))
+    return rows, failed

@@ -1,4 +1,4 @@
-"""``hwcost campaign``: progress of the profiling campaigns in a (shared) store."""
+"""``hwcost campaign``: follow and steer the profiling campaigns in a (shared) store."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from hwcost.cli.options import emit_json, handle_errors, json_option, open_cli_s
 
 @click.group("campaign")
 def campaign_cmd() -> None:
-    """Follow profiling campaigns: how many tasks are pending, claimed by a worker, done or
-    failed, and which worker measured what. Workers are started with
-    `hwcost profile MODEL --worker NAME` against a shared store."""
+    """Follow and steer profiling campaigns: how many tasks are pending, claimed by a worker,
+    done, failed or cancelled, what each worker did and how fast; reopen failed tasks or stop
+    a campaign. Workers are started with `hwcost profile MODEL --worker NAME` (or `--ray`)
+    against a shared store."""
 
 
 @campaign_cmd.command("ls")
@@ -20,9 +21,9 @@ def campaign_cmd() -> None:
 @handle_errors
 def ls_cmd(db_url: str | None, as_json: bool) -> None:
     """List campaigns with their progress."""
-    from hwcost.queue import campaigns
+    from hwcost.fleet_status import campaigns
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, read_only=True) as store:
         rows = campaigns(store)
     if as_json:
         emit_json([c.to_dict() for c in rows])
@@ -30,7 +31,7 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
     click.echo(table([{"campaign": c.name, "model": c.model, "device": c.device[:12],
                        "done": c.progress.done, "total": c.progress.total,
                        "claimed": c.progress.claimed, "failed": c.progress.failed,
-                       "state": "complete" if c.complete else "open"} for c in rows]))
+                       "state": c.state} for c in rows]))
 
 
 @campaign_cmd.command("status")
@@ -39,12 +40,13 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
 @json_option
 @handle_errors
 def status_cmd(name: str, db_url: str | None, as_json: bool) -> None:
-    """Show one campaign's progress and the tasks each worker finished."""
+    """Show one campaign's progress and, per worker, tasks done and failed, tasks per second
+    (first claim to last close), units held now and the last heartbeat."""
     from hwcost.errors import StoreError
-    from hwcost.queue import campaigns
+    from hwcost.fleet_status import campaigns
 
-    with open_cli_store(db_url) as store:
-        found = [c for c in campaigns(store) if c.name == name]
+    with open_cli_store(db_url, read_only=True) as store:
+        found = campaigns(store, name)
     if not found:
         raise StoreError(f"no campaign {name!r} in the store; `hwcost campaign ls` lists them")
     c = found[0]
@@ -53,10 +55,42 @@ def status_cmd(name: str, db_url: str | None, as_json: bool) -> None:
         return
     p = c.progress
     pct = 100.0 * p.done / p.total if p.total else 0.0
-    click.echo(f"campaign  {c.name} ({'complete' if c.complete else 'open'})")
+    click.echo(f"campaign  {c.name} ({c.state})")
     click.echo(f"model     {c.model or '-'} on device {c.device[:12]}")
     click.echo(f"shapes    {' '.join(c.shapes) or '-'}")
     click.echo(f"tasks     {p.done}/{p.total} done ({pct:.0f}%), {p.pending} pending, "
-               f"{p.claimed} claimed, {p.failed} failed")
-    for worker, n in c.workers.items():
-        click.echo(f"worker    {worker}: {n} done")
+               f"{p.claimed} claimed, {p.failed} failed"
+               + (f", {p.cancelled} cancelled" if p.cancelled else ""))
+    if c.workers:
+        click.echo(table([{"worker": w, "done": s.done, "failed": s.failed,
+                           "tasks_per_s": s.tasks_per_s, "holding": s.holding,
+                           "last_heartbeat": s.last_heartbeat.strftime("%H:%M:%S")
+                           if s.last_heartbeat else None} for w, s in c.workers.items()]))
+
+
+@campaign_cmd.command("retry")
+@click.argument("name")
+@store_option
+@handle_errors
+def retry_cmd(name: str, db_url: str | None) -> None:
+    """Return a campaign's failed (and cancelled) tasks to pending; running or newly
+    started workers claim them. Measurements already stored are kept."""
+    from hwcost import queue
+
+    with open_cli_store(db_url) as store:
+        n = queue.retry(store, queue.campaign_id(store, name))
+    click.echo(f"campaign {name}: {n} task{'s' if n != 1 else ''} back to pending")
+
+
+@campaign_cmd.command("cancel")
+@click.argument("name")
+@store_option
+@handle_errors
+def cancel_cmd(name: str, db_url: str | None) -> None:
+    """Cancel a campaign's pending tasks: workers finish and write the units they hold, then
+    exit. `hwcost campaign retry NAME` resumes it."""
+    from hwcost import queue
+
+    with open_cli_store(db_url) as store:
+        n = queue.cancel(store, queue.campaign_id(store, name))
+    click.echo(f"campaign {name}: {n} pending task{'s' if n != 1 else ''} cancelled")

@@ -37,12 +37,16 @@ def device_option(f: Callable) -> Callable:
 
 
 @contextmanager
-def open_cli_store(db_url: str | None) -> Iterator[Any]:
-    """Open the store for a command; library errors become one-line CLI errors."""
+def open_cli_store(db_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+    """Open the store for a command; library errors become one-line CLI errors.
+
+    ``read_only``: the command only reads, so an existing SQLite file is opened read-only
+    (a store on a read-only file or disk still works).
+    """
     from hwcost.store import open_store
 
     with errors_as_click():
-        store = open_store(db_url)
+        store = open_store(db_url, read_only=read_only)
     try:
         yield store
     finally:
@@ -52,10 +56,12 @@ def open_cli_store(db_url: str | None) -> Iterator[Any]:
 @contextmanager
 def errors_as_click() -> Iterator[None]:
     """Turn library errors into ``click.ClickException`` so users see one line, no traceback."""
+    from hwcost.opening import redact_urls
+
     try:
         yield
     except HwcostError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(redact_urls(str(e))) from None
 
 
 def handle_errors(f: Callable) -> Callable:

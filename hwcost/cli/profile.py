@@ -38,9 +38,10 @@ from hwcost.cli.options import (
               help="Configs timed together (interleaved) and written in one transaction.")
 @click.option("--quick", is_flag=True,
               help="Few samples, no re-measuring: for smoke tests, not for numbers to keep.")
-@click.option("--stale-after", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Worker mode: hand out again tasks claimed longer ago than this, e.g. by a "
-                   "worker that was killed [default: 900].")
+@click.option("--stale-after", default=None, type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="Worker mode: a claim whose worker sent no heartbeat for this long (the "
+                   "worker was killed, its host lost) is handed out again; workers beat "
+                   "several times per period [default: 60].")
 @store_option
 @json_option
 @handle_errors
@@ -80,6 +81,8 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     click.echo(f"tasks     {report.tasks} total: {report.measured} measured now, "
                f"{report.already} already in the store, {report.failed} failed "
                f"({report.elapsed_s:.1f} s)")
+    if report.note:
+        click.echo(report.note)
     rows = [{"shape": s, "baseline_ms": us / 1000} for s, us in report.baseline_us.items()]
     if rows:
         click.echo(table(rows))

@@ -73,7 +73,7 @@ def test_fleet_campaign_survives_a_killed_worker(fleet):
     env, url = fleet
     victim = worker(env, url, "card0")
     # let the victim claim and finish some work, then kill it without warning
-    from hwcost.queue import campaigns
+    from hwcost.fleet_status import campaigns
 
     deadline = time.time() + 300
     with open_store(url) as s:
@@ -88,7 +88,7 @@ def test_fleet_campaign_survives_a_killed_worker(fleet):
     assert not after_kill["complete"] and after_kill["workers"].get("card0", 0) >= 6
 
     # the rest of the fleet finishes; claims left by the dead worker are handed out again
-    procs = [worker(env, url, f"card{i}", "--stale-after", "0") for i in (1, 2, 3)]
+    procs = [worker(env, url, f"card{i}", "--stale-after", "2") for i in (1, 2, 3)]
     reports = []
     for p in procs:
         out, err = p.communicate(timeout=600)

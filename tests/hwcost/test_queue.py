@@ -1,14 +1,18 @@
-"""Campaign task queue: idempotent tasks, exclusive claims, stale recovery, progress."""
+"""Campaign work queue: idempotent tasks grouped in (subgraph, shape) units, exclusive unit
+claims in one statement, heartbeats and stale recovery, one transaction per unit, retry and
+cancel, per-worker status."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from hwcost import queue
 from hwcost.device import DeviceInfo
 from hwcost.errors import StoreError
+from hwcost.fleet_status import campaigns
 from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store
 
 DEV = DeviceInfo("cpu", "Test CPU", 2, ("avx2",), {"torch": "0"})
@@ -29,6 +33,10 @@ def _all_tasks():
     return [(s, sh, c) for s in SIGS for sh in SHAPES for c in CONFIGS]
 
 
+def _m(task: queue.Task, us: float = 10.0) -> MeasurementIn:
+    return MeasurementIn(DEV.fingerprint, task.signature, task.shape, task.config, us, 1.0, 5)
+
+
 def test_campaigns_and_tasks_are_idempotent(store):
     cid = _setup(store)
     assert queue.ensure_campaign(store, "c1", device=DEV.fingerprint, model_id=None,
@@ -37,7 +45,7 @@ def test_campaigns_and_tasks_are_idempotent(store):
     assert queue.add_tasks(store, cid, _all_tasks()) == 36
     assert queue.add_tasks(store, cid, _all_tasks()) == 0
     assert queue.progress(store, cid).to_dict() == {
-        "pending": 36, "claimed": 0, "done": 0, "failed": 0, "total": 36}
+        "pending": 36, "claimed": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 36}
     other = DeviceInfo("cpu", "Other CPU", 2)
     store.upsert_device(other.to_row())
     with pytest.raises(StoreError, match="campaign 'c1' exists for another model or device"):
@@ -46,53 +54,87 @@ def test_campaigns_and_tasks_are_idempotent(store):
         queue.campaign_id(store, "nope")
 
 
-def test_claim_complete_fail_and_progress(store):
+def test_a_claim_is_a_whole_unit_written_in_one_transaction(store):
     cid = _setup(store)
     queue.add_tasks(store, cid, _all_tasks())
-    a = queue.claim(store, cid, "w1", 4)
-    b = queue.claim(store, cid, "w2", 4)
-    assert len(a) == 4 and len(b) == 4
-    assert not {t.id for t in a} & {t.id for t in b}
-    assert [(t.signature, t.shape, t.config) for t in a] == _all_tasks()[:4]
-    assert queue.complete(store, [t.id for t in a], "w1") == 4
-    assert queue.complete(store, [t.id for t in b], "w1") == 0  # not w1's tasks
-    assert queue.fail(store, [b[0].id], "w2", "kernel missing\nsecond line") == 1
+    a = queue.claim(store, cid, "w1")
+    b = queue.claim(store, cid, "w2", 2)
+    assert [len(u.tasks) for u in a + b] == [3, 3, 3]  # every config of a (subgraph, shape)
+    assert (a[0].signature, a[0].shape) == (SIGS[0], SHAPES[0])
+    assert [t.config for t in a[0].tasks] == CONFIGS  # baseline first, with its candidates
+    assert not set(a[0].all_ids) & {i for u in b for i in u.all_ids}
+    assert queue.complete_unit(store, a[0], "w1", [_m(t) for t in a[0].tasks])
+    assert not queue.complete_unit(store, b[0], "w1", [_m(t) for t in b[0].tasks])  # not w1's
+    assert store.measurement_count() == 3  # the refused completion wrote nothing
+    fails = {b[1].tasks[0].id: "kernel missing\nsecond line"}
+    assert queue.complete_unit(store, b[1], "w2", [_m(t) for t in b[1].tasks[1:]], fails)
     p = queue.progress(store, cid)
-    assert (p.pending, p.claimed, p.done, p.failed) == (28, 3, 4, 1)
-    assert queue.retry_failed(store, cid) == 1
-    assert queue.progress(store, cid).pending == 29
+    assert (p.pending, p.claimed, p.done, p.failed) == (27, 3, 5, 1)
+    st = campaigns(store, "c1")[0]
+    assert {w: (s.done, s.failed, s.holding) for w, s in st.workers.items()} == {
+        "w1": (3, 0, 0), "w2": (2, 1, 1)}
+    assert queue.retry(store, cid) == 1
+    again = queue.claim(store, cid, "w3", 20)
+    assert b[1].id in [u.id for u in again]  # the failed task's unit is open again
+    assert [t.config for u in again if u.id == b[1].id for t in u.tasks] == ["fp32"]
+    assert [t.config for u in again if u.id == b[1].id for t in u.measured] == []
 
 
-def test_stale_and_released_claims_return_to_pending(store):
+def test_stale_heartbeats_are_reclaimed_live_ones_are_not(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks()[:5])
-    first = queue.claim(store, cid, "dead", 3)
-    # a live claim is not handed out again...
-    assert {t.id for t in queue.claim(store, cid, "w2", 10)} == {t.id for t in _rest(store, cid, first)}
-    # ...but a stale one is
-    again = queue.claim(store, cid, "w3", 10, stale_after_s=0)
-    assert {t.id for t in again} == {t.id for t in first} | {t.id for t in _rest(store, cid, first)}
-    assert queue.release(store, cid, "w3") == 5
-    assert queue.progress(store, cid).pending == 5
+    queue.add_tasks(store, cid, _all_tasks()[:6])  # two units
+    dead = queue.claim(store, cid, "dead")
+    live = queue.claim(store, cid, "live")
+    assert queue.claim(store, cid, "w3", 5, stale_after_s=60) == []  # both beat recently
+    time.sleep(0.3)
+    assert queue.heartbeat(store, cid, "live") == 1
+    others = queue.other_claims(store, cid, "w3", suspect_after_s=0.2)
+    assert (others.live, others.suspect) == ({"live": 1}, {"dead": 1})
+    taken = queue.claim(store, cid, "w3", 5, stale_after_s=0.2)
+    assert [u.id for u in taken] == [dead[0].id]
+    assert not queue.complete_unit(store, dead[0], "dead", [_m(t) for t in dead[0].tasks])
+    assert queue.complete_unit(store, taken[0], "w3", [_m(t) for t in taken[0].tasks])
+    assert queue.release(store, cid, "live") == 3
+    assert [u.id for u in queue.claim(store, cid, "w4")] == [live[0].id]
 
 
-def _rest(store, cid, first):
-    ids = {t.id for t in first}
-    workers = queue.task_workers(store, cid)
-    return [queue.Task(i, "", "", "") for i in workers if i not in ids]
-
-
-def test_a_measured_task_is_closed_not_handed_out(store):
+def test_a_measured_task_is_closed_not_measured_again(store):
     cid = _setup(store)
     queue.add_tasks(store, cid, _all_tasks()[:3])
     sig, shape, cfg = _all_tasks()[0]
     store.add_measurements([MeasurementIn(DEV.fingerprint, sig, shape, cfg, 10.0, 1.0, 5)])
-    got = queue.claim(store, cid, "w", 10)
-    assert [(t.signature, t.config) for t in got] == [(sig, "bf16"), (sig, "int8")]
-    assert queue.progress(store, cid).done == 1
+    (unit,) = queue.claim(store, cid, "w", 10)
+    assert [t.config for t in unit.tasks] == ["bf16", "int8"]
+    assert [t.config for t in unit.measured] == ["fp32"]
+    assert queue.complete_unit(store, unit, "w", [_m(t) for t in unit.tasks])
+    assert queue.progress(store, cid).done == 3
 
 
-def test_concurrent_workers_never_share_a_task(store_url):
+def test_cancel_stops_claims_and_retry_resumes(store):
+    cid = _setup(store)
+    queue.add_tasks(store, cid, _all_tasks())
+    held = queue.claim(store, cid, "w")
+    assert queue.cancel(store, cid) == 33
+    assert queue.claim(store, cid, "w2", 5) == []
+    assert queue.complete_unit(store, held[0], "w", [_m(t) for t in held[0].tasks])
+    st = campaigns(store, "c1")[0]
+    assert (st.state, st.progress.cancelled, st.progress.done) == ("cancelled", 33, 3)
+    assert queue.retry(store, cid) == 33
+    assert len(queue.claim(store, cid, "w2", 20)) == 11
+
+
+def test_new_tasks_reopen_a_closed_unit(store):
+    cid = _setup(store)
+    queue.add_tasks(store, cid, _all_tasks()[:2])
+    (u,) = queue.claim(store, cid, "w")
+    assert queue.complete_unit(store, u, "w", [_m(t) for t in u.tasks])
+    assert queue.claim(store, cid, "w") == []
+    assert queue.add_tasks(store, cid, _all_tasks()[:3]) == 1
+    (again,) = queue.claim(store, cid, "w")
+    assert (again.id, [t.config for t in again.tasks]) == (u.id, ["int8"])
+
+
+def test_concurrent_threads_never_share_a_unit(store_url):
     with open_store(store_url) as s:
         cid = _setup(s)
         queue.add_tasks(s, cid, _all_tasks())
@@ -103,9 +145,10 @@ def test_concurrent_workers_never_share_a_task(store_url):
         try:
             with open_store(store_url) as s:
                 mine = got.setdefault(name, [])
-                while batch := queue.claim(s, cid, name, 2):
-                    mine.extend(t.id for t in batch)
-                    queue.complete(s, [t.id for t in batch], name)
+                while units := queue.claim(s, cid, name, 2):
+                    for u in units:
+                        mine.extend(u.all_ids)
+                        assert queue.complete_unit(s, u, name, [_m(t) for t in u.tasks])
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
@@ -119,4 +162,5 @@ def test_concurrent_workers_never_share_a_task(store_url):
     assert len(ids) == len(set(ids)) == 36
     with open_store(store_url) as s:
         assert queue.progress(s, cid).done == 36
+        assert s.measurement_count() == 36
         assert set(queue.task_workers(s, cid).values()) <= set(got)
