@@ -36,7 +36,7 @@ def redact_urls(message: str) -> str:
     """
     def one(m: re.Match) -> str:
         rest = m.group(2)
-        if "@" not in rest:
+        if "@" not in rest or rest.startswith("USER:PW@"):  # no secret, or the docs' placeholder
             return m.group(0)
         return f"{m.group(1)}***@{rest.rsplit('@', 1)[1]}"
 

@@ -42,12 +42,22 @@ from hwcost.cli.options import (
               help="Worker mode: a claim whose worker sent no heartbeat for this long (the "
                    "worker was killed, its host lost) is handed out again; workers beat "
                    "several times per period [default: 60].")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Start one --worker per accelerator of a Ray cluster (GPU for cuda, HPU for "
+                   "hpu, CPU slots of --threads CPUs for cpu) on a shared PostgreSQL store, and "
+                   "follow the campaign; needs pip install 'hwcost[ray]'.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --ray: the cluster to join (e.g. ray://head:10001 or auto) "
+                   "[default: start a local one on this machine].")
+@click.option("--ray-workers", default=None, type=click.IntRange(min=1), metavar="N",
+              help="With --ray: start at most N workers [default: one per accelerator].")
 @store_option
 @json_option
 @handle_errors
 def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisions: str | None,
                 worker: str | None, campaign: str | None, max_configs: int, threads: int | None,
-                group: int, quick: bool, stale_after: float | None, db_url: str | None,
+                group: int, quick: bool, stale_after: float | None, use_ray: bool,
+                address: str | None, ray_workers: int | None, db_url: str | None,
                 as_json: bool) -> None:
     """Profile MODEL on this machine: cut it into sequential subgraphs, time every
     precision config of each unique subgraph for each shape with real kernels, and write
@@ -63,6 +73,12 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     from profiles.loading import load_model
 
     shape_list = [parse_shape(s) for s in shapes]  # bad shapes fail before anything loads
+    if use_ray:
+        _launch_ray(model, device, shape_list, precisions, campaign, max_configs, threads, group,
+                    quick, stale_after, address, ray_workers, db_url, as_json)
+        return
+    if address or ray_workers:
+        raise click.UsageError("--address and --ray-workers go with --ray")
     loaded = load_model(model)
     with open_cli_store(db_url) as store:
         report = run_campaign(store, loaded, device, shape_list or None, precisions, worker,
@@ -88,3 +104,37 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
         click.echo(table(rows))
     for err in report.errors[:5]:
         click.echo(f"failed: {err}", err=True)
+
+
+def _launch_ray(model, device, shape_list, precisions, campaign, max_configs, threads, group,
+                quick, stale_after, address, ray_workers, db_url, as_json) -> None:
+    """``--ray``: the workers run on the cluster; this process only launches and follows."""
+    from hwcost.cli.options import progress_enabled
+    from hwcost.ray_launch import default_campaign, launch
+    from hwcost.store import default_url
+
+    args = [a for s in shape_list for a in ("--shape", s.key)]
+    args += ["--max-configs", str(max_configs), "--group", str(group)]
+    if precisions:
+        args += ["--precisions", precisions]
+    if threads:
+        args += ["--threads", str(threads)]
+    if quick:
+        args.append("--quick")
+    if stale_after is not None:
+        args += ["--stale-after", str(stale_after)]
+    name = campaign or default_campaign(model, device)
+    rep = launch(model, args, db_url=db_url or default_url(), device=device, campaign=name,
+                 address=address, threads=threads, max_workers=ray_workers,
+                 progress=progress_enabled())
+    if as_json:
+        emit_json(rep.to_dict())
+        return
+    click.echo(f"campaign  {rep.campaign} on Ray ({rep.address}, {len(rep.workers)} workers "
+               f"on {rep.resource}, {rep.elapsed_s:.1f} s)")
+    click.echo(table([{"worker": w.name, "node": w.node, "measured": w.measured,
+                       "failed": w.failed, "exit": w.returncode, "error": w.error or None}
+                      for w in rep.workers]))
+    click.echo(rep.note)
+    if any(w.returncode for w in rep.workers):
+        raise SystemExit(1)  # the table above says which worker failed and why
