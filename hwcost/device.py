@@ -102,9 +102,18 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def local_device(kind: str = "cpu", index: int = 0) -> DeviceInfo:
-    """The fingerprintable identity of this machine's ``kind`` device (cpu, cuda or hpu)."""
+def local_device(kind: str = "cpu", index: int = 0, deployment: str = "eager") -> DeviceInfo:
+    """The fingerprintable identity of this machine's ``kind`` device (cpu, cuda or hpu).
+
+    ``deployment="compiled"`` (the deployed model under ``torch.compile``) is a different
+    device row: its timings differ, so they never mix with the eager ones."""
     sw = software_stack()
+    if deployment != "eager":
+        if deployment != "compiled":
+            from hwcost.errors import HwcostError
+
+            raise HwcostError(f"unknown deployment {deployment!r}; known: eager, compiled")
+        sw["deployment"] = "compiled"
     if kind == "cpu":
         name, flags = cpu_model_and_flags()
         return DeviceInfo("cpu", name, cpu_threads(), flags, sw)

@@ -68,15 +68,30 @@ def layer_map_hash(layers: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(dict(sorted(layers.items()))).encode()).hexdigest()[:16]
 
 
-def deploy(loaded_model, layers: Mapping[str, str], backend):
-    """The model with each layer deployed in its precision (:func:`planner.deploy.deploy`)."""
+def deploy(loaded_model, layers: Mapping[str, str], backend, dataflow=None,
+           deployment: str = "eager"):
+    """The model with each layer deployed in its precision (:func:`planner.deploy.deploy`),
+    linked as a deployment runs (shared input conversions; float chains when ``dataflow``
+    is given) and, for ``deployment="compiled"``, under ``torch.compile``."""
     from planner.deploy import deploy as deploy_plan
 
-    return deploy_plan(loaded_model, layers, backend)
+    return deploy_plan(loaded_model, layers, backend, dataflow=dataflow, deployment=deployment)
+
+
+def model_dataflow(loaded, backend):
+    """:func:`profiles.backends.interact.trace_dataflow` of a loaded model on a short input."""
+    import torch
+
+    from profiles.backends.interact import trace_dataflow
+
+    inp = {k: (v.to(backend.device) if isinstance(v, torch.Tensor) else v)
+           for k, v in loaded.inputs_for("batch=1,seq=16", seed=0).items()}
+    return trace_dataflow(loaded.model.to(backend.device), inp)
 
 
 def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, backend,
-                 *, threads: int | None = None, n_inputs: int = 3, **timing_kwargs) -> dict:
+                 *, threads: int | None = None, n_inputs: int = 3, deployment: str = "eager",
+                 **timing_kwargs) -> dict:
     """Interleaved end-to-end latency of several per-layer configs of one model.
 
     The configs are views of the one loaded model (:func:`deploy`): side by side they cost
@@ -87,7 +102,9 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
     from profiles.bench import time_interleaved
     from profiles.placement import to_device
 
-    models = {name: deploy(loaded.model, layers, backend) for name, layers in configs.items()}
+    flow = model_dataflow(loaded, backend)
+    models = {name: deploy(loaded.model, layers, backend, flow, deployment)
+              for name, layers in configs.items()}
     inputs = [to_device(loaded.inputs_for(shape, seed=i), backend.device)
               for i in range(n_inputs)]
 
@@ -134,9 +151,10 @@ def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, ba
 
     place(loaded.model, backend.device)
     ref = per_sample_losses(loaded.model, batches).numpy()
+    flow = model_dataflow(loaded, backend)
     out = {}
     for name, layers in configs.items():
-        with deployed(loaded.model, dict(layers), backend) as m:
+        with deployed(loaded.model, dict(layers), backend, flow) as m:
             q = per_sample_losses(m, batches).numpy()
         out[name] = float(np.mean(np.square(q - ref)))
     return out
@@ -167,6 +185,15 @@ def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
                                body=json.dumps(doc, sort_keys=True)))
 
 
+def plan_deployment(store, device_fingerprint: str) -> str:
+    """``compiled`` when the plan's device row was profiled under ``torch.compile``."""
+    try:
+        dev = store.get_device(device_fingerprint)
+    except (NoSuchDevice, StoreError):
+        return "eager"
+    return json.loads(dev.software or "{}").get("deployment", "eager")
+
+
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
                             eval_data: str | None = None, samples: int = 128,
                             threads: int | None = None, seq_len: int = 128, loaded=None,
@@ -189,13 +216,14 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     layers = dict(data["layers"])
     base_layers = {n: data["baseline"] for n in layers}
     configs = {"baseline": base_layers, "plan": layers}
+    deployment = plan_deployment(store, data["device"]["fingerprint"])
     timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
-                           **(timing or {}))
+                           deployment=deployment, **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
     n_eval = sum(int(b.shape[0]) for b in batches)
 
-    info = local_device(kind)
+    info = local_device(kind, deployment=deployment)
     dev_row = store.upsert_device(info.to_row())
     note = "" if info.fingerprint == data["device"]["fingerprint"] else (
         f"measured on {info.fingerprint[:12]}, planned for {data['device']['fingerprint'][:12]}")

@@ -67,17 +67,18 @@ def _model_precision(model) -> str | None:
     return names.get(dtypes.pop()) if len(dtypes) == 1 else None
 
 
-def _swap(model, layers: Mapping[str, str], backend):
+def _swap(model, layers: Mapping[str, str], backend, dataflow=None):
     """The model with ``layers`` replaced by their deployments.
 
     The one line to change when the backends gain an in-place swap: today
     ``apply_precisions`` returns a deep copy and leaves ``model`` as it was."""
     from profiles.backends import apply_precisions
 
-    return apply_precisions(model, layers, backend)
+    return apply_precisions(model, layers, backend, dataflow)
 
 
-def deploy(model, plan: Mapping[str, Any], backend=None):
+def deploy(model, plan: Mapping[str, Any], backend=None, *, dataflow=None,
+           deployment: str = "eager"):
     """``model`` with the plan's layers deployed by ``backend`` (default: the backend of the
     plan's device kind, ``cpu`` for a plain layer map), in eval mode.
 
@@ -85,8 +86,14 @@ def deploy(model, plan: Mapping[str, Any], backend=None):
     ``layer -> precision`` map. Layers already in the model's own dtype keep their modules (no
     cast, no copy of their weights). Unknown layer names and precisions the backend cannot
     run fail before anything is built (UnknownLayer, UnknownPrecision).
+
+    Deployed layers are linked as a deployment runs them: siblings reading one tensor in one
+    format convert it once; with ``dataflow`` (``profiles.backends.interact.trace_dataflow``)
+    a float chain (gate/up -> down in bf16) keeps its format between layers.
+    ``deployment="compiled"`` returns the model under ``torch.compile`` (inductor).
     """
     from profiles.backends import get_backend
+    from profiles.backends.interact import check_deployment, compile_deployed
 
     layers = plan_layers(plan)
     if backend is None or isinstance(backend, str):
@@ -94,7 +101,8 @@ def deploy(model, plan: Mapping[str, Any], backend=None):
     own = _model_precision(model)
     todo = {n: p for n, p in layers.items() if p != own}
     model = model.to(backend.device)
-    return _swap(model, todo, backend).eval() if todo else model.eval()
+    out = _swap(model, todo, backend, dataflow).eval() if todo else model.eval()
+    return compile_deployed(out) if check_deployment(deployment) == "compiled" else out
 
 
 def deployed_layers(model) -> dict[str, DeployedLayer]:

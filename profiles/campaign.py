@@ -90,6 +90,7 @@ class CampaignReport:
     baseline_us: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    deployment: str = "eager"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +129,11 @@ class _Measurer:
     """Times groups of configs of one piece at one shape on one backend."""
 
     def __init__(self, loaded: LoadedModel, part: Partition, backend: Any, threads: int | None,
-                 timing: TimingOptions, n_inputs: int):
+                 timing: TimingOptions, n_inputs: int, deployment: str = "eager",
+                 dataflow: Any = None):
         self.loaded, self.part, self.backend = loaded, part, backend
         self.threads, self.timing, self.n_inputs = threads, timing, n_inputs
+        self.deployment, self.dataflow = deployment, dataflow
         self.reps: dict[str, Piece] = {}
         for p in part.pieces:
             self.reps.setdefault(p.signature, p)
@@ -156,8 +159,14 @@ class _Measurer:
 
         Each (layer, precision) is deployed once per group with the backend's real kernel
         and shared by the configs that use it; every config runs in its own shallow copy
-        of the piece, so the model itself is never modified.
+        of the piece (and of those layers, which share their weights), so the model itself
+        is never modified. The copies are linked as a deployment runs them (one input
+        conversion per tensor, float chains without casts); a compiled deployment compiles
+        each config's piece.
         """
+        import copy
+
+        from profiles.backends.interact import compile_deployed, link_deployed
         from profiles.bench import time_interleaved
 
         piece = self.reps[signature]
@@ -169,9 +178,13 @@ class _Measurer:
             for name, prec in zip(piece.layer_names, key.split(",")):
                 if (name, prec) not in deployed:
                     deployed[name, prec] = self.backend.deploy_linear(model.get_submodule(name), prec)
-                swaps[name] = deployed[name, prec]
+                swaps[name] = copy.copy(deployed[name, prec])  # own links, shared weights
+            link_deployed(swaps, self.dataflow)
             holder = piece.extract(model, replace=swaps)
-            fns[key] = (lambda inp, m=holder: piece.run(m, inp))
+
+            def fn(inp, m=holder):
+                return piece.run(m, inp)
+            fns[key] = compile_deployed(fn) if self.deployment == "compiled" else fn
         inputs = self.inputs(shape, signature)
         kv = parse_shape(shape).kv
         if kv:  # a decode step appends to its layers' caches: rewind after every call
@@ -184,10 +197,14 @@ class _Measurer:
         """Timing of the whole model with every slot layer deployed in ``baseline``, the
         same kernels the pieces' baseline configs run."""
         from profiles.backends import apply_precisions
+        from profiles.backends.interact import compile_deployed
         from profiles.bench import time_one
 
         model = apply_precisions(self.loaded.model,
-                                 {n: baseline for n in self.part.layer_names()}, self.backend)
+                                 {n: baseline for n in self.part.layer_names()}, self.backend,
+                                 self.dataflow)
+        if self.deployment == "compiled":
+            model = compile_deployed(model)
         inputs = [_move(self.loaded.inputs_for(shape, seed), self.backend.device)
                   for seed in range(self.n_inputs)]
         fn = step_fn(lambda inp: model(**inp), inputs, parse_shape(shape).kv)
@@ -215,7 +232,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                  threads: int | None = None, n_inputs: int = 3,
                  timing: TimingOptions | None = None, progress: bool | None = None,
                  stale_after_s: float = queue.STALE_AFTER_S,
-                 model_latency: bool = True) -> CampaignReport:
+                 model_latency: bool = True, deployment: str = "eager") -> CampaignReport:
     """Measure what the store lacks for ``loaded`` on this machine's ``device_kind``.
 
     Args:
@@ -239,6 +256,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         stale_after_s: worker mode: claims whose heartbeat is older than this are handed
             out again (their worker is presumed dead).
         model_latency: also time the whole model in the baseline precision per shape.
+        deployment: ``eager``, or ``compiled`` (every config under ``torch.compile``,
+            inductor on CPU), stored under its own device fingerprint.
     """
     from profiles.backends import get_backend
 
@@ -259,7 +278,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
     if threads is not None:
         torch.set_num_threads(threads)  # the fingerprint records the threads timings use
     try:
-        info = local_device(backend.kind)
+        info = local_device(backend.kind, deployment=deployment)
         dev = store.upsert_device(info.to_row())
         with torch.no_grad():
             # at least 3 precisions for the cut, so that with the defaults every device and
@@ -272,8 +291,13 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         report = CampaignReport(
             loaded.name, model_id, part.model_fingerprint, info.fingerprint, info.name, threads,
             [s.key for s in shape_list], [p.value for p in precs], len(part.pieces),
-            len(part.subgraph_infos()), len(tasks), worker=worker)
-        measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs)
+            len(part.subgraph_infos()), len(tasks), worker=worker, deployment=deployment)
+        from profiles.backends.interact import trace_dataflow
+
+        with torch.no_grad():
+            flow = trace_dataflow(loaded.model, _move(loaded.inputs_for(_cut_shape(shape_list)),
+                                                      backend.device))
+        measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs, deployment, flow)
         if worker:
             report.campaign = campaign or f"{part.model_fingerprint[:12]}-{info.fingerprint[:12]}"
             _run_worker(store, report, tasks, measurer, worker, group, stale_after_s, progress)

@@ -19,6 +19,7 @@ from torch import nn
 
 from hwcost.errors import BackendUnavailable, UnknownLayer, UnknownPrecision
 from hwcost.precision import Precision, parse_precision
+from profiles.backends.interact import Dataflow, link_deployed
 from profiles.backends.layers import is_linear, linear_params
 
 Builder = Callable[[torch.Tensor, "torch.Tensor | None"], nn.Module]
@@ -99,16 +100,20 @@ class Backend(ABC):
         dep = self.deployment(precision)
         self.require()
         w, b = linear_params(linear)
-        return dep.build(w.float(), None if b is None else b.float())
+        out = dep.build(w.float(), None if b is None else b.float())
+        out.boundary_dtype = w.dtype  # what the model around it computes in
+        return out
 
     def apply_precisions(self, module: nn.Module,
-                         layer_precisions: Mapping[str, Precision | str]) -> nn.Module:
+                         layer_precisions: Mapping[str, Precision | str],
+                         dataflow: Dataflow | None = None) -> nn.Module:
         """See :func:`apply_precisions`."""
-        return apply_precisions(module, layer_precisions, self)
+        return apply_precisions(module, layer_precisions, self, dataflow)
 
-    def deployed(self, module: nn.Module, layer_precisions: Mapping[str, Precision | str]):
+    def deployed(self, module: nn.Module, layer_precisions: Mapping[str, Precision | str],
+                 dataflow: Dataflow | None = None):
         """See :func:`deployed` (a context manager: in place, restored on exit)."""
-        return deployed(module, layer_precisions, self)
+        return deployed(module, layer_precisions, self, dataflow)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind}>"
@@ -154,16 +159,23 @@ def already_deployed(layer: nn.Module, precision: Precision, backend: Backend) -
 
 
 def deploy_layers(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
-                  backend: Backend | str) -> dict[str, nn.Module]:
+                  backend: Backend | str, dataflow: Dataflow | None = None
+                  ) -> dict[str, nn.Module]:
     """``{name: deployed layer}`` for each named layer that its precision changes (see
     :func:`already_deployed`), built one at a time with the backend's real kernels. The
-    module itself is not touched; :func:`swapped` puts the layers in."""
+    module itself is not touched; :func:`swapped` puts the layers in.
+
+    The layers are linked as a deployment runs them
+    (:func:`profiles.backends.interact.link_deployed`): siblings reading one tensor in one
+    format convert it once; with ``dataflow`` (:func:`~profiles.backends.interact.
+    trace_dataflow` of ``module``) float chains keep their format between layers."""
     backend = _backend(backend)
     out: dict[str, nn.Module] = {}
     for name, prec in check_plan(module, layer_precisions, backend):
         layer = module.get_submodule(name)
         if not already_deployed(layer, prec, backend):
             out[name] = backend.deploy_linear(layer, prec)
+    link_deployed(out, dataflow)
     return out
 
 
@@ -196,7 +208,7 @@ def swapped(module: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterato
 
 @contextmanager
 def deployed(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
-             backend: Backend | str) -> Iterator[nn.Module]:
+             backend: Backend | str, dataflow: Dataflow | None = None) -> Iterator[nn.Module]:
     """Deploy the named layers IN PLACE for the ``with`` block; restore the originals on exit.
 
     >>> with deployed(model, {"model.layers.0.mlp.up_proj": "int8"}, "cpu") as m:
@@ -208,13 +220,13 @@ def deployed(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
     float precision are left as they are (:func:`already_deployed`). Extra memory: the deployed
     layers only. The deployed layers are dropped on exit.
     """
-    layers = deploy_layers(module, layer_precisions, backend)
+    layers = deploy_layers(module, layer_precisions, backend, dataflow)
     with swapped(module, layers) as m:
         yield m
 
 
 def apply_precisions(module: nn.Module, layer_precisions: Mapping[str, Precision | str],
-                     backend: Backend | str) -> nn.Module:
+                     backend: Backend | str, dataflow: Dataflow | None = None) -> nn.Module:
     """A *view* of ``module`` with each named layer replaced by its deployment.
 
     The view shares every parameter and every module not on the path to a deployed layer
@@ -223,7 +235,7 @@ def apply_precisions(module: nn.Module, layer_precisions: Mapping[str, Precision
     Use it where two configurations must live side by side; :func:`deployed` (in place,
     restored on exit) where one at a time will do. Checks as :func:`deployed`.
     """
-    layers = deploy_layers(module, layer_precisions, backend)
+    layers = deploy_layers(module, layer_precisions, backend, dataflow)
     return shallow_replace(module, layers)
 
 

@@ -4,11 +4,25 @@ kernels, their weights stored in the low-precision dtype.
 Each layer quantizes exactly as the emulation in ``profiles.precisions`` does (it calls the
 same ``quantize_int8_rows`` / ``quantize_fp8_rows``), so what sensitivity scores is what is
 deployed and timed. Layers accept any leading shape (``[..., in_features]``) and return the
-input's dtype, so a deployed layer drops into a model whose other layers stay as they are;
-the casts this costs at precision boundaries are part of what profiling measures.
+model's dtype (``boundary_dtype``, the input's dtype when unset), so a deployed layer drops
+into a model whose other layers stay as they are; the casts this costs at precision
+boundaries are part of what profiling measures.
+
+Two interactions of a real deployment live here (``profiles.backends.interact`` sets them up):
+
+- ``share``: layers that read the same tensor in the same input format (q/k/v of attention,
+  gate/up of an MLP) hold one :class:`InputShare`, so that tensor is cast or quantized once
+  per forward and the result reused, as a fused deployment does;
+- ``out_dtype``: a float-format layer whose output only feeds layers of its own format
+  (through elementwise ops, e.g. gate/up -> SiLU * -> down in bf16) keeps its output in that
+  format, so the chain runs without casts in between.
 """
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,23 +54,79 @@ def linear_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     return w, b
 
 
+class InputShare:
+    """One input conversion (cast or quantization) shared by the deployed layers that read the
+    same tensor in the same format.
+
+    It remembers the last input tensor (weakly: it never keeps an activation alive; the
+    cached result is dropped with it) and its converted form; a layer called on that very
+    tensor object reuses the result instead of converting again. Under ``torch.compile`` it
+    steps aside: the compiled graph computes the conversion of one tensor once anyway
+    (common-subexpression elimination), and Python-side caching would break the trace.
+    """
+
+    def __init__(self) -> None:
+        self._ref: weakref.ref | None = None
+        self._version: int | None = None
+        self._key: tuple = ()
+        self._value: Any = None
+        self.conversions = 0  # how many conversions ran (not reused): for tests and reports
+
+    def get(self, x: torch.Tensor, key: tuple, convert: Callable[[], Any]) -> Any:
+        """``convert()``'s result for ``x`` in the format ``key``, computed once per tensor."""
+        if torch.compiler.is_compiling():
+            return convert()
+        version = None if x.is_inference() else x._version  # in-place changes invalidate
+        if (self._ref is not None and self._ref() is x and self._key == key
+                and self._version == version):
+            return self._value
+        value = convert()
+        self.conversions += 1
+        self._ref = weakref.ref(x, self._dropped)
+        self._key, self._version, self._value = key, version, value
+        return value
+
+    def _dropped(self, ref: weakref.ref) -> None:
+        if self._ref is ref:
+            self._ref, self._value = None, None
+
+
 class DeployedLinear(nn.Module):
-    """Base of deployed layers: flattens leading dims, calls ``_forward_2d``, restores them."""
+    """Base of deployed layers: flattens leading dims, converts the input (``_convert``,
+    shared through ``share`` when set), calls ``_forward_2d``, restores the dims and returns
+    ``out_dtype`` when set, else ``boundary_dtype`` (else the input's dtype)."""
 
     precision: Precision
     kernel: str
+    share: InputShare | None = None
+    out_dtype: torch.dtype | None = None
+    boundary_dtype: torch.dtype | None = None
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
 
+    @property
+    def input_key(self) -> tuple:
+        """The input format: layers with equal keys can share one conversion of a tensor."""
+        return (type(self).__name__,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self._forward_2d(x.reshape(-1, self.in_features))
-        return y.to(x.dtype).reshape(*lead, self.out_features)
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        def convert():
+            return self._convert(x.reshape(-1, self.in_features))
+
+        xin = convert() if self.share is None else self.share.get(x, self.input_key, convert)
+        y = self._forward_2d(xin)
+        dtype = self.out_dtype or self.boundary_dtype or x.dtype
+        return y.to(dtype).reshape(*lead, self.out_features)
+
+    def _convert(self, x: torch.Tensor) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward_2d(self, x: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -79,8 +149,15 @@ class CastLinear(DeployedLinear):
         self.register_buffer("weight", weight.to(device=device, dtype=dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(device=device, dtype=dtype))
 
+    @property
+    def input_key(self) -> tuple:
+        return ("cast", self.dtype)
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
     def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x.to(self.dtype), self.weight, self.bias)
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 class Int8DynamicLinear(DeployedLinear):
@@ -99,8 +176,15 @@ class Int8DynamicLinear(DeployedLinear):
         self.register_buffer("weight_scale", scale.t().to(device).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(device, torch.float32))
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = quantize_int8_rows(x)
+    @property
+    def input_key(self) -> tuple:
+        return ("int8_rows",)
+
+    def _convert(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_int8_rows(x)
+
+    def _forward_2d(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xq, xs = x
         rows = xq.shape[0]
         if rows < self.min_rows:
             xq = nn.functional.pad(xq, (0, 0, 0, self.min_rows - rows))
@@ -127,8 +211,15 @@ class ScaledMMFp8Linear(DeployedLinear):
         self.register_buffer("weight_scale", scale.t().to(device).contiguous())  # [1, out]
         self.register_buffer("bias", None if bias is None else bias.to(device, out_dtype))
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = quantize_fp8_rows(x, self.fp8_dtype, self.fp8_max)
+    @property
+    def input_key(self) -> tuple:
+        return ("fp8_rows", self.fp8_dtype, self.fp8_max)
+
+    def _convert(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_fp8_rows(x, self.fp8_dtype, self.fp8_max)
+
+    def _forward_2d(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xq, xs = x
         # weight.t() is column-major, the layout cuBLASLt's FP8 GEMM requires for operand b
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale,
                              out_dtype=self.out_dtype)
@@ -152,8 +243,15 @@ class HpuFp8Linear(DeployedLinear):
         self.register_buffer("weight_scale", scale.reshape(-1).to(device))  # [out]
         self.register_buffer("bias", None if bias is None else bias.to(device, out_dtype))
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = quantize_fp8_rows(x, torch.float8_e4m3fn, self.fp8_max)
+    @property
+    def input_key(self) -> tuple:
+        return ("fp8_rows", torch.float8_e4m3fn, self.fp8_max)
+
+    def _convert(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_fp8_rows(x, torch.float8_e4m3fn, self.fp8_max)
+
+    def _forward_2d(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xq, xs = x
         y = torch.ops.hpu.fp8_gemm_v2(
             A=xq, trans_A=False, B=self.weight, trans_B=False, D=None,
             out_dtype=self.out_dtype, A_scale_inv=xs, B_scale_inv=self.weight_scale,
