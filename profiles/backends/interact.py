@@ -168,7 +168,7 @@ def link_deployed(layers: Mapping[str, nn.Module], dataflow: Dataflow | None = N
     mods = {n: m for n, m in layers.items() if isinstance(m, DeployedLinear)}
     groups: dict[tuple[str, tuple], list[str]] = {}
     for n, m in mods.items():
-        m.share, m.out_dtype = None, None
+        m.share, m.keep_dtype = None, None
         groups.setdefault((n.rpartition(".")[0], m.input_key), []).append(n)
     shared = []
     for members in groups.values():
@@ -187,7 +187,7 @@ def link_deployed(layers: Mapping[str, nn.Module], dataflow: Dataflow | None = N
                 continue  # already the model's dtype: nothing to keep
             if all(isinstance(mods.get(e), CastLinear) and mods[e].dtype == m.dtype
                    for e in ends):
-                m.out_dtype = m.dtype
+                m.keep_dtype = m.dtype
                 chained.append(n)
     return Links(tuple(shared), tuple(chained))
 

@@ -13,7 +13,7 @@ Two interactions of a real deployment live here (``profiles.backends.interact`` 
 - ``share``: layers that read the same tensor in the same input format (q/k/v of attention,
   gate/up of an MLP) hold one :class:`InputShare`, so that tensor is cast or quantized once
   per forward and the result reused, as a fused deployment does;
-- ``out_dtype``: a float-format layer whose output only feeds layers of its own format
+- ``keep_dtype``: a float-format layer whose output only feeds layers of its own format
   (through elementwise ops, e.g. gate/up -> SiLU * -> down in bf16) keeps its output in that
   format, so the chain runs without casts in between.
 """
@@ -94,12 +94,12 @@ class InputShare:
 class DeployedLinear(nn.Module):
     """Base of deployed layers: flattens leading dims, converts the input (``_convert``,
     shared through ``share`` when set), calls ``_forward_2d``, restores the dims and returns
-    ``out_dtype`` when set, else ``boundary_dtype`` (else the input's dtype)."""
+    ``keep_dtype`` when set, else ``boundary_dtype`` (else the input's dtype)."""
 
     precision: Precision
     kernel: str
     share: InputShare | None = None
-    out_dtype: torch.dtype | None = None
+    keep_dtype: torch.dtype | None = None
     boundary_dtype: torch.dtype | None = None
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -120,7 +120,7 @@ class DeployedLinear(nn.Module):
 
         xin = convert() if self.share is None else self.share.get(x, self.input_key, convert)
         y = self._forward_2d(xin)
-        dtype = self.out_dtype or self.boundary_dtype or x.dtype
+        dtype = self.keep_dtype or self.boundary_dtype or x.dtype
         return y.to(dtype).reshape(*lead, self.out_features)
 
     def _convert(self, x: torch.Tensor) -> Any:  # pragma: no cover - abstract

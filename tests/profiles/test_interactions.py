@@ -106,8 +106,8 @@ def test_bf16_chain_keeps_bf16_between_layers_and_casts_at_the_boundary():
     # a boundary inside the chain: down in fp32, so gate/up hand it fp32
     mixed = dict.fromkeys(layers, "bf16") | {f"{mlp0}.down_proj": "fp32"}
     d2 = apply_precisions(model, mixed, "cpu", flow)
-    assert d2.get_submodule(f"{mlp0}.gate_proj").out_dtype is None
-    assert d2.get_submodule("model.layers.1.mlp.gate_proj").out_dtype == torch.bfloat16
+    assert d2.get_submodule(f"{mlp0}.gate_proj").keep_dtype is None
+    assert d2.get_submodule("model.layers.1.mlp.gate_proj").keep_dtype == torch.bfloat16
     with torch.inference_mode():
         d2(**inp)
 
