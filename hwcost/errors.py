@@ -87,3 +87,7 @@ class BadConfig(HwcostError):
 
 class PlanInvalid(HwcostError):
     """A plan document is not a valid hwcost plan."""
+
+
+class DoesNotFit(HwcostError):
+    """A model would not fit in the memory of the host or the device it is to run on."""

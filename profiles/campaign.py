@@ -36,6 +36,7 @@ from hwcost.store import MeasurementIn, host_name
 from profiles.decode import find_caches, layer_indices, rewind, step_fn
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
+from profiles.placement import place, to_device
 
 DEFAULT_SHAPE = "batch=1,seq=128"
 
@@ -147,7 +148,8 @@ class _Measurer:
             with torch.no_grad():
                 for seed in range(self.n_inputs):
                     inputs = _move(self.loaded.inputs_for(shape, seed), self.backend.device)
-                    caps = self.part.capture_inputs(self.loaded.model, inputs)
+                    caps = self.part.capture_inputs(self.loaded.model, inputs,
+                                                    pieces=list(self.reps.values()))
                     rewind(find_caches(inputs), parse_shape(shape).kv)  # the pass appended
                     for sig, rep in self.reps.items():
                         per_sig[sig].append(caps[index[rep.position]])
@@ -211,18 +213,38 @@ class _Measurer:
         return time_one(fn, inputs, self.backend, threads=self.threads, **self.timing.kwargs())
 
 
-def _cut_shape(shapes: Sequence[Shape]) -> Shape:
-    """The shape the model is partitioned on: the first prefill shape, else a short prefill
-    of the first shape's batch (the cut is the same at every shape; a prefill pass needs no
-    cache)."""
+CUT_TOKENS = 128
+"""Longest prefill the partitioner traces: its full trace holds every module's inputs and
+outputs, so it runs at batch 1 and at most this many tokens, whatever shape is profiled."""
+
+
+def cut_shape(shapes: Sequence[Shape]) -> Shape:
+    """The shape the model is partitioned on: batch 1 and the first prefill shape's tokens (at
+    most :data:`CUT_TOKENS`), else a short prefill (the cut is the same at every shape; a
+    prefill pass needs no cache)."""
     for s in shapes:
         if not s.kv:
-            return s
-    return Shape(batch=shapes[0].batch, seq=8)
+            return Shape(batch=1, seq=min(s.seq, CUT_TOKENS))
+    return Shape(batch=1, seq=8)
+
+
+def cut_model(loaded: LoadedModel, shapes: Sequence[str | Shape], backend: Any,
+              n_precisions: int = 3, max_configs: int = 64) -> Partition:
+    """The partition a campaign profiles (and ``hwcost run`` hands on to sensitivity, so the
+    model is traced once): at :func:`cut_shape`, on the model's device."""
+    from profiles.placement import follow_model
+
+    shape_list = [parse_shape(s) for s in shapes]
+    with torch.no_grad():
+        # at least 3 precisions for the cut, so that with the defaults every device and
+        # precision subset cuts the model alike and one manifest serves them all
+        return partition(loaded.model, follow_model(loaded.inputs_for(cut_shape(shape_list)),
+                                                    loaded.model),
+                         n_precisions=max(3, n_precisions), max_configs=max_configs)
 
 
 def _move(inputs: dict, device: Any) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return to_device(inputs, device)
 
 
 def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
@@ -232,7 +254,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                  threads: int | None = None, n_inputs: int = 3,
                  timing: TimingOptions | None = None, progress: bool | None = None,
                  stale_after_s: float = queue.STALE_AFTER_S,
-                 model_latency: bool = True, deployment: str = "eager") -> CampaignReport:
+                 model_latency: bool = True, deployment: str = "eager",
+                 part: Partition | None = None) -> CampaignReport:
     """Measure what the store lacks for ``loaded`` on this machine's ``device_kind``.
 
     Args:
@@ -258,14 +281,15 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         model_latency: also time the whole model in the baseline precision per shape.
         deployment: ``eager``, or ``compiled`` (every config under ``torch.compile``,
             inductor on CPU), stored under its own device fingerprint.
+        part: the model's partition when the caller has it (:func:`cut_model`; ``hwcost
+            run`` cuts once for profiling and sensitivity).
     """
     from profiles.backends import get_backend
 
     start = time.perf_counter()
     backend = get_backend(device_kind)
     backend.require()
-    if backend.device.type != "cpu":
-        loaded.model.to(backend.device)  # pieces run in place; only deployed layers are new
+    place(loaded.model, backend.device)  # pieces run in place; only deployed layers are new
     precs = _precisions(backend, precisions)
     shape_list = [parse_shape(s) for s in (shapes or [DEFAULT_SHAPE])]
     for shape in shape_list:  # before anything is stored
@@ -280,12 +304,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
     try:
         info = local_device(backend.kind, deployment=deployment)
         dev = store.upsert_device(info.to_row())
-        with torch.no_grad():
-            # at least 3 precisions for the cut, so that with the defaults every device and
-            # precision subset cuts the model alike and one manifest serves them all
-            part = partition(loaded.model, _move(loaded.inputs_for(_cut_shape(shape_list)),
-                                                 backend.device),
-                             n_precisions=max(3, len(precs)), max_configs=max_configs)
+        if part is None:
+            part = cut_model(loaded, shape_list, backend, len(precs), max_configs)
         model_id = register_model(store, loaded, part)
         tasks = campaign_tasks(part, shape_list, precs)
         report = CampaignReport(
@@ -295,7 +315,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         from profiles.backends.interact import trace_dataflow
 
         with torch.no_grad():
-            flow = trace_dataflow(loaded.model, _move(loaded.inputs_for(_cut_shape(shape_list)),
+            flow = trace_dataflow(loaded.model, _move(loaded.inputs_for(cut_shape(shape_list)),
                                                       backend.device))
         measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs, deployment, flow)
         if worker:

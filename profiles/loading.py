@@ -14,7 +14,10 @@
   of other shapes: integer tensors ``[B, S]`` become random ids ``[batch, seq]``, float
   tensors ``[N, F]`` become ``[tokens, F]`` and ``[B, S, F]`` become ``[batch, seq, F]``.
 
-Models are returned in eval mode, in float32, on the CPU; backends move what they deploy.
+Models are returned in eval mode, on the CPU, in ``dtype`` (float32 unless told otherwise:
+``hwcost run`` loads in the baseline dtype of the device, ``profiles.placement.baseline_dtype``);
+backends move what they deploy. A Hugging Face checkpoint whose weights in that dtype exceed
+the host's available memory is refused before it is read (``profiles.memory``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def demo_model_dir() -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model ready to profile: eval mode, float32, on the CPU."""
+    """A model ready to profile: eval mode, in its load dtype (float32 by default)."""
 
     name: str
     model: nn.Module
@@ -127,34 +130,38 @@ def _resize_example(example: dict[str, Any], shape: Shape, seed: int) -> dict[st
     return out
 
 
-def _prepare(model: nn.Module) -> nn.Module:
-    model = model.float().eval()
+def _prepare(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    model = model.to(dtype).eval()
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "use_cache"):
         cfg.use_cache = False  # profiling times whole passes; a cache would leak between runs
     return model
 
 
-def load_model(spec: str | None) -> LoadedModel:
-    """Load the model a spec names (see the module docstring). Raises ModelLoadError."""
+def load_model(spec: str | None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load the model a spec names (see the module docstring) in ``dtype``. Raises
+    ModelLoadError, or DoesNotFit for a checkpoint larger than the host's free memory."""
     if spec is None or spec == "":
         path = demo_model_dir()
         if not (path / "config.json").exists():
             raise ModelLoadError(f"demo model not found at {path}; build it (see data/README) or "
                                  f"give a model directory or package.module:factory")
-        return _load_hf(path, name="demo")
+        return _load_hf(path, name="demo", dtype=dtype)
     if ":" in spec and not Path(spec).exists():
-        return _load_factory(spec)
+        return _load_factory(spec, dtype)
     path = Path(spec)
     if path.is_dir():
-        return _load_hf(path, name=path.name)
+        return _load_hf(path, name=path.name, dtype=dtype)
     raise ModelLoadError(f"cannot load model {spec!r}: not a directory and not "
                          "package.module:factory")
 
 
-def _load_hf(path: Path, name: str) -> LoadedModel:
+def _load_hf(path: Path, name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from profiles.memory import hf_parameter_count, host_available, require_fits
+
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+    require_fits(name, hf_parameter_count(path), dtype, "this host", host_available())
     try:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -164,7 +171,7 @@ def _load_hf(path: Path, name: str) -> LoadedModel:
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
-                                                     dtype=torch.float32)
+                                                     dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model from {path}: {first}") from None
@@ -175,10 +182,11 @@ def _load_hf(path: Path, name: str) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception:  # noqa: BLE001 - a missing/odd tokenizer must not stop profiling
         tokenizer = None
-    return LoadedModel(name=name, model=_prepare(model), tokenizer=tokenizer, source=str(path))
+    return LoadedModel(name=name, model=_prepare(model, dtype), tokenizer=tokenizer,
+                       source=str(path))
 
 
-def _load_factory(spec: str) -> LoadedModel:
+def _load_factory(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
         raise ModelLoadError(f"bad factory spec {spec!r}; expected package.module:factory")
@@ -195,7 +203,7 @@ def _load_factory(spec: str) -> LoadedModel:
         raise ModelLoadError(f"{spec!r} is not callable")
     result = fn()
     if isinstance(result, LoadedModel):
-        result.model = _prepare(result.model)
+        result.model = _prepare(result.model, dtype)
         result.source = result.source or spec
         return result
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
@@ -206,8 +214,8 @@ def _load_factory(spec: str) -> LoadedModel:
     if callable(inputs) and not isinstance(inputs, dict):
         n_params = len(inspect.signature(inputs).parameters)
         inputs_fn = inputs if n_params >= 2 else (lambda shape, seed, f=inputs: f(shape))
-        return LoadedModel(name, _prepare(model), None, spec, inputs_fn=inputs_fn)
+        return LoadedModel(name, _prepare(model, dtype), None, spec, inputs_fn=inputs_fn)
     if isinstance(inputs, dict):
-        return LoadedModel(name, _prepare(model), None, spec, example=inputs)
+        return LoadedModel(name, _prepare(model, dtype), None, spec, example=inputs)
     raise ModelLoadError(f"factory {spec!r}: inputs must be a dict of tensors or a callable "
                          f"(shape, seed) -> dict; got {type(inputs).__name__}")

@@ -240,15 +240,23 @@ class Partition:
     def layer_names(self) -> list[str]:
         return [n for p in self.pieces for n in p.layer_names]
 
-    def capture_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> list[PieceInput]:
-        """Each piece's input from one pass of ``model`` on ``inputs`` (any shape)."""
-        tr = Trace(model, inputs)
-        return [self._capture(p.stage, tr) for p in self.pieces]
+    def capture_inputs(self, model: nn.Module, inputs: dict[str, Any],
+                       pieces: Sequence[Piece] | None = None) -> list[PieceInput | None]:
+        """Each piece's input from one pass of ``model`` on ``inputs`` (any shape).
+
+        ``pieces``: capture only these (the others' entries are None), e.g. one piece per
+        unique signature, which is all profiling times. Only the tensors at those pieces'
+        boundaries are held, never every module's inputs and outputs."""
+        wanted = {p.position for p in pieces} if pieces is not None else None
+        stages = [p.stage for p in self.pieces if wanted is None or p.position in wanted]
+        tr = Trace(model, inputs, keep=_boundary_paths(stages))
+        return [self._capture(p.stage, tr) if wanted is None or p.position in wanted else None
+                for p in self.pieces]
 
     def capture_stages(self, model: nn.Module, inputs: dict[str, Any]
                        ) -> tuple[list[PieceInput], Any]:
         """Every stage's input (glue included) and the model's output, from one pass."""
-        tr = Trace(model, inputs)
+        tr = Trace(model, inputs, keep=_boundary_paths(self.stages))
         return [self._capture(s, tr) for s in self.stages], tr.output
 
     def run_all(self, model: nn.Module, captured: Sequence[PieceInput]) -> torch.Tensor:
@@ -273,6 +281,14 @@ class Partition:
             r = tr.call(stage.residual.path)
             return PieceInput((get_main(r.args, r.kwargs, stage.residual.where), first), sides)
         return PieceInput((first,), sides)
+
+
+def _boundary_paths(stages: Sequence[Stage]) -> set[str]:
+    """The module calls whose inputs a capture of ``stages`` reads: each component (its side
+    inputs; the first one's main tensor is the stage's input) and a tail's residual call."""
+    paths = {c.path for s in stages for c in s.components}
+    paths |= {s.residual.path for s in stages if s.residual is not None}
+    return paths
 
 
 # ----------------------------------------------------------------------------- the walk

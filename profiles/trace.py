@@ -123,9 +123,17 @@ def residual_add(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class Trace:
-    """Every module call of one forward pass, in call order, with the call tree."""
+    """Every module call of one forward pass, in call order, with the call tree.
 
-    def __init__(self, model: nn.Module, inputs: dict[str, Any]):
+    ``keep``: record only the calls of these module names, and only their inputs (not their
+    outputs, not the call tree). That is what capturing the inputs of pieces needs, and it
+    holds just the tensors at piece boundaries instead of every module's inputs and outputs
+    (which at 8 x 2048 tokens on an 8B model is about 150 GB). The partitioner itself needs
+    the full trace, and takes it at a short prefill (``profiles.campaign.cut_shape``).
+    """
+
+    def __init__(self, model: nn.Module, inputs: dict[str, Any],
+                 keep: set[str] | frozenset[str] | None = None):
         self.calls: list[Call] = []
         self.by_name: dict[str, list[int]] = {}
         stack: list[int] = []
@@ -144,9 +152,19 @@ class Trace:
         def post(mod, args, kwargs, out):
             self.calls[stack.pop()].output = out
 
-        for m in {id(m): m for m in model.modules()}.values():
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post, with_kwargs=True))
+        def pre_kept(mod, args, kwargs):
+            c = Call(len(self.calls), names.get(id(mod), "?"), mod, args, dict(kwargs), None)
+            self.calls.append(c)
+            self.by_name.setdefault(c.name, []).append(c.index)
+
+        if keep is None:
+            for m in {id(m): m for m in model.modules()}.values():
+                handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(m.register_forward_hook(post, with_kwargs=True))
+        else:
+            for name in sorted(keep):
+                m = model.get_submodule(name) if name else model
+                handles.append(m.register_forward_pre_hook(pre_kept, with_kwargs=True))
         try:
             with torch.no_grad():
                 self.output = model(**inputs)

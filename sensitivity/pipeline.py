@@ -82,20 +82,26 @@ def default_calib_path(model_spec: str | None) -> str:
     return str(demo_model_dir().parent / "corpus" / DEFAULT_CALIB_SPLIT)
 
 
-def prepare(model_spec: str | None, calib: CalibSpec) -> Prepared:
-    """Load the model (``profiles.loading``), its calibration set, and partition it."""
+def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
+            part: Any = None) -> Prepared:
+    """Load the model (``profiles.loading``), its calibration set, and partition it.
+
+    ``loaded`` and ``part`` skip the load and the cut: ``hwcost run`` loads the model once and
+    cuts it once for profiling and sensitivity (``profiles.campaign.cut_model``)."""
     from profiles.loading import load_model
     from profiles.partition import partition
+    from profiles.placement import follow_model
 
     path = calib.path or default_calib_path(model_spec)
-    loaded = load_model(model_spec)
+    loaded = loaded if loaded is not None else load_model(model_spec)
     vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
     cset = load_calibration(path, tokenizer=loaded.tokenizer, samples=calib.samples,
                             seq_len=calib.seq_len, seed=calib.seed, vocab_size=vocab)
-    example = {"input_ids": cset.input_ids[:1]}
-    if hasattr(loaded.model, "config"):
-        example["use_cache"] = False
-    part = partition(loaded.model, example)
+    if part is None:
+        example = {"input_ids": follow_model(cset.input_ids[:1], loaded.model)}
+        if hasattr(loaded.model, "config"):
+            example["use_cache"] = False
+        part = partition(loaded.model, example)
     return Prepared(loaded, part, cset, calib.batch_size)
 
 

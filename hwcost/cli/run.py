@@ -72,8 +72,11 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     from planner.plot import plot_frontier
     from planner.problem import build_problem
     from planner.sweep import sweep
-    from profiles.campaign import QUICK_TIMING, run_campaign
+    from profiles.backends import get_backend
+    from profiles.campaign import QUICK_TIMING, cut_model, run_campaign
     from profiles.loading import load_model
+    from profiles.memory import device_available, require_fits
+    from profiles.placement import baseline_dtype, place
     from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
 
     shape = parse_shape(shape).key
@@ -81,18 +84,31 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    _step(f"loading model {model_spec or '(demo model)'}")
-    loaded = load_model(model_spec)
+    # everything that can be refused is refused before the model is read or the store written:
+    # a device that is not here, a checkpoint larger than the host (in load_model) or the card
+    backend = get_backend(device_kind)
+    backend.require()
+    dtype = baseline_dtype(backend.kind)
+    _step(f"loading model {model_spec or '(demo model)'} in {str(dtype).removeprefix('torch.')}")
+    loaded = load_model(model_spec, dtype=dtype)  # the one load of this run
+    if backend.device.type != "cpu":
+        require_fits(loaded.name, sum(p.numel() for p in loaded.model.parameters()), dtype,
+                     f"{backend.kind} device", device_available(backend))
+    place(loaded.model, backend.device)
+    part = cut_model(loaded, [shape], backend, len(backend.precisions))  # the one cut
+    times["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
     timing = QUICK_TIMING if quick else None
-    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress, timing=timing)
+    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress, timing=timing,
+                        part=part)
     times["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     precisions = camp.precisions
     _step(f"sensitivity for {', '.join(precisions)} (reused when stored)")
-    prep = prepare(model_spec, CalibSpec(path=calib))
-    prep.loaded = loaded
+    prep = prepare(model_spec, CalibSpec(path=calib), loaded=loaded, part=part)
     sens = stored_or_computed(store, prep, precisions, "taylor")
     times["sensitivity"] = time.perf_counter() - t0
 

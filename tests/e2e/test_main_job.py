@@ -56,3 +56,24 @@ def test_run_refuses_an_impossible_bound_with_one_line(tmp_path, sqlite_url):
                                    "--db", sqlite_url])
     assert res.exit_code == 1
     assert res.output.splitlines()[-1].startswith("Error: loss-MSE threshold must be")
+
+
+def test_run_refuses_what_cannot_run_here_before_storing_anything(tmp_path, sqlite_url,
+                                                                   monkeypatch):
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
+    base = ["--shape", "batch=1,seq=16", "--calib", str(data), "--quick", "--db", sqlite_url]
+    # a checkpoint larger than the memory this process may use: refused with both figures
+    monkeypatch.setenv("HWCOST_MEMORY_LIMIT", "1MiB")
+    res = CliRunner().invoke(cli, ["run", *base])
+    assert res.exit_code == 1
+    last = res.output.splitlines()[-1]
+    assert last.startswith("Error: model demo needs ") and "GiB for its" in last
+    assert "in float32; this host has 0.00 GiB free (HWCOST_MEMORY_LIMIT)" in last
+    monkeypatch.delenv("HWCOST_MEMORY_LIMIT")
+    # a device that is not here: refused with the backend's reason
+    res = CliRunner().invoke(cli, ["run", "tests.factories:tiny", "--device", "cuda", *base])
+    assert res.exit_code == 1
+    assert res.output.splitlines()[-1].startswith("Error: backend cuda is unavailable: ")
+    with open_store(sqlite_url) as s:
+        assert s.models() == [] and s.devices() == []  # nothing half-written

@@ -1,0 +1,100 @@
+"""Memory up front: what a model needs in one precision, what the host and the device have, and
+a refusal with both figures before anything is loaded or stored (instead of the OOM killer).
+
+``HWCOST_MEMORY_LIMIT`` (bytes, or with a unit: ``8GiB``, ``512MB``) caps the memory this
+process may plan with, on a shared machine or to check the refusal itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwcost.errors import DoesNotFit, ModelLoadError
+
+LIMIT_ENV = "HWCOST_MEMORY_LIMIT"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+GiB = float(2**30)
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GiB"`` -> 8589934592; a plain number is bytes. ModelLoadError when unreadable."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ModelLoadError(f"{LIMIT_ENV}={text!r} is not a size (e.g. 8GiB, 512MB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def host_available() -> tuple[int | None, str]:
+    """``(bytes, where from)``: MemAvailable of /proc/meminfo, capped by ``HWCOST_MEMORY_LIMIT``."""
+    avail, src = None, "unknown"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail, src = int(line.split()[1]) * 1024, "MemAvailable"
+    except OSError:
+        pass
+    return _capped(avail, src)
+
+
+def _capped(avail: int | None, src: str) -> tuple[int | None, str]:
+    limit = os.environ.get(LIMIT_ENV)
+    if limit:
+        cap = parse_bytes(limit)
+        if avail is None or cap < avail:
+            return cap, LIMIT_ENV
+    return avail, src
+
+
+def device_available(backend: Any) -> tuple[int | None, str]:
+    """Free memory of the backend's device: the host's for the CPU, ``torch.cuda.mem_get_info``
+    on CUDA, ``torch.hpu.mem_get_info`` on Gaudi where the bridge has it (None: unknown)."""
+    kind = backend.device.type
+    if kind == "cpu":
+        return host_available()
+    if kind == "cuda":
+        free, _total = torch.cuda.mem_get_info(backend.device)
+        return _capped(int(free), "torch.cuda.mem_get_info")
+    hpu = getattr(torch, "hpu", None)
+    if hpu is not None and hasattr(hpu, "mem_get_info"):
+        free, _total = hpu.mem_get_info()
+        return _capped(int(free), "torch.hpu.mem_get_info")
+    return _capped(None, "unknown")
+
+
+def hf_parameter_count(path: Path) -> int:
+    """Parameters of a Hugging Face model directory, from its config alone: the model is built
+    on the meta device (no memory, no weights read); tied weights count once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot read the model config in {path}: {first}") from None
+    return sum(p.numel() for p in model.parameters())
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def require_fits(name: str, n_params: int, dtype: torch.dtype, where: str,
+                 available: tuple[int | None, str]) -> int:
+    """Raise DoesNotFit (one line with both figures) when ``n_params`` weights in ``dtype``
+    exceed the available memory; returns the bytes the weights take. Unknown memory passes."""
+    need = n_params * dtype_bytes(dtype)
+    free, src = available
+    if free is not None and need > free:
+        dt = str(dtype).removeprefix("torch.")
+        raise DoesNotFit(f"model {name} needs {need / GiB:.2f} GiB for its {n_params / 1e6:.1f} M "
+                         f"weights in {dt}; {where} has {free / GiB:.2f} GiB free ({src})")
+    return need
