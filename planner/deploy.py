@@ -68,10 +68,9 @@ def _model_precision(model) -> str | None:
 
 
 def _swap(model, layers: Mapping[str, str], backend, dataflow=None):
-    """The model with ``layers`` replaced by their deployments.
-
-    The one line to change when the backends gain an in-place swap: today
-    ``apply_precisions`` returns a deep copy and leaves ``model`` as it was."""
+    """A view of the model with ``layers`` replaced by their deployments: ``apply_precisions``
+    shares every other module and weight with ``model`` and leaves ``model`` as it was (no
+    copy of the model; ``profiles.backends.deployed`` is the in-place variant)."""
     from profiles.backends import apply_precisions
 
     return apply_precisions(model, layers, backend, dataflow)
