@@ -22,9 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["store", "campaign", "additivity", "fallbacks", "sensitivity", "planner"]
+ORDER = ["store", "campaign", "additivity", "fallbacks", "sensitivity", "planner", "exports"]
 TARGET = re.compile(r"^target: (?P<name>\S+) = (?P<value>\S+) (?P<unit>.*?) ?"
-                    r"\(goal (?P<op>\S+) (?P<limit>[^)]+)\) (?P<verdict>met|missed)$")
+                    r"\(goal (?P<op>\S+)(?: (?P<limit>[^)]+))?\) (?P<verdict>met|missed)$")
 
 
 def machine() -> str:
@@ -65,7 +65,7 @@ def report(runs: list[dict]) -> str:
             out.append(f"| {r['name']} | (benchmark failed, exit {r['rc']}) | | | missed |")
         for t in r["targets"]:
             out.append(f"| {r['name']} | {t['name']} | {t['value']} {t['unit']} | "
-                       f"{t['op']} {t['limit']} | **{t['verdict']}** |")
+                       f"{t['op']} {t['limit'] or ''} | **{t['verdict']}** |")
     for r in runs:
         out += ["", f"## {r['name']} (ran {r.get('ran_at', '2026-11-22 08:47 UTC')}, "
                     f"{r['wall_s']} s)", ""]
@@ -101,8 +101,8 @@ def main(argv: list[str]) -> int:
         r = run(n)
         runs.append(r)
         for t in r["targets"]:
-            print(f"target: {t['name']} = {t['value']} {t['unit']} (goal {t['op']} {t['limit']}) "
-                  f"{t['verdict']}")
+            goal = f"{t['op']} {t['limit']}" if t["limit"] else t["op"]
+            print(f"target: {t['name']} = {t['value']} {t['unit']} (goal {goal}) {t['verdict']}")
         if r["rc"]:
             print(f"   failed (exit {r['rc']}): {' | '.join(r['stderr_tail'])}")
     runs = _merge_with_previous(runs, all_names=[n for n in ORDER if (HERE / f"{n}.py").exists()])

@@ -5,7 +5,14 @@ Importing ``planner`` never imports torch; :mod:`planner.deploy` (apply a plan t
 :mod:`planner.apply` (validate on a device) import it lazily, inside their functions.
 """
 
-from planner.deploy import DeployedLayer, deploy, deployed_layers, load_deployed, save_deployed
+from planner.deploy import (
+    DeployedLayer,
+    deploy,
+    deployed_in_place,
+    deployed_layers,
+    load_deployed,
+    save_deployed,
+)
 from planner.export import FORMATS, export, export_text, plan_document, read_plan, to_torchao, validate_plan
 from planner.inc import check_inc_schema, to_inc
 from planner.objectives import (
@@ -36,7 +43,7 @@ __all__ = [
     # plans
     "PlanResult", "make_plan", "save_plan", "load_plan",
     # deployment
-    "deploy", "deployed_layers", "save_deployed", "load_deployed", "DeployedLayer",
+    "deploy", "deployed_in_place", "deployed_layers", "save_deployed", "load_deployed", "DeployedLayer",
     # exporters
     "FORMATS", "plan_document", "validate_plan", "read_plan", "export", "export_text", "to_inc",
     "to_torchao", "check_inc_schema", "layer_report", "LayerRow",

@@ -18,7 +18,8 @@ Imports torch lazily: ``planner`` plans without torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,18 +69,32 @@ def _model_precision(model) -> str | None:
 
 
 def _swap(model, layers: Mapping[str, str], backend, dataflow=None):
-    """A view of the model with ``layers`` replaced by their deployments: ``apply_precisions``
-    shares every other module and weight with ``model`` and leaves ``model`` as it was (no
-    copy of the model; ``profiles.backends.deployed`` is the in-place variant)."""
+    """A view of ``model`` with ``layers`` replaced by their deployments: it shares every
+    other module and parameter with ``model``, which is left as it was
+    (``profiles.backends.apply_precisions``; :func:`deployed_in_place` swaps in place)."""
     from profiles.backends import apply_precisions
 
     return apply_precisions(model, layers, backend, dataflow)
 
 
+@contextmanager
+def deployed_in_place(model, plan: Mapping[str, Any], backend=None, *, dataflow=None
+                      ) -> Iterator[Any]:
+    """Deploy the plan IN PLACE for a ``with`` block and put the original layers back on exit
+    (``profiles.backends.deployed``): one model, its planned layers only as extra memory."""
+    from profiles.backends import deployed, get_backend
+
+    if backend is None or isinstance(backend, str):
+        backend = get_backend(backend or _plan_kind(plan) or "cpu")
+    with deployed(model, plan_layers(plan), backend, dataflow) as m:
+        yield m.eval()
+
+
 def deploy(model, plan: Mapping[str, Any], backend=None, *, dataflow=None,
            deployment: str = "eager"):
     """``model`` with the plan's layers deployed by ``backend`` (default: the backend of the
-    plan's device kind, ``cpu`` for a plain layer map), in eval mode.
+    plan's device kind, ``cpu`` for a plain layer map), in eval mode: a view sharing every
+    undeployed module and weight with ``model``, which stays as it was.
 
     ``plan`` is a plan document (``planner.export.plan_document`` / ``read_plan``) or a
     ``layer -> precision`` map. Layers already in the model's own dtype keep their modules (no

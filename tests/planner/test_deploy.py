@@ -40,6 +40,21 @@ def test_deploy_runs_every_layer_in_its_planned_precision(cycle):
     assert 0 < (y - ref).norm() / ref.norm() < 0.1
 
 
+def test_in_place_deployment_is_restored():
+    from planner.deploy import deployed_in_place
+
+    model = tiny_qwen2()[0]
+    doc = plan_for(model)
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(3))
+    before, view = logits(model, ids), logits(deploy(model, doc), ids)
+    with deployed_in_place(model, doc) as m:
+        assert m is model
+        assert {n: d.precision for n, d in deployed_layers(m).items()} == doc["data"]["layers"]
+        assert torch.equal(logits(m, ids), view)
+    assert set(d.precision for d in deployed_layers(model).values()) == {"fp32"}
+    assert torch.equal(logits(model, ids), before)
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = tiny_qwen2()[0]
     doc = plan_for(model)
