@@ -96,7 +96,7 @@ def run(db_url: str | None, threads: int, threshold: str) -> dict:
     import torch
 
     from hwcost.store import open_store
-    from planner.apply import eval_batches
+    from planner.apply import eval_batches, model_dataflow
     from planner.deploy import deploy, deployed_layers, load_deployed, save_deployed
     from profiles.backends import get_backend
     from profiles.bench import time_interleaved
@@ -118,10 +118,13 @@ def run(db_url: str | None, threads: int, threshold: str) -> dict:
           f"loss MSE {data['predicted']['loss_mse']:.3g} (prep {prep_s:.0f} s)", flush=True)
 
     models, errors = {"baseline": loaded.model}, {}
-    models["backend"] = deploy(loaded.model, doc, backend)
+    # linked as the campaign timed it and `hwcost validate` runs it (bf16 chains, shared inputs)
+    flow = model_dataflow(loaded, backend)
+    models["backend"] = deploy(loaded.model, doc, backend, dataflow=flow)
     work = Path(tempfile.mkdtemp(prefix="hwcost-exports-"))
     save_deployed(models["backend"], doc, work / "deployed")
-    models["saved"] = load_deployed(work / "deployed", load_model(None).model, backend)
+    models["saved"] = load_deployed(work / "deployed", load_model(None).model, backend,
+                                    dataflow=flow)
     for name, via in (("torchao", "quantize_"), ("transformers", "transformers")):
         try:
             models[name] = torchao_deployed(doc, work, via)

@@ -167,10 +167,11 @@ def save_deployed(model, plan: Mapping[str, Any], out_dir: str | Path) -> Path:
     return out
 
 
-def load_deployed(out_dir: str | Path, model, backend=None):
+def load_deployed(out_dir: str | Path, model, backend=None, *, dataflow=None):
     """Load a model saved by :func:`save_deployed` into ``model`` (the same architecture in
     its original precision, e.g. ``profiles.loading.load_model(spec).model``): the plan is
-    deployed on it, then the saved tensors replace its weights."""
+    deployed on it (linked by ``dataflow`` as in :func:`deploy`), then the saved tensors
+    replace its weights."""
     from safetensors.torch import load_model
 
     src = Path(out_dir)
@@ -180,7 +181,7 @@ def load_deployed(out_dir: str | Path, model, backend=None):
         raise HwcostError(f"{src} is not a deployed model ({DEPLOY_MANIFEST}: {e})") from None
     if manifest.get("type") != _MANIFEST_TYPE or manifest.get("version") != 1:
         raise HwcostError(f"{src / DEPLOY_MANIFEST} is not a version-1 hwcost deployment")
-    deployed = deploy(model, manifest["plan"], backend)
+    deployed = deploy(model, manifest["plan"], backend, dataflow=dataflow)
     missing, unexpected = load_model(deployed, str(src / WEIGHTS_FILE), strict=False)
     if missing or unexpected:
         raise HwcostError(f"{src / WEIGHTS_FILE} does not fit the plan's model: "

@@ -40,7 +40,8 @@ def deploy_cmd(plan, model, out_dir, backend, db_url, as_json):
     \b
     Each planned layer becomes the backend's deployed layer for its precision: int8 weights
     and scales, fp8 weights and scales, or bf16 weights with a cast of the input and output at
-    the layer's boundary; layers in the model's own dtype are left as they are. The output is
+    the boundary of a run of bf16 layers; layers in the model's own dtype are left as they
+    are. Layers are linked as profiling timed them (one conversion per shared input). The output is
     safetensors (no pickle) plus the plan and every layer's kernel; load it back with
     planner.deploy.load_deployed(DIR, model).
 
@@ -49,12 +50,16 @@ def deploy_cmd(plan, model, out_dir, backend, db_url, as_json):
       hwcost export-plan 3 --format json -o plan.json
       hwcost deploy plan.json ./my-model -o ./my-model-deployed
     """
+    from planner.apply import model_dataflow
     from planner.deploy import deploy, deployed_layers, save_deployed
+    from profiles.backends import get_backend
     from profiles.loading import load_model
 
     doc = plan_from_arg(plan, db_url)
+    be = get_backend(backend or doc["data"]["device"]["kind"])
     loaded = load_model(model)
-    deployed = deploy(loaded.model, doc, backend)
+    # linked as profiling and `hwcost validate` run it (bf16 chains keep their format)
+    deployed = deploy(loaded.model, doc, be, dataflow=model_dataflow(loaded, be))
     path = save_deployed(deployed, doc, out_dir)
     layers = deployed_layers(deployed)
     if as_json:

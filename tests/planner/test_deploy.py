@@ -55,6 +55,18 @@ def test_in_place_deployment_is_restored():
     assert torch.equal(logits(model, ids), before)
 
 
+def test_deploy_on_the_demo_model():
+    from profiles.loading import load_model
+
+    model = load_model(None).model
+    doc = plan_for(model, ("bf16", "int8", "int8", "fp32"))
+    out = deploy(model, doc)
+    assert {n: d.precision for n, d in deployed_layers(out).items()} == doc["data"]["layers"]
+    ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(4))
+    y, ref = logits(out, ids), logits(model, ids)
+    assert torch.isfinite(y).all() and (y - ref).norm() / ref.norm() < 0.1
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = tiny_qwen2()[0]
     doc = plan_for(model)

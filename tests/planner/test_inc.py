@@ -117,6 +117,14 @@ def test_neural_compressors_parser_accepts_the_config(tmp_path):
         method = parse_scale_method(enums["scale_method"])
         validate_and_populate_scale_method(method)
         assert enums["scale_method"] in qc.SUPPORTED_DYNAMIC_QUANTIZATION_SCALES
+        # INC's own name matcher selects exactly the planned fp8 layers
+        from neural_compressor.torch.algorithms.fp8_quant._core.utils import is_re_match
+
+        layers = llama_plan(fused_alike)["data"]["layers"]
+        if naming == "hf":
+            got = {n: is_re_match(cfg["allowlist"]["names"], n)
+                   and not is_re_match(cfg["blocklist"]["names"], n) for n in layers}
+            assert got == {n: p == "fp8_e4m3" for n, p in layers.items()}
 
 
 def test_our_schema_copy_matches_neural_compressors():
