@@ -98,3 +98,46 @@ def require_fits(name: str, n_params: int, dtype: torch.dtype, where: str,
         raise DoesNotFit(f"model {name} needs {need / GiB:.2f} GiB for its {n_params / 1e6:.1f} M "
                          f"weights in {dt}; {where} has {free / GiB:.2f} GiB free ({src})")
     return need
+
+
+def step_peaks(cfg: dict, n_params: int, *, dtype_bytes: int = 4, profile_tokens: int = 128,
+               cut_tokens: int = 128, calib_batch_tokens: int = 1024,
+               eval_batch_tokens: int = 1024, plan_bytes_per_weight: float = 2.0,
+               n_precision_bytes: float = 4.0) -> dict[str, float]:
+    """Peak memory of each step of ``hwcost run`` over the process' base (bytes), for a Llama-
+    style decoder (Hugging Face config fields), as the code computes it. docs/scale.md derives
+    its 8B/70B tables from this; ``bench/scale.py`` compares it with measured peaks.
+
+    Terms (elements per token unless said; ``a`` = activation bytes, 4 on CPU, 2 in bf16):
+
+    - weights ``W = params x dtype_bytes``: the one loaded model, shared by every step;
+    - partition: the full trace at batch 1 x ``cut_tokens`` holds every module's output:
+      ``L (9H + 2Hkv + 3I) + H + V``;
+    - profile: the largest piece deployed in every precision at once (``n_precision_bytes``
+      bytes per weight over all precisions: fp32 shares the model's, bf16 2, int8 1, fp8 1 on
+      CPU) and one forward at the profiled shape: ``2 (V + 2I + 4H)``;
+    - sensitivity: what autograd and the hooks keep until the backward reaches each layer,
+      ``L (7H + 2Hkv + heads x seq + 4I) + 3V`` per token of one calibration batch, plus one
+      layer's scoring buffers (at most its input and output gradient, rows chunked);
+    - validate: the plan's deployed layers (``plan_bytes_per_weight`` per weight: a view
+      shares everything else) and one held-out forward, ``2V + 3I``.
+    """
+    h, inter, layers, vocab = (cfg["hidden_size"], cfg["intermediate_size"],
+                               cfg["num_hidden_layers"], cfg["vocab_size"])
+    heads = cfg.get("num_attention_heads", max(1, h // 128))
+    kv = cfg.get("num_key_value_heads", heads) * (h // heads)
+    a = dtype_bytes
+    w = n_params * dtype_bytes
+    biggest_piece = max(vocab * h, 3 * h * inter, h * (h + 2 * kv))
+    seq = 128
+    trace = cut_tokens * (layers * (9 * h + 2 * kv + 3 * inter) + h + vocab) * a
+    profile = (biggest_piece * (n_precision_bytes - dtype_bytes) if n_precision_bytes > dtype_bytes
+               else 0) + profile_tokens * 2 * (vocab + 2 * inter + 4 * h) * a
+    saved = calib_batch_tokens * (layers * (7 * h + 2 * kv + heads * seq + 4 * inter)
+                                  + 3 * vocab) * a
+    scoring = calib_batch_tokens * (h + vocab) * 4
+    linear_params = n_params - vocab * h  # the embedding has no precision
+    validate = linear_params * plan_bytes_per_weight + eval_batch_tokens * (2 * vocab + 3 * inter) * a
+    return {"load": float(w), "partition": float(w + trace), "profile": float(w + profile),
+            "sensitivity": float(w + saved + scoring), "plan": float(w),
+            "validate": float(w + validate)}

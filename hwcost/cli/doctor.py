@@ -39,7 +39,7 @@ def diagnose() -> dict:
                        "emulated": d.emulated}
                       for d in b.deployments().values()]
         backends.append({"kind": b.kind, "usable": usable, "reason": reason,
-                         "precisions": precisions})
+                         "verification": b.verification, "precisions": precisions})
     return {"versions": versions, "backends": backends}
 
 
@@ -48,7 +48,8 @@ def diagnose() -> dict:
 def doctor_cmd(as_json: bool) -> None:
     """List the profiling backends (cpu, cuda, hpu): usable here or not and why, the
     precisions each deploys with the real kernel behind each, and the versions of torch,
-    torchao, transformers and Intel Neural Compressor. Needs no store."""
+    torchao, transformers and Intel Neural Compressor. Says plainly which backends were never
+    run on their hardware (CUDA and Gaudi so far). Needs no store."""
     report = diagnose()
     if as_json:
         emit_json(report)
@@ -63,3 +64,5 @@ def doctor_cmd(as_json: bool) -> None:
             note = "  [emulated: no native unit, measured slower]" if p["emulated"] else ""
             click.echo(f"  {p['precision'].ljust(width)}  {p['weight_dtype'].ljust(dwidth)}  "
                        f"{p['kernel']}{note}")
+        if b.get("verification"):
+            click.echo(f"  {b['verification']}")

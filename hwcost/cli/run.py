@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,13 @@ def _step(name: str) -> None:
 def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: str,
                  threshold_text: str, out_dir: Path, *, calib: str | None = None,
                  eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
-                 quick: bool = False, progress: bool = False) -> RunSummary:
-    """Profile what is missing, compute sensitivity if missing, plan, apply and validate."""
+                 quick: bool = False, progress: bool = False, calib_samples: int = 64,
+                 on_step: Callable[[str], None] | None = None) -> RunSummary:
+    """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
+
+    ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
+    ``sensitivity``, ``plan``, ``validate``) and with ``done`` at the end: ``bench/scale.py``
+    measures each step's time and peak memory through it."""
     from hwcost.shape import parse_shape
     from planner.apply import validate_plan_on_device
     from planner.objectives import parse_threshold
@@ -83,6 +89,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     threshold = parse_threshold(threshold_text)
     times: dict[str, float] = {}
 
+    mark = on_step or (lambda _name: None)
+    mark("load")
     t0 = time.perf_counter()
     # everything that can be refused is refused before the model is read or the store written:
     # a device that is not here, a checkpoint larger than the host (in load_model) or the card
@@ -95,9 +103,14 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         require_fits(loaded.name, sum(p.numel() for p in loaded.model.parameters()), dtype,
                      f"{backend.kind} device", device_available(backend))
     place(loaded.model, backend.device)
-    part = cut_model(loaded, [shape], backend, len(backend.precisions))  # the one cut
     times["load"] = time.perf_counter() - t0
 
+    mark("partition")
+    t0 = time.perf_counter()
+    part = cut_model(loaded, [shape], backend, len(backend.precisions))  # the one cut
+    times["partition"] = time.perf_counter() - t0
+
+    mark("profile")
     t0 = time.perf_counter()
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
     timing = QUICK_TIMING if quick else None
@@ -105,13 +118,16 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                         part=part)
     times["profile"] = time.perf_counter() - t0
 
+    mark("sensitivity")
     t0 = time.perf_counter()
     precisions = camp.precisions
     _step(f"sensitivity for {', '.join(precisions)} (reused when stored)")
-    prep = prepare(model_spec, CalibSpec(path=calib), loaded=loaded, part=part)
+    prep = prepare(model_spec, CalibSpec(path=calib, samples=calib_samples), loaded=loaded,
+                   part=part)
     sens = stored_or_computed(store, prep, precisions, "taylor")
     times["sensitivity"] = time.perf_counter() - t0
 
+    mark("plan")
     t0 = time.perf_counter()
     _step(f"planning for loss MSE <= {threshold}")
     problem = build_problem(store, camp.model_fingerprint, camp.device, shape)
@@ -133,6 +149,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                               title=f"{loaded.name} on {camp.device_name} ({shape})")
     times["plan"] = time.perf_counter() - t0
 
+    mark("validate")
     t0 = time.perf_counter()
     if prior is not None and prior[1] is not None:
         _step("validation reused from the store (same plan, device and shape)")
@@ -150,6 +167,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         val = {"id": r.validation_id, "baseline_us": r.baseline_us, "plan_us": r.plan_us,
                "speedup": r.measured_speedup, "loss_mse": r.measured_loss_mse}
     times["validate"] = time.perf_counter() - t0
+    mark("done")
 
     sol = result.solution
     counts: dict[str, int] = {}
@@ -202,13 +220,16 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
                    "[default for the demo model: data/corpus/test.txt].")
 @click.option("--samples", default=32, show_default=True,
               help="Held-out sequences for the measured loss MSE.")
+@click.option("--calib-samples", default=64, show_default=True,
+              help="Calibration sequences for the sensitivity pass.")
 @click.option("--quick", is_flag=True,
               help="Few timing samples, no re-measuring: for smoke tests, not numbers to keep.")
 @store_option
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
-            calib: str | None, eval_data: str | None, samples: int, quick: bool,
+            calib: str | None, eval_data: str | None, samples: int, calib_samples: int,
+            quick: bool,
             db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
@@ -224,6 +245,7 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     with open_cli_store(db_url) as store:
         s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
                          calib=calib, eval_data=eval_data, samples=samples, quick=quick,
+                         calib_samples=calib_samples,
                          progress=progress_enabled())
     if as_json:
         emit_json(asdict(s))

@@ -47,6 +47,9 @@ class Backend(ABC):
     """One device kind: whether it can run here, its precisions, how to deploy and sync."""
 
     kind: str = ""
+    verification: str = ""
+    """Where this backend's kernels were last checked on real hardware, or plainly that they
+    were not (``hwcost doctor`` prints it)."""
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:

@@ -23,6 +23,8 @@ class CudaBackend(Backend):
     """An NVIDIA GPU through torch's CUDA kernels (device ``cuda:index``)."""
 
     kind = "cuda"
+    verification = ("UNVERIFIED: written against the documented torch APIs but never run on an "
+                    "NVIDIA GPU; run bench/accel_check.sh on an H100/H200 to check it")
 
     def __init__(self, index: int = 0) -> None:
         self.index = index

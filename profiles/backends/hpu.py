@@ -3,8 +3,15 @@
 
 Gaudi 2's E4M3 saturates at +-240, Gaudi 3's at +-448: the scales map each row's absolute
 maximum to that value (``profiles.precisions.FP8_E4M3_GAUDI2_MAX``), and the emulation used
-against it is ``emulation("fp8_e4m3", fp8_max=backend.fp8_max())``. Synchronisation is
-``torch.hpu.synchronize()``; ``htcore.mark_step()`` only flushes the lazy graph.
+against it is ``emulation("fp8_e4m3", fp8_max=backend.fp8_max())``.
+
+Synchronisation: in lazy mode (``PT_HPU_LAZY_MODE=1``, the bridge's default before 1.21) ops
+are only recorded until ``htcore.mark_step()`` hands the graph to the device, so
+:meth:`HpuBackend.synchronize` calls ``mark_step()`` first and then waits with
+``torch.hpu.synchronize()``; without the first, a timing loop would time the recording and the
+deferred graph would run (or be dropped) outside it. In eager mode ``mark_step()`` is a no-op.
+
+Not run on a Gaudi yet: ``bench/hpu_check.sh`` is the check to run on one.
 """
 
 from __future__ import annotations
@@ -31,10 +38,21 @@ def _habana() -> tuple[object | None, str]:
     return hthpu, ""
 
 
+@cache
+def _htcore() -> object | None:
+    """``habana_frameworks.torch.core`` (it has ``mark_step``), or None without the bridge."""
+    try:
+        return importlib.import_module("habana_frameworks.torch.core")
+    except ImportError:
+        return None
+
+
 class HpuBackend(Backend):
     """An Intel Gaudi card through the Habana PyTorch bridge (device ``hpu:index``)."""
 
     kind = "hpu"
+    verification = ("UNVERIFIED: written against the documented habana_frameworks and Neural "
+                    "Compressor APIs but never run on a Gaudi; run bench/hpu_check.sh on one")
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
@@ -56,6 +74,10 @@ class HpuBackend(Backend):
         return torch.device("hpu", self.index)
 
     def synchronize(self) -> None:
+        """Flush the lazy graph (``htcore.mark_step()``), then wait for the device."""
+        core = _htcore()
+        if core is not None:
+            core.mark_step()
         torch.hpu.synchronize()
 
     def fp8_max(self) -> float:

@@ -230,7 +230,14 @@ class HpuFp8Linear(DeployedLinear):
     """Gaudi FP8: weights stored ``float8_e4m3fn`` ``[in, out]`` with a per-output-channel
     scale, activations scaled per token, the matmul ``torch.ops.hpu.fp8_gemm_v2`` (MME FP8,
     fp32 accumulation). ``fp8_max`` is 240 on Gaudi 2 (its E4M3 saturates there), 448 on
-    Gaudi 3."""
+    Gaudi 3.
+
+    The op is called with the argument list of its public schema as Intel Neural Compressor's
+    and vLLM-HPU's FP8 linear layers pass it, positionally: ``(A, trans_A, B, trans_B, D,
+    out_dtype, A_scale_inv, B_scale_inv, bias, accumulate)``. ``A_scale_inv`` is the per-token
+    scale ``[tokens, 1]``; the per-channel weight scale is applied to the fp32 output instead of
+    being passed as ``B_scale_inv`` (which those wrappers only pass as a scalar): the scale of
+    output column j factors out of its sum over the inputs, so the result is the same."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str,
                  device: torch.device, fp8_max: float, out_dtype: torch.dtype = torch.bfloat16
@@ -252,10 +259,9 @@ class HpuFp8Linear(DeployedLinear):
 
     def _forward_2d(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         xq, xs = x
-        y = torch.ops.hpu.fp8_gemm_v2(
-            A=xq, trans_A=False, B=self.weight, trans_B=False, D=None,
-            out_dtype=self.out_dtype, A_scale_inv=xs, B_scale_inv=self.weight_scale,
-            B_scale_shape=[self.out_features], bias=None, accumulate=False)
+        y = torch.ops.hpu.fp8_gemm_v2(xq, False, self.weight, False, None, torch.float32,
+                                      xs, None, None, False)
+        y = y.mul_(self.weight_scale).to(self.out_dtype)
         return y if self.bias is None else y + self.bias
 
 

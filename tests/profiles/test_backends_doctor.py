@@ -55,3 +55,13 @@ def test_doctor_without_torch_says_so(monkeypatch):
     assert [(b["kind"], b["usable"], b["reason"]) for b in report["backends"]] == [
         (k, False, "torch is not installed (pip install 'hwcost[torch]')")
         for k in ("cpu", "cuda", "hpu")]
+
+
+def test_doctor_says_plainly_which_backends_never_ran_on_their_hardware():
+    result = CliRunner().invoke(cli, ["doctor", "--json"])
+    kinds = {b["kind"]: b for b in json.loads(result.output)["backends"]}
+    assert kinds["cuda"]["verification"].startswith("UNVERIFIED: ")
+    assert "bench/accel_check.sh" in kinds["cuda"]["verification"]
+    assert kinds["hpu"]["verification"].startswith("UNVERIFIED: ")
+    text = CliRunner().invoke(cli, ["doctor"]).output
+    assert "  UNVERIFIED: written against the documented torch APIs" in text

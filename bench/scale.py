@@ -1,0 +1,306 @@
+"""Scale benchmark: the main job (``hwcost run``) on Llama-style models of growing width, on this
+machine's CPU, with the wall time and peak memory (RSS) of every step.
+
+Models are built from a config (``--layers`` 16, ``--vocab`` 32000, intermediate ~2.75 x hidden,
+head dim 128, random weights: timing and memory do not depend on the values) and saved as a
+Hugging Face checkpoint, so the run loads it as a user's model. Each width runs in a fresh
+process: ``run_main_job`` with ``on_step`` marks the steps (load, partition, profile,
+sensitivity on 16 calibration samples, plan, validate); before each step the kernel's peak-RSS
+mark is reset (``/proc/self/clear_refs``) and glibc returns freed memory (``malloc_trim``), so
+each step's peak is its own. After the run, the same process loads the model again and measures
+one plain forward+backward on the calibration batches (parameter gradients on, as a training
+step computes them), the reference of the sensitivity memory target.
+
+Each step's peak is compared with ``profiles.memory.step_peaks`` (the formula docs/scale.md
+uses for 8B and 70B): measured / predicted is printed per step and width.
+
+Usage: python bench/scale.py [--widths 512,1024,2048] [--quick]
+Writes bench/results/scale.{json,md}; ends with the ``target:`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+RESULTS = HERE / "results"
+STEPS = ["load", "partition", "profile", "sensitivity", "plan", "validate"]
+SHAPE = "batch=1,seq=128"
+CALIB_SAMPLES = 16
+EVAL_SAMPLES = 16
+SEQ = 128
+GiB = float(2**30)
+
+
+def llama_config(hidden: int, layers: int, vocab: int):
+    from transformers import LlamaConfig
+
+    heads = max(1, hidden // 128)
+    inter = int(round(hidden * 2.75 / 256)) * 256
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=max(1, heads // 2), max_position_embeddings=2 * SEQ,
+                       tie_word_embeddings=False)
+
+
+# ------------------------------------------------------------------------- in the worker
+
+
+def _trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    import gc
+
+    gc.collect()
+    _trim()
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
+class StepMeter:
+    """``on_step`` for run_main_job: wall time and peak RSS of each step."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, dict] = {}
+        self.current: str | None = None
+        self.t0 = 0.0
+        self.run_peak = 0
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            peak = _status("VmHWM")
+            self.run_peak = max(self.run_peak, peak)
+            self.steps[self.current] = {"wall_s": round(now - self.t0, 2), "peak_rss": peak,
+                                        "rss_after": _status("VmRSS")}
+        if name == "done":
+            self.current = None
+            return
+        _reset_peak()
+        self.current, self.t0 = name, time.perf_counter()
+        self.steps.setdefault(name, {})["rss_before"] = _status("VmRSS")
+
+
+def build(hidden: int, layers: int, vocab: int, out: Path) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = llama_config(hidden, layers, vocab)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(str(out), safe_serialization=True)
+
+
+def fwd_bwd_peak(ckpt: Path, batches) -> int:
+    """Peak RSS of one plain forward+backward per batch, parameter gradients on."""
+    import torch
+
+    from profiles.loading import load_model
+    from sensitivity.loss import causal_lm_loss
+
+    loaded = load_model(str(ckpt))
+    model = loaded.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    _reset_peak()
+    with torch.enable_grad():
+        for b in batches:
+            causal_lm_loss(model, b).sum().backward()
+    peak = _status("VmHWM")
+    del model, loaded
+    return peak
+
+
+def worker(args) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    # the libraries every step imports, loaded before the base RSS is taken: their code and
+    # data are the same at every width and are not what the steps' peaks should measure
+    import planner.apply  # noqa: F401
+    import planner.plot  # noqa: F401
+    import planner.solve  # noqa: F401
+    import profiles.campaign  # noqa: F401
+    import sensitivity.taylor  # noqa: F401
+    from hwcost.cli.run import run_main_job
+    from hwcost.store import open_store
+    from profiles.memory import step_peaks
+
+    ckpt = Path(args.worker)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="hwcost-scale-"))
+    rng = np.random.default_rng(0)
+    calib, evald = tmp / "calib.npy", tmp / "eval.npy"
+    np.save(calib, rng.integers(0, cfg["vocab_size"], (CALIB_SAMPLES, SEQ)))
+    np.save(evald, rng.integers(0, cfg["vocab_size"], (EVAL_SAMPLES, SEQ)))
+    _reset_peak()
+    base = _status("VmRSS")
+    meter = StepMeter()
+    t0 = time.perf_counter()
+    with open_store(f"sqlite:///{tmp / 'store.db'}") as store:
+        s = run_main_job(store, str(ckpt), "cpu", SHAPE, "10%", tmp / "out", calib=str(calib),
+                         eval_data=str(evald), samples=EVAL_SAMPLES, quick=args.quick,
+                         calib_samples=CALIB_SAMPLES, on_step=meter)
+    total_s = time.perf_counter() - t0
+    n_params = None
+    from profiles.memory import hf_parameter_count
+
+    n_params = hf_parameter_count(ckpt)
+    ids = torch.from_numpy(np.load(calib))
+    batches = [ids[i:i + 8] for i in range(0, ids.shape[0], 8)]
+    _reset_peak()
+    fb = fwd_bwd_peak(ckpt, batches)
+    pred = step_peaks(cfg, n_params, dtype_bytes=4, profile_tokens=SEQ, cut_tokens=SEQ,
+                      calib_batch_tokens=8 * SEQ, eval_batch_tokens=8 * SEQ,
+                      plan_bytes_per_weight=2.0)
+    return {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
+            "vocab": cfg["vocab_size"], "intermediate": cfg["intermediate_size"],
+            "params": n_params, "weights_fp32": n_params * 4, "base_rss": base,
+            "steps": meter.steps, "run_peak_rss": meter.run_peak, "total_s": round(total_s, 1),
+            "fwd_bwd_peak_rss": fb, "predicted": pred, "measured_share": s.measured_share,
+            "speedup": s.measured_speedup, "plan_counts": s.precision_counts,
+            "quick": bool(args.quick), "threads": torch.get_num_threads()}
+
+
+# ------------------------------------------------------------------------------- parent
+
+
+def run_width(hidden: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="hwcost-scale-ckpt-") as d:
+        ckpt = Path(d) / f"llama-h{hidden}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--build", str(hidden), "--out", str(ckpt),
+                        "--layers", str(args.layers), "--vocab", str(args.vocab)],
+                       check=True, env=env)
+        build_s = time.perf_counter() - t0
+        cmd = [sys.executable, __file__, "--worker", str(ckpt)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"width {hidden} failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["build_s"] = round(build_s, 1)
+        row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        row["load_average"] = os.getloadavg()[0]
+        return row
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| hidden | params | step | wall s | peak RSS GiB | over base GiB | predicted GiB | "
+           "measured/predicted |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for st in STEPS:
+            m = r["steps"].get(st, {})
+            if "peak_rss" not in m:
+                continue
+            over = (m["peak_rss"] - r["base_rss"]) / GiB
+            pred = r["predicted"][st] / GiB
+            out.append(f"| {r['hidden']} | {r['params'] / 1e6:.0f} M | {st} | {m['wall_s']:.1f} | "
+                       f"{m['peak_rss'] / GiB:.2f} | {over:.2f} | {pred:.2f} | "
+                       f"{over / pred:.2f} |" if pred > 0 else "")
+        out.append(f"| {r['hidden']} | | fwd+bwd (reference) | | {r['fwd_bwd_peak_rss'] / GiB:.2f} | "
+                   f"{(r['fwd_bwd_peak_rss'] - r['base_rss']) / GiB:.2f} | | |")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default="512,1024,2048")
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--quick", action="store_true", help="quick timing in profile/validate")
+    ap.add_argument("--fresh", action="store_true", help="drop widths measured earlier")
+    ap.add_argument("--build", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.build:
+        build(args.build, args.layers, args.vocab, Path(args.out))
+        return 0
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    RESULTS.mkdir(exist_ok=True)
+    # widths measured in an earlier invocation are kept (the 1B run is done alone, late, on
+    # a shared machine); a width measured now replaces its earlier row
+    prev = RESULTS / "scale.json"
+    old = json.loads(prev.read_text())["rows"] if prev.exists() and not args.fresh else []
+    widths = [int(x) for x in args.widths.split(",")]
+    rows = [r for r in old if r["hidden"] not in widths]
+    for w in widths:
+        print(f"[scale] hidden {w} ...", file=sys.stderr, flush=True)
+        rows.append(run_width(w, args))
+        print("\n".join(table(rows[-1:])), flush=True)
+        rows.sort(key=lambda r: r["params"])
+        _write(rows, args)
+    return _report(rows)
+
+
+def _write(rows: list[dict], args) -> None:
+    doc = {"rows": rows, "shape": SHAPE, "calib_samples": CALIB_SAMPLES,
+           "eval_samples": EVAL_SAMPLES}
+    (RESULTS / "scale.json").write_text(json.dumps(doc, indent=2))
+
+
+def _report(rows: list[dict]) -> int:
+    big = max(rows, key=lambda r: r["params"])
+    minutes = big["total_s"] / 60.0
+    rss_ratio = big["run_peak_rss"] / big["weights_fp32"]
+    sens_ratio = big["steps"]["sensitivity"]["peak_rss"] / big["fwd_bwd_peak_rss"]
+    doc = {"rows": rows, "shape": SHAPE, "calib_samples": CALIB_SAMPLES,
+           "eval_samples": EVAL_SAMPLES,
+           "targets": {"scale_1b_main_job_minutes": minutes,
+                       "scale_peak_rss_over_weights": rss_ratio,
+                       "scale_sensitivity_mem_over_fwd_bwd": sens_ratio}}
+    (RESULTS / "scale.json").write_text(json.dumps(doc, indent=2))
+    md = ["# Scale benchmark", "", f"Shape {SHAPE}, sensitivity on {CALIB_SAMPLES} samples, "
+          f"validation on {EVAL_SAMPLES}, `hwcost run` on this machine's CPU "
+          f"({rows[0]['threads']} threads). Each width ran in its own process:", "",
+          *[f"- hidden {r['hidden']}: {r['when']}, load average {r['load_average']:.1f} at the "
+            f"end, {'quick' if r['quick'] else 'default'} timing" for r in rows], "",
+          "Peak RSS per step (the kernel's high-water mark reset before each step); 'over base' "
+          "subtracts the RSS of the process before loading (interpreter, torch); 'predicted' is "
+          "profiles.memory.step_peaks, the formula of docs/scale.md.", "", *table(rows), ""]
+    md += [f"- hidden {r['hidden']}: {r['params'] / 1e6:.0f} M params, run {r['total_s'] / 60:.1f} "
+           f"min, run peak {r['run_peak_rss'] / GiB:.2f} GiB = "
+           f"{r['run_peak_rss'] / r['weights_fp32']:.2f} x fp32 weights, plan {r['plan_counts']}"
+           for r in rows]
+    (RESULTS / "scale.md").write_text("\n".join(md) + "\n")
+    print(f"\nbiggest model: {big['params'] / 1e6:.0f} M params (hidden {big['hidden']})")
+    print(f"target: scale_1b_main_job_minutes = {minutes:.1f} min (goal <= 30) "
+          f"{'met' if minutes <= 30 else 'missed'}")
+    print(f"target: scale_peak_rss_over_weights = {rss_ratio:.2f} x (goal <= 2.0) "
+          f"{'met' if rss_ratio <= 2.0 else 'missed'}")
+    print(f"target: scale_sensitivity_mem_over_fwd_bwd = {sens_ratio:.2f} x (goal <= 1.3) "
+          f"{'met' if sens_ratio <= 1.3 else 'missed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
