@@ -30,6 +30,16 @@ import pyarrow.parquet as pq
 
 from hwcost import __version__
 from hwcost import schema as _schema
+from hwcost.bounds import (
+    BUNDLE_ROWS_MAX,
+    INT_FIELDS,
+    LATENCY_MAX_US,
+    LOSS_MAX,
+    TS_MAX,
+    TS_MIN,
+    float_problem,
+    int_problem,
+)
 from hwcost.bulk import ARROW_TYPES
 from hwcost.errors import BundleInvalid, HwcostError, first_line
 from hwcost.precision import config_key, parse_config, parse_precision
@@ -260,6 +270,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
                   ) from None
     if raw_meta is None:
         raise bad("no hwcost.bundle metadata; not an hwcost bundle")
+    if pf.metadata.num_rows > BUNDLE_ROWS_MAX:
+        raise bad(f"{pf.metadata.num_rows} rows; bundles hold at most {BUNDLE_ROWS_MAX} "
+                  "(export large stores per device: hwcost db export --device D)")
     try:
         meta = json.loads(raw_meta)
         fmt, fver = meta["format"], int(meta["format_version"])
@@ -367,17 +380,7 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
     _check_latencies(tables["model_latency"], "model_latency", ("median_us", "spread_us"), bad)
     _check_latencies(tables["sensitivity"], "sensitivity", ("loss_mse", "stderr"), bad,
                      allow_zero=True)
-    for name in ("measurement", "model_latency", "sensitivity"):
-        n = tables[name].column("n_samples")
-        if len(n) and pc.min(n).as_py() < 1:
-            raise bad(f"{name}.n_samples must be >= 1")
-    ints = {"device": ("threads",), "subgraph": ("n_slots",), "model": ("n_subgraphs", "n_layers"),
-            "manifest_entry": ("position",)}
-    for name, cols in ints.items():
-        for c in cols:
-            col = tables[name].column(c)
-            if len(col) - col.null_count and pc.min(col).as_py() < 0:
-                raise bad(f"{name}.{c} must not be negative")
+    _check_bounds(tables, bad)
     # Shapes and configs: few distinct values, each parsed and required canonical.
     for name in ("measurement", "model_latency"):
         for shape in pc.unique(tables[name].column("shape")).to_pylist():
@@ -414,6 +417,42 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
             raise bad(f"sensitivity.precision {p!r} is not canonical")
     _check_json(tables, bad)
     _check_refs(tables, bad)
+
+
+def _check_bounds(tables: dict[str, pa.Table], bad) -> None:
+    """Integers, latencies, losses and timestamps within ``hwcost.bounds`` (the same on
+    SQLite and PostgreSQL, and what export and planning can handle)."""
+    for name, cols in INT_FIELDS.items():
+        for c, lo in cols.items():
+            col = tables[name].column(c)
+            if len(col) - col.null_count == 0:
+                continue
+            mn, mx = pc.min(col).as_py(), pc.max(col).as_py()
+            if name in ("measurement", "model_latency", "sensitivity") and c == "n_samples" \
+                    and mn < 1:
+                raise bad(f"{name}.n_samples must be >= 1")
+            if mn < lo and lo == 0:
+                raise bad(f"{name}.{c} must not be negative")
+            problem = int_problem(f"{name}.{c}", mn if mn < lo else mx, lo)
+            if problem:
+                raise bad(problem)
+    maxima = {"measurement": (("median_us", "spread_us"), LATENCY_MAX_US),
+              "model_latency": (("median_us", "spread_us"), LATENCY_MAX_US),
+              "sensitivity": (("loss_mse", "stderr"), LOSS_MAX)}
+    for name, (cols, top) in maxima.items():
+        for c in cols:
+            col = tables[name].column(c)
+            if len(col) and pc.max(col).as_py() > top:
+                raise bad(float_problem(f"{name}.{c}", pc.max(col).as_py(), top))
+    lo, hi = (int(t.timestamp() * 1_000_000) for t in (TS_MIN, TS_MAX))
+    for spec in SPECS:
+        for c, kind in spec.cols:
+            if kind != "ts" or not tables[spec.name].num_rows:
+                continue
+            us = tables[spec.name].column(c).cast(_TS).cast(pa.int64())
+            if len(us) - us.null_count and (pc.min(us).as_py() < lo or pc.max(us).as_py() >= hi):
+                raise bad(f"{spec.name}.{c} holds a timestamp outside {TS_MIN.date()} .. "
+                          f"{TS_MAX.date()} UTC")
 
 
 def _has_nul(arr: pa.Array) -> bool:

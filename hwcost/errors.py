@@ -48,6 +48,10 @@ class ReadOnlyViolation(HwcostError):
     """A query tried to write through a read-only interface."""
 
 
+class QueryTimeout(HwcostError):
+    """A ``db query`` ran past its time limit or was interrupted."""
+
+
 class Infeasible(HwcostError):
     """No plan satisfies the constraints."""
 

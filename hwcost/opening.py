@@ -61,6 +61,8 @@ def _check_url(url: str) -> str:
     if not (url.startswith("sqlite") or url.startswith("postgresql")):
         raise StoreError(f"unsupported store URL {redact_urls(url)}; use sqlite:///PATH or "
                          "postgresql+psycopg://USER:PW@HOST/DB")
+    if url.startswith("sqlite"):
+        _sqlite_path(url)  # the form, checked with a message that shows the right one
     try:
         parsed = make_url(url)
         _ = parsed.port  # a non-numeric port fails here
@@ -73,7 +75,10 @@ def _check_url(url: str) -> str:
 def _make_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
         path = _sqlite_path(url)
-        ro = read_only and path not in ("", ":memory:") and Path(path).is_file()
+        exists = path not in ("", ":memory:") and Path(path).is_file()
+        # a file this process cannot write is opened read-only whatever the command: reads
+        # work, a write fails in one line (the store is read-only)
+        ro = exists and (read_only or not os.access(path, os.W_OK))
         if path and path != ":memory:" and not ro:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +150,9 @@ def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = T
         orig = getattr(e, "orig", e)
         raise StoreError(f"cannot open store {redact_urls(url)}: "
                          f"{redact_urls(first_line(orig))}") from None
-    return Store(url, engine)
+    store = Store(url, engine)
+    store.read_only = ro
+    return store
 
 
 def _wal(engine: Engine) -> None:

@@ -11,7 +11,9 @@ Besides the store's own tables (``device``, ``subgraph``, ``measurement``, ...),
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from sqlmodel import SQLModel
 
 import hwcost.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
 from hwcost.bulk import read_rows
-from hwcost.errors import ReadOnlyViolation, StoreError, first_line
+from hwcost.errors import QueryTimeout, ReadOnlyViolation, StoreError, first_line
 
 COSTS_VIEW = """
 CREATE VIEW costs AS
@@ -60,6 +62,38 @@ def check_read_only(sql: str) -> None:
     if kind != duckdb.StatementType.SELECT:
         raise ReadOnlyViolation(f"db query is read-only: only SELECT is allowed, got "
                                 f"{kind.name}")
+    # A SELECT can still hide a write in a CTE (WITH x AS (DELETE ... RETURNING *) SELECT):
+    # DuckDB's own syntax tree names every query node.
+    con = duckdb.connect(":memory:")
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    except duckdb.Error as e:
+        raise StoreError(f"cannot parse query: {first_line(e)}") from None
+    finally:
+        con.close()
+    writes = sorted({n.removesuffix("_QUERY_NODE") for n in _node_types(tree)} & _WRITES)
+    if writes:
+        raise ReadOnlyViolation(f"db query is read-only: the SELECT holds a {writes[0]} "
+                                "(in a WITH clause); only reads are allowed")
+
+
+_WRITES = {"DELETE", "UPDATE", "INSERT", "MERGE_INTO"}
+
+
+def _node_types(tree) -> set[str]:
+    """Every ``type`` value of query nodes in DuckDB's JSON syntax tree."""
+    out: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            t = node.get("type")
+            if isinstance(t, str) and t.endswith("_NODE"):
+                out.add(t)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 def store_tables() -> dict[str, list[tuple[str, str]]]:
@@ -69,6 +103,8 @@ def store_tables() -> dict[str, list[tuple[str, str]]]:
         cols = []
         for c in table.columns:
             t = c.type
+            t = getattr(t, "impl", t)  # TypeDecorators (sqlmodel's UTCDateTime) by what they store
+            t = t() if isinstance(t, type) else t
             kind = ("ts" if isinstance(t, DateTime) else "int" if isinstance(t, Integer)
                     else "float" if isinstance(t, Float) else "str")
             cols.append((c.name, kind))
@@ -76,8 +112,18 @@ def store_tables() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def run_query(store, sql: str) -> QueryResult:
-    """Run one read-only SELECT over a copy of the store's tables (see module docstring)."""
+DEFAULT_TIMEOUT_S = 60.0
+"""`hwcost db query --timeout` default: a query running longer is interrupted."""
+MAX_ROWS = 200_000
+"""Most rows a query may return (they are held in Python to print them)."""
+DEFAULT_MEMORY_LIMIT = "2GB"
+"""DuckDB memory cap of a query (spilling to disk is off, so it fails instead of swapping)."""
+
+
+def run_query(store, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+              memory_limit: str = DEFAULT_MEMORY_LIMIT) -> QueryResult:
+    """Run one read-only SELECT over a copy of the store's tables (see module docstring),
+    interrupted after ``timeout_s`` seconds and capped at ``memory_limit`` of memory."""
     check_read_only(sql)
     tables = store_tables()
     words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
@@ -98,13 +144,43 @@ def run_query(store, sql: str) -> QueryResult:
         if set(_VIEW_DEPS["costs"]) <= wanted:
             con.execute(COSTS_VIEW)
         for setting in ("SET python_enable_replacements = false",
+                        f"SET memory_limit = '{_memory(memory_limit)}'",
+                        "SET max_temp_directory_size = '0B'",
                         "SET enable_external_access = false", "SET lock_configuration = true"):
             con.execute(setting)
+        timer = threading.Timer(timeout_s, con.interrupt)
+        timer.start()
         try:
             cur = con.execute(sql)
             columns = [d[0] for d in cur.description]
-            return QueryResult(columns, cur.fetchall())
+            rows = cur.fetchmany(MAX_ROWS + 1)
+            if len(rows) > MAX_ROWS:
+                raise StoreError(f"query returns more than {MAX_ROWS} rows; aggregate or add "
+                                 "a LIMIT")
+            return QueryResult(columns, rows)
+        except duckdb.InterruptException:
+            if not timer.is_alive():
+                raise QueryTimeout(f"query stopped after --timeout {timeout_s:g} s") from None
+            raise QueryTimeout("query interrupted") from None
+        except duckdb.OutOfMemoryException:
+            raise StoreError(f"query needs more than its memory cap of {memory_limit}; "
+                             "narrow it (WHERE, LIMIT) ") from None
         except duckdb.Error as e:
             raise StoreError(f"query failed: {first_line(e)}") from None
+        except RuntimeError as e:  # DuckDB's answer to SIGINT (Ctrl-C) during a query
+            if "interrupt" not in str(e).lower():
+                raise
+            raise QueryTimeout("query interrupted (Ctrl-C); nothing was changed") from None
+        finally:
+            timer.cancel()
+    except KeyboardInterrupt:
+        con.interrupt()
+        raise QueryTimeout("query interrupted (Ctrl-C); nothing was changed") from None
     finally:
         con.close()
+
+
+def _memory(limit: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit.strip(), re.I):
+        raise StoreError(f"memory limit {limit!r} must look like 512MB or 2GB")
+    return limit.strip()

@@ -99,6 +99,7 @@ def launch(model: str | None, profile_args: Sequence[str], *, db_url: str, devic
     cluster started here (tests).
     """
     from hwcost import queue
+    from hwcost.fleet_worker import what_is_left
     from hwcost.opening import redact_urls
     from hwcost.store import open_store
 
@@ -154,7 +155,7 @@ def launch(model: str | None, profile_args: Sequence[str], *, db_url: str, devic
         left = queue.progress(store, cid)
         live = queue.other_claims(store, cid, "", suspect_after_s=queue.STALE_AFTER_S).live
     report.left = left.to_dict()
-    report.note = queue.what_is_left(campaign, left, live)
+    report.note = what_is_left(campaign, left, live)
     report.elapsed_s = round(time.perf_counter() - start, 2)
     return report
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hwcost.bounds import SHAPE_MAX
 from hwcost.errors import BadShape
 
 _ORDER = ("batch", "seq", "kv", "phase")
@@ -59,11 +60,13 @@ def parse_shape(text: str | Shape) -> Shape:
             continue
         if "=" not in part:
             raise BadShape(f"cannot parse shape {text!r}: expected key=value pairs like "
-                           "'batch=1,seq=128' (bad part {part!r})")
+                           f"'batch=1,seq=128' (bad part {part!r})")
         k, v = (s.strip() for s in part.split("=", 1))
         if k not in _ORDER:
             raise BadShape(f"cannot parse shape {text!r}: unknown field {k!r}; "
                            f"known: {', '.join(_ORDER)}")
+        if k in fields:
+            raise BadShape(f"cannot parse shape {text!r}: field {k!r} is given twice")
         fields[k] = v
     if not fields:
         raise BadShape("empty shape; give e.g. 'batch=1,seq=128'")
@@ -71,6 +74,10 @@ def parse_shape(text: str | Shape) -> Shape:
         ints = {k: int(v) for k, v in fields.items() if k != "phase"}
     except ValueError:
         raise BadShape(f"cannot parse shape {text!r}: batch, seq and kv must be integers") from None
+    for k, v in ints.items():
+        if v > SHAPE_MAX[k]:
+            raise BadShape(f"cannot parse shape {str(text)[:60]!r}: {k} must be at most "
+                           f"{SHAPE_MAX[k]}")
     phase = fields.get("phase", "prefill")
     if phase == "decode" and "seq" in ints and ints["seq"] != 1:
         raise BadShape(f"cannot parse shape {text!r}: decode processes one token; use kv=N")

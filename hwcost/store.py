@@ -20,9 +20,11 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel
 
 from hwcost import __version__
+from hwcost.bounds import LATENCY_MAX_US, LOSS_MAX, float_problem, int_problem, ts_problem
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.precision import config_key, parse_config
 from hwcost.schema import (
@@ -137,6 +139,12 @@ class MeasurementIn:
             raise InvalidMeasurement(f"median_us=0 for {self.signature[:12]}: a run cannot be free")
         if self.n_samples < 1:
             raise InvalidMeasurement(f"n_samples={self.n_samples} must be >= 1")
+        problem = (float_problem("median_us", self.median_us, LATENCY_MAX_US)
+                   or float_problem("spread_us", self.spread_us, LATENCY_MAX_US)
+                   or int_problem("n_samples", self.n_samples, 1)
+                   or ts_problem("measured_at", self.measured_at))
+        if problem:
+            raise InvalidMeasurement(f"{problem} for {self.signature[:12]} {self.shape}")
         parse_shape(self.shape)
         cfg = self.config if isinstance(self.config, str) else config_key(self.config)
         parse_config(cfg)
@@ -164,6 +172,7 @@ class Store:
     def __init__(self, url: str, engine: Engine):
         self.url = url
         self.engine = engine
+        self.read_only = False  # opened read-only (hwcost.opening): writes fail in one line
 
     # -- lifecycle
     def close(self) -> None:
@@ -182,9 +191,15 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        with Session(self.engine, expire_on_commit=False) as s:
-            with s.begin():
-                yield s
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                with s.begin():
+                    yield s
+        except OperationalError as e:
+            if self.read_only and "readonly" in str(e.orig).replace("-", "").lower():
+                raise StoreError("the store is open read-only (a read-only file or command); "
+                                 "nothing was written") from None
+            raise
 
     @contextmanager
     def _reuse(self, session: Session | None) -> Iterator[Session]:
@@ -204,6 +219,9 @@ class Store:
     # -- devices
     def upsert_device(self, dev: Device) -> Device:
         """Insert a device by fingerprint, or return the stored one (filling missing peaks)."""
+        problem = int_problem("threads", dev.threads, 1)
+        if problem:
+            raise InvalidMeasurement(f"device {dev.fingerprint[:12]}: {problem}")
         with self.session() as s:
             # INSERT ... ON CONFLICT DO NOTHING, then read: concurrent workers recording the
             # same device at once (PostgreSQL) must not fail on the unique fingerprint.
@@ -423,6 +441,12 @@ class Store:
             v = getattr(row, name)
             if v is None or math.isnan(v) or math.isinf(v) or v < 0:
                 raise InvalidMeasurement(f"{name}={v!r} is not a finite non-negative latency")
+        problem = (float_problem("median_us", row.median_us, LATENCY_MAX_US)
+                   or float_problem("spread_us", row.spread_us, LATENCY_MAX_US)
+                   or int_problem("n_samples", row.n_samples, 1)
+                   or ts_problem("measured_at", row.measured_at))
+        if problem:
+            raise InvalidMeasurement(f"model latency {problem}")
         data = row.model_dump(exclude={"id"})
         with self.session() as s:
             keys = ["model_id", "device_id", "shape", "config_hash"]
@@ -445,6 +469,11 @@ class Store:
                 if v is None or math.isnan(v) or math.isinf(v) or v < 0:
                     raise InvalidMeasurement(
                         f"sensitivity {name}={v!r} for {r.layer} [{r.precision}] is not finite >= 0")
+            problem = (float_problem("loss_mse", r.loss_mse, LOSS_MAX)
+                       or float_problem("stderr", r.stderr, LOSS_MAX)
+                       or int_problem("n_samples", r.n_samples, 1))
+            if problem:
+                raise InvalidMeasurement(f"sensitivity {problem} for {r.layer} [{r.precision}]")
         data = [r.model_dump(exclude={"id"}) for r in rows]
         keys = ["model_id", "calib_fingerprint", "layer", "precision", "method"]
         with self.session() as s:

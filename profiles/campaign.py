@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hwcost import __version__, queue
+from hwcost import __version__, fleet_worker, queue
 from hwcost.device import local_device
 from hwcost.errors import UnknownPrecision
 from hwcost.precision import BASELINE, Precision, config_key, parse_precisions
@@ -394,8 +394,8 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
 
 def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worker: str,
                 group: int, stale_after_s: float, progress: bool | None) -> None:
-    """Claim whole (subgraph, shape) units until none is left (``hwcost.queue.work``), then
-    say what the campaign still needs."""
+    """Claim whole (subgraph, shape) units until none is left
+    (``hwcost.fleet_worker.work``), then say what the campaign still needs."""
     cid = queue.ensure_campaign(store, report.campaign, device=report.device,
                                 model_id=report.model_id, shapes=report.shapes,
                                 precisions=report.precisions)
@@ -409,14 +409,14 @@ def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worke
                 bar.total, bar.n = now.total, now.done + now.failed + now.cancelled
                 bar.refresh()
 
-        res = queue.work(store, cid, worker,
+        res = fleet_worker.work(store, cid, worker,
                          lambda unit: _measure_unit(report, measurer, unit, group),
                          stale_after_s=stale_after_s, after_unit=refresh)
     report.measured += res.measured
     report.failed += res.failed
     report.lost += res.lost
     report.left = res.left.to_dict()
-    report.note = queue.what_is_left(report.campaign, res.left, res.live)
+    report.note = fleet_worker.what_is_left(report.campaign, res.left, res.live)
 
 
 def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: queue.Unit,

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwcost.errors import BadShape, ModelLoadError
+from hwcost.errors import BadShape, ModelLoadError, first_line
 from hwcost.shape import Shape, parse_shape
 
 DATA_ENV = "HWCOST_DATA"
@@ -194,6 +194,9 @@ def _load_factory(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ModelLoadError(f"cannot import {mod_name!r} for {spec!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        raise ModelLoadError(f"importing {mod_name!r} for {spec!r} failed: "
+                             f"{type(e).__name__}: {first_line(e)}") from None
     fn = mod
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -201,7 +204,11 @@ def _load_factory(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
             raise ModelLoadError(f"module {mod_name!r} has no attribute {attr!r}")
     if not callable(fn):
         raise ModelLoadError(f"{spec!r} is not callable")
-    result = fn()
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - the user's factory failed: say so in one line
+        raise ModelLoadError(f"factory {spec!r} raised {type(e).__name__}: {first_line(e)}"
+                             ) from None
     if isinstance(result, LoadedModel):
         result.model = _prepare(result.model, dtype)
         result.source = result.source or spec

@@ -40,7 +40,7 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
     shape."""
     from hwcost.summary import summarize
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, read_only=True) as store:
         s = summarize(store)
     if as_json:
         emit_json(s.to_dict())
@@ -74,7 +74,7 @@ def export_cmd(device: str | None, output: str, db_url: str | None) -> None:
     content checksum."""
     from hwcost.exchange import export_bundle
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, read_only=True) as store:
         rep = export_bundle(store, output, device=device)
     r = rep.rows
     click.echo(f"exported {r['measurement']} measurements, {r['device']} devices, "
@@ -118,17 +118,25 @@ def import_cmd(bundle: str, on_conflict: str, db_url: str | None, as_json: bool)
 
 @db_cmd.command("query")
 @click.argument("sql")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Interrupt the query after this long.")
+@click.option("--memory-limit", default="2GB", show_default=True, metavar="SIZE",
+              help="DuckDB memory cap for the query (no spilling to disk).")
 @store_option
 @json_option
 @handle_errors
-def query_cmd(sql: str, db_url: str | None, as_json: bool) -> None:
+def query_cmd(sql: str, timeout_s: float, memory_limit: str, db_url: str | None,
+              as_json: bool) -> None:
     """Run one read-only SELECT (DuckDB SQL) over the store's tables, e.g.
     "SELECT shape, count(*) FROM costs GROUP BY shape". Tables: device, subgraph, model,
-    manifest_entry, measurement, model_latency, sensitivity, ... and the view costs."""
+    manifest_entry, measurement, model_latency, sensitivity, ... and the view costs.
+    Timestamps are TIMESTAMP WITH TIME ZONE (UTC) on every backend. Anything that writes
+    (also inside a WITH clause) is refused; at most 200,000 rows come back."""
     from hwcost.query import run_query
 
-    with open_cli_store(db_url) as store:
-        res = run_query(store, sql)
+    with open_cli_store(db_url, read_only=True) as store:
+        res = run_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit)
     if as_json:
         emit_json(res.to_dicts())
         return

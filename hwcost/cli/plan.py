@@ -77,7 +77,10 @@ def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_bud
             return
         result = make_plan(store, model, device, shape, threshold, objective, cons,
                            time_limit_s=time_limit, problem=problem)
-        save_plan(store, result)
+        if store.read_only:
+            click.echo("note: the store is read-only; the plan is printed, not stored", err=True)
+        else:
+            save_plan(store, result)
     doc = result.document
     if output:
         Path(output).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

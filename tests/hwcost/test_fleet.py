@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from hwcost import queue
+from hwcost import fleet_worker, queue
 from hwcost.device import DeviceInfo
 from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store
 
@@ -44,10 +44,10 @@ def _measure(worker: str, log, delay: float):
 
 def _worker(url: str, cid: int, name: str, log_path: str, delay: float, stale: float,
             start: float) -> None:
-    """A worker process: claims units until none is left (``hwcost.queue.work``)."""
+    """A worker process: claims units until none is left (``hwcost.fleet_worker.work``)."""
     time.sleep(max(0.0, start - time.time()))  # all start at once
     with open_store(url) as s, open(log_path, "a") as log:
-        queue.work(s, cid, name, _measure(name, log, delay), stale_after_s=stale)
+        fleet_worker.work(s, cid, name, _measure(name, log, delay), stale_after_s=stale)
     os._exit(0)
 
 
