@@ -95,6 +95,8 @@ def test_fleet_campaign_survives_a_killed_worker(fleet):
         assert p.returncode == 0, err[-3000:]
         reports.append(json.loads(out))
 
+    # the last worker standing says the campaign is complete
+    assert any(r["note"].startswith("campaign fleet complete: ") for r in reports), reports
     st = campaign_status(env, url)
     assert st["complete"] and st["pending"] == st["claimed"] == st["failed"] == 0
     assert st["done"] == st["total"] == reports[0]["tasks"]
