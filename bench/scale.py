@@ -14,7 +14,7 @@ step computes them), the reference of the sensitivity memory target.
 Each step's peak is compared with ``profiles.memory.step_peaks`` (the formula docs/scale.md
 uses for 8B and 70B): measured / predicted is printed per step and width.
 
-Usage: python bench/scale.py [--widths 512,1024,2048] [--quick]
+Usage: python bench/scale.py [--widths 512,1024,2048] [--quick] [--threads 1]
 Writes bench/results/scale.{json,md}; ends with the ``target:`` lines.
 """
 
@@ -138,10 +138,14 @@ def fwd_bwd_peak(ckpt: Path, batches) -> int:
 def worker(args) -> dict:
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # sensitivity and loading too, not only timings
 
     # the libraries every step imports, loaded before the base RSS is taken: their code and
     # data are the same at every width and are not what the steps' peaks should measure
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     import planner.apply  # noqa: F401
     import planner.plot  # noqa: F401
     import planner.solve  # noqa: F401
@@ -165,7 +169,7 @@ def worker(args) -> dict:
     with open_store(f"sqlite:///{tmp / 'store.db'}") as store:
         s = run_main_job(store, str(ckpt), "cpu", SHAPE, "10%", tmp / "out", calib=str(calib),
                          eval_data=str(evald), samples=EVAL_SAMPLES, quick=args.quick,
-                         calib_samples=CALIB_SAMPLES, on_step=meter)
+                         calib_samples=CALIB_SAMPLES, on_step=meter, threads=args.threads)
     total_s = time.perf_counter() - t0
     n_params = None
     from profiles.memory import hf_parameter_count
@@ -184,7 +188,8 @@ def worker(args) -> dict:
             "steps": meter.steps, "run_peak_rss": meter.run_peak, "total_s": round(total_s, 1),
             "fwd_bwd_peak_rss": fb, "predicted": pred, "measured_share": s.measured_share,
             "speedup": s.measured_speedup, "plan_counts": s.precision_counts,
-            "quick": bool(args.quick), "threads": torch.get_num_threads()}
+            "quick": bool(args.quick), "threads": torch.get_num_threads(),
+            "clock": os.environ.get("HWCOST_BENCH_CLOCK", "wall")}
 
 
 # ------------------------------------------------------------------------------- parent
@@ -199,7 +204,10 @@ def run_width(hidden: int, args) -> dict:
                         "--layers", str(args.layers), "--vocab", str(args.vocab)],
                        check=True, env=env)
         build_s = time.perf_counter() - t0
-        cmd = [sys.executable, __file__, "--worker", str(ckpt)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, __file__, "--worker", str(ckpt), "--threads", str(args.threads)]
+        cmd += ["--quick"] if args.quick else []
+        if args.threads == 1:  # on a shared machine: time this thread's CPU time (bench.py)
+            env["HWCOST_BENCH_CLOCK"] = "thread"
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"width {hidden} failed:\n{proc.stderr[-3000:]}")
@@ -235,10 +243,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--quick", action="store_true", help="quick timing in profile/validate")
     ap.add_argument("--fresh", action="store_true", help="drop widths measured earlier")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: all usable CPUs); 1 on a shared machine, "
+                         "where a second OpenMP thread stalls every parallel region")
+    ap.add_argument("--paper", action="store_true",
+                    help="print the 8B/70B tables of docs/scale.md (no measurement)")
     ap.add_argument("--build", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.paper:
+        print(paper_tables())
+        return 0
     if args.build:
         build(args.build, args.layers, args.vocab, Path(args.out))
         return 0
@@ -300,6 +316,52 @@ def _report(rows: list[dict]) -> int:
     print(f"target: scale_sensitivity_mem_over_fwd_bwd = {sens_ratio:.2f} x (goal <= 1.3) "
           f"{'met' if sens_ratio <= 1.3 else 'missed'}")
     return 0
+
+
+
+# -------------------------------------------------------------------------- docs tables
+
+LLAMA = {
+    "Llama-3-8B": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "vocab_size": 128256, "num_attention_heads": 32, "num_key_value_heads": 8,
+                   "params": 8_030_261_248},
+    "Llama-3-70B": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                    "vocab_size": 128256, "num_attention_heads": 64, "num_key_value_heads": 8,
+                    "params": 70_553_706_496},
+}
+CARDS = {"H100 80 GB": 80e9, "Gaudi 2 96 GB": 96e9}
+
+
+def paper_tables() -> str:
+    """The per-step peaks of docs/scale.md, from profiles.memory.step_peaks (bf16 baseline on
+    the card: 2-byte weights and activations; the plan's low-precision layers 1 byte)."""
+    from profiles.memory import step_peaks
+
+    out = []
+    for shape, (batch, seq) in {"batch=1,seq=128": (1, 128), "batch=8,seq=2048": (8, 2048)}.items():
+        out += [f"#### {shape}", "", "| model | weights | " + " | ".join(STEPS) + " | " +
+                " | ".join(CARDS) + " |", "|---" * (3 + len(STEPS) + len(CARDS) - 1) + "|"]
+        for name, cfg in LLAMA.items():
+            pk = step_peaks(cfg, cfg["params"], dtype_bytes=2, profile_tokens=batch * seq,
+                            cut_tokens=min(seq, 128), calib_batch_tokens=8 * 128,
+                            eval_batch_tokens=8 * 128, plan_bytes_per_weight=1.0,
+                            n_precision_bytes=2 + 1 + 1)
+            peak = max(pk.values())
+            worst = max(pk, key=pk.get)
+            w = cfg["params"] * 2
+
+            def verdict(cap: float, w=w, peak=peak, worst=worst) -> str:
+                if w > cap:  # what profiles.memory.require_fits refuses before loading
+                    return f"refused up front: weights {w / GiB:.0f} > {cap / GiB:.1f} GiB"
+                if peak > cap:
+                    return f"weights fit, {worst} needs {peak / GiB:.0f} GiB: out of memory"
+                return f"fits ({peak / GiB:.0f} of {cap / GiB:.1f} GiB)"
+            fits = [verdict(cap) for cap in CARDS.values()]
+            out.append(f"| {name} | {cfg['params'] * 2 / GiB:.1f} GiB | " +
+                       " | ".join(f"{pk[s] / GiB:.1f}" for s in STEPS) + " | " +
+                       " | ".join(fits) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def step_peaks(cfg: dict, n_params: int, *, dtype_bytes: int = 4, profile_tokens
       CPU) and one forward at the profiled shape: ``2 (V + 2I + 4H)``;
     - sensitivity: what autograd and the hooks keep until the backward reaches each layer,
       ``L (7H + 2Hkv + heads x seq + 4I) + 3V`` per token of one calibration batch, plus one
-      layer's scoring buffers (at most its input and output gradient, rows chunked);
+      layer's scoring buffers in float32 (its input and output gradient, as much again in row
+      chunks, and for a 16-bit model its weight upcast);
     - validate: the plan's deployed layers (``plan_bytes_per_weight`` per weight: a view
       shares everything else) and one held-out forward, ``2V + 3I``.
     """
@@ -135,7 +136,11 @@ def step_peaks(cfg: dict, n_params: int, *, dtype_bytes: int = 4, profile_tokens
                else 0) + profile_tokens * 2 * (vocab + 2 * inter + 4 * h) * a
     saved = calib_batch_tokens * (layers * (7 * h + 2 * kv + heads * seq + 4 * inter)
                                   + 3 * vocab) * a
-    scoring = calib_batch_tokens * (h + vocab) * 4
+    # one layer scored at a time, in float32: its input and output gradient upcast, row chunks
+    # of at most as much again, and (for a 16-bit model) its weight upcast
+    scoring = calib_batch_tokens * (h + vocab) * 4 * 2
+    if dtype_bytes < 4:
+        scoring += max(vocab * h, h * inter) * 4
     linear_params = n_params - vocab * h  # the embedding has no precision
     validate = linear_params * plan_bytes_per_weight + eval_batch_tokens * (2 * vocab + 3 * inter) * a
     return {"load": float(w), "partition": float(w + trace), "profile": float(w + profile),

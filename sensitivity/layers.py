@@ -57,9 +57,11 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
     """Run ``model`` with the named layers quantize-dequantized by the registry's emulation.
 
     Each layer computes ``R_p(Q_p(x) Q_p(W)^T + b)``, exactly what
-    :func:`profiles.precisions.Emulation.linear` defines. ``Q_p(W)`` is computed once and
-    swapped in only while the layer itself runs, so a weight tied to another module (GPT-2's
-    lm_head and token embedding) stays unquantized everywhere else, as when deployed.
+    :func:`profiles.precisions.Emulation.linear` defines. ``Q_p(W)`` is computed when the
+    layer runs, swapped in only while it runs and dropped after, so a configuration of every
+    layer of an 8B model never holds a second copy of its weights (one layer's at a time), and
+    a weight tied to another module (GPT-2's lm_head and token embedding) stays unquantized
+    everywhere else, as when deployed.
     """
     modules = dict(model.named_modules())
     handles = []
@@ -71,12 +73,7 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
             emu = as_emulation(prec)
             if type(emu) is Emulation and emu.precision is Precision.FP32:
                 continue  # identity; fp32 is the reference
-            with torch.no_grad():
-                q = emu.weight(weight_matrix(module).detach())
-                q = q if isinstance(module, nn.Linear) else q.t().contiguous()
-                bias = getattr(module, "bias", None)
-                qb = emu.bias(bias.detach()) if bias is not None else None
-            swap = _WeightSwap(module.weight, q, bias, qb)
+            swap = _WeightSwap(module, emu)
             handles.append(module.register_forward_pre_hook(_input_quantizer(emu, swap)))
             handles.append(module.register_forward_hook(_output_rounder(emu, swap)))
         yield
@@ -87,23 +84,34 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
 
 class _WeightSwap:
     """Puts a layer's quantized weight (and bias, for formats that store it rounded) in place
-    while the layer runs, and the originals back after."""
+    while the layer runs, and the originals back after; the quantized tensors are made on
+    entry and dropped on exit."""
 
-    def __init__(self, param: nn.Parameter, quantized: torch.Tensor,
-                 bias: nn.Parameter | None = None, quantized_bias: torch.Tensor | None = None):
-        self.pairs = [(param, quantized)]
-        if bias is not None and quantized_bias is not None:
-            self.pairs.append((bias, quantized_bias))
+    def __init__(self, module: nn.Module, emu: Emulation):
+        self.module, self.emu = module, emu
         self.saved: list | None = None
 
+    def _pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        m, emu = self.module, self.emu
+        with torch.no_grad():
+            q = emu.weight(weight_matrix(m).detach())
+            pairs = [(m.weight, q if isinstance(m, nn.Linear) else q.t().contiguous())]
+            bias = getattr(m, "bias", None)
+            if bias is not None:
+                qb = emu.bias(bias.detach())
+                if qb is not None:
+                    pairs.append((bias, qb))
+        return pairs
+
     def apply(self) -> None:
-        self.saved = [p.data for p, _ in self.pairs]
-        for p, q in self.pairs:
+        pairs = self._pairs()
+        self.saved = [(p, p.data) for p, _ in pairs]
+        for p, q in pairs:
             p.data = q
 
     def restore(self, *_args) -> None:
         if self.saved is not None:
-            for (p, _), data in zip(self.pairs, self.saved):
+            for p, data in self.saved:
                 p.data = data
             self.saved = None
 

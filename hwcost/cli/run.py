@@ -65,12 +65,14 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                  threshold_text: str, out_dir: Path, *, calib: str | None = None,
                  eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
                  quick: bool = False, progress: bool = False, calib_samples: int = 64,
-                 on_step: Callable[[str], None] | None = None) -> RunSummary:
+                 on_step: Callable[[str], None] | None = None,
+                 threads: int | None = None) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
 
     ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
     ``sensitivity``, ``plan``, ``validate``) and with ``done`` at the end: ``bench/scale.py``
-    measures each step's time and peak memory through it."""
+    measures each step's time and peak memory through it. ``threads``: CPU threads to time
+    with (default: the backend's, all usable CPUs)."""
     from hwcost.shape import parse_shape
     from planner.apply import validate_plan_on_device
     from planner.objectives import parse_threshold
@@ -115,7 +117,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
     timing = QUICK_TIMING if quick else None
     camp = run_campaign(store, loaded, device_kind, [shape], progress=progress, timing=timing,
-                        part=part)
+                        part=part, threads=threads)
     times["profile"] = time.perf_counter() - t0
 
     mark("sensitivity")
@@ -162,7 +164,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     else:
         _step("applying the plan with real kernels and validating on held-out data")
         r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
-                                    eval_data=eval_data, samples=samples,
+                                    eval_data=eval_data, samples=samples, threads=threads,
                                     timing=timing.kwargs() if timing else None)
         val = {"id": r.validation_id, "baseline_us": r.baseline_us, "plan_us": r.plan_us,
                "speedup": r.measured_speedup, "loss_mse": r.measured_loss_mse}

@@ -44,7 +44,7 @@ def _reference_op():
 @pytest.fixture(scope="module")
 def fp8_gemm_v2():
     lib = _reference_op()
-    yield
+    yield lib is not None  # True: the schema-exact reference op defined here
     del lib
 
 
@@ -61,6 +61,8 @@ def test_hpu_fp8_layer_uses_the_public_signature_and_matches_the_emulation(fp8_g
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     # Gaudi 2's range: no quantized weight beyond +-240
     assert layer.weight.float().abs().max() <= FP8_E4M3_GAUDI2_MAX
+    if not fp8_gemm_v2:
+        return  # on a Gaudi the real op's schema decides the rest
     with pytest.raises(RuntimeError):  # the argument internal builds add is not in the schema
         torch.ops.hpu.fp8_gemm_v2(A=x[0].to(torch.float8_e4m3fn), trans_A=False,
                                   B=layer.weight, trans_B=False, D=None,

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One prepared check of the CUDA backend on an NVIDIA H100/H200, meant to finish in < 8 minutes
+# on a fresh machine (torch with CUDA from PyPI). Until it has run and its results are committed,
+# the CUDA backend is UNVERIFIED (hwcost doctor says so).
+#
+#   bash bench/accel_check.sh            # from the repository root
+#
+# Steps (each under its own timeout, 540 s in all; a failing step is recorded and the next one
+# still runs):
+#   1. venv + pip install torch (the PyPI wheel for Linux is built with CUDA) and hwcost[torch,test]
+#   2. nvidia-smi, hwcost doctor --json
+#   3. the CUDA backend's correctness tests: every precision deployed with the real kernel
+#      (_scaled_mm fp8, _int_mm int8, bf16) matches the registry's emulation, low-precision
+#      operands reach the matmul, the deployed model matches on a real model
+#   4. hwcost run --device cuda on the demo model (bf16 baseline, model and batches on the card)
+#   5. hwcost run --device cuda on a 1B-class Llama (hidden 2048, 16 layers, vocab 32000,
+#      random weights built from a config), calibration and held-out token ids from numpy
+#   6. the measured tables (subgraph timings, whole-model latencies, plans, validations) as CSV
+# Everything lands in bench/results/cuda/ (summary.txt lists each step's status and time).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=bench/results/cuda
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+PY=${PYTHON:-python3}
+export HWCOST_DB="sqlite:///$PWD/$OUT/store.db"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+rm -f "$OUT/store.db"
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    echo "== $name" >&2
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$SUMMARY"
+    return 0
+}
+
+if [ -z "${HWCOST_NO_VENV:-}" ]; then
+    $PY -m venv .venv-cuda && . .venv-cuda/bin/activate && PY=python
+    step install 180 bash -c "pip install -q --upgrade pip && pip install -q torch && pip install -q -e '.[torch,test]'"
+fi
+step gpu 10 nvidia-smi
+step doctor 30 $PY -m hwcost.cli doctor --json
+cp "$OUT/doctor.log" "$OUT/doctor.json" 2>/dev/null
+step backend_tests 80 $PY -m pytest -q -p no:cacheprovider -k "cuda" \
+    tests/profiles/test_backends.py tests/profiles/test_emulation_matches_deployment.py \
+    --junitxml="$OUT/backend_tests.xml"
+step run_demo 60 $PY -m hwcost.cli run --device cuda --shape batch=1,seq=128 --quick \
+    --out "$OUT/demo" --json
+cp "$OUT/run_demo.log" "$OUT/run_demo.json" 2>/dev/null
+step build_1b 30 $PY bench/scale.py --build 2048 --out /tmp/hwcost-llama-1b --layers 16 --vocab 32000
+$PY - <<'PYEOF'
+import numpy as np
+rng = np.random.default_rng(0)
+np.save("/tmp/hwcost-1b-calib.npy", rng.integers(0, 32000, (64, 128)))
+np.save("/tmp/hwcost-1b-eval.npy", rng.integers(0, 32000, (32, 128)))
+PYEOF
+step run_1b 120 $PY -m hwcost.cli run /tmp/hwcost-llama-1b --device cuda --shape batch=1,seq=128 \
+    --quick --calib /tmp/hwcost-1b-calib.npy --eval-data /tmp/hwcost-1b-eval.npy \
+    --out "$OUT/llama1b" --json
+cp "$OUT/run_1b.log" "$OUT/run_1b.json" 2>/dev/null
+for table in measurement model_latency plan validation device; do
+    step "table_$table" 5 $PY -m hwcost.cli db query "SELECT * FROM $table" --json
+    mv "$OUT/table_$table.log" "$OUT/$table.json" 2>/dev/null
+done
+echo "results in $OUT; commit them (and say in docs/backends.md that CUDA was checked)" >&2
+cat "$SUMMARY"
