@@ -192,8 +192,10 @@ def main() -> None:
     dups = sum(r["duplicate_claims"] + r["extra_rows"] for r in runs.values()) + \
         real["duplicate_claims"]
     cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0]
     summary = [f"# bench/fleet.py ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-               f"{os.cpu_count()} CPUs {cpu}, shared machine)", "", *table, "",
+               f"{os.cpu_count()} CPUs {cpu}, shared machine, load average {load:.1f} at the end)",
+               "", *table, "",
                f"PostgreSQL, {head['procs']} processes, 16-config units: {head['tasks_per_s']} tasks/s "
                f"= {ratio:.0f}x the issue's baseline of 42 tasks/s (16 processes, one task per claim, "
                f"before this change); 1-config units (one claim per task): "
