@@ -97,6 +97,10 @@ SPECS: tuple[TableSpec, ...] = (
         (("fingerprint", "str"), ("name", "str"), ("n_subgraphs", "int"), ("n_layers", "int")),
         key=("fingerprint",), insert_extra=_NOW),
     TableSpec(
+        "checkpoint",
+        (("model", "str"), ("digest", "str"), ("name", "str"), ("source", "str")),
+        key=("model", "digest"), refs=(("model", "model"),), insert_extra=_NOW),
+    TableSpec(
         "manifest_entry",
         (("model", "str"), ("position", "int"), ("subgraph", "str"), ("layer_names", "str")),
         key=("model", "position"), refs=(("model", "model"), ("subgraph", "subgraph"))),
@@ -118,13 +122,24 @@ SPECS: tuple[TableSpec, ...] = (
         device_filter="device_id"),
     TableSpec(
         "sensitivity",
-        (("model", "str"), ("calib_fingerprint", "str"), ("layer", "str"), ("precision", "str"),
+        (("model", "str"), ("checkpoint", "str"), ("quantizer", "str"),
+         ("calib_fingerprint", "str"), ("layer", "str"), ("precision", "str"),
          ("method", "str"), ("loss_mse", "float"), ("stderr", "float"), ("n_samples", "int"),
          ("created_at", "ts")),
-        key=("model", "calib_fingerprint", "layer", "precision", "method"),
+        key=("model", "checkpoint", "quantizer", "calib_fingerprint", "layer", "precision",
+             "method"),
         refs=(("model", "model"),), stamp="created_at"),
 )
 SPEC = {s.name: s for s in SPECS}
+
+SINCE: dict[str | tuple[str, str], int] = {
+    "checkpoint": 3, ("sensitivity", "checkpoint"): 3, ("sensitivity", "quantizer"): 3}
+"""Schema version that added a table or column. An older bundle lacks them: it is read with
+``'unknown'`` in their place (as a migrated store holds) and its checksum skips them."""
+
+
+def _in_version(table: str, col: str | None, version: int) -> bool:
+    return SINCE.get(table, 1) <= version and (col is None or SINCE.get((table, col), 1) <= version)
 
 
 @dataclass(frozen=True)
@@ -151,9 +166,13 @@ def content_checksum(tables: dict[str, pa.Table], schema_version: int) -> str:
     """
     h = hashlib.sha256(f"{FORMAT}\0{FORMAT_VERSION}\0{schema_version}\0".encode())
     for spec in SPECS:
+        if not _in_version(spec.name, None, schema_version):
+            continue
         t = tables[spec.name]
         h.update(f"{spec.name}\0{t.num_rows}\0".encode())
         for name, kind in spec.cols:
+            if not _in_version(spec.name, name, schema_version):
+                continue
             col = t.column(name).combine_chunks() if t.num_rows else pa.array([], ARROW_TYPES[kind])
             h.update(f"{name}\0".encode())
             h.update(pc.is_valid(col).to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
@@ -289,14 +308,16 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if version < 1:
         raise bad(f"schema version {version} is not a valid version")
     names = set(pf.schema_arrow.names)
-    missing = [f"{s.name}_{c}" for s in SPECS for c in s.names if f"{s.name}_{c}" not in names]
+    missing = [f"{s.name}_{c}" for s in SPECS for c in s.names
+               if f"{s.name}_{c}" not in names and _in_version(s.name, c, version)]
     if "record" not in names:
         missing.insert(0, "record")
     if missing:
         raise bad(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
                   + (" ..." if len(missing) > 4 else ""))
     try:
-        whole = pf.read(columns=["record"] + [f"{s.name}_{c}" for s in SPECS for c in s.names])
+        whole = pf.read(columns=["record"] + [f"{s.name}_{c}" for s in SPECS for c in s.names
+                                              if f"{s.name}_{c}" in names])
     except (pa.ArrowException, OSError, ValueError) as e:
         raise bad(f"cannot read its rows ({first_line(e)}); truncated or corrupt?") from None
     records = whole.column("record")
@@ -305,10 +326,15 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise bad(f"unknown record type {sorted(map(str, unknown))[0]!r}")
     tables: dict[str, pa.Table] = {}
     for spec in SPECS:
-        sub = _rows_of(whole.select([f"{spec.name}_{c}" for c in spec.names]),
+        sub = _rows_of(whole.select([f"{spec.name}_{c}" for c in spec.names
+                                     if f"{spec.name}_{c}" in names]),
                        pc.equal(records, spec.name))
         arrays = []
         for name, kind in spec.cols:
+            if f"{spec.name}_{name}" not in names:  # added after this bundle's version
+                arrays.append(pa.chunked_array([pa.repeat(_schema.UNKNOWN, sub.num_rows)],
+                                               ARROW_TYPES[kind]))
+                continue
             col = sub.column(f"{spec.name}_{name}")
             arrays.append(_cast_column(col, kind, f"{spec.name}_{name}", bad))
         tables[spec.name] = pa.Table.from_arrays(arrays, names=spec.names)
@@ -408,6 +434,7 @@ def _validate(tables: dict[str, pa.Table], bad) -> None:
             if sig in n_slots and lengths[cfg] != n_slots[sig]:
                 raise bad(f"measurement.config {cfg!r} has {lengths[cfg]} precisions, subgraph "
                           f"{sig[:12]} has {n_slots[sig]} slots")
+    _check_checkpoints(tables, bad)
     for p in pc.unique(tables["sensitivity"].column("precision")).to_pylist():
         try:
             parse_precision(p)
@@ -453,6 +480,36 @@ def _check_bounds(tables: dict[str, pa.Table], bad) -> None:
             if len(us) - us.null_count and (pc.min(us).as_py() < lo or pc.max(us).as_py() >= hi):
                 raise bad(f"{spec.name}.{c} holds a timestamp outside {TS_MIN.date()} .. "
                           f"{TS_MAX.date()} UTC")
+
+
+def _check_checkpoints(tables: dict[str, pa.Table], bad) -> None:
+    """Digests are non-empty, quantizer keys parse, and every sensitivity table names a
+    checkpoint the bundle holds (or ``unknown``, rows from before digests existed)."""
+    from hwcost.quantizer import parse_quantizer
+
+    ck = tables["checkpoint"]
+    known = set(zip(ck.column("model").to_pylist(), ck.column("digest").to_pylist()))
+    for model, digest in known:
+        if not digest or digest == _schema.UNKNOWN:
+            raise bad(f"checkpoint of model {model[:12]} has no digest")
+    sens = tables["sensitivity"]
+    if not sens.num_rows:
+        return
+    pairs = sens.group_by(["model", "checkpoint"]).aggregate([])
+    for model, digest in zip(pairs.column("model").to_pylist(),
+                             pairs.column("checkpoint").to_pylist()):
+        if digest != _schema.UNKNOWN and (model, digest) not in known:
+            raise bad(f"sensitivity rows of model {model[:12]} name checkpoint {digest[:12]!r}, "
+                      "which the bundle does not hold")
+    for key in pc.unique(sens.column("quantizer")).to_pylist():
+        if key == _schema.UNKNOWN:
+            continue
+        try:
+            canonical = parse_quantizer(key).key
+        except HwcostError as e:
+            raise bad(f"sensitivity.quantizer: {e}") from None
+        if canonical != key:
+            raise bad(f"sensitivity.quantizer {key!r} is not canonical (expected {canonical!r})")
 
 
 def _has_nul(arr: pa.Array) -> bool:

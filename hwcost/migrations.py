@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 Migration = Callable[[Connection], None]
 
@@ -35,8 +35,53 @@ def _v1_campaign_units(conn: Connection) -> None:
         "ORDER BY MIN(id)"))
 
 
+def _v2_checkpoints(c: Connection) -> None:
+    """v2 -> v3, checkpoint identity: sensitivities gain ``checkpoint`` and ``quantizer`` (in
+    their unique key), plans ``checkpoint`` and ``quantizer``, validations ``checkpoint``; the
+    ``checkpoint`` table is created afterwards by ``create_all``. Rows written before these
+    existed get ``'unknown'``, which no real digest or key equals, so they are kept (listed,
+    exported) but never reused for a checkpoint loaded now."""
+    unknown = "unknown"
+
+    def add(table: str, col: str) -> None:
+        c.execute(text(f"ALTER TABLE {table} ADD COLUMN {col} VARCHAR NOT NULL "
+                       f"DEFAULT '{unknown}'"))
+
+    for table, cols in (("plan", ("checkpoint", "quantizer")), ("validation", ("checkpoint",))):
+        for col in cols:
+            add(table, col)
+    if c.dialect.name == "postgresql":
+        add("sensitivity", "checkpoint")
+        add("sensitivity", "quantizer")
+        for uc in inspect(c).get_unique_constraints("sensitivity"):
+            c.execute(text(f'ALTER TABLE sensitivity DROP CONSTRAINT "{uc["name"]}"'))
+        c.execute(text("ALTER TABLE sensitivity ADD UNIQUE (model_id, checkpoint, quantizer, "
+                       "calib_fingerprint, layer, precision, method)"))
+        return
+    # SQLite cannot drop a UNIQUE constraint: rebuild the table, ids included (nothing refers
+    # to sensitivity rows), under a definition frozen here so later schema changes to the
+    # table do not change what this step creates.
+    c.execute(text("ALTER TABLE sensitivity RENAME TO _sensitivity_v2"))
+    for ix in inspect(c).get_indexes("_sensitivity_v2"):
+        c.execute(text(f'DROP INDEX "{ix["name"]}"'))
+    c.execute(text(
+        "CREATE TABLE sensitivity (id INTEGER NOT NULL, model_id INTEGER NOT NULL, "
+        "checkpoint VARCHAR NOT NULL, quantizer VARCHAR NOT NULL, "
+        "calib_fingerprint VARCHAR NOT NULL, layer VARCHAR NOT NULL, precision VARCHAR NOT NULL, "
+        "loss_mse FLOAT NOT NULL, stderr FLOAT NOT NULL, method VARCHAR NOT NULL, "
+        "n_samples INTEGER NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (id), "
+        "UNIQUE (model_id, checkpoint, quantizer, calib_fingerprint, layer, precision, method), "
+        "FOREIGN KEY(model_id) REFERENCES model (id))"))
+    c.execute(text("CREATE INDEX ix_sensitivity_model_id ON sensitivity (model_id)"))
+    cols = ("id, model_id, calib_fingerprint, layer, precision, loss_mse, stderr, method, "
+            "n_samples, created_at")
+    c.execute(text(f"INSERT INTO sensitivity ({cols}, checkpoint, quantizer) "
+                   f"SELECT {cols}, '{unknown}', '{unknown}' FROM _sensitivity_v2"))
+    c.execute(text("DROP TABLE _sensitivity_v2"))
+
+
 # Version 1 is the first released layout.
-MIGRATIONS: dict[int, Migration] = {1: _v1_campaign_units}
+MIGRATIONS: dict[int, Migration] = {1: _v1_campaign_units, 2: _v2_checkpoints}
 
 
 def pending(stored: int, target: int) -> list[int]:

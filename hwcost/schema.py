@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the layout below. Bump it and register a migration in ``hwcost.migrations``."""
 
 
@@ -65,6 +65,26 @@ class Model(SQLModel, table=True):
     name: str
     n_subgraphs: int
     n_layers: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+UNKNOWN = "unknown"
+"""Checkpoint digest / quantizer key of rows written before they were recorded (schema 1):
+never equal to a real digest or key, so such rows are never reused for a new checkpoint."""
+
+
+class Checkpoint(SQLModel, table=True):
+    """One set of weights of a model architecture, named by a content digest
+    (``profiles.checkpoint``). Latencies belong to the architecture; sensitivities, plans and
+    validations to a checkpoint."""
+
+    __tablename__ = "checkpoint"
+    __table_args__ = (UniqueConstraint("model_id", "digest"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    digest: str
+    name: str = ""  # what it was loaded as (directory name, factory), for people
+    source: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -183,10 +203,13 @@ class Sensitivity(SQLModel, table=True):
 
     __tablename__ = "sensitivity"
     __table_args__ = (
-        UniqueConstraint("model_id", "calib_fingerprint", "layer", "precision", "method"),
+        UniqueConstraint("model_id", "checkpoint", "quantizer", "calib_fingerprint", "layer",
+                         "precision", "method"),
     )
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="model.id", index=True)
+    checkpoint: str = UNKNOWN  # digest of the weights scored (profiles.checkpoint)
+    quantizer: str = UNKNOWN  # hwcost.quantizer.Quantizer.key of the emulation scored
     calib_fingerprint: str
     layer: str
     precision: str
@@ -203,6 +226,8 @@ class Plan(SQLModel, table=True):
     __tablename__ = "plan"
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="model.id")
+    checkpoint: str = UNKNOWN  # the sensitivity table's checkpoint digest
+    quantizer: str = UNKNOWN  # and its quantizer key
     device_id: int = Field(foreign_key="device.id")
     shape: str
     objective: str
@@ -220,6 +245,7 @@ class Validation(SQLModel, table=True):
     __tablename__ = "validation"
     id: int | None = Field(default=None, primary_key=True)
     plan_id: int = Field(foreign_key="plan.id", index=True)
+    checkpoint: str = UNKNOWN  # digest of the weights the loss MSE was measured with
     device_id: int = Field(foreign_key="device.id")
     baseline_us: float
     plan_us: float
@@ -233,6 +259,7 @@ class Validation(SQLModel, table=True):
 
 
 ALL_TABLES = [
-    Meta, Device, Subgraph, Model, ManifestEntry, Campaign, CampaignTask, CampaignUnit, Measurement,
+    Meta, Device, Subgraph, Model, Checkpoint, ManifestEntry, Campaign, CampaignTask, CampaignUnit,
+    Measurement,
     ModelLatency, Sensitivity, Plan, Validation,
 ]

@@ -28,6 +28,8 @@ from hwcost.bounds import LATENCY_MAX_US, LOSS_MAX, float_problem, int_problem, 
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.precision import config_key, parse_config
 from hwcost.schema import (
+    UNKNOWN,
+    Checkpoint,
     Device,
     ManifestEntry,
     Measurement,
@@ -307,6 +309,40 @@ class Store:
                       for m in manifest)
             return model_id
 
+    def put_checkpoint(self, model_id: int, digest: str, name: str = "", source: str = "") -> int:
+        """Record one checkpoint (weights digest) of a stored model; idempotent, returns its id."""
+        if not digest or digest == UNKNOWN:
+            raise StoreError("a checkpoint needs its weights digest (profiles.checkpoint)")
+        with self.session() as s:
+            row = {"model_id": model_id, "digest": digest, "name": name, "source": source,
+                   "created_at": utcnow()}
+            self._insert_ignore(s, Checkpoint, [row], ["model_id", "digest"])
+            return s.scalar(select(Checkpoint.id).where(Checkpoint.model_id == model_id,
+                                                        Checkpoint.digest == digest))
+
+    def checkpoints(self, model_id: int | None = None) -> list[Checkpoint]:
+        """Recorded checkpoints (of one model when given), oldest first."""
+        with self.session() as s:
+            q = select(Checkpoint).order_by(Checkpoint.model_id, Checkpoint.id)
+            if model_id is not None:
+                q = q.where(Checkpoint.model_id == model_id)
+            return list(s.scalars(q))
+
+    def sensitivity_keys(self, model_id: int, method: str = "taylor"
+                         ) -> list[tuple[str, str, str]]:
+        """Distinct (checkpoint, quantizer, calib_fingerprint) of a model's stored tables,
+        newest first."""
+        with self.session() as s:
+            last = func.max(Sensitivity.id)
+            rows = s.execute(select(Sensitivity.checkpoint, Sensitivity.quantizer,
+                                    Sensitivity.calib_fingerprint, last)
+                             .where(Sensitivity.model_id == model_id,
+                                    Sensitivity.method == method)
+                             .group_by(Sensitivity.checkpoint, Sensitivity.quantizer,
+                                       Sensitivity.calib_fingerprint)
+                             .order_by(last.desc())).all()
+        return [(c, q, f) for c, q, f, _ in rows]
+
     def models(self) -> list[Model]:
         with self.session() as s:
             return list(s.scalars(select(Model).order_by(Model.id)))
@@ -475,23 +511,34 @@ class Store:
             if problem:
                 raise InvalidMeasurement(f"sensitivity {problem} for {r.layer} [{r.precision}]")
         data = [r.model_dump(exclude={"id"}) for r in rows]
-        keys = ["model_id", "calib_fingerprint", "layer", "precision", "method"]
+        keys = ["model_id", "checkpoint", "quantizer", "calib_fingerprint", "layer",
+                "precision", "method"]
         with self.session() as s:
             return self._upsert(s, Sensitivity, data, keys, replace=replace)
 
     def sensitivities(self, model_id: int, method: str = "taylor",
-                      calib_fingerprint: str | None = None) -> list[Sensitivity]:
-        """A model's sensitivity rows for one method (latest calibration set if none given)."""
+                      calib_fingerprint: str | None = None, *, checkpoint: str | None = None,
+                      quantizer: str | None = None) -> list[Sensitivity]:
+        """A model's sensitivity rows for one method, checkpoint and quantizer.
+
+        ``checkpoint`` / ``quantizer`` / ``calib_fingerprint`` left as None take those of the
+        latest stored table among the ones matching what is given; a table of one checkpoint
+        is never mixed with another's."""
         with self.session() as s:
             q = select(Sensitivity).where(Sensitivity.model_id == model_id,
                                           Sensitivity.method == method)
-            if calib_fingerprint is None:
-                latest = s.scalars(q.order_by(Sensitivity.created_at.desc(),
-                                              Sensitivity.id.desc())).first()
-                if latest is None:
-                    return []
-                calib_fingerprint = latest.calib_fingerprint
-            q = q.where(Sensitivity.calib_fingerprint == calib_fingerprint)
+            for col, value in ((Sensitivity.checkpoint, checkpoint),
+                               (Sensitivity.quantizer, quantizer),
+                               (Sensitivity.calib_fingerprint, calib_fingerprint)):
+                if value is not None:
+                    q = q.where(col == value)
+            latest = s.scalars(q.order_by(Sensitivity.created_at.desc(),
+                                          Sensitivity.id.desc())).first()
+            if latest is None:
+                return []
+            q = q.where(Sensitivity.checkpoint == latest.checkpoint,
+                        Sensitivity.quantizer == latest.quantizer,
+                        Sensitivity.calib_fingerprint == latest.calib_fingerprint)
             return list(s.scalars(q.order_by(Sensitivity.id)))
 
     # -- plans and validations
@@ -508,18 +555,28 @@ class Store:
             raise StoreError(f"no plan {plan_id} in the store")
         return plan
 
-    def plans_for(self, model_id: int, device_id: int, shape: str) -> list[Plan]:
-        """Plans of a model on a device and shape, oldest first."""
+    def plans_for(self, model_id: int, device_id: int, shape: str, *,
+                  checkpoint: str | None = None, quantizer: str | None = None) -> list[Plan]:
+        """Plans of a model on a device and shape (of one checkpoint and quantizer when
+        given), oldest first."""
         with self.session() as s:
-            return list(s.scalars(select(Plan).where(
-                Plan.model_id == model_id, Plan.device_id == device_id,
-                Plan.shape == parse_shape(shape).key).order_by(Plan.id)))
+            q = select(Plan).where(Plan.model_id == model_id, Plan.device_id == device_id,
+                                   Plan.shape == parse_shape(shape).key)
+            if checkpoint is not None:
+                q = q.where(Plan.checkpoint == checkpoint)
+            if quantizer is not None:
+                q = q.where(Plan.quantizer == quantizer)
+            return list(s.scalars(q.order_by(Plan.id)))
 
-    def validations_for(self, plan_id: int) -> list[Validation]:
-        """Validations of a plan, oldest first."""
+    def validations_for(self, plan_id: int, *, checkpoint: str | None = None
+                        ) -> list[Validation]:
+        """Validations of a plan (measured with one checkpoint's weights when given), oldest
+        first."""
         with self.session() as s:
-            return list(s.scalars(select(Validation).where(Validation.plan_id == plan_id)
-                                  .order_by(Validation.id)))
+            q = select(Validation).where(Validation.plan_id == plan_id)
+            if checkpoint is not None:
+                q = q.where(Validation.checkpoint == checkpoint)
+            return list(s.scalars(q.order_by(Validation.id)))
 
     def add_validation(self, v: Validation) -> int:
         with self.session() as s:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import text
 
@@ -21,14 +21,26 @@ class DeviceSummary:
 
 
 @dataclass(frozen=True)
+class CheckpointSummary:
+    """One checkpoint (weights digest) of an architecture and what is stored for it."""
+
+    digest: str  # "unknown" for rows written before digests were recorded
+    name: str
+    tables: int  # sensitivity tables (distinct method, quantizer, calibration set)
+    plans: int
+    validations: int
+
+
+@dataclass(frozen=True)
 class ModelSummary:
-    """One model manifest."""
+    """One model architecture (manifest) and its checkpoints."""
 
     fingerprint: str
     name: str
     n_subgraphs: int  # subgraph instances in the manifest
     distinct: int  # distinct subgraph signatures among them
     n_layers: int
+    checkpoints: list[CheckpointSummary] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,23 @@ FROM device d LEFT JOIN (
 ORDER BY d.id
 """
 _MODELS = """
-SELECT m.fingerprint, m.name, m.n_subgraphs, COUNT(DISTINCT e.subgraph_id), m.n_layers
+SELECT m.id, m.fingerprint, m.name, m.n_subgraphs, COUNT(DISTINCT e.subgraph_id), m.n_layers
 FROM model m LEFT JOIN manifest_entry e ON e.model_id = m.id
 GROUP BY m.id, m.fingerprint, m.name, m.n_subgraphs, m.n_layers ORDER BY m.id
+"""
+_CHECKPOINTS = """
+SELECT model_id, digest, name FROM checkpoint ORDER BY id
+"""
+_TABLES = """
+SELECT model_id, checkpoint, COUNT(DISTINCT method || ' ' || quantizer || ' ' || calib_fingerprint)
+FROM sensitivity GROUP BY model_id, checkpoint
+"""
+_PLANS = """
+SELECT model_id, checkpoint, COUNT(*) FROM plan GROUP BY model_id, checkpoint
+"""
+_VALIDATIONS = """
+SELECT p.model_id, v.checkpoint, COUNT(*) FROM validation v JOIN plan p ON p.id = v.plan_id
+GROUP BY p.model_id, v.checkpoint
 """
 _COVERAGE = """
 WITH parts AS (SELECT DISTINCT model_id, subgraph_id FROM manifest_entry),
@@ -98,8 +124,29 @@ def summarize(store) -> StoreSummary:
     """Devices, models and per (model, device, shape) coverage, in three grouped queries."""
     with store.engine.connect() as c:
         devices = [DeviceSummary(*r) for r in c.execute(text(_DEVICES))]
-        models = [ModelSummary(*r) for r in c.execute(text(_MODELS))]
+        model_rows = c.execute(text(_MODELS)).all()
+        checkpoints = _checkpoints(c)
+        models = [ModelSummary(*r[1:], checkpoints=checkpoints.get(r[0], []))
+                  for r in model_rows]
         coverage = [Coverage(*r) for r in c.execute(text(_COVERAGE))]
         n_sg = c.execute(text("SELECT COUNT(*) FROM subgraph")).scalar_one()
         n_m = c.execute(text("SELECT COUNT(*) FROM measurement")).scalar_one()
     return StoreSummary(store.schema_version(), n_sg, n_m, devices, models, coverage)
+
+
+def _checkpoints(c) -> dict[int, list[CheckpointSummary]]:
+    """model id -> its checkpoints: the recorded ones, then digests only rows name (such as
+    ``unknown`` after a migration), each with its table, plan and validation counts."""
+    names: dict[tuple[int, str], str] = {}
+    for mid, digest, name in c.execute(text(_CHECKPOINTS)):
+        names.setdefault((mid, digest), name)
+    counts: dict[tuple[int, str], list[int]] = {}
+    for i, sql in enumerate((_TABLES, _PLANS, _VALIDATIONS)):
+        for mid, digest, n in c.execute(text(sql)):
+            names.setdefault((mid, digest), "")
+            counts.setdefault((mid, digest), [0, 0, 0])[i] = int(n)
+    out: dict[int, list[CheckpointSummary]] = {}
+    for (mid, digest), name in names.items():
+        out.setdefault(mid, []).append(CheckpointSummary(digest, name,
+                                                         *counts.get((mid, digest), [0, 0, 0])))
+    return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from hwcost.precision import config_key
+from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.schema import Device, ModelLatency, Sensitivity
 from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, Store, SubgraphInfo, open_store
 
@@ -79,8 +80,11 @@ def small_store(store: Store, seed: int = 0, n_devices: int = 2, n_subgraphs: in
         model_id=model_id, device_id=dev_id, shape=SHAPES[0], config_hash="all:bf16",
         config="{}", median_us=1234.5, spread_us=12.25, n_samples=20, host="host0",
         tool_version="0.1.0", measured_at=_T0))
+    ckpt = _hex("checkpoint", seed)[:32]
+    store.put_checkpoint(model_id, ckpt, f"synthetic-{seed}", "hwcost.synthetic")
     store.add_sensitivities([
-        Sensitivity(model_id=model_id, calib_fingerprint="calib0", layer=f"layers.{p}.{s}",
+        Sensitivity(model_id=model_id, checkpoint=ckpt, quantizer=DEFAULT_QUANTIZER.key,
+                    calib_fingerprint="calib0", layer=f"layers.{p}.{s}",
                     precision=prec, loss_mse=rng.uniform(0, 1e-3), stderr=rng.uniform(0, 1e-4),
                     method="taylor", n_samples=16, created_at=_T0)
         for p in range(n_positions) for s in "ab" for prec in ("bf16", "int8")])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hwcost import __version__
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
-from hwcost.schema import ModelLatency, Plan, Validation
+from hwcost.schema import UNKNOWN, ModelLatency, Plan, Validation
 from hwcost.store import host_name
 from planner.export import validate_plan
 
@@ -177,7 +177,10 @@ def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
         raise PlanInvalid(f"the plan's device {data['device']['fingerprint'][:12]} is not in this "
                           "store; import its cost tables first") from None
     pr = data["predicted"]
+    sens = data.get("sensitivity") or {}
     return store.add_plan(Plan(model_id=model.id, device_id=dev.id, shape=data["shape"],
+                               checkpoint=str(sens.get("checkpoint") or UNKNOWN),
+                               quantizer=str(sens.get("quantizer") or UNKNOWN),
                                objective=data["objective"], max_loss_mse=data.get("max_loss_mse"),
                                predicted_speedup=pr.get("speedup"),
                                predicted_loss_mse=pr.get("loss_mse"),
@@ -212,7 +215,16 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     kind = data["device"]["kind"]
     backend = get_backend(kind)
     backend.require()
+    from profiles.checkpoint import checkpoint_digest
+
     loaded = loaded or load_model(model_spec)
+    digest = checkpoint_digest(loaded.model)
+    planned = (data.get("sensitivity") or {}).get("checkpoint") or UNKNOWN
+    if planned not in (UNKNOWN, digest):
+        # a loss MSE measured with other weights says nothing about this plan
+        raise PlanInvalid(f"the plan was made for checkpoint {planned[:12]} of "
+                          f"{data['model']['name']!r}, the loaded weights are {digest[:12]}; "
+                          "plan this checkpoint first (hwcost sensitivity / hwcost run)")
     layers = dict(data["layers"])
     base_layers = {n: data["baseline"] for n in layers}
     configs = {"baseline": base_layers, "plan": layers}
@@ -240,7 +252,8 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     b, p = timings["baseline"], timings["plan"]
     speedup = b.median_us / p.median_us
     pr = data["predicted"]
-    v = Validation(plan_id=pid, device_id=dev_row.id, baseline_us=b.median_us, plan_us=p.median_us,
+    v = Validation(plan_id=pid, checkpoint=digest, device_id=dev_row.id,
+                   baseline_us=b.median_us, plan_us=p.median_us,
                    measured_speedup=speedup,
                    predicted_speedup=pr.get("speedup"), measured_loss_mse=losses["plan"],
                    predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host)

@@ -34,7 +34,9 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> d
         "loss_mse": o.loss_mse, "layer_loss_mse": list(o.layer_loss_mse), "source": o.source,
     } for c, o in zip(p.choices, solution.chosen)]
     data = {
-        "model": {"name": p.model_name, "fingerprint": p.model_fingerprint},
+        "model": {"name": p.model_name, "fingerprint": p.model_fingerprint,
+                  "checkpoint": p.checkpoint},
+        "quantizer": p.quantizer,
         "device": {"fingerprint": p.device_fingerprint, "name": p.device_name, "kind": p.device_kind},
         "shape": p.shape,
         "objective": solution.objective,

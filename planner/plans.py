@@ -28,11 +28,13 @@ class PlanResult:
 def make_plan(store, model: str, device: str, shape: str, threshold: Threshold | None,
               objective: str = "time", constraints: Constraints | None = None, *,
               precisions=None, method: str = "taylor", time_limit_s: float = 60.0,
-              problem: Problem | None = None) -> PlanResult:
-    """Build the problem from the store, solve it and return the plan document (not saved)."""
+              problem: Problem | None = None, checkpoint: str | None = None,
+              quantizer: str | None = None) -> PlanResult:
+    """Build the problem from the store (the sensitivity table of ``checkpoint`` and
+    ``quantizer``, see ``build_problem``), solve it and return the plan document (not saved)."""
     parse_objective(objective)
     problem = problem or build_problem(store, model, device, shape, precisions=precisions,
-                                       method=method)
+                                       method=method, checkpoint=checkpoint, quantizer=quantizer)
     bound = threshold.resolve(problem) if threshold is not None else None
     cons = constraints or Constraints()
     cons = Constraints(bound, cons.max_weight_bytes, cons.pins, cons.groups)
@@ -46,7 +48,8 @@ def save_plan(store, result: PlanResult) -> int:
     p, s = result.problem, result.solution
     model = store.get_model(p.model_fingerprint)
     dev = store.get_device(p.device_fingerprint)
-    row = Plan(model_id=model.id, device_id=dev.id, shape=p.shape, objective=s.objective,
+    row = Plan(model_id=model.id, checkpoint=p.checkpoint, quantizer=p.quantizer,
+               device_id=dev.id, shape=p.shape, objective=s.objective,
                max_loss_mse=s.max_loss_mse, predicted_speedup=s.predicted_speedup,
                predicted_loss_mse=s.loss_mse, measured_share=s.measured_share,
                body=json.dumps(result.document, sort_keys=True))

@@ -71,7 +71,17 @@ class Problem:
     precisions: tuple[str, ...]
     choices: list[Choice]
     model_baseline_us: float | None = None  # measured whole-model baseline latency, if stored
-    sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint}
+    sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint, checkpoint, quantizer}
+
+    @property
+    def checkpoint(self) -> str:
+        """Digest of the weights whose sensitivity table this problem uses."""
+        return self.sensitivity.get("checkpoint", "unknown")
+
+    @property
+    def quantizer(self) -> str:
+        """Key of the quantizer that table scored."""
+        return self.sensitivity.get("quantizer", "unknown")
 
     @property
     def subgraph_baseline_us(self) -> float:
@@ -101,12 +111,15 @@ class Problem:
 
 
 def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
-                  precisions: Sequence[str] | None = None, method: str = "taylor") -> Problem:
+                  precisions: Sequence[str] | None = None, method: str = "taylor",
+                  checkpoint: str | None = None, quantizer: str | None = None) -> Problem:
     """The planning problem of a stored model on a device and shape.
 
     ``device`` is anything ``hwcost.costs.resolve_device`` accepts (fingerprint, name, kind,
     catalog name). ``precisions`` defaults to the device kind's candidates that have a
-    sensitivity table; the baseline precision is always included. Costs come from
+    sensitivity table; the baseline precision is always included. ``checkpoint`` (a weights
+    digest or unique prefix) and ``quantizer`` (a key) pick the sensitivity table; when the
+    architecture has tables of one checkpoint only they may be left out. Costs come from
     ``hwcost.costs.model_table``: measured, else learned, else roofline, each labelled.
     """
     from hwcost.costs import resolve_device
@@ -117,7 +130,7 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     if not manifest:
         raise NoSuchModel(f"model {model.name!r} has an empty manifest; re-run `hwcost profile`")
     baseline = BASELINE.get(dev.kind, Precision.FP32).value
-    sens, calib = _sensitivity_table(store, model, method)
+    sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
     layers = [n for item, _ in manifest for n in item.layer_names]
     precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
     entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs)
@@ -130,15 +143,45 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                    device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
                    shape=shape_obj.key, baseline=baseline, precisions=precs, choices=choices,
                    model_baseline_us=base_row.median_us if base_row else None,
-                   sensitivity={"method": method, "calib_fingerprint": calib})
+                   sensitivity={"method": method, **key})
 
 
-def _sensitivity_table(store, model, method: str) -> tuple[dict[tuple[str, str], float], str]:
-    rows = store.sensitivities(model.id, method=method)
+def _sensitivity_table(store, model, method: str, checkpoint: str | None,
+                       quantizer: str | None) -> tuple[dict[tuple[str, str], float], dict]:
+    """The table of one checkpoint and quantizer: named, or the only one stored. Tables of two
+    checkpoints (a base model and its fine-tune) are never mixed or silently chosen between."""
+    from hwcost.schema import UNKNOWN
+
+    keys = store.sensitivity_keys(model.id, method)
+    if checkpoint is not None:
+        chosen = {c for c, _, _ in keys if c.startswith(checkpoint)}
+        if len(chosen) > 1:
+            raise HwcostError(f"checkpoint {checkpoint!r} matches several checkpoints of "
+                              f"{model.name!r}; give more of the digest")
+        checkpoint = chosen.pop() if chosen else checkpoint
+    else:
+        real = list(dict.fromkeys(c for c, _, _ in keys if c != UNKNOWN))
+        if len(real) > 1:
+            raise HwcostError(
+                f"model {model.name!r} has sensitivity tables of {len(real)} checkpoints "
+                f"({', '.join(c[:12] for c in real[:4])}); choose one with --checkpoint DIGEST")
+        checkpoint = real[0] if real else (UNKNOWN if keys else None)
+    if quantizer is None:
+        quants = list(dict.fromkeys(q for c, q, _ in keys if c == checkpoint))
+        if len(quants) > 1:
+            raise HwcostError(f"checkpoint {checkpoint[:12]} of {model.name!r} has tables of "
+                              f"{len(quants)} quantizers ({'; '.join(quants[:3])}); choose one "
+                              "with --quantizer")
+    rows = store.sensitivities(model.id, method=method, checkpoint=checkpoint,
+                               quantizer=quantizer) if checkpoint else []
     if not rows:
-        raise HwcostError(f"no {method} sensitivity table for model {model.name!r}; run "
+        which = f" of checkpoint {checkpoint[:12]}" if checkpoint else ""
+        raise HwcostError(f"no {method} sensitivity table{which} for model {model.name!r}; run "
                           f"`hwcost sensitivity {model.name} --calib DATA` first")
-    return {(r.layer, r.precision): float(r.loss_mse) for r in rows}, rows[0].calib_fingerprint
+    r0 = rows[0]
+    return ({(r.layer, r.precision): float(r.loss_mse) for r in rows},
+            {"calib_fingerprint": r0.calib_fingerprint, "checkpoint": r0.checkpoint,
+             "quantizer": r0.quantizer})
 
 
 def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
+from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
+from hwcost.quantizer import Quantizer, parse_quantizer
 from profiles.precisions import Emulation, emulation
 from profiles.trace import quantizable
 
@@ -116,12 +119,31 @@ class _WeightSwap:
             self.saved = None
 
 
-def as_emulation(p: Precision | str | Emulation) -> Emulation:
-    """The registry's emulation of a precision name, or ``p`` itself when it already is an
-    emulation (e.g. Gaudi 2's fp8 with ``fp8_max=240``, or a synthetic error in tests)."""
+def as_emulation(p: Precision | str | Emulation, quantizer: Quantizer | None = None
+                 ) -> Emulation:
+    """The emulation of a precision name under ``quantizer`` (default: the registry's), or
+    ``p`` itself when it already is an emulation (e.g. Gaudi 2's fp8 with ``fp8_max=240``,
+    or a synthetic error in tests)."""
     if isinstance(p, Emulation):
         return p
-    return emulation(parse_precision(p))
+    prec = parse_precision(p)
+    return emulation(prec, fp8_max=quantizer.fp8_max(prec.value) if quantizer else None)
+
+
+def quantizer_of(precisions: Sequence[Precision | str | Emulation],
+                 quantizer: Quantizer | str | None = None) -> Quantizer:
+    """The quantizer a table of ``precisions`` scores: ``quantizer`` when given, else the
+    default with the fp8 ranges of any emulations passed in (e.g. ``fp8_max=240``)."""
+    if quantizer is not None:
+        return parse_quantizer(quantizer)
+    q = DEFAULT_QUANTIZER
+    for p in precisions:
+        if isinstance(p, Emulation) and p.fp8_max:
+            if p.precision is Precision.FP8_E4M3:
+                q = replace(q, fp8_e4m3_max=float(p.fp8_max))
+            elif p.precision is Precision.FP8_E5M2:
+                q = replace(q, fp8_e5m2_max=float(p.fp8_max))
+    return q
 
 
 def _input_quantizer(emu: Emulation, swap: _WeightSwap):

@@ -15,6 +15,8 @@ from typing import Any
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import parse_precisions
+from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
+from hwcost.quantizer import Quantizer
 from sensitivity.data import CalibrationSet, load_calibration
 from sensitivity.records import SensitivityTable, load_table, save_table
 
@@ -35,12 +37,15 @@ class CalibSpec:
 
 @dataclass
 class Prepared:
-    """A loaded model with its partition (for the manifest's layer names) and calibration set."""
+    """A loaded model with its partition (for the manifest's layer names), calibration set,
+    the digest of its weights and the quantizer scored."""
 
     loaded: Any
     partition: Any
     calib: CalibrationSet
     batch_size: int
+    checkpoint: str = ""
+    quantizer: Quantizer = DEFAULT_QUANTIZER
 
     @property
     def layers(self) -> list[str]:
@@ -63,8 +68,13 @@ class SensitivityRun:
     stored_rows: int
     reused: bool = False
 
+    @property
+    def checkpoint(self) -> str:
+        return self.table.checkpoint
+
     def to_dict(self) -> dict:
         return {"model": self.model_name, "model_fingerprint": self.model_fingerprint,
+                "checkpoint": self.table.checkpoint, "quantizer": self.table.quantizer,
                 "model_id": self.model_id, "calib_fingerprint": self.calib.fingerprint,
                 "calib_source": self.calib.source, "n_samples": self.calib.n_samples,
                 "seq_len": self.calib.seq_len, "method": self.table.method,
@@ -83,11 +93,13 @@ def default_calib_path(model_spec: str | None) -> str:
 
 
 def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
-            part: Any = None) -> Prepared:
-    """Load the model (``profiles.loading``), its calibration set, and partition it.
+            part: Any = None, quantizer: Quantizer = DEFAULT_QUANTIZER) -> Prepared:
+    """Load the model (``profiles.loading``), its calibration set, partition it and digest
+    its weights (``profiles.checkpoint``).
 
     ``loaded`` and ``part`` skip the load and the cut: ``hwcost run`` loads the model once and
     cuts it once for profiling and sensitivity (``profiles.campaign.cut_model``)."""
+    from profiles.checkpoint import checkpoint_digest
     from profiles.loading import load_model
     from profiles.partition import partition
     from profiles.placement import follow_model
@@ -102,21 +114,25 @@ def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
         if hasattr(loaded.model, "config"):
             example["use_cache"] = False
         part = partition(loaded.model, example)
-    return Prepared(loaded, part, cset, calib.batch_size)
+    return Prepared(loaded, part, cset, calib.batch_size, checkpoint_digest(loaded.model),
+                    quantizer)
 
 
 def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
                       precisions: str | Sequence[str], method: str = "taylor",
                       prepared: Prepared | None = None) -> SensitivityRun:
-    """Compute the table (one forward+backward pass over the calibration set) and store it."""
+    """Compute the table (one forward+backward pass over the calibration set) and store it
+    under the model's architecture, its checkpoint digest and the quantizer scored."""
     from profiles.partition import register_model
     from sensitivity.taylor import analyze
 
     prep = prepared or prepare(model_spec, calib)
     precs = [p.value for p in parse_precisions(precisions)]
     table = analyze(prep.loaded.model, prep.batches, precisions=precs, layers=prep.layers,
-                    method=method, calib_fingerprint=prep.calib.fingerprint)
+                    method=method, calib_fingerprint=prep.calib.fingerprint,
+                    checkpoint=prep.checkpoint or None, quantizer=prep.quantizer)
     model_id = register_model(store, prep.loaded, prep.partition)
+    store.put_checkpoint(model_id, table.checkpoint, prep.loaded.name, prep.loaded.source)
     n = save_table(store, model_id, table)
     return SensitivityRun(model_id, prep.loaded.name, prep.partition.model_fingerprint,
                           prep.calib, table, n)
@@ -124,14 +140,16 @@ def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
 
 def stored_or_computed(store: Any, prep: Prepared, precisions: str | Sequence[str],
                        method: str) -> SensitivityRun:
-    """The stored table for this model and calibration set when it covers ``precisions``,
-    else a freshly computed (and stored) one."""
+    """The stored table for this architecture, checkpoint (weights digest), quantizer and
+    calibration set when it covers ``precisions``, else a freshly computed (and stored) one.
+    Another checkpoint of the same architecture never matches: its weights differ."""
     from hwcost.errors import NoSuchModel
 
     precs = [p.value for p in parse_precisions(precisions)]
     try:
         model = store.get_model(prep.partition.model_fingerprint)
-        table = load_table(store, model.id, method, prep.calib.fingerprint)
+        table = load_table(store, model.id, method, prep.calib.fingerprint,
+                           checkpoint=prep.checkpoint, quantizer=prep.quantizer.key)
         if set(precs) <= set(table.precisions) and set(prep.layers) <= set(table.layers):
             return SensitivityRun(model.id, prep.loaded.name, model.fingerprint, prep.calib,
                                   table, 0, reused=True)

@@ -34,6 +34,8 @@ class SensitivityTable:
     rows: list[SensitivityRow]
     method: str = "taylor"
     calib_fingerprint: str = ""
+    checkpoint: str = ""  # digest of the weights scored (profiles.checkpoint)
+    quantizer: str = ""  # hwcost.quantizer.Quantizer.key of the emulation scored
     _index: dict[tuple[str, str], SensitivityRow] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,12 +75,14 @@ class SensitivityTable:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "calib_fingerprint": self.calib_fingerprint,
+                "checkpoint": self.checkpoint, "quantizer": self.quantizer,
                 "rows": [r.__dict__ for r in self.rows]}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SensitivityTable:
         return cls([SensitivityRow(**r) for r in d["rows"]], d.get("method", "taylor"),
-                   d.get("calib_fingerprint", ""))
+                   d.get("calib_fingerprint", ""), d.get("checkpoint", ""),
+                   d.get("quantizer", ""))
 
 
 def to_store_rows(table: SensitivityTable, model_id: int) -> list:
@@ -87,7 +91,11 @@ def to_store_rows(table: SensitivityTable, model_id: int) -> list:
 
     if not table.calib_fingerprint:
         raise SensitivityError("a sensitivity table needs its calibration fingerprint to be stored")
-    return [Sensitivity(model_id=model_id, calib_fingerprint=table.calib_fingerprint,
+    if not table.checkpoint or not table.quantizer:
+        raise SensitivityError("a sensitivity table needs its checkpoint digest and quantizer "
+                               "key to be stored")
+    return [Sensitivity(model_id=model_id, checkpoint=table.checkpoint,
+                        quantizer=table.quantizer, calib_fingerprint=table.calib_fingerprint,
                         layer=r.layer, precision=r.precision, loss_mse=r.loss_mse,
                         stderr=r.stderr, method=table.method, n_samples=r.n_samples)
             for r in table.rows]
@@ -97,13 +105,14 @@ def from_store_rows(rows: Sequence) -> SensitivityTable:
     """Inverse of :func:`to_store_rows` (rows of one model, method and calibration set)."""
     if not rows:
         raise SensitivityError("no sensitivity rows")
-    methods = {r.method for r in rows}
-    calibs = {r.calib_fingerprint for r in rows}
-    if len(methods) > 1 or len(calibs) > 1:
-        raise SensitivityError("sensitivity rows mix methods or calibration sets")
+    keys = {(r.method, r.calib_fingerprint, r.checkpoint, r.quantizer) for r in rows}
+    if len(keys) > 1:
+        raise SensitivityError("sensitivity rows mix methods, calibration sets, checkpoints or "
+                               "quantizers")
+    method, calib, checkpoint, quantizer = keys.pop()
     return SensitivityTable([SensitivityRow(r.layer, r.precision, float(r.loss_mse), float(r.stderr),
                                             int(r.n_samples)) for r in rows],
-                            methods.pop(), calibs.pop())
+                            method, calib, checkpoint, quantizer)
 
 
 def save_table(store, model_id: int, table: SensitivityTable) -> int:
@@ -112,10 +121,16 @@ def save_table(store, model_id: int, table: SensitivityTable) -> int:
 
 
 def load_table(store, model_id: int, method: str = "taylor",
-               calib_fingerprint: str | None = None) -> SensitivityTable:
-    """Read a stored table (the latest calibration set when none is given)."""
-    rows = store.sensitivities(model_id, method=method, calib_fingerprint=calib_fingerprint)
+               calib_fingerprint: str | None = None, *, checkpoint: str | None = None,
+               quantizer: str | None = None) -> SensitivityTable:
+    """Read a stored table of one checkpoint and quantizer (the latest table matching what is
+    given when some are None, see ``Store.sensitivities``)."""
+    rows = store.sensitivities(model_id, method=method, calib_fingerprint=calib_fingerprint,
+                               checkpoint=checkpoint, quantizer=quantizer)
     if not rows:
-        raise SensitivityError(f"no {method} sensitivities stored for model id {model_id}"
-                               + (f" and calibration {calib_fingerprint[:12]}" if calib_fingerprint else ""))
+        raise SensitivityError(
+            f"no {method} sensitivities stored for model id {model_id}"
+            + (f", checkpoint {checkpoint[:12]}" if checkpoint else "")
+            + (f", quantizer {quantizer}" if quantizer else "")
+            + (f" and calibration {calib_fingerprint[:12]}" if calib_fingerprint else ""))
     return from_store_rows(rows)

@@ -25,9 +25,10 @@ from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
+from hwcost.quantizer import Quantizer
 from profiles.placement import follow_model
 from profiles.precisions import Emulation
-from sensitivity.layers import as_emulation, quantizable_layers, weight_matrix
+from sensitivity.layers import as_emulation, quantizable_layers, quantizer_of, weight_matrix
 from sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
 from sensitivity.noise import error_variance
 from sensitivity.records import SensitivityRow, SensitivityTable
@@ -343,7 +344,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
 def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
             precisions: Sequence[Precision | str | Emulation] = DEFAULT_PRECISIONS,
             layers: str | Sequence[str] = "auto", method: str = "taylor",
-            calib_fingerprint: str = "") -> SensitivityTable:
+            calib_fingerprint: str = "", *, checkpoint: str | None = None,
+            quantizer: Quantizer | str | None = None) -> SensitivityTable:
     """Per-layer, per-precision loss-MSE contributions ``s_l(p)`` from one pass.
 
     Args:
@@ -358,15 +360,28 @@ def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = N
         method: ``"taylor"`` (the actual rounding errors, first order) or ``"noise"`` (errors
             as independent noise of the format's variance).
         calib_fingerprint: fingerprint of the calibration set, kept with the table.
+        checkpoint: digest of the model's weights (``profiles.checkpoint``); computed from
+            the model when not given.
+        quantizer: the emulation parameters precision names are scored with (default:
+            the registry's, or the fp8 ranges of emulations passed in); its key is kept.
 
     Returns:
         a SensitivityTable with ``s_l(p)`` and its standard error over samples.
     """
     if method not in ("taylor", "noise"):
         raise SensitivityError(f"unknown sensitivity method {method!r}; known: taylor, noise")
-    terms = per_sample_terms(model, batches, loss_fn, precisions, layers, method)
+    from profiles.checkpoint import checkpoint_digest
+
+    if isinstance(precisions, str):
+        precisions = parse_precisions(precisions)
+    quant = quantizer_of(precisions, quantizer)
+    emus = [as_emulation(p, quant) for p in precisions]
+    terms = per_sample_terms(model, batches, loss_fn, emus, layers, method)
     squared = method == "taylor"  # the noise scorer already returns E[d^2] per sample
-    return table_from_terms(terms, method, calib_fingerprint, squared=squared)
+    table = table_from_terms(terms, method, calib_fingerprint, squared=squared)
+    table.checkpoint = checkpoint or checkpoint_digest(model)
+    table.quantizer = quant.key
+    return table
 
 
 def table_from_terms(terms: PerSampleTerms, method: str, calib_fingerprint: str = "",

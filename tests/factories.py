@@ -63,3 +63,16 @@ def plan_for(model, cycle=("int8", "bf16", "fp32"), *, kind: str = "cpu", device
                        "loss_mse": 1e-4 * (i % 3), "source": "measured"}
                       for i, (n, p) in enumerate(layers.items())],
         "predicted": {"speedup": 1.2, "loss_mse": 1e-3, "gain_us": 10.0}}}
+
+
+def tiny_finetuned(layers: int = 2):
+    """:func:`tiny`'s architecture with other weights (as a fine-tune of it would have): the
+    same structure fingerprint, another checkpoint digest."""
+    import torch
+
+    model, inputs = tiny(layers)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+    return model, inputs

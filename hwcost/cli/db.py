@@ -36,8 +36,9 @@ def init_cmd(db_url: str | None) -> None:
 @json_option
 @handle_errors
 def ls_cmd(db_url: str | None, as_json: bool) -> None:
-    """Summarise devices, models, subgraphs and measurement coverage per model, device and
-    shape."""
+    """Summarise devices, models (architectures, each with its checkpoints: weights digests
+    with their sensitivity tables, plans and validations), subgraphs and measurement coverage
+    per model, device and shape."""
     from hwcost.summary import summarize
 
     with open_cli_store(db_url, read_only=True) as store:
@@ -51,10 +52,17 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
     click.echo(table([{"fingerprint": d.fingerprint, "kind": d.kind, "name": d.name,
                        "source": d.source, "measurements": d.measurements,
                        "subgraphs": d.subgraphs, "shapes": d.shapes} for d in s.devices]))
-    click.echo("\nmodels")
-    click.echo(table([{"fingerprint": m.fingerprint[:16], "name": m.name,
-                       "subgraphs": m.n_subgraphs, "distinct": m.distinct, "layers": m.n_layers}
-                      for m in s.models]))
+    click.echo("\nmodels (architectures; their checkpoints, by weights digest, below each)")
+    rows = []
+    for m in s.models:
+        rows.append({"fingerprint": m.fingerprint[:16], "name": m.name,
+                     "subgraphs": m.n_subgraphs, "distinct": m.distinct, "layers": m.n_layers})
+        for ck in m.checkpoints:
+            rows.append({"fingerprint": f"  {ck.digest[:14]}", "name": ck.name or "-",
+                         "subgraphs": "", "distinct": "", "layers": "",
+                         "tables": ck.tables, "plans": ck.plans, "validations": ck.validations})
+    click.echo(table(rows, ["fingerprint", "name", "subgraphs", "distinct", "layers", "tables",
+                            "plans", "validations"]))
     click.echo("\ncoverage (distinct subgraphs of the model measured on the device and shape)")
     click.echo(table([{"model": c.model[:16], "device": c.device, "shape": c.shape,
                        "measured": f"{c.measured}/{c.distinct}", "measurements": c.measurements}

@@ -43,6 +43,12 @@ from hwcost.cli.options import (
                    "sensitivity table).")
 @click.option("--method", default="taylor", show_default=True,
               help="Sensitivity method whose table bounds the loss MSE.")
+@click.option("--checkpoint", default=None, metavar="DIGEST",
+              help="Which checkpoint's sensitivity table (weights digest or prefix, see "
+                   "`hwcost db ls`); needed only when the architecture has several.")
+@click.option("--quantizer", default=None, metavar="KEY",
+              help="Which quantizer's table (default, gaudi2 or a key); needed only when the "
+                   "checkpoint has tables of several.")
 @click.option("--sweep", "sweep_n", type=int, default=None, metavar="N",
               help="Solve N thresholds and print the Pareto frontier (loss MSE vs speedup).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -55,11 +61,13 @@ from hwcost.cli.options import (
 @json_option
 @handle_errors
 def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_budget, precisions,
-             method, sweep_n, plot_path, output, time_limit, db_url, as_json):
+             method, checkpoint, quantizer, sweep_n, plot_path, output, time_limit, db_url,
+             as_json):
     """Pick a precision per layer that maximises the predicted gain on a device with the
     predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
     Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
     from hwcost.errors import HwcostError
+    from hwcost.quantizer import parse_quantizer
     from planner.objectives import Constraints, parse_bytes, parse_groups, parse_pins, parse_threshold
     from planner.plans import make_plan, save_plan
     from planner.problem import build_problem
@@ -71,7 +79,9 @@ def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_bud
                        groups=parse_groups(groups))
     precs = [p for p in precisions.split(",") if p.strip()] if precisions else None
     with open_cli_store(db_url) as store:
-        problem = build_problem(store, model, device, shape, precisions=precs, method=method)
+        quant = parse_quantizer(quantizer).key if quantizer else None
+        problem = build_problem(store, model, device, shape, precisions=precs, method=method,
+                                checkpoint=checkpoint, quantizer=quant)
         if sweep_n is not None:
             _sweep(problem, sweep_n, objective, cons, plot_path, output, time_limit, as_json)
             return

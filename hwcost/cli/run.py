@@ -32,6 +32,8 @@ class RunSummary:
 
     model: str
     model_fingerprint: str
+    checkpoint: str
+    quantizer: str
     device: str
     device_name: str
     shape: str
@@ -132,11 +134,13 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     mark("plan")
     t0 = time.perf_counter()
     _step(f"planning for loss MSE <= {threshold}")
-    problem = build_problem(store, camp.model_fingerprint, camp.device, shape)
+    problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
+                            checkpoint=sens.table.checkpoint, quantizer=sens.table.quantizer)
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
                        problem=problem)
     layers = dict(result.document["data"]["layers"])
-    prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers)
+    prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers,
+                                 sens.table.checkpoint, sens.table.quantizer)
     plan_reused = prior is not None
     if prior is None:
         save_plan(store, result)
@@ -176,7 +180,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     for p in layers.values():
         counts[p] = counts.get(p, 0) + 1
     return RunSummary(
-        model=loaded.name, model_fingerprint=camp.model_fingerprint, device=camp.device,
+        model=loaded.name, model_fingerprint=camp.model_fingerprint,
+        checkpoint=sens.table.checkpoint, quantizer=sens.table.quantizer, device=camp.device,
         device_name=camp.device_name, shape=shape, threshold=str(threshold),
         measured_now=camp.measured, measurements_reused=camp.already,
         sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
@@ -192,13 +197,17 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
 
 
 def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
-                         layers: dict[str, str]) -> tuple[int, Any] | None:
-    """An earlier plan with exactly these layer precisions, and its latest validation."""
+                         layers: dict[str, str], checkpoint: str, quantizer: str
+                         ) -> tuple[int, Any] | None:
+    """An earlier plan of this checkpoint and quantizer with exactly these layer precisions,
+    and its latest validation measured with these weights. Another checkpoint's plan or
+    validation is never reused: the loss MSE depends on the weights."""
     dev = store.get_device(device)
-    for plan in store.plans_for(model_id, dev.id, shape):
+    for plan in store.plans_for(model_id, dev.id, shape, checkpoint=checkpoint,
+                                quantizer=quantizer):
         body = json.loads(plan.body)
         if dict(body.get("data", {}).get("layers", {})) == layers:
-            vals = store.validations_for(plan.id)
+            vals = store.validations_for(plan.id, checkpoint=checkpoint)
             return plan.id, (vals[-1] if vals else None)
     return None
 
@@ -253,7 +262,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
         emit_json(asdict(s))
         return
     mix = ", ".join(f"{n} {p}" for p, n in s.precision_counts.items())
-    click.echo(f"model              {s.model} ({s.model_fingerprint[:12]})")
+    click.echo(f"model              {s.model} (architecture {s.model_fingerprint[:12]}, "
+               f"checkpoint {s.checkpoint[:12]})")
     click.echo(f"device             {s.device_name} ({s.device[:12]}), shape {s.shape}")
     click.echo(f"measurements       {s.measured_now} new, {s.measurements_reused} reused")
     click.echo(f"sensitivity        {'reused' if s.sensitivity_reused else 'computed'}")

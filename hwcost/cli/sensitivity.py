@@ -52,6 +52,9 @@ def _calib_options(f):
                      type=click.Choice(["taylor", "noise"]),
                      help="taylor: the actual rounding errors; noise: independent noise of "
                           "each format's variance."),
+        click.option("--quantizer", default="default", show_default=True, metavar="KEY",
+                     help="Emulation scored: default (fp8 e4m3 range 448), gaudi2 (240), or a "
+                          "key such as e4m3=240,e5m2=57344,w=per_channel,a=per_token."),
         store_option, json_option,
     ]):
         f = opt(f)
@@ -81,23 +84,27 @@ def sensitivity_cmd() -> None:
 @sensitivity_cmd.command("run")
 @_calib_options
 @handle_errors
-def run_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method, db_url,
-            as_json) -> None:
+def run_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method, quantizer,
+            db_url, as_json) -> None:
     """Compute each layer's loss-MSE contribution at each precision (first-order Taylor
     expansion of every calibration sample's loss) and store it keyed by the model's and the
-    calibration set's fingerprints."""
+    calibration set's fingerprints, the checkpoint's weights digest and the quantizer."""
+    from hwcost.quantizer import parse_quantizer
     from sensitivity.pipeline import compute_and_store, prepare
 
     spec = _calib_spec(calib, samples, seq_len, batch_size, seed)
-    prep = prepare(model, spec)  # load and check everything before the store is touched
+    # load and check everything before the store is touched
+    prep = prepare(model, spec, quantizer=parse_quantizer(quantizer))
     with open_cli_store(db_url) as store:
         run = compute_and_store(store, model, spec, precisions, method, prepared=prep)
     if as_json:
         emit_json(run.to_dict())
         return
-    click.echo(f"model        {run.model_name} ({run.model_fingerprint[:12]})")
+    click.echo(f"model        {run.model_name} (architecture {run.model_fingerprint[:12]}, "
+               f"checkpoint {run.checkpoint[:12]})")
     click.echo(f"calibration  {run.calib.source}: {run.calib.n_samples} x {run.calib.seq_len} tokens "
                f"({run.calib.fingerprint[:12]})")
+    click.echo(f"quantizer    {run.table.quantizer}")
     click.echo(_table_text(run.table))
     click.echo(f"stored {run.stored_rows} rows ({run.table.method})")
 
@@ -110,12 +117,18 @@ def run_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save the predicted-vs-measured scatter plot here (PNG).")
 @handle_errors
-def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method, db_url,
-                 as_json, n_configs, config_seed, plot) -> None:
+def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method, quantizer,
+                 db_url, as_json, n_configs, config_seed, plot) -> None:
     """Measure the loss MSE of random mixed-precision configurations (emulated, forward only)
     and compare it with the predicted sums of the stored table (computed and stored first if
     missing): Spearman and Pearson correlation, ratio predicted/measured."""
+    from hwcost.errors import SensitivityError
+    from hwcost.quantizer import DEFAULT, parse_quantizer
     from sensitivity.pipeline import validate_model
+
+    if parse_quantizer(quantizer) != DEFAULT:
+        raise SensitivityError("sensitivity validate measures the default quantizer only; "
+                               "drop --quantizer")
 
     spec = _calib_spec(calib, samples, seq_len, batch_size, seed)
     with open_cli_store(db_url) as store:
@@ -148,16 +161,23 @@ def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, m
               help="Which stored table.")
 @click.option("--calib-fingerprint", default=None,
               help="Calibration set (default: the latest stored).")
+@click.option("--checkpoint", default=None, metavar="DIGEST",
+              help="Checkpoint (weights digest, see `hwcost db ls`; default: the latest table's).")
 @store_option
 @json_option
 @handle_errors
-def show_cmd(model, method, calib_fingerprint, db_url, as_json) -> None:
+def show_cmd(model, method, calib_fingerprint, checkpoint, db_url, as_json) -> None:
     """Print a stored sensitivity table (MODEL: stored name or fingerprint prefix)."""
     from hwcost.errors import SensitivityError
 
     with open_cli_store(db_url) as store:
         m = store.get_model(model)
-        rows = store.sensitivities(m.id, method=method, calib_fingerprint=calib_fingerprint)
+        if checkpoint:
+            full = [c for c, _, _ in store.sensitivity_keys(m.id, method)
+                    if c.startswith(checkpoint)]
+            checkpoint = full[0] if full else checkpoint
+        rows = store.sensitivities(m.id, method=method, calib_fingerprint=calib_fingerprint,
+                                   checkpoint=checkpoint)
     if not rows:
         raise SensitivityError(f"no {method} sensitivities stored for model {m.name} "
                                f"({m.fingerprint[:12]}); `hwcost sensitivity` computes them")
@@ -165,10 +185,12 @@ def show_cmd(model, method, calib_fingerprint, db_url, as_json) -> None:
              "stderr": r.stderr, "n_samples": r.n_samples} for r in rows]
     if as_json:
         emit_json({"model": m.name, "model_fingerprint": m.fingerprint, "method": method,
+                   "checkpoint": rows[0].checkpoint, "quantizer": rows[0].quantizer,
                    "calib_fingerprint": rows[0].calib_fingerprint, "rows": data})
         return
-    click.echo(f"model {m.name} ({m.fingerprint[:12]}), {method}, calibration "
-               f"{rows[0].calib_fingerprint[:12]}")
+    click.echo(f"model {m.name} ({m.fingerprint[:12]}), checkpoint {rows[0].checkpoint[:12]}, "
+               f"{method}, calibration {rows[0].calib_fingerprint[:12]}, quantizer "
+               f"{rows[0].quantizer}")
     click.echo(table(data))
 
 

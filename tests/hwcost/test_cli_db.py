@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hwcost.cli.main import cli
 from hwcost.exchange import read_bundle
-from hwcost.schema import SCHEMA_VERSION
+from hwcost.schema import SCHEMA_VERSION as V
 from hwcost.store import open_store
 from hwcost.synthetic import small_store
 
@@ -41,14 +41,14 @@ def test_every_db_command_has_help_and_docs():
 
 def test_init_ls_on_an_empty_store(sqlite_url):
     r = run("db", "init", "--db", sqlite_url)
-    assert r.output == f"store ready: {sqlite_url} (schema version {SCHEMA_VERSION})\n"
+    assert r.output == f"store ready: {sqlite_url} (schema version {V})\n"
     r = run("db", "ls", "--db", sqlite_url)
-    assert r.output == (f"schema version {SCHEMA_VERSION}; 0 subgraphs, 0 measurements\n\n"
-                        "devices\n(none)\n\nmodels\n(none)\n\n"
-                        "coverage (distinct subgraphs of the model measured "
+    assert r.output == (f"schema version {V}; 0 subgraphs, 0 measurements\n\ndevices\n(none)\n\n"
+                        "models (architectures; their checkpoints, by weights digest, below each)\n"
+                        "(none)\n\ncoverage (distinct subgraphs of the model measured "
                         "on the device and shape)\n(none)\n")
     r = run("db", "ls", "--db", sqlite_url, "--json")
-    assert json.loads(r.output) == {"schema_version": SCHEMA_VERSION, "n_subgraphs": 0, "n_measurements": 0,
+    assert json.loads(r.output) == {"schema_version": V, "n_subgraphs": 0, "n_measurements": 0,
                                     "devices": [], "models": [], "coverage": []}
 
 
@@ -59,15 +59,18 @@ def test_ls_summarises_devices_models_and_coverage(store_url):
     assert (d["n_subgraphs"], d["n_measurements"]) == (3, info.n_measurements)
     assert [x["fingerprint"] for x in d["devices"]] == list(info.devices)
     assert all(x["measurements"] == 54 and x["shapes"] == 2 for x in d["devices"])
+    ck = d["models"][0].pop("checkpoints")
     assert d["models"] == [{"fingerprint": info.model, "name": "synthetic-0", "n_subgraphs": 6,
                             "distinct": 3, "n_layers": 12}]
+    assert [(c["name"], c["tables"], c["plans"], c["validations"]) for c in ck] == [
+        ("synthetic-0", 1, 0, 0)]
     assert len(d["coverage"]) == 4
     assert all((c["measured"], c["distinct"], c["share"], c["measurements"]) == (3, 3, 1.0, 27)
                for c in d["coverage"])
     text = run("db", "ls", "--db", store_url).output
-    assert text.startswith(f"schema version {SCHEMA_VERSION}; 3 subgraphs, "
-                           f"{info.n_measurements} measurements\n")
+    assert text.startswith(f"schema version {V}; 3 subgraphs, {info.n_measurements} measurements\n")
     assert f"{info.devices[0]}  cpu   Synthetic cpu 0  local   54" in text
+    assert f"\n  {ck[0]['digest'][:14]}  synthetic-0" in text  # the checkpoint, under its model
 
 
 def test_export_import_and_conflict_report(store_url, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hwcost.errors import InvalidMeasurement, SensitivityError
+from hwcost.quantizer import DEFAULT, GAUDI2
 from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
 from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 
@@ -15,11 +16,12 @@ def _model(store) -> int:
                            [ManifestItem(0, "sig-mlp", ("mlp.up", "mlp.down"))])
 
 
-def _table(calib="c" * 64, method="taylor", scale=1.0) -> SensitivityTable:
+def _table(calib="c" * 64, method="taylor", scale=1.0, checkpoint="d" * 32,
+           quantizer=DEFAULT.key) -> SensitivityTable:
     rows = [SensitivityRow(layer, p, scale * v, 0.1 * scale * v, 32)
             for layer, base in (("mlp.up", 1e-5), ("mlp.down", 3e-4))
             for p, v in (("bf16", base / 100), ("int8", base))]
-    return SensitivityTable(rows, method, calib)
+    return SensitivityTable(rows, method, calib, checkpoint, quantizer)
 
 
 def test_round_trip(store):
@@ -44,17 +46,36 @@ def test_keys_method_and_calibration(store):
     assert len(again.rows) == 4 and again.get("mlp.up", "int8").loss_mse == pytest.approx(5e-5)
 
 
+def test_checkpoints_and_quantizers_are_kept_apart(store):
+    mid = _model(store)
+    save_table(store, mid, _table(checkpoint="1" * 32))
+    save_table(store, mid, _table(checkpoint="2" * 32, scale=7.0))
+    save_table(store, mid, _table(checkpoint="1" * 32, quantizer=GAUDI2.key, scale=3.0))
+    assert len(store.sensitivities(mid)) == 4  # one table, never a mix
+    one = load_table(store, mid, checkpoint="1" * 32, quantizer=DEFAULT.key)
+    two = load_table(store, mid, checkpoint="2" * 32)
+    gaudi = load_table(store, mid, checkpoint="1" * 32, quantizer=GAUDI2.key)
+    assert one.get("mlp.up", "int8").loss_mse == pytest.approx(1e-5)
+    assert two.get("mlp.up", "int8").loss_mse == pytest.approx(7e-5)
+    assert gaudi.get("mlp.up", "int8").loss_mse == pytest.approx(3e-5)
+    assert gaudi.quantizer == "e4m3=240,e5m2=57344,w=per_channel,a=per_token"
+    with pytest.raises(SensitivityError, match="checkpoint 333333333333"):
+        load_table(store, mid, checkpoint="3" * 32)
+    with pytest.raises(SensitivityError, match="needs its checkpoint digest"):
+        save_table(store, mid, _table(checkpoint=""))
+
+
 def test_bad_rows_store_nothing(store):
     mid = _model(store)
     rows = _table().rows
     bad = SensitivityTable([*rows[:2], SensitivityRow("mlp.down", "int8", float("nan"), 0.0, 3)],
-                           "taylor", "c" * 64)
+                           "taylor", "c" * 64, "d" * 32, DEFAULT.key)
     with pytest.raises(InvalidMeasurement):
         save_table(store, mid, bad)
     with pytest.raises(SensitivityError, match="no taylor sensitivities stored"):
         load_table(store, mid)
     with pytest.raises(SensitivityError, match="needs its calibration fingerprint"):
-        save_table(store, mid, SensitivityTable(rows, "taylor", ""))
+        save_table(store, mid, SensitivityTable(rows, "taylor", "", "d" * 32, DEFAULT.key))
 
 
 def test_table_lookup_errors():
