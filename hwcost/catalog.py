@@ -22,7 +22,10 @@ DATA_ENV = "HWCOST_DATA"
 
 # A precision without its own figure runs at a sibling's rate (same datapath on every device
 # in the catalog): fp16 at bf16, e5m2 at e4m3.
-RATE_ALIASES = {Precision.FP16: Precision.BF16, Precision.FP8_E5M2: Precision.FP8_E4M3}
+RATE_ALIASES = {Precision.FP16: Precision.BF16, Precision.FP8_E5M2: Precision.FP8_E4M3,
+                # weight-only formats compute in bf16; they only read fewer weight bytes
+                Precision.INT8_WO: Precision.BF16, Precision.INT4_WO: Precision.BF16,
+                Precision.FP8_WO: Precision.BF16}
 
 
 def data_dir() -> Path:

@@ -95,3 +95,7 @@ class PlanInvalid(HwcostError):
 
 class DoesNotFit(HwcostError):
     """A model would not fit in the memory of the host or the device it is to run on."""
+
+
+class BadWorkload(HwcostError):
+    """A serving workload (prompt, gen, batch) spec or file is missing or invalid."""

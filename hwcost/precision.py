@@ -21,6 +21,9 @@ class Precision(str, Enum):
     FP8_E4M3 = "fp8_e4m3"
     FP8_E5M2 = "fp8_e5m2"
     INT8 = "int8"
+    INT8_WO = "int8_wo"
+    INT4_WO = "int4_wo"
+    FP8_WO = "fp8_wo"
 
     def __str__(self) -> str:
         return self.value
@@ -34,6 +37,11 @@ class Precision(str, Enum):
     def bits(self) -> int:
         return int(_BYTES[self] * 8)
 
+    @property
+    def weight_only(self) -> bool:
+        """Weight-only formats: low-precision weights, activations and output in bf16."""
+        return self in WEIGHT_ONLY_FORMATS
+
 
 _BYTES = {
     Precision.FP32: 4.0,
@@ -42,7 +50,18 @@ _BYTES = {
     Precision.FP8_E4M3: 1.0,
     Precision.FP8_E5M2: 1.0,
     Precision.INT8: 1.0,
+    Precision.INT8_WO: 1.0,
+    Precision.INT4_WO: 0.5,
+    Precision.FP8_WO: 1.0,
 }
+
+WEIGHT_ONLY_FORMATS = frozenset({Precision.INT8_WO, Precision.INT4_WO, Precision.FP8_WO})
+"""Weight-only formats (``*_wo``): weights stored in int8 (per output channel), int4 (groups
+of ``INT4_GROUP`` inputs, asymmetric) or fp8 e4m3 (per output channel); activations, the
+matmul and the output in bf16. They shrink the bytes a decode step reads, not the math."""
+
+INT4_GROUP = 32
+"""Inputs per int4 weight group (one bf16 scale and zero per group and output channel)."""
 
 
 def parse_precision(name: str | Precision) -> Precision:
@@ -87,4 +106,12 @@ CANDIDATES = {
     "cuda": (Precision.BF16, Precision.FP8_E4M3, Precision.INT8),
     "hpu": (Precision.BF16, Precision.FP8_E4M3),
 }
-"""Precisions each device kind can deploy (fp8 on cpu is emulated: measured, and slower)."""
+"""Precisions each device kind profiles and plans by default (fp8 on cpu is emulated: measured,
+and slower)."""
+
+WEIGHT_ONLY = {
+    "cpu": (Precision.INT8_WO, Precision.INT4_WO),
+    "cuda": (Precision.FP8_WO,),
+}
+"""Weight-only formats each device kind deploys with a real kernel; opt-in (``--precisions``),
+so default campaigns keep their configs and their cut."""

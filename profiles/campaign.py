@@ -29,7 +29,7 @@ import torch
 from hwcost import __version__, fleet_worker, queue
 from hwcost.device import local_device
 from hwcost.errors import UnknownPrecision
-from hwcost.precision import BASELINE, Precision, config_key, parse_precisions
+from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
 from hwcost.schema import ModelLatency
 from hwcost.shape import Shape, parse_shape
 from hwcost.store import MeasurementIn, host_name
@@ -116,7 +116,10 @@ def campaign_tasks(part: Partition, shapes: Sequence[Shape], precisions: Sequenc
 
 def _precisions(backend: Any, names: Sequence[str] | str | None) -> list[Precision]:
     known = list(backend.precisions)
-    chosen = parse_precisions(names) if names else known
+    # by default the device's candidates; weight-only formats are opt-in (--precisions), so a
+    # default campaign keeps its configs and its cut
+    default = [p for p in known if p in CANDIDATES.get(backend.kind, tuple(known))]
+    chosen = parse_precisions(names) if names else default
     bad = [p.value for p in chosen if p not in known]
     if bad:
         raise UnknownPrecision(f"backend {backend.kind} cannot deploy {', '.join(bad)}; it has: "

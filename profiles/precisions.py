@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hwcost.precision import Precision, parse_precision
+from hwcost.precision import INT4_GROUP, Precision, parse_precision
 
 FP8_E4M3_MAX = 448.0
 FP8_E4M3_GAUDI2_MAX = 240.0
@@ -56,6 +56,44 @@ def quantize_int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = _absmax_rows(t.float()) / INT8_MAX
     q = torch.round(t.float() / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, scale
+
+
+def quantize_int8_rows_wo(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight-only int8: per-row symmetric with the scale rounded to bf16 first (the kernel,
+    ``torch._weight_int8pack_mm``, takes bf16 scales), so ``w ~= q * scale`` exactly as it
+    computes. Returns (int8 ``[out, in]``, bf16 scale ``[out, 1]``)."""
+    scale = (_absmax_rows(w.float()) / INT8_MAX).to(torch.bfloat16)
+    q = torch.round(w.float() / scale.float()).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4_groups(w: torch.Tensor, group: int = INT4_GROUP
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weight-only int4, asymmetric per group of ``group`` inputs of each row, with bf16 scale
+    and zero as ``torch._weight_int4pack_mm_for_cpu`` takes them: ``w ~= (q - 8) * scale +
+    zero``, ``q`` in 0..15. Returns (int32 q ``[out, in]``, bf16 scale and zero
+    ``[out, in // group]``)."""
+    out_f, in_f = w.shape
+    if in_f % group:
+        raise ValueError(f"int4 groups of {group} need the input width to be a multiple; got {in_f}")
+    g = w.float().reshape(out_f, in_f // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(_EPS).to(torch.bfloat16)
+    zero = (lo + 8 * scale.float()).to(torch.bfloat16)
+    q = torch.round((g - zero.float()[..., None]) / scale.float()[..., None]) + 8
+    return q.clamp(0, 15).to(torch.int32).reshape(out_f, in_f), scale, zero
+
+
+def _int4_qdq(w: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    q, scale, zero = quantize_int4_groups(w, group)
+    out_f, in_f = w.shape
+    g = q.reshape(out_f, in_f // group, group).float() - 8
+    return (g * scale.float()[..., None] + zero.float()[..., None]).reshape(out_f, in_f).to(w.dtype)
+
+
+def _int8_wo_qdq(w: torch.Tensor) -> torch.Tensor:
+    q, scale = quantize_int8_rows_wo(w)
+    return (q.float() * scale.float()).to(w.dtype)
 
 
 def _fp8_qdq(t: torch.Tensor, dtype: torch.dtype, fmax: float) -> torch.Tensor:
@@ -120,11 +158,21 @@ class Emulation:
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         if self.scale_rounding == "pow2":
             return self._inc_qdq(w, INC_WEIGHT_BACKOFF)
+        p = self.precision
+        if p is Precision.INT8_WO:
+            return _int8_wo_qdq(w)
+        if p is Precision.INT4_WO:
+            return _int4_qdq(w)
+        if p is Precision.FP8_WO:  # the layer upcasts its fp8 weight to bf16 per call
+            return _cast_roundtrip(_fp8_qdq(w, torch.float8_e4m3fn, self.fp8_max or FP8_E4M3_MAX),
+                                   torch.bfloat16)
         return self._qdq(w)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale_rounding == "pow2":
             return self._inc_qdq(x, 1.0)
+        if self.precision.weight_only:  # activations are only cast to bf16
+            return _cast_roundtrip(x, torch.bfloat16)
         return self._qdq(x)
 
     def _inc_qdq(self, t: torch.Tensor, backoff: float) -> torch.Tensor:
@@ -150,8 +198,9 @@ class Emulation:
     @property
     def rowwise_weight(self) -> bool:
         """Whether ``weight(W)[rows] == weight(W[rows])``: scales are per output row (int8,
-        fp8) or there are none (float casts). Sensitivity then scores a large weight in
-        chunks of rows instead of holding its whole error at once."""
+        fp8), per group within a row (int4_wo) or there are none (float casts). Sensitivity
+        then scores a large weight in chunks of rows instead of holding its whole error at
+        once."""
         return True
 
     @property
@@ -159,11 +208,11 @@ class Emulation:
         """Whether the deployed kernel returns its output in the format itself: float formats
         (bf16, fp16) compute and return in it, so the layer's output is rounded too; int8
         and fp8 kernels accumulate and rescale in fp32."""
-        return self.precision in (Precision.BF16, Precision.FP16)
+        return self.precision in (Precision.BF16, Precision.FP16) or self.precision.weight_only
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """The layer's output as the deployed kernel returns it (see :attr:`rounds_output`)."""
-        if self.precision is Precision.BF16:
+        if self.precision is Precision.BF16 or self.precision.weight_only:
             return _cast_roundtrip(y, torch.bfloat16)
         if self.precision is Precision.FP16:
             return _cast_roundtrip(y, torch.float16)
@@ -194,6 +243,9 @@ _REL_TOL = {
     Precision.FP8_E4M3: 1e-1,
     Precision.FP8_E5M2: 2e-1,
     Precision.INT8: 5e-2,
+    Precision.INT8_WO: 3e-2,
+    Precision.INT4_WO: 2e-1,
+    Precision.FP8_WO: 8e-2,
 }
 
 

@@ -22,6 +22,7 @@ import torch
 from hwcost.precision import Precision
 from profiles.backends.base import Backend, Deployment
 from profiles.backends.layers import CastLinear, Int8DynamicLinear, ScaledMMFp8Linear
+from profiles.backends.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
 _CPU = torch.device("cpu")
 
@@ -93,4 +94,12 @@ def _cpu_deployments() -> dict[Precision, Deployment]:
             torch.float8_e4m3fn,
             lambda w, b: ScaledMMFp8Linear(w, b, "torch._scaled_mm (CPU emulation)", _CPU),
             emulated=True),
+        Precision.INT8_WO: Deployment(
+            Precision.INT8_WO, "torch._weight_int8pack_mm int8 weight-only, bf16 activations",
+            torch.int8,
+            lambda w, b: Int8WeightOnlyLinear(w, b, "torch._weight_int8pack_mm (CPU)", _CPU)),
+        Precision.INT4_WO: Deployment(
+            Precision.INT4_WO, "torch._weight_int4pack_mm_for_cpu int4 weight-only (groups of "
+            "32), bf16 activations", torch.uint8,
+            lambda w, b: Int4WeightOnlyLinear(w, b, "torch._weight_int4pack_mm_for_cpu", _CPU)),
     }

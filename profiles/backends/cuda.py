@@ -7,6 +7,7 @@ import torch
 
 from hwcost.precision import Precision
 from profiles.backends.base import Backend, Deployment
+from profiles.backends.weight_only import Fp8WeightOnlyLinear
 from profiles.backends.layers import (
     CastLinear,
     Int8DynamicLinear,
@@ -74,6 +75,10 @@ class CudaBackend(Backend):
             Precision.INT8: Deployment(
                 Precision.INT8, "torch._int_mm int8 per-token dynamic (cuBLASLt)", torch.int8,
                 int8),
+            Precision.FP8_WO: Deployment(
+                Precision.FP8_WO, "fp8 e4m3 weight-only: upcast to bf16, cuBLAS bf16 GEMM",
+                torch.float8_e4m3fn,
+                lambda w, b: Fp8WeightOnlyLinear(w, b, "fp8 weights, cuBLAS bf16", dev)),
         }
         if torch.cuda.is_available() and not self.fp8_supported():
             del table[Precision.FP8_E4M3]  # pre-Ada GPUs have no FP8 GEMM at all

@@ -140,7 +140,8 @@ def test_a100_defaults_leave_out_fp8_and_refuse_it_explicitly(store):
     with pytest.raises(UnsupportedPrecision) as err:
         model_table(store, "toy", "A100", "batch=1,seq=64", ["bf16", "fp8_e4m3"])
     assert str(err.value).startswith("device A100 (")
-    assert "has no rate and no measurement for fp8_e4m3 (it supports fp32, bf16, fp16, int8); " \
+    assert "has no rate and no measurement for fp8_e4m3 (it supports fp32, bf16, fp16, int8, " \
+           "int8_wo, int4_wo, fp8_wo); " \
            "measure it on the device with `hwcost profile MODEL --device cuda --shape SHAPE " \
            "--precisions fp8_e4m3`" in str(err.value)
 

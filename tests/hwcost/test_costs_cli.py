@@ -75,7 +75,8 @@ def test_coverage_json_counts_measured_configs(db):
     (("--device", "A100", "--shape", "batch=1", "--precisions", "bf16,fp8_e4m3"),
      None),
     (("--device", "H100-SXM", "--shape", "batch=1", "--precisions", "fp4"),
-     "Error: unknown precision 'fp4'; known: fp32, bf16, fp16, fp8_e4m3, fp8_e5m2, int8\n"),
+     "Error: unknown precision 'fp4'; known: fp32, bf16, fp16, fp8_e4m3, fp8_e5m2, int8, "
+     "int8_wo, int4_wo, fp8_wo\n"),
 ])
 def test_coverage_bad_input_is_one_line(db, args, message):
     r = invoke("coverage", "tiny", *args, "--db", db)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hwcost.errors import BackendUnavailable, NoSuchDevice, UnknownLayer, UnknownPrecision
-from hwcost.precision import CANDIDATES, Precision
+from hwcost.precision import CANDIDATES, WEIGHT_ONLY, Precision
 from profiles.backends import (
     DeployedLinear,
     all_backends,
@@ -51,6 +51,10 @@ MATMUL = {
     ("cpu", Precision.BF16): (FLOAT_MM, torch.bfloat16),
     ("cpu", Precision.INT8): ("_int_mm", torch.int8),
     ("cpu", Precision.FP8_E4M3): ("_scaled_mm", torch.float8_e4m3fn),
+    # weight-only: bf16 activations against int8 / packed int4 weights
+    ("cpu", Precision.INT8_WO): ("_weight_int8pack_mm", (torch.bfloat16, torch.int8)),
+    ("cpu", Precision.INT4_WO): ("_weight_int4pack_mm_for_cpu", (torch.bfloat16, torch.uint8)),
+    ("cuda", Precision.FP8_WO): (FLOAT_MM, torch.bfloat16),
     ("cuda", Precision.BF16): (FLOAT_MM, torch.bfloat16),
     ("cuda", Precision.INT8): ("_int_mm", torch.int8),
     ("cuda", Precision.FP8_E4M3): ("_scaled_mm", torch.float8_e4m3fn),
@@ -62,8 +66,9 @@ MATMUL = {
 def test_registry_kinds_and_cpu_precisions():
     assert backend_kinds() == ("cpu", "cuda", "hpu")
     for b in all_backends():
-        assert set(b.precisions) == set(CANDIDATES[b.kind]) or b.kind == "cuda"
-    assert get_backend("cpu").precisions == CANDIDATES["cpu"]
+        assert (set(b.precisions) == set(CANDIDATES[b.kind]) | set(WEIGHT_ONLY.get(b.kind, ()))
+                or b.kind == "cuda")
+    assert get_backend("cpu").precisions == CANDIDATES["cpu"] + WEIGHT_ONLY["cpu"]
     assert get_backend("cpu").available()[0]
     assert get_backend("cpu").deployment("fp8_e4m3").emulated
 
@@ -102,8 +107,11 @@ def test_deployed_matches_emulation_and_stores_low_precision(kind, precision):
     assert deployed.weight.dtype == dep.weight_dtype
     assert deployed.weight.device.type == dev.type
     assert deployed.weight.element_size() == torch.tensor([], dtype=dep.weight_dtype).element_size()
-    # no full-precision copy of the weights hides in the module
-    big = [t for t in deployed.state_dict().values() if t.numel() == layer.weight.numel()]
+    # no full-precision copy of the weights hides in the module (int4: two values a byte)
+    per_byte = 2 if precision is Precision.INT4_WO else 1
+    assert deployed.weight.numel() * per_byte == layer.weight.numel()
+    big = [t for t in deployed.state_dict().values()
+           if t.numel() * per_byte >= layer.weight.numel()]
     assert [t.dtype for t in big] == [dep.weight_dtype]
 
     with torch.inference_mode():
@@ -126,7 +134,7 @@ def test_deployed_layer_runs_the_low_precision_kernel(kind, precision):
     ops = op if isinstance(op, tuple) else (op,)
     hits = [d for name, d in log.calls if name.split(".")[0] in ops]
     assert hits, f"{op} not called; ops: {[n for n, _ in log.calls]}"
-    assert hits[0][:2] == (dtype, dtype)
+    assert hits[0][:2] == (dtype if isinstance(dtype, tuple) else (dtype, dtype))
 
 
 def test_int8_is_exact_integer_arithmetic_per_token():

@@ -1,0 +1,92 @@
+"""Plan for a whole serving workload: prefill plus every decode step, as one problem.
+
+The time of a configuration over a workload is a fixed weighted sum of its per-shape costs
+(:func:`hwcost.workload.workload_shapes`: each request's prefill, and its decode steps
+interpolated between KV buckets), so the workload problem has the same choices as a
+one-shape problem, each option's latency and gain the weighted sum of that option's
+latencies and gains at every shape. The solver runs unchanged; a plan can still target one
+shape. No torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from hwcost.errors import NoEstimate
+from hwcost.workload import Workload, interpolation_error, parse_workload, workload_shapes
+from planner.problem import Choice, Problem, _weaker, build_problem
+
+
+@dataclass(frozen=True)
+class WorkloadPricing:
+    """How a workload problem was priced: each shape's weight and the baseline per shape,
+    with the decode interpolation's leave-one-out error per batch size (None with fewer than
+    three buckets)."""
+
+    workload: str
+    weights: dict[str, float]
+    baseline_us: dict[str, float]
+    interpolation_error: dict[int, float | None]
+
+    def to_dict(self) -> dict:
+        return {"workload": self.workload, "weights": self.weights,
+                "baseline_us": self.baseline_us,
+                "interpolation_error": {str(k): v for k, v in self.interpolation_error.items()}}
+
+
+def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -> Problem:
+    """One problem whose option latencies are ``sum(weights[s] * latency_s)`` over shapes.
+
+    Only configurations priced at every shape are kept. Loss MSE and weight bytes do not
+    depend on the shape and come from the first problem."""
+    first = next(iter(problems.values()))
+    choices = []
+    for i, ch in enumerate(first.choices):
+        per_shape = {s: {o.key: o for o in p.choices[i].options} for s, p in problems.items()}
+        options = []
+        for opt in ch.options:
+            parts = [(weights[s], per_shape[s].get(opt.key)) for s in problems]
+            if any(o is None for _, o in parts):
+                continue
+            lat = sum(w * o.latency_us for w, o in parts)
+            base = sum(w * per_shape[s][ch.baseline.key].latency_us
+                       for s, (w, _) in zip(problems, parts))
+            source = opt.source
+            for _, o in parts:
+                source = _weaker(source, o.source)
+            options.append(replace(opt, latency_us=lat, gain_us=base - lat,
+                                   macs_time_us=sum(w * o.macs_time_us for w, o in parts),
+                                   source=source,
+                                   uncertainty_us=sum(w * o.uncertainty_us for w, o in parts)))
+        choices.append(Choice(ch.position, ch.signature, ch.kind, ch.layer_names, tuple(options)))
+    # each shape's end-to-end baseline (its measured whole model, else its subgraph sum)
+    model_base = sum(weights[s] * p.baseline_us for s, p in problems.items())
+    return replace(first, shape=key, choices=choices, model_baseline_us=model_base)
+
+
+def build_workload_problem(store, model_ref: str, device: str, workload: str | Workload, *,
+                           precisions: Sequence[str] | None = None, method: str = "taylor",
+                           n_buckets: int = 3) -> tuple[Problem, WorkloadPricing]:
+    """The planning problem of a workload (see the module docstring) and how it was priced.
+
+    Every shape the workload needs must have a cost table (measured, else the fallbacks);
+    ``hwcost run --workload`` profiles them. The problem's ``shape`` is the workload's
+    ``workload:...`` key, under which its plan is stored."""
+    wl = parse_workload(workload)
+    weights = workload_shapes(wl, n_buckets)
+    problems: dict[str, Problem] = {}
+    for shape in weights:
+        try:
+            problems[shape] = build_problem(store, model_ref, device, shape,
+                                            precisions=precisions, method=method)
+        except NoEstimate as e:
+            raise NoEstimate(f"workload {wl.key}: shape {shape}: {e}") from None
+    base = {s: p.baseline_us for s, p in problems.items()}
+    errors: dict[int, float | None] = {}
+    for r in wl.requests:
+        costs = {int(s.split("kv=")[1].split(",")[0]): base[s] for s in base
+                 if "phase=decode" in s and s.startswith(f"batch={r.batch},")}
+        errors[r.batch] = interpolation_error(costs)
+    problem = combine(problems, weights, wl.shape_key)
+    return problem, WorkloadPricing(wl.key, weights, base, errors)

@@ -1,0 +1,71 @@
+"""Workload plans: prefill plus decode steps priced as one problem; a plan for a
+decode-heavy workload differs from the prefill-only plan when the decode tables say so."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from hwcost.precision import config_key
+from hwcost.store import MeasurementIn
+from planner.objectives import Threshold
+from planner.plans import make_plan
+from planner.problem import build_problem
+from planner.workload import build_workload_problem
+from tests.planner.conftest import populate
+
+# Decode steps read every weight once per token: here bf16 halves them and int8 (with its
+# per-token activation quantization overhead) loses, the opposite of the prefill table.
+_DECODE_SPEED = {"fp32": 1.0, "bf16": 0.5, "int8": 1.6}
+
+
+def _decode_tables(store, m, kvs=(16, 20, 23)):
+    rows = []
+    model, manifest = store.manifest(m.fingerprint)
+    subs = {info.signature: info for _, info in manifest}
+    for kv in kvs:
+        shape = f"batch=1,kv={kv},phase=decode"
+        for sig, sub in subs.items():
+            for cfg in itertools.product(("fp32", "bf16", "int8"), repeat=len(sub.slots)):
+                t = 10.0 + 0.05 * kv + sum(s.in_features * s.out_features / 400.0 * _DECODE_SPEED[p]
+                                           for s, p in zip(sub.slots, cfg))
+                rows.append(MeasurementIn(m.device, sig, shape, config_key(cfg), t, 0.1, 15,
+                                          host="fixture"))
+    store.add_measurements(rows)
+
+
+def test_workload_problem_is_the_weighted_sum_of_its_shapes(store):
+    m = populate(store)
+    _decode_tables(store, m)
+    problem, pricing = build_workload_problem(store, m.name, m.device,
+                                              "prompt=16,gen=9,batch=1")
+    assert problem.shape == "workload:prompt=16,gen=9,batch=1"
+    assert set(pricing.weights) == {"batch=1,seq=16,phase=prefill", "batch=1,kv=16,phase=decode",
+                                    "batch=1,kv=20,phase=decode", "batch=1,kv=23,phase=decode"}
+    assert sum(pricing.weights.values()) == pytest.approx(1 + 8)
+    parts = {s: build_problem(store, m.name, m.device, s) for s in pricing.weights}
+    for i, choice in enumerate(problem.choices):
+        opt = choice.options[-1]
+        expect = sum(w * next(o for o in parts[s].choices[i].options if o.key == opt.key).latency_us
+                     for s, w in pricing.weights.items())
+        assert opt.latency_us == pytest.approx(expect)
+    # the tables are linear in kv: interpolating the middle bucket from the ends is exact
+    assert pricing.interpolation_error[1] == pytest.approx(0, abs=1e-9)
+
+
+def test_a_decode_heavy_workload_plans_differently_from_prefill(store):
+    m = populate(store)
+    _decode_tables(store, m)
+    loose = Threshold(1.0, relative=True)  # everything allowed: only time decides
+    prefill = make_plan(store, m.name, m.device, m.shape, loose)
+    wl_problem, _ = build_workload_problem(store, m.name, m.device, "prompt=16,gen=9,batch=1")
+    wl = make_plan(store, m.name, m.device, m.shape, loose, problem=wl_problem)
+    assert set(prefill.solution.layers.values()) == {"int8"}
+    assert set(wl.solution.layers.values()) == {"bf16"}
+    # priced on the workload, the workload plan beats the prefill plan
+    keyed = [{o.key: o for o in c.options} for c in wl_problem.choices]
+    prefill_on_wl = sum(k[",".join(prefill.solution.layers[n] for n in c.layer_names)].latency_us
+                        for k, c in zip(keyed, wl_problem.choices))
+    assert sum(o.latency_us for o in wl.solution.chosen) < prefill_on_wl
+    assert wl.document["data"]["shape"] == "workload:prompt=16,gen=9,batch=1"
