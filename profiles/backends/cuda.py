@@ -7,13 +7,13 @@ import torch
 
 from hwcost.precision import Precision
 from profiles.backends.base import Backend, Deployment
-from profiles.backends.weight_only import Fp8WeightOnlyLinear
 from profiles.backends.layers import (
     CastLinear,
     Int8DynamicLinear,
     ScaledMMFp8Linear,
     check_gemm_dims,
 )
+from profiles.backends.weight_only import Fp8WeightOnlyLinear
 
 # cuBLASLt int8 GEMM: more than 16 rows; FP8 GEMM: dims divisible by 16, compute capability 8.9+.
 _INT8_MIN_ROWS = 17

@@ -69,9 +69,9 @@ def test_emulation_changes_weights_and_casts_activations_only():
 
 
 def test_sensitivity_scores_weight_only_formats_int4_above_int8():
-    from sensitivity import per_sample_terms
-
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sensitivity import per_sample_terms
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
