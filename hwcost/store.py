@@ -168,6 +168,11 @@ class CostRow:
 # ---------------------------------------------------------------------------- the store
 
 
+def _shape_key(shape: str) -> str:
+    """A shape's canonical key; a workload key (``workload:...``, ``hwcost.workload``) as is."""
+    return shape if str(shape).startswith("workload:") else parse_shape(shape).key
+
+
 class Store:
     """A connection to one cost database. Use :func:`open_store` to get one."""
 
@@ -493,7 +498,7 @@ class Store:
         with self.session() as s:
             return s.scalars(select(ModelLatency).where(
                 ModelLatency.model_id == model_id, ModelLatency.device_id == device_id,
-                ModelLatency.shape == parse_shape(shape).key,
+                ModelLatency.shape == _shape_key(shape),
                 ModelLatency.config_hash == config_hash)).first()
 
     # -- sensitivities
@@ -561,7 +566,7 @@ class Store:
         given), oldest first."""
         with self.session() as s:
             q = select(Plan).where(Plan.model_id == model_id, Plan.device_id == device_id,
-                                   Plan.shape == parse_shape(shape).key)
+                                   Plan.shape == _shape_key(shape))
             if checkpoint is not None:
                 q = q.where(Plan.checkpoint == checkpoint)
             if quantizer is not None:

@@ -21,6 +21,7 @@ from hwcost import __version__
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
 from hwcost.schema import UNKNOWN, ModelLatency, Plan, Validation
 from hwcost.store import host_name
+from hwcost.workload import is_workload_key
 from planner.export import validate_plan
 
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"
@@ -44,6 +45,9 @@ class ValidationResult:
     n_eval_samples: int
     threads: int | None
     note: str = ""
+    predicted_plan_us: float | None = None
+    baseline_tokens_per_s: float | None = None  # workloads: new tokens per second
+    plan_tokens_per_s: float | None = None
 
     def rows(self) -> list[dict]:
         return [
@@ -53,7 +57,11 @@ class ValidationResult:
              "measured": f"{self.baseline_us:.1f} -> {self.plan_us:.1f}"},
             {"quantity": "loss_mse", "predicted": _f(self.predicted_loss_mse, "{:.4g}"),
              "measured": f"{self.measured_loss_mse:.4g}"},
-        ]
+        ] + ([] if self.plan_tokens_per_s is None else [
+            {"quantity": "plan_latency_us", "predicted": _f(self.predicted_plan_us, "{:.1f}"),
+             "measured": f"{self.plan_us:.1f}"},
+            {"quantity": "tokens_per_s", "predicted": "-",
+             "measured": f"{self.baseline_tokens_per_s:.1f} -> {self.plan_tokens_per_s:.1f}"}])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,9 +122,13 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
                 return m(**inp)
         return run
 
+    from hwcost.shape import parse_shape
+    from profiles.decode import step_fn
+
+    kv = parse_shape(shape).kv  # decode: every call the same step on a cache of kv tokens
     try:
-        return time_interleaved({n: runner(m) for n, m in models.items()}, inputs, backend,
-                                threads=threads, **timing_kwargs)
+        return time_interleaved({n: step_fn(runner(m), inputs, kv) for n, m in models.items()},
+                                inputs, backend, threads=threads, **timing_kwargs)
     finally:
         models.clear()  # the deployed layers go now, not when the caller's frame ends
 
@@ -229,8 +241,14 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     base_layers = {n: data["baseline"] for n in layers}
     configs = {"baseline": base_layers, "plan": layers}
     deployment = plan_deployment(store, data["device"]["fingerprint"])
-    timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
-                           deployment=deployment, **(timing or {}))
+    if is_workload_key(data["shape"]):  # a request: real generate() calls, prefill + decode
+        from planner.generate import time_generate
+
+        timings = time_generate(loaded, configs, data["shape"], backend, threads=threads,
+                                deployment=deployment, **(timing or {}))
+    else:
+        timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
+                               deployment=deployment, **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
     n_eval = sum(int(b.shape[0]) for b in batches)
@@ -260,4 +278,6 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     vid = store.add_validation(v)
     return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
                             p.spread_us, speedup, pr.get("speedup"),
-                            losses["plan"], pr.get("loss_mse"), n_eval, p.threads, note)
+                            losses["plan"], pr.get("loss_mse"), n_eval, p.threads, note,
+                            pr.get("plan_us"), getattr(b, "tokens_per_s", None),
+                            getattr(p, "tokens_per_s", None))

@@ -6,6 +6,12 @@ interpolated between KV buckets), so the workload problem has the same choices a
 one-shape problem, each option's latency and gain the weighted sum of that option's
 latencies and gains at every shape. The solver runs unchanged; a plan can still target one
 shape. No torch.
+
+The end-to-end baseline of a workload is, like a shape's, the larger of the priced sum and a
+measured whole: the baseline model's real ``generate()`` latency for the workload, when
+stored (``hwcost run --workload`` measures it), which includes what no subgraph holds (the
+sampling loop, cache growth, the prefill's cache writes). Plans then predict ``measured
+baseline - sum of subgraph gains``.
 """
 
 from __future__ import annotations
@@ -22,16 +28,17 @@ from planner.problem import Choice, Problem, _weaker, build_problem
 class WorkloadPricing:
     """How a workload problem was priced: each shape's weight and the baseline per shape,
     with the decode interpolation's leave-one-out error per batch size (None with fewer than
-    three buckets)."""
+    three buckets), and the measured baseline request latency when the store has one."""
 
     workload: str
     weights: dict[str, float]
     baseline_us: dict[str, float]
     interpolation_error: dict[int, float | None]
+    request_baseline_us: float | None = None  # measured generate() in the baseline, if stored
 
     def to_dict(self) -> dict:
         return {"workload": self.workload, "weights": self.weights,
-                "baseline_us": self.baseline_us,
+                "baseline_us": self.baseline_us, "request_baseline_us": self.request_baseline_us,
                 "interpolation_error": {str(k): v for k, v in self.interpolation_error.items()}}
 
 
@@ -67,7 +74,8 @@ def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -
 
 def build_workload_problem(store, model_ref: str, device: str, workload: str | Workload, *,
                            precisions: Sequence[str] | None = None, method: str = "taylor",
-                           n_buckets: int = 3) -> tuple[Problem, WorkloadPricing]:
+                           n_buckets: int = 3, checkpoint: str | None = None,
+                           quantizer: str | None = None) -> tuple[Problem, WorkloadPricing]:
     """The planning problem of a workload (see the module docstring) and how it was priced.
 
     Every shape the workload needs must have a cost table (measured, else the fallbacks);
@@ -79,7 +87,8 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
     for shape in weights:
         try:
             problems[shape] = build_problem(store, model_ref, device, shape,
-                                            precisions=precisions, method=method)
+                                            precisions=precisions, method=method,
+                                            checkpoint=checkpoint, quantizer=quantizer)
         except NoEstimate as e:
             raise NoEstimate(f"workload {wl.key}: shape {shape}: {e}") from None
     base = {s: p.baseline_us for s, p in problems.items()}
@@ -89,4 +98,16 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
                  if "phase=decode" in s and s.startswith(f"batch={r.batch},")}
         errors[r.batch] = interpolation_error(costs)
     problem = combine(problems, weights, wl.shape_key)
-    return problem, WorkloadPricing(wl.key, weights, base, errors)
+    whole = _measured_request(store, problem)
+    if whole is not None:  # a measured generate() of the baseline: the end-to-end baseline
+        problem = replace(problem, model_baseline_us=max(whole, problem.model_baseline_us or 0.0))
+    return problem, WorkloadPricing(wl.key, weights, base, errors, whole)
+
+
+def _measured_request(store, problem: Problem) -> float | None:
+    """The stored ``generate()`` latency of the workload in the baseline precision (what
+    :func:`planner.generate.measure_baseline` and workload validations store), if any."""
+    model = store.get_model(problem.model_fingerprint)
+    dev = store.get_device(problem.device_fingerprint)
+    row = store.model_latency(model.id, dev.id, problem.shape, f"all:{problem.baseline}")
+    return row.median_us if row is not None else None

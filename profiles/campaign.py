@@ -114,6 +114,12 @@ def campaign_tasks(part: Partition, shapes: Sequence[Shape], precisions: Sequenc
     return out
 
 
+def profiled_precisions(backend: Any, names: Sequence[str] | str | None) -> list[Precision]:
+    """The precisions a campaign on ``backend`` profiles for ``names`` (None: the device's
+    candidates), the baseline first. UnknownPrecision for one the backend cannot deploy."""
+    return _precisions(backend, names)
+
+
 def _precisions(backend: Any, names: Sequence[str] | str | None) -> list[Precision]:
     known = list(backend.precisions)
     # by default the device's candidates; weight-only formats are opt-in (--precisions), so a

@@ -24,7 +24,11 @@ from hwcost.cli.options import (
 @click.command("plan")
 @click.argument("model")
 @device_option
-@click.option("--shape", required=True, help="Workload shape key, e.g. batch=1,seq=128.")
+@click.option("--shape", default=None, help="Shape key to plan for, e.g. batch=1,seq=128.")
+@click.option("--workload", default=None, metavar="SPEC|FILE",
+              help="Plan for whole requests instead of one shape: prompt=P,gen=G,batch=B or a "
+                   "JSON/CSV file; prices prefill plus each decode step (interpolated between "
+                   "the profiled KV buckets).")
 @click.option("--max-loss-mse", "max_loss", default=None, metavar="X",
               help="Bound on predicted loss MSE: absolute (0.01) or a share of the "
                    "all-lowest-precision loss MSE (10%).")
@@ -60,9 +64,9 @@ from hwcost.cli.options import (
 @store_option
 @json_option
 @handle_errors
-def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_budget, precisions,
-             method, checkpoint, quantizer, sweep_n, plot_path, output, time_limit, db_url,
-             as_json):
+def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, memory_budget,
+             precisions, method, checkpoint, quantizer, sweep_n, plot_path, output, time_limit,
+             db_url, as_json):
     """Pick a precision per layer that maximises the predicted gain on a device with the
     predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
     Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
@@ -77,11 +81,22 @@ def plan_cmd(model, device, shape, max_loss, objective, pins, groups, memory_bud
     threshold = parse_threshold(max_loss) if max_loss is not None else None
     cons = Constraints(max_weight_bytes=parse_bytes(memory_budget), pins=parse_pins(pins),
                        groups=parse_groups(groups))
+    if (shape is None) == (workload is None):
+        raise HwcostError("give one of --shape (e.g. batch=1,seq=128) or --workload "
+                          "(e.g. prompt=256,gen=64,batch=8)")
     precs = [p for p in precisions.split(",") if p.strip()] if precisions else None
     with open_cli_store(db_url) as store:
         quant = parse_quantizer(quantizer).key if quantizer else None
-        problem = build_problem(store, model, device, shape, precisions=precs, method=method,
-                                checkpoint=checkpoint, quantizer=quant)
+        if workload is not None:
+            from planner.workload import build_workload_problem
+
+            problem, _ = build_workload_problem(store, model, device, workload, precisions=precs,
+                                                method=method, checkpoint=checkpoint,
+                                                quantizer=quant)
+            shape = problem.shape
+        else:
+            problem = build_problem(store, model, device, shape, precisions=precs,
+                                    method=method, checkpoint=checkpoint, quantizer=quant)
         if sweep_n is not None:
             _sweep(problem, sweep_n, objective, cons, plot_path, output, time_limit, as_json)
             return

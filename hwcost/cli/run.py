@@ -68,28 +68,38 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                  eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
                  quick: bool = False, progress: bool = False, calib_samples: int = 64,
                  on_step: Callable[[str], None] | None = None,
-                 threads: int | None = None) -> RunSummary:
+                 threads: int | None = None, workload: str | None = None,
+                 precisions: str | None = None) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
 
     ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
     ``sensitivity``, ``plan``, ``validate``) and with ``done`` at the end: ``bench/scale.py``
     measures each step's time and peak memory through it. ``threads``: CPU threads to time
-    with (default: the backend's, all usable CPUs)."""
+    with (default: the backend's, all usable CPUs).
+
+    With ``workload`` (``prompt=P,gen=G,batch=B`` or a JSON/CSV file) the plan optimises the
+    whole request: the campaign profiles the prefill shape and the decode KV buckets the
+    workload needs, the plan prices prefill plus every decode step, and validation times
+    real ``generate()`` calls; ``shape`` is then not used."""
     from hwcost.shape import parse_shape
+    from hwcost.workload import parse_workload, workload_shapes
     from planner.apply import validate_plan_on_device
     from planner.objectives import parse_threshold
     from planner.plans import make_plan, save_plan
     from planner.plot import plot_frontier
     from planner.problem import build_problem
     from planner.sweep import sweep
+    from planner.workload import build_workload_problem
     from profiles.backends import get_backend
-    from profiles.campaign import QUICK_TIMING, cut_model, run_campaign
+    from profiles.campaign import QUICK_TIMING, cut_model, profiled_precisions, run_campaign
     from profiles.loading import load_model
     from profiles.memory import device_available, require_fits
     from profiles.placement import baseline_dtype, place
     from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
 
-    shape = parse_shape(shape).key
+    wl = parse_workload(workload) if workload else None
+    shapes = list(workload_shapes(wl)) if wl else [parse_shape(shape).key]
+    shape = wl.shape_key if wl else shapes[0]  # what the plan targets and is stored under
     threshold = parse_threshold(threshold_text)
     times: dict[str, float] = {}
 
@@ -106,36 +116,55 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     if backend.device.type != "cpu":
         require_fits(loaded.name, sum(p.numel() for p in loaded.model.parameters()), dtype,
                      f"{backend.kind} device", device_available(backend))
+    for sh in shapes:  # a decode bucket beyond the model's positions: refused here
+        loaded.check_shape(sh)
+    precs = profiled_precisions(backend, precisions)
     place(loaded.model, backend.device)
     times["load"] = time.perf_counter() - t0
 
     mark("partition")
     t0 = time.perf_counter()
-    part = cut_model(loaded, [shape], backend, len(backend.precisions))  # the one cut
+    part = cut_model(loaded, shapes, backend, len(precs))  # the one cut
     times["partition"] = time.perf_counter() - t0
 
     mark("profile")
     t0 = time.perf_counter()
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
     timing = QUICK_TIMING if quick else None
-    camp = run_campaign(store, loaded, device_kind, [shape], progress=progress, timing=timing,
-                        part=part, threads=threads)
+    camp = run_campaign(store, loaded, device_kind, shapes, [p.value for p in precs],
+                        progress=progress, timing=timing, part=part, threads=threads)
+    if wl:
+        from planner.generate import measure_baseline
+
+        _step(f"timing generate() of the baseline for {wl.key} (reused when stored)")
+        measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device,
+                         camp.precisions[0], wl, threads=camp.threads,
+                         **(timing.kwargs() if timing else {}))
     times["profile"] = time.perf_counter() - t0
 
     mark("sensitivity")
     t0 = time.perf_counter()
-    precisions = camp.precisions
-    _step(f"sensitivity for {', '.join(precisions)} (reused when stored)")
+    precisions_list = camp.precisions
+    _step(f"sensitivity for {', '.join(precisions_list)} (reused when stored)")
     prep = prepare(model_spec, CalibSpec(path=calib, samples=calib_samples), loaded=loaded,
                    part=part)
-    sens = stored_or_computed(store, prep, precisions, "taylor")
+    sens = stored_or_computed(store, prep, precisions_list, "taylor")
     times["sensitivity"] = time.perf_counter() - t0
 
     mark("plan")
     t0 = time.perf_counter()
     _step(f"planning for loss MSE <= {threshold}")
-    problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
-                            checkpoint=sens.table.checkpoint, quantizer=sens.table.quantizer)
+    ident = {"checkpoint": sens.table.checkpoint, "quantizer": sens.table.quantizer}
+    if wl:
+        problem, pricing = build_workload_problem(store, camp.model_fingerprint, camp.device, wl,
+                                                  precisions=precisions_list, **ident)
+        errs = [f"batch {b}: {e:.1%}" for b, e in pricing.interpolation_error.items()
+                if e is not None]
+        if errs:
+            _step(f"decode interpolation between KV buckets, leave-one-out error {', '.join(errs)}")
+    else:
+        problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
+                                precisions=precisions_list, **ident)
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
                        problem=problem)
     layers = dict(result.document["data"]["layers"])
@@ -235,12 +264,19 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
               help="Calibration sequences for the sensitivity pass.")
 @click.option("--quick", is_flag=True,
               help="Few timing samples, no re-measuring: for smoke tests, not numbers to keep.")
+@click.option("--workload", default=None, metavar="SPEC|FILE",
+              help="Optimise whole requests instead of one shape: prompt=P,gen=G,batch=B, or a "
+                   "JSON/CSV file of (prompt, gen, batch[, weight]). Profiles the prefill shape "
+                   "and the decode KV buckets it needs; validates with real generate() calls.")
+@click.option("--precisions", default=None, metavar="P1,P2",
+              help="Precisions to profile, score and plan (at most 4, the baseline included), "
+                   "e.g. fp32,bf16,int8_wo,int4_wo [default: the device's candidates].")
 @store_option
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
             calib: str | None, eval_data: str | None, samples: int, calib_samples: int,
-            quick: bool,
+            quick: bool, workload: str | None, precisions: str | None,
             db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
@@ -250,14 +286,15 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     and finishes in seconds.
 
     \b
-    Example:
+    Examples:
       hwcost run --device cpu --shape batch=1,seq=128 --max-loss-mse 10%
+      hwcost run --workload prompt=256,gen=64,batch=8 --precisions fp32,bf16,int8_wo,int4_wo
     """
     with open_cli_store(db_url) as store:
         s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
                          calib=calib, eval_data=eval_data, samples=samples, quick=quick,
                          calib_samples=calib_samples,
-                         progress=progress_enabled())
+                         progress=progress_enabled(), workload=workload, precisions=precisions)
     if as_json:
         emit_json(asdict(s))
         return

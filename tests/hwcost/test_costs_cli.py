@@ -84,7 +84,8 @@ def test_coverage_bad_input_is_one_line(db, args, message):
     if message is None:  # the A100 line names its fingerprint; check the rest
         assert r.output.startswith("Error: device A100 (cat")
         assert r.output.endswith("has no rate and no measurement for fp8_e4m3 (it supports fp32, "
-                                 "bf16, fp16, int8); measure it on the device with `hwcost "
+                                 "bf16, fp16, int8, int8_wo, int4_wo, fp8_wo); measure it on "
+                                 "the device with `hwcost "
                                  "profile MODEL --device cuda --shape SHAPE --precisions "
                                  "fp8_e4m3`\n")
     else:

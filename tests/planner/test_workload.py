@@ -69,3 +69,34 @@ def test_a_decode_heavy_workload_plans_differently_from_prefill(store):
                         for k, c in zip(keyed, wl_problem.choices))
     assert sum(o.latency_us for o in wl.solution.chosen) < prefill_on_wl
     assert wl.document["data"]["shape"] == "workload:prompt=16,gen=9,batch=1"
+
+
+def test_plan_cli_plans_a_workload_and_refuses_bad_workload_files(tiny_sqlite, tmp_path):
+    from click.testing import CliRunner
+
+    from hwcost.cli.main import cli
+    from hwcost.store import open_store
+
+    url, m = tiny_sqlite
+    with open_store(url) as s:
+        _decode_tables(s, m)
+
+    def run(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    r = run("plan", m.name, "--device", m.device, "--workload", "prompt=16,gen=9,batch=1",
+            "--max-loss-mse", "100%", "--db", url)
+    assert r.exit_code == 0, r.output
+    assert "workload:prompt=16,gen=9,batch=1, objective time" in r.output.splitlines()[0]
+    assert "layers        13 bf16" in r.output
+    bad = tmp_path / "w.csv"
+    bad.write_text("prompt,gen,batch\n16,9,1\n16,,1\n")
+    r = run("plan", m.name, "--device", m.device, "--workload", bad, "--max-loss-mse", "10%",
+            "--db", url)
+    assert r.exit_code == 1
+    assert r.output == f"Error: {bad} line 3: missing field 'gen' (need prompt, gen, batch)\n"
+    r = run("plan", m.name, "--device", m.device, "--max-loss-mse", "10%", "--db", url)
+    assert r.output.startswith("Error: give one of --shape") and r.exit_code == 1
+    with open_store(url) as s:
+        assert len(s.plans_for(m.model_id, s.get_device(m.device).id,
+                               "workload:prompt=16,gen=9,batch=1")) == 1

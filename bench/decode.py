@@ -1,0 +1,335 @@
+"""Decode with a KV cache and whole-request plans (issue 11, "Must show").
+
+For each model (the demo model, and a wider Llama built from a config: hidden 1024, few
+layers, random weights), on this CPU:
+
+1. **Profiling** (``profiles.campaign.run_campaign``, what ``hwcost run --workload`` runs) of
+   the workload's shapes into a scratch SQLite store: the prefill ``batch=B,seq=P`` and the
+   decode KV buckets ``P``, midpoint, ``P+G-2`` (one decode step each on a real KV cache),
+   every config of every unique subgraph, in fp32 / bf16 / int8_wo / int4_wo.
+2. **Decode additivity** at two KV lengths (the first and last bucket): N random per-layer
+   configs; measured = the whole model's decode step with the config deployed, timed
+   interleaved with the fp32 model on the same caches; predicted = that fp32 step minus the
+   sum of the subgraph gains from the campaign. Error = |predicted - measured| / measured.
+3. **Workload** ``prompt=P,gen=G,batch=B``: Taylor sensitivity (calibration: the demo corpus,
+   random ids for the random-weight model), then three plans under one loss bound: the
+   workload plan (prefill + every decode step, ``planner.workload``), the prefill-only plan
+   (``batch=B,seq=P``), and each uniform precision. The baseline's ``generate()`` latency is
+   measured first (the workload's end-to-end baseline); then every config's real
+   ``generate()`` (greedy, exactly G new tokens, fixed prompts) is timed interleaved. Reported:
+   predicted vs measured request latency of the workload plan, and its measured speed
+   against the best uniform precision that meets the bound and against the prefill-only plan.
+
+Prints a table, writes bench/results/decode.{json,md}, ends with the three target lines.
+
+    python bench/decode.py [--configs 30] [--prompt 256] [--gen 64] [--batch 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hwcost.device import local_device  # noqa: E402
+from hwcost.shape import parse_shape  # noqa: E402
+from hwcost.store import open_store  # noqa: E402
+from hwcost.workload import kv_buckets, parse_workload, workload_shapes  # noqa: E402
+from planner.generate import measure_baseline, time_generate  # noqa: E402
+from planner.objectives import parse_threshold  # noqa: E402
+from planner.plans import make_plan  # noqa: E402
+from planner.problem import build_problem  # noqa: E402
+from planner.workload import build_workload_problem  # noqa: E402
+from profiles.backends import apply_precisions, get_backend  # noqa: E402
+from profiles.bench import time_interleaved  # noqa: E402
+from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
+from profiles.decode import step_fn  # noqa: E402
+from profiles.loading import LoadedModel, load_model  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PRECISIONS = ["fp32", "bf16", "int8_wo", "int4_wo"]  # --precisions may narrow it
+N_INPUTS = 2
+
+
+def wide_llama(layers: int) -> LoadedModel:
+    """A Llama of width 1024 (16 heads of 64, 4 KV heads, MLP 2816) with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=2048, hidden_size=1024, intermediate_size=2816,
+                      num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=4,
+                      max_position_embeddings=1024, tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    return LoadedModel(f"wide-llama-{layers}L", LlamaForCausalLM(cfg).float().eval(), None,
+                       "config")
+
+
+def random_configs(layers, n, rng):
+    out = []
+    for _ in range(n):
+        weights = [rng.gammavariate(1.0, 1.0) for _ in PRECISIONS]
+        out.append({name: rng.choices(PRECISIONS, weights)[0] for name in layers})
+    return out
+
+
+def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing) -> dict:
+    """Predicted (fp32 step minus the sum of subgraph gains) against measured decode steps."""
+    shape = parse_shape(f"batch={batch},kv={kv},phase=decode")
+    rows = store.model_costs(camp.model_fingerprint, camp.device, shape.key)
+    costs = {(r.position, r.config): r.median_us for r in rows}
+    _, manifest = store.manifest(camp.model_fingerprint)
+    pieces = [item for item, _ in manifest]
+    layers = [n for p in pieces for n in p.layer_names]
+    inputs = [loaded.inputs_for(shape, seed=s) for s in range(N_INPUTS)]
+    base_model = apply_precisions(loaded.model, dict.fromkeys(layers, "fp32"), backend)
+    out = []
+    for i, cfg in enumerate(configs):
+        deployed = apply_precisions(loaded.model, cfg, backend)
+        fns = {"fp32": step_fn(lambda inp: base_model(**inp), inputs, kv),
+               "config": step_fn(lambda inp, m=deployed: m(**inp), inputs, kv)}
+        res = time_interleaved(fns, inputs, backend, threads=threads, **timing.kwargs())
+        gain = sum(costs[(p.position, ",".join(["fp32"] * len(p.layer_names)))]
+                   - costs[(p.position, ",".join(cfg[n] for n in p.layer_names))] for p in pieces)
+        base, meas = res["fp32"].median_us, res["config"].median_us
+        pred = base - gain
+        counts = {p: sum(1 for n in layers if cfg[n] == p) for p in PRECISIONS}
+        out.append({"config": i, "counts": counts, "baseline_us": base, "measured_us": meas,
+                    "predicted_us": pred, "abs_err_pct": abs(pred - meas) / meas * 100})
+        print(f"  kv={kv} {i:3d} {counts} fp32 {base / 1e3:6.2f} ms measured {meas / 1e3:6.2f} ms "
+              f"predicted {pred / 1e3:6.2f} ms ({out[-1]['abs_err_pct']:4.1f}%)", flush=True)
+    errs = [r["abs_err_pct"] for r in out]
+    return {"kv": kv, "shape": shape.key, "median_abs_err_pct": statistics.median(errs),
+            "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))], "rows": out}
+
+
+def sensitivity(store, loaded, part, demo: bool, samples: int, tmp: str):
+    """Taylor sensitivity: the demo corpus for the demo model, seeded random ids otherwise."""
+    import numpy as np
+
+    from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
+
+    path = None
+    if not demo:
+        g = torch.Generator().manual_seed(7)
+        ids = torch.randint(0, loaded.model.config.vocab_size, (samples, 64), generator=g)
+        path = f"{tmp}/calib.npy"
+        np.save(path, ids.numpy().astype(np.int64))
+    prep = prepare(None, CalibSpec(path=path, samples=samples, seq_len=64), loaded=loaded,
+                   part=part)
+    return stored_or_computed(store, prep, list(PRECISIONS), "taylor")
+
+
+def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing, n_prompts):
+    measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device, "fp32", wl,
+                     threads=threads, **timing.kwargs())
+    wl_problem, pricing = build_workload_problem(store, camp.model_fingerprint, camp.device, wl,
+                                                 precisions=list(PRECISIONS))
+    (req,) = wl.requests
+    pre_problem = build_problem(store, camp.model_fingerprint, camp.device, req.prefill.key,
+                                precisions=list(PRECISIONS))
+    thr = parse_threshold(threshold)
+    wl_plan = make_plan(store, camp.model_fingerprint, camp.device, wl.shape_key, thr,
+                        problem=wl_problem)
+    pre_plan = make_plan(store, camp.model_fingerprint, camp.device, req.prefill.key, thr,
+                         problem=pre_problem)
+    bound = wl_plan.solution.max_loss_mse
+    layers = wl_problem.layers
+
+    def predicted(assign: dict[str, str]) -> tuple[float, float]:
+        """Workload latency and loss MSE the workload problem predicts for a layer map."""
+        lat, loss = wl_problem.baseline_us, 0.0
+        for c in wl_problem.choices:
+            opt = next(o for o in c.options if o.config == tuple(assign[n] for n in c.layer_names))
+            lat -= opt.gain_us
+            loss += opt.loss_mse
+        return lat, loss
+
+    configs = {"fp32": dict.fromkeys(layers, "fp32"), "workload_plan": wl_plan.solution.layers,
+               "prefill_plan": pre_plan.solution.layers}
+    for p in PRECISIONS[1:]:
+        configs[f"uniform_{p}"] = dict.fromkeys(layers, p)
+    pred = {k: predicted(v) for k, v in configs.items()}
+    meas = time_generate(loaded, configs, wl, backend, threads=threads, n_prompts=n_prompts,
+                         **timing.kwargs())
+    rows = {k: {"predicted_us": pred[k][0], "predicted_loss_mse": pred[k][1],
+                "within_bound": pred[k][1] <= bound * (1 + 1e-9),
+                "measured_us": meas[k].median_us, "spread_us": meas[k].spread_us,
+                "tokens_per_s": meas[k].tokens_per_s,
+                "counts": {p: sum(1 for n in layers if configs[k][n] == p) for p in PRECISIONS}}
+            for k in configs}
+    uniform_ok = [k for k in rows if (k == "fp32" or k.startswith("uniform_"))
+                  and rows[k]["within_bound"]]
+    best_uniform = min(uniform_ok, key=lambda k: rows[k]["measured_us"])
+    plan = rows["workload_plan"]
+    return {
+        "workload": wl.key, "threshold": threshold, "max_loss_mse": bound,
+        "interpolation_error": pricing.interpolation_error,
+        "shape_weights": pricing.weights, "request_baseline_us": pricing.request_baseline_us,
+        "plans_differ": wl_plan.solution.layers != pre_plan.solution.layers,
+        "rows": rows, "best_uniform": best_uniform,
+        "prediction_err_pct": abs(plan["predicted_us"] - plan["measured_us"])
+        / plan["measured_us"] * 100,
+        "vs_best_uniform": rows[best_uniform]["measured_us"] / plan["measured_us"],
+        "vs_prefill_plan": rows["prefill_plan"]["measured_us"] / plan["measured_us"],
+    }
+
+
+def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
+    t0 = time.perf_counter()
+    wl = parse_workload(f"prompt={args.prompt},gen={args.gen},batch={args.batch}")
+    shapes = list(workload_shapes(wl))
+    (req,) = wl.requests
+    buckets = kv_buckets(req)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/decode.db")
+        try:
+            camp = run_campaign(store, loaded, "cpu", shapes, list(PRECISIONS), threads=threads,
+                                n_inputs=N_INPUTS, timing=timing, progress=False)
+            print(f"{name}: campaign {camp.measured} configs in {camp.elapsed_s:.0f} s "
+                  f"({camp.pieces} pieces, {camp.unique_subgraphs} unique) failed {camp.failed}",
+                  flush=True)
+            _, manifest = store.manifest(camp.model_fingerprint)
+            layers = [n for item, _ in manifest for n in item.layer_names]
+            configs = random_configs(layers, args.configs, random.Random(args.seed))
+            add = [additivity(store, camp, loaded, kv, args.batch, configs, backend, threads,
+                              timing) for kv in (buckets[0], buckets[-1])]
+            from profiles.campaign import cut_model
+
+            part = cut_model(loaded, shapes, backend, len(PRECISIONS))
+            sens = sensitivity(store, loaded, part, demo, args.samples, tmp)
+            wlr = workload_plans(store, camp, loaded, wl, args.threshold, backend, threads,
+                                 timing, args.prompts)
+            step_us = {s: camp.baseline_us[s] for s in camp.baseline_us}
+        finally:
+            store.close()
+    return {"model": name, "layers": len(layers), "pieces": camp.pieces,
+            "unique_subgraphs": camp.unique_subgraphs, "campaign_configs": camp.measured,
+            "campaign_s": camp.elapsed_s, "campaign_failed": camp.failed,
+            "campaign_errors": camp.errors[:3], "whole_model_us": step_us,
+            "sensitivity_reused": sens.reused, "additivity": add, "workload": wlr,
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", type=int, default=30)
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--wide-layers", type=int, default=2)
+    ap.add_argument("--threshold", default="20%",
+                    help="loss-MSE bound of the plans (share of the all-lowest loss MSE)")
+    ap.add_argument("--samples", type=int, default=16, help="calibration sequences")
+    ap.add_argument("--prompts", type=int, default=2, help="distinct prompts per request")
+    ap.add_argument("--models", default="demo,wide")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=3.0)
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="at most 4 (the default cut), fp32 first")
+    ap.add_argument("--quick", action="store_true", help="few samples: a smoke run")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    PRECISIONS[:] = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if PRECISIONS[0] != "fp32" or len(PRECISIONS) > 4:
+        ap.error("--precisions: fp32 first, at most 4")
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    backend = get_backend("cpu")
+    threads = args.threads or backend.default_threads()
+    torch.set_num_threads(threads)
+    timing = QUICK_TIMING if args.quick else TimingOptions(max_seconds=args.max_seconds)
+    results = []
+    for name in args.models.split(","):
+        if name == "demo":
+            loaded, demo = load_model(None), True
+        else:
+            loaded, demo = wide_llama(args.wide_layers), False
+        results.append(run_model(loaded.name, loaded, demo, args, backend, threads, timing))
+    report = {"benchmark": "decode", "device": local_device("cpu").to_dict(), "threads": threads,
+              "precisions": list(PRECISIONS), "timing": timing.kwargs(), "quick": args.quick,
+              "args": {k: str(v) for k, v in vars(args).items()}, "models": results,
+              "seconds": time.perf_counter() - start,
+              "loadavg_1min": [load_before[0], os.getloadavg()[0]]}
+    add_errs = [r["abs_err_pct"] for m in results for a in m["additivity"] for r in a["rows"]]
+    pred_errs = [m["workload"]["prediction_err_pct"] for m in results]
+    vs_uniform = [m["workload"]["vs_best_uniform"] for m in results]
+    report["targets"] = {"decode_additivity_median_abs_err_pct": statistics.median(add_errs),
+                         "workload_latency_prediction_err_pct": max(pred_errs),
+                         "workload_plan_vs_best_uniform": min(vs_uniform)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps(report, indent=2, default=str))
+    md = markdown(report)
+    (args.out / "decode.md").write_text(md)
+    print()
+    print(md)
+    t = report["targets"]
+    a, e, v = (t["decode_additivity_median_abs_err_pct"], t["workload_latency_prediction_err_pct"],
+               t["workload_plan_vs_best_uniform"])
+    print(f"target: decode_additivity_median_abs_err = {a:.2f} % (goal <= 3) "
+          f"{'met' if a <= 3 else 'missed'}")
+    print(f"target: workload_latency_prediction_err = {e:.2f} % (goal <= 5) "
+          f"{'met' if e <= 5 else 'missed'}")
+    print(f"target: workload_plan_vs_best_uniform = {v:.3f} x (goal >= 1.0) "
+          f"{'met' if v >= 1.0 else 'missed'}")
+    return 0
+
+
+def markdown(r: dict) -> str:
+    dev = r["device"]
+    lines = ["# Decode with a KV cache and whole-request plans", "",
+             f"{dev['name']} ({' '.join(dev['flags'])}), torch {dev['software'].get('torch')}, "
+             f"{r['threads']} threads; precisions {', '.join(r['precisions'])}; "
+             f"{'QUICK timing (smoke run)' if r['quick'] else 'default timing'}; "
+             f"{r['seconds']:.0f} s; load average (1 min) {r['loadavg_1min'][0]:.1f} at start, "
+             f"{r['loadavg_1min'][1]:.1f} at end ({os.cpu_count()} CPUs, shared).", ""]
+    for m in r["models"]:
+        w = m["workload"]
+        lines += [f"## {m['model']}", "",
+                  f"{m['layers']} linear layers, {m['pieces']} pieces ({m['unique_subgraphs']} "
+                  f"unique); campaign {m['campaign_configs']} configs over "
+                  f"{len(m['whole_model_us'])} shapes in {m['campaign_s']:.0f} s "
+                  f"({m['campaign_failed']} failed).", "",
+                  "Whole-model fp32 latency per shape (campaign):", "",
+                  "| shape | us |", "|---|---|"]
+        lines += [f"| `{s}` | {us:.0f} |" for s, us in m["whole_model_us"].items()]
+        lines += ["", "Decode additivity (whole decode step, predicted = fp32 step - sum of "
+                  "subgraph gains):", "",
+                  "| KV length | configs | median abs err | p90 abs err |", "|---|---|---|---|"]
+        lines += [f"| {a['kv']} | {len(a['rows'])} | {a['median_abs_err_pct']:.2f} % | "
+                  f"{a['p90_abs_err_pct']:.2f} % |" for a in m["additivity"]]
+        ie = ", ".join(f"batch {b}: {e * 100:.2f} %" for b, e in w["interpolation_error"].items()
+                       if e is not None) or "n/a"
+        lines += ["", f"Workload `{w['workload']}`, loss bound {w['threshold']} "
+                  f"(= {w['max_loss_mse']:.4g}); KV interpolation leave-one-out error {ie}; "
+                  f"measured baseline request {w['request_baseline_us'] / 1e3:.1f} ms; "
+                  f"workload plan {'differs from' if w['plans_differ'] else 'equals'} the "
+                  "prefill-only plan.", "",
+                  f"| config | layers {'/'.join(r['precisions'])} | predicted ms | measured ms | "
+                  "tokens/s | predicted loss MSE | within bound |", "|---|---|---|---|---|---|---|"]
+        for k, row in w["rows"].items():
+            c = row["counts"]
+            lines.append(f"| {k} | {'/'.join(str(c[p]) for p in r['precisions'])} | "
+                         f"{row['predicted_us'] / 1e3:.1f} | {row['measured_us'] / 1e3:.1f} | "
+                         f"{row['tokens_per_s']:.0f} | {row['predicted_loss_mse']:.3g} | "
+                         f"{'yes' if row['within_bound'] else 'no'} |")
+        lines += ["", f"Workload plan: predicted vs measured {w['prediction_err_pct']:.2f} %; "
+                  f"measured speed vs best uniform within the bound ({w['best_uniform']}) "
+                  f"{w['vs_best_uniform']:.3f}x; vs the prefill-only plan "
+                  f"{w['vs_prefill_plan']:.3f}x.", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Time whole requests: ``generate()`` of deployed configs on a workload's requests.
+
+For each request of the workload, every config generates exactly ``gen`` new tokens (greedy,
+``min_new_tokens == max_new_tokens``) from the same fixed prompts (random ids of the
+request's ``batch x prompt``, seeded), interleaved with the others by
+``profiles.bench.time_interleaved``. A config's workload latency is the weighted mean of its
+request latencies, its throughput the new tokens per second over the workload. Imports torch
+lazily (inside the functions), like the rest of ``planner``'s apply path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hwcost.workload import Workload, parse_workload
+
+
+@dataclass(frozen=True)
+class WorkloadTiming:
+    """A config's measured workload latency (weighted mean request latency, us), its
+    half-IQR spread combined the same way, new tokens per second, and per-request medians."""
+
+    median_us: float
+    spread_us: float
+    tokens_per_s: float
+    n_samples: int
+    threads: int | None
+    requests_us: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"median_us": self.median_us, "spread_us": self.spread_us,
+                "tokens_per_s": self.tokens_per_s, "n_samples": self.n_samples,
+                "threads": self.threads, "requests_us": self.requests_us}
+
+
+def prompts(loaded: Any, batch: int, prompt: int, n: int, device: Any) -> list:
+    """``n`` fixed prompts (seeded random ids ``[batch, prompt]``) on ``device``."""
+    import torch
+
+    vocab = int(loaded.model.config.vocab_size)
+    out = []
+    for seed in range(n):
+        g = torch.Generator().manual_seed(1000 + seed)
+        out.append(torch.randint(0, vocab, (batch, prompt), generator=g).to(device))
+    return out
+
+
+def generate_fn(model: Any, gen: int):
+    """One request: exactly ``gen`` greedy new tokens from ``ids`` with the KV cache on."""
+    import torch
+
+    def run(ids):
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  max_new_tokens=gen, min_new_tokens=gen, do_sample=False,
+                                  use_cache=True, pad_token_id=0)
+    return run
+
+
+def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
+                  workload: str | Workload, backend: Any, *, threads: int | None = None,
+                  n_prompts: int = 2, deployment: str = "eager", **timing_kwargs: Any
+                  ) -> dict[str, WorkloadTiming]:
+    """Interleaved ``generate()`` latency of several per-layer configs over a workload.
+
+    Configs are deployed as views of the one loaded model (:func:`planner.apply.deploy`).
+    Returns config name -> :class:`WorkloadTiming`."""
+    from planner.apply import deploy, model_dataflow
+    from profiles.bench import time_interleaved
+
+    wl = parse_workload(workload)
+    flow = model_dataflow(loaded, backend)
+    models = {name: deploy(loaded.model, layers, backend, flow, deployment)
+              for name, layers in configs.items()}
+    per_req: dict[str, dict[str, Any]] = {name: {} for name in configs}
+    try:
+        for r in wl.requests:
+            ids = prompts(loaded, r.batch, r.prompt, n_prompts, backend.device)
+            fns = {name: generate_fn(m, r.gen) for name, m in models.items()}
+            for name, t in time_interleaved(fns, ids, backend, threads=threads,
+                                            **timing_kwargs).items():
+                per_req[name][r.key] = t
+    finally:
+        models.clear()
+    total_w = wl.total_weight
+    tokens = sum(r.weight * r.new_tokens for r in wl.requests)
+    out = {}
+    for name, ts in per_req.items():
+        med = sum(r.weight * ts[r.key].median_us for r in wl.requests) / total_w
+        spread = sum(r.weight * ts[r.key].spread_us for r in wl.requests) / total_w
+        seconds = sum(r.weight * ts[r.key].median_us for r in wl.requests) / 1e6
+        first = next(iter(ts.values()))
+        out[name] = WorkloadTiming(med, spread, tokens / seconds,
+                                   min(t.n_samples for t in ts.values()), first.threads,
+                                   {k: t.median_us for k, t in ts.items()})
+    return out
+
+
+def measure_baseline(store: Any, loaded: Any, backend: Any, model_fingerprint: str,
+                     device_fingerprint: str, baseline: str, workload: str | Workload, *,
+                     threads: int | None = None, **timing_kwargs: Any) -> float:
+    """The workload's ``generate()`` latency with every layer in ``baseline``, stored as the
+    model latency ``all:<baseline>`` under the workload's key (reused when stored); us."""
+    from hwcost import __version__
+    from hwcost.schema import ModelLatency
+    from hwcost.store import host_name
+
+    wl = parse_workload(workload)
+    model = store.get_model(model_fingerprint)
+    dev = store.get_device(device_fingerprint)  # the profiled device (threads included)
+    found = store.model_latency(model.id, dev.id, wl.shape_key, f"all:{baseline}")
+    if found is not None:
+        return found.median_us
+    _, manifest = store.manifest(model_fingerprint)
+    layers = {n: baseline for item, _ in manifest for n in item.layer_names}
+    t = time_generate(loaded, {"baseline": layers}, wl, backend, threads=threads,
+                      **timing_kwargs)["baseline"]
+    store.add_model_latency(ModelLatency(
+        model_id=model.id, device_id=dev.id, shape=wl.shape_key, config_hash=f"all:{baseline}",
+        config="{}", median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples,
+        host=host_name(), tool_version=__version__))
+    return t.median_us
