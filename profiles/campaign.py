@@ -28,7 +28,7 @@ import torch
 
 from hwcost import __version__, fleet_worker, queue
 from hwcost.device import local_device
-from hwcost.errors import UnknownPrecision
+from hwcost.errors import BackendUnavailable, UnknownPrecision
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
 from hwcost.schema import ModelLatency
 from hwcost.shape import Shape, parse_shape
@@ -186,10 +186,14 @@ class _Measurer:
         fns = {}
         for key in cfgs:
             swaps = {}
-            for name, prec in zip(piece.layer_names, key.split(",")):
-                if (name, prec) not in deployed:
-                    deployed[name, prec] = self.backend.deploy_linear(model.get_submodule(name), prec)
-                swaps[name] = copy.copy(deployed[name, prec])  # own links, shared weights
+            try:
+                for name, prec in zip(piece.layer_names, key.split(",")):
+                    if (name, prec) not in deployed:
+                        deployed[name, prec] = self.backend.deploy_linear(
+                            model.get_submodule(name), prec)
+                    swaps[name] = copy.copy(deployed[name, prec])  # own links, shared weights
+            except BackendUnavailable:
+                continue  # a kernel that rejects this layer's shape: the others are timed
             link_deployed(swaps, self.dataflow)
             holder = piece.extract(model, replace=swaps)
 
@@ -398,6 +402,11 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
                 continue
             _write(store, report, sig, shape, timings)
             report.measured += len(timings)
+            if len(timings) < len(cfgs):  # configs with a layer the kernel cannot take
+                report.failed += len(cfgs) - len(timings)
+                missing = sorted(set(cfgs) - set(timings))
+                report.errors.append(f"{sig[:12]} {shape}: cannot deploy {missing[0]}"
+                                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
             bar.update(len(cfgs))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwcost.errors import BackendUnavailable
 from hwcost.precision import INT4_GROUP, Precision
 from profiles.backends.layers import DeployedLinear
 from profiles.precisions import (
@@ -74,7 +75,17 @@ class Int4WeightOnlyLinear(_WeightOnly):
                  device: torch.device, group: int = INT4_GROUP) -> None:
         super().__init__(weight.shape[1], weight.shape[0])
         self.precision, self.kernel, self.group = Precision.INT4_WO, kernel, group
+        if weight.shape[1] % group:
+            raise BackendUnavailable(f"int4_wo needs the input width to be a multiple of {group}; "
+                                     f"layer is {weight.shape[1]}->{weight.shape[0]}")
         q, scale, zero = quantize_int4_groups(weight, group)
+        # the packing wants a multiple of 16 output channels: pad with zero rows (q = 8 with
+        # zero point 0 dequantizes to exactly 0), drop their outputs after the matmul
+        pad = -weight.shape[0] % 16
+        if pad:
+            q = torch.cat([q, torch.full((pad, q.shape[1]), 8, dtype=q.dtype)])
+            scale = torch.cat([scale, torch.ones(pad, scale.shape[1], dtype=scale.dtype)])
+            zero = torch.cat([zero, torch.zeros(pad, zero.shape[1], dtype=zero.dtype)])
         packed = torch._convert_weight_to_int4pack_for_cpu(q.to(device), 2)
         self.register_buffer("weight", packed)  # uint8 [out, in / 2]
         # [in / group, out, 2]: the kernel's scales-and-zeros layout
@@ -84,7 +95,7 @@ class Int4WeightOnlyLinear(_WeightOnly):
 
     def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int4pack_mm_for_cpu(x, self.weight, self.group, self.scales_and_zeros)
-        return self._add_bias(y)
+        return self._add_bias(y[:, :self.out_features])
 
 
 class Fp8WeightOnlyLinear(_WeightOnly):

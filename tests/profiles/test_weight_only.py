@@ -45,6 +45,19 @@ def test_weight_only_layers_store_low_bit_weights_and_match_the_emulation(precis
     assert ((y - ref).norm() / ref.norm()).item() < 5e-3
 
 
+def test_int4_pads_odd_output_widths_and_refuses_odd_input_widths():
+    from hwcost.errors import BackendUnavailable
+
+    layer = _layer(64, 264)  # a vocabulary-sized lm_head: 264 is not a multiple of 16
+    deployed = get_backend("cpu").deploy_linear(layer, "int4_wo")
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        y, ref = deployed(x), emulation("int4_wo").linear(x, layer.weight, layer.bias)
+    assert y.shape == (3, 264) and ((y - ref).norm() / ref.norm()).item() < 5e-3
+    with pytest.raises(BackendUnavailable, match="multiple of 32; layer is 40->8"):
+        get_backend("cpu").deploy_linear(nn.Linear(40, 8), "int4_wo")
+
+
 def test_quantizers_round_trip_their_integers():
     w = torch.randn(64, 128)
     q, s = quantize_int8_rows_wo(w)
