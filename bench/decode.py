@@ -22,7 +22,8 @@ layers, random weights), on this CPU:
 
 Prints a table, writes bench/results/decode.{json,md}, ends with the three target lines.
 
-    python bench/decode.py [--configs 30] [--prompt 256] [--gen 64] [--batch 4] [--quick]
+    python bench/decode.py [--configs 30] [--prompt 256] [--gen 64] [--batch 1] [--threads 1]
+                           [--precisions fp32,bf16,int8_wo,int4_wo] [--quick]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from planner.plans import make_plan  # noqa: E402
 from planner.problem import build_problem  # noqa: E402
 from planner.workload import build_workload_problem  # noqa: E402
 from profiles.backends import apply_precisions, get_backend  # noqa: E402
-from profiles.bench import time_interleaved  # noqa: E402
+from profiles.bench import CLOCK_ENV, time_interleaved  # noqa: E402
 from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.decode import step_fn  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
@@ -225,18 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", type=int, default=30)
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--gen", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--wide-layers", type=int, default=2)
     ap.add_argument("--threshold", default="20%",
                     help="loss-MSE bound of the plans (share of the all-lowest loss MSE)")
     ap.add_argument("--samples", type=int, default=16, help="calibration sequences")
     ap.add_argument("--prompts", type=int, default=2, help="distinct prompts per request")
     ap.add_argument("--models", default="demo,wide")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared, oversubscribed machine two threads "
+                         "spend their time waiting on each other)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=3.0)
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="at most 4 (the default cut), fp32 first")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="thread",
+                    help="thread (default, needs --threads 1): the thread's CPU time, which "
+                         "leaves out the slices other processes take on a shared machine; a "
+                         "multi-millisecond decode step or request is otherwise preempted many "
+                         "times where a sub-millisecond piece is not")
     ap.add_argument("--quick", action="store_true", help="few samples: a smoke run")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -249,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = get_backend("cpu")
     threads = args.threads or backend.default_threads()
     torch.set_num_threads(threads)
+    if args.clock == "thread" and threads != 1:
+        ap.error("--clock thread needs --threads 1")
+    os.environ[CLOCK_ENV] = args.clock  # campaign, additivity and generate() timings alike
     timing = QUICK_TIMING if args.quick else TimingOptions(max_seconds=args.max_seconds)
     results = []
     for name in args.models.split(","):
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded, demo = wide_llama(args.wide_layers), False
         results.append(run_model(loaded.name, loaded, demo, args, backend, threads, timing))
     report = {"benchmark": "decode", "device": local_device("cpu").to_dict(), "threads": threads,
+              "clock": args.clock,
               "precisions": list(PRECISIONS), "timing": timing.kwargs(), "quick": args.quick,
               "args": {k: str(v) for k, v in vars(args).items()}, "models": results,
               "seconds": time.perf_counter() - start,
@@ -290,7 +302,7 @@ def markdown(r: dict) -> str:
     dev = r["device"]
     lines = ["# Decode with a KV cache and whole-request plans", "",
              f"{dev['name']} ({' '.join(dev['flags'])}), torch {dev['software'].get('torch')}, "
-             f"{r['threads']} threads; precisions {', '.join(r['precisions'])}; "
+             f"{r['threads']} threads, {r['clock']} clock; precisions {', '.join(r['precisions'])}; "
              f"{'QUICK timing (smoke run)' if r['quick'] else 'default timing'}; "
              f"{r['seconds']:.0f} s; load average (1 min) {r['loadavg_1min'][0]:.1f} at start, "
              f"{r['loadavg_1min'][1]:.1f} at end ({os.cpu_count()} CPUs, shared).", ""]

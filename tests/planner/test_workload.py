@@ -100,3 +100,21 @@ def test_plan_cli_plans_a_workload_and_refuses_bad_workload_files(tiny_sqlite, t
     with open_store(url) as s:
         assert len(s.plans_for(m.model_id, s.get_device(m.device).id,
                                "workload:prompt=16,gen=9,batch=1")) == 1
+
+
+def test_run_refuses_a_workload_beyond_the_models_positions_before_storing(sqlite_url, tmp_path):
+    from click.testing import CliRunner
+
+    from hwcost.cli.main import cli
+    from hwcost.store import open_store
+
+    # the demo model has 512 positions: the last decode step of 500 + 20 would need 519
+    r = CliRunner().invoke(cli, ["run", "--workload", "prompt=500,gen=20,batch=1", "--db",
+                                 sqlite_url, "--out", str(tmp_path / "out")],
+                           catch_exceptions=False)
+    assert r.exit_code == 1
+    assert r.output.splitlines()[-1] == (
+        "Error: shape batch=1,kv=518,phase=decode: a decode step at kv=518 needs position 519, "
+        "beyond model 'demo''s 512 positions")
+    with open_store(sqlite_url) as s:
+        assert s.measurement_count() == 0 and not s.devices()
