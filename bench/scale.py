@@ -84,7 +84,8 @@ def _reset_peak() -> None:
 class StepMeter:
     """``on_step`` for run_main_job: wall time and peak RSS of each step."""
 
-    def __init__(self) -> None:
+    def __init__(self, after=None) -> None:
+        self.after = after or (lambda _name: None)
         self.steps: dict[str, dict] = {}
         self.current: str | None = None
         self.t0 = 0.0
@@ -95,8 +96,9 @@ class StepMeter:
         if self.current is not None:
             peak = _status("VmHWM")
             self.run_peak = max(self.run_peak, peak)
-            self.steps[self.current] = {"wall_s": round(now - self.t0, 2), "peak_rss": peak,
-                                        "rss_after": _status("VmRSS")}
+            self.steps[self.current].update({"wall_s": round(now - self.t0, 2), "peak_rss": peak,
+                                             "rss_after": _status("VmRSS")})
+            self.after(self.current)
         if name == "done":
             self.current = None
             return
@@ -153,7 +155,7 @@ def worker(args) -> dict:
     import sensitivity.taylor  # noqa: F401
     from hwcost.cli.run import run_main_job
     from hwcost.store import open_store
-    from profiles.memory import step_peaks
+    from profiles.memory import batch_within_budget, hf_parameter_count, saved_per_token, step_peaks
 
     ckpt = Path(args.worker)
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -162,34 +164,39 @@ def worker(args) -> dict:
     calib, evald = tmp / "calib.npy", tmp / "eval.npy"
     np.save(calib, rng.integers(0, cfg["vocab_size"], (CALIB_SAMPLES, SEQ)))
     np.save(evald, rng.integers(0, cfg["vocab_size"], (EVAL_SAMPLES, SEQ)))
+    n_params = hf_parameter_count(ckpt)
+    calib_batch = batch_within_budget(saved_per_token(cfg, 4), n_params * 4, SEQ)
+    pred = step_peaks(cfg, n_params, dtype_bytes=4, profile_tokens=SEQ, cut_tokens=SEQ,
+                      calib_batch_tokens=calib_batch * SEQ, eval_batch_tokens=8 * SEQ,
+                      plan_bytes_per_weight=2.0)
+    row = {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
+           "vocab": cfg["vocab_size"], "intermediate": cfg["intermediate_size"],
+           "params": n_params, "weights_fp32": n_params * 4, "predicted": pred,
+           "calib_batch": calib_batch, "quick": bool(args.quick),
+           "threads": torch.get_num_threads(), "clock": os.environ.get("HWCOST_BENCH_CLOCK", "wall")}
+    # the reference first (one calibration batch: the peak is per batch), so that a run cut
+    # short still has it
+    ids = torch.from_numpy(np.load(calib))
     _reset_peak()
-    base = _status("VmRSS")
-    meter = StepMeter()
+    row["fwd_bwd_peak_rss"] = fwd_bwd_peak(ckpt, [ids[:calib_batch]])
+    _reset_peak()
+    row["base_rss"] = _status("VmRSS")
+
+    def dump(_name: str) -> None:
+        if args.partial:
+            Path(args.partial).write_text(json.dumps({**row, "steps": meter.steps,
+                                                      "partial": True}, indent=2))
+    meter = StepMeter(after=dump)
     t0 = time.perf_counter()
     with open_store(f"sqlite:///{tmp / 'store.db'}") as store:
         s = run_main_job(store, str(ckpt), "cpu", SHAPE, "10%", tmp / "out", calib=str(calib),
                          eval_data=str(evald), samples=EVAL_SAMPLES, quick=args.quick,
                          calib_samples=CALIB_SAMPLES, on_step=meter, threads=args.threads)
-    total_s = time.perf_counter() - t0
-    n_params = None
-    from profiles.memory import hf_parameter_count
-
-    n_params = hf_parameter_count(ckpt)
-    ids = torch.from_numpy(np.load(calib))
-    batches = [ids[i:i + 8] for i in range(0, ids.shape[0], 8)]
-    _reset_peak()
-    fb = fwd_bwd_peak(ckpt, batches)
-    pred = step_peaks(cfg, n_params, dtype_bytes=4, profile_tokens=SEQ, cut_tokens=SEQ,
-                      calib_batch_tokens=8 * SEQ, eval_batch_tokens=8 * SEQ,
-                      plan_bytes_per_weight=2.0)
-    return {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"],
-            "vocab": cfg["vocab_size"], "intermediate": cfg["intermediate_size"],
-            "params": n_params, "weights_fp32": n_params * 4, "base_rss": base,
-            "steps": meter.steps, "run_peak_rss": meter.run_peak, "total_s": round(total_s, 1),
-            "fwd_bwd_peak_rss": fb, "predicted": pred, "measured_share": s.measured_share,
-            "speedup": s.measured_speedup, "plan_counts": s.precision_counts,
-            "quick": bool(args.quick), "threads": torch.get_num_threads(),
-            "clock": os.environ.get("HWCOST_BENCH_CLOCK", "wall")}
+    row.update({"steps": meter.steps, "run_peak_rss": meter.run_peak,
+                "total_s": round(time.perf_counter() - t0, 1),
+                "measured_share": s.measured_share, "speedup": s.measured_speedup,
+                "plan_counts": s.precision_counts})
+    return row
 
 
 # ------------------------------------------------------------------------------- parent
@@ -204,7 +211,8 @@ def run_width(hidden: int, args) -> dict:
                         "--layers", str(args.layers), "--vocab", str(args.vocab)],
                        check=True, env=env)
         build_s = time.perf_counter() - t0
-        cmd = [sys.executable, __file__, "--worker", str(ckpt), "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--worker", str(ckpt), "--threads", str(args.threads),
+               "--partial", str(RESULTS / f"scale_partial_h{hidden}.json")]
         cmd += ["--quick"] if args.quick else []
         if args.threads == 1:  # on a shared machine: time this thread's CPU time (bench.py)
             env["HWCOST_BENCH_CLOCK"] = "thread"
@@ -251,6 +259,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--build", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--partial", help="worker: write the row so far here after every step")
     args = ap.parse_args(argv)
     if args.paper:
         print(paper_tables())
@@ -335,15 +344,16 @@ CARDS = {"H100 80 GB": 80e9, "Gaudi 2 96 GB": 96e9}
 def paper_tables() -> str:
     """The per-step peaks of docs/scale.md, from profiles.memory.step_peaks (bf16 baseline on
     the card: 2-byte weights and activations; the plan's low-precision layers 1 byte)."""
-    from profiles.memory import step_peaks
+    from profiles.memory import batch_within_budget, saved_per_token, step_peaks
 
     out = []
     for shape, (batch, seq) in {"batch=1,seq=128": (1, 128), "batch=8,seq=2048": (8, 2048)}.items():
         out += [f"#### {shape}", "", "| model | weights | " + " | ".join(STEPS) + " | " +
                 " | ".join(CARDS) + " |", "|---" * (3 + len(STEPS) + len(CARDS) - 1) + "|"]
         for name, cfg in LLAMA.items():
+            cb = batch_within_budget(saved_per_token(cfg, 2), cfg["params"] * 2, 128)
             pk = step_peaks(cfg, cfg["params"], dtype_bytes=2, profile_tokens=batch * seq,
-                            cut_tokens=min(seq, 128), calib_batch_tokens=8 * 128,
+                            cut_tokens=min(seq, 128), calib_batch_tokens=cb * 128,
                             eval_batch_tokens=8 * 128, plan_bytes_per_weight=1.0,
                             n_precision_bytes=2 + 1 + 1)
             peak = max(pk.values())

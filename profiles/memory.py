@@ -100,6 +100,49 @@ def require_fits(name: str, n_params: int, dtype: torch.dtype, where: str,
     return need
 
 
+def saved_per_token(cfg: dict, act_bytes: int, seq: int = 128) -> int:
+    """Bytes autograd and the sensitivity hooks keep per calibration token until the backward
+    pass reaches each layer: ``L (7H + 2Hkv + heads x seq + 4I) + 3V`` elements."""
+    h, inter, layers, vocab = (cfg["hidden_size"], cfg["intermediate_size"],
+                               cfg["num_hidden_layers"], cfg["vocab_size"])
+    heads = cfg.get("num_attention_heads", max(1, h // 128))
+    kv = cfg.get("num_key_value_heads", heads) * (h // heads)
+    return (layers * (7 * h + 2 * kv + heads * seq + 4 * inter) + 3 * vocab) * act_bytes
+
+
+MIN_CALIB_BUDGET = 2**30
+"""Floor of the calibration batch's activation budget (bytes): small models keep batches of 8."""
+
+
+def calib_batch_size(model: Any, seq_len: int, default: int = 8) -> int:
+    """Samples per sensitivity batch: ``default``, or fewer so that one batch's saved
+    activations stay within half the model's weights (at least :data:`MIN_CALIB_BUDGET`).
+    Per-sample terms do not depend on the batch, so this trades only speed for memory: the
+    sensitivity step then peaks at about 1.5x the weights instead of growing with the batch."""
+    cfg = getattr(model, "config", None)
+    try:
+        d = cfg.to_dict() if cfg is not None else {}
+        per_token = saved_per_token(d, _act_bytes(model), seq_len)
+    except (KeyError, AttributeError, TypeError):
+        return default  # not a decoder config we can size: keep the default
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return batch_within_budget(per_token, weights, seq_len, default)
+
+
+def batch_within_budget(per_token: int, weights_bytes: int, seq_len: int, default: int = 8
+                        ) -> int:
+    """The batch :func:`calib_batch_size` picks, from the figures alone."""
+    budget = max(weights_bytes // 2, MIN_CALIB_BUDGET)
+    return max(1, min(default, budget // max(1, per_token * seq_len)))
+
+
+def _act_bytes(model: Any) -> int:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.element_size()
+    return 4
+
+
 def step_peaks(cfg: dict, n_params: int, *, dtype_bytes: int = 4, profile_tokens: int = 128,
                cut_tokens: int = 128, calib_batch_tokens: int = 1024,
                eval_batch_tokens: int = 1024, plan_bytes_per_weight: float = 2.0,
@@ -130,12 +173,10 @@ def step_peaks(cfg: dict, n_params: int, *, dtype_bytes: int = 4, profile_tokens
     a = dtype_bytes
     w = n_params * dtype_bytes
     biggest_piece = max(vocab * h, 3 * h * inter, h * (h + 2 * kv))
-    seq = 128
     trace = cut_tokens * (layers * (9 * h + 2 * kv + 3 * inter) + h + vocab) * a
     profile = (biggest_piece * (n_precision_bytes - dtype_bytes) if n_precision_bytes > dtype_bytes
                else 0) + profile_tokens * 2 * (vocab + 2 * inter + 4 * h) * a
-    saved = calib_batch_tokens * (layers * (7 * h + 2 * kv + heads * seq + 4 * inter)
-                                  + 3 * vocab) * a
+    saved = calib_batch_tokens * saved_per_token(cfg, a)
     # one layer scored at a time, in float32: its input and output gradient upcast, row chunks
     # of at most as much again, and (for a 16-bit model) its weight upcast
     scoring = calib_batch_tokens * (h + vocab) * 4 * 2

@@ -146,8 +146,12 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     t0 = time.perf_counter()
     precisions_list = camp.precisions
     _step(f"sensitivity for {', '.join(precisions_list)} (reused when stored)")
-    prep = prepare(model_spec, CalibSpec(path=calib, samples=calib_samples), loaded=loaded,
-                   part=part)
+    from profiles.memory import calib_batch_size
+
+    spec = CalibSpec(path=calib, samples=calib_samples)
+    spec = CalibSpec(path=calib, samples=calib_samples,
+                     batch_size=calib_batch_size(loaded.model, spec.seq_len, spec.batch_size))
+    prep = prepare(model_spec, spec, loaded=loaded, part=part)
     sens = stored_or_computed(store, prep, precisions_list, "taylor")
     times["sensitivity"] = time.perf_counter() - t0
 
