@@ -4,6 +4,7 @@ cancel, per-worker status."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -164,3 +165,31 @@ def test_concurrent_threads_never_share_a_unit(store_url):
         assert queue.progress(s, cid).done == 36
         assert s.measurement_count() == 36
         assert set(queue.task_workers(s, cid).values()) <= set(got)
+
+
+def test_campaign_cli_status_retry_cancel(sqlite_url):
+    from click.testing import CliRunner
+
+    from hwcost.cli.main import cli
+
+    with open_store(sqlite_url) as s:
+        cid = _setup(s)
+        queue.add_tasks(s, cid, _all_tasks())
+        (u,) = queue.claim(s, cid, "w1")
+        queue.complete_unit(s, u, "w1", [_m(t) for t in u.tasks[1:]], {u.tasks[0].id: "boom"})
+        queue.claim(s, cid, "w2")
+    run = CliRunner().invoke
+    out = run(cli, ["campaign", "status", "c1", "--db", sqlite_url]).output.splitlines()
+    assert out[0] == "campaign  c1 (open)"
+    assert out[3] == "tasks     2/36 done (6%), 30 pending, 3 claimed, 1 failed"
+    assert out[4].split() == ["worker", "done", "failed", "tasks_per_s", "holding", "last_heartbeat"]
+    assert out[6].split()[:3] == ["w1", "2", "1"] and out[7].split()[:5] == ["w2", "0", "0", "-", "1"]
+    res = run(cli, ["campaign", "retry", "c1", "--db", sqlite_url])
+    assert (res.exit_code, res.output) == (0, "campaign c1: 1 task back to pending\n")
+    res = run(cli, ["campaign", "cancel", "c1", "--db", sqlite_url])
+    assert (res.exit_code, res.output) == (0, "campaign c1: 31 pending tasks cancelled\n")
+    res = run(cli, ["campaign", "retry", "nope", "--db", sqlite_url])
+    assert (res.exit_code, res.output) == (
+        1, "Error: no campaign 'nope' in the store; `hwcost campaign ls` lists them\n")
+    d = json.loads(run(cli, ["campaign", "status", "c1", "--db", sqlite_url, "--json"]).output)
+    assert (d["state"], d["cancelled"], d["worker_stats"]["w2"]["holding"]) == ("open", 31, 1)
