@@ -100,7 +100,9 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing) -> dict:
                                   threads=threads, n_inputs=N_INPUTS, progress=False,
                                   timing=timing,
                                   model_latency=True)
-            rows = store.model_costs(report.model_fingerprint, report.device, shape.key)
+            # every timing of this run, stable or not: the benchmark reports its own spread
+            rows = store.model_costs(report.model_fingerprint, report.device, shape.key,
+                                     allow_unstable=True)
             _, manifest = store.manifest(report.model_fingerprint)
         finally:
             store.close()

@@ -19,6 +19,7 @@ for which a ``source="catalog"`` device row is created on first use.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections import Counter
@@ -29,6 +30,7 @@ import numpy as np
 
 from hwcost.catalog import Peaks, find_catalog, load_catalog
 from hwcost.errors import BadConfig, NoEstimate, NoSuchDevice, UnsupportedPrecision
+from hwcost.learned import FORMAT_VERSION as LEARNED_FORMAT
 from hwcost.learned import LatencyModel
 from hwcost.precision import (
     BASELINE,
@@ -73,10 +75,13 @@ class Estimate:
     source: str  # "measured" | "learned" | "roofline"
     uncertainty_us: float
     cv_error: float | None = None
+    baseline_us: float | None = None  # measured: the baseline config timed in the same group
+    good: bool = True  # measured: a full, stable timing (False only with allow_unstable)
 
     def to_dict(self) -> dict:
         return {"latency_us": self.latency_us, "source": self.source,
-                "uncertainty_us": self.uncertainty_us, "cv_error": self.cv_error}
+                "uncertainty_us": self.uncertainty_us, "cv_error": self.cv_error,
+                "baseline_us": self.baseline_us, "good": self.good}
 
 
 # ------------------------------------------------------------------------------- devices
@@ -132,8 +137,10 @@ class CostModel:
     are trained once per instance from the store's measurements of this device.
     """
 
-    def __init__(self, store: Store, device: str | Device, seed: int = 0):
+    def __init__(self, store: Store, device: str | Device, seed: int = 0, *,
+                 allow_unstable: bool = False):
         self.store = store
+        self.allow_unstable = allow_unstable  # quick and unstable rows count as measured
         self.device = device if isinstance(device, Device) else resolve_device(store, device)
         self.kind = self.device.kind
         self.carrier = BASELINE.get(self.kind, Precision.FP32)
@@ -149,7 +156,8 @@ class CostModel:
     @property
     def measurements(self) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         if not hasattr(self, "_rows"):
-            self._rows = self.store.device_measurements(self.device.fingerprint)
+            self._rows = self.store.device_measurements(self.device.fingerprint,
+                                                        allow_unstable=self.allow_unstable)
             self._measured = {(g.signature, sh, cfg): (med, spr) for g, sh, cfg, med, spr in self._rows}
         return self._rows
 
@@ -211,14 +219,46 @@ class CostModel:
 
     @property
     def learned(self) -> LatencyModel | None:
-        """The trained learned model, or None when there is too little to train on."""
+        """The trained learned model, or None when there is too little to train on.
+
+        Fitted once per device and store state: the fit is kept in the store as JSON data
+        (``learned_fit``, never a pickle) under a hash of its training rows and settings,
+        and read back by every later query of the same state; new or replaced measurements
+        change the hash and so refit it."""
         if not hasattr(self, "_learned"):
             self._learned = None
+            self.learned_from_store = False
             if len(self.measurements) >= MIN_LEARNED_SAMPLES:
                 qs, y = self._train_queries()
                 if len({(q.subgraph.signature, q.shape.key) for q in qs}) >= 2:
-                    self._learned = LatencyModel(self.peaks, self.carrier, seed=self.seed).fit(qs, y)
+                    self._learned = self._stored_or_fitted(qs, y)
         return self._learned
+
+    def fit_state(self) -> str:
+        """Hash of what the learned model depends on: its format, seed, carrier, the
+        device's peaks and every training row (key and median)."""
+        h = hashlib.sha256(json.dumps(
+            {"format": LEARNED_FORMAT, "seed": self.seed, "carrier": self.carrier.value,
+             "peaks": self.peaks.to_json()}, sort_keys=True, default=str).encode())
+        for key in sorted(f"{g.signature}|{sh}|{cfg}|{med!r}"
+                          for g, sh, cfg, med, _ in self.measurements):
+            h.update(key.encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    def _stored_or_fitted(self, qs: list[Query], y: np.ndarray) -> LatencyModel:
+        state = self.fit_state()
+        body = self.store.learned_fit(self.device.id, state)
+        if body is not None:
+            try:
+                lm = LatencyModel.from_dict(self.peaks, json.loads(body))
+                self.learned_from_store = True
+                return lm
+            except (NoEstimate, KeyError, TypeError, ValueError):
+                pass  # another format or a damaged row: refit and overwrite it
+        lm = LatencyModel(self.peaks, self.carrier, seed=self.seed).fit(qs, y)
+        self.store.put_learned_fit(self.device.id, state, json.dumps(lm.to_dict()))
+        return lm
 
     def _use_learned(self) -> bool:
         lm = self.learned
@@ -278,6 +318,20 @@ def latency(store: Store, device: str, subgraph: SubgraphInfo, shape: str,
 # ------------------------------------------------------------------------------ a model's table
 
 
+def gain_of(est: Estimate, base: Estimate) -> float:
+    """Time gain of ``est`` over the baseline estimate ``base``.
+
+    When both are measured and ``est`` carries the baseline timed in its own interleave
+    group, the gain is that group's ratio applied to the baseline's latency,
+    ``base * (1 - est / in_group_baseline)``: whatever slowed or sped up the whole group
+    (drift, another job) cancels in the ratio, and a gain never exceeds the baseline it
+    comes from. Otherwise it is the difference of the two estimates."""
+    if (est.source == "measured" and base.source == "measured" and est.baseline_us
+            and est.baseline_us > 0):
+        return base.latency_us * (1.0 - est.latency_us / est.baseline_us)
+    return base.latency_us - est.latency_us
+
+
 @dataclass
 class SubgraphCosts:
     """One subgraph instance of a model and the estimate of every config of its slots."""
@@ -308,8 +362,11 @@ class ModelCostTable:
         return entry.costs[self.baseline_config(entry)].latency_us
 
     def gain(self, entry: SubgraphCosts, config: str) -> float:
-        """Baseline latency minus the latency of ``config`` (negative: slower than baseline)."""
-        return self.baseline_us(entry) - entry.costs[config].latency_us
+        """Baseline latency minus the latency of ``config`` (negative: slower than baseline).
+
+        A measured config with both ends measured is taken against the baseline timed in
+        its own interleave group (same rounds, same host), not the baseline's own row."""
+        return gain_of(entry.costs[config], entry.costs[self.baseline_config(entry)])
 
     def gain_measured(self, entry: SubgraphCosts, config: str) -> bool:
         """Whether both sides of this config's gain are measured."""
@@ -369,7 +426,8 @@ def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precisi
 
 def model_table(store: Store, model_ref: str, device: str, shape: str,
                 precisions: Sequence[str] | None = None, *, seed: int = 0,
-                cost_model: CostModel | None = None) -> ModelCostTable:
+                cost_model: CostModel | None = None,
+                allow_unstable: bool = False) -> ModelCostTable:
     """Every config's cost of every subgraph instance of a model on ``device`` at ``shape``.
 
     Measured costs come from one query (``Store.model_costs``; identical blocks share rows);
@@ -377,16 +435,18 @@ def model_table(store: Store, model_ref: str, device: str, shape: str,
     to fit the fallbacks. ``precisions`` defaults to those measured for this model on this
     device, else the device kind's candidates; the baseline precision is always included.
     Pass ``cost_model`` (a :class:`CostModel` of the same device) to reuse its fitted
-    fallbacks across tables.
+    fallbacks across tables. Quick and unstable timings are left to the fallbacks unless
+    ``allow_unstable`` (then they count as measured, marked ``good=False``).
     """
     shp = parse_shape(shape)
-    cm = cost_model or CostModel(store, device, seed=seed)
+    cm = cost_model or CostModel(store, device, seed=seed, allow_unstable=allow_unstable)
     model, manifest = store.manifest(model_ref)
-    rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key)
+    rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key,
+                             allow_unstable=allow_unstable)
     measured: dict[str, dict[str, Estimate]] = {}
     for r in rows:
-        measured.setdefault(r.signature, {})[r.config] = Estimate(r.median_us, "measured",
-                                                                  r.spread_us)
+        measured.setdefault(r.signature, {})[r.config] = Estimate(
+            r.median_us, "measured", r.spread_us, baseline_us=r.baseline_us, good=r.good)
     if precisions is None:
         precs = _default_precisions(cm, {c for m in measured.values() for c in m})
     else:
@@ -428,7 +488,7 @@ __all__ = [
     # answers
     "Estimate", "SubgraphCosts", "ModelCostTable", "SOURCES",
     # queries
-    "latency", "model_table", "CostModel",
+    "latency", "model_table", "CostModel", "gain_of",
     # devices
     "resolve_device", "device_peaks",
 ]

@@ -8,9 +8,14 @@ shapes and widths it never saw (trees alone cannot extrapolate); the trees learn
 roofline misses (small-shape overheads, kernels slower than their precision's peak,
 emulated formats).
 
-Trained on demand, deterministic (fixed seed, fixed fold assignment), never pickled: the
-fitted state lives in memory only. Grouped cross-validation (a group is one subgraph at one
-shape, so whole held-out groups are predicted) gives the error reported with every estimate.
+Deterministic (fixed seed, fixed fold assignment) and never pickled: :meth:`LatencyModel.to_dict`
+writes the fitted state as plain JSON data (the roofline's factors and every tree's nodes,
+thresholds and leaf values), :meth:`LatencyModel.from_dict` reads it back and predicts with
+numpy alone. ``hwcost.costs`` keeps that JSON in the store (table ``learned_fit``), keyed by
+the device and a hash of the measurements it was fitted on, so it is fitted once per device
+and store state, not on every query. Grouped cross-validation (a group is one subgraph at
+one shape, so whole held-out groups are predicted) gives the error reported with every
+estimate.
 """
 
 from __future__ import annotations
@@ -25,6 +30,54 @@ from hwcost.precision import Precision
 from hwcost.roofline import PRECISIONS, TERMS, Query, RooflineModel, attention_dims, terms
 
 _FLOOR = 1e-3  # microseconds; keeps logs of empty terms finite
+FORMAT_VERSION = 1
+"""Version of :meth:`LatencyModel.to_dict`'s layout and of the features: bump it when either
+changes, so fits cached in a store are refitted rather than misread."""
+
+
+class TreeEnsemble:
+    """A fitted gradient-boosted tree ensemble as plain arrays, predicting with numpy.
+
+    ``init + learning_rate * sum(tree(x))``, each tree walked from the root: go left when
+    ``x[feature] <= threshold`` (features compared as float32, as scikit-learn does)."""
+
+    def __init__(self, init: float, learning_rate: float, trees: list[dict]):
+        self.init = float(init)
+        self.learning_rate = float(learning_rate)
+        self.trees = [{k: np.asarray(v, dtype=np.float64 if k in ("threshold", "value")
+                                     else np.int64) for k, v in t.items()} for t in trees]
+
+    @classmethod
+    def from_sklearn(cls, reg, n_features: int) -> TreeEnsemble:
+        trees = []
+        for est in reg.estimators_[:, 0]:
+            t = est.tree_
+            trees.append({"left": t.children_left.tolist(), "right": t.children_right.tolist(),
+                          "feature": t.feature.tolist(), "threshold": t.threshold.tolist(),
+                          "value": t.value[:, 0, 0].tolist()})
+        init = float(reg.init_.predict(np.zeros((1, n_features)))[0])
+        return cls(init, reg.learning_rate, trees)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        rows = np.arange(len(x))
+        out = np.full(len(x), self.init)
+        for t in self.trees:
+            node = np.zeros(len(x), dtype=np.int64)
+            left, right, feat, thr = t["left"], t["right"], t["feature"], t["threshold"]
+            while True:
+                inner = left[node] != -1
+                if not inner.any():
+                    break
+                f = np.where(inner, feat[node], 0)
+                go_left = x[rows, f] <= thr[node]
+                node = np.where(inner, np.where(go_left, left[node], right[node]), node)
+            out += self.learning_rate * t["value"][node]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"init": self.init, "learning_rate": self.learning_rate,
+                "trees": [{k: v.tolist() for k, v in t.items()} for t in self.trees]}
 
 
 def features(queries: Sequence[Query], t: np.ndarray, carrier: Precision,
@@ -143,9 +196,51 @@ class LatencyModel:
             self.cv_p68_ = float(np.quantile(err, 0.68))
             self.roofline_cv_mape_ = float(np.median(err_roof))
             self.roofline_cv_p68_ = float(np.quantile(err_roof, 0.68))
-        self.roofline_, self.regressor_ = self._fit_once(t, x, y)
+        self.roofline_, reg = self._fit_once(t, x, y)
+        self.regressor_ = TreeEnsemble.from_sklearn(reg, x.shape[1] + 1)
         self.n_train_ = len(y)
         return self
+
+    # -- as data (never pickled)
+    def to_dict(self) -> dict:
+        """The fitted model as JSON-serialisable data (see :meth:`from_dict`)."""
+        if not hasattr(self, "regressor_"):
+            raise NoEstimate("LatencyModel.to_dict called before fit")
+        return {
+            "format": FORMAT_VERSION, "carrier": self.carrier.value, "seed": self.seed,
+            "settings": {"n_splits": self.n_splits, "n_estimators": self.n_estimators,
+                         "max_depth": self.max_depth, "learning_rate": self.learning_rate,
+                         "loss": self.loss},
+            "precisions": [p.value for p in self.precisions_],
+            "cv": {"mape": self.cv_mape_, "p68": self.cv_p68_,
+                   "roofline_mape": self.roofline_cv_mape_, "roofline_p68": self.roofline_cv_p68_},
+            "n_train": self.n_train_,
+            "roofline": {"coef": self.roofline_.coef_.tolist(),
+                         "rel_error": self.roofline_.rel_error_, "n_fit": self.roofline_.n_fit_},
+            "trees": self.regressor_.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, peaks: Peaks, d: dict) -> LatencyModel:
+        """A fitted model from :meth:`to_dict`'s data and the device's peaks (which the
+        roofline terms of new queries need); raises ``NoEstimate`` for another format."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT_VERSION:
+            raise NoEstimate(f"stored learned model has format {d.get('format')!r}, this hwcost "
+                             f"reads {FORMAT_VERSION}; it is refitted")
+        m = cls(peaks, Precision(d["carrier"]), seed=d["seed"], **d["settings"])
+        m.precisions_ = tuple(Precision(p) for p in d["precisions"])
+        cv = d["cv"]
+        m.cv_mape_, m.cv_p68_ = cv["mape"], cv["p68"]
+        m.roofline_cv_mape_, m.roofline_cv_p68_ = cv["roofline_mape"], cv["roofline_p68"]
+        m.cv_errors_ = None
+        m.n_train_ = d["n_train"]
+        roof = RooflineModel(peaks)
+        roof.coef_ = np.asarray(d["roofline"]["coef"], dtype=float)
+        roof.rel_error_, roof.n_fit_ = d["roofline"]["rel_error"], d["roofline"]["n_fit"]
+        m.roofline_ = roof
+        t = d["trees"]
+        m.regressor_ = TreeEnsemble(t["init"], t["learning_rate"], t["trees"])
+        return m
 
     def predict(self, queries: Sequence[Query]) -> np.ndarray:
         """Latency in microseconds for each query."""

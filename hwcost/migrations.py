@@ -80,8 +80,25 @@ def _v2_checkpoints(c: Connection) -> None:
     c.execute(text("DROP TABLE _sensitivity_v2"))
 
 
+def _v3_provenance(c: Connection) -> None:
+    """v3 -> v4: how each timing was taken (clock, quick, stable, load, CPU frequency,
+    threads, the in-group baseline and its drift; quick and stable on validations). Rows
+    written before say nothing about it: they read as full, stable wall-clock timings, which
+    is what an ordinary run stored them as. ``learned_fit`` is created with the tables
+    added since (``create_all`` after the migrations)."""
+    common = [("clock", "VARCHAR NOT NULL DEFAULT 'wall'"),
+              ("quick", "BOOLEAN NOT NULL DEFAULT false"),
+              ("stable", "BOOLEAN NOT NULL DEFAULT true"),
+              ("load1", "FLOAT"), ("cpu_mhz", "FLOAT"), ("threads", "INTEGER")]
+    for table, cols in (("measurement", common + [("baseline_us", "FLOAT"), ("drift", "FLOAT")]),
+                        ("model_latency", common), ("validation", common[1:3])):
+        for name, ddl in cols:
+            c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
 # Version 1 is the first released layout.
-MIGRATIONS: dict[int, Migration] = {1: _v1_campaign_units, 2: _v2_checkpoints}
+MIGRATIONS: dict[int, Migration] = {1: _v1_campaign_units, 2: _v2_checkpoints,
+                                    3: _v3_provenance}
 
 
 def pending(stored: int, target: int) -> list[int]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
-from sqlalchemy import DateTime, Float, Integer
+from sqlalchemy import Boolean, DateTime, Float, Integer
 from sqlmodel import SQLModel
 
 import hwcost.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
@@ -105,7 +105,9 @@ def store_tables() -> dict[str, list[tuple[str, str]]]:
             t = c.type
             t = getattr(t, "impl", t)  # TypeDecorators (sqlmodel's UTCDateTime) by what they store
             t = t() if isinstance(t, type) else t
-            kind = ("ts" if isinstance(t, DateTime) else "int" if isinstance(t, Integer)
+            # booleans travel as 0/1 integers (cast in the SELECT of run_query)
+            kind = ("ts" if isinstance(t, DateTime)
+                    else "int" if isinstance(t, (Integer, Boolean))
                     else "float" if isinstance(t, Float) else "str")
             cols.append((c.name, kind))
         out[name] = cols
@@ -137,7 +139,10 @@ def run_query(store, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
         with store.engine.connect() as conn:
             for name in sorted(wanted):
                 cols = tables[name]
-                arrow = read_rows(conn, f"SELECT {', '.join(c for c, _ in cols)} FROM {name}", cols)
+                select_list = ", ".join(
+                    f"CAST({c} AS INTEGER)" if isinstance(SQLModel.metadata.tables[name].c[c].type,
+                                                          Boolean) else c for c, _ in cols)
+                arrow = read_rows(conn, f"SELECT {select_list} FROM {name}", cols)
                 con.register(f"_arrow_{name}", arrow)
                 con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM "_arrow_{name}"')
                 con.unregister(f"_arrow_{name}")

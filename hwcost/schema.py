@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint, false, true
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the layout below. Bump it and register a migration in ``hwcost.migrations``."""
+
+
+# Server-side defaults of the schema-2 provenance columns: bulk loads (bundle import) and
+# older writers that do not name them get the values a migrated row reads as.
+_WALL = {"server_default": "wall"}
+_FALSE = {"server_default": false()}
+_TRUE = {"server_default": true()}
 
 
 def utcnow() -> datetime:
@@ -177,6 +184,17 @@ class Measurement(SQLModel, table=True):
     host: str = ""
     campaign: str | None = None
     tool_version: str = ""
+    # how it was taken (schema 4); rows older than schema 4 read as full, stable, wall clock
+    clock: str = Field(default="wall", sa_column_kwargs=_WALL)  # wall | thread
+    # few samples, no re-measuring: never planned on unless asked
+    quick: bool = Field(default=False, sa_column_kwargs=_FALSE)
+    # spread, baseline drift and machine load within the run's policy
+    stable: bool = Field(default=True, sa_column_kwargs=_TRUE)
+    load1: float | None = None  # os.getloadavg()[0] when the group was timed
+    cpu_mhz: float | None = None  # current CPU frequency where /sys or /proc tells it
+    threads: int | None = None  # torch threads the group was timed with
+    baseline_us: float | None = None  # the baseline config timed in the same interleave group
+    drift: float | None = None  # relative change of that baseline between rounds
 
 
 class ModelLatency(SQLModel, table=True):
@@ -196,6 +214,12 @@ class ModelLatency(SQLModel, table=True):
     measured_at: datetime = Field(default_factory=utcnow)
     host: str = ""
     tool_version: str = ""
+    clock: str = Field(default="wall", sa_column_kwargs=_WALL)  # schema 4: as on Measurement
+    quick: bool = Field(default=False, sa_column_kwargs=_FALSE)
+    stable: bool = Field(default=True, sa_column_kwargs=_TRUE)
+    load1: float | None = None
+    cpu_mhz: float | None = None
+    threads: int | None = None
 
 
 class Sensitivity(SQLModel, table=True):
@@ -256,10 +280,26 @@ class Validation(SQLModel, table=True):
     n_eval_samples: int | None = None
     host: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+    # schema 4: timed with the quick harness settings; on a machine that passed the policy
+    quick: bool = Field(default=False, sa_column_kwargs=_FALSE)
+    stable: bool = Field(default=True, sa_column_kwargs=_TRUE)
+
+
+class LearnedFit(SQLModel, table=True):
+    """A device's fitted learned latency model, as data (JSON of tree parameters, never a
+    pickle), keyed by the state of the measurements it was fitted on (schema 4)."""
+
+    __tablename__ = "learned_fit"
+    __table_args__ = (UniqueConstraint("device_id", "state"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", index=True)
+    state: str  # hash of the training rows, the fit's settings and the model code version
+    body: str  # JSON: see hwcost.learned.LatencyModel.to_dict
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 ALL_TABLES = [
     Meta, Device, Subgraph, Model, Checkpoint, ManifestEntry, Campaign, CampaignTask, CampaignUnit,
     Measurement,
-    ModelLatency, Sensitivity, Plan, Validation,
+    ModelLatency, Sensitivity, Plan, Validation, LearnedFit,
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, false, func, select, true
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import OperationalError
@@ -31,6 +31,7 @@ from hwcost.schema import (
     UNKNOWN,
     Checkpoint,
     Device,
+    LearnedFit,
     ManifestEntry,
     Measurement,
     Meta,
@@ -129,6 +130,20 @@ class MeasurementIn:
     campaign: str | None = None
     tool_version: str = __version__
     measured_at: datetime | None = None
+    # how it was taken (see hwcost.schema.Measurement)
+    clock: str = "wall"
+    quick: bool = False
+    stable: bool = True
+    load1: float | None = None
+    cpu_mhz: float | None = None
+    threads: int | None = None
+    baseline_us: float | None = None
+    drift: float | None = None
+
+    @property
+    def good(self) -> bool:
+        """A full, stable timing: what plans rest on by default."""
+        return self.stable and not self.quick
 
     def validated(self) -> MeasurementIn:
         for name in ("median_us", "spread_us"):
@@ -147,6 +162,10 @@ class MeasurementIn:
                    or ts_problem("measured_at", self.measured_at))
         if problem:
             raise InvalidMeasurement(f"{problem} for {self.signature[:12]} {self.shape}")
+        if self.baseline_us is not None and not (math.isfinite(self.baseline_us)
+                                                 and self.baseline_us > 0):
+            raise InvalidMeasurement(f"baseline_us={self.baseline_us!r} for "
+                                     f"{self.signature[:12]} is not a finite positive latency")
         parse_shape(self.shape)
         cfg = self.config if isinstance(self.config, str) else config_key(self.config)
         parse_config(cfg)
@@ -163,6 +182,13 @@ class CostRow:
     median_us: float
     spread_us: float
     n_samples: int
+    baseline_us: float | None = None  # the baseline config timed in the same group
+    good: bool = True  # full and stable
+
+
+def _good(table):
+    """SQL: rows a plan may rest on by default (full timings of a stable machine)."""
+    return (table.stable == true()) & (table.quick == false())
 
 
 # ---------------------------------------------------------------------------- the store
@@ -383,8 +409,9 @@ class Store:
         """Write measurements in one transaction (the caller's ``session`` when given); all
         are validated before any is written.
 
-        A key (device, subgraph, shape, config) already present is kept unless ``replace``.
-        Returns the number of rows inserted or replaced.
+        A key (device, subgraph, shape, config) already present is kept unless ``replace``,
+        or unless the stored row is quick or unstable: any later measurement replaces those
+        (a full stable one makes the key good). Returns the number of rows written.
         """
         items = [m.validated() for m in items]
         if not items:
@@ -406,17 +433,23 @@ class Store:
                     "median_us": float(m.median_us), "spread_us": float(m.spread_us),
                     "n_samples": int(m.n_samples), "measured_at": m.measured_at or utcnow(),
                     "host": m.host, "campaign": m.campaign, "tool_version": m.tool_version,
+                    "clock": m.clock, "quick": bool(m.quick), "stable": bool(m.stable),
+                    "load1": m.load1, "cpu_mhz": m.cpu_mhz, "threads": m.threads,
+                    "baseline_us": m.baseline_us, "drift": m.drift,
                 })
             keys = ["device_id", "subgraph_id", "shape", "config"]
-            return self._upsert(s, Measurement, rows, keys, replace=replace)
+            # a quick or unstable row never stands in the way: the newer timing replaces it
+            bad = None if replace else ~_good(Measurement)
+            return self._upsert(s, Measurement, rows, keys, replace=True, where=bad)
 
     def measurement_count(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(Measurement))
 
-    def measured_configs(self, device: str, shape: str, signatures: Sequence[str]
-                         ) -> dict[str, set[str]]:
-        """signature -> configs measured for it on this device and shape."""
+    def measured_configs(self, device: str, shape: str, signatures: Sequence[str], *,
+                         allow_unstable: bool = False) -> dict[str, set[str]]:
+        """signature -> configs measured for it on this device and shape (full, stable
+        timings only unless ``allow_unstable``)."""
         dev = self.get_device(device)
         shape = parse_shape(shape).key
         with self.session() as s:
@@ -426,58 +459,75 @@ class Store:
             sids = list(by_id)
             for i in range(0, len(sids), 500):
                 chunk = sids[i:i + 500]
-                for sid, cfg in s.execute(select(Measurement.subgraph_id, Measurement.config)
-                                          .where(Measurement.device_id == dev.id,
-                                                 Measurement.shape == shape,
-                                                 Measurement.subgraph_id.in_(chunk))):
+                q = (select(Measurement.subgraph_id, Measurement.config)
+                     .where(Measurement.device_id == dev.id, Measurement.shape == shape,
+                            Measurement.subgraph_id.in_(chunk)))
+                if not allow_unstable:
+                    q = q.where(_good(Measurement))
+                for sid, cfg in s.execute(q):
                     out[by_id[sid]].add(cfg)
         return out
 
-    def model_costs(self, model_ref: str, device: str, shape: str) -> list[CostRow]:
+    def model_costs(self, model_ref: str, device: str, shape: str, *,
+                    allow_unstable: bool = False) -> list[CostRow]:
         """All measured costs of a model's subgraph instances on one device and shape.
 
         One transaction: the model, the device, the manifest, and the measurements of its
         *distinct* subgraphs (the 32 identical blocks of a model share one set), expanded per
-        instance here. Rows are ordered by position, then config.
+        instance here. Rows are ordered by position, then config. Quick or unstable rows
+        are left out unless ``allow_unstable`` (``CostRow.good`` then tells them apart).
         """
         shape = parse_shape(shape).key
         with self.session() as c:  # one connection and transaction for all four queries
             model = self.get_model(model_ref, session=c)
             dev = self.get_device(device, session=c)
-            manifest, measured = self._model_cost_rows(c.connection(), model.id, dev.id, shape)
+            manifest, measured = self._model_cost_rows(c.connection(), model.id, dev.id, shape,
+                                                       allow_unstable)
         by_subgraph: dict[int, list[tuple]] = {}
         for r in measured:
             by_subgraph.setdefault(r[0], []).append(r[1:])
-        return [CostRow(pos, *r) for pos, sid in manifest for r in by_subgraph.get(sid, ())]
+        return [CostRow(pos, *r[:6], bool(r[6])) for pos, sid in manifest
+                for r in by_subgraph.get(sid, ())]
 
     @staticmethod
-    def _model_cost_rows(c, model_id: int, device_id: int, shape: str):
+    def _model_cost_rows(c, model_id: int, device_id: int, shape: str, allow_unstable: bool):
         parts = select(ManifestEntry.subgraph_id).where(ManifestEntry.model_id == model_id)
         stmt = (select(Measurement.subgraph_id, Subgraph.signature, Measurement.config,
-                       Measurement.median_us, Measurement.spread_us, Measurement.n_samples)
+                       Measurement.median_us, Measurement.spread_us, Measurement.n_samples,
+                       Measurement.baseline_us, _good(Measurement))
                 .join(Subgraph, Subgraph.id == Measurement.subgraph_id)
                 .where(Measurement.device_id == device_id, Measurement.shape == shape,
                        Measurement.subgraph_id.in_(parts.distinct()))
                 .order_by(Measurement.subgraph_id, Measurement.config))
+        if not allow_unstable:
+            stmt = stmt.where(_good(Measurement))
         manifest = c.execute(select(ManifestEntry.position, ManifestEntry.subgraph_id)
                              .where(ManifestEntry.model_id == model_id)
                              .order_by(ManifestEntry.position)).all()
         measured = c.execute(stmt).all()  # fetchall: row-by-row iteration is 2x slower
         return manifest, measured
 
-    def device_measurements(self, device: str) -> list[tuple[SubgraphInfo, str, str, float, float]]:
-        """Every measurement of a device as (subgraph, shape, config, median_us, spread_us)."""
+    def device_measurements(self, device: str, *, allow_unstable: bool = False
+                            ) -> list[tuple[SubgraphInfo, str, str, float, float]]:
+        """Every measurement of a device as (subgraph, shape, config, median_us, spread_us):
+        full stable timings only unless ``allow_unstable``."""
         dev = self.get_device(device)
         with self.session() as s:
-            rows = s.execute(select(Subgraph, Measurement.shape, Measurement.config,
-                                    Measurement.median_us, Measurement.spread_us)
-                             .join(Measurement, Measurement.subgraph_id == Subgraph.id)
-                             .where(Measurement.device_id == dev.id)
-                             .order_by(Measurement.id)).all()
+            q = (select(Subgraph, Measurement.shape, Measurement.config,
+                        Measurement.median_us, Measurement.spread_us)
+                 .join(Measurement, Measurement.subgraph_id == Subgraph.id)
+                 .where(Measurement.device_id == dev.id)
+                 .order_by(Measurement.id))
+            if not allow_unstable:
+                q = q.where(_good(Measurement))
+            rows = s.execute(q).all()
             return [(_subgraph_info(g), sh, cfg, med, spr) for g, sh, cfg, med, spr in rows]
 
     # -- whole-model latencies
-    def add_model_latency(self, row: ModelLatency, *, replace: bool = True) -> None:
+    def add_model_latency(self, row: ModelLatency, *, replace: bool = False) -> bool:
+        """Write a whole-model latency. A stored row of the same key is kept unless
+        ``replace`` or it is quick or unstable (then the new one replaces it). Returns
+        whether the row was written."""
         for name in ("median_us", "spread_us"):
             v = getattr(row, name)
             if v is None or math.isnan(v) or math.isinf(v) or v < 0:
@@ -491,15 +541,37 @@ class Store:
         data = row.model_dump(exclude={"id"})
         with self.session() as s:
             keys = ["model_id", "device_id", "shape", "config_hash"]
-            self._upsert(s, ModelLatency, [data], keys, replace=replace)
+            bad = None if replace else ~_good(ModelLatency)
+            return bool(self._upsert(s, ModelLatency, [data], keys, replace=True, where=bad))
 
-    def model_latency(self, model_id: int, device_id: int, shape: str, config_hash: str
-                      ) -> ModelLatency | None:
+    def model_latency(self, model_id: int, device_id: int, shape: str, config_hash: str, *,
+                      allow_unstable: bool = False) -> ModelLatency | None:
+        """The stored whole-model latency (full and stable unless ``allow_unstable``)."""
         with self.session() as s:
-            return s.scalars(select(ModelLatency).where(
+            q = select(ModelLatency).where(
                 ModelLatency.model_id == model_id, ModelLatency.device_id == device_id,
                 ModelLatency.shape == _shape_key(shape),
-                ModelLatency.config_hash == config_hash)).first()
+                ModelLatency.config_hash == config_hash)
+            if not allow_unstable:
+                q = q.where(_good(ModelLatency))
+            return s.scalars(q).first()
+
+    # -- learned fallback fits (JSON data, never pickles)
+    def learned_fit(self, device_id: int, state: str) -> str | None:
+        """The JSON of the device's learned model fitted on ``state``, if stored."""
+        with self.session() as s:
+            return s.scalar(select(LearnedFit.body).where(LearnedFit.device_id == device_id,
+                                                          LearnedFit.state == state))
+
+    def put_learned_fit(self, device_id: int, state: str, body: str) -> None:
+        """Keep ``body`` as the device's learned model for ``state``; fits of older states
+        of the device are dropped (they can never be asked for again)."""
+        json.loads(body)  # data, not anything else
+        with self.session() as s:
+            s.execute(delete(LearnedFit).where(LearnedFit.device_id == device_id,
+                                               LearnedFit.state != state))
+            self._upsert(s, LearnedFit, [{"device_id": device_id, "state": state, "body": body,
+                                          "created_at": utcnow()}], ["device_id", "state"])
 
     # -- sensitivities
     def add_sensitivities(self, rows: Sequence[Sensitivity], *, replace: bool = True) -> int:
@@ -596,9 +668,9 @@ class Store:
         return self._upsert(s, table, rows, keys, replace=False)
 
     def _upsert(self, s: Session, table: type[SQLModel], rows: list[dict],
-                keys: list[str], *, replace: bool = True) -> int:
-        """INSERT ... ON CONFLICT DO UPDATE (``replace``) or DO NOTHING in chunks; returns
-        rows inserted or updated."""
+                keys: list[str], *, replace: bool = True, where=None) -> int:
+        """INSERT ... ON CONFLICT DO UPDATE (``replace``; only stored rows matching ``where``
+        when given) or DO NOTHING in chunks; returns rows inserted or updated."""
         if not rows:
             return 0
         ins = _dialect_insert(self.dialect)
@@ -608,7 +680,7 @@ class Store:
             stmt = ins(table).values(rows[i:i + step])
             if replace:
                 update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-                stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update)
+                stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update, where=where)
             else:
                 stmt = stmt.on_conflict_do_nothing(index_elements=keys)
             n += len(s.execute(stmt.returning(table.id)).all())  # rowcount is -1 on psycopg

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hwcost import __version__
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
-from hwcost.schema import UNKNOWN, ModelLatency, Plan, Validation
+from hwcost.schema import UNKNOWN, Plan, Validation
 from hwcost.store import host_name
 from hwcost.workload import is_workload_key
 from planner.export import validate_plan
@@ -48,6 +47,38 @@ class ValidationResult:
     predicted_plan_us: float | None = None
     baseline_tokens_per_s: float | None = None  # workloads: new tokens per second
     plan_tokens_per_s: float | None = None
+    stable: bool = True  # the machine passed the stability policy while timing
+    reason: str = ""  # why not, with the figure
+    speedup_rel_error: float | None = None  # the plan's stated error of its predicted speedup
+
+    @property
+    def slower_than_baseline(self) -> bool:
+        """The plan measured slower than the baseline: a regression, never a result."""
+        return self.measured_speedup < 1.0
+
+    @property
+    def disagreement(self) -> float | None:
+        """Relative difference of the measured speedup from the predicted one."""
+        if not self.predicted_speedup:
+            return None
+        return self.measured_speedup / self.predicted_speedup - 1.0
+
+    def warnings(self) -> list[str]:
+        """One line per thing a reader must not miss (empty when the validation is clean)."""
+        out = []
+        if self.slower_than_baseline:
+            out.append(f"REGRESSION: the plan measured slower than the baseline "
+                       f"({self.measured_speedup:.3f}x, {self.baseline_us:.0f} us -> "
+                       f"{self.plan_us:.0f} us); do not deploy it")
+        if not self.stable:
+            out.append(f"unstable machine while validating ({self.reason}): the measured "
+                       "speedup is not trustworthy; validate again on a quiet machine")
+        d, err = self.disagreement, self.speedup_rel_error
+        if d is not None and err is not None and abs(d) > err:
+            out.append(f"warning: measured speedup {self.measured_speedup:.3f}x is "
+                       f"{abs(d):.0%} {'below' if d < 0 else 'above'} the predicted "
+                       f"{self.predicted_speedup:.3f}x (stated error {err:.0%})")
+        return out
 
     def rows(self) -> list[dict]:
         return [
@@ -64,7 +95,8 @@ class ValidationResult:
              "measured": f"{self.baseline_tokens_per_s:.1f} -> {self.plan_tokens_per_s:.1f}"}])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "slower_than_baseline": self.slower_than_baseline,
+                "warnings": self.warnings()}
 
 
 def _f(v: float | None, fmt: str) -> str:
@@ -212,12 +244,15 @@ def plan_deployment(store, device_fingerprint: str) -> str:
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
                             eval_data: str | None = None, samples: int = 128,
                             threads: int | None = None, seq_len: int = 128, loaded=None,
-                            timing: dict | None = None) -> ValidationResult:
+                            timing: dict | None = None, quick: bool = False) -> ValidationResult:
     """Apply the plan on this machine's device of the plan's kind, measure latency against the
     baseline and the true loss MSE, store a Validation and the two ModelLatency rows.
 
     ``loaded`` (a ``profiles.loading.LoadedModel``) skips loading ``model_spec``; ``timing``
-    passes harness settings to ``profiles.bench.time_interleaved``.
+    passes harness settings to ``profiles.bench.time_interleaved`` (``quick``: they are
+    the quick ones; the whole-model rows are then stored as quick). The baseline and the
+    plan are timed in the same rounds and judged by the harness's stability policy; the
+    result says when the machine was unstable or the plan is slower than the baseline.
     """
     from hwcost.device import local_device
     from profiles.backends import get_backend
@@ -248,10 +283,12 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
                                 deployment=deployment, **(timing or {}))
     else:
         timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
-                               deployment=deployment, **(timing or {}))
+                               deployment=deployment, baseline="baseline", **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
     n_eval = sum(int(b.shape[0]) for b in batches)
+
+    from profiles.campaign import latency_row
 
     info = local_device(kind, deployment=deployment)
     dev_row = store.upsert_device(info.to_row())
@@ -261,23 +298,28 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     model = store.get_model(data["model"]["fingerprint"])
     host = host_name()
     for name, hash_ in (("baseline", f"all:{data['baseline']}"), ("plan", layer_map_hash(layers))):
-        t = timings[name]
-        store.add_model_latency(ModelLatency(
-            model_id=model.id, device_id=dev_row.id, shape=data["shape"], config_hash=hash_,
-            config="{}" if name == "baseline" else json.dumps(layers, sort_keys=True),
-            median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples, host=host,
-            tool_version=__version__))
+        # a stored good row is kept (add_model_latency replaces only quick or unstable
+        # ones): the whole-model baseline that later plans divide by does not move with
+        # every validation; this validation's own pair is in its Validation row
+        store.add_model_latency(latency_row(
+            model.id, dev_row.id, data["shape"], hash_,
+            "{}" if name == "baseline" else json.dumps(layers, sort_keys=True), timings[name],
+            quick))
     b, p = timings["baseline"], timings["plan"]
+    stable = getattr(b, "stable", True) and getattr(p, "stable", True)  # workloads: not judged
     speedup = b.median_us / p.median_us
     pr = data["predicted"]
     v = Validation(plan_id=pid, checkpoint=digest, device_id=dev_row.id,
                    baseline_us=b.median_us, plan_us=p.median_us,
                    measured_speedup=speedup,
                    predicted_speedup=pr.get("speedup"), measured_loss_mse=losses["plan"],
-                   predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host)
+                   predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host,
+                   quick=quick, stable=stable)
     vid = store.add_validation(v)
     return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
                             p.spread_us, speedup, pr.get("speedup"),
                             losses["plan"], pr.get("loss_mse"), n_eval, p.threads, note,
                             pr.get("plan_us"), getattr(b, "tokens_per_s", None),
-                            getattr(p, "tokens_per_s", None))
+                            getattr(p, "tokens_per_s", None),
+                            stable=stable, reason=getattr(b, "reason", "") or getattr(p, "reason", ""),
+                            speedup_rel_error=pr.get("speedup_rel_error"))

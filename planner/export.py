@@ -53,6 +53,7 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> d
             "loss_mse": solution.loss_mse, "weight_bytes": solution.weight_bytes,
             "measured_share": solution.measured_share,
             "baseline_from": p.baseline_from,
+            "speedup_rel_error": solution.speedup_rel_error,
         },
         "solver": {"status": solution.status, "gap": solution.gap, "wall_s": solution.wall_s},
         "sensitivity": p.sensitivity,

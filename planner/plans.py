@@ -29,12 +29,15 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
               objective: str = "time", constraints: Constraints | None = None, *,
               precisions=None, method: str = "taylor", time_limit_s: float = 60.0,
               problem: Problem | None = None, checkpoint: str | None = None,
-              quantizer: str | None = None) -> PlanResult:
+              quantizer: str | None = None,
+              allow_unstable: bool = False) -> PlanResult:
     """Build the problem from the store (the sensitivity table of ``checkpoint`` and
-    ``quantizer``, see ``build_problem``), solve it and return the plan document (not saved)."""
+    ``quantizer``, see ``build_problem``), solve it and return the plan document (not saved).
+    Quick or unstable timings are used only with ``allow_unstable``."""
     parse_objective(objective)
     problem = problem or build_problem(store, model, device, shape, precisions=precisions,
-                                       method=method, checkpoint=checkpoint, quantizer=quantizer)
+                                       method=method, checkpoint=checkpoint, quantizer=quantizer,
+                                       allow_unstable=allow_unstable)
     bound = threshold.resolve(problem) if threshold is not None else None
     cons = constraints or Constraints()
     cons = Constraints(bound, cons.max_weight_bytes, cons.pins, cons.groups)

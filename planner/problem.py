@@ -112,7 +112,8 @@ class Problem:
 
 def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                   precisions: Sequence[str] | None = None, method: str = "taylor",
-                  checkpoint: str | None = None, quantizer: str | None = None) -> Problem:
+                  checkpoint: str | None = None, quantizer: str | None = None,
+                  allow_unstable: bool = False) -> Problem:
     """The planning problem of a stored model on a device and shape.
 
     ``device`` is anything ``hwcost.costs.resolve_device`` accepts (fingerprint, name, kind,
@@ -120,7 +121,9 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     sensitivity table; the baseline precision is always included. ``checkpoint`` (a weights
     digest or unique prefix) and ``quantizer`` (a key) pick the sensitivity table; when the
     architecture has tables of one checkpoint only they may be left out. Costs come from
-    ``hwcost.costs.model_table``: measured, else learned, else roofline, each labelled.
+    ``hwcost.costs.model_table``: measured, else learned, else roofline, each labelled;
+    quick and unstable timings (measurements and the whole-model baseline) only with
+    ``allow_unstable``. Each measured gain is taken against the baseline timed with it.
     """
     from hwcost.costs import resolve_device
 
@@ -133,12 +136,13 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
     layers = [n for item, _ in manifest for n in item.layer_names]
     precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
-    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs)
+    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs, allow_unstable)
     kinds = {item.position: info.kind for item, info in manifest}
     rates = _mac_rates(dev, baseline, precs)
     choices = [_choice(e, kinds.get(e.position, ""), baseline, precs, sens, rates, shape_obj)
                for e in entries]
-    base_row = store.model_latency(model.id, dev.id, shape_obj.key, f"all:{baseline}")
+    base_row = store.model_latency(model.id, dev.id, shape_obj.key, f"all:{baseline}",
+                                   allow_unstable=allow_unstable)
     return Problem(model_name=model.name, model_fingerprint=model.fingerprint,
                    device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
                    shape=shape_obj.key, baseline=baseline, precisions=precs, choices=choices,
@@ -205,13 +209,14 @@ def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
     return tuple(precs)
 
 
-def _cost_entries(store, model_fp: str, dev, shape: Shape,
-                  precs: tuple[str, ...]) -> list[SubgraphCosts]:
+def _cost_entries(store, model_fp: str, dev, shape: Shape, precs: tuple[str, ...],
+                  allow_unstable: bool = False) -> list[SubgraphCosts]:
     """Cost table per subgraph instance from ``hwcost.costs`` (measured, else learned, else
     roofline, each labelled)."""
     from hwcost.costs import model_table
 
-    return model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs).entries
+    return model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs,
+                       allow_unstable=allow_unstable).entries
 
 
 def _mac_rates(dev, baseline: str, precs: tuple[str, ...]) -> dict[str, float]:
@@ -232,6 +237,8 @@ def _mac_rates(dev, baseline: str, precs: tuple[str, ...]) -> dict[str, float]:
 
 def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], sens: dict,
             rates: dict[str, float], shape: Shape) -> Choice:
+    from hwcost.costs import gain_of
+
     n = len(e.slots)
     base_key = config_key([baseline] * n)
     if base_key not in e.costs:
@@ -252,7 +259,7 @@ def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], 
         macs_t = sum(s.macs_per_token * shape.tokens / rates[p] for s, p in zip(e.slots, cfg))
         options.append(Option(
             config=tuple(cfg), latency_us=float(est.latency_us),
-            gain_us=float(base.latency_us) - float(est.latency_us), loss_mse=float(loss),
+            gain_us=float(gain_of(est, base)), loss_mse=float(loss),
             weight_bytes=float(wbytes), macs_time_us=float(macs_t),
             source=_weaker(est.source, base.source),
             uncertainty_us=float(est.uncertainty_us or 0.0),

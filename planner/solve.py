@@ -65,6 +65,16 @@ class Solution:
         return predicted_speedup(self.problem, self.picks)
 
     @property
+    def speedup_rel_error(self) -> float:
+        """The stated relative error of the predicted speedup: the chosen options' latency
+        uncertainties added in quadrature over the plan latency, never below
+        ``MIN_PREDICTION_ERROR`` (subgraph sums miss what happens between subgraphs)."""
+        var = sum((o.uncertainty_us or 0.0) ** 2 for o in self.chosen)
+        plan = self.plan_us
+        rel = math.sqrt(var) / plan if plan > 0 else math.inf
+        return max(MIN_PREDICTION_ERROR, rel)
+
+    @property
     def measured_share(self) -> float:
         """Share of the predicted time gain (by absolute value) resting on measured costs."""
         total = sum(abs(o.gain_us) for o in self.chosen)
@@ -76,6 +86,11 @@ class Solution:
     def layers(self) -> dict[str, str]:
         return {name: p for c, o in zip(self.problem.choices, self.chosen)
                 for name, p in zip(c.layer_names, o.config)}
+
+
+MIN_PREDICTION_ERROR = 0.05
+"""Floor of a plan's stated speedup error: the additivity benchmark's error of summed subgraph
+latencies against the whole model is a few percent on a quiet CPU."""
 
 
 def predicted_speedup(problem: Problem, picks: Sequence[int]) -> float:

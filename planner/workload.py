@@ -75,7 +75,8 @@ def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -
 def build_workload_problem(store, model_ref: str, device: str, workload: str | Workload, *,
                            precisions: Sequence[str] | None = None, method: str = "taylor",
                            n_buckets: int = 3, checkpoint: str | None = None,
-                           quantizer: str | None = None) -> tuple[Problem, WorkloadPricing]:
+                           quantizer: str | None = None, allow_unstable: bool = False
+                           ) -> tuple[Problem, WorkloadPricing]:
     """The planning problem of a workload (see the module docstring) and how it was priced.
 
     Every shape the workload needs must have a cost table (measured, else the fallbacks);
@@ -88,7 +89,8 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
         try:
             problems[shape] = build_problem(store, model_ref, device, shape,
                                             precisions=precisions, method=method,
-                                            checkpoint=checkpoint, quantizer=quantizer)
+                                            checkpoint=checkpoint, quantizer=quantizer,
+                                            allow_unstable=allow_unstable)
         except NoEstimate as e:
             raise NoEstimate(f"workload {wl.key}: shape {shape}: {e}") from None
     base = {s: p.baseline_us for s, p in problems.items()}
@@ -98,16 +100,17 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
                  if "phase=decode" in s and s.startswith(f"batch={r.batch},")}
         errors[r.batch] = interpolation_error(costs)
     problem = combine(problems, weights, wl.shape_key)
-    whole = _measured_request(store, problem)
+    whole = _measured_request(store, problem, allow_unstable)
     if whole is not None:  # a measured generate() of the baseline: the end-to-end baseline
         problem = replace(problem, model_baseline_us=max(whole, problem.model_baseline_us or 0.0))
     return problem, WorkloadPricing(wl.key, weights, base, errors, whole)
 
 
-def _measured_request(store, problem: Problem) -> float | None:
+def _measured_request(store, problem: Problem, allow_unstable: bool = False) -> float | None:
     """The stored ``generate()`` latency of the workload in the baseline precision (what
     :func:`planner.generate.measure_baseline` and workload validations store), if any."""
     model = store.get_model(problem.model_fingerprint)
     dev = store.get_device(problem.device_fingerprint)
-    row = store.model_latency(model.id, dev.id, problem.shape, f"all:{problem.baseline}")
+    row = store.model_latency(model.id, dev.id, problem.shape, f"all:{problem.baseline}",
+                              allow_unstable=allow_unstable)
     return row.median_us if row is not None else None

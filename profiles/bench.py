@@ -14,7 +14,10 @@
   that rotates and alternates direction each round, so slow drift (thermal, other load)
   hits every candidate alike and cancels in their differences.
 - **fresh inputs**: each call takes the next input of ``inputs`` (rotating), so a candidate is
-  not flattered by finding its operands in cache from the previous call.
+  not flattered by finding its operands in cache from the previous call. With
+  ``evict_bytes``, a buffer larger than the last-level cache is written before every sample
+  (one call each), so weights come from memory too (campaigns do it when the model's
+  weights exceed the cache: there a piece timed alone would otherwise read them hot).
 - **synchronised**: on CUDA each sample is timed with CUDA events; elsewhere with
   ``perf_counter`` after ``backend.synchronize()`` (``torch.hpu.synchronize()`` on Gaudi).
 - **median and spread**: the reported latency is the median; the spread is half the
@@ -22,6 +25,14 @@
   batch is measured again (fresh samples), up to ``max_seconds``; the batch with the lowest
   worst-case spread is kept whole, so candidates are still compared on the same rounds, and
   ``stable`` says whether the tolerance was met.
+- **a quiet machine**: every batch is judged by a :class:`~profiles.stability.StabilityPolicy`
+  on spread, the drift of the ``baseline`` candidate between the first and second half of its
+  rounds, and the machine's load (runnable tasks per CPU, read once per round). A batch that
+  fails on load or drift is measured again after a pause, within the policy's budget; when
+  none passes, the timings come back with ``stable=False`` and ``reason`` (the figure that
+  failed), and callers store them as unstable, never as good.
+- **provenance**: each Timing records its clock, threads, spread, baseline drift, load (mean
+  runnable tasks per CPU and the 1-minute load average) and the CPU frequency where readable.
 - ``torch.inference_mode`` and the garbage collector paused while timing.
 - **clock**: wall time by default. On a shared CPU, ``clock="thread"`` (or
   ``HWCOST_BENCH_CLOCK=thread``) with one torch thread times the calling thread's CPU time,
@@ -38,11 +49,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from profiles.backends import Backend, get_backend
+from profiles.stability import StabilityPolicy, Verdict, cpu_mhz, drift, judge, load1, usable_cpus
 
 CLOCK_ENV = "HWCOST_BENCH_CLOCK"
 """Environment variable choosing the default clock (``wall`` or ``thread``), so a whole
@@ -64,6 +77,11 @@ class Timing:
     stable: bool = True
     min_us: float | None = None
     clock: str = "wall"
+    drift: float | None = None  # the baseline's relative drift between halves of the rounds
+    load: float | None = None  # mean runnable tasks per usable CPU during the kept batch
+    load1: float | None = None  # os.getloadavg()[0] at the end
+    cpu_mhz: float | None = None  # mean current CPU frequency at the end, where readable
+    reason: str = ""  # why the batch is not stable (empty when it is)
 
     @property
     def rel_spread(self) -> float:
@@ -102,16 +120,52 @@ def _timing_context(backend: Backend, threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def last_level_cache_bytes(backend: Backend) -> int | None:
+    """Size of the device's last-level cache: the highest ``cache/index*`` level of CPU 0 in
+    ``/sys`` on CPU, ``L2_cache_size`` on CUDA; None when unknown."""
+    if backend.kind == "cuda":
+        return int(torch.cuda.get_device_properties(backend.device).L2_cache_size) or None
+    if backend.kind != "cpu":
+        return None
+    best = (0, 0)
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((d / "level").read_text())
+            size = (d / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        n = int(size.rstrip("KMG")) * unit
+        best = max(best, (level, n))
+    return best[1] or None
+
+
+class _Evictor:
+    """Writes a buffer larger than the last-level cache before a sample, so the sample finds
+    its weights in memory, not in cache (as in a model whose weights exceed the cache)."""
+
+    def __init__(self, backend: Backend, nbytes: int) -> None:
+        self.buf = torch.empty(max(1, nbytes // 4), dtype=torch.float32, device=backend.device)
+        self.backend = backend
+        self.k = 0.0
+
+    def __call__(self) -> None:
+        self.k += 1.0
+        self.buf.fill_(self.k)
+        self.backend.synchronize()
+
+
 class _Runner:
     """Calls one candidate on rotating inputs and times samples on the backend's clock."""
 
     def __init__(self, fn: Callable[[Any], Any], inputs: Sequence[Any], backend: Backend,
-                 offset: int, clock: str = "wall") -> None:
+                 offset: int, clock: str = "wall", evict: _Evictor | None = None) -> None:
         self.fn, self.inputs, self.backend = fn, inputs, backend
         self.i = offset  # candidates start at different inputs
         self.inner = 1
         self.cuda = backend.kind == "cuda"
         self.now = time.thread_time if clock == "thread" else time.perf_counter
+        self.evict = evict  # cold samples: one call each, the cache flushed before it
 
     def _calls(self, n: int) -> None:
         fn, inputs = self.fn, self.inputs
@@ -121,6 +175,9 @@ class _Runner:
 
     def sample(self) -> float:
         """Microseconds per call, averaged over ``inner`` calls."""
+        if self.evict is not None:
+            self.inner = 1
+            self.evict()
         if self.cuda:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -185,6 +242,9 @@ def time_interleaved(
     max_seconds: float = 5.0,
     min_sample_us: float = 200.0,
     clock: str | None = None,
+    baseline: str | None = None,
+    policy: StabilityPolicy | None = None,
+    evict_bytes: int = 0,
 ) -> dict[str, Timing]:
     """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
 
@@ -197,16 +257,26 @@ def time_interleaved(
             consecutive windows of samples agree within ``warmup_tol``, or after the time limit.
         min_samples: samples per candidate in one measurement batch.
         max_rel_spread: the half-IQR / median a batch must meet; otherwise re-measured.
-        max_seconds: time budget for re-measuring (at least one batch is always taken).
+        max_seconds: time budget for re-measuring a batch whose spread is too wide (at
+            least one batch is always taken).
         min_sample_us: a sample averages enough calls to last at least this long.
         clock: ``wall`` (default), or ``thread``: the calling thread's CPU time, which leaves
             out the time other processes hold the CPU. Only for the CPU backend with one
             thread (the ops then run on the calling thread); it does not count sleeping or
             waiting, so it is for compute on a shared machine, not for I/O. Default:
             ``$HWCOST_BENCH_CLOCK``, else ``wall``.
+        baseline: the name in ``fns`` whose drift between rounds is judged (default: the
+            worst drift of all candidates).
+        evict_bytes: when positive, write a buffer of this many bytes (choose more than
+            the last-level cache, :func:`last_level_cache_bytes`) before every sample, and
+            time one call per sample: weights are then read from memory, as they are in a
+            model too large for the cache, instead of flattering memory-bound candidates.
+        policy: when a batch is stable and how long to wait for one (default
+            :meth:`StabilityPolicy.from_env`: load, drift, 30 s budget).
 
     Returns:
-        name -> :class:`Timing` (microseconds per call).
+        name -> :class:`Timing` (microseconds per call). ``stable`` is False, with
+        ``reason``, when no batch passed the policy within its budget.
     """
     if not fns:
         raise ValueError("no callables to time")
@@ -214,6 +284,9 @@ def time_interleaved(
         raise ValueError("no inputs to time with")
     if min_samples < 3:
         raise ValueError("min_samples must be at least 3")
+    if baseline is not None and baseline not in fns:
+        raise ValueError(f"baseline {baseline!r} is not one of the callables")
+    policy = policy or StabilityPolicy.from_env()
     backend = get_backend(backend)
     backend.require()
     if threads is None:
@@ -225,32 +298,52 @@ def time_interleaved(
         raise ValueError("the thread CPU-time clock needs the cpu backend and threads=1 "
                          f"(got {backend.kind}, threads={threads})")
     names = list(fns)
+    cpus = usable_cpus()
     start = time.perf_counter()
     with _timing_context(backend, threads) as used_threads:
-        runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock)
+        evict = _Evictor(backend, evict_bytes) if evict_bytes > 0 else None
+        runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock, evict=evict)
                    for k, n in enumerate(names)}
         _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
-        best: dict[str, list[float]] | None = None
-        best_worst = math.inf
+        best: tuple[tuple, dict[str, list[float]], Verdict] | None = None
         round_no = 0
         while True:
             batch: dict[str, list[float]] = {n: [] for n in names}
+            loads: list[float] = []
             for _ in range(min_samples):
                 for name in _order(names, round_no):
                     batch[name].append(runners[name].sample())
                 round_no += 1
+                reading = policy.read_load()
+                if reading is not None:
+                    loads.append(reading)
             worst = max(_rel(batch[n]) for n in names)
-            if worst < best_worst:
-                best, best_worst = batch, worst
-            if best_worst <= max_rel_spread or time.perf_counter() - start > max_seconds:
+            moved = drift(batch[baseline]) if baseline else max(drift(batch[n]) for n in names)
+            verdict = judge(worst, moved, loads, cpus, max_rel_spread, policy)
+            rank = (not verdict.ok, worst)  # a stable batch first, then the tightest
+            if best is None or rank < best[0]:
+                best = (rank, batch, verdict)
+            if verdict.ok:
                 break
-    stable = best_worst <= max_rel_spread
+            spent = time.perf_counter() - start
+            if verdict.machine_busy and spent + policy.wait_s < policy.budget_s:
+                time.sleep(policy.wait_s)  # let the other job pass before measuring again
+                continue
+            if spent > max(max_seconds, policy.budget_s if verdict.machine_busy else 0.0):
+                break
+    _, kept, verdict = best
+    extra = {"drift": round(verdict.drift, 5), "load": _round(verdict.load), "load1": load1(),
+             "cpu_mhz": cpu_mhz(), "reason": verdict.reason}
     out = {}
     for n in names:
-        median, spread = summarize(best[n])
-        out[n] = Timing(median, spread, len(best[n]), used_threads, runners[n].inner, stable,
-                        min(best[n]), clock)
+        median, spread = summarize(kept[n])
+        out[n] = Timing(median, spread, len(kept[n]), used_threads, runners[n].inner, verdict.ok,
+                        min(kept[n]), clock, **extra)
     return out
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
 
 
 def _rel(samples: list[float]) -> float:

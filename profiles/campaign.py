@@ -37,19 +37,26 @@ from profiles.decode import find_caches, layer_indices, rewind, step_fn
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from profiles.placement import place, to_device
+from profiles.stability import StabilityPolicy
 
 DEFAULT_SHAPE = "batch=1,seq=128"
 
 
 @dataclass(frozen=True)
 class TimingOptions:
-    """Harness settings passed to ``profiles.bench.time_interleaved`` for every group."""
+    """Harness settings passed to ``profiles.bench.time_interleaved`` for every group.
+
+    ``quick`` marks what is timed as quick (stored so, never planned on unless asked);
+    ``policy`` judges the machine (default ``StabilityPolicy.from_env()``)."""
 
     min_samples: int = 15
     warmup_max_s: float = 2.0
     max_seconds: float = 4.0
     max_rel_spread: float = 0.05
     min_sample_us: float = 200.0
+    quick: bool = False
+    policy: StabilityPolicy | None = None
+    cold_cache: bool | None = None  # None: when the model's weights exceed the last-level cache
 
     def __post_init__(self) -> None:
         if self.min_samples < 3:
@@ -58,11 +65,17 @@ class TimingOptions:
             raise ValueError("timing limits must be non-negative")
 
     def kwargs(self) -> dict:
-        return asdict(self)
+        """Keyword arguments of ``time_interleaved``."""
+        return {"min_samples": self.min_samples, "warmup_max_s": self.warmup_max_s,
+                "max_seconds": self.max_seconds, "max_rel_spread": self.max_rel_spread,
+                "min_sample_us": self.min_sample_us, "policy": self.policy}
 
 
-QUICK_TIMING = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0)
-"""Few samples, no re-measuring: for tests and smoke runs, not for numbers you keep."""
+QUICK_TIMING = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0,
+                             quick=True, policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
+"""Few samples, no re-measuring, no waiting for a quiet machine: for tests and smoke runs.
+Its rows are stored as quick: a plan uses them only when asked (``allow_unstable``) and a
+later full run measures them again."""
 
 
 @dataclass
@@ -92,6 +105,17 @@ class CampaignReport:
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     deployment: str = "eager"
+    quick: bool = False
+    unstable: int = 0  # timings stored as unstable (not used for plans unless asked)
+    unstable_reasons: list[str] = field(default_factory=list)
+
+    def stability_line(self) -> str | None:
+        """One line saying the run was refused as unstable, with the figure; None if not."""
+        if not self.unstable:
+            return None
+        return (f"unstable machine: {self.unstable} of {self.measured} timings refused as good "
+                f"({self.unstable_reasons[0]}); stored as unstable, not used for plans "
+                "(--allow-unstable uses them); run again on a quiet machine to replace them")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,8 +164,9 @@ class _Measurer:
 
     def __init__(self, loaded: LoadedModel, part: Partition, backend: Any, threads: int | None,
                  timing: TimingOptions, n_inputs: int, deployment: str = "eager",
-                 dataflow: Any = None):
+                 dataflow: Any = None, *, baseline: Precision = Precision.FP32):
         self.loaded, self.part, self.backend = loaded, part, backend
+        self.baseline = baseline
         self.threads, self.timing, self.n_inputs = threads, timing, n_inputs
         self.deployment, self.dataflow = deployment, dataflow
         self.reps: dict[str, Piece] = {}
@@ -165,8 +190,29 @@ class _Measurer:
             self._captured[shape] = per_sig
         return self._captured[shape][signature]
 
+    def evict_bytes(self) -> int:
+        """Bytes to write before each sample: twice the last-level cache when the model's
+        weights do not fit in it (each piece alone would; the whole model reads them from
+        memory), or when ``TimingOptions.cold_cache`` asks; else 0."""
+        if not hasattr(self, "_evict"):
+            from profiles.bench import last_level_cache_bytes
+
+            llc = last_level_cache_bytes(self.backend) or 0
+            weights = sum(p.numel() * p.element_size() for p in self.loaded.model.parameters())
+            cold = self.timing.cold_cache
+            if cold is None:
+                cold = bool(llc) and weights > llc
+            self._evict = 2 * (llc or 64 << 20) if cold else 0
+        return self._evict
+
+    def baseline_key(self, signature: str) -> str:
+        """The all-baseline config of a piece."""
+        return ",".join([self.baseline.value] * len(self.reps[signature].layer_names))
+
     def measure(self, signature: str, shape: str, cfgs: Sequence[str]) -> dict[str, Any]:
-        """config key -> Timing for each config of the group.
+        """config key -> Timing for each config of the group and for the piece's baseline
+        config, which is timed in every group so that each gain is taken against the
+        baseline timed with it, in the same rounds (drift cancels), on the same host.
 
         Each (layer, precision) is deployed once per group with the backend's real kernel
         and shared by the configs that use it; every config runs in its own shallow copy
@@ -184,7 +230,10 @@ class _Measurer:
         model = self.loaded.model
         deployed: dict[tuple[str, str], torch.nn.Module] = {}
         fns = {}
-        for key in cfgs:
+        baseline = self.baseline_key(signature)
+        evict = self.evict_bytes()
+        keys = list(cfgs) + ([baseline] if baseline is not None and baseline not in cfgs else [])
+        for key in keys:
             swaps = {}
             try:
                 for name, prec in zip(piece.layer_names, key.split(",")):
@@ -206,7 +255,8 @@ class _Measurer:
             layers = layer_indices(piece.extract(model).children())
             fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
         return time_interleaved(fns, inputs, self.backend,
-                                threads=self.threads, **self.timing.kwargs())
+                                threads=self.threads, baseline=baseline, evict_bytes=evict,
+                                **self.timing.kwargs())
 
     def model_latency(self, shape: str, baseline: Precision) -> Any:
         """Timing of the whole model with every slot layer deployed in ``baseline``, the
@@ -330,7 +380,9 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         with torch.no_grad():
             flow = trace_dataflow(loaded.model, _move(loaded.inputs_for(cut_shape(shape_list)),
                                                       backend.device))
-        measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs, deployment, flow)
+        report.quick = timing.quick
+        measurer = _Measurer(loaded, part, backend, threads, timing, n_inputs, deployment, flow,
+                             baseline=precs[0])
         if worker:
             report.campaign = campaign or f"{part.model_fingerprint[:12]}-{info.fingerprint[:12]}"
             _run_worker(store, report, tasks, measurer, worker, group, stale_after_s, progress)
@@ -340,15 +392,16 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         if model_latency:
             base = precs[0]
             for shape in shape_list:
-                found = store.model_latency(model_id, dev.id, shape.key, f"all:{base.value}")
+                # a quick run accepts any stored row; a full run replaces quick or unstable ones
+                found = store.model_latency(model_id, dev.id, shape.key, f"all:{base.value}",
+                                            allow_unstable=timing.quick)
                 if found is None:
                     t = measurer.model_latency(shape.key, base)
-                    store.add_model_latency(ModelLatency(
-                        model_id=model_id, device_id=dev.id, shape=shape.key,
-                        config_hash=f"all:{base.value}", config="{}", median_us=t.median_us,
-                        spread_us=t.spread_us, n_samples=t.n_samples, host=host_name(),
-                        tool_version=__version__))
+                    store.add_model_latency(latency_row(
+                        model_id, dev.id, shape.key, f"all:{base.value}", "{}", t, timing.quick))
                     report.baseline_us[shape.key] = t.median_us
+                    if not t.stable:
+                        report.unstable_reasons.append(f"whole model: {t.reason}")
                 else:
                     report.baseline_us[shape.key] = found.median_us
     finally:
@@ -373,13 +426,38 @@ def _groups(items: Sequence[tuple[str, str, str]], size: int):
             yield sig, shape, run[i:i + size]
 
 
-def _measurements(report: CampaignReport, sig: str, shape: str, timings: dict) -> list:
+def latency_row(model_id: int, device_id: int, shape: str, config_hash: str, config: str,
+                t: Any, quick: bool) -> ModelLatency:
+    """A whole-model latency row from a ``profiles.bench.Timing``, with how it was taken."""
+    return ModelLatency(
+        model_id=model_id, device_id=device_id, shape=shape, config_hash=config_hash,
+        config=config, median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples,
+        host=host_name(), tool_version=__version__, quick=quick, threads=t.threads,
+        # a workload's generate() timing (planner.generate) is judged and recorded less
+        clock=getattr(t, "clock", "wall"), stable=getattr(t, "stable", True),
+        load1=getattr(t, "load1", None), cpu_mhz=getattr(t, "cpu_mhz", None))
+
+
+def _measurements(report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],
+                  timings: dict, baseline: str) -> list:
+    """The group's configs as rows (not the baseline timed alongside unless it was asked
+    for), each with the in-group baseline median and how the group was timed; counts the
+    timings of an unstable group on the report."""
+    base = timings[baseline]
+    if not base.stable:
+        report.unstable += len(cfgs)
+        if len(report.unstable_reasons) < 5:
+            report.unstable_reasons.append(base.reason)
     return [MeasurementIn(report.device, sig, shape, cfg, t.median_us, t.spread_us, t.n_samples,
-                          campaign=report.campaign) for cfg, t in timings.items()]
+                          campaign=report.campaign, clock=t.clock, quick=report.quick,
+                          stable=t.stable, load1=t.load1, cpu_mhz=t.cpu_mhz, threads=t.threads,
+                          baseline_us=base.median_us, drift=t.drift)
+            for cfg, t in ((c, timings[c]) for c in cfgs)]
 
 
-def _write(store, report: CampaignReport, sig: str, shape: str, timings: dict) -> None:
-    store.add_measurements(_measurements(report, sig, shape, timings))
+def _write(store, report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],
+           timings: dict, baseline: str) -> None:
+    store.add_measurements(_measurements(report, sig, shape, cfgs, timings, baseline))
 
 
 def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
@@ -387,7 +465,8 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
     todo = []
     for shape in report.shapes:
         sigs = list(dict.fromkeys(t[0] for t in tasks if t[1] == shape))
-        done = store.measured_configs(report.device, shape, sigs)
+        # a full run measures again what a quick or unstable run left; a quick run does not
+        done = store.measured_configs(report.device, shape, sigs, allow_unstable=report.quick)
         todo.extend(t for t in tasks if t[1] == shape and t[2] not in done[t[0]])
     report.already = len(tasks) - len(todo)
     with _bar(len(tasks), report.already, progress, report.model) as bar:
@@ -400,8 +479,9 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
                 report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
                 bar.update(len(cfgs))
                 continue
-            _write(store, report, sig, shape, timings)
-            report.measured += len(timings)
+            _write(store, report, sig, shape, [c for c in cfgs if c in timings], timings,
+                   measurer.baseline_key(sig))
+            report.measured += len([c for c in cfgs if c in timings])
             if len(timings) < len(cfgs):  # configs with a layer the kernel cannot take
                 report.failed += len(cfgs) - len(timings)
                 missing = sorted(set(cfgs) - set(timings))
@@ -450,5 +530,7 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: queue.Unit,
             failed.update({t.id: msg for t in chunk})
             report.errors.append(f"{unit.signature[:12]} {unit.shape}: {msg}")
             continue
-        rows.extend(_measurements(report, unit.signature, unit.shape, timings))
+        rows.extend(_measurements(report, unit.signature, unit.shape,
+                                 [t.config for t in chunk], timings,
+                                 measurer.baseline_key(unit.signature)))
     return rows, failed

@@ -24,26 +24,38 @@ from hwcost.cli.options import (
 @click.option("--precisions", default=None, metavar="P1,P2",
               help="Precisions to enumerate [default: those measured for this model on the "
                    "device, else the device kind's candidates].")
+@click.option("--allow-unstable", is_flag=True,
+              help="Count quick and unstable timings as measured, as `hwcost plan "
+                   "--allow-unstable` would.")
 @store_option
 @json_option
 @handle_errors
 def coverage_cmd(model: str, device: str, shape: str, precisions: str | None,
-                 db_url: str | None, as_json: bool) -> None:
+                 allow_unstable: bool, db_url: str | None, as_json: bool) -> None:
     """Show, per subgraph of MODEL, which cost source answers its configs (measured,
     learned, roofline) and what share of the predicted gain rests on measurements.
 
     Unmeasured configs come from the device's learned model (trained on its measurements)
     or from the roofline of its catalog or calibrated peak rates; `hwcost profile` measures
-    what is missing."""
+    what is missing.
+
+    Quick (`--quick`) and unstable timings (taken on a busy machine) are not measured costs
+    for a plan: the column `not_good` counts them per subgraph; they are left to the
+    fallbacks unless --allow-unstable, and a later full stable run replaces them."""
     from hwcost.costs import CostModel, model_table
     from hwcost.precision import parse_precisions
 
     with open_cli_store(db_url) as store:
         precs = [p.value for p in parse_precisions(precisions)] if precisions else None
-        cm = CostModel(store, device)
-        tab = model_table(store, model, device, shape, precs, cost_model=cm)
+        cm = CostModel(store, device, allow_unstable=allow_unstable)
+        tab = model_table(store, model, device, shape, precs, cost_model=cm,
+                          allow_unstable=allow_unstable)
         learned = cm.learned
         dev = cm.device
+        not_good: dict[int, int] = {}
+        for r in store.model_costs(tab.model, dev.fingerprint, tab.shape, allow_unstable=True):
+            if not r.good:
+                not_good[r.position] = not_good.get(r.position, 0) + 1
     rows = []
     for e in tab.entries:
         src = tab.sources(e)
@@ -51,7 +63,8 @@ def coverage_cmd(model: str, device: str, shape: str, precisions: str | None,
         rows.append({"pos": e.position, "signature": e.signature[:12],
                      "layers": len(e.layer_names), "configs": len(e.costs),
                      "measured": src["measured"], "learned": src["learned"],
-                     "roofline": src["roofline"], "answers": _answers(src),
+                     "roofline": src["roofline"], "not_good": not_good.get(e.position, 0),
+                     "answers": _answers(src),
                      "best": best, "best_source": e.costs[best].source,
                      "gain_measured": round(tab.entry_measured_share(e), 4)})
     share = tab.measured_share()
@@ -59,6 +72,8 @@ def coverage_cmd(model: str, device: str, shape: str, precisions: str | None,
         emit_json({"model": tab.model, "device": tab.device, "device_name": dev.name,
                    "device_source": dev.source, "shape": tab.shape, "baseline": tab.baseline,
                    "precisions": list(tab.precisions), "measured_share": share,
+                   "allow_unstable": allow_unstable,
+                   "not_good_timings": sum(not_good.values()),
                    "learned_cv_mape": learned.cv_mape_ if learned else None,
                    "roofline_cv_mape": learned.roofline_cv_mape_ if learned else None,
                    "subgraphs": rows})
@@ -71,6 +86,10 @@ def coverage_cmd(model: str, device: str, shape: str, precisions: str | None,
                 if learned else "no learned model (too few measurements): fallbacks are roofline")
     click.echo(fallback)
     click.echo(f"share of the predicted gain (fastest configs) resting on measurements: {share:.1%}")
+    if not_good:
+        how = ("counted as measured (--allow-unstable)" if allow_unstable else
+               "not used: left to the fallbacks (--allow-unstable uses them)")
+        click.echo(f"quick or unstable timings: {sum(not_good.values())} (column not_good), {how}")
 
 
 def _answers(src: dict[str, int]) -> str:

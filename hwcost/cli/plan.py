@@ -61,12 +61,15 @@ from hwcost.cli.options import (
               help="Also write the plan (or the sweep) as JSON to this file.")
 @click.option("--time-limit", type=float, default=60.0, show_default=True,
               help="Solver time limit per solve, seconds (the gap is reported if hit).")
+@click.option("--allow-unstable", is_flag=True,
+              help="Plan on quick or unstable timings too (by default only full timings of a "
+                   "stable machine count; the others are left to the fallbacks).")
 @store_option
 @json_option
 @handle_errors
 def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, memory_budget,
              precisions, method, checkpoint, quantizer, sweep_n, plot_path, output, time_limit,
-             db_url, as_json):
+             allow_unstable, db_url, as_json):
     """Pick a precision per layer that maximises the predicted gain on a device with the
     predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
     Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
@@ -92,11 +95,13 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
 
             problem, _ = build_workload_problem(store, model, device, workload, precisions=precs,
                                                 method=method, checkpoint=checkpoint,
-                                                quantizer=quant)
+                                                quantizer=quant,
+                                                allow_unstable=allow_unstable)
             shape = problem.shape
         else:
             problem = build_problem(store, model, device, shape, precisions=precs,
-                                    method=method, checkpoint=checkpoint, quantizer=quant)
+                                    method=method, checkpoint=checkpoint, quantizer=quant,
+                                    allow_unstable=allow_unstable)
         if sweep_n is not None:
             _sweep(problem, sweep_n, objective, cons, plot_path, output, time_limit, as_json)
             return
@@ -125,8 +130,9 @@ def _print_plan(doc: dict, output: str | None) -> None:
     for p in d["layers"].values():
         counts[p] = counts.get(p, 0) + 1
     click.echo("layers        " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
+    err = f", stated error {pr['speedup_rel_error']:.0%}" if pr.get("speedup_rel_error") else ""
     click.echo(f"speedup       {pr['speedup']:.3f}x predicted ({pr['baseline_us']:.1f} us -> "
-               f"{pr['plan_us']:.1f} us)")
+               f"{pr['plan_us']:.1f} us, baseline from {pr.get('baseline_from', '?')}{err})")
     bound = d["max_loss_mse"]
     bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
@@ -227,3 +233,5 @@ def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json)
     click.echo(table(res.rows(), ["quantity", "predicted", "measured"]))
     click.echo(f"validation {res.validation_id} stored for plan {res.plan_id} "
                f"({res.threads} threads, {res.n_eval_samples} held-out samples)")
+    for line in res.warnings():
+        click.echo(line)

@@ -35,9 +35,13 @@ from hwcost.cli.options import (
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="CPU threads to time with [default: all this process may use].")
 @click.option("--group", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Configs timed together (interleaved) and written in one transaction.")
+              help="Configs timed together (interleaved) and written in one transaction; the "
+                   "piece's baseline config is timed in every group as well, and each gain is "
+                   "stored against it.")
 @click.option("--quick", is_flag=True,
-              help="Few samples, no re-measuring: for smoke tests, not for numbers to keep.")
+              help="Few samples, no re-measuring, no waiting for a quiet machine: for smoke "
+                   "tests. Stored as quick: plans use them only with --allow-unstable and a "
+                   "later full run measures them again.")
 @click.option("--stale-after", default=None, type=click.FloatRange(min=0.5), metavar="SECONDS",
               help="Worker mode: a claim whose worker sent no heartbeat for this long (the "
                    "worker was killed, its host lost) is handed out again; workers beat "
@@ -104,6 +108,8 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
         click.echo(table(rows))
     for err in report.errors[:5]:
         click.echo(f"failed: {err}", err=True)
+    if report.stability_line():
+        click.echo(report.stability_line())
 
 
 def _launch_ray(model, device, shape_list, precisions, campaign, max_configs, threads, group,

@@ -57,6 +57,12 @@ class RunSummary:
     plan_file: str
     plot_file: str
     steps_s: dict[str, float] = field(default_factory=dict)
+    speedup_rel_error: float | None = None  # the plan's stated error of its prediction
+    slower_than_baseline: bool = False  # validation measured the plan slower: not a result
+    validation_stable: bool = True
+    allow_unstable: bool = False  # the plan may rest on quick or unstable timings
+    unstable_timings: int = 0  # this run's timings refused as good (unstable machine)
+    warnings: list[str] = field(default_factory=list)  # one line each, printed after the summary
 
 
 def _step(name: str) -> None:
@@ -69,7 +75,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                  quick: bool = False, progress: bool = False, calib_samples: int = 64,
                  on_step: Callable[[str], None] | None = None,
                  threads: int | None = None, workload: str | None = None,
-                 precisions: str | None = None) -> RunSummary:
+                 precisions: str | None = None,
+                 allow_unstable: bool = False) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
 
     ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
@@ -80,10 +87,14 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     With ``workload`` (``prompt=P,gen=G,batch=B`` or a JSON/CSV file) the plan optimises the
     whole request: the campaign profiles the prefill shape and the decode KV buckets the
     workload needs, the plan prices prefill plus every decode step, and validation times
-    real ``generate()`` calls; ``shape`` is then not used."""
+    real ``generate()`` calls; ``shape`` is then not used.
+
+    The plan rests on full, stable timings only, unless ``allow_unstable`` or ``quick``
+    (whose timings are quick by definition; the summary says so). One plan has one
+    prediction: a plan found again in the store is reported with its stored document."""
     from hwcost.shape import parse_shape
     from hwcost.workload import parse_workload, workload_shapes
-    from planner.apply import validate_plan_on_device
+    from planner.apply import ValidationResult, validate_plan_on_device
     from planner.objectives import parse_threshold
     from planner.plans import make_plan, save_plan
     from planner.plot import plot_frontier
@@ -141,6 +152,13 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                          camp.precisions[0], wl, threads=camp.threads,
                          **(timing.kwargs() if timing else {}))
     times["profile"] = time.perf_counter() - t0
+    warnings: list[str] = []
+    if camp.stability_line():
+        warnings.append(camp.stability_line())
+    allow = allow_unstable or quick
+    if quick and not allow_unstable:
+        warnings.append("--quick: the plan rests on quick timings (few samples, no waiting for "
+                        "a quiet machine); not numbers to keep")
 
     mark("sensitivity")
     t0 = time.perf_counter()
@@ -158,7 +176,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     mark("plan")
     t0 = time.perf_counter()
     _step(f"planning for loss MSE <= {threshold}")
-    ident = {"checkpoint": sens.table.checkpoint, "quantizer": sens.table.quantizer}
+    ident = {"checkpoint": sens.table.checkpoint, "quantizer": sens.table.quantizer,
+             "allow_unstable": allow}
     if wl:
         problem, pricing = build_workload_problem(store, camp.model_fingerprint, camp.device, wl,
                                                   precisions=precisions_list, **ident)
@@ -173,12 +192,14 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                        problem=problem)
     layers = dict(result.document["data"]["layers"])
     prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers,
-                                 sens.table.checkpoint, sens.table.quantizer)
+                                 sens.table.checkpoint, sens.table.quantizer, quick)
     plan_reused = prior is not None
     if prior is None:
         save_plan(store, result)
     else:
+        # the stored plan, its document and its prediction: one plan, one prediction
         result.plan_id = prior[0]
+        result.document = json.loads(store.get_plan(prior[0]).body)
         result.document["data"]["plan_id"] = prior[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_file = out_dir / "plan.json"
@@ -190,25 +211,23 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
 
     mark("validate")
     t0 = time.perf_counter()
+    pred = result.document["data"]["predicted"]
     if prior is not None and prior[1] is not None:
         _step("validation reused from the store (same plan, device and shape)")
         v = prior[1]
-        # report the predictions this validation checked, not a re-solve's: the validation
-        # itself stored a newer whole-model baseline, which moves the predicted speedup
-        val = {"id": v.id, "baseline_us": v.baseline_us, "plan_us": v.plan_us,
-               "speedup": v.measured_speedup, "loss_mse": v.measured_loss_mse,
-               "predicted_speedup": v.predicted_speedup, "predicted_loss_mse": v.predicted_loss_mse}
+        r = ValidationResult(prior[0], v.id, camp.device, v.baseline_us, v.plan_us, 0.0, 0.0,
+                             v.measured_speedup, pred["speedup"], v.measured_loss_mse,
+                             pred["loss_mse"], v.n_eval_samples or 0, None, stable=v.stable,
+                             speedup_rel_error=pred.get("speedup_rel_error"))
     else:
         _step("applying the plan with real kernels and validating on held-out data")
         r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
                                     eval_data=eval_data, samples=samples, threads=threads,
-                                    timing=timing.kwargs() if timing else None)
-        val = {"id": r.validation_id, "baseline_us": r.baseline_us, "plan_us": r.plan_us,
-               "speedup": r.measured_speedup, "loss_mse": r.measured_loss_mse}
+                                    timing=timing.kwargs() if timing else None, quick=quick)
+    warnings += r.warnings()
     times["validate"] = time.perf_counter() - t0
     mark("done")
 
-    sol = result.solution
     counts: dict[str, int] = {}
     for p in layers.values():
         counts[p] = counts.get(p, 0) + 1
@@ -219,28 +238,31 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         measured_now=camp.measured, measurements_reused=camp.already,
         sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
         layers=layers, precision_counts=dict(sorted(counts.items())),
-        predicted_speedup=val.get("predicted_speedup") or sol.predicted_speedup,
-        measured_speedup=val["speedup"],
-        predicted_loss_mse=val.get("predicted_loss_mse") or sol.loss_mse,
-        measured_loss_mse=val["loss_mse"],
-        measured_share=sol.measured_share, baseline_us=val["baseline_us"],
-        plan_us=val["plan_us"], validation_id=val["id"], validation_reused=prior is not None
+        predicted_speedup=pred["speedup"], measured_speedup=r.measured_speedup,
+        predicted_loss_mse=pred["loss_mse"], measured_loss_mse=r.measured_loss_mse,
+        measured_share=pred["measured_share"], baseline_us=r.baseline_us,
+        plan_us=r.plan_us, validation_id=r.validation_id, validation_reused=prior is not None
         and prior[1] is not None, plan_file=str(plan_file), plot_file=str(plot_file),
-        steps_s={k: round(v, 2) for k, v in times.items()})
+        steps_s={k: round(v, 2) for k, v in times.items()},
+        speedup_rel_error=pred.get("speedup_rel_error"),
+        slower_than_baseline=r.slower_than_baseline, validation_stable=r.stable,
+        allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings)
 
 
 def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
-                         layers: dict[str, str], checkpoint: str, quantizer: str
-                         ) -> tuple[int, Any] | None:
+                         layers: dict[str, str], checkpoint: str, quantizer: str,
+                         quick: bool = False) -> tuple[int, Any] | None:
     """An earlier plan of this checkpoint and quantizer with exactly these layer precisions,
     and its latest validation measured with these weights. Another checkpoint's plan or
-    validation is never reused: the loss MSE depends on the weights."""
+    validation is never reused: the loss MSE depends on the weights. A quick run may
+    reuse any validation, a full run only a full one of a stable machine."""
     dev = store.get_device(device)
     for plan in store.plans_for(model_id, dev.id, shape, checkpoint=checkpoint,
                                 quantizer=quantizer):
         body = json.loads(plan.body)
         if dict(body.get("data", {}).get("layers", {})) == layers:
-            vals = store.validations_for(plan.id, checkpoint=checkpoint)
+            vals = [v for v in store.validations_for(plan.id, checkpoint=checkpoint)
+                    if quick or (v.stable and not v.quick)]
             return plan.id, (vals[-1] if vals else None)
     return None
 
@@ -267,7 +289,9 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
 @click.option("--calib-samples", default=64, show_default=True,
               help="Calibration sequences for the sensitivity pass.")
 @click.option("--quick", is_flag=True,
-              help="Few timing samples, no re-measuring: for smoke tests, not numbers to keep.")
+              help="Few timing samples, no re-measuring, no waiting for a quiet machine: for "
+                   "smoke tests, not numbers to keep. Its timings are stored as quick; this "
+                   "run plans on them, a later full run measures them again.")
 @click.option("--workload", default=None, metavar="SPEC|FILE",
               help="Optimise whole requests instead of one shape: prompt=P,gen=G,batch=B, or a "
                    "JSON/CSV file of (prompt, gen, batch[, weight]). Profiles the prefill shape "
@@ -275,12 +299,16 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
 @click.option("--precisions", default=None, metavar="P1,P2",
               help="Precisions to profile, score and plan (at most 4, the baseline included), "
                    "e.g. fp32,bf16,int8_wo,int4_wo [default: the device's candidates].")
+@click.option("--allow-unstable", is_flag=True,
+              help="Plan on quick or unstable timings too (by default only full timings of a "
+                   "stable machine count; the others are left to the fallbacks).")
 @store_option
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
             calib: str | None, eval_data: str | None, samples: int, calib_samples: int,
             quick: bool, workload: str | None, precisions: str | None,
+            allow_unstable: bool,
             db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
@@ -298,7 +326,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
         s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
                          calib=calib, eval_data=eval_data, samples=samples, quick=quick,
                          calib_samples=calib_samples,
-                         progress=progress_enabled(), workload=workload, precisions=precisions)
+                         progress=progress_enabled(), workload=workload, precisions=precisions,
+                         allow_unstable=allow_unstable)
     if as_json:
         emit_json(asdict(s))
         return
@@ -309,8 +338,11 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     click.echo(f"measurements       {s.measured_now} new, {s.measurements_reused} reused")
     click.echo(f"sensitivity        {'reused' if s.sensitivity_reused else 'computed'}")
     click.echo(f"plan {s.plan_id:<13} {mix} (loss MSE <= {s.threshold})")
-    click.echo(f"speedup            predicted {s.predicted_speedup:.3f}x, measured "
-               f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us)")
+    err = f" (stated error {s.speedup_rel_error:.0%})" if s.speedup_rel_error else ""
+    verdict = ", SLOWER than the baseline: not a result" if s.slower_than_baseline else ""
+    click.echo(f"speedup            predicted {s.predicted_speedup:.3f}x{err}, measured "
+               f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us)"
+               f"{verdict}")
     click.echo(f"loss MSE           predicted {s.predicted_loss_mse:.4g}, measured "
                f"{s.measured_loss_mse:.4g}")
     click.echo(f"measured share     {s.measured_share:.0%} of the predicted gain rests on "
@@ -319,3 +351,5 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
                f"{' (reused)' if s.validation_reused else ''}")
     click.echo(f"plan file          {s.plan_file}")
     click.echo(f"plot               {s.plot_file}")
+    for line in s.warnings:
+        click.echo(line)

@@ -29,6 +29,11 @@ def test_run_goes_from_nothing_to_a_validated_plan_and_reuses_it(tmp_path, sqlit
     assert s1["measured_speedup"] > 0 and s1["plan_us"] > 0 and s1["baseline_us"] > 0
     assert s1["predicted_loss_mse"] >= 0 and s1["measured_loss_mse"] >= 0
     assert set(s1["layers"].values()) <= {"fp32", "bf16", "int8", "fp8_e4m3"}
+    # --quick plans on quick timings and says so; a regression would be flagged, not shown
+    assert s1["allow_unstable"] and any(w.startswith("--quick: the plan rests on quick")
+                                        for w in s1["warnings"])
+    assert s1["slower_than_baseline"] == (s1["measured_speedup"] < 1)
+    assert s1["speedup_rel_error"] >= 0.05
     plan = json.loads(Path(s1["plan_file"]).read_text())
     assert plan["type"] == "hwcost.plan" and plan["data"]["layers"] == s1["layers"]
     assert Path(s1["plot_file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -263,3 +263,30 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().replace("'", '"')) == []
+
+
+def test_learned_fit_is_cached_in_the_store_and_refitted_when_the_data_change(store, mlp_timings):
+    import json
+
+    from sqlalchemy import func, select
+
+    from hwcost.schema import LearnedFit
+
+    put_llama(store)
+    fp = local_cpu(store)
+    store.add_measurements(mlp_timings)
+    first = CostModel(store, fp)
+    assert first.learned is not None and not first.learned_from_store  # fitted, then kept
+    body = store.learned_fit(first.device.id, first.fit_state())
+    assert json.loads(body)["n_train"] == 16
+    second = CostModel(store, fp)
+    assert second.learned is not None and second.learned_from_store  # read, not refitted
+    q = "batch=1,seq=16"
+    assert second.estimate(MLP, q, "int8,fp32,int8") == first.estimate(MLP, q, "int8,fp32,int8")
+    # a newer measurement is a new store state: refitted once, the old fit dropped
+    store.add_measurements([MeasurementIn(fp, MLP.signature, "batch=1,seq=64", "fp32,fp32,fp32",
+                                          900.0, 5.0, 15)])
+    third = CostModel(store, fp)
+    assert third.learned.n_train_ == 17 and not third.learned_from_store
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(LearnedFit)) == 1

@@ -37,8 +37,9 @@ def test_coverage_of_a_catalog_device_is_all_roofline(db):
     assert lines[0].endswith(", catalog)  shape batch=1,seq=64,phase=prefill  "
                              "precisions bf16,fp8_e4m3,int8")
     assert lines[1].split() == ["pos", "signature", "layers", "configs", "measured", "learned",
-                                "roofline", "answers", "best", "best_source", "gain_measured"]
-    assert lines[3].split()[:8] == ["0", "sig-mlp", "2", "9", "0", "0", "9", "roofline"]
+                                "roofline", "not_good", "answers", "best", "best_source",
+                                "gain_measured"]
+    assert lines[3].split()[:9] == ["0", "sig-mlp", "2", "9", "0", "0", "9", "0", "roofline"]
     assert lines[-2] == "no learned model (too few measurements): fallbacks are roofline"
     assert lines[-1] == ("share of the predicted gain (fastest configs) resting on measurements: "
                          "0.0%")

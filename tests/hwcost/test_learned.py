@@ -108,3 +108,25 @@ def test_unfitted_or_untrainable_models_say_so():
     one = [Query(chain(8), parse_shape("batch=1"), (P.FP32, p)) for p in PRECS]
     with pytest.raises(NoEstimate, match="at least two"):
         LatencyModel(PEAKS, P.FP32).fit(one, [10.0, 9.0, 8.0])
+
+
+def test_fitted_model_round_trips_as_json_data(timings):
+    """The fit is data: JSON out, JSON in, the same predictions as scikit-learn's own trees."""
+    import json
+
+    qs, y = _split(timings)
+    a = LatencyModel(PEAKS, P.FP32, seed=0, n_estimators=60).fit(qs, y)
+    # numpy walk of the stored trees == scikit-learn's prediction on the same features
+    t = terms(qs, PEAKS, P.FP32)
+    x = features(qs, t, P.FP32, a.precisions_)
+    _, reg = a._fit_once(t, x, y)
+    base = np.log(np.maximum(a.roofline_.predict(t), 1e-3))
+    np.testing.assert_allclose(a.regressor_.predict(np.column_stack([x, base])),
+                               reg.predict(np.column_stack([x, base])), rtol=1e-9)
+    text = json.dumps(a.to_dict())
+    assert "pickle" not in text and text.startswith('{"format": 1')
+    b = LatencyModel.from_dict(PEAKS, json.loads(text))
+    np.testing.assert_allclose(b.predict(qs), a.predict(qs), rtol=1e-12)
+    assert (b.cv_mape_, b.precisions_, b.n_train_) == (a.cv_mape_, a.precisions_, a.n_train_)
+    with pytest.raises(NoEstimate, match="format 0"):
+        LatencyModel.from_dict(PEAKS, {**a.to_dict(), "format": 0})

@@ -120,3 +120,36 @@ def test_newer_store_is_refused_and_untouched(store_url):
 def test_pending_lists_the_steps():
     assert migrations.pending(1, 3) == [1, 2]
     assert migrations.pending(2, 2) == []
+
+
+def test_schema_3_store_gains_measurement_provenance_with_no_row_lost(store_url):
+    """A store of layout 3 (no provenance columns, no learned_fit) upgrades in place:
+    every row kept, old rows read as full stable wall-clock timings."""
+    from hwcost.schema import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION >= 4
+    with open_store(store_url) as s:
+        info = small_store(s)
+        with s.engine.connect() as c:
+            n_lat = c.execute(text("SELECT count(*) FROM model_latency")).scalar()
+        with s.engine.begin() as c:  # take it back to the schema-3 layout
+            for table, cols in (("measurement", ("clock", "quick", "stable", "load1", "cpu_mhz",
+                                                 "threads", "baseline_us", "drift")),
+                                ("model_latency", ("clock", "quick", "stable", "load1",
+                                                   "cpu_mhz", "threads")),
+                                ("validation", ("quick", "stable"))):
+                for col in cols:
+                    c.execute(text(f"ALTER TABLE {table} DROP COLUMN {col}"))
+            c.execute(text("DROP TABLE learned_fit"))
+            c.execute(text("UPDATE meta SET value = '3' WHERE key = 'schema_version'"))
+    with open_store(store_url, upgrade=False) as s:
+        assert schema_status(s).pending[0] == 3
+    with open_store(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.measurement_count() == info.n_measurements
+        with s.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM model_latency")).scalar() == n_lat
+            assert c.execute(text("SELECT DISTINCT clock, quick, stable FROM measurement")
+                             ).all() in ([("wall", False, True)], [("wall", 0, 1)])
+        assert len(s.device_measurements(info.devices[0])) > 0  # they count as good
+        assert "learned_fit" in inspect(s.engine).get_table_names()

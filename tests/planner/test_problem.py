@@ -158,7 +158,8 @@ def test_whole_model_baseline(store, tiny):
                                                                    "subgraphs")):
         store.add_model_latency(ModelLatency(model_id=tiny.model_id, device_id=dev.id,
                                              shape=tiny.shape, config_hash="all:fp32",
-                                             median_us=us, spread_us=1.0, n_samples=9))
+                                             median_us=us, spread_us=1.0, n_samples=9),
+                                replace=True)  # a good row is only replaced when asked
         q = build_problem(store, tiny.name, tiny.device, tiny.shape)
         assert q.baseline_from == expect
         assert q.baseline_us == max(us, q.subgraph_baseline_us)

@@ -1,0 +1,178 @@
+"""Measurement integrity: a busy machine is refused and nothing is stored as good; quick rows
+never reach a plan and never count as done for a full run; each gain is stored with the
+baseline timed in its own interleave group."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from sqlalchemy import select
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hwcost.schema import Measurement
+from hwcost.store import MeasurementIn, open_store
+from planner.problem import build_problem
+from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
+from profiles.loading import LoadedModel
+from profiles.stability import StabilityPolicy, judge, runnable_tasks, usable_cpus
+
+SHAPE = "batch=1,seq=8"
+
+
+def _tiny(layers: int = 1) -> LoadedModel:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    return LoadedModel("tiny-stab", LlamaForCausalLM(cfg).eval(), None, "test")
+
+
+def _rows(store) -> list[Measurement]:
+    with store.session() as s:
+        return list(s.scalars(select(Measurement).order_by(Measurement.id)))
+
+
+# a bounded competing load: busy loops that end by themselves after BUSY_S seconds
+BUSY_S = 45
+_BUSY = f"import time\nend = time.time() + {BUSY_S}\nwhile time.time() < end:\n    pass\n"
+
+
+@pytest.fixture
+def busy_machine():
+    """Twice as many spinning processes as usable CPUs (bounded in time, killed after)."""
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(2 * usable_cpus())]
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and (runnable_tasks() or 0) < len(procs):
+            time.sleep(0.05)  # until the scheduler sees them
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(runnable_tasks() is None, reason="no /proc/stat to read the load from")
+def test_an_unstable_run_is_refused_and_stores_nothing_as_good(sqlite_url, busy_machine):
+    strict = StabilityPolicy(max_load=1.25, max_drift=0.05, wait_s=0.3, budget_s=1.0)
+    timing = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0,
+                           min_sample_us=0.0, policy=strict)
+    start = time.perf_counter()
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, _tiny(), "cpu", [SHAPE], "fp32", threads=1, n_inputs=2,
+                           timing=timing, progress=False)
+        elapsed = time.perf_counter() - start
+        assert rep.measured == rep.tasks > 0 and rep.unstable == rep.measured
+        line = rep.stability_line()
+        assert line.startswith(f"unstable machine: {rep.measured} of {rep.measured} timings "
+                               "refused as good (load ")
+        assert "runnable tasks per CPU > 1.25" in line and "\n" not in line
+        # stored for inspection, never as good: no plan, no "already measured" sees them
+        rows = _rows(store)
+        assert len(rows) == rep.tasks and not any(r.stable for r in rows)
+        assert all(r.load1 is not None and r.threads == 1 and r.clock == "wall" for r in rows)
+        assert store.model_costs(rep.model_fingerprint, rep.device, SHAPE) == []
+        assert store.device_measurements(rep.device) == []
+        dev = store.get_device(rep.device)
+        assert store.model_latency(rep.model_id, dev.id, SHAPE, "all:fp32") is None
+    # it waited within its budget for every group, then gave up: bounded, not forever
+    assert elapsed < 60
+
+
+def test_judge_names_the_first_failing_figure():
+    p = StabilityPolicy(max_load=1.0, max_drift=0.05)
+    assert judge(0.01, 0.01, [1.0, 1.0], 2, 0.05, p).ok
+    assert judge(0.01, 0.01, [5.0, 5.0], 2, 0.05, p).reason == "load 2.50 runnable tasks per CPU > 1"
+    assert judge(0.01, 0.20, [1.0], 2, 0.05, p).reason == "baseline drift 20.0% > 5%"
+    v = judge(0.09, 0.0, [], 2, 0.05, p)
+    assert v.reason == "spread 9.0% > 5%" and not v.machine_busy
+    # a caller-supplied load reading is what the policy judges
+    assert StabilityPolicy(load_reader=lambda: 7.0).read_load() == 7.0
+
+
+def test_gains_are_stored_with_the_baseline_of_their_own_group(sqlite_url):
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, _tiny(), "cpu", [SHAPE], "fp32,bf16", threads=1, n_inputs=2,
+                           timing=QUICK_TIMING, progress=False, group=3)
+        rows = _rows(store)
+        by_sig: dict[int, list[Measurement]] = {}
+        for r in rows:
+            by_sig.setdefault(r.subgraph_id, []).append(r)
+        three_slot = [rs for rs in by_sig.values() if len(rs) == 8]
+        assert three_slot, "the tiny Llama has 3-slot pieces"
+        for rs in three_slot:
+            base = next(r for r in rs if set(r.config.split(",")) == {"fp32"})
+            # the baseline row's group baseline is itself; 8 configs in groups of 3 (the
+            # baseline joins the groups it is not part of): 3 groups, 3 baseline timings
+            assert base.baseline_us == base.median_us
+            assert len({r.baseline_us for r in rs}) == 3
+            assert all(r.quick and r.baseline_us > 0 for r in rs)
+        # the planner takes each measured gain against its in-group baseline
+        from hwcost.costs import model_table
+
+        table = model_table(store, rep.model_fingerprint, rep.device, SHAPE,
+                            allow_unstable=True)
+        e = next(e for e in table.entries if len(e.slots) == 3)
+        base = table.baseline_us(e)
+        for key, est in e.costs.items():
+            # the ratio to the baseline of its own group, applied to the baseline's latency
+            assert table.gain(e, key) == pytest.approx(base * (1 - est.latency_us / est.baseline_us))
+
+
+def test_quick_rows_are_measured_again_by_a_full_run(sqlite_url):
+    loaded = _tiny()
+    full = TimingOptions(min_samples=3, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0,
+                         policy=StabilityPolicy.lenient())
+    with open_store(sqlite_url) as store:
+        quick = run_campaign(store, loaded, "cpu", [SHAPE], "fp32", threads=1, n_inputs=2,
+                             timing=QUICK_TIMING, progress=False, model_latency=False)
+        again = run_campaign(store, loaded, "cpu", [SHAPE], "fp32", threads=1, n_inputs=2,
+                             timing=QUICK_TIMING, progress=False, model_latency=False)
+        assert (again.already, again.measured) == (quick.tasks, 0)  # quick reuses quick
+        rep = run_campaign(store, loaded, "cpu", [SHAPE], "fp32", threads=1, n_inputs=2,
+                           timing=full, progress=False, model_latency=False)
+        assert (rep.already, rep.measured) == (0, quick.tasks)  # a full run reuses none
+        rows = _rows(store)
+        assert len(rows) == quick.tasks and not any(r.quick for r in rows)
+
+
+def test_quick_rows_are_not_used_by_a_plan_and_a_stable_row_replaces_them(store):
+    from tests.planner.conftest import populate
+
+    tiny = populate(store)
+    # fast-looking quick timings of every MLP config but its baseline
+    rows = [MeasurementIn(tiny.device, "sig-mlp", tiny.shape, cfg, 1.0, 0.1, 5, quick=True)
+            for cfg in ("bf16,bf16", "int8,int8", "bf16,int8", "int8,bf16")]
+    store.add_measurements(rows, replace=True)
+    mlp_opts = {o.key: o for o in build_problem(store, tiny.name, tiny.device, tiny.shape)
+                .choices[1].options}
+    assert mlp_opts["int8,int8"].source != "measured" and mlp_opts["int8,int8"].latency_us > 1.0
+    asked = {o.key: o for o in build_problem(store, tiny.name, tiny.device, tiny.shape,
+                                             allow_unstable=True).choices[1].options}
+    assert asked["int8,int8"].source == "measured" and asked["int8,int8"].latency_us == 1.0
+    # a later full, stable timing replaces the quick row without being asked to
+    assert store.add_measurements([MeasurementIn(tiny.device, "sig-mlp", tiny.shape,
+                                                 "int8,int8", 90.0, 0.5, 15)]) == 1
+    # and a later quick one never replaces a good row
+    assert store.add_measurements([MeasurementIn(tiny.device, "sig-mlp", tiny.shape,
+                                                 "int8,int8", 2.0, 0.1, 5, quick=True)]) == 0
+    opt = {o.key: o for o in build_problem(store, tiny.name, tiny.device, tiny.shape)
+           .choices[1].options}["int8,int8"]
+    assert (opt.source, opt.latency_us) == ("measured", 90.0)
+
+
+def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
+    from planner.apply import ValidationResult
+
+    r = ValidationResult(1, 1, "dev", 100.0, 125.0, 1.0, 1.0, 0.8, 1.46, 0.1, 0.1, 8, 1,
+                         speedup_rel_error=0.05)
+    lines = r.warnings()
+    assert r.slower_than_baseline and lines[0].startswith("REGRESSION: the plan measured slower")
+    assert lines[1] == ("warning: measured speedup 0.800x is 45% below the predicted 1.460x "
+                        "(stated error 5%)")
+    ok = ValidationResult(1, 1, "dev", 100.0, 80.0, 1.0, 1.0, 1.25, 1.27, 0.1, 0.1, 8, 1,
+                          speedup_rel_error=0.05)
+    assert ok.warnings() == [] and ok.to_dict()["slower_than_baseline"] is False
