@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ORDER = ["store", "fleet", "campaign", "additivity", "fallbacks", "sensitivity", "planner", "exports",
-         "decode"]
+         "decode", "zoo"]
 TARGET = re.compile(r"^target: (?P<name>\S+) = (?P<value>\S+) (?P<unit>.*?) ?"
                     r"\(goal (?P<op>\S+)(?: (?P<limit>[^)]+))?\) (?P<verdict>met|missed)$")
 

@@ -75,25 +75,41 @@ class SlotInfo:
     in_features: int
     out_features: int
     bias: bool = False
+    experts: int = 0
+    """MoE experts of a block as one slot: how many (0 for a plain linear layer), ..."""
+    active: int = 0
+    """... how many each token is routed to (top-k), ..."""
+    inner: int = 0
+    """... and their intermediate width (gate_up: hidden -> 2 inner, down: inner -> hidden)."""
 
     @property
     def weight_params(self) -> int:
+        """Parameters stored: every expert of an MoE slot (all are in memory)."""
+        if self.experts:
+            return self.experts * 3 * self.in_features * self.inner
         return self.in_features * self.out_features
 
     @property
     def macs_per_token(self) -> int:
+        """Multiply-accumulates per token: the active experts only for an MoE slot."""
+        if self.experts:
+            return self.active * 3 * self.in_features * self.inner
         return self.in_features * self.out_features
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "op": self.op, "in_features": self.in_features, "out_features": self.out_features,
             "bias": self.bias, "macs_per_token": self.macs_per_token,
             "weight_params": self.weight_params,
         }
+        if self.experts:  # only then: plain layers keep their signatures
+            d.update(experts=self.experts, active=self.active, inner=self.inner)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SlotInfo:
-        return cls(d["op"], int(d["in_features"]), int(d["out_features"]), bool(d["bias"]))
+        return cls(d["op"], int(d["in_features"]), int(d["out_features"]), bool(d["bias"]),
+                   int(d.get("experts", 0)), int(d.get("active", 0)), int(d.get("inner", 0)))
 
 
 @dataclass(frozen=True)

@@ -167,9 +167,12 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
 
 def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: int = 128,
                  batch: int = 8, seed: int = 1) -> list:
-    """Held-out token windows, in batches, for the true loss MSE."""
-    from sensitivity.data import load_calibration
+    """Held-out token windows, in batches, for the true loss MSE; a factory's own held-out
+    batches (``extras["held_out"]``) when no file is named."""
+    from sensitivity.data import from_batches, load_calibration
 
+    if eval_data is None and getattr(loaded, "held_out", None) is not None:
+        return list(from_batches(loaded.held_out, f"{loaded.name} held-out").items)
     path = Path(eval_data) if eval_data else DEFAULT_EVAL
     if not path.is_file():
         raise HwcostError(f"held-out data {path} not found; pass --eval-data FILE")
@@ -193,13 +196,14 @@ def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, ba
     from profiles.placement import place
     from sensitivity.reference import per_sample_losses
 
+    loss_fn = getattr(loaded, "loss_fn", None)
     place(loaded.model, backend.device)
-    ref = per_sample_losses(loaded.model, batches).numpy()
+    ref = per_sample_losses(loaded.model, batches, loss_fn).numpy()
     flow = model_dataflow(loaded, backend)
     out = {}
     for name, layers in configs.items():
         with deployed(loaded.model, dict(layers), backend, flow) as m:
-            q = per_sample_losses(m, batches).numpy()
+            q = per_sample_losses(m, batches, loss_fn).numpy()
         out[name] = float(np.mean(np.square(q - ref)))
     return out
 
@@ -286,7 +290,9 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
                                deployment=deployment, baseline="baseline", **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend)
-    n_eval = sum(int(b.shape[0]) for b in batches)
+    from sensitivity.loss import batch_size
+
+    n_eval = sum(batch_size(b) for b in batches)
 
     from profiles.campaign import latency_row
 

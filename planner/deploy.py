@@ -123,10 +123,16 @@ def deployed_layers(model) -> dict[str, DeployedLayer]:
     """What runs each linear layer of a deployed model: a ``DeployedLinear``'s precision and
     kernel, or a plain layer's weight dtype (``aten linear``)."""
     from profiles.backends.layers import DeployedLinear, is_linear
+    from profiles.experts import DeployedExperts, is_experts
 
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, DeployedLinear):
+        if isinstance(m, DeployedExperts):  # an MoE block's experts: one slot
+            out[name] = DeployedLayer(name, m.precision.value, m.kernel, str(m.weight_dtype))
+        elif is_experts(m):
+            dt = m.gate_up_proj.dtype
+            out[name] = DeployedLayer(name, _precision_of(dt), "experts (aten)", str(dt))
+        elif isinstance(m, DeployedLinear):
             out[name] = DeployedLayer(name, m.precision.value, m.kernel, str(m.weight.dtype))
         elif is_linear(m):
             w = m.weight

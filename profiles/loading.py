@@ -7,12 +7,19 @@
 - a path to a Hugging Face model directory (``config.json`` + weights), loaded locally with
   ``AutoModelForCausalLM.from_pretrained(..., local_files_only=True)``, never downloaded;
 - ``package.module:factory``: a Python callable. **Factory contract**: ``factory()`` takes
-  no arguments and returns either a :class:`LoadedModel`, or a pair ``(model, inputs)`` where
-  ``inputs`` is either a callable ``inputs(shape: Shape, seed: int) -> dict[str, Tensor]``
-  (preferred: the factory decides what a shape means for its model) or a fixed example
-  ``dict[str, Tensor]``. From a fixed example, :meth:`LoadedModel.inputs_for` derives inputs
-  of other shapes: integer tensors ``[B, S]`` become random ids ``[batch, seq]``, float
-  tensors ``[N, F]`` become ``[tokens, F]`` and ``[B, S, F]`` become ``[batch, seq, F]``.
+  no arguments and returns either a :class:`LoadedModel`, a pair ``(model, inputs)``, or a
+  triple ``(model, inputs, extras)``. ``inputs`` is either a callable
+  ``inputs(shape: Shape, seed: int) -> dict[str, Tensor]`` (preferred: the factory decides
+  what a shape means for its model) or a fixed example ``dict[str, Tensor]``. From a fixed
+  example, :meth:`LoadedModel.inputs_for` derives inputs of other shapes: integer tensors
+  ``[B, S]`` become random ids ``[batch, seq]``, float tensors ``[N, F]`` become
+  ``[tokens, F]`` and ``[B, S, F]`` become ``[batch, seq, F]``. ``extras`` is a dict with any
+  of ``loss_fn`` (``loss_fn(model, batch) -> Tensor [N]``, one loss per sample; default: the
+  causal-LM next-token loss), ``calibration`` (a list of batches for the sensitivity pass)
+  and ``held_out`` (a list of batches for the measured loss MSE of a plan). A batch is a
+  tensor, a dict of tensors or a tuple of tensors, samples along the first dimension, and is
+  passed to ``loss_fn`` as it is. With them, an encoder, a classifier or any model with its
+  own loss is planned from the command line (``hwcost run pkg.mod:factory``).
 
 Models are returned in eval mode, on the CPU, in ``dtype`` (float32 unless told otherwise:
 ``hwcost run`` loads in the baseline dtype of the device, ``profiles.placement.baseline_dtype``);
@@ -60,6 +67,9 @@ class LoadedModel:
     source: str = ""
     inputs_fn: InputsFn | None = field(default=None, repr=False)
     example: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = field(default=None, repr=False)
+    calibration: list | None = field(default=None, repr=False)
+    held_out: list | None = field(default=None, repr=False)
 
     def inputs_for(self, shape: Shape | str, seed: int = 0) -> dict[str, torch.Tensor]:
         """Inputs of ``shape`` such that ``model(**inputs)`` runs.
@@ -212,17 +222,49 @@ def _load_factory(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     if isinstance(result, LoadedModel):
         result.model = _prepare(result.model, dtype)
         result.source = result.source or spec
-        return result
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
-        raise ModelLoadError(f"factory {spec!r} must return a LoadedModel or (model, inputs); "
-                             f"got {type(result).__name__}")
-    model, inputs = result
+        return _checked_extras(result, spec)
+    if not (isinstance(result, tuple) and len(result) in (2, 3)
+            and isinstance(result[0], nn.Module)):
+        raise ModelLoadError(f"factory {spec!r} must return a LoadedModel, (model, inputs) or "
+                             f"(model, inputs, extras); got {type(result).__name__}")
+    model, inputs = result[:2]
+    extras = result[2] if len(result) == 3 else {}
+    if not isinstance(extras, dict) or set(extras) - set(EXTRAS):
+        bad = sorted(set(extras) - set(EXTRAS)) if isinstance(extras, dict) else type(extras).__name__
+        raise ModelLoadError(f"factory {spec!r}: extras must be a dict with keys among "
+                             f"{', '.join(EXTRAS)}; got {bad}")
     name = attr.split(".")[-1]
     if callable(inputs) and not isinstance(inputs, dict):
         n_params = len(inspect.signature(inputs).parameters)
         inputs_fn = inputs if n_params >= 2 else (lambda shape, seed, f=inputs: f(shape))
-        return LoadedModel(name, _prepare(model, dtype), None, spec, inputs_fn=inputs_fn)
-    if isinstance(inputs, dict):
-        return LoadedModel(name, _prepare(model, dtype), None, spec, example=inputs)
-    raise ModelLoadError(f"factory {spec!r}: inputs must be a dict of tensors or a callable "
-                         f"(shape, seed) -> dict; got {type(inputs).__name__}")
+        loaded = LoadedModel(name, _prepare(model, dtype), None, spec, inputs_fn=inputs_fn, **extras)
+    elif isinstance(inputs, dict):
+        loaded = LoadedModel(name, _prepare(model, dtype), None, spec, example=inputs, **extras)
+    else:
+        raise ModelLoadError(f"factory {spec!r}: inputs must be a dict of tensors or a callable "
+                             f"(shape, seed) -> dict; got {type(inputs).__name__}")
+    return _checked_extras(loaded, spec)
+
+
+EXTRAS = ("loss_fn", "calibration", "held_out")
+"""Keys of a factory's ``extras`` dict (see the module docstring)."""
+
+
+def _checked_extras(loaded: LoadedModel, spec: str) -> LoadedModel:
+    """Refuse a loss that is not callable or batches that are not a non-empty list, in one
+    line (each batch's own type is checked where it is used, with its index)."""
+    if loaded.loss_fn is not None and not callable(loaded.loss_fn):
+        raise ModelLoadError(f"factory {spec!r}: loss_fn must be callable (model, batch) -> [N]; "
+                             f"got {type(loaded.loss_fn).__name__}")
+    for key in ("calibration", "held_out"):
+        v = getattr(loaded, key)
+        if v is None:
+            continue
+        if isinstance(v, (tuple, torch.Tensor, dict)) or not hasattr(v, "__iter__"):
+            raise ModelLoadError(f"factory {spec!r}: {key} must be a list of batches; got "
+                                 f"{type(v).__name__}")
+        v = list(v)
+        if not v:
+            raise ModelLoadError(f"factory {spec!r}: {key} is an empty list of batches")
+        setattr(loaded, key, v)
+    return loaded

@@ -112,8 +112,10 @@ class Stage:
     """A runnable step of the chain.
 
     ``mode``: ``seq`` (components run one after another), ``residual`` (``x + sub(pre(x))``),
-    ``head`` (the same with the sub's output projection skipped; yields ``(x, ctx)``) or
-    ``tail`` (``x + proj(ctx)``, with the components after the projection).
+    ``head`` (the same with the sub's output projection skipped; yields ``(x, ctx)``),
+    ``tail`` (``x + proj(ctx)``, with the components after the projection) or ``branch``
+    (one branch of a parallel block ``x + sum_i branch_i(x)``: yields ``(x, partial sum)``,
+    or ``x + sum`` from the block's last stage; see the ``carry``/``split``/``last`` fields).
     """
 
     mode: str
@@ -121,6 +123,13 @@ class Stage:
     slot_names: tuple[str, ...]
     skip: tuple[str, ...] = ()  # head: paths replaced by _Skip (output projection and after)
     residual: Component | None = None  # tail: the call whose main input is the unit's residual
+    # branch (one branch of a parallel block, or a head/tail of it): whether the running sum
+    # of earlier branches comes in, the split ("", "head", "tail"), whether it is the last
+    # stage of the block (then it returns x + sum), and the block's earlier stages
+    carry: bool = False
+    split: str = ""
+    last: bool = False
+    prior: tuple[Stage, ...] = field(default=(), repr=False)
 
     def needed_paths(self) -> list[str]:
         return [c.path for c in self.components]
@@ -155,11 +164,20 @@ class Stage:
             root = self.extract(root)
         if self.mode == "tail":
             x, t = inp.tensors
+        elif self.mode == "branch":
+            x = inp.tensors[0]
+            t = inp.tensors[-1] if self.split == "tail" else x
         else:
             x = t = inp.tensors[0]
         for comp, (args, kwargs) in zip(self.components, inp.sides):
             a, k = _with_main(args, kwargs, comp.where, t)
             t = main_out(_resolve(root, comp.path)(*a, **k))
+        if self.mode == "branch":
+            kept = inp.tensors[:1 + int(self.carry)]  # x and the running sum
+            if self.split == "head":
+                return (*kept, t)
+            acc = residual_add(kept[1], t) if self.carry else t
+            return (residual_add(x, acc),) if self.last else (x, acc)
         if self.mode == "seq":
             return (t,)
         if self.mode == "head":
@@ -226,6 +244,9 @@ class Partition:
     pieces: list[Piece]
     stages: list[Stage] = field(repr=False)
     k_max: int = 0
+    ended: tuple[str, ...] = ()
+    """Modules with layers whose output never reaches the model's output (BERT's pooler when
+    the model's output is the hidden states): out of the chain, left in baseline precision."""
 
     def subgraph_infos(self) -> list[SubgraphInfo]:
         """One SubgraphInfo per unique signature, in first-use order."""
@@ -276,6 +297,17 @@ class Partition:
     def _capture(stage: Stage, tr: Trace) -> PieceInput:
         calls = [tr.call(c.path) for c in stage.components]
         sides = tuple((c.args, c.kwargs) for c in calls)
+        if stage.mode == "branch":
+            # the live tensors are computed, not read from the pass: a block may change its
+            # branches' outputs in place when it sums them (Falcon's mlp_output += attn)
+            r = tr.call(stage.residual.path)
+            tensors = (get_main(r.args, r.kwargs, stage.residual.where),)
+            with torch.no_grad():
+                for s in stage.prior:
+                    prior_sides = tuple((tr.call(c.path).args, tr.call(c.path).kwargs)
+                                        for c in s.components)
+                    tensors = s.run(tr.model, PieceInput(tensors, prior_sides))
+            return PieceInput(tensors, sides)
         first = get_main(calls[0].args, calls[0].kwargs, stage.components[0].where)
         if stage.mode == "tail":
             r = tr.call(stage.residual.path)
@@ -287,6 +319,7 @@ def _boundary_paths(stages: Sequence[Stage]) -> set[str]:
     """The module calls whose inputs a capture of ``stages`` reads: each component (its side
     inputs; the first one's main tensor is the stage's input) and a tail's residual call."""
     paths = {c.path for s in stages for c in s.components}
+    paths |= {c.path for s in stages for p in s.prior for c in p.components}  # branch stages
     paths |= {s.residual.path for s in stages if s.residual is not None}
     return paths
 
@@ -298,6 +331,21 @@ class _Walker:
     def __init__(self, tr: Trace, k_max: int):
         self.tr = tr
         self.k_max = k_max
+        self.ended: list[str] = []  # modules whose output ends (never reaches the output)
+
+    def _off_chain(self, off: Call, parent: Call) -> None:
+        """A module with slots beside the chain of ``parent``: fine when its output never
+        reaches ``parent``'s output (BERT's pooler when the loss reads the hidden states;
+        its layers stay in the baseline precision); an error naming it when it rejoins."""
+        if not self.nslots(off):
+            return
+        if self.tr.reaches(off, parent):
+            raise PartitionError(
+                f"data flow branches at {off.name}: its output rejoins the chain of "
+                f"{parent.name or 'the model'} through operations outside modules, so the model "
+                "cannot be cut into sequential pieces; wrap the branch and its join in one "
+                "module, or plan this model without profiling the pieces of that part")
+        self.ended.append(off.name)
 
     def nslots(self, c: Call) -> int:
         return len(self.tr.slots(c))
@@ -311,6 +359,14 @@ class _Walker:
         chain: list[Call] = []
         j = len(kids) - 1
         prologue = False
+        if c.parent is None and kids and not any(same(main_out(k.output), target) for k in kids):
+            # an epilogue of plain tensor operations on the last layer's output (Gemma 2's
+            # final logit soft-cap): the chain ends at the last module with slots
+            slotted = [i for i, k in enumerate(kids) if self.nslots(k)]
+            last = main_out(kids[slotted[-1]].output) if slotted else None
+            if (last is not None and target is not None and last.shape == target.shape
+                    and not any(self.nslots(k) for k in kids[slotted[-1] + 1:])):
+                target = last
         while True:
             k = j
             while k >= 0 and not same(main_out(kids[k].output), target):
@@ -324,18 +380,15 @@ class _Walker:
                         "attention and MLP summed, a final logit soft-cap, ...)")
                 break
             for off in kids[k + 1:j + 1]:  # between chain members: side computations only
-                if self.nslots(off):
-                    raise PartitionError(f"data flow branches at {off.name}: its output does "
-                                         "not feed the next piece of the chain")
+                self._off_chain(off, c)
             chain.insert(0, kids[k])
             target = get_main(kids[k].args, kids[k].kwargs, main_where(kids[k].args, kids[k].kwargs))
             j = k - 1
             if same(target, start):
                 break
         for off in kids[:j + 1]:
-            if self.nslots(off) and not prologue:
-                raise PartitionError(f"data flow branches at {off.name}: its output does not "
-                                     "feed the next piece of the chain")
+            if not prologue:
+                self._off_chain(off, c)
         if prologue and any(self.nslots(o) for o in kids[:j + 1]):
             bad = [o.name for o in kids[:j + 1] if self.nslots(o)]
             raise PartitionError(f"data flow branches at {bad[-1]}: the input of {chain[0].name} "
@@ -359,6 +412,10 @@ class _Walker:
                 continue
             if n <= self.k_max and not isinstance(kid.module, (nn.Sequential, nn.ModuleList)):
                 out.append(self._seq([kid]))
+                continue
+            branches = self._parallel_branches(kid)
+            if branches is not None:
+                out.extend(self._parallel_stages(kid, branches))
                 continue
             inner = self.stages(kid)
             if inner and inner[0] is None and any(s is not None and s.slot_names for s in out):
@@ -411,12 +468,75 @@ class _Walker:
             return None  # a single unit that fits is better timed whole
         return units if close(h, main_out(b.output)) else None
 
-    def _unit_stages(self, block: Call, unit: tuple[list[Call], list[Call]]) -> list[Stage]:
-        pre, body = unit
-        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in [*pre, *body])
+    def _parallel_branches(self, b: Call) -> list[list[Call]] | None:
+        """``[[norm, sublayer, dropout...], ...]`` when ``b`` computes ``x + sum_i
+        branch_i(x)`` (GPT-NeoX, Falcon, Phi-2: attention and MLP read the same input and are
+        summed), checked by running the branches on the recorded input; else None."""
+        kids = [self.tr.calls[i] for i in b.children]
+        x = get_main(b.args, b.kwargs, main_where(b.args, b.kwargs))
+        out = main_out(b.output)
+        if x is None or out is None or out.shape != x.shape:
+            return None
+        branches: list[list[Call]] = []
+        norms: list[Call] = []  # slot-less modules reading x (the branches' input norms)
+        for k in kids:
+            inp = get_main(k.args, k.kwargs, main_where(k.args, k.kwargs))
+            if not isinstance(inp, torch.Tensor):
+                continue
+            prev = main_out(branches[-1][-1].output) if branches else None
+            if not self.nslots(k):
+                if _feeds(x, k):
+                    norms.append(k)
+                elif prev is not None and _feeds(prev, k):
+                    branches[-1].append(k)  # dropout after a sublayer
+                continue
+            src = next((n for n in reversed(norms) if _feeds(main_out(n.output), k)), None)
+            if _feeds(x, k):
+                branches.append([k])
+            elif src is not None:
+                branches.append([src, k])
+            elif prev is not None and _feeds(prev, k):
+                branches[-1].append(k)
+            else:
+                return None
+        if len(branches) < 2 or sum(self.nslots(k) for br in branches for k in br) != self.nslots(b):
+            return None
+        root = self.tr.calls[0].module
+        total = x
+        with torch.no_grad():
+            for br in branches:
+                st = self._seq(br)
+                t = st.run(root, PieceInput((x,), tuple((k.args, k.kwargs) for k in br)))[0]
+                total = residual_add(total, t)
+        return branches if close(total, out) else None
+
+    def _parallel_stages(self, block: Call, branches: list[list[Call]]) -> list[Stage]:
+        """One stage per branch, a branch over the cap cut before its output projection; the
+        stages carry ``(x, partial sum)`` and the block's last stage returns ``x + sum``."""
+        res = Component(block.name, main_where(block.args, block.kwargs))
+        groups: list[tuple[list[Call], str, tuple[str, ...]]] = []  # (calls, split, skip)
+        for br in branches:
+            if sum(self.nslots(k) for k in br) <= self.k_max:
+                groups.append((br, "", ()))
+                continue
+            i0 = next(i for i, k in enumerate(br) if self.nslots(k))
+            head, tail, skip = self._split_at_projection(block, br[:i0], br[i0:])
+            groups += [(head, "head", skip), (tail, "tail", ())]
+        out: list[Stage] = []
+        carry = False
+        for i, (calls, split, skip) in enumerate(groups):
+            comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in calls)
+            names = tuple(s.name for k in calls for s in self.tr.slots(k) if s.name not in skip)
+            out.append(Stage("branch", comps, names, skip=skip, residual=res, carry=carry,
+                             split=split, last=i == len(groups) - 1, prior=tuple(out)))
+            carry = carry or split != "head"
+        return out
+
+    def _split_at_projection(self, block: Call, pre: list[Call], body: list[Call]
+                             ) -> tuple[list[Call], list[Call], tuple[str, ...]]:
+        """Head calls, tail calls and the skipped paths of a unit cut before the output
+        projection of its sublayer (``body[0]``)."""
         names = tuple(s.name for k in body for s in self.tr.slots(k))
-        if len(names) <= self.k_max:
-            return [Stage("residual", comps, names)]
         sloted = [k for k in body if self.nslots(k)]
         if len(sloted) > 1 or body[0] is not sloted[0]:
             raise PartitionError(f"cannot cut the residual unit of {block.name} at "
@@ -425,8 +545,6 @@ class _Walker:
         sub, post = body[0], body[1:]
         kids = [self.tr.calls[i] for i in sub.children]
         target = main_out(sub.output)
-        # the output projection: the last quantizable call whose output reaches the sub's
-        # output through slot-less modules only (dropout)
         k = len(kids) - 1
         trail: list[Call] = []
         while k >= 0 and not quantizable(kids[k].module):
@@ -447,10 +565,17 @@ class _Walker:
                                  f"cut into pieces of at most {self.k_max}; raise max_configs or "
                                  "profile fewer precisions")
         skip = tuple(m.name for m in [proj, *trail])
-        n_head = len(pre) + 1
-        head = Stage("head", comps[:n_head], names[:-1], skip=skip)
-        tail_comps = tuple(Component(m.name, main_where(m.args, m.kwargs))
-                           for m in [proj, *trail, *post])
+        return [*pre, sub], [proj, *trail, *post], skip
+
+    def _unit_stages(self, block: Call, unit: tuple[list[Call], list[Call]]) -> list[Stage]:
+        pre, body = unit
+        comps = tuple(Component(k.name, main_where(k.args, k.kwargs)) for k in [*pre, *body])
+        names = tuple(s.name for k in body for s in self.tr.slots(k))
+        if len(names) <= self.k_max:
+            return [Stage("residual", comps, names)]
+        head_calls, tail_calls, skip = self._split_at_projection(block, pre, body)
+        head = Stage("head", comps[:len(head_calls)], names[:-1], skip=skip)
+        tail_comps = tuple(Component(m.name, main_where(m.args, m.kwargs)) for m in tail_calls)
         return [head, Stage("tail", tail_comps, names[-1:], residual=comps[0])]
 
 
@@ -502,6 +627,15 @@ def _describe(stage: Stage, root: nn.Module) -> tuple[str, str, tuple, dict]:
         structure.append(module_structure(m, skip))
     if stage.mode == "seq":
         kind = "+".join(type(m).__name__ for m in mods)
+    elif stage.mode == "branch":  # named for the branch's sublayer, as heads and tails are
+        first = stage.slot_names[0]
+        owner = next((m for c, m in zip(stage.components, mods)
+                      if first == c.path or first.startswith(c.path + ".")), mods[0])
+        if stage.split == "tail":
+            path = stage.components[0].path
+            owner = _resolve(root, path.rsplit(".", 1)[0]) if "." in path else owner
+        kind = type(owner).__name__ + {"head": ".head", "tail": ".tail"}.get(stage.split,
+                                                                            ".branch")
     elif stage.mode == "tail":  # named for the sublayer that owns the output projection
         path = stage.components[0].path
         owner = _resolve(root, path.rsplit(".", 1)[0]) if "." in path else mods[0]
@@ -520,6 +654,8 @@ def _describe(stage: Stage, root: nn.Module) -> tuple[str, str, tuple, dict]:
     payload = {"mode": stage.mode, "structure": structure,
                "slots": [s.to_dict() for s in slots],
                "where": [list(c.where) for c in stage.components]}
+    if stage.mode == "branch":  # what flows in and out is part of what is timed
+        payload["branch"] = [stage.carry, stage.split, stage.last]
     return digest(payload), kind, slots, extra
 
 
@@ -558,7 +694,7 @@ def partition(model: nn.Module, example_inputs: dict[str, Any], *, n_precisions:
     fingerprint = model_fingerprint(model)
     if k_max != DEFAULT_K_MAX:  # another cut is another manifest: keep it apart in the store
         fingerprint = digest({"model": fingerprint, "k_max": k_max})
-    return Partition(fingerprint, pieces, stages, k_max)
+    return Partition(fingerprint, pieces, stages, k_max, tuple(walker.ended))
 
 
 def register_model(store: Any, loaded: Any, part: Partition) -> int:

@@ -15,6 +15,7 @@ from torch import nn
 
 from hwcost.errors import PartitionError
 from hwcost.store import SlotInfo
+from profiles.experts import experts_shape, is_experts
 
 
 def _conv1d_type() -> tuple[type, ...]:
@@ -30,12 +31,16 @@ QUANTIZABLE_TYPES: tuple[type, ...] = (nn.Linear, *_conv1d_type())
 
 
 def quantizable(m: nn.Module) -> bool:
-    """Whether ``m`` is a layer the planner assigns a precision to."""
-    return isinstance(m, QUANTIZABLE_TYPES)
+    """Whether ``m`` is a layer the planner assigns a precision to (also the fused experts of
+    an MoE block: one grouped slot, see ``profiles.experts``)."""
+    return isinstance(m, QUANTIZABLE_TYPES) or is_experts(m)
 
 
 def slot_info(m: nn.Module) -> SlotInfo:
     """Structure of one quantizable layer. Conv1D stores its weight as ``[in, out]``."""
+    if is_experts(m):
+        n, k, h, inner = experts_shape(m)
+        return SlotInfo(type(m).__name__, h, h, False, experts=n, active=k, inner=inner)
     w = m.weight
     if isinstance(m, nn.Linear):
         fin, fout = m.in_features, m.out_features
@@ -173,6 +178,42 @@ class Trace:
                 h.remove()
         if not self.calls:
             raise PartitionError("the model ran no module calls")
+        self.model, self._inputs = model, inputs
+
+    def reaches(self, c: Call, parent: Call) -> bool:
+        """Whether ``c``'s output reaches ``parent``'s main output: one more pass with ``c``'s
+        output perturbed (random noise of its own scale), comparing ``parent``'s output. An
+        output that cannot be perturbed (not a float tensor) counts as reaching it."""
+        seen: list[torch.Tensor | None] = []
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def bump(_m, _args, out):
+            t = main_out(out)
+            if t is None or not t.is_floating_point():
+                return None
+            noise = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
+            new = t + noise * (t.abs().mean() + 1.0)
+            if isinstance(out, torch.Tensor):
+                return new
+            if isinstance(out, tuple) and out and out[0] is t:
+                return (new, *out[1:])
+            return None
+
+        def grab(_m, _args, out):
+            seen.append(main_out(out))
+
+        h1 = c.module.register_forward_hook(bump)
+        h2 = parent.module.register_forward_hook(grab)
+        try:
+            with torch.no_grad():
+                self.model(**self._inputs)
+        finally:
+            h1.remove()
+            h2.remove()
+        if main_out(c.output) is None or not main_out(c.output).is_floating_point():
+            return True
+        before = main_out(parent.output)
+        return not seen or before is None or not close(seen[0], before)
 
     def call(self, name: str) -> Call:
         idx = self.by_name.get(name)

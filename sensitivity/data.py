@@ -5,7 +5,7 @@ a seed, and fingerprinted by the hash of the token ids so stored tables name the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,3 +168,70 @@ def _check_vocab(t: torch.Tensor, vocab_size: int | None, source: str) -> None:
     if vocab_size is not None and hi >= vocab_size:
         raise SensitivityError(f"calibration data {source} has token id {hi}, outside the model's "
                                f"vocabulary of {vocab_size}")
+
+
+@dataclass(frozen=True)
+class BatchSet:
+    """Calibration batches a model's factory gave (``extras["calibration"]``), used as they
+    are: each batch is passed to the factory's ``loss_fn``. Same reading interface as
+    :class:`CalibrationSet`; the fingerprint hashes every tensor of every batch."""
+
+    items: tuple
+    fingerprint: str
+    source: str
+    n_samples: int
+    seq_len: int
+    seed: int = 0
+
+    def batches(self, batch_size: int = 8) -> list:
+        """The factory's batches, as given (``batch_size`` does not re-batch them)."""
+        return list(self.items)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.items)
+
+
+def batch_tensors(batch: Any, where: str) -> list[torch.Tensor]:
+    """The tensors of one batch (a tensor, a mapping or a tuple/list of tensors; other
+    values in a mapping, such as flags, are allowed); SensitivityError in one line otherwise."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, Mapping):
+        found = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    elif isinstance(batch, (tuple, list)):
+        found = [v for v in batch if isinstance(v, torch.Tensor)]
+        if len(found) != len(batch):
+            found = []
+    else:
+        found = []
+    if not found:
+        raise SensitivityError(f"{where} is a {type(batch).__name__}; a batch must be a tensor, "
+                               "a dict of tensors or a tuple of tensors (samples first)")
+    n = int(found[0].shape[0]) if found[0].dim() else -1
+    if n < 1 or any(t.dim() == 0 or int(t.shape[0]) != n for t in found):
+        raise SensitivityError(f"{where}: its tensors must share a first (sample) dimension >= 1; "
+                               f"got shapes {[list(t.shape) for t in found]}")
+    return found
+
+
+def from_batches(batches: Any, source: str = "factory calibration", salt: str = "") -> BatchSet:
+    """A calibration set from a factory's list of batches, checked and fingerprinted
+    (``salt``, e.g. the loss function's name, goes into the fingerprint too)."""
+    items = tuple(batches)
+    if not items:
+        raise SensitivityError(f"{source}: no batches")
+    h = hashlib.sha256(f"batches:{salt}:".encode())
+    n = 0
+    seq = 0
+    for i, b in enumerate(items):
+        tensors = batch_tensors(b, f"{source} batch {i}")
+        n += int(tensors[0].shape[0])
+        seq = seq or (int(tensors[0].shape[1]) if tensors[0].dim() > 1 else 0)
+        keys = list(b) if isinstance(b, Mapping) else list(range(len(tensors)))
+        h.update(repr(keys).encode())
+        for t in tensors:
+            arr = np.ascontiguousarray(t.detach().cpu().float().numpy()
+                                       if t.dtype == torch.bfloat16 else t.detach().cpu().numpy())
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+    return BatchSet(items, h.hexdigest(), source, n, seq)

@@ -19,6 +19,7 @@ from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.quantizer import Quantizer, parse_quantizer
+from profiles.experts import expert_weights, is_experts, run_experts
 from profiles.precisions import Emulation, emulation
 from profiles.trace import quantizable
 
@@ -76,6 +77,9 @@ def emulated(model: nn.Module, layer_precisions: Mapping[str, Precision | str | 
             emu = as_emulation(prec)
             if type(emu) is Emulation and emu.precision is Precision.FP32:
                 continue  # identity; fp32 is the reference
+            if is_experts(module):
+                handles.append(_emulated_experts(module, emu))
+                continue
             swap = _WeightSwap(module, emu)
             handles.append(module.register_forward_pre_hook(_input_quantizer(emu, swap)))
             handles.append(module.register_forward_hook(_output_rounder(emu, swap)))
@@ -158,3 +162,28 @@ def _output_rounder(emu: Emulation, swap: _WeightSwap):
         swap.restore()
         return emu.output(y) if emu.rounds_output else None
     return hook
+
+
+class _Restore:
+    """A handle that removes an instance-level ``forward`` override (like a hook handle)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _emulated_experts(module: nn.Module, emu: Emulation) -> _Restore:
+    """Every expert of an MoE block computed as ``emu.linear`` (weights quantized once), on
+    the tokens the model's router sends it."""
+    with torch.no_grad():
+        qw = [[emu.weight(w.detach()) for w in expert_weights(module, e)]
+              for e in range(module.gate_up_proj.shape[0])]
+
+    def forward(hidden, top_k_index, top_k_weights):
+        return run_experts(module, hidden, top_k_index, top_k_weights,
+                           lambda e, which, x, _tok: emu.output(torch.nn.functional.linear(
+                               emu.activation(x), qw[e][which])))
+    module.forward = forward
+    return _Restore(module)

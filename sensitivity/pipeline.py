@@ -17,7 +17,7 @@ from hwcost.errors import SensitivityError
 from hwcost.precision import parse_precisions
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.quantizer import Quantizer
-from sensitivity.data import CalibrationSet, load_calibration
+from sensitivity.data import BatchSet, CalibrationSet, from_batches, load_calibration
 from sensitivity.records import SensitivityTable, load_table, save_table
 
 DEFAULT_CALIB_SPLIT = "valid.txt"
@@ -42,7 +42,7 @@ class Prepared:
 
     loaded: Any
     partition: Any
-    calib: CalibrationSet
+    calib: CalibrationSet | BatchSet
     batch_size: int
     checkpoint: str = ""
     quantizer: Quantizer = DEFAULT_QUANTIZER
@@ -86,7 +86,8 @@ def default_calib_path(model_spec: str | None) -> str:
     """The demo corpus' calibration split for the demo model; other models must name data."""
     if model_spec:
         raise SensitivityError("--calib DATA is required for a model other than the demo model "
-                               "(a .txt file, or token ids [N, T] in .safetensors/.npy)")
+                               "(a .txt file, or token ids [N, T] in .safetensors/.npy), or a "
+                               "factory returning extras['calibration']")
     from profiles.loading import demo_model_dir
 
     return str(demo_model_dir().parent / "corpus" / DEFAULT_CALIB_SPLIT)
@@ -98,24 +99,59 @@ def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
     its weights (``profiles.checkpoint``).
 
     ``loaded`` and ``part`` skip the load and the cut: ``hwcost run`` loads the model once and
-    cuts it once for profiling and sensitivity (``profiles.campaign.cut_model``)."""
+    cuts it once for profiling and sensitivity (``profiles.campaign.cut_model``).
+
+    Calibration data: ``calib.path`` when given; else the factory's own batches
+    (``extras["calibration"]``, scored with its ``loss_fn``, which is checked on the first
+    batch here); else the demo corpus for the demo model.
+    """
     from profiles.checkpoint import checkpoint_digest
     from profiles.loading import load_model
     from profiles.partition import partition
     from profiles.placement import follow_model
 
-    path = calib.path or default_calib_path(model_spec)
     loaded = loaded if loaded is not None else load_model(model_spec)
-    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
-    cset = load_calibration(path, tokenizer=loaded.tokenizer, samples=calib.samples,
-                            seq_len=calib.seq_len, seed=calib.seed, vocab_size=vocab)
-    if part is None:
-        example = {"input_ids": follow_model(cset.input_ids[:1], loaded.model)}
+    if calib.path is None and getattr(loaded, "calibration", None) is not None:
+        loss = getattr(loaded, "loss_fn", None)
+        # the table depends on the loss as much as on the data: both name it
+        salt = f"{loss.__module__}.{loss.__qualname__}" if loss is not None else "causal_lm"
+        cset: CalibrationSet | BatchSet = from_batches(loaded.calibration,
+                                                       f"{loaded.name} calibration", salt=salt)
+        example = loaded.inputs_for(f"batch=1,seq={max(cset.seq_len, 2)}")
+        _check_loss(loaded, follow_model(cset.items[0], loaded.model))
+    else:
+        path = calib.path or default_calib_path(model_spec)
+        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+        cset = load_calibration(path, tokenizer=loaded.tokenizer, samples=calib.samples,
+                                seq_len=calib.seq_len, seed=calib.seed, vocab_size=vocab)
+        example = {"input_ids": cset.input_ids[:1]}
         if hasattr(loaded.model, "config"):
             example["use_cache"] = False
-        part = partition(loaded.model, example)
+    if part is None:
+        part = partition(loaded.model, follow_model(example, loaded.model))
     return Prepared(loaded, part, cset, calib.batch_size, checkpoint_digest(loaded.model),
                     quantizer)
+
+
+def _check_loss(loaded: Any, batch: Any) -> None:
+    """One forward pass of the factory's loss on its first batch: a mean instead of
+    per-sample losses, NaN, or a batch the model cannot take fail here, in one line, before
+    anything is measured."""
+    import torch
+
+    from sensitivity.loss import batch_size, causal_lm_loss, checked_losses
+
+    loss_fn = getattr(loaded, "loss_fn", None) or causal_lm_loss
+    try:
+        with torch.no_grad():
+            out = loss_fn(loaded.model, batch)
+    except SensitivityError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's loss: any failure is bad input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SensitivityError(f"loss_fn failed on calibration batch 0: {type(e).__name__}"
+                               f"{': ' + first if first else ''}") from None
+    checked_losses(out, batch_size(batch), "loss_fn")
 
 
 def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
@@ -128,8 +164,9 @@ def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
 
     prep = prepared or prepare(model_spec, calib)
     precs = [p.value for p in parse_precisions(precisions)]
-    table = analyze(prep.loaded.model, prep.batches, precisions=precs, layers=prep.layers,
-                    method=method, calib_fingerprint=prep.calib.fingerprint,
+    table = analyze(prep.loaded.model, prep.batches, getattr(prep.loaded, "loss_fn", None),
+                    precisions=precs, layers=prep.layers, method=method,
+                    calib_fingerprint=prep.calib.fingerprint,
                     checkpoint=prep.checkpoint or None, quantizer=prep.quantizer)
     model_id = register_model(store, prep.loaded, prep.partition)
     store.put_checkpoint(model_id, table.checkpoint, prep.loaded.name, prep.loaded.source)
@@ -186,7 +223,8 @@ def validate_model(store: Any, model_spec: str | None, calib: CalibSpec,
     run = stored_or_computed(store, prep, precisions, method)
     precs = [p.value for p in parse_precisions(precisions)]
     configs = random_configs(prep.layers, precs, n_configs, seed)
-    result = validate(prep.loaded.model, prep.batches, run.table, configs, progress=progress)
+    result = validate(prep.loaded.model, prep.batches, run.table, configs,
+                      getattr(prep.loaded, "loss_fn", None), progress=progress)
     path = scatter_plot(result, plot, title=f"{run.model_name}: {n_configs} random configurations") \
         if plot else None
     return ValidationReport(run, result, path)

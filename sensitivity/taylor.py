@@ -26,6 +26,7 @@ from torch import nn
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
 from hwcost.quantizer import Quantizer
+from profiles.experts import is_experts
 from profiles.placement import follow_model
 from profiles.precisions import Emulation
 from sensitivity.layers import as_emulation, quantizable_layers, quantizer_of, weight_matrix
@@ -269,9 +270,12 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             if not isinstance(y, torch.Tensor) or not y.requires_grad:
                 return
             x = args[0].detach()
-            if x.shape[0] != n_in_batch:
+            nb = n_in_batch
+            # tokens flattened sample by sample ([B*T, H], as reshape(-1, H) of [B, T, H] gives:
+            # OPT's fc1/fc2) are regrouped per sample below
+            if x.shape[0] != nb and not (x.dim() == 2 and x.shape[0] % nb == 0):
                 raise SensitivityError(
-                    f"layer {name}: input has {x.shape[0]} rows for a batch of {n_in_batch} samples; "
+                    f"layer {name}: input has {x.shape[0]} rows for a batch of {nb} samples; "
                     "per-sample terms need the batch dimension first")
             # The hook outlives its use (autograd keeps graph nodes until the whole backward
             # ends): hand x over through a holder and empty it, so x is freed as soon as this
@@ -286,8 +290,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
                     # scored in float32 whatever the model's dtype: a bf16 baseline's
                     # tensors are upcast here, one layer at a time
                     w = weight_matrix(module).detach()
-                    x3 = _high(x.reshape(x.shape[0], -1, x.shape[-1]))
-                    g3 = g.detach().reshape(g.shape[0], -1, g.shape[-1]).to(x3.dtype)
+                    x3 = _high(x.reshape(nb, -1, x.shape[-1]))
+                    g3 = g.detach().reshape(nb, -1, g.shape[-1]).to(x3.dtype)
                     b = getattr(module, "bias", None)
                     vals = score(x3, g3, w.to(x3.dtype), shared.emulations(key, emus),
                                  b=None if b is None else b.detach().to(x3.dtype))
@@ -303,6 +307,49 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             y.register_hook(on_grad)
         return pre_hook, fwd_hook
 
+    def add(name: str, vals: torch.Tensor) -> None:
+        if not torch.isfinite(vals).all():
+            raise SensitivityError(f"non-finite gradient (NaN or inf) at layer {name}; "
+                                   "the loss or the model overflows at this precision")
+        current[name] = current[name] + vals if name in current else vals
+
+    def instrument_experts(name: str, module: nn.Module) -> Any:
+        """An MoE block's experts as one slot: the first-order terms of every expert's two
+        matmuls add up per sample (on the tokens routed to it, zero elsewhere)."""
+        from profiles.experts import expert_weights, run_experts
+        from sensitivity.layers import _Restore
+
+        def forward(hidden, top_k_index, top_k_weights):
+            if not hidden.requires_grad and hidden.is_floating_point():
+                hidden = hidden.detach().requires_grad_(True)
+            rows = hidden.shape[0]
+            if rows % n_in_batch:
+                raise SensitivityError(f"layer {name}: {rows} routed rows for a batch of "
+                                       f"{n_in_batch} samples; tokens must be grouped by sample")
+
+            def linear(e, which, x, tok):
+                w = expert_weights(module, e)[which]
+                y = torch.nn.functional.linear(x, w)
+                if not y.requires_grad:
+                    return y
+                holder = [x.detach()]
+
+                def on_grad(g: torch.Tensor) -> None:
+                    xs = holder.pop()
+                    with torch.no_grad():
+                        x_d = xs.new_zeros(rows, xs.shape[-1]).index_copy_(0, tok, xs)
+                        g_d = g.new_zeros(rows, g.shape[-1]).index_copy_(0, tok, g.detach())
+                        x3 = _high(x_d.view(n_in_batch, -1, xs.shape[-1]))
+                        g3 = g_d.view(n_in_batch, -1, g.shape[-1]).to(x3.dtype)
+                        vals = score(x3, g3, w.detach().to(x3.dtype), emus, b=None)
+                    add(name, vals)
+                y.register_hook(on_grad)
+                return y
+            return run_experts(module, hidden, top_k_index, top_k_weights, linear)
+
+        module.forward = forward
+        return _Restore(module)
+
     handles = []
     frozen = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
@@ -311,6 +358,9 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             p.requires_grad_(False)
         model.eval()
         for name, module in chosen.items():
+            if is_experts(module):
+                handles.append(instrument_experts(name, module))
+                continue
             pre, fwd = make_hooks(name, module)
             handles.append(module.register_forward_pre_hook(pre))
             handles.append(module.register_forward_hook(fwd))

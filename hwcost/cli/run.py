@@ -136,6 +136,13 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     mark("partition")
     t0 = time.perf_counter()
     part = cut_model(loaded, shapes, backend, len(precs))  # the one cut
+    # calibration data and the loss are checked before anything is measured or stored
+    from profiles.memory import calib_batch_size
+
+    spec = CalibSpec(path=calib, samples=calib_samples)
+    spec = CalibSpec(path=calib, samples=calib_samples,
+                     batch_size=calib_batch_size(loaded.model, spec.seq_len, spec.batch_size))
+    prep = prepare(model_spec, spec, loaded=loaded, part=part)
     times["partition"] = time.perf_counter() - t0
 
     mark("profile")
@@ -164,12 +171,6 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     t0 = time.perf_counter()
     precisions_list = camp.precisions
     _step(f"sensitivity for {', '.join(precisions_list)} (reused when stored)")
-    from profiles.memory import calib_batch_size
-
-    spec = CalibSpec(path=calib, samples=calib_samples)
-    spec = CalibSpec(path=calib, samples=calib_samples,
-                     batch_size=calib_batch_size(loaded.model, spec.seq_len, spec.batch_size))
-    prep = prepare(model_spec, spec, loaded=loaded, part=part)
     sens = stored_or_computed(store, prep, precisions_list, "taylor")
     times["sensitivity"] = time.perf_counter() - t0
 

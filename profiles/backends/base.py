@@ -21,6 +21,7 @@ from hwcost.errors import BackendUnavailable, UnknownLayer, UnknownPrecision
 from hwcost.precision import Precision, parse_precision
 from profiles.backends.interact import Dataflow, link_deployed
 from profiles.backends.layers import is_linear, linear_params
+from profiles.experts import DeployedExperts, is_experts
 
 Builder = Callable[[torch.Tensor, "torch.Tensor | None"], nn.Module]
 """Builds a deployed layer from a weight ``[out, in]`` and an optional bias."""
@@ -97,6 +98,10 @@ class Backend(ABC):
     def deploy_linear(self, linear: nn.Module, precision: Precision | str) -> nn.Module:
         """A new module computing ``linear`` in ``precision`` with this backend's real kernel,
         weights stored in the low-precision dtype on :attr:`device`."""
+        if is_experts(linear):  # an MoE block's experts: one precision for all of them
+            dep = self.deployment(precision)
+            self.require()
+            return DeployedExperts(linear, dep.build, dep.precision, dep.kernel)
         if not is_linear(linear):
             raise UnknownLayer(f"cannot deploy a {type(linear).__name__}: only nn.Linear and "
                                "transformers Conv1D layers have a precision")
@@ -140,7 +145,7 @@ def check_plan(module: nn.Module, layer_precisions: Mapping[str, Precision | str
     for name, prec in layer_precisions.items():
         if name not in named or name == "":
             raise UnknownLayer(f"no layer named {name!r} in {type(module).__name__}")
-        if not is_linear(named[name]):
+        if not (is_linear(named[name]) or is_experts(named[name])):
             raise UnknownLayer(f"layer {name!r} is a {type(named[name]).__name__}, not a linear "
                                "layer (nn.Linear or Conv1D)")
         plan.append((name, backend.deployment(prec).precision))
@@ -156,9 +161,11 @@ def already_deployed(layer: nn.Module, precision: Precision, backend: Backend) -
     if precision not in (Precision.FP32, Precision.BF16, Precision.FP16):
         return False
     w = getattr(layer, "weight", None)
+    if is_experts(layer):
+        w = layer.gate_up_proj
     dep = backend.deployment(precision)
     return (isinstance(w, torch.Tensor) and w.dtype == dep.weight_dtype
-            and w.device.type == backend.device.type and is_linear(layer))
+            and w.device.type == backend.device.type and (is_linear(layer) or is_experts(layer)))
 
 
 def deploy_layers(module: nn.Module, layer_precisions: Mapping[str, Precision | str],

@@ -117,7 +117,8 @@ def test_factory_returning_a_loaded_model_is_prepared(factories):
                                 "No module named 'no_such_module_xyz'"),
     ("{f}:missing", "module '{f}' has no attribute 'missing'"),
     ("{f}:NOT_CALLABLE", "'{f}:NOT_CALLABLE' is not callable"),
-    ("{f}:wrong", "factory '{f}:wrong' must return a LoadedModel or (model, inputs); got int"),
+    ("{f}:wrong", "factory '{f}:wrong' must return a LoadedModel, (model, inputs) or (model, "
+                   "inputs, extras); got int"),
     ("/no/such/dir", "cannot load model '/no/such/dir': not a directory and not "
                      "package.module:factory"),
     (":x", "bad factory spec ':x'; expected package.module:factory"),

@@ -140,11 +140,74 @@ def test_more_decoder_families_round_trip(name, kinds):
         torch.testing.assert_close(part.run_all(model, captured), out.logits, rtol=0, atol=0)
 
 
-def test_parallel_residual_blocks_are_refused_by_name():
+@pytest.mark.parametrize(("name", "kinds"), [
+    # attention and MLP read the block's input (two norms) and are summed with it
+    ("gpt_neox", ["GPTNeoXAttention.branch", "GPTNeoXMLP.branch"]),
+    # one shared norm; the block adds the attention into the MLP's output in place
+    ("falcon", ["FalconAttention.branch", "FalconMLP.branch"]),
+    # q, k, v and dense exceed the cap: the attention branch is cut before its projection
+    ("phi2", ["PhiAttention.head", "PhiAttention.tail", "PhiMLP.branch"]),
+])
+def test_parallel_residual_blocks_are_cut_into_sequential_branches(name, kinds):
+    from tests.zoo.families import FAMILIES
+
+    model = FAMILIES[name]()[0].eval()
+    part = partition(model, _ids(seq=8) | {"input_ids": _ids()["input_ids"] % 128})
+    assert [p.kind for p in part.pieces][:len(kinds)] == kinds
+    assert len(part.layer_names()) == len([m for m in model.modules()
+                                            if isinstance(m, nn.Linear)])
+    ids = {"input_ids": torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(4)),
+           "use_cache": False}
+    captured, out = part.capture_stages(model, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(part.run_all(model, captured), out.logits, rtol=0, atol=0)
+        for piece, cap in zip(part.pieces, part.capture_inputs(model, ids)):  # each alone
+            piece.run(piece.extract(model), cap)
+
+
+def test_gemma2_final_soft_cap_is_an_epilogue_after_the_chain():
+    from tests.zoo.families import gemma2
+
+    model = gemma2()[0].eval()
+    part = partition(model, {"input_ids": torch.arange(8)[None], "use_cache": False})
+    assert part.pieces[-1].layer_names == ("lm_head",)
+    assert [p.kind for p in part.pieces][:3] == ["Gemma2Attention.head", "Gemma2Attention.tail",
+                                                 "Gemma2MLP"]
+
+
+def test_a_branch_that_ends_stays_out_of_the_chain():
+    """BERT's pooler reads the hidden states but its output is not the model's main output:
+    it is left out (baseline precision) instead of refusing the model."""
+    from tests.zoo.families import bert
+
+    model = bert()[0].eval()
+    part = partition(model, {"input_ids": torch.arange(8)[None]})
+    assert part.ended == ("pooler",)
+    assert "pooler.dense" not in part.layer_names()
+    assert len(part.layer_names()) == 12  # 2 layers x (q, k, v, attn out, intermediate, out)
+
+
+class _Rejoins(nn.Module):
+    """The side branch's output is added back after the chain's last layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.side = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        s = self.side(x)
+        return self.b(self.a(x)) + s
+
+
+def test_a_branch_that_rejoins_is_refused_by_name():
     with pytest.raises(PartitionError) as e:
-        partition(_family("gpt_neox"), _ids())
-    assert str(e.value).startswith("data flow branches inside gpt_neox.layers.0: its output is "
-                                   "computed from its modules' outputs by non-module operations")
+        partition(_Rejoins(), {"x": torch.randn(2, 8)})
+    msg = str(e.value)
+    assert msg.startswith("data flow branches at side: its output rejoins the chain of the model "
+                          "through operations outside modules")
+    assert "\n" not in msg
 
 
 def test_llama_is_cut_at_attention_and_mlp_and_split_when_configs_exceed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -71,11 +72,35 @@ def test_batch_dimension_must_come_first(batches):
             super().__init__()
             self.emb, self.lin = nn.Embedding(64, 8), nn.Linear(8, 1)
 
-        def forward(self, ids):
-            return self.lin(self.emb(ids).reshape(-1, 8)).view(ids.shape[0], -1)
+        def forward(self, ids):  # drops a token: rows no longer split into samples
+            return self.lin(self.emb(ids).reshape(-1, 8)[1:]).sum()[None].expand(ids.shape[0])
 
-    _fails("layer lin: input has 80 rows for a batch of 5 samples; per-sample terms need the batch "
-           "dimension first", Flattening(), batches, loss_fn=lambda m, b: m(b["input_ids"]).sum(1))
+    _fails("layer lin: input has 79 rows for a batch of 5 samples; per-sample terms need the batch "
+           "dimension first", Flattening(), batches, loss_fn=lambda m, b: m(b["input_ids"]))
+
+
+def test_tokens_flattened_sample_by_sample_are_regrouped(batches):
+    """OPT flattens [B, T, H] to [B*T, H] between its fc layers: the same terms as unflattened."""
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(64, 8), nn.Linear(8, 1)
+
+    class Net(nn.Module):
+        def __init__(self, flat):
+            super().__init__()
+            self.emb, self.lin, self.flat = emb, lin, flat
+
+        def forward(self, ids):
+            h = self.emb(ids)
+            h = h.reshape(-1, 8) if self.flat else h
+            return self.lin(h).view(ids.shape[0], -1).square().mean(1)
+
+    from sensitivity import per_sample_terms
+
+    loss = lambda m, b: m(b["input_ids"])  # noqa: E731
+    flat = per_sample_terms(Net(True), batches, loss, precisions=["int8"], layers=["lin"])
+    plain = per_sample_terms(Net(False), batches, loss, precisions=["int8"], layers=["lin"])
+    np.testing.assert_allclose(flat.of("lin", "int8"), plain.of("lin", "int8"), rtol=1e-6)
+    assert np.abs(plain.of("lin", "int8")).max() > 0
 
 
 def test_reference_functions_reject_bad_layers(batches):

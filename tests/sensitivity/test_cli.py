@@ -109,7 +109,8 @@ def test_usage_errors(model_dir, sqlite_url):
     res = _invoke("sensitivity", model_dir, "--db", sqlite_url)
     assert res.exit_code == 1
     assert res.output == ("Error: --calib DATA is required for a model other than the demo model "
-                          "(a .txt file, or token ids [N, T] in .safetensors/.npy)\n")
+                          "(a .txt file, or token ids [N, T] in .safetensors/.npy), or a factory "
+                          "returning extras['calibration']\n")
     res = _invoke("sensitivity", "show", "nope", "--db", sqlite_url)
     assert res.exit_code == 1
     assert res.output.startswith("Error: no model 'nope' in the store")

@@ -1,0 +1,78 @@
+"""The model zoo: tiny models of every common family (``tests/zoo/families.py``) through the
+whole main job with ``--quick`` (partition, profile, sensitivity, plan, apply with real
+kernels, validate), checking what a user checks: the plan applies, the deployed layers hold
+the planned dtypes, and the measured loss MSE is finite and within a stated factor of the
+predicted one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hwcost.cli.run import run_main_job
+from hwcost.store import open_store
+from tests.zoo.families import FAMILIES
+
+LOSS_FACTOR = 10.0
+"""Measured loss MSE must be within this factor of the predicted one (first-order Taylor on
+random-weight tiny models; bench/zoo.py reports the share within 3x)."""
+
+SHAPE = "batch=1,seq=16"
+PRECISIONS = ["fp32", "bf16", "int8"]
+"""A subset of the CPU's precisions keeps the zoo fast (27 configs per piece, not 64); fp8,
+emulated on CPUs, is covered by the backend and sensitivity tests."""
+
+XFAIL: dict[str, str] = {
+    "qwen2_moe": "Qwen2-MoE's block adds a sigmoid-gated shared expert (gate/up/down + its gate) "
+                 "to the routed experts through operations outside modules: 5 layers that "
+                 "cannot be cut into pieces of at most 3 (Qwen3-MoE, without it, passes)",
+}
+"""Families the partitioner cannot cut yet, with the reason."""
+
+
+def _params():
+    return [pytest.param(name, marks=pytest.mark.xfail(reason=XFAIL[name], strict=True))
+            if name in XFAIL else name for name in FAMILIES]
+
+
+def check_family(name: str, store_url: str, out_dir) -> dict:
+    """Run the main job on one family and check it as a user would; returns its summary."""
+    from planner.apply import deploy
+    from profiles.backends import get_backend
+    from profiles.backends.layers import DeployedLinear
+    from profiles.experts import DeployedExperts
+    from profiles.loading import load_model
+
+    spec = f"tests.zoo.families:{name}"
+    with open_store(store_url) as store:
+        s = run_main_job(store, spec, "cpu", SHAPE, "50%", out_dir, samples=16, quick=True,
+                         precisions=PRECISIONS)
+    assert s.layers and set(s.layers.values()) <= set(PRECISIONS)
+    backend = get_backend("cpu")
+    deployed = deploy(load_model(spec).model, s.layers, backend)
+    modules = dict(deployed.named_modules())
+    for layer, p in s.layers.items():
+        m = modules[layer]
+        if p == "fp32":
+            assert not isinstance(m, (DeployedLinear, DeployedExperts))
+            continue
+        assert isinstance(m, (DeployedLinear, DeployedExperts)), f"{layer} not deployed"
+        assert m.precision.value == p
+        assert m.weight_dtype == backend.deployment(p).weight_dtype
+    assert math.isfinite(s.measured_loss_mse) and s.measured_loss_mse >= 0
+    if all(p == "fp32" for p in s.layers.values()):
+        # no lower precision was measured faster for these tiny pieces (bf16/int8 casts cost
+        # more than they save at 64 wide): the baseline plan predicts and measures no change
+        assert s.predicted_loss_mse == 0 and s.measured_loss_mse == 0
+        return {"summary": s, "ratio": 1.0}
+    assert s.predicted_loss_mse > 0
+    ratio = s.measured_loss_mse / s.predicted_loss_mse
+    assert 1 / LOSS_FACTOR <= ratio <= LOSS_FACTOR, f"measured/predicted loss MSE = {ratio:.3g}"
+    return {"summary": s, "ratio": ratio}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _params())
+def test_family_goes_through_the_main_job(name, sqlite_url, tmp_path):
+    check_family(name, sqlite_url, tmp_path / "out")
