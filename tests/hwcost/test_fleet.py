@@ -19,7 +19,10 @@ from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store
 DEV = DeviceInfo("cpu", "Fleet test CPU", 2, ("avx2",), {"torch": "0"})
 CONFIGS = ["fp32", "bf16", "int8"]
 SHAPE = "batch=1,seq=8,phase=prefill"
-CTX = mp.get_context("fork")  # children inherit the imports: 32 processes start in a blink
+# forkserver: children fork from a small server that imported hwcost once, not from pytest
+# (forking a pytest process that holds torch 32 times copies gigabytes as children touch it)
+CTX = mp.get_context("forkserver")
+CTX.set_forkserver_preload(["hwcost.fleet_worker", "hwcost.store", "sqlalchemy"])
 
 
 def _campaign(url: str, n_units: int) -> tuple[int, int]:
