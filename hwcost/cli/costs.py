@@ -45,7 +45,7 @@ def coverage_cmd(model: str, device: str, shape: str, precisions: str | None,
     from hwcost.costs import CostModel, model_table
     from hwcost.precision import parse_precisions
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, must_exist=True) as store:
         precs = [p.value for p in parse_precisions(precisions)] if precisions else None
         cm = CostModel(store, device, allow_unstable=allow_unstable)
         tab = model_table(store, model, device, shape, precs, cost_model=cm,

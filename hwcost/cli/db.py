@@ -9,6 +9,7 @@ from hwcost.cli.options import (
     handle_errors,
     json_option,
     open_cli_store,
+    require_existing,
     store_option,
     table,
 )
@@ -160,6 +161,7 @@ def status_cmd(db_url: str | None, as_json: bool) -> None:
     from hwcost.migrations import schema_status
     from hwcost.store import open_store
 
+    require_existing(db_url)
     with open_store(db_url, create=False, upgrade=False) as store:
         st = schema_status(store)
     if as_json:
@@ -177,6 +179,7 @@ def migrate_cmd(db_url: str | None) -> None:
     from hwcost.migrations import schema_status
     from hwcost.store import open_store
 
+    require_existing(db_url)
     with open_store(db_url, create=False, upgrade=False) as store:
         before = schema_status(store)
     if not before.pending:

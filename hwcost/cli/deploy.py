@@ -17,7 +17,7 @@ def plan_from_arg(plan: str, db_url: str | None) -> dict:
         return read_plan(plan)
     from planner.plans import load_plan
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, must_exist=True) as store:
         doc, _ = load_plan(store, plan)
     return doc
 

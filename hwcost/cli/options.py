@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -36,15 +37,37 @@ def device_option(f: Callable) -> Callable:
                              "fingerprint (prefix) or product name.")(f)
 
 
+def require_existing(db_url: str | None) -> None:
+    """Refuse, in one line and creating nothing, an SQLite store path that does not exist: a
+    command that only reads (or needs what a store already holds) must not make an empty
+    store of a typo. ``hwcost db init`` and the commands that measure create stores."""
+    from hwcost.errors import StoreError
+    from hwcost.opening import _sqlite_path, redact_urls
+    from hwcost.store import default_url
+
+    url = db_url or default_url()
+    if not url.startswith("sqlite"):
+        return
+    with errors_as_click():
+        path = _sqlite_path(url)
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise StoreError(f"no store at {redact_urls(url)} (no such file); `hwcost db init "
+                             f"--db {redact_urls(url)}` creates one, or check the path")
+
+
 @contextmanager
-def open_cli_store(db_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+def open_cli_store(db_url: str | None, *, read_only: bool = False, must_exist: bool = False
+                   ) -> Iterator[Any]:
     """Open the store for a command; library errors become one-line CLI errors.
 
     ``read_only``: the command only reads, so an existing SQLite file is opened read-only
-    (a store on a read-only file or disk still works).
+    (a store on a read-only file or disk still works). ``read_only`` and ``must_exist``
+    refuse an SQLite path that does not exist (:func:`require_existing`).
     """
     from hwcost.store import open_store
 
+    if read_only or must_exist:
+        require_existing(db_url)
     with errors_as_click():
         store = open_store(db_url, read_only=read_only)
     try:

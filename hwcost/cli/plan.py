@@ -88,7 +88,7 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
         raise HwcostError("give one of --shape (e.g. batch=1,seq=128) or --workload "
                           "(e.g. prompt=256,gen=64,batch=8)")
     precs = [p for p in precisions.split(",") if p.strip()] if precisions else None
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, must_exist=True) as store:
         quant = parse_quantizer(quantizer).key if quantizer else None
         if workload is not None:
             from planner.workload import build_workload_problem
@@ -223,7 +223,7 @@ def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json)
     from planner.apply import validate_plan_on_device
     from planner.plans import load_plan
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, must_exist=True) as store:
         doc, plan_id = load_plan(store, plan)
         res = validate_plan_on_device(store, doc, plan_id, model_spec=model_spec,
                                       eval_data=eval_data, samples=samples, threads=threads)

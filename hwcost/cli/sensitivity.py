@@ -170,7 +170,7 @@ def show_cmd(model, method, calib_fingerprint, checkpoint, db_url, as_json) -> N
     """Print a stored sensitivity table (MODEL: stored name or fingerprint prefix)."""
     from hwcost.errors import SensitivityError
 
-    with open_cli_store(db_url) as store:
+    with open_cli_store(db_url, must_exist=True) as store:
         m = store.get_model(model)
         if checkpoint:
             full = [c for c, _, _ in store.sensitivity_keys(m.id, method)
