@@ -85,6 +85,20 @@ def errors_as_click() -> Iterator[None]:
         yield
     except HwcostError as e:
         raise click.ClickException(redact_urls(str(e))) from None
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in TORCH_PACKAGES:
+            raise
+        ctx = click.get_current_context(silent=True)
+        what = f"`{ctx.command_path}`" if ctx else "this command"
+        raise click.ClickException(
+            f"{what} runs the model and needs {top}, which is not installed: pip install "
+            "torch --index-url https://download.pytorch.org/whl/cpu && pip install "
+            "'hwcost[torch]' (planning from a store needs neither)") from None
+
+
+TORCH_PACKAGES = ("torch", "transformers", "torchao", "safetensors")
+"""The ``hwcost[torch]`` extra: commands that load or run a model need it."""
 
 
 def handle_errors(f: Callable) -> Callable:

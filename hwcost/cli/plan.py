@@ -220,6 +220,8 @@ def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json)
     """Apply a plan with the backend's real kernels and measure it: end-to-end latency
     against the baseline (interleaved) and the true loss MSE on held-out data, printed next
     to the prediction and stored."""
+    import torch  # noqa: F401  (before the store: without torch, say so first, in one line)
+
     from planner.apply import validate_plan_on_device
     from planner.plans import load_plan
 
