@@ -107,10 +107,12 @@ def resolve_device(store: Store, ref: str) -> Device:
     if entry is not None:
         return store.upsert_device(entry.to_row())
     names = ", ".join(load_catalog())
+    kind = ref if ref in ("cpu", "cuda", "hpu") else "KIND"
     raise NoSuchDevice(
-        f"no device {ref!r} in the store or the catalog ({names}); measure it on the device "
-        "with `hwcost profile MODEL --device cpu --shape SHAPE`, or import its tables with "
-        "`hwcost db import FILE`")
+        f"no device {ref!r} in the store or the catalog ({names}); on that machine run "
+        f"`hwcost profile MODEL --device {kind} --shape SHAPE`"
+        + (" (KIND: cpu, cuda or hpu)" if kind == "KIND" else "")
+        + ", then `hwcost db export` there and `hwcost db import FILE` here")
 
 
 def device_peaks(dev: Device) -> Peaks | None:

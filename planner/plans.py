@@ -43,14 +43,45 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     cons = Constraints(bound, cons.max_weight_bytes, cons.pins, cons.groups)
     sol = solve(problem, bound, objective, cons, time_limit_s=time_limit_s)
     doc = plan_document(sol, cons, str(threshold) if threshold is not None else None)
+    doc["data"]["notes"] = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
     return PlanResult(problem, sol, doc)
 
 
+def bound_notes(problem: Problem, sol: Solution, bound: float | None, objective: str,
+                cons: Constraints, time_limit_s: float = 60.0) -> list[str]:
+    """What a user should know about the loss-MSE bound: that it does not bind (the plan is
+    the fastest plan there is, the bound could be tighter for free), or that it forces every
+    layer to the baseline precision (nothing gains)."""
+    if bound is None:
+        return []
+    free = solve(problem, None, objective, Constraints(None, cons.max_weight_bytes, cons.pins,
+                                                       cons.groups), time_limit_s=time_limit_s)
+    if free.gain_us <= 0:
+        return []
+    if sol.gain_us >= free.gain_us * (1 - 1e-9):
+        return [f"the bound {bound:.4g} does not bind: this is the fastest plan there is (loss "
+                f"MSE {free.loss_mse:.4g}); a tighter bound would lose nothing up to there"]
+    if all(o is c.baseline for c, o in zip(problem.choices, sol.chosen)):
+        return [f"the bound {bound:.4g} forces the baseline: no layer can leave "
+                f"{problem.baseline} within it; the fastest plan needs loss MSE "
+                f"{free.loss_mse:.4g}"]
+    return []
+
+
 def save_plan(store, result: PlanResult) -> int:
-    """Store the plan (``Store.add_plan``); its id is also written into the document."""
+    """Store the plan (``Store.add_plan``); its id is also written into the document. An
+    identical plan already stored (same model, checkpoint, quantizer, device, shape, objective,
+    bound, constraints and layer precisions) is not stored again: its id is returned."""
     p, s = result.problem, result.solution
     model = store.get_model(p.model_fingerprint)
     dev = store.get_device(p.device_fingerprint)
+    same = _same_plan_key(result.document["data"])
+    for row in store.plans_for(model.id, dev.id, p.shape, checkpoint=p.checkpoint,
+                               quantizer=p.quantizer):
+        if _same_plan_key(json.loads(row.body).get("data", {})) == same:
+            result.plan_id = row.id
+            result.document["data"]["plan_id"] = row.id
+            return row.id
     row = Plan(model_id=model.id, checkpoint=p.checkpoint, quantizer=p.quantizer,
                device_id=dev.id, shape=p.shape, objective=s.objective,
                max_loss_mse=s.max_loss_mse, predicted_speedup=s.predicted_speedup,
@@ -59,6 +90,13 @@ def save_plan(store, result: PlanResult) -> int:
     result.plan_id = store.add_plan(row)
     result.document["data"]["plan_id"] = result.plan_id
     return result.plan_id
+
+
+def _same_plan_key(data: dict) -> str:
+    """What makes two plans the same plan (not the solver's wall time or the predictions of a
+    newer baseline)."""
+    keys = ("objective", "max_loss_mse", "constraints", "layers", "baseline", "precisions")
+    return json.dumps({k: data.get(k) for k in keys}, sort_keys=True)
 
 
 def load_plan(store, ref: str) -> tuple[dict, int | None]:

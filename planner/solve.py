@@ -76,11 +76,22 @@ class Solution:
 
     @property
     def measured_share(self) -> float:
-        """Share of the predicted time gain (by absolute value) resting on measured costs."""
+        """Share of the predicted time gain (by absolute value) resting on costs measured on
+        the planned device. A plan with no gain (every layer at the baseline) rests on its
+        chosen costs: the share of them measured there (0 when nothing was measured on it)."""
         total = sum(abs(o.gain_us) for o in self.chosen)
         if total == 0:
-            return 1.0
+            return (sum(o.source == "measured" for o in self.chosen) / len(self.chosen)
+                    if self.chosen else 0.0)
         return sum(abs(o.gain_us) for o in self.chosen if o.source == "measured") / total
+
+    @property
+    def sources(self) -> dict[str, int]:
+        """How many chosen subgraph costs come from each source (measured/learned/roofline)."""
+        out: dict[str, int] = {}
+        for o in self.chosen:
+            out[o.source] = out.get(o.source, 0) + 1
+        return out
 
     @property
     def layers(self) -> dict[str, str]:

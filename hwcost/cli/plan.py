@@ -137,12 +137,23 @@ def _print_plan(doc: dict, output: str | None) -> None:
     bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
     click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
+    srcs = ", ".join(f"{n} {src}" for src, n in sorted(_sources(d).items()))
     click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
-               "measured costs")
+               f"costs measured on {d['device']['name']} (subgraph costs: {srcs})")
+    for note in d.get("notes") or []:
+        click.echo(f"note          {note}")
     gap = "" if sv["status"] == "optimal" else f", gap {sv['gap'] * 100:.2f}%"
     click.echo(f"solver        {sv['status']}{gap} in {sv['wall_s']:.2f} s")
     if output:
         click.echo(f"written to    {output}")
+
+
+def _sources(data: dict) -> dict[str, int]:
+    """How many subgraph costs of the plan come from each source."""
+    out: dict[str, int] = {}
+    for sg in data.get("subgraphs", []):
+        out[sg.get("source", "?")] = out.get(sg.get("source", "?"), 0) + 1
+    return out
 
 
 def _sweep(problem, n, objective, cons, plot_path, output, time_limit, as_json) -> None:

@@ -215,10 +215,13 @@ def test_unknown_device_names_what_is_missing(store):
     put_llama(store)
     with pytest.raises(NoSuchDevice) as err:
         latency(store, "MI300X", MLP, "batch=1", "bf16,bf16,bf16")
-    assert str(err.value) == (
+    assert str(err.value) == (  # no `--device cpu` advice for an accelerator
         "no device 'MI300X' in the store or the catalog (H100-SXM, H100-PCIe, H200, A100, "
-        "Gaudi2, Gaudi3); measure it on the device with `hwcost profile MODEL --device cpu "
-        "--shape SHAPE`, or import its tables with `hwcost db import FILE`")
+        "Gaudi2, Gaudi3); on that machine run `hwcost profile MODEL --device KIND --shape "
+        "SHAPE` (KIND: cpu, cuda or hpu), then `hwcost db export` there and `hwcost db import "
+        "FILE` here")
+    with pytest.raises(NoSuchDevice, match=r"run `hwcost profile MODEL --device cuda --shape"):
+        latency(store, "cuda", MLP, "batch=1", "bf16,bf16,bf16")
     assert store.devices() == []  # nothing stored
 
 

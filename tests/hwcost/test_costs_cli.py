@@ -69,8 +69,9 @@ def test_coverage_json_counts_measured_configs(db):
 @pytest.mark.parametrize("args,message", [
     (("--device", "MI300X", "--shape", "batch=1"),
      "Error: no device 'MI300X' in the store or the catalog (H100-SXM, H100-PCIe, H200, A100, "
-     "Gaudi2, Gaudi3); measure it on the device with `hwcost profile MODEL --device cpu --shape "
-     "SHAPE`, or import its tables with `hwcost db import FILE`\n"),
+     "Gaudi2, Gaudi3); on that machine run `hwcost profile MODEL --device KIND --shape SHAPE` "
+     "(KIND: cpu, cuda or hpu), then `hwcost db export` there and `hwcost db import FILE` "
+     "here\n"),
     (("--device", "H100-SXM", "--shape", "batch=1;seq=4"),
      "Error: cannot parse shape 'batch=1;seq=4': batch, seq and kv must be integers\n"),
     (("--device", "A100", "--shape", "batch=1", "--precisions", "bf16,fp8_e4m3"),
