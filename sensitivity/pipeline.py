@@ -156,15 +156,20 @@ def _check_loss(loaded: Any, batch: Any) -> None:
 
 def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
                       precisions: str | Sequence[str], method: str = "taylor",
-                      prepared: Prepared | None = None) -> SensitivityRun:
+                      prepared: Prepared | None = None, progress: bool = False) -> SensitivityRun:
     """Compute the table (one forward+backward pass over the calibration set) and store it
-    under the model's architecture, its checkpoint digest and the quantizer scored."""
+    under the model's architecture, its checkpoint digest and the quantizer scored.
+    ``progress`` shows a bar with an ETA per calibration batch (on stderr)."""
+    from tqdm import tqdm
+
     from profiles.partition import register_model
     from sensitivity.taylor import analyze
 
     prep = prepared or prepare(model_spec, calib)
     precs = [p.value for p in parse_precisions(precisions)]
-    table = analyze(prep.loaded.model, prep.batches, getattr(prep.loaded, "loss_fn", None),
+    batches = tqdm(prep.batches, desc="sensitivity", unit="batch", disable=not progress,
+                   leave=False)
+    table = analyze(prep.loaded.model, batches, getattr(prep.loaded, "loss_fn", None),
                     precisions=precs, layers=prep.layers, method=method,
                     calib_fingerprint=prep.calib.fingerprint,
                     checkpoint=prep.checkpoint or None, quantizer=prep.quantizer)
@@ -175,24 +180,45 @@ def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
                           prep.calib, table, n)
 
 
-def stored_or_computed(store: Any, prep: Prepared, precisions: str | Sequence[str],
-                       method: str) -> SensitivityRun:
+def find_stored(store: Any, prep: Prepared, precisions: str | Sequence[str], method: str,
+                *, any_calibration: bool = False) -> SensitivityRun | None:
     """The stored table for this architecture, checkpoint (weights digest), quantizer and
-    calibration set when it covers ``precisions``, else a freshly computed (and stored) one.
-    Another checkpoint of the same architecture never matches: its weights differ."""
+    calibration set when it covers ``precisions`` and the model's layers, else None.
+    ``any_calibration``: also the latest such table on another calibration set (when the
+    user did not name the calibration data or its size). Another checkpoint of the same
+    architecture never matches: its weights differ."""
     from hwcost.errors import NoSuchModel
 
     precs = [p.value for p in parse_precisions(precisions)]
     try:
         model = store.get_model(prep.partition.model_fingerprint)
-        table = load_table(store, model.id, method, prep.calib.fingerprint,
-                           checkpoint=prep.checkpoint, quantizer=prep.quantizer.key)
+    except NoSuchModel:
+        return None
+    calibs = [prep.calib.fingerprint]
+    if any_calibration:
+        calibs += [c for ck, q, c in store.sensitivity_keys(model.id, method)
+                   if ck == prep.checkpoint and q == prep.quantizer.key and c not in calibs]
+    for calib in calibs:
+        try:
+            table = load_table(store, model.id, method, calib, checkpoint=prep.checkpoint,
+                               quantizer=prep.quantizer.key)
+        except SensitivityError:
+            continue
         if set(precs) <= set(table.precisions) and set(prep.layers) <= set(table.layers):
             return SensitivityRun(model.id, prep.loaded.name, model.fingerprint, prep.calib,
                                   table, 0, reused=True)
-    except (NoSuchModel, SensitivityError):
-        pass
-    return compute_and_store(store, None, CalibSpec(), precs, method, prepared=prep)
+    return None
+
+
+def stored_or_computed(store: Any, prep: Prepared, precisions: str | Sequence[str],
+                       method: str, *, any_calibration: bool = False,
+                       progress: bool = False) -> SensitivityRun:
+    """:func:`find_stored`, else a freshly computed (and stored) table."""
+    found = find_stored(store, prep, precisions, method, any_calibration=any_calibration)
+    if found is not None:
+        return found
+    return compute_and_store(store, None, CalibSpec(), precisions, method, prepared=prep,
+                             progress=progress)
 
 
 @dataclass

@@ -63,6 +63,8 @@ class RunSummary:
     allow_unstable: bool = False  # the plan may rest on quick or unstable timings
     unstable_timings: int = 0  # this run's timings refused as good (unstable machine)
     warnings: list[str] = field(default_factory=list)  # one line each, printed after the summary
+    notes: list[str] = field(default_factory=list)  # about the bound (planner.plans.bound_notes)
+    cost_sources: dict[str, int] = field(default_factory=dict)  # subgraph costs per source
 
 
 def _step(name: str) -> None:
@@ -72,13 +74,16 @@ def _step(name: str) -> None:
 def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: str,
                  threshold_text: str, out_dir: Path, *, calib: str | None = None,
                  eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
-                 quick: bool = False, progress: bool = False, calib_samples: int = 64,
+                 quick: bool = False, progress: bool = False,
+                 calib_samples: int | None = None,
                  on_step: Callable[[str], None] | None = None,
                  threads: int | None = None, workload: str | None = None,
                  precisions: str | None = None,
                  allow_unstable: bool = False) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
 
+    ``calib_samples`` (default 64) sequences of ``calib`` score the sensitivity; when neither
+    is given, a stored table of this checkpoint on other calibration data is reused.
     ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
     ``sensitivity``, ``plan``, ``validate``) and with ``done`` at the end: ``bench/scale.py``
     measures each step's time and peak memory through it. ``threads``: CPU threads to time
@@ -106,7 +111,13 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     from profiles.loading import load_model
     from profiles.memory import device_available, require_fits
     from profiles.placement import baseline_dtype, place
-    from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
+    from sensitivity.pipeline import (
+        CalibSpec,
+        compute_and_store,
+        default_calib_path,
+        find_stored,
+        prepare,
+    )
 
     wl = parse_workload(workload) if workload else None
     shapes = list(workload_shapes(wl)) if wl else [parse_shape(shape).key]
@@ -139,8 +150,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     # calibration data and the loss are checked before anything is measured or stored
     from profiles.memory import calib_batch_size
 
-    spec = CalibSpec(path=calib, samples=calib_samples)
-    spec = CalibSpec(path=calib, samples=calib_samples,
+    spec = CalibSpec(path=calib, samples=calib_samples or 64)
+    spec = CalibSpec(path=calib, samples=calib_samples or 64,
                      batch_size=calib_batch_size(loaded.model, spec.seq_len, spec.batch_size))
     prep = prepare(model_spec, spec, loaded=loaded, part=part)
     times["partition"] = time.perf_counter() - t0
@@ -170,8 +181,21 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     mark("sensitivity")
     t0 = time.perf_counter()
     precisions_list = camp.precisions
-    _step(f"sensitivity for {', '.join(precisions_list)} (reused when stored)")
-    sens = stored_or_computed(store, prep, precisions_list, "taylor")
+    sens = find_stored(store, prep, precisions_list, "taylor",
+                       any_calibration=calib is None and calib_samples is None)
+    if sens is not None:
+        _step(f"sensitivity: reusing the stored table for {', '.join(precisions_list)} "
+              f"(checkpoint {sens.checkpoint[:12]}, calibration "
+              f"{sens.table.calib_fingerprint[:12]}, {sens.table.n_samples} samples)")
+    else:
+        _step(f"sensitivity: computing {', '.join(precisions_list)} on {prep.calib.n_samples} "
+              f"calibration sequences of {prep.calib.source} (one forward+backward pass each)")
+        sens = compute_and_store(store, None, CalibSpec(), precisions_list, "taylor",
+                                 prepared=prep, progress=progress)
+    for w in _same_data_warning(calib or default_calib_path(model_spec), eval_data,
+                                model_spec):
+        _step(w)
+        warnings.append(w)
     times["sensitivity"] = time.perf_counter() - t0
 
     mark("plan")
@@ -247,7 +271,28 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         steps_s={k: round(v, 2) for k, v in times.items()},
         speedup_rel_error=pred.get("speedup_rel_error"),
         slower_than_baseline=r.slower_than_baseline, validation_stable=r.stable,
-        allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings)
+        allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings,
+        notes=list(result.document["data"].get("notes") or []),
+        cost_sources=dict(sorted(result.solution.sources.items())))
+
+
+def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None) -> list[str]:
+    """A warning when the held-out data is the calibration data: the measured loss MSE is
+    then not measured on unseen data."""
+    if eval_data is None:
+        if model_spec:
+            return []
+        from profiles.loading import demo_model_dir
+
+        eval_data = str(demo_model_dir().parent / "corpus" / "test.txt")
+    try:
+        same = Path(calib).resolve() == Path(eval_data).resolve()
+    except OSError:
+        same = calib == eval_data
+    if not same:
+        return []
+    return [f"warning: held-out data {eval_data} is the calibration data: the measured loss MSE is "
+            "not on unseen samples (give --eval-data another file)"]
 
 
 def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
@@ -287,8 +332,9 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
                    "[default for the demo model: data/corpus/test.txt].")
 @click.option("--samples", default=32, show_default=True,
               help="Held-out sequences for the measured loss MSE.")
-@click.option("--calib-samples", default=64, show_default=True,
-              help="Calibration sequences for the sensitivity pass.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=None,
+              help="Calibration sequences for the sensitivity table [default: 64; without "
+                   "--calib and this option a stored table of the checkpoint is reused].")
 @click.option("--quick", is_flag=True,
               help="Few timing samples, no re-measuring, no waiting for a quiet machine: for "
                    "smoke tests, not numbers to keep. Its timings are stored as quick; this "
@@ -307,7 +353,7 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
-            calib: str | None, eval_data: str | None, samples: int, calib_samples: int,
+            calib: str | None, eval_data: str | None, samples: int, calib_samples: int | None,
             quick: bool, workload: str | None, precisions: str | None,
             allow_unstable: bool,
             db_url: str | None, as_json: bool) -> None:
@@ -332,25 +378,40 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     if as_json:
         emit_json(asdict(s))
         return
-    mix = ", ".join(f"{n} {p}" for p, n in s.precision_counts.items())
-    click.echo(f"model              {s.model} (architecture {s.model_fingerprint[:12]}, "
-               f"checkpoint {s.checkpoint[:12]})")
-    click.echo(f"device             {s.device_name} ({s.device[:12]}), shape {s.shape}")
-    click.echo(f"measurements       {s.measured_now} new, {s.measurements_reused} reused")
-    click.echo(f"sensitivity        {'reused' if s.sensitivity_reused else 'computed'}")
-    click.echo(f"plan {s.plan_id:<13} {mix} (loss MSE <= {s.threshold})")
-    err = f" (stated error {s.speedup_rel_error:.0%})" if s.speedup_rel_error else ""
-    verdict = ", SLOWER than the baseline: not a result" if s.slower_than_baseline else ""
-    click.echo(f"speedup            predicted {s.predicted_speedup:.3f}x{err}, measured "
-               f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us)"
-               f"{verdict}")
-    click.echo(f"loss MSE           predicted {s.predicted_loss_mse:.4g}, measured "
-               f"{s.measured_loss_mse:.4g}")
-    click.echo(f"measured share     {s.measured_share:.0%} of the predicted gain rests on "
-               "measured costs")
-    click.echo(f"validation         {s.validation_id}"
-               f"{' (reused)' if s.validation_reused else ''}")
-    click.echo(f"plan file          {s.plan_file}")
-    click.echo(f"plot               {s.plot_file}")
+    for line in summary_lines(s):
+        click.echo(line)
     for line in s.warnings:
         click.echo(line)
+
+
+def summary_lines(s: RunSummary) -> list[str]:
+    """The run's summary, each term said in words (warnings follow it, one line each)."""
+    mix = ", ".join(f"{n} {p}" for p, n in s.precision_counts.items())
+    srcs = ", ".join(f"{n} {src}" for src, n in s.cost_sources.items())
+    err = f" (stated error {s.speedup_rel_error:.0%})" if s.speedup_rel_error else ""
+    verdict = ", SLOWER than the baseline: not a result" if s.slower_than_baseline else ""
+    out = [
+        f"model              {s.model} (architecture {s.model_fingerprint[:12]}, "
+        f"checkpoint {s.checkpoint[:12]})",
+        f"device             {s.device_name} ({s.device[:12]}), shape {s.shape}",
+        f"measurements       {s.measured_now} subgraph timings measured now, "
+        f"{s.measurements_reused} reused from the store",
+        "sensitivity        " + ("reused from the store" if s.sensitivity_reused else
+                                 "computed and stored") + " (per-layer loss MSE per precision)",
+        f"plan               id {s.plan_id} in the store{' (reused)' if s.plan_reused else ''}: "
+        f"{mix} (bound: loss MSE <= {s.threshold})",
+        f"speedup            predicted {s.predicted_speedup:.3f}x{err}, measured "
+        f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us end to end)"
+        f"{verdict}",
+        f"loss MSE           predicted {s.predicted_loss_mse:.4g}, measured "
+        f"{s.measured_loss_mse:.4g} (mean squared change of each sample's loss against the "
+        "unquantized model)",
+        f"measured share     {s.measured_share:.0%} of the predicted gain rests on costs "
+        f"measured on {s.device_name}" + (f" (subgraph costs: {srcs})" if srcs else ""),
+        f"validation         id {s.validation_id} in the store"
+        f"{' (reused)' if s.validation_reused else ''}: the plan applied with real kernels "
+        "and measured against the baseline",
+    ]
+    out += [f"note               {n}" for n in s.notes]
+    out += [f"plan file          {s.plan_file}", f"plot               {s.plot_file}"]
+    return out
