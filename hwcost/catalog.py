@@ -29,9 +29,23 @@ RATE_ALIASES = {Precision.FP16: Precision.BF16, Precision.FP8_E5M2: Precision.FP
 
 
 def data_dir() -> Path:
-    """The data folder: ``$HWCOST_DATA`` or ``data/`` beside the package."""
+    """The data folder (device catalog, demo model, demo corpus): ``$HWCOST_DATA``, else
+    ``data/`` of the source checkout the package runs from, else the copy an installed wheel
+    puts in ``<prefix>/share/hwcost/data`` (``[tool.setuptools.data-files]``)."""
     env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "data"
+    if (checkout / "devices.json").is_file():
+        return checkout
+    import site
+    import sys
+
+    for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
+        installed = Path(prefix) / "share" / "hwcost" / "data"
+        if (installed / "devices.json").is_file():
+            return installed
+    return checkout
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +50,12 @@ InputsFn = Callable[[Shape, int], dict[str, torch.Tensor]]
 
 
 def demo_model_dir() -> Path:
-    """The demo model's directory: ``$HWCOST_DATA/demo_model`` or ``<repo>/data/demo_model``."""
-    base = os.environ.get(DATA_ENV)
-    root = Path(base) if base else Path(__file__).resolve().parent.parent / "data"
-    return root / "demo_model"
+    """The demo model's directory: ``demo_model`` in the data folder (``$HWCOST_DATA``, the
+    checkout's ``data/``, or an installed wheel's ``<prefix>/share/hwcost/data``; see
+    ``hwcost.catalog.data_dir``)."""
+    from hwcost.catalog import data_dir
+
+    return data_dir() / "demo_model"
 
 
 @dataclass
