@@ -230,8 +230,6 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     plan_file = out_dir / "plan.json"
     plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
     points = sweep(problem, sweep_points)
-    plot_file = plot_frontier(points, out_dir / "pareto.png",
-                              title=f"{loaded.name} on {camp.device_name} ({shape})")
     times["plan"] = time.perf_counter() - t0
 
     mark("validate")
@@ -251,6 +249,10 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                                     timing=timing.kwargs() if timing else None, quick=quick)
     warnings += r.warnings()
     times["validate"] = time.perf_counter() - t0
+    plot_file = plot_frontier(
+        points, out_dir / "pareto.png", title=f"{loaded.name} on {camp.device_name} ({shape})",
+        chosen=result.solution, bound=result.solution.max_loss_mse,
+        measured=[(val["loss_mse"], val["speedup"], f"plan {result.plan_id} validated")])
     mark("done")
 
     counts: dict[str, int] = {}

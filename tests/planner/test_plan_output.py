@@ -57,3 +57,43 @@ def test_an_identical_plan_is_stored_once(tiny_sqlite):
     with open_store(url) as s:
         dev = s.get_device(m.device)
         assert len(s.plans_for(m.model_id, dev.id, m.shape)) == 2
+
+
+def test_pareto_plot_marks_plan_bound_measured_points_and_sources(tiny_sqlite, tmp_path):
+    from planner.objectives import parse_threshold
+    from planner.plans import make_plan
+    from planner.plot import point_source
+    from planner.sweep import sweep
+
+    url, m = tiny_sqlite
+    with open_store(url) as s:
+        r = make_plan(s, "tiny", "cpu", m.shape, parse_threshold("10%"))
+        h100 = make_plan(s, "tiny", "H100-SXM", m.shape, parse_threshold("10%"))
+    assert point_source(r.solution) == "measured" and point_source(h100.solution) == "roofline"
+    points = sweep(r.problem, 6)
+    import matplotlib.pyplot as plt
+
+    from planner.plot import plot_frontier
+
+    calls = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, path, *a, **k):  # read what was drawn before the figure is written
+        ax = fig.axes[0]
+        calls["labels"] = [h.get_label() for h in ax.get_legend().legend_handles]
+        calls["ticks"] = len(ax.get_xticks())
+        return real_savefig(fig, path, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        png = plot_frontier(points, tmp_path / "p.png", chosen=r.solution,
+                            bound=r.solution.max_loss_mse, measured=[(1e-3, 1.5, "plan 1 validated")])
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    labels = calls["labels"]
+    assert labels[0] == "frontier: costs all measured on the device"
+    assert any(x.startswith("chosen plan (") for x in labels)
+    assert any(x.startswith("bound: loss MSE <= ") for x in labels)
+    assert "plan 1 validated: measured 1.50x, loss MSE 0.001" in labels
+    assert calls["ticks"] <= 12  # a few readable ticks, not a crowd
