@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,13 @@ def _sh(args: list[str], *, env: dict | None = None, cwd: Path | None = None,
 
 
 @pytest.mark.slow
-def test_wheel_without_torch_plans_from_an_imported_bundle(tmp_path):
+def test_wheel_without_torch_plans_from_an_imported_bundle():
+    # a private folder: pytest's numbered tmp_path folders are pruned by concurrent sessions
+    with tempfile.TemporaryDirectory(prefix="hwcost-wheel-") as d:
+        _check_wheel(Path(d))
+
+
+def _check_wheel(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "planner"))
     from conftest import populate  # the planner's fixture model, written through the Store API
 
