@@ -39,14 +39,17 @@ def _check_wheel(tmp_path: Path) -> None:
         m = populate(src)
         export_bundle(src, tmp_path / "costs.parquet")
 
+    # no PYTHONPATH or VIRTUAL_ENV from this session: the checkout must not count as installed
+    clean = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp_path)),
+             "LANG": "C.UTF-8"}
     wheels = tmp_path / "wheels"
     r = _sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-             "-w", str(wheels), str(ROOT)])
+             "-w", str(wheels), str(ROOT)], env=clean)
     assert r.returncode == 0, r.stderr
     venv = tmp_path / "venv"
-    assert _sh([sys.executable, "-m", "venv", str(venv)]).returncode == 0
+    assert _sh([sys.executable, "-m", "venv", str(venv)], env=clean).returncode == 0
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    r = _sh([*pip, str(next(wheels.glob("hwcost-*.whl")))])
+    r = _sh([*pip, str(next(wheels.glob("hwcost-*.whl")))], env=clean)
     assert r.returncode == 0, r.stderr[-2000:]
 
     home = tmp_path / "home"

@@ -153,9 +153,11 @@ def test_cli_errors_are_one_line_and_change_nothing(sqlite_url, tmp_path):
     assert r.exit_code == 1 and r.output.startswith("Error: query failed: Permission Error")
     assert sqlite_hash(sqlite_url) == before
     assert not (tmp_path / "x.parquet").exists()
-    r = run("db", "status", "--db", f"sqlite:///{tmp_path / 'absent.db'}")
-    assert r.output == (f"Error: no hwcost store at sqlite:///{tmp_path / 'absent.db'}; "
-                        "`hwcost db init` makes one\n")
+    absent = f"sqlite:///{tmp_path / 'absent.db'}"
+    r = run("db", "status", "--db", absent)
+    assert r.output == (f"Error: no store at {absent} (no such file); `hwcost db init --db "
+                        f"{absent}` creates one, or check the path\n")
+    assert not (tmp_path / "absent.db").exists()
 
 
 @pytest.mark.parametrize("as_json", [False, True])

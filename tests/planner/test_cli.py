@@ -33,7 +33,8 @@ def test_plan_prints_and_stores(tiny_sqlite, tmp_path):
                                "batch=1,seq=16,phase=prefill, objective time")
     assert "lm_head                          fp32" in r.output
     assert any(line.startswith("speedup       ") and "x predicted" in line for line in lines)
-    assert "measured      100% of the predicted gain rests on measured costs" in lines
+    assert ("measured      100% of the predicted gain rests on costs measured on Test CPU "
+            "(planner fixture) (subgraph costs: 5 measured)") in lines
     assert any(line.startswith("solver        optimal in ") for line in lines)
     doc = read_plan(out)
     assert doc["data"]["plan_id"] == 1 and doc["data"]["layers"]["lm_head"] == "fp32"
