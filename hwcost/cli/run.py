@@ -252,7 +252,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     plot_file = plot_frontier(
         points, out_dir / "pareto.png", title=f"{loaded.name} on {camp.device_name} ({shape})",
         chosen=result.solution, bound=result.solution.max_loss_mse,
-        measured=[(val["loss_mse"], val["speedup"], f"plan {result.plan_id} validated")])
+        measured=[(r.measured_loss_mse, r.measured_speedup, f"plan {result.plan_id} validated")])
     mark("done")
 
     counts: dict[str, int] = {}
