@@ -280,9 +280,11 @@ def main(argv: list[str]) -> int:
     rows = [r for r in old if r["hidden"] not in widths]
     for w in widths:
         print(f"[scale] hidden {w} ...", file=sys.stderr, flush=True)
-        rows.append(run_width(w, args))
-        print("\n".join(table(rows[-1:])), flush=True)
-        rows.sort(key=lambda r: r["params"])
+        row = run_width(w, args)
+        print("\n".join(table([row])), flush=True)
+        # merge with the file as it is now: another invocation may have added a width meanwhile
+        now = json.loads(prev.read_text())["rows"] if prev.exists() else []
+        rows = sorted([r for r in now if r["hidden"] != w] + [row], key=lambda r: r["params"])
         _write(rows, args)
     return _report(rows)
 
