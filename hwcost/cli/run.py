@@ -133,6 +133,7 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     backend = get_backend(device_kind)
     backend.require()
     dtype = baseline_dtype(backend.kind)
+    backend.check_dtype(dtype)  # a dtype the device lacks: one line, before anything is read
     _step(f"loading model {model_spec or '(demo model)'} in {str(dtype).removeprefix('torch.')}")
     loaded = load_model(model_spec, dtype=dtype)  # the one load of this run
     if backend.device.type != "cpu":

@@ -89,6 +89,10 @@ class Backend(ABC):
             raise UnknownPrecision(f"backend {self.kind} cannot deploy {p.value}; it has: {known}")
         return table[p]
 
+    def check_dtype(self, dtype: torch.dtype) -> None:  # noqa: B027 - every dtype on CPU
+        """Raise UnsupportedPrecision (with the reason) when the device cannot run a model
+        stored in ``dtype`` (bf16 on a GPU older than Ampere)."""
+
     def require(self) -> None:
         """Raise BackendUnavailable (with the reason) unless this backend can run here."""
         ok, why = self.available()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from hwcost.errors import UnsupportedPrecision
 from hwcost.precision import Precision
 from profiles.backends.base import Backend, Deployment
 from profiles.backends.layers import (
@@ -45,6 +46,15 @@ class CudaBackend(Backend):
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        """bf16 needs compute capability 8.0 (Ampere) or newer."""
+        if dtype == torch.bfloat16 and torch.cuda.is_available() \
+                and not torch.cuda.is_bf16_supported():
+            cap = ".".join(map(str, torch.cuda.get_device_capability(self.index)))
+            raise UnsupportedPrecision(f"cuda:{self.index} ({torch.cuda.get_device_name(self.index)}, "
+                                       f"compute capability {cap}) has no bfloat16; the bf16 "
+                                       "baseline needs compute capability 8.0 or newer")
 
     def fp8_supported(self) -> bool:
         """FP8 tensor cores exist (sm_89 Ada, sm_90 Hopper and newer)."""
