@@ -22,8 +22,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["store", "fleet", "campaign", "additivity", "fallbacks", "sensitivity", "planner", "exports",
-         "decode", "zoo"]
+ORDER = ["store", "fleet", "campaign", "stability", "additivity", "fallbacks", "sensitivity",
+         "planner", "exports", "decode", "zoo"]
 TARGET = re.compile(r"^target: (?P<name>\S+) = (?P<value>\S+) (?P<unit>.*?) ?"
                     r"\(goal (?P<op>\S+)(?: (?P<limit>[^)]+))?\) (?P<verdict>met|missed)$")
 
