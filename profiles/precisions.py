@@ -254,6 +254,19 @@ def emulation(precision: Precision | str, *, fp8_max: float | None = None) -> Em
     return Emulation(parse_precision(precision), fp8_max)
 
 
+def target_fp8_emulation(device_name: str, kind: str) -> Emulation:
+    """The fp8 e4m3 emulation for a target device: on a Gaudi (``kind`` hpu) INC's quantizer
+    (:func:`inc_fp8_emulation`) with the device's range from the catalog
+    (``hwcost.catalog.fp8_e4m3_max``: 240 on Gaudi 2, 448 on Gaudi 3), elsewhere the
+    registry's. Pass it to ``sensitivity.taylor.analyze(precisions=[...])`` to score what the
+    INC export deploys."""
+    from hwcost.catalog import fp8_e4m3_max
+
+    if kind == "hpu":
+        return inc_fp8_emulation(fp8_e4m3_max(device_name, kind))
+    return Emulation(Precision.FP8_E4M3, fp8_e4m3_max(device_name, kind))
+
+
 def inc_fp8_emulation(fp8_max: float) -> Emulation:
     """fp8 e4m3 as Intel Neural Compressor quantizes it on Gaudi with the config
     ``planner.inc`` exports (``scale_method: maxabs_pcs_pow2``, ``dynamic_quantization``):

@@ -212,3 +212,26 @@ def test_emulation_equals_neural_compressors_own_functions(fmax, monkeypatch):
     over = x * 4
     assert torch.equal(_quantize_affine_float8(over, xs, lp).float(),
                        inc_fp8_cast(over / xs, fmax).float())
+
+
+def test_sensitivity_scores_the_inc_quantizer_of_the_target_device():
+    """A Gaudi plan's fp8 rows come from INC's quantizer with the device's range: the table
+    computed with the target's emulation differs from the registry's where it should."""
+    torch = pytest.importorskip("torch")
+    from profiles.precisions import target_fp8_emulation
+    from sensitivity.taylor import analyze
+    from tests.factories import tiny_qwen2
+
+    g2, g3 = target_fp8_emulation("Gaudi2", "hpu"), target_fp8_emulation("Gaudi3", "hpu")
+    assert (g2.scale_rounding, g2.fp8_max, g3.fp8_max) == ("pow2", 240.0, 448.0)
+    h100 = target_fp8_emulation("H100", "cuda")
+    assert (h100.scale_rounding, h100.fp8_max) == ("exact", 448.0)
+    model = tiny_qwen2()[0]
+    batches = [torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(i))
+               for i in range(2)]
+    inc = analyze(model, batches, precisions=[g2])
+    plain = analyze(model, batches, precisions=["fp8_e4m3"])
+    a = {r.layer: r.loss_mse for r in inc.rows}
+    b = {r.layer: r.loss_mse for r in plain.rows}
+    assert set(a) == set(b) and all(v > 0 and v == v for v in a.values())
+    assert a != b  # pow2 scales and the weight backoff change the rounding errors
