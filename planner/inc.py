@@ -104,6 +104,23 @@ def _check_names(fp8: list[str], high: list[str]) -> None:
                                   f"{layer} (INC matches names as unanchored patterns)")
 
 
+def _check_quantizer(data: dict) -> None:
+    """Refuse a plan whose fp8 losses were scored with another quantizer than the one INC
+    runs on its device (plans from before quantizer keys, ``unknown``, cannot be checked)."""
+    from hwcost.catalog import fp8_e4m3_max
+    from hwcost.quantizer import UNKNOWN, inc_quantizer, parse_quantizer
+
+    key = data.get("quantizer")
+    if not key or key == UNKNOWN or "fp8_e4m3" not in data["layers"].values():
+        return
+    dev = data["device"]
+    want = inc_quantizer(fp8_e4m3_max(dev.get("name", ""), dev.get("kind", "")))
+    if parse_quantizer(key) != want:
+        raise HwcostError(f"the plan's fp8 losses were scored with quantizer {key}, not with "
+                          f"INC's on {dev.get('name') or dev.get('kind')} ({want.key}): run "
+                          f"`hwcost sensitivity ... --quantizer {want.key}` and plan again")
+
+
 def to_inc(doc: dict, naming: str = "hf") -> dict:
     """INC's FP8 config (the JSON ``QUANT_CONFIG`` names) for a plan's fp8 layers.
 
@@ -113,6 +130,7 @@ def to_inc(doc: dict, naming: str = "hf") -> dict:
     that nothing outside the plan (attention matmuls, KV cache) is quantized.
     """
     data = validate_plan(doc)
+    _check_quantizer(data)
     if naming not in NAMINGS:
         raise HwcostError(f"unknown INC naming {naming!r}; known: {', '.join(NAMINGS)}")
     layers = vllm_names(data["layers"]) if naming == "vllm" else dict(data["layers"])

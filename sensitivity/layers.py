@@ -20,7 +20,7 @@ from hwcost.precision import Precision, parse_precision
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.quantizer import Quantizer, parse_quantizer
 from profiles.experts import expert_weights, is_experts, run_experts
-from profiles.precisions import Emulation, emulation
+from profiles.precisions import Emulation, emulation, inc_fp8_emulation
 from profiles.trace import quantizable
 
 
@@ -131,6 +131,8 @@ def as_emulation(p: Precision | str | Emulation, quantizer: Quantizer | None = N
     if isinstance(p, Emulation):
         return p
     prec = parse_precision(p)
+    if quantizer is not None and quantizer.scale_rounding == "pow2" and prec is Precision.FP8_E4M3:
+        return inc_fp8_emulation(quantizer.fp8_e4m3_max)
     return emulation(prec, fp8_max=quantizer.fp8_max(prec.value) if quantizer else None)
 
 
@@ -144,7 +146,7 @@ def quantizer_of(precisions: Sequence[Precision | str | Emulation],
     for p in precisions:
         if isinstance(p, Emulation) and p.fp8_max:
             if p.precision is Precision.FP8_E4M3:
-                q = replace(q, fp8_e4m3_max=float(p.fp8_max))
+                q = replace(q, fp8_e4m3_max=float(p.fp8_max), scale_rounding=p.scale_rounding)
             elif p.precision is Precision.FP8_E5M2:
                 q = replace(q, fp8_e5m2_max=float(p.fp8_max))
     return q

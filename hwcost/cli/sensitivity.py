@@ -53,7 +53,9 @@ def _calib_options(f):
                      help="taylor: the actual rounding errors; noise: independent noise of "
                           "each format's variance."),
         click.option("--quantizer", default="default", show_default=True, metavar="KEY",
-                     help="Emulation scored: default (fp8 e4m3 range 448), gaudi2 (240), or a "
+                     help="Emulation scored: default (fp8 e4m3 range 448), gaudi2 (240), "
+                          "inc-gaudi2 / inc-gaudi3 (Intel Neural Compressor's dynamic FP8 with "
+                          "power-of-two scales, what `export-plan --format inc` deploys), or a "
                           "key such as e4m3=240,e5m2=57344,w=per_channel,a=per_token."),
         store_option, json_option,
     ]):

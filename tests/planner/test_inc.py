@@ -235,3 +235,30 @@ def test_sensitivity_scores_the_inc_quantizer_of_the_target_device():
     b = {r.layer: r.loss_mse for r in plain.rows}
     assert set(a) == set(b) and all(v > 0 and v == v for v in a.values())
     assert a != b  # pow2 scales and the weight backoff change the rounding errors
+
+
+def test_plans_scored_with_another_quantizer_are_refused():
+    from hwcost.quantizer import GAUDI2, INC_GAUDI2, INC_GAUDI3, parse_quantizer
+
+    assert parse_quantizer("inc-gaudi2") == INC_GAUDI2
+    assert parse_quantizer(INC_GAUDI2.key) == INC_GAUDI2 and INC_GAUDI2.key.endswith(",r=pow2")
+    assert "r=" not in GAUDI2.key  # keys stored before scale_rounding existed are unchanged
+    doc = llama_plan(fused_alike)
+    doc["data"]["quantizer"] = INC_GAUDI2.key
+    assert to_inc(doc)["allowlist"]["names"]
+    for other in (GAUDI2, INC_GAUDI3):
+        doc["data"]["quantizer"] = other.key
+        with pytest.raises(HwcostError, match=f"scored with quantizer {other.key}, not with INC's "
+                                              "on Gaudi2"):
+            to_inc(doc)
+
+
+def test_the_inc_quantizer_key_selects_the_inc_emulation():
+    pytest.importorskip("torch")
+    from hwcost.quantizer import INC_GAUDI3
+    from sensitivity.layers import as_emulation, quantizer_of
+
+    emu = as_emulation("fp8_e4m3", INC_GAUDI3)
+    assert (emu.scale_rounding, emu.fp8_max) == ("pow2", 448.0)
+    assert as_emulation("int8", INC_GAUDI3).scale_rounding == "exact"
+    assert quantizer_of([emu]) == INC_GAUDI3
