@@ -11,6 +11,13 @@ the layer's output, when ``g`` arrives during the backward pass, for every preci
 the layer's input is then dropped. Per-sample terms are exact because the batch's loss is the
 sum of the per-sample losses (the model runs in eval mode, samples do not interact). Parameter
 gradients are not needed and are switched off for the pass.
+
+Layers that read one tensor (q/k/v, gate/up) see one activation quantization in a deployment
+(``profiles.backends.interact``): in one format their input errors are the same noise, so
+their first-order changes add up before squaring. For such a group the table holds
+``s_l(p) = mean_n d_{l,n}^2 * T / sum_k mean_n d_{k,n}^2`` with
+``T = mean_n (sum_k d_{k,n}(p))^2``: the group in one precision sums to its exact first-order
+loss MSE, one noise source, not the sum of independent ones.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class PerSampleTerms:
     precisions: list[str]
     values: dict[str, np.ndarray]
     n_samples: int
+    groups: tuple[tuple[str, ...], ...] = ()  # layers that read one tensor (q/k/v, gate/up)
 
     def of(self, layer: str, precision: str) -> np.ndarray:
         return self.values[layer][self.precisions.index(precision)]
@@ -255,6 +263,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
     collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     current: dict[str, torch.Tensor] = {}
     shared = _SharedInputs()
+    readers: dict[tuple, list[str]] = {}  # input key -> layers reading it, this batch
+    groups: dict[tuple[str, ...], None] = {}
     n_in_batch = 0
 
     def make_hooks(name: str, module: nn.Module):
@@ -283,6 +293,7 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
             holder = [x]
             key = shared.key(x)
             shared.add_use(key)
+            readers.setdefault(key, []).append(name)
 
             def on_grad(g: torch.Tensor) -> None:
                 x = holder.pop()
@@ -371,10 +382,14 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
                 n_in_batch = batch_size(batch)
                 current.clear()
                 shared.clear()
+                readers.clear()
                 losses = checked_losses(loss_fn(model, batch), n_in_batch)
                 if not losses.requires_grad:
                     raise SensitivityError("the loss does not depend on any quantizable layer's output")
                 losses.sum().backward()
+                for group in readers.values():
+                    if len(group) > 1:
+                        groups[tuple(group)] = None
                 for n in names:
                     collected[n].append(current.get(n, torch.zeros(len(emus), n_in_batch,
                                                                    dtype=torch.float64)))
@@ -388,7 +403,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
     if n_total == 0:
         raise SensitivityError("no calibration batches")
     values = {n: torch.cat(v, dim=1).numpy() for n, v in collected.items()}
-    return PerSampleTerms(names, [e.precision.value for e in emus], values, n_total)
+    return PerSampleTerms(names, [e.precision.value for e in emus], values, n_total,
+                          tuple(groups))
 
 
 def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None,
@@ -436,14 +452,36 @@ def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = N
 
 def table_from_terms(terms: PerSampleTerms, method: str, calib_fingerprint: str = "",
                      *, squared: bool) -> SensitivityTable:
-    """Mean over samples (of ``d^2`` when ``squared``) with its standard error."""
+    """Mean over samples (of ``d^2`` when ``squared``) with its standard error; with
+    ``squared``, layers of a shared-input group carry their share of the group's one noise
+    source (module docstring)."""
     rows = []
     n = terms.n_samples
+    scale = shared_input_scales(terms) if squared else {}
     for layer in terms.layers:
         vals = terms.values[layer]
         per_sample = np.square(vals) if squared else vals
         for i, prec in enumerate(terms.precisions):
-            v = per_sample[i]
+            v = per_sample[i] * scale.get((layer, i), 1.0)
             stderr = float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
             rows.append(SensitivityRow(layer, prec, float(v.mean()), stderr, n))
     return SensitivityTable(rows, method, calib_fingerprint)
+
+
+def shared_input_scales(terms: PerSampleTerms) -> dict[tuple[str, int], float]:
+    """``(layer, precision index) -> T / sum_k mean d_k^2`` for the layers of each group that
+    reads one tensor, so that the group's entries in one precision sum to ``T``, the mean
+    square of the group's summed first-order change (one shared quantization)."""
+    out: dict[tuple[str, int], float] = {}
+    for group in terms.groups:
+        if not all(g in terms.values for g in group):
+            continue
+        for i in range(len(terms.precisions)):
+            d = np.stack([terms.values[g][i] for g in group])  # [layers, samples]
+            separate = float(np.square(d).mean(axis=1).sum())
+            if separate <= 0:
+                continue
+            together = float(np.square(d.sum(axis=0)).mean())
+            for g in group:
+                out[g, i] = together / separate
+    return out

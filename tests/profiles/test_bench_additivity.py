@@ -41,12 +41,15 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     monkeypatch.setattr(additivity, "load_model", no_demo)  # always the small config model
     rc = additivity.main(["--configs", "2", "--layers", "1", "--seq", "16", "--threads", "1",
                           "--precisions", "fp32,int8", "--same-window", "1", "--quick",
+                          "--deployments", "eager",
                           "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    last = out.strip().splitlines()[-1]
+    *_, first, last = out.strip().splitlines()
     assert re.fullmatch(r"target: additivity_median_abs_err = \d+\.\d\d % \(goal <= 3\) "
-                        r"(met|missed)", last)
+                        r"(met|missed)", first)
+    assert re.fullmatch(r"target: additivity_method_over_per_layer_err = \d+\.\d\d x "
+                        r"\(goal <= 0\.5\) (met|missed)", last)
     report = json.loads((tmp_path / "additivity.json").read_text())
     assert report["shape"] == "batch=1,seq=16,phase=prefill" and report["threads"] == 1
     assert report["n_configs"] == 2 and len(report["rows"]) == 2
