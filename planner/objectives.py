@@ -42,7 +42,8 @@ def gain(choice: Choice, option: Option, objective: str) -> float:
 
 @dataclass(frozen=True)
 class Threshold:
-    """A loss-MSE bound: absolute, or a fraction of the all-lowest-precision loss MSE."""
+    """A loss-MSE bound: absolute, or a fraction of the loss MSE of the fastest plan
+    (:func:`usable_reference_mse`: the formats the plan may use, not every format)."""
 
     value: float
     relative: bool = False
@@ -53,14 +54,18 @@ class Threshold:
 
     def resolve(self, problem: Problem) -> float:
         """The absolute bound for ``problem``."""
-        return self.value * lowest_precision_mse(problem) if self.relative else self.value
+        return self.value * usable_reference_mse(problem) if self.relative else self.value
+
+    def describe(self, problem: Problem) -> str:
+        """The bound as given with its absolute value: ``10% (loss MSE 1.2e-04)``."""
+        return f"{self} (loss MSE {self.resolve(problem):.3g})" if self.relative else str(self)
 
     def __str__(self) -> str:
         return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
 
 
 def parse_threshold(text: str | float) -> Threshold:
-    """``0.01`` (absolute loss MSE) or ``10%`` (of the all-lowest-precision loss MSE)."""
+    """``0.01`` (absolute loss MSE) or ``10%`` (of the fastest plan's loss MSE)."""
     if isinstance(text, (int, float)):
         return Threshold(float(text))
     s = str(text).strip()
@@ -71,7 +76,23 @@ def parse_threshold(text: str | float) -> Threshold:
         return Threshold(float(s))
     except ValueError:
         raise HwcostError(f"cannot read loss-MSE threshold {text!r}: give a number such as 0.01 "
-                          "or a percentage of the all-lowest-precision loss MSE such as 10%") from None
+                          "or a percentage of the fastest plan's loss MSE such as 10%") from None
+
+
+def usable_reference_mse(problem: Problem) -> float:
+    """What ``100%`` means: the predicted loss MSE of the fastest plan, each subgraph in its
+    largest-gain configuration (the lower loss among equal gains).
+
+    Only formats that make the plan faster enter it: a format the device emulates (fp8 on a
+    CPU), slower than the baseline everywhere, is never in the fastest plan, so its much
+    larger loss does not stretch the scale (with it, 10% and 50% of the all-lowest-precision
+    loss could give the same plan). Falls back to :func:`lowest_precision_mse` when no
+    configuration gains anything."""
+    total = 0.0
+    for c in problem.choices:
+        best = max(c.options, key=lambda o: (o.gain_us, -o.loss_mse))
+        total += best.loss_mse
+    return total if total > 0 else lowest_precision_mse(problem)
 
 
 def lowest_precision_mse(problem: Problem) -> float:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hwcost.errors import PlanInvalid
@@ -23,6 +23,7 @@ class PlanResult:
     solution: Solution
     document: dict
     plan_id: int | None = None
+    p_not_fastest: float | None = None  # chance a rival plan is faster (planner.noise)
 
 
 def make_plan(store, model: str, device: str, shape: str, threshold: Threshold | None,
@@ -30,21 +31,47 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
               precisions=None, method: str = "taylor", time_limit_s: float = 60.0,
               problem: Problem | None = None, checkpoint: str | None = None,
               quantizer: str | None = None,
-              allow_unstable: bool = False) -> PlanResult:
+              allow_unstable: bool = False, shrink: float = 1.0, measured: bool = False,
+              loss_scale: float = 1.0) -> PlanResult:
     """Build the problem from the store (the sensitivity table of ``checkpoint`` and
     ``quantizer``, see ``build_problem``), solve it and return the plan document (not saved).
-    Quick or unstable timings are used only with ``allow_unstable``."""
+    Quick or unstable timings are used only with ``allow_unstable``.
+
+    Time plans are chosen on gains shrunk by ``shrink`` standard errors
+    (:func:`planner.noise.shrink_gains`) and predicted with the unshrunk gains; the result
+    carries the chance that a rival plan is faster. ``measured`` plans from measured costs
+    only. ``loss_scale`` multiplies every predicted loss MSE for the bound (the closed loop's
+    measured-over-predicted ratio, :mod:`planner.closed_loop`)."""
+    from planner.noise import chance_not_fastest, measured_only, shrink_gains
+
     parse_objective(objective)
     problem = problem or build_problem(store, model, device, shape, precisions=precisions,
                                        method=method, checkpoint=checkpoint, quantizer=quantizer,
                                        allow_unstable=allow_unstable)
+    if measured:
+        problem = measured_only(problem)
     bound = threshold.resolve(problem) if threshold is not None else None
     cons = constraints or Constraints()
     cons = Constraints(bound, cons.max_weight_bytes, cons.pins, cons.groups)
-    sol = solve(problem, bound, objective, cons, time_limit_s=time_limit_s)
+    eff = bound / loss_scale if bound is not None and loss_scale > 0 else bound
+    k = shrink if objective == "time" else 0.0
+    sol = solve(shrink_gains(problem, k), eff, objective, cons, time_limit_s=time_limit_s)
+    sol = replace(sol, problem=problem, max_loss_mse=bound)
+    p_not = None
+    if objective == "time":
+        others = []
+        if k > 0:  # the plan the unshrunk gains pick is the first rival
+            others.append(solve(problem, eff, objective, cons, time_limit_s=time_limit_s).picks)
+        p_not = chance_not_fastest(problem, sol.picks, eff, others=others)
     doc = plan_document(sol, cons, str(threshold) if threshold is not None else None)
     doc["data"]["notes"] = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
-    return PlanResult(problem, sol, doc)
+    doc["data"]["predicted"]["p_not_fastest"] = p_not
+    doc["data"]["predicted"]["gain_shrink_sigmas"] = k
+    if threshold is not None:
+        doc["data"]["threshold_abs"] = bound
+    if loss_scale != 1.0:
+        doc["data"]["predicted"]["loss_scale"] = loss_scale
+    return PlanResult(problem, sol, doc, p_not_fastest=p_not)
 
 
 def bound_notes(problem: Problem, sol: Solution, bound: float | None, objective: str,

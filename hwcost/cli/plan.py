@@ -30,8 +30,8 @@ from hwcost.cli.options import (
                    "JSON/CSV file; prices prefill plus each decode step (interpolated between "
                    "the profiled KV buckets).")
 @click.option("--max-loss-mse", "max_loss", default=None, metavar="X",
-              help="Bound on predicted loss MSE: absolute (0.01) or a share of the "
-                   "all-lowest-precision loss MSE (10%).")
+              help="Bound on predicted loss MSE: absolute (0.01) or a share of the fastest "
+                   "plan's loss MSE (10%; only formats that make the plan faster count).")
 @click.option("--objective", type=click.Choice(["time", "memory", "macs"]), default="time",
               show_default=True, help="Gain to maximise: measured time, weight bytes, or MAC time.")
 @click.option("--pin", "pins", multiple=True, metavar="PATTERN=PREC",
@@ -64,12 +64,17 @@ from hwcost.cli.options import (
 @click.option("--allow-unstable", is_flag=True,
               help="Plan on quick or unstable timings too (by default only full timings of a "
                    "stable machine count; the others are left to the fallbacks).")
+@click.option("--measured-only", is_flag=True,
+              help="Plan from measured costs alone (no learned or roofline estimates).")
+@click.option("--shrink", type=float, default=1.0, show_default=True, metavar="K",
+              help="Choose on time gains shrunk toward zero by K standard errors (0: as "
+                   "estimated); the prediction uses the unshrunk gains.")
 @store_option
 @json_option
 @handle_errors
 def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, memory_budget,
              precisions, method, checkpoint, quantizer, sweep_n, plot_path, output, time_limit,
-             allow_unstable, db_url, as_json):
+             allow_unstable, measured_only, shrink, db_url, as_json):
     """Pick a precision per layer that maximises the predicted gain on a device with the
     predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
     Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
@@ -102,11 +107,15 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
             problem = build_problem(store, model, device, shape, precisions=precs,
                                     method=method, checkpoint=checkpoint, quantizer=quant,
                                     allow_unstable=allow_unstable)
+        if measured_only:
+            from planner.noise import measured_only as only_measured
+
+            problem = only_measured(problem)
         if sweep_n is not None:
             _sweep(problem, sweep_n, objective, cons, plot_path, output, time_limit, as_json)
             return
         result = make_plan(store, model, device, shape, threshold, objective, cons,
-                           time_limit_s=time_limit, problem=problem)
+                           time_limit_s=time_limit, problem=problem, shrink=shrink)
         if store.read_only:
             click.echo("note: the store is read-only; the plan is printed, not stored", err=True)
         else:
@@ -137,6 +146,10 @@ def _print_plan(doc: dict, output: str | None) -> None:
     bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
     click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
+    if pr.get("p_not_fastest") is not None:
+        click.echo(f"noise         {pr['p_not_fastest']:.0%} chance a rival plan is faster "
+                   f"(gains within their spread; chosen on gains shrunk by "
+                   f"{pr.get('gain_shrink_sigmas', 0):g} sigma)")
     srcs = ", ".join(f"{n} {src}" for src, n in sorted(_sources(d).items()))
     click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
                f"costs measured on {d['device']['name']} (subgraph costs: {srcs})")

@@ -65,6 +65,9 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)  # one line each, printed after the summary
     notes: list[str] = field(default_factory=list)  # about the bound (planner.plans.bound_notes)
     cost_sources: dict[str, int] = field(default_factory=dict)  # subgraph costs per source
+    bound_loss_mse: float | None = None  # the threshold's absolute value
+    p_not_fastest: float | None = None  # chance a rival plan is faster (noisy gains)
+    loop_rounds: list[dict] = field(default_factory=list)  # closed loop on the loss bound
 
 
 def _step(name: str) -> None:
@@ -79,8 +82,11 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
                  on_step: Callable[[str], None] | None = None,
                  threads: int | None = None, workload: str | None = None,
                  precisions: str | None = None,
-                 allow_unstable: bool = False) -> RunSummary:
-    """Profile what is missing, compute sensitivity if missing, plan, apply and validate.
+                 allow_unstable: bool = False, measured_only: bool = False,
+                 deployment: str = "eager", max_rounds: int = 4) -> RunSummary:
+    """Profile what is missing, compute sensitivity if missing, plan, apply and validate;
+    when the measured loss MSE exceeds the bound, re-plan with the predictions scaled by the
+    measured ratio until it does not (:func:`planner.closed_loop.plan_within_bound`).
 
     ``calib_samples`` (default 64) sequences of ``calib`` score the sensitivity; when neither
     is given, a stored table of this checkpoint on other calibration data is reused.
@@ -162,7 +168,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
     timing = QUICK_TIMING if quick else None
     camp = run_campaign(store, loaded, device_kind, shapes, [p.value for p in precs],
-                        progress=progress, timing=timing, part=part, threads=threads)
+                        progress=progress, timing=timing, part=part, threads=threads,
+                        deployment=deployment)
     if wl:
         from planner.generate import measure_baseline
 
@@ -201,7 +208,6 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
 
     mark("plan")
     t0 = time.perf_counter()
-    _step(f"planning for loss MSE <= {threshold}")
     ident = {"checkpoint": sens.table.checkpoint, "quantizer": sens.table.quantizer,
              "allow_unstable": allow}
     if wl:
@@ -214,8 +220,10 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
     else:
         problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
                                 precisions=precisions_list, **ident)
+    _step(f"planning for loss MSE <= {threshold.describe(problem)}")
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
-                       problem=problem)
+                       problem=problem, measured=measured_only)
+    p_not_fastest = result.p_not_fastest
     layers = dict(result.document["data"]["layers"])
     prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers,
                                  sens.table.checkpoint, sens.table.quantizer, quick)
@@ -248,8 +256,51 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
                                     eval_data=eval_data, samples=samples, threads=threads,
                                     timing=timing.kwargs() if timing else None, quick=quick)
-    warnings += r.warnings()
     times["validate"] = time.perf_counter() - t0
+
+    bound = result.solution.max_loss_mse
+    rounds: list[dict] = []
+    if bound is not None and r.measured_loss_mse > bound:
+        t0 = time.perf_counter()
+        _step(f"measured loss MSE {r.measured_loss_mse:.3g} is over the bound {bound:.3g}: "
+              "re-planning with the predictions scaled by the measured ratio")
+
+        def find(lay: dict[str, str]) -> Any:
+            return _find_validated_plan(store, camp.model_id, camp.device, shape, lay,
+                                        sens.table.checkpoint, sens.table.quantizer, quick)
+
+        loop = _close_loop(store, loaded, camp, shape, threshold, problem, result,
+                           r.measured_loss_mse, eval_data, samples, measured_only, max_rounds,
+                           find)
+        rounds = loop.to_dict()["rounds"]
+        if loop.result is not result:
+            result = loop.result
+            layers = dict(result.document["data"]["layers"])
+            prior = find(layers)
+            pred = result.document["data"]["predicted"]
+            if prior is not None and prior[1] is not None:  # validated by an earlier run
+                plan_reused = True
+                result.plan_id = prior[0]
+                result.document = json.loads(store.get_plan(prior[0]).body)
+                result.document["data"]["plan_id"] = prior[0]
+                pred = result.document["data"]["predicted"]
+                v = prior[1]
+                r = ValidationResult(prior[0], v.id, camp.device, v.baseline_us, v.plan_us, 0.0,
+                                     0.0, v.measured_speedup, pred["speedup"],
+                                     v.measured_loss_mse, pred["loss_mse"],
+                                     v.n_eval_samples or 0, None, stable=v.stable,
+                                     speedup_rel_error=pred.get("speedup_rel_error"))
+            else:
+                plan_reused, prior = False, None
+                save_plan(store, result)
+                r = validate_plan_on_device(store, result.document, result.plan_id,
+                                            loaded=loaded, eval_data=eval_data, samples=samples,
+                                            threads=threads,
+                                            timing=timing.kwargs() if timing else None,
+                                            quick=quick)
+            plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
+        times["closed_loop"] = time.perf_counter() - t0
+    warnings += r.warnings()
     plot_file = plot_frontier(
         points, out_dir / "pareto.png", title=f"{loaded.name} on {camp.device_name} ({shape})",
         chosen=result.solution, bound=result.solution.max_loss_mse,
@@ -276,7 +327,8 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
         slower_than_baseline=r.slower_than_baseline, validation_stable=r.stable,
         allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings,
         notes=list(result.document["data"].get("notes") or []),
-        cost_sources=dict(sorted(result.solution.sources.items())))
+        cost_sources=dict(sorted(result.solution.sources.items())),
+        bound_loss_mse=bound, p_not_fastest=p_not_fastest, loop_rounds=rounds)
 
 
 def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None) -> list[str]:
@@ -296,6 +348,34 @@ def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None
         return []
     return [f"warning: held-out data {eval_data} is the calibration data: the measured loss MSE is "
             "not on unseen samples (give --eval-data another file)"]
+
+
+def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, problem: Any,
+                first: Any, first_measured: float, eval_data: str | None, samples: int,
+                measured_only: bool, max_rounds: int, find: Callable) -> Any:
+    """Re-plan until the deployed loss MSE on held-out data is within the bound; plans that
+    an earlier run validated are not measured again."""
+    from planner.apply import eval_batches, loss_mse
+    from planner.closed_loop import plan_within_bound
+    from planner.plans import make_plan
+    from profiles.backends import get_backend
+
+    backend = get_backend(problem.device_kind)
+    batches = eval_batches(loaded, eval_data, samples)
+
+    def plan(scale: float) -> Any:
+        return make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
+                         problem=problem, measured=measured_only, loss_scale=scale)
+
+    def measure(layers: dict[str, str]) -> float:
+        prior = find(layers)
+        if prior is not None and prior[1] is not None:
+            return float(prior[1].measured_loss_mse)
+        return loss_mse(loaded, {"plan": layers}, batches, backend)["plan"]
+
+    return plan_within_bound(plan, measure, first.solution.max_loss_mse, max_rounds=max_rounds,
+                             first=first, first_measured=first_measured,
+                             report=lambda line: _step(f"closed loop {line}"))
 
 
 def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
@@ -352,13 +432,20 @@ def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
 @click.option("--allow-unstable", is_flag=True,
               help="Plan on quick or unstable timings too (by default only full timings of a "
                    "stable machine count; the others are left to the fallbacks).")
+@click.option("--measured-only", is_flag=True,
+              help="Plan from measured costs alone (no learned or roofline estimates).")
+@click.option("--compiled", is_flag=True,
+              help="Deploy, profile and validate under torch.compile (inductor); stored under "
+                   "its own device key.")
+@click.option("--max-rounds", default=4, show_default=True,
+              help="Closed loop: plans measured at most while the loss MSE exceeds the bound.")
 @store_option
 @json_option
 @handle_errors
 def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_dir: str,
             calib: str | None, eval_data: str | None, samples: int, calib_samples: int | None,
             quick: bool, workload: str | None, precisions: str | None,
-            allow_unstable: bool,
+            allow_unstable: bool, measured_only: bool, compiled: bool, max_rounds: int,
             db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
@@ -370,6 +457,7 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     \b
     Examples:
       hwcost run --device cpu --shape batch=1,seq=128 --max-loss-mse 10%
+      hwcost run --compiled --measured-only --max-loss-mse 5%
       hwcost run --workload prompt=256,gen=64,batch=8 --precisions fp32,bf16,int8_wo,int4_wo
     """
     with open_cli_store(db_url) as store:
@@ -377,7 +465,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
                          calib=calib, eval_data=eval_data, samples=samples, quick=quick,
                          calib_samples=calib_samples,
                          progress=progress_enabled(), workload=workload, precisions=precisions,
-                         allow_unstable=allow_unstable)
+                         allow_unstable=allow_unstable, measured_only=measured_only,
+                         deployment="compiled" if compiled else "eager", max_rounds=max_rounds)
     if as_json:
         emit_json(asdict(s))
         return
@@ -402,7 +491,9 @@ def summary_lines(s: RunSummary) -> list[str]:
         "sensitivity        " + ("reused from the store" if s.sensitivity_reused else
                                  "computed and stored") + " (per-layer loss MSE per precision)",
         f"plan               id {s.plan_id} in the store{' (reused)' if s.plan_reused else ''}: "
-        f"{mix} (bound: loss MSE <= {s.threshold})",
+        f"{mix} (bound: loss MSE <= {s.threshold}"
+        + (f" = {s.bound_loss_mse:.3g}" if s.bound_loss_mse is not None
+           and s.threshold.endswith("%") else "") + ")",
         f"speedup            predicted {s.predicted_speedup:.3f}x{err}, measured "
         f"{s.measured_speedup:.3f}x ({s.baseline_us:.0f} us -> {s.plan_us:.0f} us end to end)"
         f"{verdict}",
@@ -415,6 +506,12 @@ def summary_lines(s: RunSummary) -> list[str]:
         f"{' (reused)' if s.validation_reused else ''}: the plan applied with real kernels "
         "and measured against the baseline",
     ]
+    if s.p_not_fastest is not None:
+        out.append(f"noise              {s.p_not_fastest:.0%} chance a rival plan is faster "
+                   "(gains sampled within their spread)")
+    out += [f"closed loop        round {r['round']}: predictions x{r['loss_scale']:.3g}, "
+            f"measured loss MSE {r['measured_mse']:.3g} "
+            f"({'within' if r['within'] else 'over'} the bound)" for r in s.loop_rounds]
     out += [f"note               {n}" for n in s.notes]
     out += [f"plan file          {s.plan_file}", f"plot               {s.plot_file}"]
     return out

@@ -82,7 +82,7 @@ def test_bad_input_errors(tiny_sqlite):
     assert r.output == "Error: give --max-loss-mse (e.g. 0.01 or 10%), or --sweep N for the frontier\n"
     r = run(*base, "--max-loss-mse", "lots")
     assert r.output == ("Error: cannot read loss-MSE threshold 'lots': give a number such as 0.01 "
-                        "or a percentage of the all-lowest-precision loss MSE such as 10%\n")
+                        "or a percentage of the fastest plan's loss MSE such as 10%\n")
     r = run(*base, "--max-loss-mse", "1", "--pin", "lm_head")
     assert r.output == "Error: cannot read pin 'lm_head': expected PATTERN=PRECISION, e.g. lm_head=fp32\n"
     r = run("plan", "nope", "--shape", m.shape, "--max-loss-mse", "1", "--db", url)
