@@ -102,18 +102,23 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+DEPLOYMENT_KEYS = {"eager": "eager-linked", "compiled": "compiled-linked"}
+"""How deployed layers run, part of the fingerprint: eager kernels or ``torch.compile``, both
+with linked layers (one input conversion per shared tensor, float chains without casts);
+timings of an older, unlinked deployment never mix with these."""
+
+
 def local_device(kind: str = "cpu", index: int = 0, deployment: str = "eager") -> DeviceInfo:
     """The fingerprintable identity of this machine's ``kind`` device (cpu, cuda or hpu).
 
     ``deployment="compiled"`` (the deployed model under ``torch.compile``) is a different
     device row: its timings differ, so they never mix with the eager ones."""
     sw = software_stack()
-    if deployment != "eager":
-        if deployment != "compiled":
-            from hwcost.errors import HwcostError
+    if deployment not in DEPLOYMENT_KEYS:
+        from hwcost.errors import HwcostError
 
-            raise HwcostError(f"unknown deployment {deployment!r}; known: eager, compiled")
-        sw["deployment"] = "compiled"
+        raise HwcostError(f"unknown deployment {deployment!r}; known: eager, compiled")
+    sw["deployment"] = DEPLOYMENT_KEYS[deployment]
     if kind == "cpu":
         name, flags = cpu_model_and_flags()
         return DeviceInfo("cpu", name, cpu_threads(), flags, sw)

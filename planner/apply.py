@@ -242,7 +242,8 @@ def plan_deployment(store, device_fingerprint: str) -> str:
         dev = store.get_device(device_fingerprint)
     except (NoSuchDevice, StoreError):
         return "eager"
-    return json.loads(dev.software or "{}").get("deployment", "eager")
+    key = json.loads(dev.software or "{}").get("deployment", "eager")
+    return "compiled" if key.startswith("compiled") else "eager"
 
 
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,

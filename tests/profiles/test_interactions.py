@@ -133,7 +133,8 @@ def test_gpt2_conv1d_chain():
 def test_compiled_deployment_has_its_own_device_key():
     eager, compiled = local_device("cpu"), local_device("cpu", deployment="compiled")
     assert eager.fingerprint != compiled.fingerprint
-    assert compiled.software["deployment"] == "compiled"
+    assert compiled.software["deployment"] == "compiled-linked"
+    assert eager.software["deployment"] == "eager-linked"
 
 
 @pytest.mark.slow
