@@ -200,8 +200,10 @@ def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: st
               f"calibration sequences of {prep.calib.source} (one forward+backward pass each)")
         sens = compute_and_store(store, None, CalibSpec(), precisions_list, "taylor",
                                  prepared=prep, progress=progress)
-    for w in _same_data_warning(calib or default_calib_path(model_spec), eval_data,
-                                model_spec):
+    # a factory's own calibration batches (extras["calibration"]) name no file to compare
+    calib_file = calib or (None if getattr(loaded, "calibration", None) is not None
+                           else default_calib_path(model_spec))
+    for w in _same_data_warning(calib_file, eval_data, model_spec) if calib_file else []:
         _step(w)
         warnings.append(w)
     times["sensitivity"] = time.perf_counter() - t0
