@@ -181,7 +181,8 @@ def worker(args) -> dict:
     # short still has it
     ids = torch.from_numpy(np.load(calib))
     _reset_peak()
-    row["fwd_bwd_peak_rss"] = fwd_bwd_peak(ckpt, [ids[:calib_batch]])
+    if not args.no_reference:
+        row["fwd_bwd_peak_rss"] = fwd_bwd_peak(ckpt, [ids[:calib_batch]])
     _reset_peak()
     row["base_rss"] = _status("VmRSS")
 
@@ -318,6 +319,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--partial", help="worker: write the row so far here after every step")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="worker: skip the fwd+bwd reference (measured by a --memory-only run)")
     ap.add_argument("--memory-only", action="store_true",
                     help="worker: load, partition and one sensitivity batch, no timings")
     ap.add_argument("--collect", action="store_true",
@@ -373,6 +376,14 @@ def _collect() -> list[dict]:
     return sorted(rows, key=lambda r: r["params"])
 
 
+def _memory_rows() -> dict[int, dict]:
+    out = {}
+    for f in sorted(RESULTS.glob("scale_memory_h*.json")):
+        r = json.loads(f.read_text())
+        out[r["hidden"]] = r
+    return out
+
+
 def _report(rows: list[dict]) -> int:
     big = max(rows, key=lambda r: r["params"])
     steps = big.get("steps", {})
@@ -383,7 +394,14 @@ def _report(rows: list[dict]) -> int:
     peaks = [v["peak_rss"] for v in steps.values() if "peak_rss" in v]
     rss_ratio = max(peaks) / big["weights_fp32"] if peaks else float("nan")
     sens = steps.get("sensitivity", {}).get("peak_rss")
-    sens_ratio = sens / big["fwd_bwd_peak_rss"] if sens else float("nan")
+    ref = big.get("fwd_bwd_peak_rss")
+    mem = _memory_rows()
+    sens_src = "the run"
+    if (sens is None or ref is None) and big["hidden"] in mem:  # the memory-only run's figures
+        m = mem[big["hidden"]]
+        sens, ref, sens_src = (m["steps"]["sensitivity"]["peak_rss"], m["fwd_bwd_peak_rss"],
+                               f"the memory-only run (one batch of {m['calib_batch']})")
+    sens_ratio = sens / ref if sens and ref else float("nan")
     doc = {"rows": rows, "shape": SHAPE, "calib_samples": CALIB_SAMPLES,
            "eval_samples": EVAL_SAMPLES, "finished": finished,
            "targets": {"scale_1b_main_job_minutes": minutes,
@@ -408,6 +426,19 @@ def _report(rows: list[dict]) -> int:
            f"min, run peak {r['run_peak_rss'] / GiB:.2f} GiB = "
            f"{r['run_peak_rss'] / r['weights_fp32']:.2f} x fp32 weights, plan {r['plan_counts']}"
            for r in rows if "total_s" in r]
+    if mem:
+        md += ["", "## Memory-only runs", "",
+               "Load, partition and the sensitivity pass on one calibration batch (its peak is "
+               "per batch) through the library calls `hwcost run` makes, and the reference: one "
+               "plain forward+backward of the same batch with parameter gradients, as a training "
+               "step computes them. For a machine too loaded to finish the whole job in time.", "",
+               *table(list(mem.values())), ""]
+        md += [f"- hidden {m['hidden']}: sensitivity peak / fwd+bwd peak = "
+               f"{m['steps']['sensitivity']['peak_rss'] / m['fwd_bwd_peak_rss']:.2f}, "
+               f"sensitivity peak / fp32 weights = "
+               f"{m['steps']['sensitivity']['peak_rss'] / m['weights_fp32']:.2f}"
+               for m in mem.values()]
+    md += ["", f"Sensitivity memory target from {sens_src}."]
     (RESULTS / "scale.md").write_text("\n".join(md) + "\n")
     note = "" if finished else (" (run not finished: steps done so far)"
                                 if big["params"] >= 5e8 else " (no 1B-class model measured)")
@@ -417,7 +448,7 @@ def _report(rows: list[dict]) -> int:
     print(f"target: scale_peak_rss_over_weights = {rss_ratio:.2f} x (goal <= 2.0) "
           f"{'met' if finished and rss_ratio <= 2.0 else 'missed'}")
     print(f"target: scale_sensitivity_mem_over_fwd_bwd = {sens_ratio:.2f} x (goal <= 1.3) "
-          f"{'met' if sens is not None and big['params'] >= 5e8 and sens_ratio <= 1.3 else 'missed'}")
+          f"{'met' if sens and big['params'] >= 5e8 and sens_ratio <= 1.3 else 'missed'}")
     return 0
 
 
