@@ -74,10 +74,11 @@ def test_campaign_measures_decode_shapes_and_the_whole_step(store):
     rep = run_campaign(store, lm, "cpu", ["batch=1,seq=8", DECODE], precisions="fp32,bf16",
                        threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
     assert rep.failed == 0 and rep.measured == rep.tasks == 40, rep.errors
-    costs = store.model_costs(rep.model_fingerprint, rep.device, DECODE)
+    # quick timings: stored, but planned on only when asked
+    costs = store.model_costs(rep.model_fingerprint, rep.device, DECODE, allow_unstable=True)
     assert len(costs) == 2 * (8 + 2 + 8) + 2 and all(c.median_us > 0 for c in costs)
     dev = store.get_device(rep.device)
-    lat = store.model_latency(rep.model_id, dev.id, DECODE, "all:fp32")
+    lat = store.model_latency(rep.model_id, dev.id, DECODE, "all:fp32", allow_unstable=True)
     assert lat is not None and lat.median_us == rep.baseline_us[DECODE] > 0
 
 
