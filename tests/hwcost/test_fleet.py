@@ -132,17 +132,50 @@ def test_kill_half_the_workers_then_restart_every_task_measured_once(store_url, 
         assert stored == queue.task_workers(s, cid)
 
 
+def _v1_campaign(url: str) -> tuple[int, int]:
+    """A real schema-1 store (the frozen v1 layout) holding a campaign of 4 (subgraph, shape)
+    groups of 3 configs, in the states a v1 queue left them: one group with a failed task, one
+    claimed by a worker (no heartbeat: v1 had none), one done, one pending."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert
+
+    from hwcost.opening import _make_engine
+    from tests.hwcost.schema_v1 import V1
+
+    t0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    eng = _make_engine(url)
+    V1.metadata.create_all(eng)
+    t = V1.metadata.tables
+    states = [["failed", "done", "done"], ["claimed"] * 3, ["done"] * 3, ["pending"] * 3]
+    with eng.begin() as c:
+        c.execute(insert(t["meta"]), [{"key": "schema_version", "value": "1"}])
+        c.execute(insert(t["device"]), [{"id": 1, "fingerprint": DEV.fingerprint, "kind": "cpu",
+                                         "name": DEV.name, "flags": "[]", "software": "{}",
+                                         "peaks": "{}", "source": "local", "created_at": t0}])
+        c.execute(insert(t["subgraph"]), [{"id": i + 1, "signature": f"fleet{i:04d}",
+                                           "kind": "Linear", "n_slots": 1, "slots": "[]",
+                                           "extra": "{}", "created_at": t0} for i in range(4)])
+        c.execute(insert(t["campaign"]), [{"id": 1, "name": "fleet", "device_id": 1,
+                                           "shapes": "[]", "precisions": "[]",
+                                           "created_at": t0}])
+        c.execute(insert(t["campaign_task"]), [
+            {"id": 3 * g + k + 1, "campaign_id": 1, "subgraph_id": g + 1, "shape": SHAPE,
+             "config": CONFIGS[k], "state": st,
+             "worker": None if st == "pending" else "b",
+             "claimed_at": None if st == "pending" else t0,
+             "error": "boom" if st == "failed" else None}
+            for g, row in enumerate(states) for k, st in enumerate(row)])
+        if c.dialect.name == "postgresql":  # ids were given: move the sequences on
+            for n in ("device", "subgraph", "campaign", "campaign_task"):
+                c.execute(text(f"SELECT setval(pg_get_serial_sequence('{n}', 'id'), "
+                               f"(SELECT MAX(id) FROM {n}))"))
+    eng.dispose()
+    return 1, 12
+
+
 def test_a_v1_campaign_gains_units_when_upgraded(store_url):
-    cid, n = _campaign(store_url, 4)
-    with open_store(store_url) as s:
-        (u,) = queue.claim(s, cid, "a")
-        queue.complete_unit(s, u, "a", [], {u.tasks[0].id: "boom"})
-        queue.claim(s, cid, "b")  # a v1 claim: released by the upgrade (it has no heartbeat)
-        (done,) = queue.claim(s, cid, "c")
-        queue.complete_unit(s, done, "c")
-        with s.engine.begin() as c:  # back to the v1 layout
-            c.execute(text("DROP TABLE campaign_unit"))
-            c.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    cid, n = _v1_campaign(store_url)
     with open_store(store_url) as s:
         assert s.schema_version() >= 2
         p = queue.progress(s, cid)
