@@ -41,7 +41,7 @@ def test_doctor_json():
     assert cpu["usable"] is True
     assert [(p["precision"], p["weight_dtype"]) for p in cpu["precisions"]] == [
         ("fp32", "float32"), ("bf16", "bfloat16"), ("int8", "int8"),
-        ("fp8_e4m3", "float8_e4m3fn")]
+        ("fp8_e4m3", "float8_e4m3fn"), ("int8_wo", "int8"), ("int4_wo", "uint8")]
     assert report["versions"]["torch"]
     for b in report["backends"]:
         assert b["usable"] or b["reason"]
