@@ -111,6 +111,9 @@ def test_usage_errors(model_dir, sqlite_url):
     assert res.output == ("Error: --calib DATA is required for a model other than the demo model "
                           "(a .txt file, or token ids [N, T] in .safetensors/.npy), or a factory "
                           "returning extras['calibration']\n")
+    res = _invoke("sensitivity", "show", "nope", "--db", sqlite_url)  # read-only: no store made
+    assert res.exit_code == 1 and res.output.startswith("Error: no store at ")
+    assert _invoke("db", "init", "--db", sqlite_url).exit_code == 0
     res = _invoke("sensitivity", "show", "nope", "--db", sqlite_url)
     assert res.exit_code == 1
     assert res.output.startswith("Error: no model 'nope' in the store")
