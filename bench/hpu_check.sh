@@ -29,15 +29,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}
 rm -f "$OUT/store.db"
 
-step() {  # step NAME TIMEOUT_S COMMAND...
-    local name=$1 limit=$2; shift 2
-    local t0=$SECONDS
-    echo "== $name" >&2
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    local rc=$?
-    echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$SUMMARY"
-    return 0
-}
+# shellcheck source=bench/check_steps.sh
+. bench/check_steps.sh
 
 # the Gaudi container has torch and habana_frameworks; add hwcost without touching torch
 step install 300 bash -c "$PY -m pip install -q --no-deps -e . && $PY -m pip install -q \
@@ -70,20 +63,4 @@ PYEOF
 step run_demo 600 $PY -m hwcost.cli run --device hpu --shape batch=1,seq=128 --quick \
     --out "$OUT/demo" --json
 cp "$OUT/run_demo.log" "$OUT/run_demo.json" 2>/dev/null
-step build_1b 120 $PY bench/scale.py --build 2048 --out /tmp/hwcost-llama-1b --layers 16 --vocab 32000
-$PY - <<'PYEOF'
-import numpy as np
-rng = np.random.default_rng(0)
-np.save("/tmp/hwcost-1b-calib.npy", rng.integers(0, 32000, (64, 128)))
-np.save("/tmp/hwcost-1b-eval.npy", rng.integers(0, 32000, (32, 128)))
-PYEOF
-step run_1b 900 $PY -m hwcost.cli run /tmp/hwcost-llama-1b --device hpu --shape batch=1,seq=128 \
-    --quick --calib /tmp/hwcost-1b-calib.npy --eval-data /tmp/hwcost-1b-eval.npy \
-    --out "$OUT/llama1b" --json
-cp "$OUT/run_1b.log" "$OUT/run_1b.json" 2>/dev/null
-for table in measurement model_latency plan validation device; do
-    step "table_$table" 10 $PY -m hwcost.cli db query "SELECT * FROM $table" --json
-    mv "$OUT/table_$table.log" "$OUT/$table.json" 2>/dev/null
-done
-echo "results in $OUT; commit them (and say in docs/backends.md that HPU was checked)" >&2
-cat "$SUMMARY"
+run_1b_and_tables hpu 120 900 10
