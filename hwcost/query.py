@@ -12,8 +12,12 @@ Besides the store's own tables (``device``, ``subgraph``, ``measurement``, ...),
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +160,8 @@ def run_query(store, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
         timer = threading.Timer(timeout_s, con.interrupt)
         timer.start()
         try:
-            cur = con.execute(sql)
+            with _ctrl_c_interrupts(con):
+                cur = con.execute(sql)
             columns = [d[0] for d in cur.description]
             rows = cur.fetchmany(MAX_ROWS + 1)
             if len(rows) > MAX_ROWS:
@@ -183,6 +188,35 @@ def run_query(store, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
         raise QueryTimeout("query interrupted (Ctrl-C); nothing was changed") from None
     finally:
         con.close()
+
+
+@contextmanager
+def _ctrl_c_interrupts(con) -> Iterator[None]:
+    """Make Ctrl-C stop a running DuckDB query at once. While the main thread sits in DuckDB's
+    C code, Python's SIGINT handler cannot run until the query returns (after --timeout); the C
+    level handler still writes to the wakeup fd, so a watcher thread reading it interrupts the
+    query. The KeyboardInterrupt itself follows when control returns to Python."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    previous = signal.set_wakeup_fd(w)
+
+    def watch() -> None:
+        while data := os.read(r, 64):
+            if signal.SIGINT in data:
+                con.interrupt()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(w)  # EOF ends the watcher
+        watcher.join()
+        os.close(r)
 
 
 def _memory(limit: str) -> str:
