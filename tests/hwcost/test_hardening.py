@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -261,8 +261,6 @@ def test_ctrl_c_during_a_query_is_one_line(sqlite_url):
          "SELECT count(*) FROM range(1e15::BIGINT) a, range(10) b"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        import time
-
         time.sleep(4.0)  # past the interpreter's start and into the query
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
