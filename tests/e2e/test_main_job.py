@@ -38,6 +38,9 @@ def test_run_goes_from_nothing_to_a_validated_plan_and_reuses_it(tmp_path, sqlit
     assert plan["type"] == "hwcost.plan" and plan["data"]["layers"] == s1["layers"]
     assert Path(s1["plot_file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    with open_store(sqlite_url) as s:  # the closed loop may store a re-planned round or two
+        first_plans = len(s.plans_for(s.get_model(s1["model_fingerprint"]).id,
+                                      s.get_device(s1["device"]).id, "batch=1,seq=16"))
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
     s2 = json.loads(second.output[second.output.index("{"):])
@@ -50,7 +53,8 @@ def test_run_goes_from_nothing_to_a_validated_plan_and_reuses_it(tmp_path, sqlit
     with open_store(sqlite_url) as s:
         model = s.get_model(s1["model_fingerprint"])
         dev = s.get_device(s1["device"])
-        assert len(s.plans_for(model.id, dev.id, "batch=1,seq=16")) == 1  # nothing duplicated
+        # nothing duplicated by the second run
+        assert len(s.plans_for(model.id, dev.id, "batch=1,seq=16")) == first_plans >= 1
 
 
 def test_run_refuses_an_impossible_bound_with_one_line(tmp_path, sqlite_url):
