@@ -19,17 +19,9 @@
 # Everything lands in bench/results/cuda/ (summary.txt lists each step's status and time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=bench/results/cuda
-mkdir -p "$OUT"
-SUMMARY="$OUT/summary.txt"
-: > "$SUMMARY"
-PY=${PYTHON:-python3}
-export HWCOST_DB="sqlite:///$PWD/$OUT/store.db"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-rm -f "$OUT/store.db"
-
 # shellcheck source=bench/check_steps.sh
 . bench/check_steps.sh
+init_check bench/results/cuda
 
 if [ -z "${HWCOST_NO_VENV:-}" ]; then
     $PY -m venv .venv-cuda && . .venv-cuda/bin/activate && PY=python

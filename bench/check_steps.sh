@@ -1,5 +1,16 @@
-# Shared by bench/accel_check.sh and bench/hpu_check.sh (sourced, not run): the step runner and
-# the steps both devices take the same way. The caller sets OUT, SUMMARY and PY first.
+# Shared by bench/accel_check.sh and bench/hpu_check.sh (sourced, not run): the set-up, the step
+# runner and the steps both devices take the same way.
+
+init_check() {  # init_check OUT_DIR: fresh summary and store under OUT_DIR; sets OUT, SUMMARY, PY
+    OUT=$1
+    mkdir -p "$OUT"
+    SUMMARY="$OUT/summary.txt"
+    : > "$SUMMARY"
+    PY=${PYTHON:-python3}
+    export HWCOST_DB="sqlite:///$PWD/$OUT/store.db"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    rm -f "$OUT/store.db"
+}
 
 step() {  # step NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, record rc and time, go on
     local name=$1 limit=$2; shift 2

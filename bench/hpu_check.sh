@@ -19,18 +19,10 @@
 # Everything lands in bench/results/hpu/ (summary.txt lists each step's status and time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=bench/results/hpu
-mkdir -p "$OUT"
-SUMMARY="$OUT/summary.txt"
-: > "$SUMMARY"
-PY=${PYTHON:-python3}
-export HWCOST_DB="sqlite:///$PWD/$OUT/store.db"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}
-rm -f "$OUT/store.db"
-
 # shellcheck source=bench/check_steps.sh
 . bench/check_steps.sh
+init_check bench/results/hpu
+export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}
 
 # the Gaudi container has torch and habana_frameworks; add hwcost without touching torch
 step install 300 bash -c "$PY -m pip install -q --no-deps -e . && $PY -m pip install -q \

@@ -67,6 +67,16 @@ def host_name() -> str:
 # ---------------------------------------------------------------- data crossing the boundary
 
 
+
+def timing_problem(t) -> str | None:
+    """What is out of its stored range in a timing (a measurement or a whole-model latency):
+    median and spread in microseconds, sample count, time taken; None when all is in range."""
+    return (float_problem("median_us", t.median_us, LATENCY_MAX_US)
+            or float_problem("spread_us", t.spread_us, LATENCY_MAX_US)
+            or int_problem("n_samples", t.n_samples, 1)
+            or ts_problem("measured_at", t.measured_at))
+
+
 @dataclass(frozen=True)
 class SlotInfo:
     """One quantizable layer position inside a subgraph (structure only, no names)."""
@@ -172,10 +182,7 @@ class MeasurementIn:
             raise InvalidMeasurement(f"median_us=0 for {self.signature[:12]}: a run cannot be free")
         if self.n_samples < 1:
             raise InvalidMeasurement(f"n_samples={self.n_samples} must be >= 1")
-        problem = (float_problem("median_us", self.median_us, LATENCY_MAX_US)
-                   or float_problem("spread_us", self.spread_us, LATENCY_MAX_US)
-                   or int_problem("n_samples", self.n_samples, 1)
-                   or ts_problem("measured_at", self.measured_at))
+        problem = timing_problem(self)
         if problem:
             raise InvalidMeasurement(f"{problem} for {self.signature[:12]} {self.shape}")
         if self.baseline_us is not None and not (math.isfinite(self.baseline_us)
@@ -548,10 +555,7 @@ class Store:
             v = getattr(row, name)
             if v is None or math.isnan(v) or math.isinf(v) or v < 0:
                 raise InvalidMeasurement(f"{name}={v!r} is not a finite non-negative latency")
-        problem = (float_problem("median_us", row.median_us, LATENCY_MAX_US)
-                   or float_problem("spread_us", row.spread_us, LATENCY_MAX_US)
-                   or int_problem("n_samples", row.n_samples, 1)
-                   or ts_problem("measured_at", row.measured_at))
+        problem = timing_problem(row)
         if problem:
             raise InvalidMeasurement(f"model latency {problem}")
         data = row.model_dump(exclude={"id"})
