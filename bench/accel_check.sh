@@ -28,12 +28,12 @@ if [ -z "${HWCOST_NO_VENV:-}" ]; then
     step install 180 bash -c "pip install -q --upgrade pip && pip install -q torch && pip install -q -e '.[torch,test]'"
 fi
 step gpu 10 nvidia-smi
-step doctor 30 $PY -m hwcost.cli doctor --json
+step doctor 30 $PY -m hwcost.app doctor --json
 cp "$OUT/doctor.log" "$OUT/doctor.json" 2>/dev/null
 step backend_tests 80 $PY -m pytest -q -p no:cacheprovider -k "cuda" \
     tests/profiles/test_backends.py tests/profiles/test_emulation_matches_deployment.py \
     --junitxml="$OUT/backend_tests.xml"
-step run_demo 60 $PY -m hwcost.cli run --device cuda --shape batch=1,seq=128 --quick \
+step run_demo 60 $PY -m hwcost.app run --device cuda --shape batch=1,seq=128 --quick \
     --out "$OUT/demo" --json
 cp "$OUT/run_demo.log" "$OUT/run_demo.json" 2>/dev/null
 run_1b_and_tables cuda 30 120 5

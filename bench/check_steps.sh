@@ -32,12 +32,12 @@ rng = np.random.default_rng(0)
 np.save("/tmp/hwcost-1b-calib.npy", rng.integers(0, 32000, (64, 128)))
 np.save("/tmp/hwcost-1b-eval.npy", rng.integers(0, 32000, (32, 128)))
 PYEOF
-    step run_1b "$3" $PY -m hwcost.cli run /tmp/hwcost-llama-1b --device "$device" \
+    step run_1b "$3" $PY -m hwcost.app run /tmp/hwcost-llama-1b --device "$device" \
         --shape batch=1,seq=128 --quick --calib /tmp/hwcost-1b-calib.npy \
         --eval-data /tmp/hwcost-1b-eval.npy --out "$OUT/llama1b" --json
     cp "$OUT/run_1b.log" "$OUT/run_1b.json" 2>/dev/null
     for table in measurement model_latency plan validation device; do
-        step "table_$table" "$4" $PY -m hwcost.cli db query "SELECT * FROM $table" --json
+        step "table_$table" "$4" $PY -m hwcost.app db query "SELECT * FROM $table" --json
         mv "$OUT/table_$table.log" "$OUT/$table.json" 2>/dev/null
     done
     echo "results in $OUT; commit them (and say in docs/backends.md that $device was checked)" >&2

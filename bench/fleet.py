@@ -102,7 +102,7 @@ def run_noop(url: str, procs: int, n_units: int, slots: int, tmp: Path) -> dict:
 def run_real(url: str, procs: int, seconds: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HWCOST_DB": url}
     open_store(url).close()
-    cmd = [sys.executable, "-m", "hwcost.cli", "profile", "--threads", "1", "--campaign", "real",
+    cmd = [sys.executable, "-m", "hwcost.app", "profile", "--threads", "1", "--campaign", "real",
            "--json"]
     ps = [subprocess.Popen([*cmd, "--worker", f"r{i}"], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

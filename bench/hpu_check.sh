@@ -29,7 +29,7 @@ step install 300 bash -c "$PY -m pip install -q --no-deps -e . && $PY -m pip ins
     sqlmodel sqlalchemy duckdb pyarrow ortools scikit-learn click platformdirs tqdm matplotlib \
     'psycopg[binary]' transformers safetensors pytest hypothesis 'neural-compressor-pt>=3.10'"
 step hl_smi 10 hl-smi
-step doctor 60 $PY -m hwcost.cli doctor --json
+step doctor 60 $PY -m hwcost.app doctor --json
 cp "$OUT/doctor.log" "$OUT/doctor.json" 2>/dev/null
 step backend_tests 300 $PY -m pytest -q -p no:cacheprovider -k "hpu" \
     tests/profiles/test_backends.py tests/profiles/test_emulation_matches_deployment.py \
@@ -52,7 +52,7 @@ print(f"device {hpu.available()[1]}, fp8 range {hpu.fp8_max()}")
 print(f"fp8 4096x4096 x 2048 tokens: {plain:.0f} us with synchronize() alone, "
       f"{marked:.0f} us with mark_step()+synchronize()")
 PYEOF
-step run_demo 600 $PY -m hwcost.cli run --device hpu --shape batch=1,seq=128 --quick \
+step run_demo 600 $PY -m hwcost.app run --device hpu --shape batch=1,seq=128 --quick \
     --out "$OUT/demo" --json
 cp "$OUT/run_demo.log" "$OUT/run_demo.json" 2>/dev/null
 run_1b_and_tables hpu 120 900 10

@@ -73,7 +73,7 @@ def _run_worker(args: list[str], env: dict[str, str], name: str) -> dict:
     """Inside a Ray task: run one ``hwcost profile --worker`` and return its outcome."""
     env = {**os.environ, **env, "HWCOST_HOST": env.get("HWCOST_HOST") or
            f"{socket.gethostname()}-{name}"}
-    proc = subprocess.run([sys.executable, "-m", "hwcost.cli", *args, "--worker", name, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hwcost.app", *args, "--worker", name, "--json"],
                           env=env, capture_output=True, text=True)
     out = {"name": name, "node": socket.gethostname(), "returncode": proc.returncode}
     if proc.returncode == 0:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HIDE = ("import sys\n"
         "for name in ('torch', 'transformers', 'torchao', 'safetensors'):\n"
         "    sys.modules[name] = None  # import fails with ModuleNotFoundError, as if absent\n"
-        "from hwcost.cli.main import cli\n"
+        "from hwcost.app.main import cli\n"
         "cli(sys.argv[1:], prog_name='hwcost')\n")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.store import open_store
 
 

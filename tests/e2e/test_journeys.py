@@ -41,7 +41,7 @@ def env(tmp_path_factory) -> dict:
 def hwcost(env: dict, *args: str, check: bool = True, timeout: int = 600
            ) -> subprocess.CompletedProcess:
     """Run the ``hwcost`` command as a user would, in its own process."""
-    proc = subprocess.run([sys.executable, "-m", "hwcost.cli", *args], env=env, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hwcost.app", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"hwcost {' '.join(args)}\n{proc.stderr[-3000:]}"
@@ -49,7 +49,7 @@ def hwcost(env: dict, *args: str, check: bool = True, timeout: int = 600
 
 
 def worker(env: dict, url: str, name: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hwcost.cli", "profile", "tests.factories:tiny", "--db", url,
+    cmd = [sys.executable, "-m", "hwcost.app", "profile", "tests.factories:tiny", "--db", url,
            "--precisions", PRECISIONS, "--threads", "1", "--quick", "--group", "2",
            "--worker", name, "--campaign", "fleet", "--json", *extra]
     for s in SHAPES:
@@ -132,7 +132,7 @@ def test_laptop_plans_from_a_bundle_without_torch(fleet, tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import sys\n"
-        "from hwcost.cli.main import cli\n"
+        "from hwcost.app.main import cli\n"
         "try:\n"
         "    cli(sys.argv[1:], standalone_mode=False)\n"
         "finally:\n"

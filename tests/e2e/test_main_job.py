@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.store import open_store
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
-from hwcost.cli.run import RunSummary, _same_data_warning, summary_lines
+from hwcost.app.main import cli
+from hwcost.app.run import RunSummary, _same_data_warning, summary_lines
 
 
 def test_same_data_warning(tmp_path):

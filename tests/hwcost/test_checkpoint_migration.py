@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, insert, select, text
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.errors import HwcostError, SensitivityError
 from hwcost.opening import _make_engine
 from hwcost.quantizer import DEFAULT

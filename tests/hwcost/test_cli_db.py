@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.exchange import read_bundle
 from hwcost.schema import SCHEMA_VERSION as V
 from hwcost.store import open_store

@@ -260,7 +260,7 @@ s = open_store({store_url!r})
 sub = SubgraphInfo("m", "MLP", (SlotInfo("Linear", 64, 64),), {{}})
 s.put_model("fp", "tiny", [sub], [ManifestItem(0, "m", ("fc",))])
 tab = model_table(s, "tiny", "Gaudi3", "batch=1,seq=16")
-import hwcost.cli.main
+import hwcost.app.main
 assert len(tab.entries[0].costs) == 2
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.device import DeviceInfo
 from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, SubgraphInfo, open_store
 

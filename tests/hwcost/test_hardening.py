@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
+from hwcost.app.main import cli
 from hwcost.bounds import BUNDLE_ROWS_MAX, INT_MAX
-from hwcost.cli.main import cli
 from hwcost.device import DeviceInfo
 from hwcost.errors import BundleInvalid, InvalidMeasurement, QueryTimeout, ReadOnlyViolation
 from hwcost.exchange import export_bundle, import_bundle, read_bundle, write_bundle
@@ -137,7 +137,7 @@ def test_a_huge_bundle_is_refused_from_its_footer_in_little_memory(sqlite_url, t
     assert big.stat().st_size < 8_000_000
     # peak RSS from VmHWM (ru_maxrss would carry pytest's own peak across fork + exec)
     code = ("import re; from click.testing import CliRunner; "
-            "from hwcost.cli.main import cli; "
+            "from hwcost.app.main import cli; "
             f"r = CliRunner().invoke(cli, ['db', 'import', {str(big)!r}, '--db', {store_url!r}]); "
             "print(r.exit_code); print(r.output.strip()); "
             "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])")
@@ -257,7 +257,7 @@ def test_ctrl_c_during_a_query_is_one_line(sqlite_url):
     with open_store(sqlite_url) as s:
         small_store(s)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hwcost.cli", "db", "query", "--db", sqlite_url, "--timeout", "60",
+        [sys.executable, "-m", "hwcost.app", "db", "query", "--db", sqlite_url, "--timeout", "60",
          "SELECT count(*) FROM range(1e15::BIGINT) a, range(10) b"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 import hwcost.opening
 import hwcost.schema
 from hwcost import migrations
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.errors import SchemaTooNew
 from hwcost.migrations import MIGRATIONS, schema_status
 from hwcost.store import open_store

@@ -170,7 +170,7 @@ def test_concurrent_threads_never_share_a_unit(store_url):
 def test_campaign_cli_status_retry_cancel(sqlite_url):
     from click.testing import CliRunner
 
-    from hwcost.cli.main import cli
+    from hwcost.app.main import cli
 
     with open_store(sqlite_url) as s:
         cid = _setup(s)

@@ -24,7 +24,7 @@ def test_a_local_ray_cluster_runs_a_campaign_to_completion(store_url):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "HWCOST_DB": store_url, "RAY_USAGE_STATS_ENABLED": "0"}
     res = subprocess.run(
-        [sys.executable, "-m", "hwcost.cli", "profile", "tests.factories:tiny", "--ray",
+        [sys.executable, "-m", "hwcost.app", "profile", "tests.factories:tiny", "--ray",
          "--ray-workers", "2", "--threads", "1", "--shape", "batch=1,seq=8",
          "--precisions", "fp32,bf16", "--quick", "--campaign", "raytest", "--json"],
         env=env, capture_output=True, text=True, cwd=REPO, timeout=240)
@@ -38,7 +38,7 @@ def test_a_local_ray_cluster_runs_a_campaign_to_completion(store_url):
     assert sum(w["measured"] for w in rep["workers"]) == 20  # each task measured once
     with open_store(store_url) as s:
         assert s.measurement_count() == 20
-    st = subprocess.run([sys.executable, "-m", "hwcost.cli", "campaign", "status", "raytest",
+    st = subprocess.run([sys.executable, "-m", "hwcost.app", "campaign", "status", "raytest",
                          "--json"], env=env, capture_output=True, text=True, cwd=REPO)
     status = json.loads(st.stdout)
     assert status["state"] == "complete"
@@ -48,7 +48,7 @@ def test_a_local_ray_cluster_runs_a_campaign_to_completion(store_url):
 def test_ray_needs_a_postgresql_store(sqlite_url):
     from click.testing import CliRunner
 
-    from hwcost.cli.main import cli
+    from hwcost.app.main import cli
 
     res = CliRunner().invoke(cli, ["profile", "--ray", "--db", sqlite_url])
     assert res.exit_code == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 
 READERS = [
     ["db", "ls"],

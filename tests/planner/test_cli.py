@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.store import open_store
 from planner.export import read_plan
 
@@ -150,7 +150,7 @@ NO_TORCH = r"""
 import sys
 import planner, hwcost
 from click.testing import CliRunner
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 args = sys.argv[1:]
 r = CliRunner().invoke(cli, args, catch_exceptions=False)
 assert r.exit_code == 0, r.output

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from hwcost.cli.main import cli  # noqa: E402
+from hwcost.app.main import cli  # noqa: E402
 from hwcost.errors import HwcostError, UnknownLayer  # noqa: E402
 from planner.deploy import deploy, deployed_layers, load_deployed, save_deployed  # noqa: E402
 from tests.factories import plan_for, tiny_qwen2  # noqa: E402

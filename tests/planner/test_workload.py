@@ -74,7 +74,7 @@ def test_a_decode_heavy_workload_plans_differently_from_prefill(store):
 def test_plan_cli_plans_a_workload_and_refuses_bad_workload_files(tiny_sqlite, tmp_path):
     from click.testing import CliRunner
 
-    from hwcost.cli.main import cli
+    from hwcost.app.main import cli
     from hwcost.store import open_store
 
     url, m = tiny_sqlite
@@ -105,7 +105,7 @@ def test_plan_cli_plans_a_workload_and_refuses_bad_workload_files(tiny_sqlite, t
 def test_run_refuses_a_workload_beyond_the_models_positions_before_storing(sqlite_url, tmp_path):
     from click.testing import CliRunner
 
-    from hwcost.cli.main import cli
+    from hwcost.app.main import cli
     from hwcost.store import open_store
 
     # the demo model has 512 positions: the last decode step of 500 + 20 would need 519

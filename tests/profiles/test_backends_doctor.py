@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-import hwcost.cli.doctor as doctor
-from hwcost.cli.main import cli
+import hwcost.app.doctor as doctor
+from hwcost.app.main import cli
 from profiles.backends import get_backend
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hwcost.cli.main import cli
+from hwcost.app.main import cli
 from hwcost.errors import UnknownPrecision
 from hwcost.store import open_store
 from profiles.campaign import QUICK_TIMING, campaign_tasks, run_campaign
@@ -106,7 +106,7 @@ def factory_env(tmp_path):
 
 
 def _profile_cmd(url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "from hwcost.cli.main import cli; cli()", "profile",
+    return [sys.executable, "-c", "from hwcost.app.main import cli; cli()", "profile",
             "tests.factories:tiny", "--db", url, "--shape", SHAPE, "--precisions",
             "fp32,bf16,int8", "--threads", "1", "--quick", "--json", *extra]
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import click
 
 from hwcost import __version__
-from hwcost.cli.campaign import campaign_cmd
-from hwcost.cli.costs import coverage_cmd
-from hwcost.cli.db import db_cmd
-from hwcost.cli.deploy import deploy_cmd
-from hwcost.cli.device import device_cmd
-from hwcost.cli.doctor import doctor_cmd
-from hwcost.cli.plan import export_plan_cmd, plan_cmd, validate_cmd
-from hwcost.cli.profile import profile_cmd
-from hwcost.cli.run import run_cmd
-from hwcost.cli.sensitivity import sensitivity_cmd
+from hwcost.app.campaign import campaign_cmd
+from hwcost.app.costs import coverage_cmd
+from hwcost.app.db import db_cmd
+from hwcost.app.deploy import deploy_cmd
+from hwcost.app.device import device_cmd
+from hwcost.app.doctor import doctor_cmd
+from hwcost.app.plan import export_plan_cmd, plan_cmd, validate_cmd
+from hwcost.app.profile import profile_cmd
+from hwcost.app.run import run_cmd
+from hwcost.app.sensitivity import sensitivity_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hwcost.cli.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
+from hwcost.app.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
 
 
 def plan_from_arg(plan: str, db_url: str | None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hwcost.cli.options import (
+from hwcost.app.options import (
     emit_json,
     handle_errors,
     json_option,
@@ -115,7 +115,7 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
 def _launch_ray(model, device, shape_list, precisions, campaign, max_configs, threads, group,
                 quick, stale_after, address, ray_workers, db_url, as_json) -> None:
     """``--ray``: the workers run on the cluster; this process only launches and follows."""
-    from hwcost.cli.options import progress_enabled
+    from hwcost.app.options import progress_enabled
     from hwcost.ray_launch import default_campaign, launch
     from hwcost.store import default_url
 

@@ -6,7 +6,7 @@ from importlib import metadata
 
 import click
 
-from hwcost.cli.options import emit_json, json_option
+from hwcost.app.options import emit_json, json_option
 
 # Packages whose presence and version decide what can be profiled and how fast.
 _PACKAGES = ("torch", "torchao", "transformers", "neural-compressor", "habana-torch-plugin",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hwcost.cli.options import (
+from hwcost.app.options import (
     device_option,
     emit_json,
     handle_errors,
@@ -217,7 +217,7 @@ def export_plan_cmd(plan, fmt, naming, output, db_url):
       hwcost export-plan plan.json --format inc --naming vllm -o quant_config.json
       hwcost export-plan 3 --format md
     """
-    from hwcost.cli.deploy import plan_from_arg
+    from hwcost.app.deploy import plan_from_arg
     from planner.export import export_text
 
     text = export_text(plan_from_arg(plan, db_url), fmt, naming)

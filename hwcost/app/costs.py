@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from hwcost.cli.options import (
+from hwcost.app.options import (
     emit_json,
     handle_errors,
     json_option,

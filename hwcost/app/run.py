@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hwcost.cli.options import (
+from hwcost.app.options import (
     emit_json,
     handle_errors,
     json_option,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hwcost.cli.costs import calibrate_cmd
-from hwcost.cli.options import (
+from hwcost.app.costs import calibrate_cmd
+from hwcost.app.options import (
     emit_json,
     handle_errors,
     json_option,

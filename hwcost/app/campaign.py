@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hwcost.cli.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
+from hwcost.app.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
 
 
 @click.group("campaign")
