@@ -1,0 +1,96 @@
+"""Import direction between the packages, read from the source with ``ast``.
+
+The composition root (``hwcost.app``: the CLI and the main job) sits on top and may import
+anything; no library module imports it. ``hwcost``'s own modules are the ground floor that
+``profiles``, ``sensitivity`` and ``planner`` build on, so they import none of those three. Imports
+inside functions count: a lazy import is still an arrow.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "hwcost.app"
+UPPER = ("profiles", "planner", "sensitivity")
+# The same packages under the one namespace they may be installed as.
+UPPER_NAMES = UPPER + tuple(f"hwcost.{p}" for p in UPPER)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """Every module ``source`` imports, anywhere in the file, as (line, absolute dotted name).
+
+    Relative imports are resolved against ``module``; ``importlib.import_module("x")`` with a
+    literal name counts too. ``from a import b`` yields both ``a`` and ``a.b`` (b may be a module).
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names if a.name != "*"]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", ""))
+              == "import_module" and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _library_files() -> list[Path]:
+    files = [p for pkg in ("hwcost", *UPPER) for p in sorted((ROOT / pkg).rglob("*.py"))]
+    return [p for p in files if not _within(_module_name(p), APP)]
+
+
+def _violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    out = []
+    for path in files:
+        name = _module_name(path)
+        for line, imported in imported_modules(path.read_text(), name, path.name == "__init__.py"):
+            if any(_within(imported, f) for f in forbidden):
+                out.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
+    return out
+
+
+def test_the_parser_sees_lazy_relative_and_dynamic_imports():
+    src = ("import os\n"
+           "def f():\n"
+           "    from ..app import main\n"
+           "    from . import store\n"
+           "    import importlib\n"
+           "    importlib.import_module('planner.solve')\n")
+    names = [n for _, n in imported_modules(src, "hwcost.sub.mod")]
+    assert names == ["os", "hwcost.app", "hwcost.app.main", "hwcost.sub", "hwcost.sub.store",
+                     "importlib", "planner.solve"]
+    assert _violations(sorted((ROOT / "hwcost" / "app").rglob("*.py")), UPPER_NAMES), \
+        "the composition root imports the upper packages, so the check must see it"
+
+
+def test_no_library_module_imports_the_composition_root():
+    files = _library_files()
+    assert len(files) > 50 and any(p.parent.name == "planner" for p in files)
+    assert _violations(files, (APP,)) == []
+
+
+def test_hwcost_core_imports_none_of_the_packages_above_it():
+    core = [p for p in _library_files() if _module_name(p).split(".")[0] == "hwcost"]
+    assert len(core) > 20
+    assert _violations(core, UPPER_NAMES) == []
+
