@@ -156,7 +156,7 @@ def worker(args) -> dict:
     import planner.solve  # noqa: F401
     import profiles.campaign  # noqa: F401
     import sensitivity.taylor  # noqa: F401
-    from hwcost.app.run import run_main_job
+    from hwcost.app.main_job import run_main_job
     from hwcost.store import open_store
     from profiles.memory import batch_within_budget, hf_parameter_count, saved_per_token, step_peaks
 

@@ -39,7 +39,7 @@ ALL_FP32 = "every layer kept in fp32 (no faster config measured): no ratio"
 
 def run_family(name: str) -> dict:
     """The main job on one family in a fresh SQLite store; what a user reads from it."""
-    from hwcost.app.run import run_main_job
+    from hwcost.app.main_job import run_main_job
     from hwcost.store import open_store
 
     spec = f"tests.zoo.families:{name}"

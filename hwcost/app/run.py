@@ -1,21 +1,14 @@
-"""``hwcost run``: the main job, from nothing to a validated mixed-precision plan.
-
-This command is the one composition root of the project: it chains the library steps of the
-other packages (each skips what the store already holds), so a second run reuses everything and
-finishes in seconds.
-"""
+"""``hwcost run``: the main job (:func:`hwcost.app.main_job.run_main_job`) from the command
+line; this module builds its options and prints its summary."""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import click
 
+from hwcost.app.main_job import MainJobOptions, RunSummary, run_main_job
 from hwcost.app.options import (
     emit_json,
     handle_errors,
@@ -24,378 +17,6 @@ from hwcost.app.options import (
     progress_enabled,
     store_option,
 )
-
-
-@dataclass
-class RunSummary:
-    """What ``hwcost run`` did and found; ``--json`` prints exactly this."""
-
-    model: str
-    model_fingerprint: str
-    checkpoint: str
-    quantizer: str
-    device: str
-    device_name: str
-    shape: str
-    threshold: str
-    measured_now: int
-    measurements_reused: int
-    sensitivity_reused: bool
-    plan_id: int
-    plan_reused: bool
-    layers: dict[str, str]
-    precision_counts: dict[str, int]
-    predicted_speedup: float
-    measured_speedup: float
-    predicted_loss_mse: float
-    measured_loss_mse: float
-    measured_share: float
-    baseline_us: float
-    plan_us: float
-    validation_id: int
-    validation_reused: bool
-    plan_file: str
-    plot_file: str
-    steps_s: dict[str, float] = field(default_factory=dict)
-    speedup_rel_error: float | None = None  # the plan's stated error of its prediction
-    slower_than_baseline: bool = False  # validation measured the plan slower: not a result
-    validation_stable: bool = True
-    allow_unstable: bool = False  # the plan may rest on quick or unstable timings
-    unstable_timings: int = 0  # this run's timings refused as good (unstable machine)
-    warnings: list[str] = field(default_factory=list)  # one line each, printed after the summary
-    notes: list[str] = field(default_factory=list)  # about the bound (planner.plans.bound_notes)
-    cost_sources: dict[str, int] = field(default_factory=dict)  # subgraph costs per source
-    bound_loss_mse: float | None = None  # the threshold's absolute value
-    p_not_fastest: float | None = None  # chance a rival plan is faster (noisy gains)
-    loop_rounds: list[dict] = field(default_factory=list)  # closed loop on the loss bound
-
-
-def _step(name: str) -> None:
-    click.echo(f"[hwcost run] {name}", err=True)
-
-
-def run_main_job(store: Any, model_spec: str | None, device_kind: str, shape: str,
-                 threshold_text: str, out_dir: Path, *, calib: str | None = None,
-                 eval_data: str | None = None, sweep_points: int = 12, samples: int = 32,
-                 quick: bool = False, progress: bool = False,
-                 calib_samples: int | None = None,
-                 on_step: Callable[[str], None] | None = None,
-                 threads: int | None = None, workload: str | None = None,
-                 precisions: str | None = None,
-                 allow_unstable: bool = False, measured_only: bool = False,
-                 deployment: str = "eager", max_rounds: int = 4) -> RunSummary:
-    """Profile what is missing, compute sensitivity if missing, plan, apply and validate;
-    when the measured loss MSE exceeds the bound, re-plan with the predictions scaled by the
-    measured ratio until it does not (:func:`planner.closed_loop.plan_within_bound`).
-
-    ``calib_samples`` (default 64) sequences of ``calib`` score the sensitivity; when neither
-    is given, a stored table of this checkpoint on other calibration data is reused.
-    ``on_step(name)`` is called as each step starts (``load``, ``partition``, ``profile``,
-    ``sensitivity``, ``plan``, ``validate``) and with ``done`` at the end: ``bench/scale.py``
-    measures each step's time and peak memory through it. ``threads``: CPU threads to time
-    with (default: the backend's, all usable CPUs).
-
-    With ``workload`` (``prompt=P,gen=G,batch=B`` or a JSON/CSV file) the plan optimises the
-    whole request: the campaign profiles the prefill shape and the decode KV buckets the
-    workload needs, the plan prices prefill plus every decode step, and validation times
-    real ``generate()`` calls; ``shape`` is then not used.
-
-    The plan rests on full, stable timings only, unless ``allow_unstable`` or ``quick``
-    (whose timings are quick by definition; the summary says so). One plan has one
-    prediction: a plan found again in the store is reported with its stored document."""
-    from hwcost.shape import parse_shape
-    from hwcost.workload import parse_workload, workload_shapes
-    from planner.apply import ValidationResult, validate_plan_on_device
-    from planner.objectives import parse_threshold
-    from planner.plans import make_plan, save_plan
-    from planner.plot import plot_frontier
-    from planner.problem import build_problem
-    from planner.sweep import sweep
-    from planner.workload import build_workload_problem
-    from profiles.backends import get_backend
-    from profiles.campaign import QUICK_TIMING, cut_model, profiled_precisions, run_campaign
-    from profiles.loading import load_model
-    from profiles.memory import device_available, require_fits
-    from profiles.placement import baseline_dtype, place
-    from sensitivity.pipeline import (
-        CalibSpec,
-        compute_and_store,
-        default_calib_path,
-        find_stored,
-        prepare,
-    )
-
-    wl = parse_workload(workload) if workload else None
-    shapes = list(workload_shapes(wl)) if wl else [parse_shape(shape).key]
-    shape = wl.shape_key if wl else shapes[0]  # what the plan targets and is stored under
-    threshold = parse_threshold(threshold_text)
-    times: dict[str, float] = {}
-
-    mark = on_step or (lambda _name: None)
-    mark("load")
-    t0 = time.perf_counter()
-    # everything that can be refused is refused before the model is read or the store written:
-    # a device that is not here, a checkpoint larger than the host (in load_model) or the card
-    backend = get_backend(device_kind)
-    backend.require()
-    dtype = baseline_dtype(backend.kind)
-    backend.check_dtype(dtype)  # a dtype the device lacks: one line, before anything is read
-    _step(f"loading model {model_spec or '(demo model)'} in {str(dtype).removeprefix('torch.')}")
-    loaded = load_model(model_spec, dtype=dtype)  # the one load of this run
-    if backend.device.type != "cpu":
-        require_fits(loaded.name, sum(p.numel() for p in loaded.model.parameters()), dtype,
-                     f"{backend.kind} device", device_available(backend))
-    for sh in shapes:  # a decode bucket beyond the model's positions: refused here
-        loaded.check_shape(sh)
-    precs = profiled_precisions(backend, precisions)
-    place(loaded.model, backend.device)
-    times["load"] = time.perf_counter() - t0
-
-    mark("partition")
-    t0 = time.perf_counter()
-    part = cut_model(loaded, shapes, backend, len(precs))  # the one cut
-    # calibration data and the loss are checked before anything is measured or stored
-    from profiles.memory import calib_batch_size
-
-    spec = CalibSpec(path=calib, samples=calib_samples or 64)
-    spec = CalibSpec(path=calib, samples=calib_samples or 64,
-                     batch_size=calib_batch_size(loaded.model, spec.seq_len, spec.batch_size))
-    prep = prepare(model_spec, spec, loaded=loaded, part=part)
-    times["partition"] = time.perf_counter() - t0
-
-    mark("profile")
-    t0 = time.perf_counter()
-    _step(f"profiling what the store lacks for {loaded.name} on {device_kind} at {shape}")
-    timing = QUICK_TIMING if quick else None
-    camp = run_campaign(store, loaded, device_kind, shapes, [p.value for p in precs],
-                        progress=progress, timing=timing, part=part, threads=threads,
-                        deployment=deployment)
-    if wl:
-        from planner.generate import measure_baseline
-
-        _step(f"timing generate() of the baseline for {wl.key} (reused when stored)")
-        measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device,
-                         camp.precisions[0], wl, threads=camp.threads,
-                         **(timing.kwargs() if timing else {}))
-    times["profile"] = time.perf_counter() - t0
-    warnings: list[str] = []
-    if camp.stability_line():
-        warnings.append(camp.stability_line())
-    allow = allow_unstable or quick
-    if quick and not allow_unstable:
-        warnings.append("--quick: the plan rests on quick timings (few samples, no waiting for "
-                        "a quiet machine); not numbers to keep")
-
-    mark("sensitivity")
-    t0 = time.perf_counter()
-    precisions_list = camp.precisions
-    sens = find_stored(store, prep, precisions_list, "taylor",
-                       any_calibration=calib is None and calib_samples is None)
-    if sens is not None:
-        _step(f"sensitivity: reusing the stored table for {', '.join(precisions_list)} "
-              f"(checkpoint {sens.checkpoint[:12]}, calibration "
-              f"{sens.table.calib_fingerprint[:12]}, {sens.table.n_samples} samples)")
-    else:
-        _step(f"sensitivity: computing {', '.join(precisions_list)} on {prep.calib.n_samples} "
-              f"calibration sequences of {prep.calib.source} (one forward+backward pass each)")
-        sens = compute_and_store(store, None, CalibSpec(), precisions_list, "taylor",
-                                 prepared=prep, progress=progress)
-    # a factory's own calibration batches (extras["calibration"]) name no file to compare
-    calib_file = calib or (None if getattr(loaded, "calibration", None) is not None
-                           else default_calib_path(model_spec))
-    for w in _same_data_warning(calib_file, eval_data, model_spec) if calib_file else []:
-        _step(w)
-        warnings.append(w)
-    times["sensitivity"] = time.perf_counter() - t0
-
-    mark("plan")
-    t0 = time.perf_counter()
-    ident = {"checkpoint": sens.table.checkpoint, "quantizer": sens.table.quantizer,
-             "allow_unstable": allow}
-    if wl:
-        problem, pricing = build_workload_problem(store, camp.model_fingerprint, camp.device, wl,
-                                                  precisions=precisions_list, **ident)
-        errs = [f"batch {b}: {e:.1%}" for b, e in pricing.interpolation_error.items()
-                if e is not None]
-        if errs:
-            _step(f"decode interpolation between KV buckets, leave-one-out error {', '.join(errs)}")
-    else:
-        problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
-                                precisions=precisions_list, **ident)
-    _step(f"planning for loss MSE <= {threshold.describe(problem)}")
-    result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
-                       problem=problem, measured=measured_only)
-    p_not_fastest = result.p_not_fastest
-    layers = dict(result.document["data"]["layers"])
-    prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers,
-                                 sens.table.checkpoint, sens.table.quantizer, quick)
-    plan_reused = prior is not None
-    if prior is None:
-        save_plan(store, result)
-    else:
-        # the stored plan, its document and its prediction: one plan, one prediction
-        result.plan_id = prior[0]
-        result.document = json.loads(store.get_plan(prior[0]).body)
-        result.document["data"]["plan_id"] = prior[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_file = out_dir / "plan.json"
-    plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
-    points = sweep(problem, sweep_points)
-    times["plan"] = time.perf_counter() - t0
-
-    mark("validate")
-    t0 = time.perf_counter()
-    pred = result.document["data"]["predicted"]
-    if prior is not None and prior[1] is not None:
-        _step("validation reused from the store (same plan, device and shape)")
-        v = prior[1]
-        r = ValidationResult(prior[0], v.id, camp.device, v.baseline_us, v.plan_us, 0.0, 0.0,
-                             v.measured_speedup, pred["speedup"], v.measured_loss_mse,
-                             pred["loss_mse"], v.n_eval_samples or 0, None, stable=v.stable,
-                             speedup_rel_error=pred.get("speedup_rel_error"))
-    else:
-        _step("applying the plan with real kernels and validating on held-out data")
-        r = validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
-                                    eval_data=eval_data, samples=samples, threads=threads,
-                                    timing=timing.kwargs() if timing else None, quick=quick)
-    times["validate"] = time.perf_counter() - t0
-
-    bound = result.solution.max_loss_mse
-    rounds: list[dict] = []
-    if bound is not None and r.measured_loss_mse > bound:
-        t0 = time.perf_counter()
-        _step(f"measured loss MSE {r.measured_loss_mse:.3g} is over the bound {bound:.3g}: "
-              "re-planning with the predictions scaled by the measured ratio")
-
-        def find(lay: dict[str, str]) -> Any:
-            return _find_validated_plan(store, camp.model_id, camp.device, shape, lay,
-                                        sens.table.checkpoint, sens.table.quantizer, quick)
-
-        loop = _close_loop(store, loaded, camp, shape, threshold, problem, result,
-                           r.measured_loss_mse, eval_data, samples, measured_only, max_rounds,
-                           find)
-        rounds = loop.to_dict()["rounds"]
-        if loop.result is not result:
-            result = loop.result
-            layers = dict(result.document["data"]["layers"])
-            prior = find(layers)
-            pred = result.document["data"]["predicted"]
-            if prior is not None and prior[1] is not None:  # validated by an earlier run
-                plan_reused = True
-                result.plan_id = prior[0]
-                result.document = json.loads(store.get_plan(prior[0]).body)
-                result.document["data"]["plan_id"] = prior[0]
-                pred = result.document["data"]["predicted"]
-                v = prior[1]
-                r = ValidationResult(prior[0], v.id, camp.device, v.baseline_us, v.plan_us, 0.0,
-                                     0.0, v.measured_speedup, pred["speedup"],
-                                     v.measured_loss_mse, pred["loss_mse"],
-                                     v.n_eval_samples or 0, None, stable=v.stable,
-                                     speedup_rel_error=pred.get("speedup_rel_error"))
-            else:
-                plan_reused, prior = False, None
-                save_plan(store, result)
-                r = validate_plan_on_device(store, result.document, result.plan_id,
-                                            loaded=loaded, eval_data=eval_data, samples=samples,
-                                            threads=threads,
-                                            timing=timing.kwargs() if timing else None,
-                                            quick=quick)
-            plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
-        times["closed_loop"] = time.perf_counter() - t0
-    warnings += r.warnings()
-    plot_file = plot_frontier(
-        points, out_dir / "pareto.png", title=f"{loaded.name} on {camp.device_name} ({shape})",
-        chosen=result.solution, bound=result.solution.max_loss_mse,
-        measured=[(r.measured_loss_mse, r.measured_speedup, f"plan {result.plan_id} validated")])
-    mark("done")
-
-    counts: dict[str, int] = {}
-    for p in layers.values():
-        counts[p] = counts.get(p, 0) + 1
-    return RunSummary(
-        model=loaded.name, model_fingerprint=camp.model_fingerprint,
-        checkpoint=sens.table.checkpoint, quantizer=sens.table.quantizer, device=camp.device,
-        device_name=camp.device_name, shape=shape, threshold=str(threshold),
-        measured_now=camp.measured, measurements_reused=camp.already,
-        sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
-        layers=layers, precision_counts=dict(sorted(counts.items())),
-        predicted_speedup=pred["speedup"], measured_speedup=r.measured_speedup,
-        predicted_loss_mse=pred["loss_mse"], measured_loss_mse=r.measured_loss_mse,
-        measured_share=pred["measured_share"], baseline_us=r.baseline_us,
-        plan_us=r.plan_us, validation_id=r.validation_id, validation_reused=prior is not None
-        and prior[1] is not None, plan_file=str(plan_file), plot_file=str(plot_file),
-        steps_s={k: round(v, 2) for k, v in times.items()},
-        speedup_rel_error=pred.get("speedup_rel_error"),
-        slower_than_baseline=r.slower_than_baseline, validation_stable=r.stable,
-        allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings,
-        notes=list(result.document["data"].get("notes") or []),
-        cost_sources=dict(sorted(result.solution.sources.items())),
-        bound_loss_mse=bound, p_not_fastest=p_not_fastest, loop_rounds=rounds)
-
-
-def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None) -> list[str]:
-    """A warning when the held-out data is the calibration data: the measured loss MSE is
-    then not measured on unseen data."""
-    if eval_data is None:
-        if model_spec:
-            return []
-        from profiles.loading import demo_model_dir
-
-        eval_data = str(demo_model_dir().parent / "corpus" / "test.txt")
-    try:
-        same = Path(calib).resolve() == Path(eval_data).resolve()
-    except OSError:
-        same = calib == eval_data
-    if not same:
-        return []
-    return [f"warning: held-out data {eval_data} is the calibration data: the measured loss MSE is "
-            "not on unseen samples (give --eval-data another file)"]
-
-
-def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, problem: Any,
-                first: Any, first_measured: float, eval_data: str | None, samples: int,
-                measured_only: bool, max_rounds: int, find: Callable) -> Any:
-    """Re-plan until the deployed loss MSE on held-out data is within the bound; plans that
-    an earlier run validated are not measured again."""
-    from planner.apply import eval_batches, loss_mse
-    from planner.closed_loop import plan_within_bound
-    from planner.plans import make_plan
-    from profiles.backends import get_backend
-
-    backend = get_backend(problem.device_kind)
-    batches = eval_batches(loaded, eval_data, samples)
-
-    def plan(scale: float) -> Any:
-        return make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
-                         problem=problem, measured=measured_only, loss_scale=scale)
-
-    def measure(layers: dict[str, str]) -> float:
-        prior = find(layers)
-        if prior is not None and prior[1] is not None:
-            return float(prior[1].measured_loss_mse)
-        return loss_mse(loaded, {"plan": layers}, batches, backend)["plan"]
-
-    return plan_within_bound(plan, measure, first.solution.max_loss_mse, max_rounds=max_rounds,
-                             first=first, first_measured=first_measured,
-                             report=lambda line: _step(f"closed loop {line}"))
-
-
-def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
-                         layers: dict[str, str], checkpoint: str, quantizer: str,
-                         quick: bool = False) -> tuple[int, Any] | None:
-    """An earlier plan of this checkpoint and quantizer with exactly these layer precisions,
-    and its latest validation measured with these weights. Another checkpoint's plan or
-    validation is never reused: the loss MSE depends on the weights. A quick run may
-    reuse any validation, a full run only a full one of a stable machine."""
-    dev = store.get_device(device)
-    for plan in store.plans_for(model_id, dev.id, shape, checkpoint=checkpoint,
-                                quantizer=quantizer):
-        body = json.loads(plan.body)
-        if dict(body.get("data", {}).get("layers", {})) == layers:
-            vals = [v for v in store.validations_for(plan.id, checkpoint=checkpoint)
-                    if quick or (v.stable and not v.quick)]
-            return plan.id, (vals[-1] if vals else None)
-    return None
 
 
 @click.command("run")
@@ -462,13 +83,16 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
       hwcost run --compiled --measured-only --max-loss-mse 5%
       hwcost run --workload prompt=256,gen=64,batch=8 --precisions fp32,bf16,int8_wo,int4_wo
     """
+    try:
+        options = MainJobOptions(
+            model, device_kind, shape, max_loss, Path(out_dir), calib=calib, eval_data=eval_data,
+            samples=samples, quick=quick, calib_samples=calib_samples, workload=workload,
+            precisions=precisions, allow_unstable=allow_unstable, measured_only=measured_only,
+            deployment="compiled" if compiled else "eager", max_rounds=max_rounds)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     with open_cli_store(db_url) as store:
-        s = run_main_job(store, model, device_kind, shape, max_loss, Path(out_dir),
-                         calib=calib, eval_data=eval_data, samples=samples, quick=quick,
-                         calib_samples=calib_samples,
-                         progress=progress_enabled(), workload=workload, precisions=precisions,
-                         allow_unstable=allow_unstable, measured_only=measured_only,
-                         deployment="compiled" if compiled else "eager", max_rounds=max_rounds)
+        s = run_main_job(store, options, progress=progress_enabled(), report=_report)
     if as_json:
         emit_json(asdict(s))
         return
@@ -476,6 +100,10 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
         click.echo(line)
     for line in s.warnings:
         click.echo(line)
+
+
+def _report(line: str) -> None:
+    click.echo(f"[hwcost run] {line}", err=True)
 
 
 def summary_lines(s: RunSummary) -> list[str]:

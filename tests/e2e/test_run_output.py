@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from hwcost.app.main import cli
-from hwcost.app.run import RunSummary, _same_data_warning, summary_lines
+from hwcost.app.main_job import RunSummary, _same_data_warning
+from hwcost.app.run import summary_lines
 
 
 def test_same_data_warning(tmp_path):

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from hwcost.app.run import run_main_job
+from hwcost.app.main_job import run_main_job
 from hwcost.store import open_store
 from tests.zoo.families import FAMILIES
 

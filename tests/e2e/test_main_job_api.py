@@ -1,0 +1,76 @@
+"""``run_main_job`` as a library function: a frozen :class:`MainJobOptions` in, a frozen
+:class:`RunSummary` out, the stages reported through callbacks instead of printed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from hwcost.app.main_job import MainJobOptions, RunSummary, run_main_job
+from hwcost.errors import HwcostError
+from hwcost.store import open_store
+
+
+def test_options_are_frozen_and_refuse_nonsense_with_value_error(tmp_path):
+    o = MainJobOptions("tests.factories:tiny", out_dir=str(tmp_path))
+    assert o.out_dir == tmp_path and o.shape == "batch=1,seq=128" and o.deployment == "eager"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.quick = True  # type: ignore[misc]
+    for bad, msg in [({"samples": 0}, "samples must be at least 1, got 0"),
+                     ({"max_rounds": 0}, "max_rounds must be at least 1, got 0"),
+                     ({"calib_samples": -3}, "calib_samples must be at least 1, got -3"),
+                     ({"sweep_points": 1}, "sweep_points must be at least 2, got 1"),
+                     ({"deployment": "jit"}, "deployment must be one of eager, compiled, got 'jit'")]:
+        with pytest.raises(ValueError, match=msg):
+            MainJobOptions(**bad)
+
+
+def test_options_and_their_fields_are_not_mixed(tmp_path, sqlite_url):
+    with open_store(sqlite_url) as store, pytest.raises(TypeError, match="not both"):
+        run_main_job(store, MainJobOptions(), quick=True)
+
+
+@pytest.mark.slow
+def test_main_job_runs_from_options_and_reuses_everything_the_second_time(tmp_path, sqlite_url):
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
+    options = MainJobOptions("tests.factories:tiny", shape="batch=1,seq=16", max_loss_mse="50%",
+                             out_dir=tmp_path / "out", calib=str(data), eval_data=str(data),
+                             samples=8, quick=True, precisions="fp32,bf16,int8")
+    steps: list[str] = []
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        first = run_main_job(store, options, on_step=steps.append, report=lines.append)
+    assert isinstance(first, RunSummary)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.plan_id = 0  # type: ignore[misc]
+    assert steps == ["load", "partition", "profile", "sensitivity", "plan", "validate", "done"]
+    assert any(line.startswith("sensitivity: computing fp32, bf16, int8") for line in lines)
+    assert "applying the plan with real kernels and validating on held-out data" in lines
+    assert first.measured_now > 0 and not first.plan_reused
+    assert set(first.layers.values()) <= {"fp32", "bf16", "int8"}
+    assert json.loads((tmp_path / "out" / "plan.json").read_text())["data"]["layers"] == first.layers
+
+    # the short form builds the same options from their fields
+    lines.clear()
+    with open_store(sqlite_url) as store:
+        second = run_main_job(store, "tests.factories:tiny", "cpu", "batch=1,seq=16", "50%",
+                              tmp_path / "out", calib=str(data), eval_data=str(data), samples=8,
+                              quick=True, precisions="fp32,bf16,int8", report=lines.append)
+    assert second.measured_now == 0 and second.measurements_reused == first.measured_now
+    assert second.sensitivity_reused and second.plan_reused and second.validation_reused
+    assert (second.plan_id, second.measured_speedup) == (first.plan_id, first.measured_speedup)
+    assert "validation reused from the store (same plan, device and shape)" in lines
+
+
+def test_a_bound_no_plan_can_meet_is_a_library_error(tmp_path, sqlite_url):
+    options = MainJobOptions("tests.factories:tiny", shape="batch=1,seq=16", max_loss_mse="-1",
+                             out_dir=tmp_path, quick=True)
+    with open_store(sqlite_url) as store, pytest.raises(HwcostError,
+                                                        match="loss-MSE threshold must be"):
+        run_main_job(store, options, report=lambda _line: None)
+    with open_store(sqlite_url) as store:
+        assert store.models() == []  # refused before anything was stored
