@@ -35,7 +35,7 @@ from sqlalchemy import and_, exists, func, or_, select, text, update
 from hwcost.errors import StoreError
 from hwcost.schema import Campaign, CampaignTask, CampaignUnit, Device, Measurement, Subgraph
 from hwcost.shape import parse_shape
-from hwcost.store import _dialect_insert
+from hwcost.store.rows import dialect_insert as _dialect_insert
 
 STALE_AFTER_S = 60.0
 """Default: a claim without a heartbeat for this long is presumed dead and handed out again."""

@@ -100,8 +100,7 @@ def launch(model: str | None, profile_args: Sequence[str], *, db_url: str, devic
     """
     from hwcost import queue
     from hwcost.fleet_worker import what_is_left
-    from hwcost.opening import redact_urls
-    from hwcost.store import open_store
+    from hwcost.store import open_store, redact_urls
 
     if not db_url.startswith("postgres"):
         raise StoreError("--ray workers on many nodes share one store: give a PostgreSQL URL "

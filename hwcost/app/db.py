@@ -26,7 +26,7 @@ def db_cmd() -> None:
 @handle_errors
 def init_cmd(db_url: str | None) -> None:
     """Create an empty store (or open an existing one and upgrade its schema)."""
-    from hwcost.store import _redact
+    from hwcost.store import redact_urls as _redact
 
     with open_cli_store(db_url) as store:
         click.echo(f"store ready: {_redact(store.url)} (schema version {store.schema_version()})")

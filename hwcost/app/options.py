@@ -42,14 +42,13 @@ def require_existing(db_url: str | None) -> None:
     command that only reads (or needs what a store already holds) must not make an empty
     store of a typo. ``hwcost db init`` and the commands that measure create stores."""
     from hwcost.errors import StoreError
-    from hwcost.opening import _sqlite_path, redact_urls
-    from hwcost.store import default_url
+    from hwcost.store import default_url, redact_urls, sqlite_path
 
     url = db_url or default_url()
     if not url.startswith("sqlite"):
         return
     with errors_as_click():
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         if path and path != ":memory:" and not Path(path).is_file():
             raise StoreError(f"no store at {redact_urls(url)} (no such file); `hwcost db init "
                              f"--db {redact_urls(url)}` creates one, or check the path")
@@ -79,7 +78,7 @@ def open_cli_store(db_url: str | None, *, read_only: bool = False, must_exist: b
 @contextmanager
 def errors_as_click() -> Iterator[None]:
     """Turn library errors into ``click.ClickException`` so users see one line, no traceback."""
-    from hwcost.opening import redact_urls
+    from hwcost.store import redact_urls
 
     try:
         yield

@@ -14,10 +14,10 @@ from sqlalchemy import func, insert, select, text
 
 from hwcost.app.main import cli
 from hwcost.errors import HwcostError, SensitivityError
-from hwcost.opening import _make_engine
 from hwcost.quantizer import DEFAULT
 from hwcost.schema import SCHEMA_VERSION, Plan, Sensitivity, Validation
 from hwcost.store import open_store
+from hwcost.store.opening import _make_engine
 from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 from tests.hwcost.schema_v1 import V1  # the frozen v1 layout
 

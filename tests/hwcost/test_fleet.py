@@ -140,7 +140,7 @@ def _v1_campaign(url: str) -> tuple[int, int]:
 
     from sqlalchemy import insert
 
-    from hwcost.opening import _make_engine
+    from hwcost.store.opening import _make_engine
     from tests.hwcost.schema_v1 import V1
 
     t0 = datetime(2026, 1, 2, tzinfo=timezone.utc)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
-import hwcost.opening
 import hwcost.schema
+import hwcost.store.opening
 from hwcost import migrations
 from hwcost.app.main import cli
 from hwcost.errors import SchemaTooNew
@@ -33,7 +33,7 @@ def _bump(monkeypatch, migration) -> None:
     """Pretend this hwcost is one schema version newer, with ``migration`` to get there."""
     monkeypatch.setitem(MIGRATIONS, V, migration)
     monkeypatch.setattr(hwcost.schema, "SCHEMA_VERSION", V + 1)
-    monkeypatch.setattr(hwcost.opening, "SCHEMA_VERSION", V + 1)
+    monkeypatch.setattr(hwcost.store.opening, "SCHEMA_VERSION", V + 1)
 
 
 def _add_note(conn) -> None:

@@ -25,6 +25,21 @@ from hwcost.errors import SchemaTooNew, StoreError, first_line
 from hwcost.migrations import MIGRATIONS, pending
 from hwcost.schema import SCHEMA_VERSION
 
+__all__ = ["ENV_VAR", "default_url", "open_store", "redact_urls", "sqlite_path"]
+
+ENV_VAR = "HWCOST_DB"
+
+
+def default_url() -> str:
+    """The URL used when none is given: ``HWCOST_DB`` or the embedded SQLite file."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    from platformdirs import user_data_dir
+
+    return f"sqlite:///{Path(user_data_dir('hwcost')) / 'hwcost.db'}"
+
+
 _URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"]*)")
 
 
@@ -43,10 +58,7 @@ def redact_urls(message: str) -> str:
     return _URL_IN_TEXT.sub(one, message)
 
 
-_redact = redact_urls
-
-
-def _sqlite_path(url: str) -> str:
+def sqlite_path(url: str) -> str:
     """The file path of an ``sqlite:///PATH`` URL ('' or ':memory:' for memory)."""
     if not url.startswith("sqlite:///") and url not in ("sqlite://",):
         raise StoreError(f"cannot open store {redact_urls(url)}: SQLite URLs look like "
@@ -62,7 +74,7 @@ def _check_url(url: str) -> str:
         raise StoreError(f"unsupported store URL {redact_urls(url)}; use sqlite:///PATH or "
                          "postgresql+psycopg://USER:PW@HOST/DB")
     if url.startswith("sqlite"):
-        _sqlite_path(url)  # the form, checked with a message that shows the right one
+        sqlite_path(url)  # the form, checked with a message that shows the right one
     try:
         parsed = make_url(url)
         _ = parsed.port  # a non-numeric port fails here
@@ -74,7 +86,7 @@ def _check_url(url: str) -> str:
 
 def _make_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         exists = path not in ("", ":memory:") and Path(path).is_file()
         # a file this process cannot write is opened read-only whatever the command: reads
         # work, a write fails in one line (the store is read-only)
@@ -122,7 +134,7 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = True,
                read_only: bool = False):
-    """Open (and create or upgrade) the store at ``url``; returns a :class:`hwcost.store.Store`.
+    """Open (and create or upgrade) the store at ``url``; returns a :class:`hwcost.store.sql.Store`.
 
     ``upgrade=False`` opens an older store as it is (to report its version and pending
     migrations); only an upgraded store should be written to. ``read_only=True`` opens an
@@ -130,7 +142,7 @@ def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = T
     must be migrated first). Raises ``SchemaTooNew`` for a store written by a newer hwcost,
     ``StoreError`` when the database cannot be reached or is not a store.
     """
-    from hwcost.store import Store, default_url
+    from hwcost.store.sql import Store
 
     url = _check_url(url or default_url())
     engine = _make_engine(url, read_only=read_only)

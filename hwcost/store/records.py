@@ -1,0 +1,168 @@
+"""Frozen records that cross the store's boundary: what the partitioner, the harness and the
+planner hand to a store and get back from it. No SQL here."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hwcost import __version__
+from hwcost.bounds import LATENCY_MAX_US, float_problem, int_problem, ts_problem
+from hwcost.errors import InvalidMeasurement
+from hwcost.precision import config_key, parse_config
+from hwcost.shape import parse_shape
+
+__all__ = ["CostRow", "ManifestItem", "MeasurementIn", "SlotInfo", "SubgraphInfo", "host_name",
+           "timing_problem"]
+
+
+def host_name() -> str:
+    """The host recorded with each measurement: ``HWCOST_HOST`` (for containers whose
+    hostnames mean nothing to a fleet's operators), else the machine's hostname."""
+    return os.environ.get("HWCOST_HOST") or socket.gethostname()
+
+
+
+def timing_problem(t) -> str | None:
+    """What is out of its stored range in a timing (a measurement or a whole-model latency):
+    median and spread in microseconds, sample count, time taken; None when all is in range."""
+    return (float_problem("median_us", t.median_us, LATENCY_MAX_US)
+            or float_problem("spread_us", t.spread_us, LATENCY_MAX_US)
+            or int_problem("n_samples", t.n_samples, 1)
+            or ts_problem("measured_at", t.measured_at))
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One quantizable layer position inside a subgraph (structure only, no names)."""
+
+    op: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+    experts: int = 0
+    """MoE experts of a block as one slot: how many (0 for a plain linear layer), ..."""
+    active: int = 0
+    """... how many each token is routed to (top-k), ..."""
+    inner: int = 0
+    """... and their intermediate width (gate_up: hidden -> 2 inner, down: inner -> hidden)."""
+
+    @property
+    def weight_params(self) -> int:
+        """Parameters stored: every expert of an MoE slot (all are in memory)."""
+        if self.experts:
+            return self.experts * 3 * self.in_features * self.inner
+        return self.in_features * self.out_features
+
+    @property
+    def macs_per_token(self) -> int:
+        """Multiply-accumulates per token: the active experts only for an MoE slot."""
+        if self.experts:
+            return self.active * 3 * self.in_features * self.inner
+        return self.in_features * self.out_features
+
+    def to_dict(self) -> dict:
+        d = {
+            "op": self.op, "in_features": self.in_features, "out_features": self.out_features,
+            "bias": self.bias, "macs_per_token": self.macs_per_token,
+            "weight_params": self.weight_params,
+        }
+        if self.experts:  # only then: plain layers keep their signatures
+            d.update(experts=self.experts, active=self.active, inner=self.inner)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SlotInfo:
+        return cls(d["op"], int(d["in_features"]), int(d["out_features"]), bool(d["bias"]),
+                   int(d.get("experts", 0)), int(d.get("active", 0)), int(d.get("inner", 0)))
+
+
+@dataclass(frozen=True)
+class SubgraphInfo:
+    """A subgraph's signature and structure, as the partitioner produces it."""
+
+    signature: str
+    kind: str
+    slots: tuple[SlotInfo, ...]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One subgraph instance in a model, with the module name of each slot."""
+
+    position: int
+    signature: str
+    layer_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MeasurementIn:
+    """A measurement to write. Latencies in microseconds."""
+
+    device: str  # fingerprint
+    signature: str
+    shape: str
+    config: tuple[str, ...] | str
+    median_us: float
+    spread_us: float
+    n_samples: int
+    host: str = field(default_factory=lambda: host_name())
+    campaign: str | None = None
+    tool_version: str = __version__
+    measured_at: datetime | None = None
+    # how it was taken (see hwcost.schema.Measurement)
+    clock: str = "wall"
+    quick: bool = False
+    stable: bool = True
+    load1: float | None = None
+    cpu_mhz: float | None = None
+    threads: int | None = None
+    baseline_us: float | None = None
+    drift: float | None = None
+
+    @property
+    def good(self) -> bool:
+        """A full, stable timing: what plans rest on by default."""
+        return self.stable and not self.quick
+
+    def validated(self) -> MeasurementIn:
+        for name in ("median_us", "spread_us"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or v < 0:
+                raise InvalidMeasurement(
+                    f"{name}={v!r} for {self.signature[:12]} {self.shape} [{self.config}] "
+                    "is not a finite non-negative latency")
+        if self.median_us == 0:
+            raise InvalidMeasurement(f"median_us=0 for {self.signature[:12]}: a run cannot be free")
+        if self.n_samples < 1:
+            raise InvalidMeasurement(f"n_samples={self.n_samples} must be >= 1")
+        problem = timing_problem(self)
+        if problem:
+            raise InvalidMeasurement(f"{problem} for {self.signature[:12]} {self.shape}")
+        if self.baseline_us is not None and not (math.isfinite(self.baseline_us)
+                                                 and self.baseline_us > 0):
+            raise InvalidMeasurement(f"baseline_us={self.baseline_us!r} for "
+                                     f"{self.signature[:12]} is not a finite positive latency")
+        parse_shape(self.shape)
+        cfg = self.config if isinstance(self.config, str) else config_key(self.config)
+        parse_config(cfg)
+        return self
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """A measured cost of one subgraph instance of a model."""
+
+    position: int
+    signature: str
+    config: str
+    median_us: float
+    spread_us: float
+    n_samples: int
+    baseline_us: float | None = None  # the baseline config timed in the same group
+    good: bool = True  # full and stable
+

@@ -1,0 +1,81 @@
+"""SQL helpers private to the store package: bulk upserts, id lookups by natural key, the
+"good timing" filter and row -> record conversion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import false, select, true
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlmodel import Session, SQLModel
+
+from hwcost.errors import StoreError
+from hwcost.schema import Subgraph
+from hwcost.shape import parse_shape
+from hwcost.store.records import SlotInfo, SubgraphInfo
+
+__all__: list[str] = []  # private to hwcost.store
+
+
+def good(table):
+    """SQL: rows a plan may rest on by default (full timings of a stable machine)."""
+    return (table.stable == true()) & (table.quick == false())
+
+
+def shape_key(shape: str) -> str:
+    """A shape's canonical key; a workload key (``workload:...``, ``hwcost.workload``) as is."""
+    return shape if str(shape).startswith("workload:") else parse_shape(shape).key
+
+
+def dialect_insert(dialect: str):
+    """The dialect's INSERT construct (it has ``on_conflict_do_*``)."""
+    if dialect == "sqlite":
+        return sqlite_dialect.insert
+    if dialect == "postgresql":
+        return pg_dialect.insert
+    raise StoreError(f"unsupported database {dialect!r}; use sqlite:/// or postgresql+psycopg://")
+
+
+def upsert(s: Session, table: type[SQLModel], rows: list[dict], keys: list[str], *,
+           replace: bool = True, where=None) -> int:
+    """INSERT ... ON CONFLICT DO UPDATE (``replace``; only stored rows matching ``where``
+    when given) or DO NOTHING in chunks; returns rows inserted or updated."""
+    if not rows:
+        return 0
+    ins = dialect_insert(s.get_bind().dialect.name)
+    n = 0
+    step = max(1, 30000 // max(1, len(rows[0])))  # stay under bound-parameter limits
+    for i in range(0, len(rows), step):
+        stmt = ins(table).values(rows[i:i + step])
+        if replace:
+            update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update, where=where)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+        n += len(s.execute(stmt.returning(table.id)).all())  # rowcount is -1 on psycopg
+    return n
+
+
+def insert_ignore(s: Session, table: type[SQLModel], rows: list[dict], keys: list[str]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING in chunks; returns rows inserted."""
+    return upsert(s, table, rows, keys, replace=False)
+
+
+def subgraph_ids(s: Session, signatures: Sequence[str]) -> dict[str, int]:
+    """signature -> id of the stored subgraphs among ``signatures``."""
+    out: dict[str, int] = {}
+    sigs = list(set(signatures))
+    for i in range(0, len(sigs), 500):
+        chunk = sigs[i:i + 500]
+        out.update(s.execute(select(Subgraph.signature, Subgraph.id)
+                             .where(Subgraph.signature.in_(chunk))).all())
+    return out
+
+
+def subgraph_info(row: Subgraph) -> SubgraphInfo:
+    """A stored subgraph row as its record."""
+    return SubgraphInfo(row.signature, row.kind,
+                        tuple(SlotInfo.from_dict(d) for d in json.loads(row.slots)),
+                        json.loads(row.extra))
