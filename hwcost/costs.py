@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwcost.catalog import Peaks, find_catalog, load_catalog
+from hwcost.enums import CostSource
 from hwcost.errors import BadConfig, NoEstimate, NoSuchDevice, UnsupportedPrecision
 from hwcost.learned import FORMAT_VERSION as LEARNED_FORMAT
 from hwcost.learned import LatencyModel
@@ -46,7 +47,7 @@ from hwcost.schema import Device
 from hwcost.shape import Shape, parse_shape
 from hwcost.store import SlotInfo, Store, SubgraphInfo
 
-SOURCES = ("measured", "learned", "roofline")
+SOURCES = tuple(CostSource.values())
 MIN_LEARNED_SAMPLES = 12
 """Fewer measurements than this on a device: no learned model, roofline only."""
 MAX_CONFIGS = 1 << 16

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from hwcost.enums import DeploymentMode, DeviceKind
 from hwcost.schema import Device
 
 # Software whose version changes measured latencies; part of the fingerprint.
@@ -102,7 +103,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-DEPLOYMENT_KEYS = {"eager": "eager-linked", "compiled": "compiled-linked"}
+DEPLOYMENT_KEYS = {DeploymentMode.EAGER: "eager-linked", DeploymentMode.COMPILED: "compiled-linked"}
 """How deployed layers run, part of the fingerprint: eager kernels or ``torch.compile``, both
 with linked layers (one input conversion per shared tensor, float chains without casts);
 timings of an older, unlinked deployment never mix with these."""
@@ -117,12 +118,13 @@ def local_device(kind: str = "cpu", index: int = 0, deployment: str = "eager") -
     if deployment not in DEPLOYMENT_KEYS:
         from hwcost.errors import HwcostError
 
-        raise HwcostError(f"unknown deployment {deployment!r}; known: eager, compiled")
+        raise HwcostError(f"unknown deployment {deployment!r}; known: "
+                          f"{', '.join(DeploymentMode.values())}")
     sw["deployment"] = DEPLOYMENT_KEYS[deployment]
-    if kind == "cpu":
+    if kind == DeviceKind.CPU:
         name, flags = cpu_model_and_flags()
-        return DeviceInfo("cpu", name, cpu_threads(), flags, sw)
-    if kind == "cuda":
+        return DeviceInfo(DeviceKind.CPU.value, name, cpu_threads(), flags, sw)
+    if kind == DeviceKind.CUDA:
         import torch
 
         if not torch.cuda.is_available():
@@ -132,8 +134,8 @@ def local_device(kind: str = "cpu", index: int = 0, deployment: str = "eager") -
         props = torch.cuda.get_device_properties(index)
         sw["cuda"] = str(torch.version.cuda)
         sw["capability"] = f"{props.major}.{props.minor}"
-        return DeviceInfo("cuda", props.name, None, (), sw)
-    if kind == "hpu":
+        return DeviceInfo(DeviceKind.CUDA.value, props.name, None, (), sw)
+    if kind == DeviceKind.HPU:
         try:
             import habana_frameworks.torch.hpu as hthpu
         except ImportError:
@@ -145,7 +147,7 @@ def local_device(kind: str = "cpu", index: int = 0, deployment: str = "eager") -
             from hwcost.errors import BackendUnavailable
 
             raise BackendUnavailable("habana_frameworks found no Gaudi device")
-        return DeviceInfo("hpu", hthpu.get_device_name(), None, (), sw)
+        return DeviceInfo(DeviceKind.HPU.value, hthpu.get_device_name(), None, (), sw)
     from hwcost.errors import NoSuchDevice
 
     raise NoSuchDevice(f"unknown device kind {kind!r}; known: cpu, cuda, hpu")

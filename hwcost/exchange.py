@@ -35,9 +35,10 @@ from hwcost.bundle import (  # noqa: F401  (re-exported: the exchange API in one
     read_bundle,
     write_bundle,
 )
+from hwcost.enums import ConflictRule
 from hwcost.errors import HwcostError
 
-CONFLICT_RULES = ("keep", "replace", "newer")
+CONFLICT_RULES = tuple(ConflictRule.values())
 
 
 # ------------------------------------------------------------------------------ reports
@@ -224,10 +225,10 @@ def _merge(conn, spec: TableSpec, t: pa.Table, rule: str, now: datetime,
           f"ON CONFLICT ({', '.join(keys)}) "
     differs = " OR ".join(f"NOT (excluded.{v} {same} {spec.name}.{v})" for v in values) or "1 = 0"
     sets = ", ".join(f"{v} = excluded.{v}" for v in values)
-    if rule == "replace" and values:
+    if rule == ConflictRule.REPLACE and values:
         sql += f"DO UPDATE SET {sets} WHERE {differs}"
         rep.replaced = conflicting
-    elif rule == "newer" and spec.stamp:
+    elif rule == ConflictRule.NEWER and spec.stamp:
         sql += f"DO UPDATE SET {sets} WHERE excluded.{spec.stamp} > {spec.name}.{spec.stamp}"
         rep.replaced = newer_n
     else:

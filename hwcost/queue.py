@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, exists, func, or_, select, text, update
 
+from hwcost.enums import TaskState
 from hwcost.errors import StoreError
 from hwcost.schema import Campaign, CampaignTask, CampaignUnit, Device, Measurement, Subgraph
 from hwcost.shape import parse_shape
@@ -40,7 +41,7 @@ from hwcost.store.rows import dialect_insert as _dialect_insert
 STALE_AFTER_S = 60.0
 """Default: a claim without a heartbeat for this long is presumed dead and handed out again."""
 
-OPEN = ("pending", "claimed")
+OPEN = (TaskState.PENDING.value, TaskState.CLAIMED.value)
 
 
 def _now() -> datetime:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from hwcost.errors import HwcostError, PlanInvalid
 from hwcost.precision import parse_precision
+from planner.enums import ExportFormat
 
 PLAN_TYPE = "hwcost.plan"
 PLAN_VERSION = 1
-FORMATS = ("json", "inc", "torchao", "csv", "md")
+FORMATS = tuple(ExportFormat.values())
 
 _REQUIRED = {"model": dict, "device": dict, "shape": str, "objective": str, "baseline": str,
              "layers": dict, "predicted": dict}
@@ -170,14 +171,14 @@ def to_torchao(doc: dict) -> dict:
 def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
     """The plan in one of the JSON formats (``json``, ``inc``, ``torchao``); ``naming`` is the
     INC config's module naming (``hf`` or ``vllm``, see :func:`planner.inc.to_inc`)."""
-    if fmt == "json":
+    if fmt == ExportFormat.JSON:
         validate_plan(doc)
         return doc
-    if fmt == "inc":
+    if fmt == ExportFormat.INC:
         from planner.inc import to_inc
 
         return to_inc(doc, naming)
-    if fmt == "torchao":
+    if fmt == ExportFormat.TORCHAO:
         return to_torchao(doc)
     raise HwcostError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
 
@@ -185,9 +186,9 @@ def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
 def export_text(doc: dict, fmt: str, naming: str = "hf") -> str:
     """The file ``hwcost export-plan --format FMT`` writes: JSON, or the per-layer report as
     CSV or Markdown (:mod:`planner.report`)."""
-    if fmt in ("csv", "md"):
+    if fmt in (ExportFormat.CSV, ExportFormat.MD):
         from planner.report import layer_report, to_csv, to_markdown
 
         rows = layer_report(doc)
-        return to_csv(rows) if fmt == "csv" else to_markdown(rows, doc)
+        return to_csv(rows) if fmt == ExportFormat.CSV else to_markdown(rows, doc)
     return json.dumps(export(doc, fmt, naming), indent=2, sort_keys=True) + "\n"

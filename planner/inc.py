@@ -26,9 +26,10 @@ from __future__ import annotations
 import re
 
 from hwcost.errors import HwcostError
+from planner.enums import IncNaming
 from planner.export import validate_plan
 
-NAMINGS = ("hf", "vllm")
+NAMINGS = tuple(IncNaming.values())
 SCALE_METHOD = "maxabs_pcs_pow2"
 
 # INC 3.10's FP8 config keys (Fp8cfg.parse defaults) and the values its enums accept
@@ -133,7 +134,7 @@ def to_inc(doc: dict, naming: str = "hf") -> dict:
     _check_quantizer(data)
     if naming not in NAMINGS:
         raise HwcostError(f"unknown INC naming {naming!r}; known: {', '.join(NAMINGS)}")
-    layers = vllm_names(data["layers"]) if naming == "vllm" else dict(data["layers"])
+    layers = vllm_names(data["layers"]) if naming == IncNaming.VLLM else dict(data["layers"])
     bad = sorted({p for p in layers.values() if p not in _HIGH and p != "fp8_e4m3"})
     if bad:
         raise HwcostError(f"the INC FP8 config cannot express {', '.join(bad)} layers (INC's "

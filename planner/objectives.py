@@ -16,26 +16,28 @@ from dataclasses import dataclass, field
 
 from hwcost.errors import HwcostError
 from hwcost.precision import Precision, parse_precision
+from planner.enums import Objective
 from planner.problem import Choice, Option, Problem
 
-OBJECTIVES = ("time", "memory", "macs")
+OBJECTIVES = tuple(Objective.values())
 
 
 def parse_objective(name: str) -> str:
-    """Validate an objective name; the error lists the known ones."""
+    """Validate an objective name (:class:`planner.enums.Objective`); the error lists the
+    known ones."""
     if name not in OBJECTIVES:
         raise HwcostError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return name
+    return Objective(name).value
 
 
 def gain(choice: Choice, option: Option, objective: str) -> float:
     """An option's gain against its subgraph's baseline under ``objective``."""
     base = choice.baseline
-    if objective == "time":
+    if objective == Objective.TIME:
         return option.gain_us
-    if objective == "memory":
+    if objective == Objective.MEMORY:
         return base.weight_bytes - option.weight_bytes
-    if objective == "macs":
+    if objective == Objective.MACS:
         return base.macs_time_us - option.macs_time_us
     raise HwcostError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hwcost.errors import HwcostError, Infeasible
+from planner.enums import SolverStatus
 from planner.objectives import Constraints, gain, parse_objective
 from planner.problem import Choice, Problem, match_layers
 
@@ -32,13 +33,13 @@ class Solution:
     objective: str
     picks: tuple[int, ...]
     max_loss_mse: float | None
-    status: str  # optimal | feasible
+    status: str  # a SolverStatus value: optimal | feasible
     gap: float  # relative gap between the best bound and the plan (0 when optimal)
     wall_s: float
 
     @property
     def optimal(self) -> bool:
-        return self.status == "optimal"
+        return self.status == SolverStatus.OPTIMAL
 
     @property
     def chosen(self) -> list:
@@ -337,7 +338,8 @@ def solve_compiled(comp: Compiled, max_loss_mse: float | None, *, time_limit_s: 
     optimal = status == cp_model.OPTIMAL
     gap = 0.0 if optimal else abs(bound - obj) / max(abs(obj), 1.0)
     return Solution(comp.problem, comp.objective, picks, max_loss_mse,
-                    "optimal" if optimal else "feasible", gap, time.perf_counter() - t0)
+                    (SolverStatus.OPTIMAL if optimal else SolverStatus.FEASIBLE).value, gap,
+                    time.perf_counter() - t0)
 
 
 def _lagrangian_fixing(comp: Compiled, allowed: list[list[int]], lo: list[float], slack: float,

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hwcost.enums import SensitivityMethod
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
 
-METHODS = ("taylor", "noise", "direct", "weight_only", "fisher")
+METHODS = tuple(SensitivityMethod.values())
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwcost.enums import ONE_PASS_METHODS
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
 from hwcost.quantizer import Quantizer
@@ -434,8 +435,9 @@ def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = N
     Returns:
         a SensitivityTable with ``s_l(p)`` and its standard error over samples.
     """
-    if method not in ("taylor", "noise"):
-        raise SensitivityError(f"unknown sensitivity method {method!r}; known: taylor, noise")
+    if method not in ONE_PASS_METHODS:
+        raise SensitivityError(f"unknown sensitivity method {method!r}; known: "
+                               f"{', '.join(m.value for m in ONE_PASS_METHODS)}")
     from profiles.checkpoint import checkpoint_digest
 
     if isinstance(precisions, str):

@@ -13,6 +13,7 @@ from hwcost.app.options import (
     store_option,
     table,
 )
+from hwcost.enums import ConflictRule
 
 
 @click.group("db")
@@ -93,7 +94,7 @@ def export_cmd(device: str | None, output: str, db_url: str | None) -> None:
 
 @db_cmd.command("import")
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--on-conflict", type=click.Choice(["keep", "replace", "newer"]), default="keep",
+@click.option("--on-conflict", type=click.Choice(ConflictRule.values()), default=ConflictRule.KEEP.value,
               show_default=True,
               help="When a row's key is in the store with different values: keep the store's, "
                    "take the bundle's, or take the one measured later.")

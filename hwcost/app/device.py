@@ -12,10 +12,11 @@ from hwcost.app.options import (
     open_cli_store,
     store_option,
 )
+from hwcost.enums import DeviceKind
 
 
 @click.group("device", invoke_without_command=True)
-@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "hpu"]),
+@click.option("--kind", default="cpu", show_default=True, type=click.Choice(DeviceKind.values()),
               help="Which of this machine's devices to describe.")
 @click.option("--save", is_flag=True, help="Record the device in the store.")
 @store_option

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwcost.enums import DeploymentMode
+
 __all__ = ["MainJobOptions", "RunSummary", "run_main_job"]
 
 
@@ -50,23 +52,21 @@ class MainJobOptions:
     precisions: str | None = None
     allow_unstable: bool = False
     measured_only: bool = False
-    deployment: str = "eager"
+    deployment: str = DeploymentMode.EAGER.value
     max_rounds: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if self.deployment not in DEPLOYMENTS:
-            raise ValueError(f"deployment must be one of {', '.join(DEPLOYMENTS)}, "
+        if self.deployment not in DeploymentMode.values():
+            raise ValueError(f"deployment must be one of {', '.join(DeploymentMode.values())}, "
                              f"got {self.deployment!r}")
+        object.__setattr__(self, "deployment", DeploymentMode(self.deployment).value)
         for name in ("samples", "max_rounds", "calib_samples", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.sweep_points < 2:
             raise ValueError(f"sweep_points must be at least 2, got {self.sweep_points}")
-
-
-DEPLOYMENTS = ("eager", "compiled")
 
 
 def _stderr_report(line: str) -> None:

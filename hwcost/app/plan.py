@@ -19,6 +19,8 @@ from hwcost.app.options import (
     store_option,
     table,
 )
+from hwcost.enums import SensitivityMethod
+from planner.enums import ExportFormat, IncNaming, Objective
 
 
 @click.command("plan")
@@ -32,7 +34,7 @@ from hwcost.app.options import (
 @click.option("--max-loss-mse", "max_loss", default=None, metavar="X",
               help="Bound on predicted loss MSE: absolute (0.01) or a share of the fastest "
                    "plan's loss MSE (10%; only formats that make the plan faster count).")
-@click.option("--objective", type=click.Choice(["time", "memory", "macs"]), default="time",
+@click.option("--objective", type=click.Choice(Objective.values()), default=Objective.TIME.value,
               show_default=True, help="Gain to maximise: measured time, weight bytes, or MAC time.")
 @click.option("--pin", "pins", multiple=True, metavar="PATTERN=PREC",
               help="Keep matching layers at a precision (glob or name suffix), e.g. lm_head=fp32. "
@@ -45,7 +47,7 @@ from hwcost.app.options import (
 @click.option("--precisions", default=None, metavar="P1,P2",
               help="Precisions to plan over (default: the device's candidates that have a "
                    "sensitivity table).")
-@click.option("--method", default="taylor", show_default=True,
+@click.option("--method", default=SensitivityMethod.TAYLOR.value, show_default=True,
               help="Sensitivity method whose table bounds the loss MSE.")
 @click.option("--checkpoint", default=None, metavar="DIGEST",
               help="Which checkpoint's sensitivity table (weights digest or prefix, see "
@@ -193,13 +195,14 @@ def _sweep(problem, n, objective, cons, plot_path, output, time_limit, as_json) 
 
 @click.command("export-plan")
 @click.argument("plan")
-@click.option("--format", "fmt", type=click.Choice(["json", "inc", "torchao", "csv", "md"]),
-              default="json", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(ExportFormat.values()),
+              default=ExportFormat.JSON.value, show_default=True,
               help="json: the plan document; inc: Intel Neural Compressor FP8 config (Gaudi: "
                    "optimum-habana, vLLM-gaudi QUANT_CONFIG); torchao: per-module torchao "
                    "configs (also for transformers' TorchAoConfig) and bf16 casts; csv, md: the "
                    "per-layer report.")
-@click.option("--naming", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+@click.option("--naming", type=click.Choice(IncNaming.values()), default=IncNaming.HF.value,
+              show_default=True,
               help="With --format inc: module names of optimum-habana (hf) or of vLLM-gaudi "
                    "(vllm: fused qkv_proj and gate_up_proj).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,

@@ -17,12 +17,13 @@ from hwcost.app.options import (
     progress_enabled,
     store_option,
 )
+from hwcost.enums import DeploymentMode, DeviceKind
 
 
 @click.command("run")
 @click.argument("model", required=False)
 @click.option("--device", "device_kind", default="cpu", show_default=True,
-              type=click.Choice(["cpu", "cuda", "hpu"]), help="This machine's device to run on.")
+              type=click.Choice(DeviceKind.values()), help="This machine's device to run on.")
 @click.option("--shape", default="batch=1,seq=128", show_default=True,
               help="Workload to optimise for, e.g. batch=4,seq=256.")
 @click.option("--max-loss-mse", "max_loss", default="10%", show_default=True,
@@ -88,7 +89,7 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
             model, device_kind, shape, max_loss, Path(out_dir), calib=calib, eval_data=eval_data,
             samples=samples, quick=quick, calib_samples=calib_samples, workload=workload,
             precisions=precisions, allow_unstable=allow_unstable, measured_only=measured_only,
-            deployment="compiled" if compiled else "eager", max_rounds=max_rounds)
+            deployment=DeploymentMode.COMPILED if compiled else DeploymentMode.EAGER, max_rounds=max_rounds)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     with open_cli_store(db_url) as store:

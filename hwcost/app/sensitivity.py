@@ -19,6 +19,7 @@ from hwcost.app.options import (
     store_option,
     table,
 )
+from hwcost.enums import ONE_PASS_METHODS, SensitivityMethod
 
 DEFAULT_PRECISIONS = "bf16,fp8_e4m3,int8"
 
@@ -48,8 +49,8 @@ def _calib_options(f):
         click.option("--seed", default=0, show_default=True, help="Seed of the sampling."),
         click.option("--precisions", default=DEFAULT_PRECISIONS, show_default=True,
                      help="Comma-separated precisions to score."),
-        click.option("--method", default="taylor", show_default=True,
-                     type=click.Choice(["taylor", "noise"]),
+        click.option("--method", default=SensitivityMethod.TAYLOR.value, show_default=True,
+                     type=click.Choice([m.value for m in ONE_PASS_METHODS]),
                      help="taylor: the actual rounding errors; noise: independent noise of "
                           "each format's variance."),
         click.option("--quantizer", default="default", show_default=True, metavar="KEY",
@@ -158,8 +159,8 @@ def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, m
 
 @sensitivity_cmd.command("show")
 @click.argument("model")
-@click.option("--method", default="taylor", show_default=True,
-              type=click.Choice(["taylor", "noise", "direct", "weight_only", "fisher"]),
+@click.option("--method", default=SensitivityMethod.TAYLOR.value, show_default=True,
+              type=click.Choice(SensitivityMethod.values()),
               help="Which stored table.")
 @click.option("--calib-fingerprint", default=None,
               help="Calibration set (default: the latest stored).")

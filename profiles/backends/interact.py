@@ -26,9 +26,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from hwcost.enums import DeploymentMode
 from profiles.backends.layers import CastLinear, DeployedLinear, InputShare, is_linear
 
-DEPLOYMENTS = ("eager", "compiled")
+DEPLOYMENTS = tuple(DeploymentMode.values())
 """Deployment variants: eager kernels, or the same kernels under ``torch.compile``."""
 
 # Ops through which a value keeps its precision without changing what it means: a linear

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from hwcost.enums import DeviceKind
 from hwcost.errors import NoSuchDevice
 from profiles.backends.base import Backend
 from profiles.backends.cpu import CpuBackend
 from profiles.backends.cuda import CudaBackend
 from profiles.backends.hpu import HpuBackend
 
-_BACKENDS: dict[str, type[Backend]] = {"cpu": CpuBackend, "cuda": CudaBackend, "hpu": HpuBackend}
+_BACKENDS: dict[str, type[Backend]] = {DeviceKind.CPU.value: CpuBackend, DeviceKind.CUDA.value: CudaBackend,
+                                       DeviceKind.HPU.value: HpuBackend}
 
 
 def backend_kinds() -> tuple[str, ...]:
