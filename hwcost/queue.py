@@ -24,32 +24,15 @@ Timestamps are UTC (the schema's UTCDateTime columns), so hosts in any zone agre
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from hwcost.store.campaigns import STALE_AFTER_S, OtherClaims, Progress, Task, Unit
 
-from hwcost.enums import TaskState
-from hwcost.errors import StoreError
-from hwcost.schema import Campaign, CampaignTask, CampaignUnit, Device, Measurement, Subgraph
-from hwcost.shape import parse_shape
-from hwcost.store.rows import dialect_insert as _dialect_insert
-
-STALE_AFTER_S = 60.0
-"""Default: a claim without a heartbeat for this long is presumed dead and handed out again."""
-
-OPEN = (TaskState.PENDING.value, TaskState.CLAIMED.value)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+__all__ = ["STALE_AFTER_S", "Heartbeat", "OtherClaims", "Progress", "Task", "Unit", "add_tasks",
+           "campaign_id", "cancel", "claim", "complete_unit", "ensure_campaign", "heartbeat",
+           "heartbeat_interval", "other_claims", "progress", "release", "retry", "retry_failed",
+           "task_workers"]
 
 
 def heartbeat_interval(stale_after_s: float) -> float:
@@ -57,103 +40,21 @@ def heartbeat_interval(stale_after_s: float) -> float:
     return max(0.05, min(10.0, stale_after_s / 6))
 
 
-@dataclass(frozen=True)
-class Task:
-    """One (subgraph, shape, config) to measure, as claimed by a worker."""
-
-    id: int
-    signature: str
-    shape: str
-    config: str
-
-
-@dataclass(frozen=True)
-class Unit:
-    """All the open tasks of one (subgraph, shape) of a campaign, claimed together.
-
-    ``measured`` holds tasks whose measurement is already in the store (written by a direct
-    run or an import): they are closed with the unit, not measured again.
-    """
-
-    id: int
-    signature: str
-    shape: str
-    tasks: tuple[Task, ...]
-    measured: tuple[Task, ...] = ()
-    subgraph_id: int = 0
-    device_id: int = 0  # the campaign's device: its measurements are written for it
-
-    @property
-    def all_ids(self) -> list[int]:
-        return [t.id for t in self.tasks] + [t.id for t in self.measured]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Task counts of a campaign by state."""
-
-    pending: int = 0
-    claimed: int = 0
-    done: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.pending + self.claimed + self.done + self.failed + self.cancelled
-
-    @property
-    def open(self) -> int:
-        return self.pending + self.claimed
-
-    def to_dict(self) -> dict:
-        return {"pending": self.pending, "claimed": self.claimed, "done": self.done,
-                "failed": self.failed, "cancelled": self.cancelled, "total": self.total}
-
-
-def ensure_campaign(store, name: str, *, device: str, model_id: int | None,
+def ensure_campaign(store, name: str, *, device: str, model_id=None,
                     shapes: Sequence[str] = (), precisions: Sequence[str] = ()) -> int:
     """Get or create the campaign ``name``; returns its id.
 
     An existing campaign must be for the same device and model (StoreError otherwise); its
-    shape and precision lists grow to include the ones given.
+    shape and precision lists grow to include the ones given. ``model_id``: the model (a
+    ``ModelRef`` or reference) or None.
     """
-    if not name or not name.strip():
-        raise StoreError("a campaign needs a non-empty name")
-    shapes = [parse_shape(s).key for s in shapes]
-    with store.session() as s:
-        dev = s.scalars(select(Device).where(Device.fingerprint == device)).first()
-        if dev is None:
-            raise StoreError(f"device {device[:12]} is not in the store; record it first")
-        found = s.scalars(select(Campaign).where(Campaign.name == name)).first()
-        if found is None:
-            store._insert_ignore(s, Campaign, [{
-                "name": name, "model_id": model_id, "device_id": dev.id,
-                "shapes": json.dumps(shapes), "precisions": json.dumps(list(precisions)),
-                "created_at": _now()}], ["name"])
-            found = s.scalars(select(Campaign).where(Campaign.name == name)).one()
-        if found.device_id != dev.id or (model_id is not None and found.model_id not in
-                                         (None, model_id)):
-            raise StoreError(f"campaign {name!r} exists for another model or device; "
-                             "choose another --campaign name")
-        merged_shapes = _merge(json.loads(found.shapes), shapes)
-        merged_prec = _merge(json.loads(found.precisions), precisions)
-        if merged_shapes != json.loads(found.shapes) or merged_prec != json.loads(found.precisions):
-            found.shapes, found.precisions = json.dumps(merged_shapes), json.dumps(merged_prec)
-        return found.id
-
-
-def _merge(old: list, new: Iterable) -> list:
-    return old + [x for x in new if x not in old]
+    return store.ensure_campaign(name, device=device, model=model_id, shapes=shapes,
+                                 precisions=precisions)
 
 
 def campaign_id(store, name: str) -> int:
     """The id of the campaign ``name``; StoreError if there is none."""
-    with store.session() as s:
-        cid = s.scalar(select(Campaign.id).where(Campaign.name == name))
-    if cid is None:
-        raise StoreError(f"no campaign {name!r} in the store; `hwcost campaign ls` lists them")
-    return cid
+    return store.campaign_id(name)
 
 
 def add_tasks(store, campaign: int, tasks: Iterable[tuple[str, str, str]]) -> int:
@@ -161,61 +62,7 @@ def add_tasks(store, campaign: int, tasks: Iterable[tuple[str, str, str]]) -> in
     they are (a cancelled task stays cancelled). A closed unit that gains a new task opens
     again. Returns the number of tasks added. The subgraphs must already be in the store.
     """
-    tasks = list(tasks)
-    if not tasks:
-        return 0
-    with store.session() as s:
-        ids = store._subgraph_ids(s, [t[0] for t in tasks])
-        missing = {t[0] for t in tasks} - set(ids)
-        if missing:
-            raise StoreError(f"tasks name subgraphs not in the store: {sorted(missing)[:3]}")
-        rows = [{"campaign_id": campaign, "subgraph_id": ids[sig], "shape": parse_shape(shape).key,
-                 "config": cfg, "state": "pending"} for sig, shape, cfg in tasks]
-        units = list({(r["subgraph_id"], r["shape"]): {
-            "campaign_id": campaign, "subgraph_id": r["subgraph_id"], "shape": r["shape"],
-            "state": "pending"} for r in rows}.values())
-        store._insert_ignore(s, CampaignUnit, units, ["campaign_id", "subgraph_id", "shape"])
-        added = store._insert_ignore(s, CampaignTask, rows,
-                                     ["campaign_id", "subgraph_id", "shape", "config"])
-        if added:
-            s.execute(update(CampaignUnit)
-                      .where(CampaignUnit.campaign_id == campaign,
-                             CampaignUnit.state.in_(("done", "failed")), _has_task("pending"))
-                      .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None)
-                      .execution_options(synchronize_session=False))
-        return added
-
-
-def _has_task(*states: str):
-    return exists().where(and_(CampaignTask.campaign_id == CampaignUnit.campaign_id,
-                               CampaignTask.subgraph_id == CampaignUnit.subgraph_id,
-                               CampaignTask.shape == CampaignUnit.shape,
-                               CampaignTask.state.in_(states)))
-
-
-# --------------------------------------------------------------------------- claiming
-
-_PG_CLAIM = text("""
-WITH u AS (
-  UPDATE campaign_unit SET state = 'claimed', worker = :worker, claimed_at = :now,
-         heartbeat_at = :now
-  WHERE id IN (SELECT id FROM campaign_unit
-               WHERE campaign_id = :cid
-                 AND (state = 'pending' OR (state = 'claimed' AND heartbeat_at < :cutoff))
-               ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED)
-  RETURNING id, subgraph_id, shape)
-UPDATE campaign_task t SET state = 'claimed', worker = :worker, claimed_at = :now
-FROM u, subgraph s
-WHERE t.campaign_id = :cid AND t.subgraph_id = u.subgraph_id AND t.shape = u.shape
-  AND t.state IN ('pending', 'claimed') AND s.id = u.subgraph_id
-RETURNING u.id AS unit_id, t.id, s.signature, t.shape, t.config, t.subgraph_id,
-  (SELECT device_id FROM campaign WHERE id = :cid) AS device_id,
-  set_config('synchronous_commit', 'off', true) AS async_commit,
-  EXISTS (SELECT 1 FROM measurement m
-          WHERE m.device_id = (SELECT device_id FROM campaign WHERE id = :cid)
-            AND m.subgraph_id = t.subgraph_id AND m.shape = t.shape
-            AND m.config = t.config) AS measured
-""")
+    return store.add_tasks(campaign, tasks)
 
 
 def claim(store, campaign: int, worker: str, n: int = 1, *,
@@ -225,77 +72,7 @@ def claim(store, campaign: int, worker: str, n: int = 1, *,
 
     Returns the units with their open tasks; [] when nothing is claimable.
     """
-    if n < 1:
-        raise ValueError("claim at least one unit")
-    now = _now()
-    cutoff = now - timedelta(seconds=stale_after_s)
-    args = {"cid": campaign, "worker": worker, "now": now, "cutoff": cutoff, "n": n}
-    with store.session() as s:
-        if store.dialect == "postgresql":  # (the statement also turns off the commit's flush)
-            rows = s.execute(_PG_CLAIM, args).all()
-        else:
-            rows = _claim_sqlite(s, args)
-    units: dict[int, list] = {}
-    for r in rows:
-        units.setdefault(r.unit_id, []).append(r)
-    out = []
-    for uid in sorted(units):
-        rs = sorted(units[uid], key=lambda r: r.id)
-        todo = tuple(Task(r.id, r.signature, r.shape, r.config) for r in rs if not r.measured)
-        done = tuple(Task(r.id, r.signature, r.shape, r.config) for r in rs if r.measured)
-        out.append(Unit(uid, rs[0].signature, rs[0].shape, todo, done, rs[0].subgraph_id,
-                        rs[0].device_id))
-    return out
-
-
-def _claim_sqlite(s, args: dict) -> list:
-    """The claim as two updates in one BEGIN IMMEDIATE transaction (SQLite has no
-    data-modifying CTE); the write lock serialises claimers."""
-    picked = select(CampaignUnit.id).where(
-        CampaignUnit.campaign_id == args["cid"],
-        or_(CampaignUnit.state == "pending",
-            and_(CampaignUnit.state == "claimed", CampaignUnit.heartbeat_at < args["cutoff"]))
-    ).order_by(CampaignUnit.id).limit(args["n"])
-    units = s.execute(update(CampaignUnit).where(CampaignUnit.id.in_(picked.scalar_subquery()))
-                      .values(state="claimed", worker=args["worker"], claimed_at=args["now"],
-                              heartbeat_at=args["now"])
-                      .returning(CampaignUnit.id, CampaignUnit.subgraph_id, CampaignUnit.shape)
-                      .execution_options(synchronize_session=False)).all()
-    if not units:
-        return []
-    device_id = s.scalar(select(Campaign.device_id).where(Campaign.id == args["cid"]))
-    of_unit = {(u.subgraph_id, u.shape): u.id for u in units}
-    in_units = or_(*(and_(CampaignTask.subgraph_id == sg, CampaignTask.shape == sh)
-                     for sg, sh in of_unit))
-    rows = s.execute(update(CampaignTask)
-                     .where(CampaignTask.campaign_id == args["cid"],
-                            CampaignTask.state.in_(OPEN), in_units)
-                     .values(state="claimed", worker=args["worker"], claimed_at=args["now"])
-                     .returning(CampaignTask.id, CampaignTask.subgraph_id, CampaignTask.shape,
-                                CampaignTask.config)
-                     .execution_options(synchronize_session=False)).all()
-    # (SQLite's RETURNING cannot hold a correlated subquery: the measured check is a query)
-    measured = set(s.execute(select(Measurement.subgraph_id, Measurement.shape, Measurement.config)
-                             .where(Measurement.device_id == device_id,
-                                    Measurement.subgraph_id.in_({sg for sg, _ in of_unit}),
-                                    Measurement.shape.in_({sh for _, sh in of_unit}))).all())
-    sigs = dict(s.execute(select(Subgraph.id, Subgraph.signature)
-                          .where(Subgraph.id.in_({sg for sg, _ in of_unit}))).all())
-    return [_Row(of_unit[r.subgraph_id, r.shape], r.id, sigs[r.subgraph_id], r.shape, r.config,
-                 (r.subgraph_id, r.shape, r.config) in measured, r.subgraph_id, device_id)
-            for r in rows]
-
-
-@dataclass(frozen=True)
-class _Row:
-    unit_id: int
-    id: int
-    signature: str
-    shape: str
-    config: str
-    measured: bool
-    subgraph_id: int
-    device_id: int
+    return store.claim_units(campaign, worker, n, stale_after_s=stale_after_s)
 
 
 def complete_unit(store, unit: Unit, worker: str, measurements: Sequence = (),
@@ -307,121 +84,12 @@ def complete_unit(store, unit: Unit, worker: str, measurements: Sequence = (),
     Returns False, writing nothing, when ``worker`` no longer holds the unit (its heartbeat
     went stale and another worker claimed it).
     """
-    failed = failed or {}
-    rows = [_measurement_row(unit, m.validated()) for m in measurements]
-    now = _now()
-    if store.dialect == "postgresql":
-        return _complete_pg(store, unit, worker, rows, failed, now)
-    with store.session() as s:
-        held = s.execute(update(CampaignUnit)
-                         .where(CampaignUnit.id == unit.id, CampaignUnit.worker == worker,
-                                CampaignUnit.state == "claimed")
-                         .values(state="failed" if failed else "done", finished_at=now)
-                         .returning(CampaignUnit.id)
-                         .execution_options(synchronize_session=False)).first()
-        if held is None:
-            return False
-        if rows:
-            # one executemany of one cached statement (not a VALUES list compiled per unit)
-            ins = _dialect_insert(store.dialect)(Measurement).on_conflict_do_nothing(
-                index_elements=["device_id", "subgraph_id", "shape", "config"])
-            s.connection().execute(ins, rows)
-        ok = [i for i in unit.all_ids if i not in failed]
-        if ok:
-            s.execute(update(CampaignTask).where(CampaignTask.id.in_(ok))
-                      .values(state="done", finished_at=now, error=None)
-                      .execution_options(synchronize_session=False))
-        for reason, ids in _by_reason(failed).items():
-            s.execute(update(CampaignTask).where(CampaignTask.id.in_(ids))
-                      .values(state="failed", finished_at=now, error=reason)
-                      .execution_options(synchronize_session=False))
-    return True
-
-
-def _measurement_row(unit: Unit, m) -> dict:
-    from hwcost.precision import config_key
-    from hwcost.schema import utcnow
-
-    cfg = m.config if isinstance(m.config, str) else config_key(m.config)
-    if m.signature != unit.signature or parse_shape(m.shape).key != unit.shape:
-        raise ValueError(f"measurement of {m.signature[:12]} {m.shape} given for unit "
-                         f"{unit.signature[:12]} {unit.shape}")
-    return {"device_id": unit.device_id, "subgraph_id": unit.subgraph_id, "shape": unit.shape,
-            "config": cfg, "median_us": float(m.median_us), "spread_us": float(m.spread_us),
-            "n_samples": int(m.n_samples), "measured_at": m.measured_at or utcnow(),
-            "host": m.host, "campaign": m.campaign, "tool_version": m.tool_version}
-
-
-_PG_COMPLETE = text("""
-WITH held AS (
-  UPDATE campaign_unit SET state = :unit_state, finished_at = :now
-  WHERE id = :uid AND worker = :worker AND state = 'claimed' RETURNING id),
-ins AS (
-  INSERT INTO measurement (device_id, subgraph_id, shape, config, median_us, spread_us,
-                           n_samples, measured_at, host, campaign, tool_version)
-  SELECT :device_id, :subgraph_id, :shape, x.config, x.median_us, x.spread_us, x.n_samples,
-         x.measured_at, x.host, x.campaign, x.tool_version
-  FROM unnest(CAST(:configs AS text[]), CAST(:medians AS float8[]), CAST(:spreads AS float8[]),
-              CAST(:ns AS int[]), CAST(:ats AS timestamptz[]), CAST(:hosts AS text[]),
-              CAST(:campaigns AS text[]), CAST(:versions AS text[]))
-       AS x(config, median_us, spread_us, n_samples, measured_at, host, campaign, tool_version)
-  WHERE EXISTS (SELECT 1 FROM held)
-  ON CONFLICT (device_id, subgraph_id, shape, config) DO NOTHING),
-ok AS (
-  UPDATE campaign_task SET state = 'done', finished_at = :now, error = NULL
-  WHERE id = ANY(CAST(:ok_ids AS int[])) AND EXISTS (SELECT 1 FROM held)),
-bad AS (
-  UPDATE campaign_task SET state = 'failed', finished_at = :now, error = f.error
-  FROM unnest(CAST(:failed_ids AS int[]), CAST(:errors AS text[])) AS f(id, error)
-  WHERE campaign_task.id = f.id AND EXISTS (SELECT 1 FROM held))
-SELECT count(*) AS held, set_config('synchronous_commit', 'off', true) FROM held
-""")
-
-
-def _complete_pg(store, unit: Unit, worker: str, rows: list[dict], failed: dict[int, str],
-                 now: datetime) -> bool:
-    """complete_unit on PostgreSQL: one statement (and its commit) for the whole unit."""
-    reasons = {tid: r for r, ids in _by_reason(failed).items() for tid in ids}
-    col = {k: [r[k] for r in rows] for k in ("config", "median_us", "spread_us", "n_samples",
-                                             "measured_at", "host", "campaign", "tool_version")}
-    args = {"unit_state": "failed" if failed else "done", "now": now, "uid": unit.id,
-            "worker": worker, "device_id": unit.device_id, "subgraph_id": unit.subgraph_id,
-            "shape": unit.shape, "configs": col["config"], "medians": col["median_us"],
-            "spreads": col["spread_us"], "ns": col["n_samples"], "ats": col["measured_at"],
-            "hosts": col["host"], "campaigns": col["campaign"], "versions": col["tool_version"],
-            "ok_ids": [i for i in unit.all_ids if i not in failed],
-            "failed_ids": list(reasons), "errors": list(reasons.values())}
-    with store.engine.begin() as c:
-        return bool(c.execute(_PG_COMPLETE, args).scalar())
-
-
-def _async_commit(s) -> None:
-    """PostgreSQL: this transaction's commit does not wait for its WAL flush. Queue state and
-    a unit's results commit together, so a server crash can only forget the last fraction
-    of a second of them whole (those units are claimed again and re-measured); it never
-    keeps half of a unit. Worth it: the flush, not the work, bounds the claims a second."""
-    s.execute(text("SET LOCAL synchronous_commit TO OFF"))
-
-
-def _by_reason(failed: dict[int, str]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for tid, err in failed.items():
-        reason = err.strip().splitlines()[0][:500] if err.strip() else "failed"
-        out.setdefault(reason, []).append(tid)
-    return out
+    return store.complete_unit(unit, worker, measurements, failed)
 
 
 def heartbeat(store, campaign: int, worker: str) -> int:
     """Refresh the heartbeat of every unit ``worker`` holds; returns how many it holds."""
-    with store.session() as s:
-        if store.dialect == "postgresql":
-            _async_commit(s)
-        res = s.execute(update(CampaignUnit)
-                        .where(CampaignUnit.campaign_id == campaign, CampaignUnit.worker == worker,
-                               CampaignUnit.state == "claimed")
-                        .values(heartbeat_at=_now())
-                        .execution_options(synchronize_session=False))
-        return res.rowcount or 0
+    return store.heartbeat(campaign, worker)
 
 
 class Heartbeat:
@@ -450,70 +118,21 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-@dataclass(frozen=True)
-class OtherClaims:
-    """Units held by other workers: ``live`` beat recently, ``suspect`` did not (they are
-    handed out again once their heartbeat is older than the stale limit)."""
-
-    live: dict[str, int]
-    suspect: dict[str, int]
-
-
 def other_claims(store, campaign: int, worker: str, suspect_after_s: float) -> OtherClaims:
     """Units of the campaign claimed by workers other than ``worker``, by worker."""
-    cutoff = _now() - timedelta(seconds=suspect_after_s)
-    with store.session() as s:
-        rows = s.execute(select(CampaignUnit.worker, CampaignUnit.heartbeat_at)
-                         .where(CampaignUnit.campaign_id == campaign,
-                                CampaignUnit.state == "claimed", CampaignUnit.worker != worker)
-                         ).all()
-    rows = [(w, hb is None or _utc(hb) < cutoff, 1) for w, hb in rows]
-    live: dict[str, int] = {}
-    suspect: dict[str, int] = {}
-    for w, old, n in rows:
-        d = suspect if old else live
-        d[w] = d.get(w, 0) + int(n)
-    return OtherClaims(live, suspect)
-
-
-# ------------------------------------------------------------------------- operations
+    return store.other_claims(campaign, worker, suspect_after_s)
 
 
 def release(store, campaign: int, worker: str) -> int:
     """Return ``worker``'s claimed units and tasks to pending (a restarted worker of that
     name). Returns the tasks released."""
-    with store.session() as s:
-        s.execute(update(CampaignUnit)
-                  .where(CampaignUnit.campaign_id == campaign, CampaignUnit.state == "claimed",
-                         CampaignUnit.worker == worker)
-                  .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None)
-                  .execution_options(synchronize_session=False))
-        res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.campaign_id == campaign, CampaignTask.state == "claimed",
-                               CampaignTask.worker == worker)
-                        .values(state="pending", worker=None, claimed_at=None)
-                        .execution_options(synchronize_session=False))
-        return res.rowcount or 0
+    return store.release_worker(campaign, worker)
 
 
 def retry(store, campaign: int) -> int:
     """Return a campaign's failed and cancelled tasks (and their units) to pending; returns
     the tasks reopened. Measurements already stored are kept."""
-    with store.session() as s:
-        res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.campaign_id == campaign,
-                               CampaignTask.state.in_(("failed", "cancelled")))
-                        .values(state="pending", worker=None, claimed_at=None, finished_at=None,
-                                error=None)
-                        .execution_options(synchronize_session=False))
-        s.execute(update(CampaignUnit)
-                  .where(CampaignUnit.campaign_id == campaign,
-                         CampaignUnit.state.in_(("failed", "cancelled", "done")),
-                         _has_task("pending"))
-                  .values(state="pending", worker=None, claimed_at=None, heartbeat_at=None,
-                          finished_at=None)
-                  .execution_options(synchronize_session=False))
-        return res.rowcount or 0
+    return store.retry_campaign(campaign)
 
 
 retry_failed = retry
@@ -522,31 +141,14 @@ retry_failed = retry
 def cancel(store, campaign: int) -> int:
     """Cancel a campaign's pending tasks: workers claim nothing more from it and exit once
     their current units are written. Returns the tasks cancelled (`retry` resumes them)."""
-    now = _now()
-    with store.session() as s:
-        s.execute(update(CampaignUnit)
-                  .where(CampaignUnit.campaign_id == campaign, CampaignUnit.state == "pending")
-                  .values(state="cancelled", finished_at=now)
-                  .execution_options(synchronize_session=False))
-        res = s.execute(update(CampaignTask)
-                        .where(CampaignTask.campaign_id == campaign,
-                               CampaignTask.state == "pending")
-                        .values(state="cancelled", finished_at=now)
-                        .execution_options(synchronize_session=False))
-        return res.rowcount or 0
+    return store.cancel_campaign(campaign)
 
 
 def progress(store, campaign: int) -> Progress:
     """Counts of the campaign's tasks by state."""
-    with store.session() as s:
-        rows = s.execute(select(CampaignTask.state, func.count())
-                         .where(CampaignTask.campaign_id == campaign)
-                         .group_by(CampaignTask.state)).all()
-    return Progress(**{state: int(n) for state, n in rows})
+    return store.campaign_progress(campaign)
 
 
 def task_workers(store, campaign: int) -> dict[int, str | None]:
     """task id -> the worker that holds or closed it (for audits and tests)."""
-    with store.session() as s:
-        return dict(s.execute(select(CampaignTask.id, CampaignTask.worker)
-                              .where(CampaignTask.campaign_id == campaign)).all())
+    return store.task_workers(campaign)

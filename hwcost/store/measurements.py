@@ -1,5 +1,5 @@
 """The SQL store's measurements, whole-model latencies and learned fits (a part of
-:class:`hwcost.store.sql.Store`)."""
+:class:`hwcost.store.sql.SqlStore`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from hwcost.errors import InvalidMeasurement, NoSuchDevice, StoreError
 from hwcost.precision import config_key
 from hwcost.schema import Device, LearnedFit, ManifestEntry, Measurement, ModelLatency, Subgraph, utcnow
 from hwcost.shape import parse_shape
-from hwcost.store.records import CostRow, MeasurementIn, SubgraphInfo, timing_problem
+from hwcost.store.records import (
+    CostRow,
+    DeviceRef,
+    MeasurementIn,
+    ModelRef,
+    SubgraphInfo,
+    timing_problem,
+)
 from hwcost.store.rows import good, shape_key, subgraph_ids, subgraph_info, upsert
 
 __all__ = ["MeasurementMethods"]
@@ -66,7 +73,7 @@ class MeasurementMethods:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(Measurement))
 
-    def measured_configs(self, device: str, shape: str, signatures: Sequence[str], *,
+    def measured_configs(self, device: str | DeviceRef, shape: str, signatures: Sequence[str], *,
                          allow_unstable: bool = False) -> dict[str, set[str]]:
         """signature -> configs measured for it on this device and shape (full, stable
         timings only unless ``allow_unstable``)."""
@@ -88,7 +95,7 @@ class MeasurementMethods:
                     out[by_id[sid]].add(cfg)
         return out
 
-    def model_costs(self, model_ref: str, device: str, shape: str, *,
+    def model_costs(self, model_ref: str | ModelRef, device: str | DeviceRef, shape: str, *,
                     allow_unstable: bool = False) -> list[CostRow]:
         """All measured costs of a model's subgraph instances on one device and shape.
 
@@ -127,7 +134,7 @@ class MeasurementMethods:
         measured = c.execute(stmt).all()  # fetchall: row-by-row iteration is 2x slower
         return manifest, measured
 
-    def device_measurements(self, device: str, *, allow_unstable: bool = False
+    def device_measurements(self, device: str | DeviceRef, *, allow_unstable: bool = False
                             ) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         """Every measurement of a device as (subgraph, shape, config, median_us, spread_us):
         full stable timings only unless ``allow_unstable``."""
@@ -161,10 +168,12 @@ class MeasurementMethods:
             bad = None if replace else ~good(ModelLatency)
             return bool(upsert(s, ModelLatency, [data], keys, replace=True, where=bad))
 
-    def model_latency(self, model_id: int, device_id: int, shape: str, config_hash: str, *,
+    def model_latency(self, model: str | ModelRef | int, device: str | DeviceRef | int,
+                      shape: str, config_hash: str, *,
                       allow_unstable: bool = False) -> ModelLatency | None:
         """The stored whole-model latency (full and stable unless ``allow_unstable``)."""
         with self.session() as s:
+            model_id, device_id = self._model_id(s, model), self._device_id(s, device)
             q = select(ModelLatency).where(
                 ModelLatency.model_id == model_id, ModelLatency.device_id == device_id,
                 ModelLatency.shape == shape_key(shape),
@@ -174,17 +183,19 @@ class MeasurementMethods:
             return s.scalars(q).first()
 
     # -- learned fallback fits (JSON data, never pickles)
-    def learned_fit(self, device_id: int, state: str) -> str | None:
+    def learned_fit(self, device: str | DeviceRef | int, state: str) -> str | None:
         """The JSON of the device's learned model fitted on ``state``, if stored."""
         with self.session() as s:
+            device_id = self._device_id(s, device)
             return s.scalar(select(LearnedFit.body).where(LearnedFit.device_id == device_id,
                                                           LearnedFit.state == state))
 
-    def put_learned_fit(self, device_id: int, state: str, body: str) -> None:
+    def put_learned_fit(self, device: str | DeviceRef | int, state: str, body: str) -> None:
         """Keep ``body`` as the device's learned model for ``state``; fits of older states
         of the device are dropped (they can never be asked for again)."""
         json.loads(body)  # data, not anything else
         with self.session() as s:
+            device_id = self._device_id(s, device)
             s.execute(delete(LearnedFit).where(LearnedFit.device_id == device_id,
                                                LearnedFit.state != state))
             upsert(s, LearnedFit, [{"device_id": device_id, "state": state, "body": body,

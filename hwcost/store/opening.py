@@ -134,7 +134,7 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = True,
                read_only: bool = False):
-    """Open (and create or upgrade) the store at ``url``; returns a :class:`hwcost.store.sql.Store`.
+    """Open (and create or upgrade) the store at ``url``; returns a :class:`hwcost.store.sql.SqlStore`.
 
     ``upgrade=False`` opens an older store as it is (to report its version and pending
     migrations); only an upgraded store should be written to. ``read_only=True`` opens an
@@ -142,7 +142,7 @@ def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = T
     must be migrated first). Raises ``SchemaTooNew`` for a store written by a newer hwcost,
     ``StoreError`` when the database cannot be reached or is not a store.
     """
-    from hwcost.store.sql import Store
+    from hwcost.store.sql import SqlStore
 
     url = _check_url(url or default_url())
     engine = _make_engine(url, read_only=read_only)
@@ -162,7 +162,7 @@ def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = T
         orig = getattr(e, "orig", e)
         raise StoreError(f"cannot open store {redact_urls(url)}: "
                          f"{redact_urls(first_line(orig))}") from None
-    store = Store(url, engine)
+    store = SqlStore(url, engine)
     store.read_only = ro
     return store
 

@@ -15,8 +15,8 @@ from hwcost.errors import InvalidMeasurement
 from hwcost.precision import config_key, parse_config
 from hwcost.shape import parse_shape
 
-__all__ = ["CostRow", "ManifestItem", "MeasurementIn", "SlotInfo", "SubgraphInfo", "host_name",
-           "timing_problem"]
+__all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
+           "SlotInfo", "SubgraphInfo", "host_name", "timing_problem"]
 
 
 def host_name() -> str:
@@ -166,3 +166,48 @@ class CostRow:
     baseline_us: float | None = None  # the baseline config timed in the same group
     good: bool = True  # full and stable
 
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """A stored device, resolved once from what a user typed (a fingerprint prefix, a product
+    name, a kind, a catalog name) and passed along from then on: every store method that takes
+    a device finds it again by its exact fingerprint, never by re-resolving the user's text."""
+
+    fingerprint: str
+    name: str
+    kind: str
+    threads: int | None = None
+    source: str = "local"
+    peaks: dict = field(default_factory=dict, compare=False)
+    """Calibrated or catalog peaks as stored (``hwcost.roofline.Peaks.from_json`` reads them)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A stored model (its architecture), resolved once from a fingerprint prefix or a name."""
+
+    fingerprint: str
+    name: str
+    n_subgraphs: int
+    n_layers: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A model's subgraph instances in order, each with its structure: read once per plan and
+    handed to everything that walks the model (the cost table, the problem)."""
+
+    model: ModelRef
+    items: tuple[tuple[ManifestItem, SubgraphInfo], ...]
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Every quantizable layer's module name, in model order."""
+        return [n for item, _ in self.items for n in item.layer_names]
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

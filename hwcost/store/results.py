@@ -1,5 +1,5 @@
 """The SQL store's sensitivity tables, plans and validations (a part of
-:class:`hwcost.store.sql.Store`)."""
+:class:`hwcost.store.sql.SqlStore`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 from hwcost.bounds import LOSS_MAX, float_problem, int_problem
 from hwcost.errors import InvalidMeasurement, StoreError
 from hwcost.schema import Plan, Sensitivity, Validation
+from hwcost.store.records import DeviceRef, ModelRef
 from hwcost.store.rows import shape_key, upsert
 
 __all__ = ["ResultMethods"]
@@ -39,7 +40,7 @@ class ResultMethods:
         with self.session() as s:
             return upsert(s, Sensitivity, data, keys, replace=replace)
 
-    def sensitivities(self, model_id: int, method: str = "taylor",
+    def sensitivities(self, model: str | ModelRef | int, method: str = "taylor",
                       calib_fingerprint: str | None = None, *, checkpoint: str | None = None,
                       quantizer: str | None = None) -> list[Sensitivity]:
         """A model's sensitivity rows for one method, checkpoint and quantizer.
@@ -48,7 +49,7 @@ class ResultMethods:
         latest stored table among the ones matching what is given; a table of one checkpoint
         is never mixed with another's."""
         with self.session() as s:
-            q = select(Sensitivity).where(Sensitivity.model_id == model_id,
+            q = select(Sensitivity).where(Sensitivity.model_id == self._model_id(s, model),
                                           Sensitivity.method == method)
             for col, value in ((Sensitivity.checkpoint, checkpoint),
                                (Sensitivity.quantizer, quantizer),
@@ -78,12 +79,13 @@ class ResultMethods:
             raise StoreError(f"no plan {plan_id} in the store")
         return plan
 
-    def plans_for(self, model_id: int, device_id: int, shape: str, *,
+    def plans_for(self, model: str | ModelRef | int, device: str | DeviceRef | int, shape: str, *,
                   checkpoint: str | None = None, quantizer: str | None = None) -> list[Plan]:
         """Plans of a model on a device and shape (of one checkpoint and quantizer when
         given), oldest first."""
         with self.session() as s:
-            q = select(Plan).where(Plan.model_id == model_id, Plan.device_id == device_id,
+            q = select(Plan).where(Plan.model_id == self._model_id(s, model),
+                                   Plan.device_id == self._device_id(s, device),
                                    Plan.shape == shape_key(shape))
             if checkpoint is not None:
                 q = q.where(Plan.checkpoint == checkpoint)

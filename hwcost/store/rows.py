@@ -12,9 +12,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session, SQLModel
 
 from hwcost.errors import StoreError
-from hwcost.schema import Subgraph
+from hwcost.schema import Device, Model, Subgraph
 from hwcost.shape import parse_shape
-from hwcost.store.records import SlotInfo, SubgraphInfo
+from hwcost.store.records import DeviceRef, ModelRef, SlotInfo, SubgraphInfo
 
 __all__: list[str] = []  # private to hwcost.store
 
@@ -79,3 +79,14 @@ def subgraph_info(row: Subgraph) -> SubgraphInfo:
     return SubgraphInfo(row.signature, row.kind,
                         tuple(SlotInfo.from_dict(d) for d in json.loads(row.slots)),
                         json.loads(row.extra))
+
+
+def device_ref(row: Device) -> DeviceRef:
+    """A stored device row as its record."""
+    return DeviceRef(row.fingerprint, row.name, row.kind, row.threads, row.source,
+                     json.loads(row.peaks or "{}"))
+
+
+def model_ref(row: Model) -> ModelRef:
+    """A stored model row as its record."""
+    return ModelRef(row.fingerprint, row.name, row.n_subgraphs, row.n_layers)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from hwcost.bounds import int_problem
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
@@ -25,15 +25,16 @@ from hwcost.schema import (
     Subgraph,
     utcnow,
 )
+from hwcost.store.campaigns import CampaignMethods
 from hwcost.store.measurements import MeasurementMethods
-from hwcost.store.records import ManifestItem, SubgraphInfo
+from hwcost.store.records import DeviceRef, Manifest, ManifestItem, ModelRef, SubgraphInfo
 from hwcost.store.results import ResultMethods
-from hwcost.store.rows import insert_ignore, subgraph_ids, subgraph_info, upsert
+from hwcost.store.rows import device_ref, insert_ignore, model_ref, subgraph_ids, subgraph_info
 
-__all__ = ["Store"]
+__all__ = ["SqlStore"]
 
 
-class Store(MeasurementMethods, ResultMethods):
+class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
     """A connection to one cost database (SQLite or PostgreSQL through SQLAlchemy). Use
     :func:`open_store` to get one."""
 
@@ -46,7 +47,7 @@ class Store(MeasurementMethods, ResultMethods):
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqlStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -79,6 +80,12 @@ class Store(MeasurementMethods, ResultMethods):
             with self.session() as s:
                 yield s
 
+    def _model_id(self, s: Session, ref: str | ModelRef | int) -> int:
+        return ref if isinstance(ref, int) else self.get_model(ref, session=s).id
+
+    def _device_id(self, s: Session, ref: str | DeviceRef | int) -> int:
+        return ref if isinstance(ref, int) else self.get_device(ref, session=s).id
+
     def schema_version(self) -> int:
         with self.session() as s:
             row = s.get(Meta, "schema_version")
@@ -105,8 +112,23 @@ class Store(MeasurementMethods, ResultMethods):
         with self.session() as s:
             return list(s.scalars(select(Device).order_by(Device.id)))
 
-    def get_device(self, ref: str, *, session: Session | None = None) -> Device:
-        """Find a device by fingerprint (or unique prefix) or by exact product name."""
+    def device(self, ref: str | DeviceRef) -> DeviceRef:
+        """Resolve a device once: a fingerprint (or unique prefix) or an exact product name.
+        Pass the :class:`DeviceRef` along; methods find it again by its exact fingerprint."""
+        return device_ref(self.get_device(ref))
+
+    def get_device(self, ref: str | DeviceRef | int, *, session: Session | None = None
+                   ) -> Device:
+        """The device row of a fingerprint (or unique prefix), an exact product name, a
+        :class:`DeviceRef` (exact fingerprint) or an id (inside the store package)."""
+        if isinstance(ref, (DeviceRef, int)):
+            with self._reuse(session) as s:
+                row = (s.get(Device, ref) if isinstance(ref, int) else
+                       s.scalars(select(Device).where(Device.fingerprint == ref.fingerprint)).first())
+            if row is None:
+                raise NoSuchDevice(f"device {getattr(ref, 'fingerprint', str(ref))[:12]} is not "
+                                   "in the store")
+            return row
         with self._reuse(session) as s:
             rows = list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
             if not rows:
@@ -166,30 +188,33 @@ class Store(MeasurementMethods, ResultMethods):
                       for m in manifest)
             return model_id
 
-    def put_checkpoint(self, model_id: int, digest: str, name: str = "", source: str = "") -> int:
+    def put_checkpoint(self, model: str | ModelRef | int, digest: str, name: str = "",
+                       source: str = "") -> int:
         """Record one checkpoint (weights digest) of a stored model; idempotent, returns its id."""
         if not digest or digest == UNKNOWN:
             raise StoreError("a checkpoint needs its weights digest (profiles.checkpoint)")
         with self.session() as s:
+            model_id = self._model_id(s, model)
             row = {"model_id": model_id, "digest": digest, "name": name, "source": source,
                    "created_at": utcnow()}
             insert_ignore(s, Checkpoint, [row], ["model_id", "digest"])
             return s.scalar(select(Checkpoint.id).where(Checkpoint.model_id == model_id,
                                                         Checkpoint.digest == digest))
 
-    def checkpoints(self, model_id: int | None = None) -> list[Checkpoint]:
+    def checkpoints(self, model: str | ModelRef | int | None = None) -> list[Checkpoint]:
         """Recorded checkpoints (of one model when given), oldest first."""
         with self.session() as s:
             q = select(Checkpoint).order_by(Checkpoint.model_id, Checkpoint.id)
-            if model_id is not None:
-                q = q.where(Checkpoint.model_id == model_id)
+            if model is not None:
+                q = q.where(Checkpoint.model_id == self._model_id(s, model))
             return list(s.scalars(q))
 
-    def sensitivity_keys(self, model_id: int, method: str = "taylor"
+    def sensitivity_keys(self, model: str | ModelRef | int, method: str = "taylor"
                          ) -> list[tuple[str, str, str]]:
         """Distinct (checkpoint, quantizer, calib_fingerprint) of a model's stored tables,
         newest first."""
         with self.session() as s:
+            model_id = self._model_id(s, model)
             last = func.max(Sensitivity.id)
             rows = s.execute(select(Sensitivity.checkpoint, Sensitivity.quantizer,
                                     Sensitivity.calib_fingerprint, last)
@@ -204,8 +229,20 @@ class Store(MeasurementMethods, ResultMethods):
         with self.session() as s:
             return list(s.scalars(select(Model).order_by(Model.id)))
 
-    def get_model(self, ref: str, *, session: Session | None = None) -> Model:
-        """Find a model by fingerprint (or unique prefix) or by name (latest wins)."""
+    def model(self, ref: str | ModelRef) -> ModelRef:
+        """Resolve a model once: a fingerprint (or unique prefix) or a name (latest wins)."""
+        return model_ref(self.get_model(ref))
+
+    def get_model(self, ref: str | ModelRef | int, *, session: Session | None = None) -> Model:
+        """The model row of a fingerprint (or unique prefix), a name (latest wins), a
+        :class:`ModelRef` (exact fingerprint) or an id (inside the store package)."""
+        if isinstance(ref, (ModelRef, int)):
+            with self._reuse(session) as s:
+                row = (s.get(Model, ref) if isinstance(ref, int) else
+                       s.scalars(select(Model).where(Model.fingerprint == ref.fingerprint)).first())
+            if row is None:
+                raise NoSuchModel(f"model {getattr(ref, 'name', ref)!r} is not in the store")
+            return row
         with self._reuse(session) as s:
             rows = list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
             if not rows:
@@ -218,25 +255,24 @@ class Store(MeasurementMethods, ResultMethods):
                               "`hwcost db ls` lists what is there")
         raise NoSuchModel(f"{ref!r} matches several models; give more of the fingerprint")
 
-    def manifest(self, model_ref: str) -> tuple[Model, list[tuple[ManifestItem, SubgraphInfo]]]:
-        """A model's subgraph instances in order, each with its structure."""
-        model = self.get_model(model_ref)
+    def model_manifest(self, model: str | ModelRef) -> Manifest:
+        """A model's subgraph instances in order, each with its structure (one transaction)."""
         with self.session() as s:
-            rows = s.execute(select(ManifestEntry, Subgraph)
-                             .join(Subgraph, Subgraph.id == ManifestEntry.subgraph_id)
-                             .where(ManifestEntry.model_id == model.id)
-                             .order_by(ManifestEntry.position)).all()
-        return model, [(ManifestItem(e.position, g.signature, tuple(json.loads(e.layer_names))),
-                        subgraph_info(g)) for e, g in rows]
+            return self._manifest(s, self.get_model(model, session=s))[1]
 
-    # -- kept for hwcost.queue until its operations are store methods
-    def _subgraph_ids(self, s: Session, signatures: Sequence[str]) -> dict[str, int]:
-        return subgraph_ids(s, signatures)
+    def manifest(self, model_ref: str | ModelRef
+                 ) -> tuple[Model, list[tuple[ManifestItem, SubgraphInfo]]]:
+        """The model's row and its manifest items (:meth:`model_manifest` without the row)."""
+        with self.session() as s:
+            row, found = self._manifest(s, self.get_model(model_ref, session=s))
+        return row, list(found.items)
 
-    def _insert_ignore(self, s: Session, table: type[SQLModel], rows: list[dict],
-                       keys: list[str]) -> int:
-        return insert_ignore(s, table, rows, keys)
-
-    def _upsert(self, s: Session, table: type[SQLModel], rows: list[dict], keys: list[str], *,
-                replace: bool = True, where=None) -> int:
-        return upsert(s, table, rows, keys, replace=replace, where=where)
+    @staticmethod
+    def _manifest(s: Session, model: Model) -> tuple[Model, Manifest]:
+        rows = s.execute(select(ManifestEntry, Subgraph)
+                         .join(Subgraph, Subgraph.id == ManifestEntry.subgraph_id)
+                         .where(ManifestEntry.model_id == model.id)
+                         .order_by(ManifestEntry.position)).all()
+        return model, Manifest(model_ref(model), tuple(
+            (ManifestItem(e.position, g.signature, tuple(json.loads(e.layer_names))),
+             subgraph_info(g)) for e, g in rows))
