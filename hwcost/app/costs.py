@@ -6,12 +6,14 @@ from __future__ import annotations
 import click
 
 from hwcost.app.options import (
+    allow_unstable_option,
     emit_json,
     handle_errors,
     json_option,
     open_cli_store,
     store_option,
     table,
+    threads_option,
 )
 
 
@@ -24,9 +26,8 @@ from hwcost.app.options import (
 @click.option("--precisions", default=None, metavar="P1,P2",
               help="Precisions to enumerate [default: those measured for this model on the "
                    "device, else the device kind's candidates].")
-@click.option("--allow-unstable", is_flag=True,
-              help="Count quick and unstable timings as measured, as `hwcost plan "
-                   "--allow-unstable` would.")
+@allow_unstable_option(help="Count quick and unstable timings as measured, as `hwcost plan "
+                            "--allow-unstable` would.")
 @store_option
 @json_option
 @handle_errors
@@ -98,9 +99,7 @@ def _answers(src: dict[str, int]) -> str:
 
 
 @click.command("calibrate")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads to measure with (part of the device fingerprint) "
-                   "[default: every CPU this process may use, as profiling does].")
+@threads_option
 @click.option("--budget", type=float, default=8.0, show_default=True,
               help="Seconds the microbenchmark may take.")
 @store_option

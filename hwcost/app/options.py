@@ -37,6 +37,40 @@ def device_option(f: Callable) -> Callable:
                              "fingerprint (prefix) or product name.")(f)
 
 
+QUICK_HELP = ("Few timing samples, no re-measuring, no waiting for a quiet machine: for smoke "
+              "tests, not numbers to keep.")
+
+
+def quick_option(then: str) -> Callable[[Callable], Callable]:
+    """``--quick``: quick timings; ``then`` says what the command does with them."""
+    return click.option("--quick", is_flag=True, help=f"{QUICK_HELP} {then}")
+
+
+ALLOW_UNSTABLE_HELP = ("Plan on quick or unstable timings too (by default only full timings of a "
+                       "stable machine count; the others are left to the fallbacks).")
+
+
+def allow_unstable_option(f: Callable | None = None, *, help: str = ALLOW_UNSTABLE_HELP
+                          ) -> Callable:
+    """``--allow-unstable``: quick and unstable timings count as measured costs."""
+    deco = click.option("--allow-unstable", is_flag=True, help=help)
+    return deco(f) if f is not None else deco
+
+
+def measured_only_option(f: Callable) -> Callable:
+    """``--measured-only``: plan from measured costs alone."""
+    return click.option("--measured-only", is_flag=True,
+                        help="Plan from measured costs alone (no learned or roofline "
+                             "estimates).")(f)
+
+
+def threads_option(f: Callable) -> Callable:
+    """``--threads N``: CPU threads to time with."""
+    return click.option("--threads", default=None, type=click.IntRange(min=1),
+                        help="CPU threads to time with (part of the device fingerprint) "
+                             "[default: every CPU this process may use].")(f)
+
+
 def require_existing(db_url: str | None) -> None:
     """Refuse, in one line and creating nothing, an SQLite store path that does not exist: a
     command that only reads (or needs what a store already holds) must not make an empty

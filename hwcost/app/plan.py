@@ -11,13 +11,16 @@ from pathlib import Path
 import click
 
 from hwcost.app.options import (
+    allow_unstable_option,
     device_option,
     emit_json,
     handle_errors,
     json_option,
+    measured_only_option,
     open_cli_store,
     store_option,
     table,
+    threads_option,
 )
 from hwcost.enums import SensitivityMethod
 from planner.enums import ExportFormat, IncNaming, Objective
@@ -63,11 +66,8 @@ from planner.enums import ExportFormat, IncNaming, Objective
               help="Also write the plan (or the sweep) as JSON to this file.")
 @click.option("--time-limit", type=float, default=60.0, show_default=True,
               help="Solver time limit per solve, seconds (the gap is reported if hit).")
-@click.option("--allow-unstable", is_flag=True,
-              help="Plan on quick or unstable timings too (by default only full timings of a "
-                   "stable machine count; the others are left to the fallbacks).")
-@click.option("--measured-only", is_flag=True,
-              help="Plan from measured costs alone (no learned or roofline estimates).")
+@allow_unstable_option
+@measured_only_option
 @click.option("--shrink", type=float, default=1.0, show_default=True, metavar="K",
               help="Choose on time gains shrunk toward zero by K standard errors (0: as "
                    "estimated); the prediction uses the unshrunk gains.")
@@ -239,7 +239,7 @@ def export_plan_cmd(plan, fmt, naming, output, db_url):
               help="Held-out text or token ids for the true loss MSE [default: data/corpus/test.txt].")
 @click.option("--samples", type=int, default=128, show_default=True,
               help="Held-out sequences for the loss MSE.")
-@click.option("--threads", type=int, default=None, help="CPU threads to time with.")
+@threads_option
 @store_option
 @json_option
 @handle_errors

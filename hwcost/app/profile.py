@@ -9,8 +9,10 @@ from hwcost.app.options import (
     handle_errors,
     json_option,
     open_cli_store,
+    quick_option,
     store_option,
     table,
+    threads_option,
 )
 
 
@@ -32,16 +34,13 @@ from hwcost.app.options import (
                    "device, so workers started alike share one].")
 @click.option("--max-configs", default=64, show_default=True, type=click.IntRange(min=1),
               help="Most precision configs timed per subgraph; larger pieces are split.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="CPU threads to time with [default: all this process may use].")
+@threads_option
 @click.option("--group", default=32, show_default=True, type=click.IntRange(min=1),
               help="Configs timed together (interleaved) and written in one transaction; the "
                    "piece's baseline config is timed in every group as well, and each gain is "
                    "stored against it.")
-@click.option("--quick", is_flag=True,
-              help="Few samples, no re-measuring, no waiting for a quiet machine: for smoke "
-                   "tests. Stored as quick: plans use them only with --allow-unstable and a "
-                   "later full run measures them again.")
+@quick_option("Stored as quick: plans use them only with --allow-unstable and a later full "
+              "run measures them again.")
 @click.option("--stale-after", default=None, type=click.FloatRange(min=0.5), metavar="SECONDS",
               help="Worker mode: a claim whose worker sent no heartbeat for this long (the "
                    "worker was killed, its host lost) is handed out again; workers beat "

@@ -10,11 +10,14 @@ import click
 
 from hwcost.app.main_job import MainJobOptions, RunSummary, run_main_job
 from hwcost.app.options import (
+    allow_unstable_option,
     emit_json,
     handle_errors,
     json_option,
+    measured_only_option,
     open_cli_store,
     progress_enabled,
+    quick_option,
     store_option,
 )
 from hwcost.enums import DeploymentMode, DeviceKind
@@ -42,10 +45,8 @@ from hwcost.enums import DeploymentMode, DeviceKind
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
               help="Calibration sequences for the sensitivity table [default: 64; without "
                    "--calib and this option a stored table of the checkpoint is reused].")
-@click.option("--quick", is_flag=True,
-              help="Few timing samples, no re-measuring, no waiting for a quiet machine: for "
-                   "smoke tests, not numbers to keep. Its timings are stored as quick; this "
-                   "run plans on them, a later full run measures them again.")
+@quick_option("Its timings are stored as quick; this run plans on them, a later full run "
+              "measures them again.")
 @click.option("--workload", default=None, metavar="SPEC|FILE",
               help="Optimise whole requests instead of one shape: prompt=P,gen=G,batch=B, or a "
                    "JSON/CSV file of (prompt, gen, batch[, weight]). Profiles the prefill shape "
@@ -53,11 +54,8 @@ from hwcost.enums import DeploymentMode, DeviceKind
 @click.option("--precisions", default=None, metavar="P1,P2",
               help="Precisions to profile, score and plan (at most 4, the baseline included), "
                    "e.g. fp32,bf16,int8_wo,int4_wo [default: the device's candidates].")
-@click.option("--allow-unstable", is_flag=True,
-              help="Plan on quick or unstable timings too (by default only full timings of a "
-                   "stable machine count; the others are left to the fallbacks).")
-@click.option("--measured-only", is_flag=True,
-              help="Plan from measured costs alone (no learned or roofline estimates).")
+@allow_unstable_option
+@measured_only_option
 @click.option("--compiled", is_flag=True,
               help="Deploy, profile and validate under torch.compile (inductor); stored under "
                    "its own device key.")
