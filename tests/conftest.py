@@ -44,6 +44,9 @@ def _empty_url(backend: str, path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{path}"
         return
+    if backend == "sqlite-memory":
+        yield "sqlite://"
+        return
     url, drop = make_pg_database()
     try:
         yield url
@@ -54,6 +57,13 @@ def _empty_url(backend: str, path) -> Iterator[str]:
 @pytest.fixture(params=_backends())
 def store_url(request, tmp_path) -> Iterator[str]:
     """URL of an empty store on each backend."""
+    yield from _empty_url(request.param, tmp_path / "store.db")
+
+
+@pytest.fixture(params=[pytest.param("sqlite-memory", id="sqlite-memory"), *_backends()])
+def any_store_url(request, tmp_path) -> Iterator[str]:
+    """URL of an empty store on every backend the ``Store`` protocol has: an SQLite file,
+    in-memory SQLite (one connection per store) and PostgreSQL (the contract suite)."""
     yield from _empty_url(request.param, tmp_path / "store.db")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from hwcost.errors import SchemaTooNew, StoreError, first_line
@@ -102,6 +103,11 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
             # where SQLite cannot create the -shm file.
             flag = "mode=ro" if os.access(Path(path).parent, os.W_OK) else "immutable=1"
             engine = create_engine(f"sqlite:///file:{Path(path).resolve()}?{flag}&uri=true",
+                                   connect_args={"timeout": 60, "check_same_thread": False})
+        elif path in ("", ":memory:"):
+            # one in-memory database per store: every session and thread shares its one
+            # connection (each new connection would be a new, empty database)
+            engine = create_engine(url, poolclass=StaticPool,
                                    connect_args={"timeout": 60, "check_same_thread": False})
         else:
             engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})

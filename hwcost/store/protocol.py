@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
+from hwcost.device import DeviceInfo
 from hwcost.store.campaigns import Progress, Unit
 from hwcost.store.records import (
     CostRow,
@@ -44,6 +45,10 @@ class Store(Protocol):
         """The stored schema version (0 for an empty database)."""
 
     # -- devices and models, resolved once
+    def put_device(self, info: DeviceInfo, *, peaks: dict | None = None,
+                   source: str = "local") -> DeviceRef:
+        """Record a device by fingerprint (idempotent; given peaks are merged in)."""
+
     def device(self, ref: str | DeviceRef) -> DeviceRef:
         """A stored device by fingerprint (or unique prefix) or exact product name;
         ``NoSuchDevice`` when none or several match."""

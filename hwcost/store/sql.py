@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from hwcost.bounds import int_problem
+from hwcost.device import DeviceInfo
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.schema import (
     UNKNOWN,
@@ -107,6 +108,11 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
                 merged = {**json.loads(found.peaks), **json.loads(dev.peaks)}
                 found.peaks = json.dumps(merged, sort_keys=True)
             return found
+
+    def put_device(self, info: DeviceInfo, *, peaks: dict | None = None,
+                   source: str = "local") -> DeviceRef:
+        """Record a device by fingerprint (idempotent; given peaks are merged in)."""
+        return device_ref(self.upsert_device(info.to_row(peaks, source)))
 
     def devices(self) -> list[Device]:
         with self.session() as s:

@@ -1,0 +1,259 @@
+"""The ``Store`` protocol's contract, run on every backend from one parametrised fixture
+(``any_store_url``: an SQLite file, in-memory SQLite, PostgreSQL): round trips of each record
+kind, natural-key lookups, idempotent writes, refusals of bad input with nothing written, the
+queue's operations, and a reopen that finds everything again."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from hwcost.device import DeviceInfo
+from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
+from hwcost.schema import SCHEMA_VERSION, ModelLatency, Plan, Sensitivity, Validation
+from hwcost.store import (
+    CostRow,
+    DeviceRef,
+    Manifest,
+    ManifestItem,
+    MeasurementIn,
+    ModelRef,
+    SlotInfo,
+    SqlStore,
+    Store,
+    SubgraphInfo,
+    open_store,
+)
+
+CPU = DeviceInfo("cpu", "Contract CPU", 4, ("avx2",), {"torch": "0"})
+GPU = DeviceInfo("cuda", "Contract GPU", None, (), {"torch": "0"})
+MLP = SubgraphInfo("sig-mlp", "LlamaMLP", (SlotInfo("Linear", 8, 16), SlotInfo("Linear", 16, 8)),
+                   {"act": "silu"})
+ATT = SubgraphInfo("sig-att", "Attention", (SlotInfo("Linear", 8, 24, bias=True),))
+ITEMS = [ManifestItem(0, ATT.signature, ("l0.qkv",)), ManifestItem(1, MLP.signature, ("l0.up", "l0.down")),
+         ManifestItem(2, ATT.signature, ("l1.qkv",)), ManifestItem(3, MLP.signature, ("l1.up", "l1.down"))]
+SHAPE = "batch=1,seq=16,phase=prefill"
+
+
+@pytest.fixture
+def store(any_store_url):
+    s = open_store(any_store_url)
+    yield s
+    s.close()
+
+
+def _model(store: Store) -> ModelRef:
+    store.put_model("fp-model", "contract-model", [ATT, MLP], ITEMS)
+    return store.model("contract-model")
+
+
+def _timing(dev: DeviceRef, sub: SubgraphInfo, cfg: str, us: float, **kw) -> MeasurementIn:
+    return MeasurementIn(dev.fingerprint, sub.signature, SHAPE, cfg, us, us / 50, 9, **kw)
+
+
+def test_the_sql_store_meets_the_protocol_and_its_schema_is_current(store):
+    assert isinstance(store, Store) and isinstance(store, SqlStore)
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_devices_round_trip_and_resolve_by_natural_key(store):
+    ref = store.put_device(CPU, peaks={"fp32_tflops": 1.5})
+    assert ref == DeviceRef(CPU.fingerprint, "Contract CPU", "cpu", 4, "local")
+    assert ref.peaks == {"fp32_tflops": 1.5}
+    assert store.put_device(CPU) == ref  # idempotent by fingerprint
+    assert store.device(CPU.fingerprint[:6]) == ref == store.device("Contract CPU")
+    assert store.device(ref) == ref
+    store.set_device_peaks(CPU.fingerprint, {"mem_gbps": 20.0})
+    assert store.device(ref).peaks == {"fp32_tflops": 1.5, "mem_gbps": 20.0}
+    store.put_device(GPU)
+    with pytest.raises(NoSuchDevice, match="no device 'nope' in the store"):
+        store.device("nope")
+    with pytest.raises(NoSuchDevice, match="matches several devices"):
+        store.device("")
+    with pytest.raises(InvalidMeasurement, match="threads"):
+        store.put_device(DeviceInfo("cpu", "Zero", 0))
+
+
+def test_models_manifests_and_subgraphs_round_trip(store):
+    model = _model(store)
+    assert model == ModelRef("fp-model", "contract-model", 4, 6)
+    assert store.put_model("fp-model", "contract-model", [ATT, MLP], ITEMS) is not None
+    assert store.model("fp-mo") == model == store.model(model)
+    man = store.model_manifest(model)
+    assert isinstance(man, Manifest) and man.model == model and len(man) == 4
+    assert [item for item, _ in man] == ITEMS
+    assert [sub for _, sub in man] == [ATT, MLP, ATT, MLP]
+    assert man.layer_names == ["l0.qkv", "l0.up", "l0.down", "l1.qkv", "l1.up", "l1.down"]
+    assert store.subgraph(MLP.signature) == MLP
+    with pytest.raises(StoreError, match="no subgraph"):
+        store.subgraph("sig-none")
+    with pytest.raises(NoSuchModel, match="no model 'other'"):
+        store.model("other")
+    with pytest.raises(StoreError, match="manifest names subgraphs not given"):
+        store.put_model("fp-bad", "bad", [MLP], [ManifestItem(0, "sig-none", ("x",))])
+    with pytest.raises(NoSuchModel):
+        store.model("bad")  # nothing of the refused model was stored
+
+
+def test_checkpoints_are_idempotent_and_need_a_digest(store):
+    model = _model(store)
+    first = store.put_checkpoint(model, "d" * 32, "base", "test")
+    assert store.put_checkpoint(model, "d" * 32, "base", "test") == first
+    assert [c.digest for c in store.checkpoints(model)] == ["d" * 32]
+    with pytest.raises(StoreError, match="needs its weights digest"):
+        store.put_checkpoint(model, "")
+
+
+def test_measurements_round_trip_by_natural_key_and_stay_idempotent(store):
+    dev, model = store.put_device(CPU), _model(store)
+    rows = [_timing(dev, MLP, "fp32,fp32", 100.0), _timing(dev, MLP, "int8,int8", 60.0),
+            _timing(dev, ATT, "fp32", 40.0)]
+    assert store.add_measurements(rows) == 3
+    assert store.add_measurements(rows) == 0  # a good stored row is kept
+    assert store.measurement_count() == 3
+    costs = store.model_costs(model, dev, SHAPE)
+    assert [(c.position, c.config, c.median_us) for c in costs] == [
+        (0, "fp32", 40.0), (1, "fp32,fp32", 100.0), (1, "int8,int8", 60.0),
+        (2, "fp32", 40.0), (3, "fp32,fp32", 100.0), (3, "int8,int8", 60.0)]
+    assert all(isinstance(c, CostRow) and c.good for c in costs)
+    assert store.model_costs("contract-model", CPU.fingerprint[:8], SHAPE) == costs
+    assert store.measured_configs(dev, SHAPE, [MLP.signature, ATT.signature]) == {
+        MLP.signature: {"fp32,fp32", "int8,int8"}, ATT.signature: {"fp32"}}
+    assert sorted((s.signature, c, m) for s, _, c, m, _ in store.device_measurements(dev)) == [
+        (ATT.signature, "fp32", 40.0), (MLP.signature, "fp32,fp32", 100.0),
+        (MLP.signature, "int8,int8", 60.0)]
+    assert store.add_measurements([_timing(dev, ATT, "fp32", 41.0)], replace=True) == 1
+    assert store.model_costs(model, dev, SHAPE)[0].median_us == 41.0
+
+
+def test_a_quick_timing_is_kept_out_of_plans_and_replaced_by_a_full_one(store):
+    dev, model = store.put_device(CPU), _model(store)
+    store.add_measurements([_timing(dev, ATT, "fp32", 50.0, quick=True)])
+    assert store.model_costs(model, dev, SHAPE) == []
+    [row] = {c.config: c for c in store.model_costs(model, dev, SHAPE, allow_unstable=True)
+             }.values()
+    assert not row.good
+    assert store.add_measurements([_timing(dev, ATT, "fp32", 45.0)]) == 1
+    assert {c.median_us for c in store.model_costs(model, dev, SHAPE)} == {45.0}
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(median_us=math.nan), "median_us=nan"),
+    (dict(median_us=0.0), "a run cannot be free"),
+    (dict(spread_us=-1.0), "spread_us=-1.0"),
+    (dict(n_samples=0), "n_samples=0"),
+    (dict(config="fp99"), "fp99"),
+])
+def test_bad_measurements_are_refused_with_nothing_written(store, bad, match):
+    dev = store.put_device(CPU)
+    _model(store)
+    good = _timing(dev, ATT, "fp32", 40.0)
+    fields = {**good.__dict__, **bad}
+    with pytest.raises(Exception, match=match):
+        store.add_measurements([good, MeasurementIn(**fields)])
+    assert store.measurement_count() == 0
+
+
+def test_measurements_of_unknown_devices_or_subgraphs_are_refused(store):
+    dev = store.put_device(CPU)
+    _model(store)
+    with pytest.raises(NoSuchDevice, match="is not in the store"):
+        store.add_measurements([MeasurementIn("f" * 16, ATT.signature, SHAPE, "fp32", 1.0, 0.1, 3)])
+    with pytest.raises(StoreError, match="subgraph sig-none is not in the store"):
+        store.add_measurements([MeasurementIn(dev.fingerprint, "sig-none", SHAPE, "fp32", 1.0, 0.1, 3)])
+    assert store.measurement_count() == 0
+
+
+def test_whole_model_latencies_learned_fits_and_sensitivities_round_trip(store):
+    dev, model = store.put_device(CPU), _model(store)
+    ids = store.get_model(model).id, store.get_device(dev).id  # the SQL rows' keys
+    assert store.add_model_latency(ModelLatency(
+        model_id=ids[0], device_id=ids[1], shape=SHAPE, config_hash="all:fp32", config="{}",
+        median_us=500.0, spread_us=5.0, n_samples=9))
+    assert store.model_latency(model, dev, SHAPE, "all:fp32").median_us == 500.0
+    assert store.model_latency(model, dev, SHAPE, "all:int8") is None
+    with pytest.raises(InvalidMeasurement):
+        store.add_model_latency(ModelLatency(
+            model_id=ids[0], device_id=ids[1], shape=SHAPE, config_hash="all:bf16",
+            config="{}", median_us=math.inf, spread_us=5.0, n_samples=9))
+
+    store.put_learned_fit(dev, "s1", json.dumps({"n_train": 3}))
+    store.put_learned_fit(dev, "s2", json.dumps({"n_train": 4}))
+    assert store.learned_fit(dev, "s1") is None  # an older state's fit is dropped
+    assert json.loads(store.learned_fit(dev, "s2")) == {"n_train": 4}
+
+    table = [Sensitivity(model_id=ids[0], checkpoint="c" * 32, quantizer="q1",
+                         calib_fingerprint="cal", layer=layer, precision="int8",
+                         loss_mse=1e-4 * (i + 1), stderr=1e-5, n_samples=8)
+             for i, layer in enumerate(store.model_manifest(model).layer_names)]
+    assert store.add_sensitivities(table) == 6
+    assert store.sensitivity_keys(model) == [("c" * 32, "q1", "cal")]
+    back = store.sensitivities(model, checkpoint="c" * 32)
+    assert [(r.layer, r.loss_mse) for r in back] == [(r.layer, r.loss_mse) for r in table]
+    bad = Sensitivity(**{**table[0].model_dump(exclude={"id"}), "loss_mse": math.nan})
+    with pytest.raises(InvalidMeasurement, match="sensitivity loss_mse=nan"):
+        store.add_sensitivities([bad])
+
+
+def test_plans_and_validations_round_trip(store):
+    dev, model = store.put_device(CPU), _model(store)
+    mid, did = store.get_model(model).id, store.get_device(dev).id
+    body = json.dumps({"type": "plan", "data": {"layers": {"l0.up": "int8"}}}, sort_keys=True)
+    pid = store.add_plan(Plan(model_id=mid, device_id=did, shape=SHAPE, objective="time",
+                              checkpoint="c" * 32, quantizer="q1", predicted_speedup=1.2,
+                              body=body))
+    assert store.get_plan(pid).body == body
+    assert [p.id for p in store.plans_for(model, dev, SHAPE)] == [pid]
+    assert store.plans_for(model, dev, SHAPE, checkpoint="other") == []
+    with pytest.raises(StoreError, match=f"no plan {pid + 1} in the store"):
+        store.get_plan(pid + 1)
+    vid = store.add_validation(Validation(plan_id=pid, device_id=did, checkpoint="c" * 32,
+                                          baseline_us=100.0, plan_us=80.0, measured_speedup=1.25))
+    assert [(v.id, v.measured_speedup) for v in store.validations_for(pid)] == [(vid, 1.25)]
+
+
+def test_the_queue_hands_out_each_unit_once_and_writes_it_whole(store):
+    dev = store.put_device(CPU)
+    _model(store)
+    cid = store.ensure_campaign("c", device=dev.fingerprint, model=store.model("contract-model"),
+                                shapes=[SHAPE], precisions=["fp32", "int8"])
+    assert store.ensure_campaign("c", device=dev.fingerprint, model=None) == cid
+    assert store.campaign_id("c") == cid
+    tasks = [(ATT.signature, SHAPE, "fp32"), (ATT.signature, SHAPE, "int8"),
+             (MLP.signature, SHAPE, "fp32,fp32")]
+    assert store.add_tasks(cid, tasks) == 3 and store.add_tasks(cid, tasks) == 0
+    first = store.claim_units(cid, "w1", 1)
+    second = store.claim_units(cid, "w2", 5)
+    assert [u.signature for u in first + second] == [ATT.signature, MLP.signature]
+    assert store.claim_units(cid, "w3", 5) == []
+    [unit] = first
+    ms = [MeasurementIn(dev.fingerprint, t.signature, t.shape, t.config, 10.0, 0.1, 5)
+          for t in unit.tasks]
+    assert not store.complete_unit(unit, "w2", ms)  # not its unit: nothing written
+    assert store.measurement_count() == 0
+    assert store.complete_unit(unit, "w1", ms)
+    assert store.measurement_count() == 2
+    assert store.heartbeat(cid, "w2") == 1
+    assert store.release_worker(cid, "w2") == 1
+    assert store.campaign_progress(cid).to_dict() == {
+        "pending": 1, "claimed": 0, "done": 2, "failed": 0, "cancelled": 0, "total": 3}
+    assert store.cancel_campaign(cid) == 1 and store.retry_campaign(cid) == 1
+    with pytest.raises(StoreError, match="tasks name subgraphs not in the store"):
+        store.add_tasks(cid, [("sig-none", SHAPE, "fp32")])
+    with pytest.raises(StoreError, match="no campaign 'd'"):
+        store.campaign_id("d")
+
+
+def test_a_reopened_store_holds_what_was_written(any_store_url):
+    if any_store_url == "sqlite://":
+        pytest.skip("an in-memory store ends with its connection")
+    with open_store(any_store_url) as s:
+        dev, model = s.put_device(CPU), _model(s)
+        s.add_measurements([_timing(dev, MLP, "fp32,fp32", 100.0)])
+        before = (s.model_manifest(model), s.model_costs(model, dev, SHAPE))
+    with open_store(any_store_url) as s:
+        assert s.device(CPU.fingerprint) == dev and s.model(model) == model
+        assert (s.model_manifest(model), s.model_costs(model, dev, SHAPE)) == before
+        assert s.schema_version() == SCHEMA_VERSION
