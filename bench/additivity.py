@@ -53,6 +53,7 @@ from hwcost.device import local_device  # noqa: E402
 from hwcost.errors import ModelLoadError  # noqa: E402
 from hwcost.precision import Precision, parse_precisions  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
+from profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
 from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
 from profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
 from profiles.bench import CLOCK_ENV, time_interleaved  # noqa: E402
@@ -356,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "additivity", "model": model_desc, "shape": shape.key,
         "threads": threads, "clock": args.clock, "device": local_device("cpu").to_dict(),
         "timing": timing.kwargs(), "quick": args.quick, "target_on": target_on,
+        # glibc's malloc thresholds pinned by the harness (profiles.allocator), or left moving
+        # with HWCOST_MALLOC=dynamic (then page faults depend on what ran before)
+        "allocator": "pinned" if steady_allocator() else
+                     f"dynamic ({MALLOC_ENV}={os.environ.get(MALLOC_ENV, '')!r})",
         # the target deployment's numbers at the top level, every deployment under its name
         **{k: main_run[k] for k in ("precisions", "n_configs", "n_subgraphs",
                                     "n_unique_subgraphs", "n_subgraph_configs_measured",
@@ -411,7 +416,8 @@ def _markdown(r: dict) -> str:
         f"Model: {r['model']}; shape `{r['shape']}`; {r['threads']} threads; "
         f"{'wall-clock' if r['clock'] == 'wall' else 'thread CPU-time'} timings; "
         f"{r['device']['name']} ({' '.join(r['device']['flags'])}); torch "
-        f"{r['device']['software'].get('torch')}; {r['seconds']:.0f} s in all; load average "
+        f"{r['device']['software'].get('torch')}; {r['seconds']:.0f} s in all; allocator "
+        f"{r.get('allocator', '?')}; load average "
         f"(1 min) {r['loadavg_1min'][0]:.1f} at start, {r['loadavg_1min'][1]:.1f} at end (the "
         f"machine has {os.cpu_count()} CPUs and is shared: every prediction's baseline is the "
         "fp32 model timed interleaved with that config, so load that moves both cancels).",

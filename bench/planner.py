@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import sys
@@ -386,12 +387,22 @@ def main() -> None:
     ap.add_argument("--biased-model", default="tests.factories:tiny_qwen2",
                     help="second model for part b (a biased family), closed loop only; "
                          "'' to skip")
+    ap.add_argument("--clock", choices=("wall", "thread"), default=None,
+                    help="timing clock of part b (thread: the calling thread's CPU time, which "
+                         "leaves out other processes' slices on a shared machine; needs "
+                         "--threads 1); default $HWCOST_BENCH_CLOCK, else wall")
     args = ap.parse_args()
+    if args.clock:
+        if args.clock == "thread" and args.threads != 1:
+            ap.error("--clock thread needs --threads 1")
+        os.environ["HWCOST_BENCH_CLOCK"] = args.clock  # every timing of part b, campaign too
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / "planner.json"
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                         "processor": cpu_model_and_flags()[0], "threads": args.threads}
+                         "processor": cpu_model_and_flags()[0], "threads": args.threads,
+                         "clock": os.environ.get("HWCOST_BENCH_CLOCK", "wall"),
+                         "load_avg_1min_start": _load()}
     if args.part in ("a", "all"):
         print("(a) solver on the 70B-shaped problem", flush=True)
         result["a"] = part_a()
@@ -410,6 +421,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - reported, the other results are kept
                 result["b_biased"] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  could not run: {result['b_biased']['error']}", flush=True)
+    result["machine"]["load_avg_1min_end"] = _load()
     out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     targets = targets_of(result)
     (RESULTS / "planner.md").write_text(markdown(result, targets))
@@ -442,7 +454,9 @@ def targets_of(result: dict) -> list[str]:
 def markdown(result: dict, targets: list[str]) -> str:
     m = result["machine"]
     lines = ["# Planner benchmark", "", f"Machine: {m['processor']}, {m['platform']}, "
-             f"Python {m['python']}, {m['threads']} threads.", ""]
+             f"Python {m['python']}, {m['threads']} threads, {m.get('clock', 'wall')} clock; "
+             f"1-minute load average {m.get('load_avg_1min_start')} at start, "
+             f"{m.get('load_avg_1min_end')} at end.", ""]
     a = result.get("a")
     if a:
         inst = a["instance"]
@@ -510,8 +524,6 @@ def markdown(result: dict, targets: list[str]) -> str:
 
 
 def _ncpu() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

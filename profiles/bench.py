@@ -34,6 +34,9 @@
 - **provenance**: each Timing records its clock, threads, spread, baseline drift, load (mean
   runnable tasks per CPU and the 1-minute load average) and the CPU frequency where readable.
 - ``torch.inference_mode`` and the garbage collector paused while timing.
+- **a steady allocator**: glibc's malloc thresholds are pinned (``profiles.allocator``), so
+  whether a call's temporaries page-fault does not depend on what the process allocated
+  before: a subgraph and the whole model are timed in the same steady state.
 - **clock**: wall time by default. On a shared CPU, ``clock="thread"`` (or
   ``HWCOST_BENCH_CLOCK=thread``) with one torch thread times the calling thread's CPU time,
   which leaves out the time slices other processes take; each Timing records its clock.
@@ -54,6 +57,7 @@ from typing import Any
 
 import torch
 
+from profiles.allocator import steady_allocator
 from profiles.backends import Backend, get_backend
 from profiles.stability import StabilityPolicy, Verdict, cpu_mhz, drift, judge, load1, usable_cpus
 
@@ -297,6 +301,7 @@ def time_interleaved(
     if clock == "thread" and (backend.kind != "cpu" or threads != 1):
         raise ValueError("the thread CPU-time clock needs the cpu backend and threads=1 "
                          f"(got {backend.kind}, threads={threads})")
+    steady_allocator()  # before warm-up: the steady state is then reached while warming up
     names = list(fns)
     cpus = usable_cpus()
     start = time.perf_counter()
