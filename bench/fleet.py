@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from hwcost import fleet_worker, queue  # noqa: E402
 from hwcost.device import DeviceInfo  # noqa: E402
 from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store  # noqa: E402
-from hwcost.synthetic import scratch_pg_database  # noqa: E402
+from tests.synthetic import scratch_pg_database  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEV = DeviceInfo("cpu", "Fleet bench CPU", 1, ("avx2",), {"torch": "0"})

@@ -24,9 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from hwcost.exchange import export_bundle, import_bundle
-from hwcost.store import open_store
-from hwcost.synthetic import PRECISIONS, device, fill_grid, scratch_pg_database
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.synthetic: the test helpers that make synthetic stores
+
+from hwcost.exchange import export_bundle, import_bundle  # noqa: E402
+from hwcost.store import open_store  # noqa: E402
+from tests.synthetic import PRECISIONS, device, fill_grid, scratch_pg_database  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 N_DEVICES, N_SLOTS, MODEL_POSITIONS = 4, 3, 64

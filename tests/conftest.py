@@ -26,7 +26,7 @@ def _pg_admin_url() -> str | None:
 
 def make_pg_database() -> tuple[str, callable]:
     """Create an empty PostgreSQL database; return its URL and a function that drops it."""
-    from hwcost.synthetic import scratch_pg_database
+    from tests.synthetic import scratch_pg_database
 
     return scratch_pg_database(_pg_admin_url(), prefix="hwcost_t")
 

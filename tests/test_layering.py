@@ -94,3 +94,8 @@ def test_hwcost_core_imports_none_of_the_packages_above_it():
     assert len(core) > 20
     assert _violations(core, UPPER_NAMES) == []
 
+
+
+def test_the_library_imports_nothing_from_the_tests():
+    assert _violations(_library_files() + sorted((ROOT / "hwcost" / "app").rglob("*.py")),
+                       ("tests",)) == []

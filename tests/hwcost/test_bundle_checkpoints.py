@@ -16,7 +16,7 @@ from hwcost.errors import BundleInvalid
 from hwcost.exchange import export_bundle, import_bundle, read_tables
 from hwcost.quantizer import DEFAULT
 from hwcost.store import open_store
-from hwcost.synthetic import small_store
+from tests.synthetic import small_store
 
 
 def _sens(store) -> set[tuple]:

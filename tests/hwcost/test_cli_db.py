@@ -14,7 +14,7 @@ from hwcost.app.main import cli
 from hwcost.exchange import read_bundle
 from hwcost.schema import SCHEMA_VERSION as V
 from hwcost.store import open_store
-from hwcost.synthetic import small_store
+from tests.synthetic import small_store
 
 ROOT = Path(__file__).resolve().parents[2]
 

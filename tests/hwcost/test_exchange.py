@@ -24,7 +24,7 @@ from hwcost.exchange import (
     write_bundle,
 )
 from hwcost.store import MeasurementIn, open_store
-from hwcost.synthetic import device, small_store, subgraph
+from tests.synthetic import device, small_store, subgraph
 
 TABLES = [t.__tablename__ for t in schema.ALL_TABLES]
 

@@ -27,7 +27,7 @@ from hwcost.errors import BundleInvalid, InvalidMeasurement, QueryTimeout, ReadO
 from hwcost.exchange import export_bundle, import_bundle, read_bundle, write_bundle
 from hwcost.query import run_query
 from hwcost.store import MeasurementIn, open_store
-from hwcost.synthetic import small_store
+from tests.synthetic import small_store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from hwcost.app.main import cli
 from hwcost.errors import SchemaTooNew
 from hwcost.migrations import MIGRATIONS, schema_status
 from hwcost.store import open_store
-from hwcost.synthetic import small_store
+from tests.synthetic import small_store
 
 V = hwcost.schema.SCHEMA_VERSION
 

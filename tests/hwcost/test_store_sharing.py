@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from hwcost.exchange import export_bundle, import_bundle, read_bundle
 from hwcost.schema import Measurement
 from hwcost.store import MeasurementIn, open_store
-from hwcost.synthetic import (
+from tests.synthetic import (
     PRECISIONS,
     SHAPES,
     concurrent_writer,

@@ -1,4 +1,5 @@
-"""Synthetic store content for tests, benchmarks and the ``hwcost db`` tour.
+"""Synthetic store content for tests and benchmarks (``bench/store.py``, ``bench/fleet.py``,
+which run from the repository root); not part of the installed package.
 
 Devices, subgraphs and a model whose structure is made up but whose rows are written through
 the real store API (``small_store``), or in bulk for storage benchmarks (``fill_grid``).
@@ -81,7 +82,7 @@ def small_store(store: Store, seed: int = 0, n_devices: int = 2, n_subgraphs: in
         config="{}", median_us=1234.5, spread_us=12.25, n_samples=20, host="host0",
         tool_version="0.1.0", measured_at=_T0))
     ckpt = _hex("checkpoint", seed)[:32]
-    store.put_checkpoint(model_id, ckpt, f"synthetic-{seed}", "hwcost.synthetic")
+    store.put_checkpoint(model_id, ckpt, f"synthetic-{seed}", "tests.synthetic")
     store.add_sensitivities([
         Sensitivity(model_id=model_id, checkpoint=ckpt, quantizer=DEFAULT_QUANTIZER.key,
                     calib_fingerprint="calib0", layer=f"layers.{p}.{s}",
