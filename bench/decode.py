@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hwcost.costs import gain_of, model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
 from hwcost.store import open_store  # noqa: E402
@@ -86,9 +87,11 @@ def random_configs(layers, n, rng):
 def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing) -> dict:
     """Predicted (fp32 step minus the sum of subgraph gains) against measured decode steps."""
     shape = parse_shape(f"batch={batch},kv={kv},phase=decode")
-    # every row the campaign wrote, quick or unstable included: this checks the timings
-    rows = store.model_costs(camp.model_fingerprint, camp.device, shape.key, allow_unstable=True)
-    costs = {(r.position, r.config): r.median_us for r in rows}
+    # every row the campaign wrote, quick or unstable included: this checks the timings (the
+    # planner's table: pieces that read no KV cache carry their one per-batch decode timing)
+    table = model_table(store, camp.model_fingerprint, camp.device, shape.key, list(PRECISIONS),
+                        allow_unstable=True)
+    costs = {(e.position, cfg): est for e in table.entries for cfg, est in e.costs.items()}
     _, manifest = store.manifest(camp.model_fingerprint)
     pieces = [item for item, _ in manifest]
     layers = [n for p in pieces for n in p.layer_names]
@@ -100,8 +103,10 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
         fns = {"fp32": step_fn(lambda inp: base_model(**inp), inputs, kv),
                "config": step_fn(lambda inp, m=deployed: m(**inp), inputs, kv)}
         res = time_interleaved(fns, inputs, backend, threads=threads, **timing.kwargs())
-        gain = sum(costs[(p.position, ",".join(["fp32"] * len(p.layer_names)))]
-                   - costs[(p.position, ",".join(cfg[n] for n in p.layer_names))] for p in pieces)
+        # each gain as the planner takes it: against the baseline timed in its own group
+        gain = sum(gain_of(costs[(p.position, ",".join(cfg[n] for n in p.layer_names))],
+                           costs[(p.position, ",".join(["fp32"] * len(p.layer_names)))])
+                   for p in pieces)
         base, meas = res["fp32"].median_us, res["config"].median_us
         pred = base - gain
         counts = {p: sum(1 for n in layers if cfg[n] == p) for p in PRECISIONS}

@@ -44,7 +44,7 @@ from hwcost.precision import (
 )
 from hwcost.roofline import Query, RooflineModel, terms
 from hwcost.schema import Device
-from hwcost.shape import Shape, parse_shape
+from hwcost.shape import Shape, parse_shape, reads_kv
 from hwcost.store import SlotInfo, Store, SubgraphInfo
 
 SOURCES = tuple(CostSource.values())
@@ -305,6 +305,8 @@ class CostModel:
         cfg = parse_config(config) if isinstance(config, str) else parse_config(config_key(config))
         self.check(sub, cfg)
         hit = self.measured(sub.signature, shp.key, config_key(cfg))
+        if hit is None and shp.kv and not reads_kv(sub.extra):  # timed once per batch
+            hit = self.measured(sub.signature, shp.without_kv.key, config_key(cfg))
         if hit is not None:
             return hit
         return self.estimate_unmeasured([Query(sub, shp, cfg)])[0]
@@ -446,6 +448,13 @@ def model_table(store: Store, model_ref: str, device: str, shape: str,
     model, manifest = store.manifest(model_ref)
     rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key,
                              allow_unstable=allow_unstable)
+    if shp.kv:  # pieces that read no KV cache are timed once per batch, without the KV length
+        kv_free = {sub.signature for _, sub in manifest if not reads_kv(sub.extra)}
+        exact = {(r.signature, r.config) for r in rows}
+        rows = list(rows) + [
+            r for r in store.model_costs(model.fingerprint, cm.device.fingerprint,
+                                         shp.without_kv.key, allow_unstable=allow_unstable)
+            if r.signature in kv_free and (r.signature, r.config) not in exact]
     measured: dict[str, dict[str, Estimate]] = {}
     for r in rows:
         measured.setdefault(r.signature, {})[r.config] = Estimate(

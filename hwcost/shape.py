@@ -45,8 +45,36 @@ class Shape:
         parts.append(f"phase={self.phase}")
         return ",".join(parts)
 
+    @property
+    def without_kv(self) -> Shape:
+        """This shape with the KV length dropped: ``batch=B,phase=decode`` (one new token per
+        sequence, no cache) for a decode shape, the shape itself otherwise."""
+        return Shape(batch=self.batch, phase="decode") if self.phase == "decode" else self
+
     def __str__(self) -> str:
         return self.key
+
+
+READS_KV = "kv_cache"
+"""Key of ``SubgraphInfo.extra`` saying whether the subgraph reads a KV cache (holds an
+attention that indexes the cache by its ``layer_idx``)."""
+
+
+def reads_kv(extra: dict | None) -> bool:
+    """Whether a subgraph's latency depends on the KV length. Subgraphs stored before the
+    flag existed count as reading it, so their decode timings stay keyed by the full shape."""
+    return (extra or {}).get(READS_KV, True) is not False
+
+
+def timing_shape(shape: Shape | str, kv_dependent: bool) -> Shape:
+    """The shape a subgraph's timing at ``shape`` is measured and stored under.
+
+    Only attention cores read the KV cache: a decode step's linears, MLPs and norms cost the
+    same at every KV length, so for a subgraph that does not read it a decode shape drops
+    its KV length (``batch=8,kv=1024,phase=decode`` -> ``batch=8,phase=decode``) and one
+    measurement per (batch, decode) serves every KV bucket. Other shapes are unchanged."""
+    shape = parse_shape(shape)
+    return shape if kv_dependent or not shape.kv else shape.without_kv
 
 
 def parse_shape(text: str | Shape) -> Shape:

@@ -313,7 +313,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
             "{}" if name == "baseline" else json.dumps(layers, sort_keys=True), timings[name],
             quick))
     b, p = timings["baseline"], timings["plan"]
-    stable = getattr(b, "stable", True) and getattr(p, "stable", True)  # workloads: not judged
+    stable = b.stable and p.stable  # generate() timings are judged like the others
     speedup = b.median_us / p.median_us
     pr = data["predicted"]
     v = Validation(plan_id=pid, checkpoint=digest, device_id=dev_row.id,

@@ -11,7 +11,7 @@ lazily (inside the functions), like the rest of ``planner``'s apply path.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hwcost.workload import Workload, parse_workload
@@ -20,7 +20,10 @@ from hwcost.workload import Workload, parse_workload
 @dataclass(frozen=True)
 class WorkloadTiming:
     """A config's measured workload latency (weighted mean request latency, us), its
-    half-IQR spread combined the same way, new tokens per second, and per-request medians."""
+    half-IQR spread combined the same way, new tokens per second, and per-request medians;
+    with the provenance every timing carries (``profiles.bench.Timing``): the clock, whether
+    every request's batch passed the stability policy (and the first reason one did not),
+    the baseline's worst drift, the highest load seen and the CPU frequency."""
 
     median_us: float
     spread_us: float
@@ -28,11 +31,30 @@ class WorkloadTiming:
     n_samples: int
     threads: int | None
     requests_us: dict[str, float]
+    clock: str = "wall"
+    stable: bool = True
+    reason: str = ""
+    drift: float | None = None
+    load: float | None = None
+    load1: float | None = None
+    cpu_mhz: float | None = None
 
     def to_dict(self) -> dict:
-        return {"median_us": self.median_us, "spread_us": self.spread_us,
-                "tokens_per_s": self.tokens_per_s, "n_samples": self.n_samples,
-                "threads": self.threads, "requests_us": self.requests_us}
+        return asdict(self)
+
+
+def _provenance(timings: list[Any]) -> dict[str, Any]:
+    """One request set's stability fields from its per-request ``Timing``s: stable only if
+    every one is, the worst drift and load, the mean CPU frequency."""
+    def worst(name: str) -> float | None:
+        vals = [abs(v) for t in timings if (v := getattr(t, name, None)) is not None]
+        return max(vals) if vals else None
+
+    mhz = [t.cpu_mhz for t in timings if getattr(t, "cpu_mhz", None) is not None]
+    return {"clock": timings[0].clock, "stable": all(t.stable for t in timings),
+            "reason": next((t.reason for t in timings if t.reason), ""),
+            "drift": worst("drift"), "load": worst("load"), "load1": worst("load1"),
+            "cpu_mhz": sum(mhz) / len(mhz) if mhz else None}
 
 
 def prompts(loaded: Any, batch: int, prompt: int, n: int, device: Any) -> list:
@@ -61,12 +83,13 @@ def generate_fn(model: Any, gen: int):
 
 def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
                   workload: str | Workload, backend: Any, *, threads: int | None = None,
-                  n_prompts: int = 2, deployment: str = "eager", **timing_kwargs: Any
-                  ) -> dict[str, WorkloadTiming]:
+                  n_prompts: int = 2, deployment: str = "eager", baseline: str | None = None,
+                  **timing_kwargs: Any) -> dict[str, WorkloadTiming]:
     """Interleaved ``generate()`` latency of several per-layer configs over a workload.
 
     Configs are deployed as views of the one loaded model (:func:`planner.apply.deploy`).
-    Returns config name -> :class:`WorkloadTiming`."""
+    ``baseline`` names the config whose drift the stability policy judges (default: the
+    first). Returns config name -> :class:`WorkloadTiming`."""
     from planner.apply import deploy, model_dataflow
     from profiles.bench import time_interleaved
 
@@ -80,6 +103,7 @@ def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
             ids = prompts(loaded, r.batch, r.prompt, n_prompts, backend.device)
             fns = {name: generate_fn(m, r.gen) for name, m in models.items()}
             for name, t in time_interleaved(fns, ids, backend, threads=threads,
+                                            baseline=baseline or next(iter(configs)),
                                             **timing_kwargs).items():
                 per_req[name][r.key] = t
     finally:
@@ -94,31 +118,33 @@ def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
         first = next(iter(ts.values()))
         out[name] = WorkloadTiming(med, spread, tokens / seconds,
                                    min(t.n_samples for t in ts.values()), first.threads,
-                                   {k: t.median_us for k, t in ts.items()})
+                                   {k: t.median_us for k, t in ts.items()},
+                                   **_provenance(list(ts.values())))
     return out
 
 
 def measure_baseline(store: Any, loaded: Any, backend: Any, model_fingerprint: str,
                      device_fingerprint: str, baseline: str, workload: str | Workload, *,
-                     threads: int | None = None, **timing_kwargs: Any) -> float:
+                     threads: int | None = None, quick: bool = False, **timing_kwargs: Any
+                     ) -> float:
     """The workload's ``generate()`` latency with every layer in ``baseline``, stored as the
-    model latency ``all:<baseline>`` under the workload's key (reused when stored); us."""
-    from hwcost import __version__
-    from hwcost.schema import ModelLatency
-    from hwcost.store import host_name
+    model latency ``all:<baseline>`` under the workload's key with its provenance (clock,
+    threads, stability, load; ``quick`` for quick timings), like every other whole-model
+    timing; us. A stored row is reused; a full run replaces a quick or unstable one, which
+    plans then no longer rest on unless asked (``allow_unstable``)."""
+    from profiles.campaign import latency_row
 
     wl = parse_workload(workload)
     model = store.get_model(model_fingerprint)
     dev = store.get_device(device_fingerprint)  # the profiled device (threads included)
-    found = store.model_latency(model.id, dev.id, wl.shape_key, f"all:{baseline}")
+    found = store.model_latency(model.id, dev.id, wl.shape_key, f"all:{baseline}",
+                                allow_unstable=quick)
     if found is not None:
         return found.median_us
     _, manifest = store.manifest(model_fingerprint)
     layers = {n: baseline for item, _ in manifest for n in item.layer_names}
     t = time_generate(loaded, {"baseline": layers}, wl, backend, threads=threads,
                       **timing_kwargs)["baseline"]
-    store.add_model_latency(ModelLatency(
-        model_id=model.id, device_id=dev.id, shape=wl.shape_key, config_hash=f"all:{baseline}",
-        config="{}", median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples,
-        host=host_name(), tool_version=__version__))
+    store.add_model_latency(latency_row(model.id, dev.id, wl.shape_key, f"all:{baseline}", "{}",
+                                        t, quick))
     return t.median_us

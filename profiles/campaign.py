@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,8 +31,8 @@ from hwcost.device import local_device
 from hwcost.errors import BackendUnavailable, UnknownPrecision
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
 from hwcost.schema import ModelLatency
-from hwcost.shape import Shape, parse_shape
-from hwcost.store import MeasurementIn, host_name
+from hwcost.shape import Shape, parse_shape, reads_kv, timing_shape
+from hwcost.store import MeasurementIn, SubgraphInfo, host_name
 from profiles.decode import find_caches, layer_indices, rewind, step_fn
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
@@ -129,16 +129,25 @@ def configs(n_slots: int, precisions: Sequence[Precision]) -> list[tuple[Precisi
     return list(itertools.product(precisions, repeat=n_slots))
 
 
-def campaign_tasks(part: Partition, shapes: Sequence[Shape], precisions: Sequence[Precision]
+def campaign_tasks(part: Partition, shapes: Sequence[Shape], precisions: Sequence[Precision],
+                   stored: Mapping[str, SubgraphInfo] | None = None
                    ) -> list[tuple[str, str, str]]:
     """``(signature, shape key, config key)`` of every unique subgraph x shape x config,
-    grouped by shape and then signature (first-use order)."""
-    out = []
+    grouped by shape and then signature (first-use order).
+
+    A subgraph that reads no KV cache is timed at a decode shape without its KV length
+    (:func:`hwcost.shape.timing_shape`), once for all the KV buckets of a batch. Whether it
+    reads one comes from ``stored`` (the store's record of each signature, which the planner
+    reads too) when given, else from the partition."""
+    infos = {i.signature: i for i in part.subgraph_infos()}
+    out: dict[tuple[str, str, str], None] = {}
     for shape in shapes:
-        for info in part.subgraph_infos():
-            out.extend((info.signature, shape.key, config_key(c))
+        for sig, info in infos.items():
+            extra = (stored[sig] if stored and sig in stored else info).extra
+            key = timing_shape(shape, reads_kv(extra)).key
+            out.update(((sig, key, config_key(c)), None)
                        for c in configs(len(info.slots), precisions))
-    return out
+    return list(out)
 
 
 def profiled_precisions(backend: Any, names: Sequence[str] | str | None) -> list[Precision]:
@@ -176,6 +185,7 @@ class _Measurer:
         for p in part.pieces:
             self.reps.setdefault(p.signature, p)
         self._captured: dict[str, dict[str, list[PieceInput]]] = {}
+        self.undeployable: dict[str, str] = {}  # config key -> why a kernel rejected it
 
     def inputs(self, shape: str, signature: str) -> list[PieceInput]:
         """Distinct captured inputs of the piece (one per seed), on the backend's device."""
@@ -244,8 +254,11 @@ class _Measurer:
                         deployed[name, prec] = self.backend.deploy_linear(
                             model.get_submodule(name), prec)
                     swaps[name] = copy.copy(deployed[name, prec])  # own links, shared weights
-            except BackendUnavailable:
-                continue  # a kernel that rejects this layer's shape: the others are timed
+            except BackendUnavailable as e:
+                # a kernel that rejects this layer's shape: the others are timed, and the
+                # reason is kept for the configs left out (a worker fails their tasks with it)
+                self.undeployable[key] = f"cannot deploy {key}: {e}"
+                continue
             link_deployed(swaps, self.dataflow)
             holder = piece.extract(model, replace=swaps)
 
@@ -373,7 +386,9 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         if part is None:
             part = cut_model(loaded, shape_list, backend, len(precs), max_configs)
         model_id = register_model(store, loaded, part)
-        tasks = campaign_tasks(part, shape_list, precs)
+        # the store's subgraph records decide which pieces read the KV cache (as for plans)
+        stored = {info.signature: info for _, info in store.manifest(part.model_fingerprint)[1]}
+        tasks = campaign_tasks(part, shape_list, precs, stored)
         report = CampaignReport(
             loaded.name, model_id, part.model_fingerprint, info.fingerprint, info.name, threads,
             [s.key for s in shape_list], [p.value for p in precs], len(part.pieces),
@@ -436,9 +451,8 @@ def latency_row(model_id: int, device_id: int, shape: str, config_hash: str, con
         model_id=model_id, device_id=device_id, shape=shape, config_hash=config_hash,
         config=config, median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples,
         host=host_name(), tool_version=__version__, quick=quick, threads=t.threads,
-        # a workload's generate() timing (planner.generate) is judged and recorded less
-        clock=getattr(t, "clock", "wall"), stable=getattr(t, "stable", True),
-        load1=getattr(t, "load1", None), cpu_mhz=getattr(t, "cpu_mhz", None))
+        # a Timing, or a workload's generate() timing (planner.generate.WorkloadTiming)
+        clock=t.clock, stable=t.stable, load1=t.load1, cpu_mhz=t.cpu_mhz)
 
 
 def _measurements(report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],
@@ -466,7 +480,7 @@ def _write(store, report: CampaignReport, sig: str, shape: str, cfgs: Sequence[s
 def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
                 progress: bool | None) -> None:
     todo = []
-    for shape in report.shapes:
+    for shape in dict.fromkeys(t[1] for t in tasks):  # decode pieces without a cache: no kv
         sigs = list(dict.fromkeys(t[0] for t in tasks if t[1] == shape))
         # a full run measures again what a quick or unstable run left; a quick run does not
         done = store.measured_configs(report.device, shape, sigs, allow_unstable=report.quick)
@@ -488,7 +502,8 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
             if len(timings) < len(cfgs):  # configs with a layer the kernel cannot take
                 report.failed += len(cfgs) - len(timings)
                 missing = sorted(set(cfgs) - set(timings))
-                report.errors.append(f"{sig[:12]} {shape}: cannot deploy {missing[0]}"
+                why = measurer.undeployable.get(missing[0], f"cannot deploy {missing[0]}")
+                report.errors.append(f"{sig[:12]} {shape}: {why}"
                                      + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
             bar.update(len(cfgs))
 
@@ -533,7 +548,14 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: queue.Unit,
             failed.update({t.id: msg for t in chunk})
             report.errors.append(f"{unit.signature[:12]} {unit.shape}: {msg}")
             continue
-        rows.extend(_measurements(report, unit.signature, unit.shape,
-                                 [t.config for t in chunk], timings,
-                                 measurer.baseline_key(unit.signature)))
+        # a config no kernel here can deploy is failed with the reason, never marked done
+        left_out = [t for t in chunk if t.config not in timings]
+        for t in left_out:
+            failed[t.id] = measurer.undeployable.get(t.config, f"cannot deploy {t.config}")
+        if left_out:
+            report.errors.append(f"{unit.signature[:12]} {unit.shape}: {failed[left_out[0].id]}"
+                                 + (f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""))
+        ok = [t.config for t in chunk if t.config in timings]
+        rows.extend(_measurements(report, unit.signature, unit.shape, ok, timings,
+                                  measurer.baseline_key(unit.signature)))
     return rows, failed

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from hwcost.errors import PartitionError
+from hwcost.shape import READS_KV
 from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
+from profiles.decode import layer_indices
 from profiles.signature import digest, model_fingerprint, module_structure
 from profiles.trace import (
     QUANTIZABLE_TYPES,
@@ -646,6 +648,9 @@ def _describe(stage: Stage, root: nn.Module) -> tuple[str, str, tuple, dict]:
                      if first == c.path or first.startswith(c.path + "."))
         kind = type(owner).__name__ + (".head" if stage.mode == "head" else "")
     extra: dict[str, Any] = {"stage": stage.mode, "modules": [type(m).__name__ for m in mods]}
+    # an attention (a module numbered by layer_idx, the index of its cache layer) makes the
+    # piece's decode cost depend on the KV length; without one it is timed once per batch
+    extra[READS_KV] = bool(layer_indices(mods))
     for m in mods:
         for k in ("num_heads", "num_key_value_groups", "head_dim", "num_key_value_heads"):
             v = getattr(m, k, None)

@@ -223,7 +223,7 @@ def _run(store: Any, o: MainJobOptions, progress: bool, mark: Callable[[str], No
         say(f"timing generate() of the baseline for {wl.key} (reused when stored)")
         measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device,
                          camp.precisions[0], wl, threads=camp.threads,
-                         **(timing.kwargs() if timing else {}))
+                         quick=quick, **(timing.kwargs() if timing else {}))
     times["profile"] = time.perf_counter() - t0
     warnings: list[str] = []
     if camp.stability_line():

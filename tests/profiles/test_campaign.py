@@ -227,3 +227,26 @@ def test_profile_has_help_and_a_docs_section():
     docs = (REPO / "docs" / "cli.md").read_text()
     assert "## Profiling: `hwcost profile`" in docs
     assert (REPO / "docs" / "profiling.md").exists()
+
+
+def test_a_worker_fails_the_tasks_no_kernel_here_can_deploy_with_the_reason(store):
+    """int4_wo's CPU kernel takes input widths in multiples of 32: on a hidden-48 model every
+    config putting int4_wo on a 48-wide layer is undeployable here. A worker marks exactly
+    those tasks failed, with the kernel's reason, and never done; the rest are measured."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    lm = LoadedModel("tiny48", LlamaForCausalLM(cfg).eval(), None, "test")
+    rep = _quick(store, lm, precisions="fp32,int4_wo", worker="w1")
+    # q,k,v: 7 of 8 configs; o_proj 1 of 2; gate,up,down: the 6 with int4 on gate or up;
+    # lm_head 1 of 2 (down_proj, 64 wide, deploys)
+    assert rep.tasks == 8 + 2 + 8 + 2
+    assert rep.left == {**rep.left, "failed": 15, "done": 5}, rep.left
+    assert rep.failed == 15 and rep.measured == 5
+    assert any("int4_wo needs the input width to be a multiple of 32" in e for e in rep.errors)
+    done = store.measured_configs(rep.device, SHAPE, [i.signature for i in
+                                                      partition(lm.model, lm.inputs_for(SHAPE))
+                                                      .subgraph_infos()], allow_unstable=True)
+    assert sum(len(v) for v in done.values()) == 5

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from hwcost.costs import model_table
 from hwcost.errors import BadShape
-from hwcost.shape import parse_shape
+from hwcost.shape import READS_KV, parse_shape, reads_kv
 from profiles.campaign import QUICK_TIMING, run_campaign
 from profiles.decode import decode_inputs, find_caches, rewind, step_fn
 from profiles.loading import LoadedModel
@@ -74,9 +75,13 @@ def test_campaign_measures_decode_shapes_and_the_whole_step(store):
     rep = run_campaign(store, lm, "cpu", ["batch=1,seq=8", DECODE], precisions="fp32,bf16",
                        threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
     assert rep.failed == 0 and rep.measured == rep.tasks == 40, rep.errors
-    # quick timings: stored, but planned on only when asked
+    # quick timings: stored, but planned on only when asked; the attention heads at the
+    # decode shape, the rest (no cache read) at batch=2,phase=decode
     costs = store.model_costs(rep.model_fingerprint, rep.device, DECODE, allow_unstable=True)
-    assert len(costs) == 2 * (8 + 2 + 8) + 2 and all(c.median_us > 0 for c in costs)
+    assert len(costs) == 2 * 8 and all(c.median_us > 0 for c in costs)
+    table = model_table(store, rep.model_fingerprint, rep.device, DECODE, ["fp32", "bf16"],
+                        allow_unstable=True)
+    assert sum(len(e.costs) for e in table.entries) == 2 * (8 + 2 + 8) + 2
     dev = store.get_device(rep.device)
     lat = store.model_latency(rep.model_id, dev.id, DECODE, "all:fp32", allow_unstable=True)
     assert lat is not None and lat.median_us == rep.baseline_us[DECODE] > 0
@@ -103,3 +108,65 @@ def test_bad_decode_shapes_are_refused_before_anything_is_stored(store, model, s
 def test_decode_inputs_refuse_a_model_without_cache():
     with pytest.raises(BadShape, match="has no KV cache"):
         decode_inputs(nn.Linear(4, 4), parse_shape("batch=1,kv=4,phase=decode"))
+
+
+def _family(name: str) -> LoadedModel:
+    from tests import factories
+    from tests.zoo import families
+
+    if name == "llama":
+        return _tiny()
+    if name == "qwen2":  # biased q/k/v
+        model, _ = factories.tiny_qwen2()
+    else:  # gpt2: Conv1D layers, one fused c_attn
+        model, _, _ = families.gpt2()
+    return LoadedModel(name, model.eval(), None, "test")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_a_piece_reads_the_kv_cache_exactly_when_its_decode_inputs_hold_the_cache(family):
+    """The partition's structural flag (an attention numbered by layer_idx) agrees with what a
+    real decode pass hands each piece: only pieces flagged as reading the KV cache are given
+    it, so the others may be timed once per batch without the KV length."""
+    lm = _family(family)
+    with torch.no_grad():
+        part = partition(lm.model, lm.inputs_for("batch=1,seq=8"))
+        inp = lm.inputs_for(DECODE, seed=0)
+        caps = part.capture_inputs(lm.model, inp)
+    flags = [p.extra[READS_KV] for p in part.pieces]
+    given = [bool(find_caches(c.sides)) for c in caps]
+    assert flags == given
+    assert any(flags) and not all(flags)  # attention cores read it; MLPs and the head do not
+
+
+def test_pieces_without_a_cache_are_measured_once_for_every_kv_bucket(store):
+    lm = _family("qwen2")
+    kvs = ["batch=2,kv=8,phase=decode", "batch=2,kv=20,phase=decode"]
+    rep = run_campaign(store, lm, "cpu", ["batch=1,seq=8", *kvs], precisions="fp32,bf16",
+                       threads=1, n_inputs=1, timing=QUICK_TIMING, progress=False)
+    assert rep.failed == 0, rep.errors
+    _, manifest = store.manifest(rep.model_fingerprint)
+    reading = {sub.signature for _, sub in manifest if reads_kv(sub.extra)}
+    kv_free = {sub.signature for _, sub in manifest} - reading
+    assert reading and kv_free
+    for sig, n_slots in {(s.signature, len(s.slots)) for _, s in manifest}:
+        done = {shape: store.measured_configs(rep.device, shape, [sig], allow_unstable=True)[sig]
+                for shape in [*kvs, "batch=2,phase=decode"]}
+        if sig in kv_free:  # one decode timing per batch, none per KV length
+            assert len(done["batch=2,phase=decode"]) == 2 ** n_slots
+            assert not done[kvs[0]] and not done[kvs[1]]
+        else:
+            assert len(done[kvs[0]]) == len(done[kvs[1]]) == 2 ** n_slots
+            assert not done["batch=2,phase=decode"]
+    # the planner's tables find every config measured at both KV lengths, and the pieces
+    # that read no cache carry the same timing at both
+    tables = [model_table(store, rep.model_fingerprint, rep.device, s, ["fp32", "bf16"],
+                          allow_unstable=True) for s in kvs]
+    for a, b in zip(*(t.entries for t in tables)):
+        assert all(e.source == "measured" for e in [*a.costs.values(), *b.costs.values()])
+        if a.signature in kv_free:
+            assert a.costs == b.costs
+    # a second run has nothing left to measure
+    again = run_campaign(store, lm, "cpu", ["batch=1,seq=8", *kvs], precisions="fp32,bf16",
+                         threads=1, n_inputs=1, timing=QUICK_TIMING, progress=False)
+    assert again.measured == 0 and again.already == again.tasks == rep.tasks

@@ -1,0 +1,54 @@
+"""generate() timings of a workload: the baseline request carries the provenance and the
+stability verdict every other timing does, and an unstable one is not planned on."""
+
+from __future__ import annotations
+
+import torch
+
+from hwcost.workload import parse_workload, workload_shapes
+from planner.generate import measure_baseline
+from profiles.backends import get_backend
+from profiles.campaign import QUICK_TIMING, run_campaign
+from profiles.loading import LoadedModel
+from profiles.stability import StabilityPolicy
+
+WL = "prompt=6,gen=3,batch=1"
+FEW = {"min_samples": 3, "warmup_max_s": 0.0, "max_seconds": 0.0, "min_sample_us": 0.0,
+       "max_rel_spread": 10.0}  # judged on load only
+
+
+def _tiny_qwen2() -> LoadedModel:
+    from tests.factories import tiny_qwen2
+
+    model, _ = tiny_qwen2()
+    return LoadedModel("tiny-qwen2", model, None, "test")
+
+
+def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unstable(store):
+    lm = _tiny_qwen2()
+    wl = parse_workload(WL)
+    rep = run_campaign(store, lm, "cpu", list(workload_shapes(wl)), precisions="fp32,bf16",
+                       threads=1, n_inputs=1, timing=QUICK_TIMING, progress=False)
+    backend = get_backend("cpu")
+    model = store.get_model(rep.model_fingerprint)
+    dev = store.get_device(rep.device)
+    # a machine the policy calls busy (a fixed reading of 99 runnable tasks per CPU)
+    busy = StabilityPolicy(max_load=1.0, wait_s=0.0, budget_s=0.0, load_reader=lambda: 99.0)
+    with torch.no_grad():
+        us = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
+                              threads=1, policy=busy, **FEW)
+    assert store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32") is None  # not good
+    row = store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32", allow_unstable=True)
+    assert row.median_us == us > 0 and row.n_samples >= 3
+    assert (row.stable, row.quick, row.threads, row.clock) == (False, False, 1, "wall")
+    assert row.load1 is not None
+    # a later run on a machine the policy accepts measures it again and replaces the row
+    with torch.no_grad():
+        measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
+                         threads=1, policy=StabilityPolicy.lenient(), **FEW)
+    good = store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32")
+    assert good is not None and good.stable and good.load1 is not None
+    # and a stored good row is reused, not measured again
+    again = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
+                             threads=1, policy=busy, **FEW)
+    assert again == good.median_us
