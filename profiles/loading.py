@@ -101,11 +101,29 @@ class LoadedModel:
 
 
     def check_shape(self, shape: Shape | str) -> None:
-        """Raise BadShape when this model cannot run ``shape`` (a decode shape without a KV
-        cache, a KV length beyond its positions); cheap, runs nothing."""
-        from profiles.decode import check_decode_shape
+        """Raise BadShape when this model cannot run ``shape``: a decode shape without a KV
+        cache, a KV length or a prefill beyond its positions, or a prefill its factory cannot
+        make inputs for. Cheap: the model does not run. A campaign checks every shape with it
+        before it stores or measures anything, so a shape that cannot run fails at once
+        instead of as failed tasks after the others were measured."""
+        from profiles.decode import check_decode_shape, max_positions
 
-        check_decode_shape(self.model, self.name, parse_shape(shape))
+        shape = parse_shape(shape)
+        check_decode_shape(self.model, self.name, shape)
+        if shape.phase != "prefill":
+            return
+        limit = max_positions(self.model)
+        if limit is not None and shape.seq + shape.kv > limit:
+            raise BadShape(f"shape {shape.key}: a prefill of {shape.seq + shape.kv} positions "
+                           f"is beyond model {self.name!r}'s {limit} positions")
+        if self.inputs_fn is not None or self.example is not None:
+            try:  # the factory's own rule for this shape (random ids or resized tensors)
+                self.inputs_for(shape, 0)
+            except BadShape:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever the factory raises, one line
+                raise BadShape(f"shape {shape.key}: model {self.name!r} cannot make inputs "
+                               f"for it: {type(e).__name__}: {first_line(e)}") from e
 
 
 def _vocab_size(model: nn.Module) -> int | None:
