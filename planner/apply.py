@@ -183,14 +183,18 @@ def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: in
     return [ids[i:i + batch] for i in range(0, ids.shape[0], batch)]
 
 
-def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, backend
-             ) -> dict[str, float]:
+def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, backend,
+             progress: bool = False) -> dict[str, float]:
     """True loss MSE of each deployed config against the model as loaded (its baseline).
 
     Each config is deployed in place on the one model and restored before the next
     (``profiles.backends.deployed``); the loss helpers move the batches to the model's device.
+    ``progress``: a bar with an ETA per batch (the baseline's and each config's) on stderr.
     """
+    import sys
+
     import numpy as np
+    from tqdm import tqdm
 
     from profiles.backends import deployed
     from profiles.placement import place
@@ -198,13 +202,20 @@ def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, ba
 
     loss_fn = getattr(loaded, "loss_fn", None)
     place(loaded.model, backend.device)
-    ref = per_sample_losses(loaded.model, batches, loss_fn).numpy()
-    flow = model_dataflow(loaded, backend)
-    out = {}
-    for name, layers in configs.items():
-        with deployed(loaded.model, dict(layers), backend, flow) as m:
-            q = per_sample_losses(m, batches, loss_fn).numpy()
-        out[name] = float(np.mean(np.square(q - ref)))
+    with tqdm(total=len(batches) * (1 + len(configs)), desc="validate: loss MSE", unit="batch",
+              file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        def ticking(items):
+            for b in items:
+                yield b
+                bar.update(1)
+
+        ref = per_sample_losses(loaded.model, ticking(batches), loss_fn).numpy()
+        flow = model_dataflow(loaded, backend)
+        out = {}
+        for name, layers in configs.items():
+            with deployed(loaded.model, dict(layers), backend, flow) as m:
+                q = per_sample_losses(m, ticking(batches), loss_fn).numpy()
+            out[name] = float(np.mean(np.square(q - ref)))
     return out
 
 
@@ -249,7 +260,8 @@ def plan_deployment(store, device_fingerprint: str) -> str:
 def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
                             eval_data: str | None = None, samples: int = 128,
                             threads: int | None = None, seq_len: int = 128, loaded=None,
-                            timing: dict | None = None, quick: bool = False) -> ValidationResult:
+                            timing: dict | None = None, quick: bool = False,
+                            progress: bool = False) -> ValidationResult:
     """Apply the plan on this machine's device of the plan's kind, measure latency against the
     baseline and the true loss MSE, store a Validation and the two ModelLatency rows.
 
@@ -258,6 +270,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     the quick ones; the whole-model rows are then stored as quick). The baseline and the
     plan are timed in the same rounds and judged by the harness's stability policy; the
     result says when the machine was unstable or the plan is slower than the baseline.
+    ``progress``: bars with an ETA on stderr, per timing round and per loss batch.
     """
     from hwcost.device import local_device
     from profiles.backends import get_backend
@@ -287,10 +300,22 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
         timings = time_generate(loaded, configs, data["shape"], backend, threads=threads,
                                 deployment=deployment, **(timing or {}))
     else:
-        timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
-                               deployment=deployment, baseline="baseline", **(timing or {}))
+        import sys
+
+        from tqdm import tqdm
+
+        with tqdm(desc="validate: timing plan vs baseline", unit="round", file=sys.stderr,
+                  total=(timing or {}).get("min_samples", 15), disable=not progress,
+                  dynamic_ncols=True) as bar:
+            def on_round(done: int, planned: int) -> None:
+                bar.total = planned  # a batch measured again plans more rounds
+                bar.update(done - bar.n)
+
+            timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
+                                   deployment=deployment, baseline="baseline",
+                                   on_round=on_round if progress else None, **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
-    losses = loss_mse(loaded, {"plan": layers}, batches, backend)
+    losses = loss_mse(loaded, {"plan": layers}, batches, backend, progress=progress)
     from sensitivity.loss import batch_size
 
     n_eval = sum(batch_size(b) for b in batches)

@@ -249,6 +249,7 @@ def time_interleaved(
     baseline: str | None = None,
     policy: StabilityPolicy | None = None,
     evict_bytes: int = 0,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Timing]:
     """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
 
@@ -277,6 +278,9 @@ def time_interleaved(
             model too large for the cache, instead of flattering memory-bound candidates.
         policy: when a batch is stable and how long to wait for one (default
             :meth:`StabilityPolicy.from_env`: load, drift, 30 s budget).
+        on_round: called after every round (one sample of each callable) with the rounds
+            taken and the rounds planned so far (``min_samples`` per batch; a batch measured
+            again adds as many): a progress bar's tick, no timing depends on it.
 
     Returns:
         name -> :class:`Timing` (microseconds per call). ``stable`` is False, with
@@ -319,6 +323,8 @@ def time_interleaved(
                 for name in _order(names, round_no):
                     batch[name].append(runners[name].sample())
                 round_no += 1
+                if on_round is not None:
+                    on_round(round_no, min_samples * (1 + (round_no - 1) // min_samples))
                 reading = policy.read_load()
                 if reading is not None:
                     loads.append(reading)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -186,6 +186,7 @@ class _Measurer:
             self.reps.setdefault(p.signature, p)
         self._captured: dict[str, dict[str, list[PieceInput]]] = {}
         self.undeployable: dict[str, str] = {}  # config key -> why a kernel rejected it
+        self.on_round: Callable[[int, int], None] | None = None  # progress within a group
 
     def inputs(self, shape: str, signature: str) -> list[PieceInput]:
         """Distinct captured inputs of the piece (one per seed), on the backend's device."""
@@ -272,7 +273,7 @@ class _Measurer:
             fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
         return time_interleaved(fns, inputs, self.backend,
                                 threads=self.threads, baseline=baseline, evict_bytes=evict,
-                                **self.timing.kwargs())
+                                on_round=self.on_round, **self.timing.kwargs())
 
     def model_latency(self, shape: str, baseline: Precision) -> Any:
         """Timing of the whole model with every slot layer deployed in ``baseline``, the
@@ -436,6 +437,23 @@ def _bar(total: int, initial: int, progress: bool | None, desc: str):
                 disable=not show, dynamic_ncols=True)
 
 
+def _follow_group(bar, measurer: _Measurer, n_configs: int, sig: str, shape: str) -> None:
+    """Between the bar's per-group steps, its postfix follows the group being timed: its
+    configs and piece, and the interleaved rounds taken of those planned."""
+    if bar.disable:
+        measurer.on_round = None
+        return
+    what = f"{n_configs} configs of {sig[:8]} at {shape.split(',phase=')[0]}"
+    bar.set_postfix_str(f"deploying {what}", refresh=False)
+    bar.update(0)
+
+    def on_round(done: int, planned: int) -> None:
+        bar.set_postfix_str(f"timing {what}: round {done}/{planned}", refresh=False)
+        bar.update(0)  # redraws at most every tqdm.mininterval
+
+    measurer.on_round = on_round
+
+
 def _groups(items: Sequence[tuple[str, str, str]], size: int):
     """Consecutive runs of the same (signature, shape), cut to ``size``."""
     for (sig, shape), run in itertools.groupby(items, key=lambda t: (t[0], t[1])):
@@ -489,6 +507,7 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
     with _bar(len(tasks), report.already, progress, report.model) as bar:
         for sig, shape, run in _groups(todo, group):
             cfgs = [t[2] for t in run]
+            _follow_group(bar, measurer, len(cfgs), sig, shape)
             try:
                 timings = measurer.measure(sig, shape, cfgs)
             except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
@@ -525,9 +544,12 @@ def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worke
                 bar.total, bar.n = now.total, now.done + now.failed + now.cancelled
                 bar.refresh()
 
-        res = fleet_worker.work(store, cid, worker,
-                         lambda unit: _measure_unit(report, measurer, unit, group),
-                         stale_after_s=stale_after_s, after_unit=refresh)
+        def measure(unit: queue.Unit) -> tuple[list, dict]:
+            _follow_group(bar, measurer, len(unit.tasks), unit.signature, unit.shape)
+            return _measure_unit(report, measurer, unit, group)
+
+        res = fleet_worker.work(store, cid, worker, measure, stale_after_s=stale_after_s,
+                                after_unit=refresh)
     report.measured += res.measured
     report.failed += res.failed
     report.lost += res.lost

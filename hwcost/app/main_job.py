@@ -294,7 +294,8 @@ def _run(store: Any, o: MainJobOptions, progress: bool, mark: Callable[[str], No
     def validate() -> Any:
         return validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
                                        eval_data=eval_data, samples=samples, threads=threads,
-                                       timing=timing.kwargs() if timing else None, quick=quick)
+                                       timing=timing.kwargs() if timing else None, quick=quick,
+                                       progress=progress)
 
     if prior is not None and prior[1] is not None:
         say("validation reused from the store (same plan, device and shape)")

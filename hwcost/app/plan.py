@@ -18,6 +18,7 @@ from hwcost.app.options import (
     json_option,
     measured_only_option,
     open_cli_store,
+    progress_enabled,
     store_option,
     table,
     threads_option,
@@ -255,7 +256,8 @@ def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json)
     with open_cli_store(db_url, must_exist=True) as store:
         doc, plan_id = load_plan(store, plan)
         res = validate_plan_on_device(store, doc, plan_id, model_spec=model_spec,
-                                      eval_data=eval_data, samples=samples, threads=threads)
+                                      eval_data=eval_data, samples=samples, threads=threads,
+                                      progress=progress_enabled() and not as_json)
     if as_json:
         emit_json(res.to_dict())
         return

@@ -9,6 +9,7 @@ from hwcost.app.options import (
     handle_errors,
     json_option,
     open_cli_store,
+    progress_enabled,
     quick_option,
     store_option,
     table,
@@ -87,6 +88,7 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
         report = run_campaign(store, loaded, device, shape_list or None, precisions, worker,
                               campaign, max_configs=max_configs, group=group, threads=threads,
                               timing=QUICK_TIMING if quick else None,
+                              progress=progress_enabled() and not as_json,
                               stale_after_s=STALE_AFTER_S if stale_after is None else stale_after)
     if as_json:
         emit_json(report.to_dict())
@@ -114,7 +116,6 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
 def _launch_ray(model, device, shape_list, precisions, campaign, max_configs, threads, group,
                 quick, stale_after, address, ray_workers, db_url, as_json) -> None:
     """``--ray``: the workers run on the cluster; this process only launches and follows."""
-    from hwcost.app.options import progress_enabled
     from hwcost.ray_launch import default_campaign, launch
     from hwcost.store import default_url
 

@@ -91,7 +91,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     with open_cli_store(db_url) as store:
-        s = run_main_job(store, options, progress=progress_enabled(), report=_report)
+        s = run_main_job(store, options, progress=progress_enabled() and not as_json,
+                         report=_report)
     if as_json:
         emit_json(asdict(s))
         return

@@ -99,7 +99,8 @@ def run_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method
     # load and check everything before the store is touched
     prep = prepare(model, spec, quantizer=parse_quantizer(quantizer))
     with open_cli_store(db_url) as store:
-        run = compute_and_store(store, model, spec, precisions, method, prepared=prep)
+        run = compute_and_store(store, model, spec, precisions, method, prepared=prep,
+                                progress=progress_enabled() and not as_json)
     if as_json:
         emit_json(run.to_dict())
         return

@@ -29,7 +29,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,8 +204,9 @@ def _shims(bin_dir: Path) -> None:
     """``hwcost`` (the checkout's entry point, as pyproject names it) and ``python`` on PATH,
     both this interpreter."""
     bin_dir.mkdir()
-    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["hwcost"]
-    module, func = entry.split(":")
+    entry = re.search(r'^hwcost\s*=\s*"([\w.]+):(\w+)"', (REPO / "pyproject.toml").read_text(),
+                      re.M)  # [project.scripts]
+    module, func = entry.groups()
     (bin_dir / "hwcost").write_text(
         f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
         f"'import sys; from {module} import {func}; sys.argv[0] = \"hwcost\"; sys.exit({func}())' "
