@@ -9,6 +9,9 @@ inside functions count: a lazy import is still an arrow.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +102,29 @@ def test_hwcost_core_imports_none_of_the_packages_above_it():
 def test_the_library_imports_nothing_from_the_tests():
     assert _violations(_library_files() + sorted((ROOT / "hwcost" / "app").rglob("*.py")),
                        ("tests",)) == []
+
+
+PACKAGES = ["hwcost", "planner", "profiles", "sensitivity", "hwcost.app", "hwcost.store",
+            "profiles.backends"]
+
+
+def test_every_package_exports_an_explicit_all_that_resolves():
+    code = ("import importlib\n"
+            f"for package in {PACKAGES!r}:\n"
+            "    m = importlib.import_module(package)\n"
+            "    assert isinstance(m.__all__, list) and len(m.__all__) == len(set(m.__all__)), package\n"
+            "    missing = [n for n in m.__all__ if not hasattr(m, n)]\n"
+            "    assert not missing, (package, missing)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_importing_hwcost_planner_or_the_cli_loads_no_heavy_module():
+    code = ("import sys\nimport hwcost, planner, hwcost.app.main, planner.enums, hwcost.enums\n"
+            "heavy = {'torch', 'numpy', 'sqlalchemy', 'sqlmodel', 'ortools', 'pyarrow'}\n"
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
