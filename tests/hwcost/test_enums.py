@@ -47,7 +47,7 @@ def test_cli_choices_are_the_library_enums(path, option, names):
 def test_library_tuples_come_from_the_enums():
     from hwcost.costs import SOURCES
     from hwcost.exchange import CONFLICT_RULES
-    from hwcost.queue import OPEN
+    from hwcost.store.campaigns import OPEN
     from planner.export import FORMATS
     from planner.inc import NAMINGS
     from planner.objectives import OBJECTIVES
