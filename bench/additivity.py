@@ -19,8 +19,11 @@ On this CPU, for N random per-layer precision configs of a small Llama (the demo
   scaled so the fp32 model costs the measured baseline.
 
 The baseline of each prediction is the fp32 model timed in the same interleaved rounds as
-that config's model, so drift of a shared machine cancels. Error = |predicted - measured| /
-measured.
+that config's model, so drift of a shared machine cancels. Each predictor's gains are taken
+as a share of the fp32 model's latency in the window they were timed in (the campaign's
+whole-model timing; for the per-layer proxy, the fp32 model timed in each layer shape's
+rounds) and that share is applied to the baseline: the planner's predicted speedup, in
+microseconds. Error = |predicted - measured| / measured.
 
 Deployments (``--deployments eager,compiled``, both by default, in one run): **eager** deploys
 as users do (q/k/v and gate/up share one activation quantization, bf16 chains keep bf16
@@ -163,9 +166,11 @@ def same_window(model, part, baseline_model, cfg, inputs, captured, backend, thr
 
 
 def measure_layers(model, layer_names, tokens, precisions, backend, threads, timing,
-                   deployment="eager") -> dict:
+                   deployment="eager", baseline_model=None, model_inputs=()) -> dict:
     """``(in, out, bias) -> {precision: us}``: each distinct linear shape timed alone (compiled
-    alone under the compiled deployment)."""
+    alone under the compiled deployment). With ``baseline_model``, that model (on
+    ``model_inputs``) is timed in each shape's interleaved rounds too, under the key
+    ``"model_fp32"``: the machine's speed in the window the layers were timed in."""
     wrap = compile_deployed if deployment == "compiled" else (lambda m: m)
     shapes = {}
     for name in layer_names:
@@ -174,11 +179,16 @@ def measure_layers(model, layer_names, tokens, precisions, backend, threads, tim
     out = {}
     for key, name in shapes.items():
         layer = model.get_submodule(name)
-        fns = {p.value: (lambda m: lambda x: m(x))(
+        fns = {p.value: (lambda m: lambda d: m(d["x"]))(
             wrap(get_backend(backend).deploy_linear(layer, p))) for p in precisions}
-        xs = [torch.randn(tokens, key[0]) for _ in range(N_INPUTS)]
-        res = time_interleaved(fns, xs, backend, threads=threads, **timing.kwargs())
-        out[key] = {Precision(k): v.median_us for k, v in res.items()}
+        if baseline_model is not None:
+            fns["model_fp32"] = lambda d: baseline_model(**d["inp"])
+        data = [{"x": torch.randn(tokens, key[0]),
+                 "inp": model_inputs[k % len(model_inputs)] if model_inputs else None}
+                for k in range(N_INPUTS)]
+        res = time_interleaved(fns, data, backend, threads=threads, **timing.kwargs())
+        out[key] = {(k if k == "model_fp32" else Precision(k)): v.median_us
+                    for k, v in res.items()}
     return out
 
 
@@ -212,13 +222,13 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
           f"{sub['report']['elapsed_s']:.0f} s", flush=True)
     with torch.no_grad():
         flow = trace_dataflow(model, inputs[0])
-    per_layer = measure_layers(model, layers, shape.tokens, precisions, backend, threads, timing,
-                               deployment)
-    layer_macs, attn_macs = macs(model, layers, args.batch, args.seq)
-    total_macs = sum(layer_macs.values()) + attn_macs
     # the baseline runs the same fp32 kernels as the pieces' baseline configs
     baseline_model = wrap(apply_precisions(model, dict.fromkeys(layers, Precision.FP32),
                                            backend, flow))
+    per_layer = measure_layers(model, layers, shape.tokens, precisions, backend, threads, timing,
+                               deployment, baseline_model, inputs)
+    layer_macs, attn_macs = macs(model, layers, args.batch, args.seq)
+    total_macs = sum(layer_macs.values()) + attn_macs
     fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in pieces}
     pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
     campaign_base = sub["report"]["baseline_us"][shape.key]
@@ -247,16 +257,24 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
         raw_gain = sum(costs[(p.position, fp32_cfg[p.position])]
                        - costs[(p.position, tuple(cfg[n] for n in p.layer_names))]
                        for p in pieces)
-        layer_gain = 0.0
+        layer_gain = layer_share = 0.0
         for n in layers:
             w, b = linear_params(model.get_submodule(n))
             lat = per_layer[(w.shape[1], w.shape[0], b is not None)]
             layer_gain += lat[Precision.FP32] - lat[cfg[n]]
+            layer_share += (lat[Precision.FP32] - lat[cfg[n]]) / lat["model_fp32"]
         mac_cost = (sum(layer_macs[n] * cfg[n].bits / 32 for n in layers) + attn_macs) / total_macs
-        pred = {"method": base - gain, "per_layer": base - layer_gain, "macs": base * mac_cost,
-                # diagnostic: gains rescaled by how much slower or faster the machine runs the
-                # fp32 model now than during the campaign (cancels uniform load changes)
-                "method_rescaled": base - gain * base / campaign_base,
+        # Each predictor is a share of the fp32 model's latency taken in the window its terms
+        # were timed in (the campaign's whole-model timing; the fp32 model timed in each
+        # per-layer group), applied to the fp32 model timed with this config: the planner's
+        # predicted speedup, in microseconds. A shared machine runs everything 10-40 % slower
+        # or faster from one window to the next (even on the thread clock); microseconds of
+        # one window subtracted from a baseline of another would carry that into the error.
+        pred = {"method": base * (1 - gain / campaign_base),
+                "per_layer": base * (1 - layer_share), "macs": base * mac_cost,
+                # diagnostics: the same gains in microseconds of their own window, and the
+                # config medians minus the baseline's own row across interleave groups
+                "method_absolute": base - gain, "per_layer_absolute": base - layer_gain,
                 "method_raw": base - raw_gain}
         counts = {p.value: sum(1 for n in layers if cfg[n] is p) for p in PRECISIONS}
         row = {"config": i, "counts": counts, "baseline_us": base, "measured_us": meas,
@@ -277,7 +295,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                  if "same_window" in row else ""), flush=True)
 
     summary = {}
-    for k in ("method", "per_layer", "macs", "method_rescaled", "method_raw"):
+    for k in ("method", "per_layer", "macs", "method_absolute", "per_layer_absolute",
+              "method_raw"):
         errs = [r["abs_err_pct"][k] for r in rows]
         summary[k] = _stats(errs, [r["predicted_us"][k] for r in rows],
                             [r["measured_us"] for r in rows])
@@ -420,7 +439,8 @@ def _base(r: dict) -> float:
 
 _NAMES = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer sum (HAWQ-V3)",
           "macs": "MACs x bits (scaled)",
-          "method_rescaled": "method, gains x (fp32 now / fp32 at campaign) [diagnostic]",
+          "method_absolute": "method, gains in us of the campaign's window [diagnostic]",
+          "per_layer_absolute": "per-layer, gains in us of their window [diagnostic]",
           "method_raw": "method, config medians minus the baseline's own row, across "
                         "interleave groups [diagnostic]",
           "method_same_window": "method, every term timed in the same rounds [diagnostic]"}

@@ -56,8 +56,9 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     # one layer: attention head (3 slots), tail (1), MLP (3), lm_head (1); 2 precisions
     assert report["n_subgraph_configs_measured"] == 8 + 2 + 8 + 2
     assert report["precisions"] == ["fp32", "int8"]
-    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_rescaled",
-                                      "method_raw", "method_same_window"}
+    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_absolute",
+                                      "per_layer_absolute", "method_raw",
+                                      "method_same_window"}
     assert report["allocator"] == "pinned" or report["allocator"].startswith("dynamic")
     assert "same_window" in report["rows"][0] and "same_window" not in report["rows"][1]
     assert "| sum of subgraph gains (method) |" in (tmp_path / "additivity.md").read_text()
