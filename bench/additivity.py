@@ -54,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_timing  # noqa: E402
 from hwcost.costs import model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.errors import ModelLoadError  # noqa: E402
@@ -62,7 +63,7 @@ from hwcost.shape import parse_shape  # noqa: E402
 from profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
 from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
 from profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
-from profiles.bench import CLOCK_ENV, time_interleaved  # noqa: E402
+from profiles.bench import time_interleaved  # noqa: E402
 from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
 from profiles.partition import partition  # noqa: E402
@@ -366,13 +367,7 @@ def main(argv: list[str] | None = None) -> int:
              "compiled": tuple(parse_precisions(args.compiled_precisions))}
     if any(p[0] is not Precision.FP32 for p in precs.values()):
         ap.error("--precisions must start with fp32, the CPU baseline")
-    load_before = os.getloadavg()
-    backend = get_backend("cpu")
-    threads = args.threads or backend.default_threads()
-    torch.set_num_threads(threads)
-    if args.clock == "thread" and threads != 1:
-        ap.error("--clock thread needs --threads 1")
-    os.environ[CLOCK_ENV] = args.clock  # the campaign's timings too
+    load_before, backend, threads = cpu_timing(args.threads, args.clock, ap.error)
     timing = TimingOptions(max_seconds=args.max_seconds)
     if args.quick:
         timing = QUICK_TIMING

@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_timing  # noqa: E402
 from hwcost.costs import gain_of, model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
@@ -53,8 +54,8 @@ from planner.objectives import parse_threshold  # noqa: E402
 from planner.plans import make_plan  # noqa: E402
 from planner.problem import build_problem  # noqa: E402
 from planner.workload import build_workload_problem  # noqa: E402
-from profiles.backends import apply_precisions, get_backend  # noqa: E402
-from profiles.bench import CLOCK_ENV, time_interleaved  # noqa: E402
+from profiles.backends import apply_precisions  # noqa: E402
+from profiles.bench import time_interleaved  # noqa: E402
 from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from profiles.decode import step_fn  # noqa: E402
 from profiles.loading import LoadedModel, load_model  # noqa: E402
@@ -259,13 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if PRECISIONS[0] != "fp32" or len(PRECISIONS) > 4:
         ap.error("--precisions: fp32 first, at most 4")
     start = time.perf_counter()
-    load_before = os.getloadavg()
-    backend = get_backend("cpu")
-    threads = args.threads or backend.default_threads()
-    torch.set_num_threads(threads)
-    if args.clock == "thread" and threads != 1:
-        ap.error("--clock thread needs --threads 1")
-    os.environ[CLOCK_ENV] = args.clock  # campaign, additivity and generate() timings alike
+    load_before, backend, threads = cpu_timing(args.threads, args.clock, ap.error)
     timing = QUICK_TIMING if args.quick else TimingOptions(max_seconds=args.max_seconds)
     results = []
     for name in args.models.split(","):
