@@ -98,15 +98,20 @@ def bound_notes(problem: Problem, sol: Solution, bound: float | None, objective:
 def save_plan(store, result: PlanResult) -> int:
     """Store the plan (``Store.add_plan``); its id is also written into the document. An
     identical plan already stored (same model, checkpoint, quantizer, device, shape, objective,
-    bound, constraints and layer precisions) is not stored again: its id is returned."""
+    bound, constraints and layer precisions) is not stored again: its id is returned and
+    ``result.document`` becomes the stored document, so that one plan has one prediction
+    (what ``hwcost run`` and ``hwcost validate`` print for it), not a new one per call as
+    later whole-model latencies move the baseline."""
     p, s = result.problem, result.solution
     model = store.get_model(p.model_fingerprint)
     dev = store.get_device(p.device_fingerprint)
     same = _same_plan_key(result.document["data"])
     for row in store.plans_for(model.id, dev.id, p.shape, checkpoint=p.checkpoint,
                                quantizer=p.quantizer):
-        if _same_plan_key(json.loads(row.body).get("data", {})) == same:
+        stored = json.loads(row.body)
+        if _same_plan_key(stored.get("data", {})) == same:
             result.plan_id = row.id
+            result.document = stored
             result.document["data"]["plan_id"] = row.id
             return row.id
     row = Plan(model_id=model.id, checkpoint=p.checkpoint, quantizer=p.quantizer,
