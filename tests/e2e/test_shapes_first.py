@@ -67,3 +67,16 @@ def test_a_shape_the_model_cannot_run_is_refused_before_anything_is_measured(
 
         assert s.devices() == [] and s.models() == [] and s.measurement_count() == 0
         assert campaigns(s) == []
+
+
+def test_run_refuses_text_calibration_for_a_model_without_tokenizer_before_profiling(
+        tmp_path, sqlite_url):
+    text = tmp_path / "notes.txt"
+    text.write_text("a few words of text, and no tokenizer to turn them into ids\n" * 20)
+    res = CliRunner().invoke(cli, ["run", "tests.factories:tiny", "--shape", "batch=1,seq=8",
+                                   "--calib", str(text), "--quick", "--db", sqlite_url])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: notes.txt is text: a tokenizer is needed (the model has none)")
+    with open_store(sqlite_url) as s:
+        assert s.devices() == [] and s.models() == [] and s.measurement_count() == 0
