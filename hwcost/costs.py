@@ -45,7 +45,7 @@ from hwcost.precision import (
 from hwcost.roofline import Query, RooflineModel, terms
 from hwcost.schema import Device
 from hwcost.shape import Shape, parse_shape, reads_kv
-from hwcost.store import SlotInfo, Store, SubgraphInfo
+from hwcost.store import DeviceRef, Manifest, ModelRef, SlotInfo, Store, SubgraphInfo
 
 SOURCES = tuple(CostSource.values())
 MIN_LEARNED_SAMPLES = 12
@@ -88,25 +88,26 @@ class Estimate:
 # ------------------------------------------------------------------------------- devices
 
 
-def resolve_device(store: Store, ref: str) -> Device:
-    """The device row ``ref`` names: stored (fingerprint, prefix, name), a kind with one
-    local device, or a catalog device (created in the store on first use)."""
+def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
+    """The device ``ref`` names, resolved once (pass the result along): stored (fingerprint,
+    prefix, name), a kind with one local device, or a catalog device (created in the store on
+    first use)."""
     try:
-        return store.get_device(ref)
+        return store.device(ref)
     except NoSuchDevice as e:
         if "several" in str(e):
             raise
     if ref in BASELINE:
         local = [d for d in store.devices() if d.kind == ref and d.source == "local"]
         if len(local) == 1:
-            return local[0]
+            return store.device(local[0].fingerprint)
         if len(local) > 1:
             fps = ", ".join(d.fingerprint[:12] for d in local)
             raise NoSuchDevice(f"several {ref} devices in the store ({fps}); pass --device "
                                "with a fingerprint")
     entry = find_catalog(ref)
     if entry is not None:
-        return store.upsert_device(entry.to_row())
+        return store.device(store.upsert_device(entry.to_row()).fingerprint)
     names = ", ".join(load_catalog())
     kind = ref if ref in ("cpu", "cuda", "hpu") else "KIND"
     raise NoSuchDevice(
@@ -116,9 +117,9 @@ def resolve_device(store: Store, ref: str) -> Device:
         + ", then `hwcost db export` there and `hwcost db import FILE` here")
 
 
-def device_peaks(dev: Device) -> Peaks | None:
+def device_peaks(dev: Device | DeviceRef) -> Peaks | None:
     """The device's own peaks (calibrated or catalog), else its product's catalog entry."""
-    own = Peaks.from_json(json.loads(dev.peaks or "{}"))
+    own = Peaks.from_json(dev.peaks if isinstance(dev, DeviceRef) else json.loads(dev.peaks or "{}"))
     if own is not None:
         return own
     entry = find_catalog(dev.name)
@@ -140,15 +141,19 @@ class CostModel:
     are trained once per instance from the store's measurements of this device.
     """
 
-    def __init__(self, store: Store, device: str | Device, seed: int = 0, *,
+    def __init__(self, store: Store, device: str | DeviceRef | Device, seed: int = 0, *,
                  allow_unstable: bool = False):
         self.store = store
         self.allow_unstable = allow_unstable  # quick and unstable rows count as measured
-        self.device = device if isinstance(device, Device) else resolve_device(store, device)
+        # a DeviceRef is already resolved: found again by its exact fingerprint only
+        if isinstance(device, Device):  # a row (the SQL store's own callers)
+            device = store.device(device.fingerprint)
+        self.ref = device if isinstance(device, DeviceRef) else resolve_device(store, device)
+        self.device = store.get_device(self.ref)  # the stored row, for its other columns
         self.kind = self.device.kind
         self.carrier = BASELINE.get(self.kind, Precision.FP32)
         self.seed = seed
-        self._own_peaks = device_peaks(self.device)  # catalog or calibration; None if neither
+        self._own_peaks = device_peaks(self.ref)  # catalog or calibration; None if neither
         self._peaks = self._own_peaks
 
     @property
@@ -159,7 +164,7 @@ class CostModel:
     @property
     def measurements(self) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         if not hasattr(self, "_rows"):
-            self._rows = self.store.device_measurements(self.device.fingerprint,
+            self._rows = self.store.device_measurements(self.ref,
                                                         allow_unstable=self.allow_unstable)
             self._measured = {(g.signature, sh, cfg): (med, spr) for g, sh, cfg, med, spr in self._rows}
         return self._rows
@@ -251,7 +256,7 @@ class CostModel:
 
     def _stored_or_fitted(self, qs: list[Query], y: np.ndarray) -> LatencyModel:
         state = self.fit_state()
-        body = self.store.learned_fit(self.device.id, state)
+        body = self.store.learned_fit(self.ref, state)
         if body is not None:
             try:
                 lm = LatencyModel.from_dict(self.peaks, json.loads(body))
@@ -260,7 +265,7 @@ class CostModel:
             except (NoEstimate, KeyError, TypeError, ValueError):
                 pass  # another format or a damaged row: refit and overwrite it
         lm = LatencyModel(self.peaks, self.carrier, seed=self.seed).fit(qs, y)
-        self.store.put_learned_fit(self.device.id, state, json.dumps(lm.to_dict()))
+        self.store.put_learned_fit(self.ref, state, json.dumps(lm.to_dict()))
         return lm
 
     def _use_learned(self) -> bool:
@@ -429,8 +434,8 @@ def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precisi
     return tuple(p for p in Precision if p in seen)
 
 
-def model_table(store: Store, model_ref: str, device: str, shape: str,
-                precisions: Sequence[str] | None = None, *, seed: int = 0,
+def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str | DeviceRef,
+                shape: str, precisions: Sequence[str] | None = None, *, seed: int = 0,
                 cost_model: CostModel | None = None,
                 allow_unstable: bool = False) -> ModelCostTable:
     """Every config's cost of every subgraph instance of a model on ``device`` at ``shape``.
@@ -441,19 +446,21 @@ def model_table(store: Store, model_ref: str, device: str, shape: str,
     device, else the device kind's candidates; the baseline precision is always included.
     Pass ``cost_model`` (a :class:`CostModel` of the same device) to reuse its fitted
     fallbacks across tables. Quick and unstable timings are left to the fallbacks unless
-    ``allow_unstable`` (then they count as measured, marked ``good=False``).
+    ``allow_unstable`` (then they count as measured, marked ``good=False``). A
+    :class:`Manifest` already read (the planner's) is used as it is; the device is resolved
+    once, by the cost model.
     """
     shp = parse_shape(shape)
     cm = cost_model or CostModel(store, device, seed=seed, allow_unstable=allow_unstable)
-    model, manifest = store.manifest(model_ref)
-    rows = store.model_costs(model.fingerprint, cm.device.fingerprint, shp.key,
-                             allow_unstable=allow_unstable)
+    manifest = model_ref if isinstance(model_ref, Manifest) else store.model_manifest(model_ref)
+    model = manifest.model
+    rows = store.model_costs(model, cm.ref, shp.key, allow_unstable=allow_unstable)
     if shp.kv:  # pieces that read no KV cache are timed once per batch, without the KV length
         kv_free = {sub.signature for _, sub in manifest if not reads_kv(sub.extra)}
         exact = {(r.signature, r.config) for r in rows}
         rows = list(rows) + [
-            r for r in store.model_costs(model.fingerprint, cm.device.fingerprint,
-                                         shp.without_kv.key, allow_unstable=allow_unstable)
+            r for r in store.model_costs(model, cm.ref, shp.without_kv.key,
+                                         allow_unstable=allow_unstable)
             if r.signature in kv_free and (r.signature, r.config) not in exact]
     measured: dict[str, dict[str, Estimate]] = {}
     for r in rows:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from hwcost.store.campaigns import STALE_AFTER_S, OtherClaims, Progress, Task, Unit
+from hwcost.store.campaigns import STALE_AFTER_S
+from hwcost.store.queue_records import OtherClaims, Progress, Task, Unit
 
 __all__ = ["STALE_AFTER_S", "Heartbeat", "OtherClaims", "Progress", "Task", "Unit", "add_tasks",
            "campaign_id", "cancel", "claim", "complete_unit", "ensure_campaign", "heartbeat",
@@ -42,12 +43,8 @@ def heartbeat_interval(stale_after_s: float) -> float:
 
 def ensure_campaign(store, name: str, *, device: str, model_id=None,
                     shapes: Sequence[str] = (), precisions: Sequence[str] = ()) -> int:
-    """Get or create the campaign ``name``; returns its id.
-
-    An existing campaign must be for the same device and model (StoreError otherwise); its
-    shape and precision lists grow to include the ones given. ``model_id``: the model (a
-    ``ModelRef`` or reference) or None.
-    """
+    """Get or create the campaign ``name`` (``model_id``: a ModelRef, a
+    reference or None); returns its id (``Store.ensure_campaign``)."""
     return store.ensure_campaign(name, device=device, model=model_id, shapes=shapes,
                                  precisions=precisions)
 
@@ -58,32 +55,22 @@ def campaign_id(store, name: str) -> int:
 
 
 def add_tasks(store, campaign: int, tasks: Iterable[tuple[str, str, str]]) -> int:
-    """Add ``(signature, shape, config)`` tasks and their units; existing ones are left as
-    they are (a cancelled task stays cancelled). A closed unit that gains a new task opens
-    again. Returns the number of tasks added. The subgraphs must already be in the store.
-    """
+    """Add ``(signature, shape, config)`` tasks and their units idempotently;
+    returns how many were new (``Store.add_tasks``)."""
     return store.add_tasks(campaign, tasks)
 
 
 def claim(store, campaign: int, worker: str, n: int = 1, *,
           stale_after_s: float = STALE_AFTER_S) -> list[Unit]:
-    """Claim up to ``n`` units (pending, or claimed with a heartbeat older than
-    ``stale_after_s``) for ``worker``, oldest first; one statement on PostgreSQL.
-
-    Returns the units with their open tasks; [] when nothing is claimable.
-    """
+    """Claim up to ``n`` whole units for ``worker``; [] when nothing is
+    claimable (``Store.claim_units``)."""
     return store.claim_units(campaign, worker, n, stale_after_s=stale_after_s)
 
 
 def complete_unit(store, unit: Unit, worker: str, measurements: Sequence = (),
                   failed: dict[int, str] | None = None) -> bool:
-    """Write ``unit``'s measurements (``hwcost.store.MeasurementIn`` of the unit's subgraph
-    and shape, all validated first), mark its tasks done (or failed, task id -> one-line
-    reason) and close the unit, in one transaction.
-
-    Returns False, writing nothing, when ``worker`` no longer holds the unit (its heartbeat
-    went stale and another worker claimed it).
-    """
+    """Write a unit's measurements and close it in one transaction; False
+    when ``worker`` no longer holds it (``Store.complete_unit``)."""
     return store.complete_unit(unit, worker, measurements, failed)
 
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
-from hwcost.schema import UNKNOWN, Plan, Validation
-from hwcost.store import host_name
+from hwcost.schema import UNKNOWN, Validation
+from hwcost.store import PlanRecord, host_name
 from hwcost.workload import is_workload_key
 from planner.export import validate_plan
 
@@ -224,27 +224,18 @@ def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
     data = validate_plan(doc)
     if plan_id is not None:
         try:
-            row = store.get_plan(int(plan_id))
-            if json.loads(row.body)["data"]["model"]["fingerprint"] == data["model"]["fingerprint"]:
-                return row.id
+            stored = store.plan(int(plan_id))
+            if stored.model == data["model"]["fingerprint"]:
+                return stored.id
         except StoreError:
             pass
-    model = store.get_model(data["model"]["fingerprint"])
+    store.model(data["model"]["fingerprint"])  # NoSuchModel first, in its own words
     try:
-        dev = store.get_device(data["device"]["fingerprint"])
+        store.device(data["device"]["fingerprint"])
     except NoSuchDevice:
         raise PlanInvalid(f"the plan's device {data['device']['fingerprint'][:12]} is not in this "
                           "store; import its cost tables first") from None
-    pr = data["predicted"]
-    sens = data.get("sensitivity") or {}
-    return store.add_plan(Plan(model_id=model.id, device_id=dev.id, shape=data["shape"],
-                               checkpoint=str(sens.get("checkpoint") or UNKNOWN),
-                               quantizer=str(sens.get("quantizer") or UNKNOWN),
-                               objective=data["objective"], max_loss_mse=data.get("max_loss_mse"),
-                               predicted_speedup=pr.get("speedup"),
-                               predicted_loss_mse=pr.get("loss_mse"),
-                               measured_share=pr.get("measured_share"),
-                               body=json.dumps(doc, sort_keys=True)))
+    return store.put_plan(PlanRecord.of_document(doc))
 
 
 def plan_deployment(store, device_fingerprint: str) -> str:
@@ -320,23 +311,20 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
 
     n_eval = sum(batch_size(b) for b in batches)
 
-    from profiles.campaign import latency_row
-
     info = local_device(kind, deployment=deployment)
     dev_row = store.upsert_device(info.to_row())
     note = "" if info.fingerprint == data["device"]["fingerprint"] else (
         f"measured on {info.fingerprint[:12]}, planned for {data['device']['fingerprint'][:12]}")
     pid = ensure_plan_row(store, doc, plan_id)
-    model = store.get_model(data["model"]["fingerprint"])
     host = host_name()
     for name, hash_ in (("baseline", f"all:{data['baseline']}"), ("plan", layer_map_hash(layers))):
         # a stored good row is kept (add_model_latency replaces only quick or unstable
         # ones): the whole-model baseline that later plans divide by does not move with
         # every validation; this validation's own pair is in its Validation row
-        store.add_model_latency(latency_row(
-            model.id, dev_row.id, data["shape"], hash_,
-            "{}" if name == "baseline" else json.dumps(layers, sort_keys=True), timings[name],
-            quick))
+        store.put_model_latency(
+            data["model"]["fingerprint"], info.fingerprint, data["shape"], hash_, timings[name],
+            config="{}" if name == "baseline" else json.dumps(layers, sort_keys=True),
+            quick=quick)
     b, p = timings["baseline"], timings["plan"]
     stable = b.stable and p.stable  # generate() timings are judged like the others
     speedup = b.median_us / p.median_us

@@ -132,19 +132,15 @@ def measure_baseline(store: Any, loaded: Any, backend: Any, model_fingerprint: s
     threads, stability, load; ``quick`` for quick timings), like every other whole-model
     timing; us. A stored row is reused; a full run replaces a quick or unstable one, which
     plans then no longer rest on unless asked (``allow_unstable``)."""
-    from profiles.campaign import latency_row
-
     wl = parse_workload(workload)
-    model = store.get_model(model_fingerprint)
-    dev = store.get_device(device_fingerprint)  # the profiled device (threads included)
-    found = store.model_latency(model.id, dev.id, wl.shape_key, f"all:{baseline}",
+    model = store.model(model_fingerprint)
+    dev = store.device(device_fingerprint)  # the profiled device (threads included)
+    found = store.model_latency(model, dev, wl.shape_key, f"all:{baseline}",
                                 allow_unstable=quick)
     if found is not None:
         return found.median_us
-    _, manifest = store.manifest(model_fingerprint)
-    layers = {n: baseline for item, _ in manifest for n in item.layer_names}
+    layers = {n: baseline for n in store.model_manifest(model).layer_names}
     t = time_generate(loaded, {"baseline": layers}, wl, backend, threads=threads,
                       **timing_kwargs)["baseline"]
-    store.add_model_latency(latency_row(model.id, dev.id, wl.shape_key, f"all:{baseline}", "{}",
-                                        t, quick))
+    store.put_model_latency(model, dev, wl.shape_key, f"all:{baseline}", t, quick=quick)
     return t.median_us

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hwcost.errors import PlanInvalid
-from hwcost.schema import Plan
+from hwcost.store import PlanRecord
 from planner.export import plan_document, read_plan, validate_plan
 from planner.objectives import Constraints, Threshold, parse_objective
 from planner.problem import Problem, build_problem
@@ -102,24 +102,19 @@ def save_plan(store, result: PlanResult) -> int:
     ``result.document`` becomes the stored document, so that one plan has one prediction
     (what ``hwcost run`` and ``hwcost validate`` print for it), not a new one per call as
     later whole-model latencies move the baseline."""
-    p, s = result.problem, result.solution
-    model = store.get_model(p.model_fingerprint)
-    dev = store.get_device(p.device_fingerprint)
+    p = result.problem
+    # the refs the problem was built from (else its fingerprints: exact keys, not resolved)
+    model = p.model_ref or p.model_fingerprint
+    dev = p.device_ref or p.device_fingerprint
     same = _same_plan_key(result.document["data"])
-    for row in store.plans_for(model.id, dev.id, p.shape, checkpoint=p.checkpoint,
-                               quantizer=p.quantizer):
-        stored = json.loads(row.body)
-        if _same_plan_key(stored.get("data", {})) == same:
-            result.plan_id = row.id
-            result.document = stored
-            result.document["data"]["plan_id"] = row.id
-            return row.id
-    row = Plan(model_id=model.id, checkpoint=p.checkpoint, quantizer=p.quantizer,
-               device_id=dev.id, shape=p.shape, objective=s.objective,
-               max_loss_mse=s.max_loss_mse, predicted_speedup=s.predicted_speedup,
-               predicted_loss_mse=s.loss_mse, measured_share=s.measured_share,
-               body=json.dumps(result.document, sort_keys=True))
-    result.plan_id = store.add_plan(row)
+    for stored in store.plans(model, dev, p.shape, checkpoint=p.checkpoint,
+                              quantizer=p.quantizer):
+        if _same_plan_key(stored.data) == same:
+            result.plan_id = stored.id
+            result.document = stored.document
+            result.document["data"]["plan_id"] = stored.id
+            return stored.id
+    result.plan_id = store.put_plan(PlanRecord.of_document(result.document))
     result.document["data"]["plan_id"] = result.plan_id
     return result.plan_id
 
@@ -136,11 +131,11 @@ def load_plan(store, ref: str) -> tuple[dict, int | None]:
 
     A file that carries a ``plan_id`` of a plan in this store is tied to that row."""
     if str(ref).isdigit() and not Path(ref).exists():
-        row = store.get_plan(int(ref))
-        doc = json.loads(row.body)
+        stored = store.plan(int(ref))
+        doc = stored.document
         validate_plan(doc)
-        doc["data"]["plan_id"] = row.id
-        return doc, row.id
+        doc["data"]["plan_id"] = stored.id
+        return doc, stored.id
     if not Path(ref).exists():
         raise PlanInvalid(f"no plan {ref!r}: give a plan id from the store or a plan JSON file")
     doc = read_plan(ref)

@@ -13,7 +13,7 @@ import fnmatch
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hwcost.errors import HwcostError, NoEstimate, NoSuchModel
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precision
@@ -72,6 +72,10 @@ class Problem:
     choices: list[Choice]
     model_baseline_us: float | None = None  # measured whole-model baseline latency, if stored
     sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint, checkpoint, quantizer}
+    # the store's records the problem was built from (None for a problem made by hand):
+    # saving its plan finds the model and device by these, never by re-resolving a reference
+    model_ref: Any = field(default=None, compare=False, repr=False)
+    device_ref: Any = field(default=None, compare=False, repr=False)
 
     @property
     def checkpoint(self) -> str:
@@ -128,26 +132,27 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     from hwcost.costs import resolve_device
 
     shape_obj = parse_shape(shape)
-    dev = resolve_device(store, device)
-    model, manifest = store.manifest(model_ref)
+    dev = resolve_device(store, device)  # resolved here once; the refs are passed along
+    manifest = store.model_manifest(model_ref)  # read once: the cost table walks this one
+    model = manifest.model
     if not manifest:
         raise NoSuchModel(f"model {model.name!r} has an empty manifest; re-run `hwcost profile`")
     baseline = BASELINE.get(dev.kind, Precision.FP32).value
     sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
-    layers = [n for item, _ in manifest for n in item.layer_names]
+    layers = manifest.layer_names
     precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
-    entries = _cost_entries(store, model.fingerprint, dev, shape_obj, precs, allow_unstable)
+    entries = _cost_entries(store, manifest, dev, shape_obj, precs, allow_unstable)
     kinds = {item.position: info.kind for item, info in manifest}
     rates = _mac_rates(dev, baseline, precs)
     choices = [_choice(e, kinds.get(e.position, ""), baseline, precs, sens, rates, shape_obj)
                for e in entries]
-    base_row = store.model_latency(model.id, dev.id, shape_obj.key, f"all:{baseline}",
+    base_row = store.model_latency(model, dev, shape_obj.key, f"all:{baseline}",
                                    allow_unstable=allow_unstable)
     return Problem(model_name=model.name, model_fingerprint=model.fingerprint,
                    device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
                    shape=shape_obj.key, baseline=baseline, precisions=precs, choices=choices,
                    model_baseline_us=base_row.median_us if base_row else None,
-                   sensitivity={"method": method, **key})
+                   sensitivity={"method": method, **key}, model_ref=model, device_ref=dev)
 
 
 def _sensitivity_table(store, model, method: str, checkpoint: str | None,
@@ -156,7 +161,7 @@ def _sensitivity_table(store, model, method: str, checkpoint: str | None,
     checkpoints (a base model and its fine-tune) are never mixed or silently chosen between."""
     from hwcost.schema import UNKNOWN
 
-    keys = store.sensitivity_keys(model.id, method)
+    keys = store.sensitivity_keys(model, method)
     if checkpoint is not None:
         chosen = {c for c, _, _ in keys if c.startswith(checkpoint)}
         if len(chosen) > 1:
@@ -176,7 +181,7 @@ def _sensitivity_table(store, model, method: str, checkpoint: str | None,
             raise HwcostError(f"checkpoint {checkpoint[:12]} of {model.name!r} has tables of "
                               f"{len(quants)} quantizers ({'; '.join(quants[:3])}); choose one "
                               "with --quantizer")
-    rows = store.sensitivities(model.id, method=method, checkpoint=checkpoint,
+    rows = store.sensitivities(model, method=method, checkpoint=checkpoint,
                                quantizer=quantizer) if checkpoint else []
     if not rows:
         which = f" of checkpoint {checkpoint[:12]}" if checkpoint else ""
@@ -209,13 +214,13 @@ def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
     return tuple(precs)
 
 
-def _cost_entries(store, model_fp: str, dev, shape: Shape, precs: tuple[str, ...],
+def _cost_entries(store, manifest, dev, shape: Shape, precs: tuple[str, ...],
                   allow_unstable: bool = False) -> list[SubgraphCosts]:
     """Cost table per subgraph instance from ``hwcost.costs`` (measured, else learned, else
-    roofline, each labelled)."""
+    roofline, each labelled), of the manifest and device already resolved."""
     from hwcost.costs import model_table
 
-    return model_table(store, model_fp, dev.fingerprint, shape.key, precisions=precs,
+    return model_table(store, manifest, dev, shape.key, precisions=precs,
                        allow_unstable=allow_unstable).entries
 
 

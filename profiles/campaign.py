@@ -26,13 +26,12 @@ from typing import Any
 
 import torch
 
-from hwcost import __version__, fleet_worker, queue
+from hwcost import fleet_worker, queue
 from hwcost.device import local_device
 from hwcost.errors import BackendUnavailable, UnknownPrecision
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
-from hwcost.schema import ModelLatency
 from hwcost.shape import Shape, parse_shape, reads_kv, timing_shape
-from hwcost.store import MeasurementIn, SubgraphInfo, host_name
+from hwcost.store import MeasurementIn, SubgraphInfo
 from profiles.decode import find_caches, layer_indices, rewind, step_fn
 from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
@@ -416,8 +415,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                                             allow_unstable=timing.quick)
                 if found is None:
                     t = measurer.model_latency(shape.key, base)
-                    store.add_model_latency(latency_row(
-                        model_id, dev.id, shape.key, f"all:{base.value}", "{}", t, timing.quick))
+                    store.put_model_latency(model_id, dev.fingerprint, shape.key,
+                                            f"all:{base.value}", t, quick=timing.quick)
                     report.baseline_us[shape.key] = t.median_us
                     if not t.stable:
                         report.unstable_reasons.append(f"whole model: {t.reason}")
@@ -460,17 +459,6 @@ def _groups(items: Sequence[tuple[str, str, str]], size: int):
         run = list(run)
         for i in range(0, len(run), size):
             yield sig, shape, run[i:i + size]
-
-
-def latency_row(model_id: int, device_id: int, shape: str, config_hash: str, config: str,
-                t: Any, quick: bool) -> ModelLatency:
-    """A whole-model latency row from a ``profiles.bench.Timing``, with how it was taken."""
-    return ModelLatency(
-        model_id=model_id, device_id=device_id, shape=shape, config_hash=config_hash,
-        config=config, median_us=t.median_us, spread_us=t.spread_us, n_samples=t.n_samples,
-        host=host_name(), tool_version=__version__, quick=quick, threads=t.threads,
-        # a Timing, or a workload's generate() timing (planner.generate.WorkloadTiming)
-        clock=t.clock, stable=t.stable, load1=t.load1, cpu_mhz=t.cpu_mhz)
 
 
 def _measurements(report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],

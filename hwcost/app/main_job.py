@@ -274,7 +274,7 @@ def _run(store: Any, o: MainJobOptions, progress: bool, mark: Callable[[str], No
                        problem=problem, measured=measured_only)
     p_not_fastest = result.p_not_fastest
     layers = dict(result.document["data"]["layers"])
-    prior = _find_validated_plan(store, camp.model_id, camp.device, shape, layers,
+    prior = _find_validated_plan(store, camp.model_fingerprint, camp.device, shape, layers,
                                  sens.table.checkpoint, sens.table.quantizer, quick)
     plan_reused = prior is not None
     if prior is None:
@@ -313,7 +313,7 @@ def _run(store: Any, o: MainJobOptions, progress: bool, mark: Callable[[str], No
             "re-planning with the predictions scaled by the measured ratio")
 
         def find(lay: dict[str, str]) -> Any:
-            return _find_validated_plan(store, camp.model_id, camp.device, shape, lay,
+            return _find_validated_plan(store, camp.model_fingerprint, camp.device, shape, lay,
                                         sens.table.checkpoint, sens.table.quantizer, quick)
 
         loop = _close_loop(store, loaded, camp, shape, threshold, problem, result,
@@ -370,7 +370,7 @@ def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> dict:
     """Report the stored plan, its document and its prediction (one plan, one prediction);
     returns the prediction."""
     result.plan_id = plan_id
-    result.document = json.loads(store.get_plan(plan_id).body)
+    result.document = store.plan(plan_id).document
     result.document["data"]["plan_id"] = plan_id
     return result.document["data"]["predicted"]
 
@@ -433,18 +433,15 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
                              report=lambda line: say(f"closed loop {line}"))
 
 
-def _find_validated_plan(store: Any, model_id: int, device: str, shape: str,
+def _find_validated_plan(store: Any, model: str, device: str, shape: str,
                          layers: dict[str, str], checkpoint: str, quantizer: str,
                          quick: bool = False) -> tuple[int, Any] | None:
     """An earlier plan of this checkpoint and quantizer with exactly these layer precisions,
     and its latest validation measured with these weights. Another checkpoint's plan or
     validation is never reused: the loss MSE depends on the weights. A quick run may
     reuse any validation, a full run only a full one of a stable machine."""
-    dev = store.get_device(device)
-    for plan in store.plans_for(model_id, dev.id, shape, checkpoint=checkpoint,
-                                quantizer=quantizer):
-        body = json.loads(plan.body)
-        if dict(body.get("data", {}).get("layers", {})) == layers:
+    for plan in store.plans(model, device, shape, checkpoint=checkpoint, quantizer=quantizer):
+        if plan.layers == layers:
             vals = [v for v in store.validations_for(plan.id, checkpoint=checkpoint)
                     if quick or (v.stable and not v.quick)]
             return plan.id, (vals[-1] if vals else None)

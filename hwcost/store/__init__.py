@@ -10,9 +10,10 @@ Modules: ``protocol`` (the :class:`Store` protocol every backend meets), ``recor
 engines, schema creation and upgrades).
 """
 
-from hwcost.store.campaigns import STALE_AFTER_S, OtherClaims, Progress, Task, Unit
+from hwcost.store.campaigns import STALE_AFTER_S
 from hwcost.store.opening import ENV_VAR, default_url, open_store, redact_urls, sqlite_path
 from hwcost.store.protocol import Store
+from hwcost.store.queue_records import OtherClaims, Progress, Task, Unit
 from hwcost.store.records import (
     CostRow,
     DeviceRef,
@@ -20,6 +21,7 @@ from hwcost.store.records import (
     ManifestItem,
     MeasurementIn,
     ModelRef,
+    PlanRecord,
     SlotInfo,
     SubgraphInfo,
     host_name,
@@ -33,7 +35,7 @@ __all__ = [
     # the boundary and its SQL backend
     "Store", "SqlStore",
     # records crossing the boundary
-    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "SlotInfo",
+    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "PlanRecord", "SlotInfo",
     "SubgraphInfo", "host_name", "timing_problem",
     # the campaign queue's records
     "STALE_AFTER_S", "OtherClaims", "Progress", "Task", "Unit",

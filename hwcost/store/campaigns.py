@@ -11,15 +11,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, or_, select, text, update
 
 from hwcost.enums import TaskState
 from hwcost.errors import StoreError
-from hwcost.schema import Campaign, CampaignTask, CampaignUnit, Device, Measurement, Subgraph
+from hwcost.schema import (
+    Campaign,
+    CampaignTask,
+    CampaignUnit,
+    Device,
+    Measurement,
+    Model,
+    Subgraph,
+)
 from hwcost.shape import parse_shape
+from hwcost.store.queue_records import (
+    CampaignStatus,
+    OtherClaims,
+    Progress,
+    Task,
+    Unit,
+    WorkerStats,
+    utc,
+)
 from hwcost.store.rows import dialect_insert, insert_ignore, subgraph_ids
 
-__all__ = ["CampaignMethods", "OtherClaims", "Progress", "STALE_AFTER_S", "Task", "Unit"]
+__all__ = ["CampaignMethods", "STALE_AFTER_S"]
 
 
 STALE_AFTER_S = 60.0
@@ -30,64 +47,6 @@ OPEN = (TaskState.PENDING.value, TaskState.CLAIMED.value)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One (subgraph, shape, config) to measure, as claimed by a worker."""
-
-    id: int
-    signature: str
-    shape: str
-    config: str
-
-
-@dataclass(frozen=True)
-class Unit:
-    """All the open tasks of one (subgraph, shape) of a campaign, claimed together.
-
-    ``measured`` holds tasks whose measurement is already in the store (written by a direct
-    run or an import): they are closed with the unit, not measured again.
-    """
-
-    id: int
-    signature: str
-    shape: str
-    tasks: tuple[Task, ...]
-    measured: tuple[Task, ...] = ()
-    subgraph_id: int = 0
-    device_id: int = 0  # the campaign's device: its measurements are written for it
-
-    @property
-    def all_ids(self) -> list[int]:
-        return [t.id for t in self.tasks] + [t.id for t in self.measured]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Task counts of a campaign by state."""
-
-    pending: int = 0
-    claimed: int = 0
-    done: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.pending + self.claimed + self.done + self.failed + self.cancelled
-
-    @property
-    def open(self) -> int:
-        return self.pending + self.claimed
-
-    def to_dict(self) -> dict:
-        return {"pending": self.pending, "claimed": self.claimed, "done": self.done,
-                "failed": self.failed, "cancelled": self.cancelled, "total": self.total}
 
 
 def _merge(old: list, new: Iterable) -> list:
@@ -228,15 +187,6 @@ def _by_reason(failed: dict[int, str]) -> dict[str, list[int]]:
         reason = err.strip().splitlines()[0][:500] if err.strip() else "failed"
         out.setdefault(reason, []).append(tid)
     return out
-
-
-@dataclass(frozen=True)
-class OtherClaims:
-    """Units held by other workers: ``live`` beat recently, ``suspect`` did not (they are
-    handed out again once their heartbeat is older than the stale limit)."""
-
-    live: dict[str, int]
-    suspect: dict[str, int]
 
 
 class CampaignMethods:
@@ -416,7 +366,7 @@ class CampaignMethods:
                              .where(CampaignUnit.campaign_id == campaign,
                                     CampaignUnit.state == "claimed", CampaignUnit.worker != worker)
                              ).all()
-        rows = [(w, hb is None or _utc(hb) < cutoff, 1) for w, hb in rows]
+        rows = [(w, hb is None or utc(hb) < cutoff, 1) for w, hb in rows]
         live: dict[str, int] = {}
         suspect: dict[str, int] = {}
         for w, old, n in rows:
@@ -488,3 +438,47 @@ class CampaignMethods:
         with self.session() as s:
             return dict(s.execute(select(CampaignTask.id, CampaignTask.worker)
                                   .where(CampaignTask.campaign_id == campaign)).all())
+
+    def campaign_statuses(self, name: str | None = None) -> list[CampaignStatus]:
+        """Every campaign (or the one called ``name``) with its progress and workers, oldest
+        first; three grouped queries whatever the number of campaigns."""
+        with self.session() as s:
+            q = (select(Campaign, Device.fingerprint, Model.name)
+                 .join(Device, Device.id == Campaign.device_id)
+                 .outerjoin(Model, Model.id == Campaign.model_id).order_by(Campaign.id))
+            if name is not None:
+                q = q.where(Campaign.name == name)
+            rows = s.execute(q).all()
+            ids = [c.id for c, _, _ in rows]
+            if not ids:
+                return []
+            per_worker = s.execute(
+                select(CampaignTask.campaign_id, CampaignTask.worker,
+                       func.sum(case((CampaignTask.state == "done", 1), else_=0)),
+                       func.sum(case((CampaignTask.state == "failed", 1), else_=0)),
+                       func.min(CampaignTask.claimed_at), func.max(CampaignTask.finished_at))
+                .where(CampaignTask.campaign_id.in_(ids), CampaignTask.worker.is_not(None))
+                .group_by(CampaignTask.campaign_id, CampaignTask.worker)).all()
+            held = s.execute(
+                select(CampaignUnit.campaign_id, CampaignUnit.worker, func.count(),
+                       func.max(CampaignUnit.heartbeat_at))
+                .where(CampaignUnit.campaign_id.in_(ids), CampaignUnit.state == "claimed")
+                .group_by(CampaignUnit.campaign_id, CampaignUnit.worker)).all()
+            states = s.execute(select(CampaignTask.campaign_id, CampaignTask.state, func.count())
+                               .where(CampaignTask.campaign_id.in_(ids))
+                               .group_by(CampaignTask.campaign_id, CampaignTask.state)).all()
+        holding = {(cid, w): (int(n), hb) for cid, w, n, hb in held}
+        workers: dict[int, dict[str, WorkerStats]] = {}
+        for cid, w, done, failed, first, last in per_worker:
+            n, hb = holding.pop((cid, w), (0, None))
+            workers.setdefault(cid, {})[w] = WorkerStats(w, int(done or 0), int(failed or 0), first,
+                                                         last, n, hb)
+        for (cid, w), (n, hb) in holding.items():
+            workers.setdefault(cid, {})[w] = WorkerStats(w, 0, 0, None, None, n, hb)
+        counts: dict[int, dict[str, int]] = {}
+        for cid, state, n in states:
+            counts.setdefault(cid, {})[state] = int(n)
+        return [CampaignStatus(c.name, model, dev, json.loads(c.shapes),
+                               Progress(**counts.get(c.id, {})),
+                               dict(sorted(workers.get(c.id, {}).items())), c.created_at)
+                for c, dev, model in rows]

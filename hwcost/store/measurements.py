@@ -151,6 +151,28 @@ class MeasurementMethods:
             return [(subgraph_info(g), sh, cfg, med, spr) for g, sh, cfg, med, spr in rows]
 
     # -- whole-model latencies
+    def put_model_latency(self, model: str | ModelRef, device: str | DeviceRef, shape: str,
+                          config_hash: str, timing, *, config: str = "{}", quick: bool = False,
+                          replace: bool = False) -> bool:
+        """Write a whole-model latency from a timing (``profiles.bench.Timing`` or anything
+        with ``median_us``, ``spread_us``, ``n_samples``; how it was taken when it says): the
+        one place such rows are built. Keeps a stored good row like
+        :meth:`add_model_latency`; returns whether the row was written."""
+        from hwcost import __version__
+        from hwcost.store.records import host_name
+
+        with self.session() as s:
+            ids = self._model_id(s, model), self._device_id(s, device)
+        return self.add_model_latency(ModelLatency(
+            model_id=ids[0], device_id=ids[1], shape=shape, config_hash=config_hash,
+            config=config, median_us=timing.median_us, spread_us=timing.spread_us,
+            n_samples=timing.n_samples, host=host_name(), tool_version=__version__,
+            quick=quick, threads=getattr(timing, "threads", None),
+            # a workload's generate() timing (planner.generate) is judged and recorded less
+            clock=getattr(timing, "clock", "wall"), stable=getattr(timing, "stable", True),
+            load1=getattr(timing, "load1", None), cpu_mhz=getattr(timing, "cpu_mhz", None)),
+            replace=replace)
+
     def add_model_latency(self, row: ModelLatency, *, replace: bool = False) -> bool:
         """Write a whole-model latency. A stored row of the same key is kept unless
         ``replace`` or it is quick or unstable (then the new one replaces it). Returns

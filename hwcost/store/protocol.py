@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from hwcost.device import DeviceInfo
-from hwcost.store.campaigns import Progress, Unit
+from hwcost.store.queue_records import Progress, Unit
 from hwcost.store.records import (
     CostRow,
     DeviceRef,
@@ -96,6 +96,12 @@ class Store(Protocol):
     def device_measurements(self, device: str | DeviceRef, *, allow_unstable: bool = False
                             ) -> list[tuple[SubgraphInfo, str, str, float, float]]:
         """Every measurement of a device as (subgraph, shape, config, median_us, spread_us)."""
+
+    def put_model_latency(self, model: str | ModelRef, device: str | DeviceRef, shape: str,
+                          config_hash: str, timing, *, config: str = "{}", quick: bool = False,
+                          replace: bool = False) -> bool:
+        """Write a whole-model latency from a timing; a stored good row is kept unless
+        ``replace``. Returns whether it was written."""
 
     def learned_fit(self, device: str | DeviceRef, state: str) -> str | None:
         """The JSON of the device's learned fallback fitted on ``state``, if stored."""

@@ -16,7 +16,7 @@ from hwcost.precision import config_key, parse_config
 from hwcost.shape import parse_shape
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
-           "SlotInfo", "SubgraphInfo", "host_name", "timing_problem"]
+           "PlanRecord", "SlotInfo", "SubgraphInfo", "host_name", "timing_problem"]
 
 
 def host_name() -> str:
@@ -211,3 +211,49 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """A plan as the store keeps it: the plan document (``planner.export``) and the keys and
+    predictions it is found and listed by, all taken from the document by
+    :meth:`of_document` (the one place a plan's stored columns are built)."""
+
+    model: str  # model fingerprint
+    device: str  # device fingerprint
+    shape: str
+    objective: str
+    document: dict = field(compare=False)
+    checkpoint: str = "unknown"
+    quantizer: str = "unknown"
+    max_loss_mse: float | None = None
+    predicted_speedup: float | None = None
+    predicted_loss_mse: float | None = None
+    measured_share: float | None = None
+    id: int | None = None  # the plan's number in its store (``hwcost apply 12``) once stored
+    created_at: datetime | None = None
+
+    @property
+    def data(self) -> dict:
+        """The document's ``data`` part."""
+        return self.document["data"]
+
+    @property
+    def layers(self) -> dict[str, str]:
+        """Layer name -> precision."""
+        return dict(self.data.get("layers", {}))
+
+    @classmethod
+    def of_document(cls, document: dict) -> PlanRecord:
+        """The record of a (validated) plan document."""
+        data = document["data"]
+        pred = data.get("predicted") or {}
+        sens = data.get("sensitivity") or {}
+        return cls(model=data["model"]["fingerprint"], device=data["device"]["fingerprint"],
+                   shape=data["shape"], objective=data["objective"], document=document,
+                   checkpoint=str(sens.get("checkpoint") or "unknown"),
+                   quantizer=str(sens.get("quantizer") or "unknown"),
+                   max_loss_mse=data.get("max_loss_mse"),
+                   predicted_speedup=pred.get("speedup"),
+                   predicted_loss_mse=pred.get("loss_mse"),
+                   measured_share=pred.get("measured_share"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -10,8 +11,8 @@ from sqlalchemy import select
 
 from hwcost.bounds import LOSS_MAX, float_problem, int_problem
 from hwcost.errors import InvalidMeasurement, StoreError
-from hwcost.schema import Plan, Sensitivity, Validation
-from hwcost.store.records import DeviceRef, ModelRef
+from hwcost.schema import Device, Model, Plan, Sensitivity, Validation
+from hwcost.store.records import DeviceRef, ModelRef, PlanRecord
 from hwcost.store.rows import shape_key, upsert
 
 __all__ = ["ResultMethods"]
@@ -66,32 +67,53 @@ class ResultMethods:
             return list(s.scalars(q.order_by(Sensitivity.id)))
 
     # -- plans and validations
+    def put_plan(self, plan: PlanRecord) -> int:
+        """Store a plan by its model and device fingerprints; returns its number."""
+        with self.session() as s:
+            row = Plan(model_id=self._model_id(s, ModelRef(plan.model, "", 0, 0)),
+                       device_id=self._device_id(s, DeviceRef(plan.device, "", "")),
+                       shape=shape_key(plan.shape), body=json.dumps(plan.document, sort_keys=True),
+                       **{c: getattr(plan, c) for c in _PLAN_COLUMNS})
+            return _added_id(s, row)
+
+    def plan(self, plan_id: int) -> PlanRecord:
+        """The stored plan ``plan_id``; ``StoreError`` when there is none."""
+        with self.session() as s:
+            return _plan_record(s, _plan_row(s, plan_id))
+
+    def plans(self, model: str | ModelRef, device: str | DeviceRef, shape: str, *,
+              checkpoint: str | None = None, quantizer: str | None = None) -> list[PlanRecord]:
+        """Plans of a model on a device and shape (of one checkpoint and quantizer when
+        given), oldest first."""
+        with self.session() as s:
+            return [_plan_record(s, row) for row in
+                    self._plan_rows(s, model, device, shape, checkpoint, quantizer)]
+
     def add_plan(self, plan: Plan) -> int:
         with self.session() as s:
-            s.add(plan)
-            s.flush()
-            return plan.id
+            return _added_id(s, plan)
 
     def get_plan(self, plan_id: int) -> Plan:
         with self.session() as s:
-            plan = s.get(Plan, plan_id)
-        if plan is None:
-            raise StoreError(f"no plan {plan_id} in the store")
-        return plan
+            return _plan_row(s, plan_id)
 
     def plans_for(self, model: str | ModelRef | int, device: str | DeviceRef | int, shape: str, *,
                   checkpoint: str | None = None, quantizer: str | None = None) -> list[Plan]:
         """Plans of a model on a device and shape (of one checkpoint and quantizer when
         given), oldest first."""
         with self.session() as s:
-            q = select(Plan).where(Plan.model_id == self._model_id(s, model),
-                                   Plan.device_id == self._device_id(s, device),
-                                   Plan.shape == shape_key(shape))
-            if checkpoint is not None:
-                q = q.where(Plan.checkpoint == checkpoint)
-            if quantizer is not None:
-                q = q.where(Plan.quantizer == quantizer)
-            return list(s.scalars(q.order_by(Plan.id)))
+            return self._plan_rows(s, model, device, shape, checkpoint, quantizer)
+
+    def _plan_rows(self, s, model, device, shape: str, checkpoint: str | None,
+                   quantizer: str | None) -> list[Plan]:
+        q = select(Plan).where(Plan.model_id == self._model_id(s, model),
+                               Plan.device_id == self._device_id(s, device),
+                               Plan.shape == shape_key(shape))
+        if checkpoint is not None:
+            q = q.where(Plan.checkpoint == checkpoint)
+        if quantizer is not None:
+            q = q.where(Plan.quantizer == quantizer)
+        return list(s.scalars(q.order_by(Plan.id)))
 
     def validations_for(self, plan_id: int, *, checkpoint: str | None = None
                         ) -> list[Validation]:
@@ -105,7 +127,31 @@ class ResultMethods:
 
     def add_validation(self, v: Validation) -> int:
         with self.session() as s:
-            s.add(v)
-            s.flush()
-            return v.id
+            return _added_id(s, v)
 
+
+
+_PLAN_COLUMNS = ("checkpoint", "quantizer", "objective", "max_loss_mse", "predicted_speedup",
+                 "predicted_loss_mse", "measured_share")
+"""The plan table's columns a :class:`PlanRecord` carries under the same name."""
+
+
+def _plan_record(s, row: Plan) -> PlanRecord:
+    model, device = s.get(Model, row.model_id), s.get(Device, row.device_id)
+    return PlanRecord(model=model.fingerprint, device=device.fingerprint, shape=row.shape,
+                      document=json.loads(row.body), id=row.id, created_at=row.created_at,
+                      **{c: getattr(row, c) for c in _PLAN_COLUMNS})
+
+
+def _plan_row(s, plan_id: int) -> Plan:
+    row = s.get(Plan, plan_id)
+    if row is None:
+        raise StoreError(f"no plan {plan_id} in the store")
+    return row
+
+
+def _added_id(s, row) -> int:
+    """Insert one row and return its new id."""
+    s.add(row)
+    s.flush()
+    return row.id

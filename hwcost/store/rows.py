@@ -90,3 +90,14 @@ def device_ref(row: Device) -> DeviceRef:
 def model_ref(row: Model) -> ModelRef:
     """A stored model row as its record."""
     return ModelRef(row.fingerprint, row.name, row.n_subgraphs, row.n_layers)
+
+
+def exact_row(s: Session, table: type[Device] | type[Model], ref, missing: type[Exception]):
+    """The device or model row of a record (by its exact fingerprint) or of an id; ``missing``
+    (NoSuchDevice / NoSuchModel) when there is none."""
+    row = (s.get(table, ref) if isinstance(ref, int) else
+           s.scalars(select(table).where(table.fingerprint == ref.fingerprint)).first())
+    if row is None:
+        what = getattr(ref, "fingerprint", str(ref))[:12]
+        raise missing(f"{table.__tablename__} {what} is not in the store")
+    return row

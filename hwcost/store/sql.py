@@ -30,7 +30,14 @@ from hwcost.store.campaigns import CampaignMethods
 from hwcost.store.measurements import MeasurementMethods
 from hwcost.store.records import DeviceRef, Manifest, ManifestItem, ModelRef, SubgraphInfo
 from hwcost.store.results import ResultMethods
-from hwcost.store.rows import device_ref, insert_ignore, model_ref, subgraph_ids, subgraph_info
+from hwcost.store.rows import (
+    device_ref,
+    exact_row,
+    insert_ignore,
+    model_ref,
+    subgraph_ids,
+    subgraph_info,
+)
 
 __all__ = ["SqlStore"]
 
@@ -127,18 +134,11 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
                    ) -> Device:
         """The device row of a fingerprint (or unique prefix), an exact product name, a
         :class:`DeviceRef` (exact fingerprint) or an id (inside the store package)."""
-        if isinstance(ref, (DeviceRef, int)):
-            with self._reuse(session) as s:
-                row = (s.get(Device, ref) if isinstance(ref, int) else
-                       s.scalars(select(Device).where(Device.fingerprint == ref.fingerprint)).first())
-            if row is None:
-                raise NoSuchDevice(f"device {getattr(ref, 'fingerprint', str(ref))[:12]} is not "
-                                   "in the store")
-            return row
         with self._reuse(session) as s:
-            rows = list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
-            if not rows:
-                rows = list(s.scalars(select(Device).where(Device.name == ref)))
+            if isinstance(ref, (DeviceRef, int)):
+                return exact_row(s, Device, ref, NoSuchDevice)
+            rows = (list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
+                    or list(s.scalars(select(Device).where(Device.name == ref))))
         if len(rows) == 1:
             return rows[0]
         if not rows:
@@ -242,18 +242,12 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
     def get_model(self, ref: str | ModelRef | int, *, session: Session | None = None) -> Model:
         """The model row of a fingerprint (or unique prefix), a name (latest wins), a
         :class:`ModelRef` (exact fingerprint) or an id (inside the store package)."""
-        if isinstance(ref, (ModelRef, int)):
-            with self._reuse(session) as s:
-                row = (s.get(Model, ref) if isinstance(ref, int) else
-                       s.scalars(select(Model).where(Model.fingerprint == ref.fingerprint)).first())
-            if row is None:
-                raise NoSuchModel(f"model {getattr(ref, 'name', ref)!r} is not in the store")
-            return row
         with self._reuse(session) as s:
-            rows = list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
-            if not rows:
-                rows = list(s.scalars(select(Model).where(Model.name == ref)
-                                      .order_by(Model.id.desc())))[:1]
+            if isinstance(ref, (ModelRef, int)):
+                return exact_row(s, Model, ref, NoSuchModel)
+            by_name = select(Model).where(Model.name == ref).order_by(Model.id.desc()).limit(1)
+            rows = (list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
+                    or list(s.scalars(by_name)))
         if len(rows) == 1:
             return rows[0]
         if not rows:
