@@ -27,10 +27,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from hwcost.store.campaigns import STALE_AFTER_S
+from hwcost.store.campaigns import OPEN, STALE_AFTER_S
 from hwcost.store.queue_records import OtherClaims, Progress, Task, Unit
 
-__all__ = ["STALE_AFTER_S", "Heartbeat", "OtherClaims", "Progress", "Task", "Unit", "add_tasks",
+__all__ = ["OPEN", "STALE_AFTER_S", "Heartbeat", "OtherClaims", "Progress", "Task", "Unit", "add_tasks",
            "campaign_id", "cancel", "claim", "complete_unit", "ensure_campaign", "heartbeat",
            "heartbeat_interval", "other_claims", "progress", "release", "retry", "retry_failed",
            "task_workers"]

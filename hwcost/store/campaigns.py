@@ -36,7 +36,7 @@ from hwcost.store.queue_records import (
 )
 from hwcost.store.rows import dialect_insert, insert_ignore, subgraph_ids
 
-__all__ = ["CampaignMethods", "STALE_AFTER_S"]
+__all__ = ["OPEN", "CampaignMethods", "STALE_AFTER_S"]
 
 
 STALE_AFTER_S = 60.0

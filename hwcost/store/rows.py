@@ -93,8 +93,10 @@ def model_ref(row: Model) -> ModelRef:
 
 
 def exact_row(s: Session, table: type[Device] | type[Model], ref, missing: type[Exception]):
-    """The device or model row of a record (by its exact fingerprint) or of an id; ``missing``
-    (NoSuchDevice / NoSuchModel) when there is none."""
+    """The device or model row of a record (by its exact fingerprint), of an id or a row;
+    ``missing`` (NoSuchDevice / NoSuchModel) when there is none."""
+    if isinstance(ref, table):  # a row this store handed out
+        return ref
     row = (s.get(table, ref) if isinstance(ref, int) else
            s.scalars(select(table).where(table.fingerprint == ref.fingerprint)).first())
     if row is None:

@@ -88,11 +88,15 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
             with self.session() as s:
                 yield s
 
-    def _model_id(self, s: Session, ref: str | ModelRef | int) -> int:
-        return ref if isinstance(ref, int) else self.get_model(ref, session=s).id
+    def _model_id(self, s: Session, ref: str | ModelRef | Model | int) -> int:
+        if isinstance(ref, (int, Model)):  # an id or a row: the package's own handles
+            return ref if isinstance(ref, int) else ref.id
+        return self.get_model(ref, session=s).id
 
-    def _device_id(self, s: Session, ref: str | DeviceRef | int) -> int:
-        return ref if isinstance(ref, int) else self.get_device(ref, session=s).id
+    def _device_id(self, s: Session, ref: str | DeviceRef | Device | int) -> int:
+        if isinstance(ref, (int, Device)):
+            return ref if isinstance(ref, int) else ref.id
+        return self.get_device(ref, session=s).id
 
     def schema_version(self) -> int:
         with self.session() as s:
@@ -135,7 +139,7 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
         """The device row of a fingerprint (or unique prefix), an exact product name, a
         :class:`DeviceRef` (exact fingerprint) or an id (inside the store package)."""
         with self._reuse(session) as s:
-            if isinstance(ref, (DeviceRef, int)):
+            if isinstance(ref, (DeviceRef, Device, int)):
                 return exact_row(s, Device, ref, NoSuchDevice)
             rows = (list(s.scalars(select(Device).where(Device.fingerprint.startswith(ref))))
                     or list(s.scalars(select(Device).where(Device.name == ref))))
@@ -243,7 +247,7 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
         """The model row of a fingerprint (or unique prefix), a name (latest wins), a
         :class:`ModelRef` (exact fingerprint) or an id (inside the store package)."""
         with self._reuse(session) as s:
-            if isinstance(ref, (ModelRef, int)):
+            if isinstance(ref, (ModelRef, Model, int)):
                 return exact_row(s, Model, ref, NoSuchModel)
             by_name = select(Model).where(Model.name == ref).order_by(Model.id.desc()).limit(1)
             rows = (list(s.scalars(select(Model).where(Model.fingerprint.startswith(ref))))
