@@ -37,6 +37,7 @@ from profiles.loading import LoadedModel
 from profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from profiles.placement import place, to_device
 from profiles.stability import StabilityPolicy
+from profiles.window import time_model
 
 DEFAULT_SHAPE = "batch=1,seq=128"
 
@@ -234,18 +235,33 @@ class _Measurer:
         conversion per tensor, float chains without casts); a compiled deployment compiles
         each config's piece.
         """
+        from profiles.bench import time_interleaved
+
+        piece = self.reps[signature]
+        baseline = self.baseline_key(signature)
+        evict = self.evict_bytes()
+        keys = list(cfgs) + ([baseline] if baseline is not None and baseline not in cfgs else [])
+        fns = self.piece_fns(signature, keys)
+        inputs = self.inputs(shape, signature)
+        kv = parse_shape(shape).kv
+        if kv:  # a decode step appends to its layers' caches: rewind after every call
+            layers = layer_indices(piece.extract(self.loaded.model).children())
+            fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
+        return time_interleaved(fns, inputs, self.backend,
+                                threads=self.threads, baseline=baseline, evict_bytes=evict,
+                                on_round=self.on_round, **self.timing.kwargs())
+
+    def piece_fns(self, signature: str, keys: Sequence[str]) -> dict[str, Any]:
+        """config key -> a callable running the piece in that config on a captured input
+        (see :meth:`measure`); configs a kernel cannot deploy are left out."""
         import copy
 
         from profiles.backends.interact import compile_deployed, link_deployed
-        from profiles.bench import time_interleaved
 
         piece = self.reps[signature]
         model = self.loaded.model
         deployed: dict[tuple[str, str], torch.nn.Module] = {}
         fns = {}
-        baseline = self.baseline_key(signature)
-        evict = self.evict_bytes()
-        keys = list(cfgs) + ([baseline] if baseline is not None and baseline not in cfgs else [])
         for key in keys:
             swaps = {}
             try:
@@ -265,21 +281,13 @@ class _Measurer:
             def fn(inp, m=holder):
                 return piece.run(m, inp)
             fns[key] = compile_deployed(fn) if self.deployment == "compiled" else fn
-        inputs = self.inputs(shape, signature)
-        kv = parse_shape(shape).kv
-        if kv:  # a decode step appends to its layers' caches: rewind after every call
-            layers = layer_indices(piece.extract(model).children())
-            fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
-        return time_interleaved(fns, inputs, self.backend,
-                                threads=self.threads, baseline=baseline, evict_bytes=evict,
-                                on_round=self.on_round, **self.timing.kwargs())
+        return fns
 
-    def model_latency(self, shape: str, baseline: Precision) -> Any:
-        """Timing of the whole model with every slot layer deployed in ``baseline``, the
-        same kernels the pieces' baseline configs run."""
+    def model_fn_of(self, shape: str, baseline: Precision) -> tuple[Any, list]:
+        """A callable running the whole model with every slot layer in ``baseline`` (the
+        kernels the pieces' baseline configs run), and its inputs at ``shape``."""
         from profiles.backends import apply_precisions
         from profiles.backends.interact import compile_deployed
-        from profiles.bench import time_one
 
         model = apply_precisions(self.loaded.model,
                                  {n: baseline for n in self.part.layer_names()}, self.backend,
@@ -288,7 +296,14 @@ class _Measurer:
             model = compile_deployed(model)
         inputs = [_move(self.loaded.inputs_for(shape, seed), self.backend.device)
                   for seed in range(self.n_inputs)]
-        fn = step_fn(lambda inp: model(**inp), inputs, parse_shape(shape).kv)
+        return step_fn(lambda inp: model(**inp), inputs, parse_shape(shape).kv), inputs
+
+    def model_latency(self, shape: str, baseline: Precision) -> Any:
+        """Timing of the whole model with every slot layer deployed in ``baseline``, the
+        same kernels the pieces' baseline configs run."""
+        from profiles.bench import time_one
+
+        fn, inputs = self.model_fn_of(shape, baseline)
         return time_one(fn, inputs, self.backend, threads=self.threads, **self.timing.kwargs())
 
 
@@ -414,7 +429,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                 found = store.model_latency(model_id, dev.id, shape.key, f"all:{base.value}",
                                             allow_unstable=timing.quick)
                 if found is None:
-                    t = measurer.model_latency(shape.key, base)
+                    t = time_model(store, report, measurer, shape, base)
                     store.put_model_latency(model_id, dev.fingerprint, shape.key,
                                             f"all:{base.value}", t, quick=timing.quick)
                     report.baseline_us[shape.key] = t.median_us

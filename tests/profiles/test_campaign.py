@@ -153,7 +153,13 @@ def test_a_killed_campaign_resumes_without_repeating_or_losing_work(sqlite_url, 
                                                                       60 - len(before))
     after = _rows(sqlite_url)
     assert len(after) == 60
-    assert {k: after[k] for k in before} == before  # nothing measured twice, nothing lost
+    # nothing measured twice, nothing lost; the pieces' baseline configs alone are timed
+    # again with the whole model in one window (profiles/window.py), so that the gains and
+    # the speedup's denominator agree on the machine's speed
+    def configs(rows):
+        return {k: v for k, v in rows.items() if set(k[2].split(",")) != {"fp32"}}
+
+    assert {k: after[k] for k in configs(before)} == configs(before)
 
 
 def test_two_workers_split_a_campaign_on_postgresql(store_url, factory_env):

@@ -1,0 +1,62 @@
+"""The whole model and every unique piece's baseline, timed in one window.
+
+A campaign stores each gain as a ratio to the baseline timed in its own interleave group;
+the planner turns it into microseconds with the piece's baseline row and into a speedup with
+the whole model's baseline latency. Those two must come from the same rounds: timed minutes
+apart on a shared machine (thread clock, load ~10 on 2 cores) they disagreed by ~35 %, and
+every predicted speedup carried that factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hwcost.precision import Precision
+from hwcost.shape import Shape
+from hwcost.store import MeasurementIn
+
+
+def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision) -> Any:
+    """The whole model's baseline latency. At a prefill shape it is timed in one window with
+    every unique piece's baseline config (:func:`model_window`), and those timings
+    replace the pieces' baseline rows when the window is stable (or the run quick), so that
+    the gains' microseconds and the speedup's denominator come from the same rounds."""
+    if shape.kv:
+        return measurer.model_latency(shape.key, base)
+    t, pieces = model_window(measurer, shape.key, base)
+    if t.stable or report.quick:
+        store.add_measurements([
+            MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
+                          pt.median_us, pt.spread_us, pt.n_samples, campaign=report.campaign,
+                          clock=pt.clock, quick=report.quick, stable=pt.stable, load1=pt.load1,
+                          cpu_mhz=pt.cpu_mhz, threads=pt.threads, baseline_us=pt.median_us,
+                          drift=pt.drift)
+            for sig, pt in pieces.items()], replace=True)
+    return t
+
+
+def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, dict[str, Any]]:
+    """The whole model in ``baseline`` and every unique piece's baseline config, timed
+    in the same interleaved rounds (a prefill shape): ``(model Timing, {signature:
+    Timing})``.
+
+    A gain is a ratio to the baseline timed in its own group; the planner turns it into
+    microseconds with the piece's baseline row and into a speedup with the whole model's
+    latency: timed here in the same rounds, they agree on how fast the machine ran."""
+    from profiles.bench import time_interleaved
+
+    model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
+    fns = {"model": lambda d: model_fn(d["model"])}
+    sigs = []
+    for sig in measurer.reps:
+        key = measurer.baseline_key(sig)
+        piece = measurer.piece_fns(sig, [key]).get(key)
+        if piece is not None:
+            fns[sig] = (lambda f, k: lambda d: f(d[k]))(piece, sig)
+            sigs.append(sig)
+    data = [{"model": model_inputs[i], **{sig: measurer.inputs(shape, sig)[i] for sig in sigs}}
+            for i in range(measurer.n_inputs)]
+    res = time_interleaved(fns, data, measurer.backend, threads=measurer.threads,
+                           baseline="model", evict_bytes=measurer.evict_bytes(),
+                           **measurer.timing.kwargs())
+    return res["model"], {sig: res[sig] for sig in sigs}
