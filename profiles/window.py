@@ -3,8 +3,9 @@
 A campaign stores each gain as a ratio to the baseline timed in its own interleave group;
 the planner turns it into microseconds with the piece's baseline row and into a speedup with
 the whole model's baseline latency. Those two must come from the same rounds: timed minutes
-apart on a shared machine (thread clock, load ~10 on 2 cores) they disagreed by ~35 %, and
-every predicted speedup carried that factor.
+apart on a shared machine they disagreed by 20 % (the demo's pieces' fp32 rows summed to 1.20x
+the whole model; thread clock, load ~12 on 2 cores; 0.98x on a quiet run), and every
+predicted speedup carried that factor.
 """
 
 from __future__ import annotations

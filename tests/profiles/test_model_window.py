@@ -2,7 +2,7 @@
 piece's baseline config, and stores both from that window: the gains' microseconds (a ratio
 to the in-group baseline times the piece's baseline row) and the predicted speedup's
 denominator (the whole model) then agree on how fast the machine ran. Timed minutes apart on
-a shared machine they disagreed by ~35 % and every prediction carried it."""
+a shared machine they disagreed by 20 % and every prediction carried it."""
 
 from __future__ import annotations
 
