@@ -129,7 +129,7 @@ def export_bundle(store, path: str | os.PathLike, device: str | None = None) -> 
     ``device`` (fingerprint, unique prefix or name) limits the device-keyed tables to that
     device, see :func:`read_tables`.
     """
-    fp = store.get_device(device).fingerprint if device else None
+    fp = store.device(device).fingerprint if device else None
     return write_bundle(read_tables(store, fp), path, device=fp)
 
 # ------------------------------------------------------------------------------ import

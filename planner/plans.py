@@ -96,7 +96,7 @@ def bound_notes(problem: Problem, sol: Solution, bound: float | None, objective:
 
 
 def save_plan(store, result: PlanResult) -> int:
-    """Store the plan (``Store.add_plan``); its id is also written into the document. An
+    """Store the plan (``Store.put_plan``); its id is also written into the document. An
     identical plan already stored (same model, checkpoint, quantizer, device, shape, objective,
     bound, constraints and layer precisions) is not stored again: its id is returned and
     ``result.document`` becomes the stored document, so that one plan has one prediction

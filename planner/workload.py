@@ -109,8 +109,8 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
 def _measured_request(store, problem: Problem, allow_unstable: bool = False) -> float | None:
     """The stored ``generate()`` latency of the workload in the baseline precision (what
     :func:`planner.generate.measure_baseline` and workload validations store), if any."""
-    model = store.get_model(problem.model_fingerprint)
-    dev = store.get_device(problem.device_fingerprint)
-    row = store.model_latency(model.id, dev.id, problem.shape, f"all:{problem.baseline}",
-                              allow_unstable=allow_unstable)
+    # the refs the problem was built from (else its fingerprints: exact keys)
+    row = store.model_latency(problem.model_ref or problem.model_fingerprint,
+                              problem.device_ref or problem.device_fingerprint, problem.shape,
+                              f"all:{problem.baseline}", allow_unstable=allow_unstable)
     return row.median_us if row is not None else None

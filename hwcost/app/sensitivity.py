@@ -175,12 +175,12 @@ def show_cmd(model, method, calib_fingerprint, checkpoint, db_url, as_json) -> N
     from hwcost.errors import SensitivityError
 
     with open_cli_store(db_url, must_exist=True) as store:
-        m = store.get_model(model)
+        m = store.model(model)
         if checkpoint:
-            full = [c for c, _, _ in store.sensitivity_keys(m.id, method)
+            full = [c for c, _, _ in store.sensitivity_keys(m, method)
                     if c.startswith(checkpoint)]
             checkpoint = full[0] if full else checkpoint
-        rows = store.sensitivities(m.id, method=method, calib_fingerprint=calib_fingerprint,
+        rows = store.sensitivities(m, method=method, calib_fingerprint=calib_fingerprint,
                                    checkpoint=checkpoint)
     if not rows:
         raise SensitivityError(f"no {method} sensitivities stored for model {m.name} "
