@@ -232,7 +232,7 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
 
 def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds: list[str],
            shape: str = "batch=1,seq=128,phase=prefill", n_random: int = 200, top: int = 5,
-           compare: bool = True) -> dict:
+           compare: bool = True, allow_unstable: bool = False) -> dict:
     import torch
 
     from hwcost.store import open_store
@@ -253,7 +253,10 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     t0 = time.perf_counter()
     report = ensure_inputs(store, loaded, shape, threads)
     prep_s = time.perf_counter() - t0
-    problem = build_problem(store, report.model_fingerprint, report.device, shape)
+    # on a busy shared machine the stability policy may refuse every timing as good;
+    # --allow-unstable plans on them anyway (and the results say so)
+    problem = build_problem(store, report.model_fingerprint, report.device, shape,
+                            allow_unstable=allow_unstable)
     print(f"  {loaded.name}: {len(problem.layers)} layers, {len(problem.choices)} subgraphs, "
           f"precisions {','.join(problem.precisions)}; profile+sensitivity {prep_s:.0f} s "
           f"(measured {report.measured}, already {report.already})", flush=True)
@@ -338,7 +341,8 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
               flush=True)
     store.close()
     return {"model": loaded.name, "spec": model_spec or "demo", "shape": shape,
-            "threads": threads, "device": report.device,
+            "threads": threads, "device": report.device, "allow_unstable": allow_unstable,
+            "campaign_unstable": report.unstable, "campaign_measured": report.measured,
             "device_name": report.device_name, "layers": len(problem.layers),
             "precisions": list(problem.precisions), "prep_s": prep_s, "rows": rows,
             "random_method": "random layer order; random precision per layer kept while the "
@@ -391,6 +395,9 @@ def main() -> None:
                     help="timing clock of part b (thread: the calling thread's CPU time, which "
                          "leaves out other processes' slices on a shared machine; needs "
                          "--threads 1); default $HWCOST_BENCH_CLOCK, else wall")
+    ap.add_argument("--allow-unstable", action="store_true",
+                    help="plan part b on timings the stability policy refused as unstable (a "
+                         "busy shared machine); the results record it")
     args = ap.parse_args()
     if args.clock:
         if args.clock == "thread" and args.threads != 1:
@@ -409,7 +416,8 @@ def main() -> None:
     if args.part in ("b", "all"):
         print("(b) demo model on this CPU", flush=True)
         try:
-            result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","))
+            result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","),
+                                 allow_unstable=args.allow_unstable)
         except Exception as e:  # noqa: BLE001 - report what is missing, keep part a's results
             result["b"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  part b could not run: {result['b']['error']}", flush=True)
@@ -417,7 +425,8 @@ def main() -> None:
             print(f"(b) {args.biased_model}: closed loop", flush=True)
             try:
                 result["b_biased"] = part_b(args.biased_model, None, args.threads,
-                                            args.thresholds.split(","), compare=False)
+                                            args.thresholds.split(","), compare=False,
+                                            allow_unstable=args.allow_unstable)
             except Exception as e:  # noqa: BLE001 - reported, the other results are kept
                 result["b_biased"] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  could not run: {result['b_biased']['error']}", flush=True)
@@ -483,7 +492,11 @@ def markdown(result: dict, targets: list[str]) -> str:
                   f"{b['shape']}. Random baseline: {b['random_method']}. Speedups are measured "
                   "end to end, interleaved, against the fp32 model; the ratio columns (which the "
                   "targets use) come from a second, pairwise interleaved timing of ours against "
-                  "each competitor.", "",
+                  "each competitor."
+                  + (f" Planned on unstable timings (--allow-unstable): the campaign's "
+                     f"stability policy refused {b.get('campaign_unstable')} of "
+                     f"{b.get('campaign_measured')} as good (a busy machine)."
+                     if b.get("allow_unstable") else ""), "",
                   "| bound | ours | predicted | best random | MAC plan | isolated plan | "
                   "loss MSE measured / bound | ours / best random | ours / MAC | ours / isolated |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
