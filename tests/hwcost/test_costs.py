@@ -293,3 +293,39 @@ def test_learned_fit_is_cached_in_the_store_and_refitted_when_the_data_change(st
     assert third.learned.n_train_ == 17 and not third.learned_from_store
     with store.session() as s:
         assert s.scalar(select(func.count()).select_from(LearnedFit)) == 1
+
+
+def test_decode_tables_read_kv_free_rows_only_for_subgraphs_that_read_no_cache(store):
+    """Attention cores are looked up at the full decode key; a subgraph flagged as reading no
+    KV cache at ``batch=B,phase=decode`` (timed once for every KV length); one stored before
+    the flag existed keeps its full keys (its KV-free rows are not taken for it)."""
+    dev = DeviceInfo("cpu", "Test CPU (kv keys)", 2, ("avx512_bf16",), {"python": "3.11"})
+    store.upsert_device(dev.to_row())
+    slot = (SlotInfo("Linear", 64, 64),)
+    subs = [SubgraphInfo("sig-attn", "Attention", slot, {"kv_cache": True}),
+            SubgraphInfo("sig-mlp", "MLP", slot, {"kv_cache": False}),
+            SubgraphInfo("sig-old", "MLP", slot, {})]
+    store.put_model("fp-kv", "kv", subs, [ManifestItem(i, s.signature, (f"l{i}",))
+                                          for i, s in enumerate(subs)])
+    rows = []
+    for cfg, t in (("fp32", 10.0), ("bf16", 6.0)):
+        for kv in (16, 32):
+            rows.append(MeasurementIn(dev.fingerprint, "sig-attn", f"batch=1,kv={kv},phase=decode",
+                                      cfg, t + kv, 0.1, 15, host="fixture"))
+        for sig in ("sig-mlp", "sig-old"):
+            rows.append(MeasurementIn(dev.fingerprint, sig, "batch=1,phase=decode", cfg, t, 0.1,
+                                      15, host="fixture"))
+    store.add_measurements(rows)
+    tabs = {kv: {e.signature: e for e in model_table(store, "fp-kv", dev.fingerprint,
+                                                     f"batch=1,kv={kv},phase=decode",
+                                                     ["fp32", "bf16"]).entries}
+            for kv in (16, 32)}
+    for kv, tab in tabs.items():
+        assert tab["sig-attn"].costs["bf16"].latency_us == 6.0 + kv
+        assert {c: e.latency_us for c, e in tab["sig-mlp"].costs.items()} == {"fp32": 10.0,
+                                                                             "bf16": 6.0}
+        assert all(e.source == "measured" for e in tab["sig-mlp"].costs.values())
+        assert all(e.source != "measured" for e in tab["sig-old"].costs.values())
+    cm = CostModel(store, dev.fingerprint)
+    assert cm.estimate(subs[1], "batch=1,kv=900,phase=decode", "bf16").source == "measured"
+    assert cm.estimate(subs[2], "batch=1,kv=900,phase=decode", "bf16").source != "measured"
