@@ -144,6 +144,26 @@ def last_level_cache_bytes(backend: Backend) -> int | None:
     return best[1] or None
 
 
+def private_cache_bytes(backend: Backend) -> int | None:
+    """Size of the largest CPU cache level private to one core (CPU 0's caches whose
+    ``shared_cpu_list`` names one CPU: the L2 on most x86 parts); None elsewhere or unknown."""
+    if backend.kind != "cpu":
+        return None
+    best = (0, 0)
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((d / "level").read_text())
+            size = (d / "size").read_text().strip()
+            shared = (d / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if "," in shared or "-" in shared:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        best = max(best, (level, int(size.rstrip("KMG")) * unit))
+    return best[1] or None
+
+
 class _Evictor:
     """Writes a buffer larger than the last-level cache before a sample, so the sample finds
     its weights in memory, not in cache (as in a model whose weights exceed the cache)."""

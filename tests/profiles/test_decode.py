@@ -170,3 +170,40 @@ def test_pieces_without_a_cache_are_measured_once_for_every_kv_bucket(store):
     again = run_campaign(store, lm, "cpu", ["batch=1,seq=8", *kvs], precisions="fp32,bf16",
                          threads=1, n_inputs=1, timing=QUICK_TIMING, progress=False)
     assert again.measured == 0 and again.already == again.tasks == rep.tasks
+
+
+def test_decode_pieces_are_timed_with_the_private_cache_flushed_as_in_the_model():
+    """A decode step is memory-bound: in the model the other layers' weights pass through a
+    core's private cache between two calls of a piece, so a piece of a model whose weights
+    exceed that cache (but fit the shared one) is timed after writing the model's weight
+    bytes; a prefill piece of the same model is not (compute-bound, and the rule of the
+    last-level cache is unchanged)."""
+    from profiles.backends import get_backend
+    from profiles.bench import last_level_cache_bytes, private_cache_bytes
+    from profiles.campaign import TimingOptions, _Measurer
+
+    backend = get_backend("cpu")
+    llc, private = last_level_cache_bytes(backend), private_cache_bytes(backend)
+    lm = _tiny()
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    part = partition(lm.model, lm.inputs_for("batch=1,seq=8"))
+    m = _Measurer(lm, part, backend, 1, TimingOptions(), 1)
+    assert m.evict_bytes("batch=1,seq=8") == (2 * llc if llc and weights > llc else 0)
+    if private and weights > private and llc and weights <= llc:
+        assert m.evict_bytes(DECODE) == weights
+    elif not llc or weights <= llc:
+        assert m.evict_bytes(DECODE) == 0  # fits the private cache: as in the model
+    off = _Measurer(lm, part, backend, 1, TimingOptions(cold_cache=False), 1)
+    assert off.evict_bytes(DECODE) == 0
+    if private:  # a model of ~4 MB (a 2048-token vocabulary at width 256) on this machine
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=256,
+                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                          use_cache=False, max_position_embeddings=64)
+        big = LoadedModel("w256", LlamaForCausalLM(cfg).eval(), None, "test")
+        wb = sum(p.numel() * p.element_size() for p in big.model.parameters())
+        if private < wb <= (llc or 0):
+            mb = _Measurer(big, partition(big.model, big.inputs_for("batch=1,seq=8")),
+                           backend, 1, TimingOptions(), 1)
+            assert (mb.evict_bytes(DECODE), mb.evict_bytes("batch=1,seq=8")) == (wb, 0)
