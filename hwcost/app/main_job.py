@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwcost.enums import DeploymentMode
+
+if TYPE_CHECKING:  # the store package reads the database drivers: not at the CLI's start
+    from hwcost.store import Store
 
 __all__ = ["MainJobOptions", "RunSummary", "run_main_job"]
 
@@ -117,7 +120,7 @@ class RunSummary:
     loop_rounds: list[dict] = field(default_factory=list)  # closed loop on the loss bound
 
 
-def run_main_job(store: Any, options: MainJobOptions | str | None = None, *args: Any,
+def run_main_job(store: Store, options: MainJobOptions | str | None = None, *args: Any,
                  progress: bool = False, on_step: Callable[[str], None] | None = None,
                  report: Callable[[str], None] | None = None, **fields: Any) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate;
@@ -147,7 +150,7 @@ def run_main_job(store: Any, options: MainJobOptions | str | None = None, *args:
     return _run(store, o, progress, on_step or (lambda _name: None), report or _stderr_report)
 
 
-def _run(store: Any, o: MainJobOptions, progress: bool, mark: Callable[[str], None],
+def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], None],
          say: Callable[[str], None]) -> RunSummary:
     from hwcost.shape import parse_shape
     from hwcost.workload import parse_workload, workload_shapes
