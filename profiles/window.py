@@ -20,19 +20,23 @@ from hwcost.store import MeasurementIn
 def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision) -> Any:
     """The whole model's baseline latency. At a prefill shape it is timed in one window with
     every unique piece's baseline config (:func:`model_window`), and those timings
-    replace the pieces' baseline rows when the window is stable (or the run quick), so that
-    the gains' microseconds and the speedup's denominator come from the same rounds."""
+    replace the pieces' baseline rows when the window is stable, the run quick, or the rows
+    no better (quick or unstable), so that the gains' microseconds and the speedup's
+    denominator come from the same rounds."""
     if shape.kv:
         return measurer.model_latency(shape.key, base)
     t, pieces = model_window(measurer, shape.key, base)
-    if t.stable or report.quick:
-        store.add_measurements([
-            MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
+    # an unstable window still replaces baseline rows that are no better (quick or unstable)
+    good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
+    rows = [MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
                           pt.median_us, pt.spread_us, pt.n_samples, campaign=report.campaign,
                           clock=pt.clock, quick=report.quick, stable=pt.stable, load1=pt.load1,
                           cpu_mhz=pt.cpu_mhz, threads=pt.threads, baseline_us=pt.median_us,
                           drift=pt.drift)
-            for sig, pt in pieces.items()], replace=True)
+            for sig, pt in pieces.items()
+            if t.stable or report.quick or measurer.baseline_key(sig) not in good.get(sig, ())]
+    if rows:
+        store.add_measurements(rows, replace=True)
     return t
 
 
