@@ -72,8 +72,9 @@ def collect(store, widths, shapes, threads: int, quick: bool, budget: float = 4.
     # a short wait for a quiet machine per group: this shared machine is rarely quiet for
     # long, and the rows that stay unstable are counted and reported, not hidden
     timing = QUICK_TIMING if quick else TimingOptions(
-        min_samples=9, warmup_max_s=0.3, max_seconds=1.5, max_rel_spread=0.08, min_sample_us=300,
-        policy=StabilityPolicy(wait_s=min(1.0, budget), budget_s=budget))
+        min_samples=9, warmup_max_s=0.3, max_seconds=1.5, min_sample_us=300,
+        policy=StabilityPolicy(remeasure_spread=0.05, max_spread=0.08, wait_s=min(1.0, budget),
+                               budget_s=budget))
     t0 = time.perf_counter()
     device = None
     for w in widths:

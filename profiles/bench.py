@@ -21,10 +21,11 @@
 - **synchronised**: on CUDA each sample is timed with CUDA events; elsewhere with
   ``perf_counter`` after ``backend.synchronize()`` (``torch.hpu.synchronize()`` on Gaudi).
 - **median and spread**: the reported latency is the median; the spread is half the
-  interquartile range. When any candidate's relative spread exceeds ``max_rel_spread``, the
-  batch is measured again (fresh samples), up to ``max_seconds``; the batch with the lowest
-  worst-case spread is kept whole, so candidates are still compared on the same rounds, and
-  ``stable`` says whether the tolerance was met.
+  interquartile range. When any candidate's relative spread exceeds the policy's
+  ``remeasure_spread``, the batch is measured again (fresh samples), up to ``max_seconds``;
+  the batch with the lowest worst-case spread is kept whole, so candidates are still compared
+  on the same rounds. Above the policy's ``max_spread`` (the refusal limit) the kept batch is
+  not stable.
 - **a quiet machine**: every batch is judged by a :class:`~profiles.stability.StabilityPolicy`
   on spread, the drift of the ``baseline`` candidate between the first and second half of its
   rounds, and the machine's load (runnable tasks per CPU, read once per round). A batch that
@@ -262,7 +263,6 @@ def time_interleaved(
     warmup_window: int = 3,
     warmup_max_s: float = 2.0,
     min_samples: int = 15,
-    max_rel_spread: float = 0.05,
     max_seconds: float = 5.0,
     min_sample_us: float = 200.0,
     clock: str | None = None,
@@ -281,9 +281,8 @@ def time_interleaved(
         warmup_tol, warmup_window, warmup_max_s: warm-up ends when the medians of two
             consecutive windows of samples agree within ``warmup_tol``, or after the time limit.
         min_samples: samples per candidate in one measurement batch.
-        max_rel_spread: the half-IQR / median a batch must meet; otherwise re-measured.
-        max_seconds: time budget for re-measuring a batch whose spread is too wide (at
-            least one batch is always taken).
+        max_seconds: time budget for re-measuring a batch whose spread is above the
+            policy's ``remeasure_spread`` (at least one batch is always taken).
         min_sample_us: a sample averages enough calls to last at least this long.
         clock: ``wall`` (default), or ``thread``: the calling thread's CPU time, which leaves
             out the time other processes hold the CPU. Only for the CPU backend with one
@@ -296,8 +295,9 @@ def time_interleaved(
             the last-level cache, :func:`last_level_cache_bytes`) before every sample, and
             time one call per sample: weights are then read from memory, as they are in a
             model too large for the cache, instead of flattering memory-bound candidates.
-        policy: when a batch is stable and how long to wait for one (default
-            :meth:`StabilityPolicy.from_env`: load, drift, 30 s budget).
+        policy: when a batch is re-measured, when it is stable and how long to wait for
+            one (default :meth:`StabilityPolicy.from_env`: spread 5 % re-measure / 15 %
+            refusal, load, drift, 30 s budget).
         on_round: called after every round (one sample of each callable) with the rounds
             taken and the rounds planned so far (``min_samples`` per batch; a batch measured
             again adds as many): a progress bar's tick, no timing depends on it.
@@ -350,17 +350,21 @@ def time_interleaved(
                     loads.append(reading)
             worst = max(_rel(batch[n]) for n in names)
             moved = drift(batch[baseline]) if baseline else max(drift(batch[n]) for n in names)
-            verdict = judge(worst, moved, loads, cpus, max_rel_spread, policy)
+            verdict = judge(worst, moved, loads, cpus, policy)
             rank = (not verdict.ok, worst)  # a stable batch first, then the tightest
             if best is None or rank < best[0]:
                 best = (rank, batch, verdict)
-            if verdict.ok:
-                break
             spent = time.perf_counter() - start
+            if verdict.ok:
+                # passed the refusal limits; above the re-measure limit try for a tighter
+                # batch while max_seconds lasts (the best one is kept either way)
+                if not policy.remeasure(worst) or spent > max_seconds:
+                    break
+                continue
             if verdict.machine_busy and spent + policy.wait_s < policy.budget_s:
                 time.sleep(policy.wait_s)  # let the other job pass before measuring again
                 continue
-            if spent > max(max_seconds, policy.budget_s if verdict.machine_busy else 0.0):
+            if spent > max(max_seconds, policy.budget_s):
                 break
     _, kept, verdict = best
     extra = {"drift": round(verdict.drift, 5), "load": _round(verdict.load), "load1": load1(),

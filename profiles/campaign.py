@@ -47,15 +47,12 @@ class TimingOptions:
     """Harness settings passed to ``profiles.bench.time_interleaved`` for every group.
 
     ``quick`` marks what is timed as quick (stored so, never planned on unless asked);
-    ``policy`` judges the machine (default ``StabilityPolicy.from_env()``)."""
+    ``policy`` judges the machine and holds the spread limits, re-measure and refusal
+    (default ``StabilityPolicy.from_env()``: 5 % and 15 %)."""
 
     min_samples: int = 15
     warmup_max_s: float = 2.0
-    max_seconds: float = 4.0
-    # Half-IQR / median a group must meet to count as stable. 5 % refused 132 of the demo's 136
-    # timings on a quiet 2-core VM (worst spread of 64 interleaved configs 9.4 %), leaving the
-    # main job nothing to plan on; load and baseline drift still catch a busy machine.
-    max_rel_spread: float = 0.15
+    max_seconds: float = 4.0  # re-measuring a group above the policy's remeasure_spread
     min_sample_us: float = 200.0
     quick: bool = False
     policy: StabilityPolicy | None = None
@@ -70,7 +67,7 @@ class TimingOptions:
     def kwargs(self) -> dict:
         """Keyword arguments of ``time_interleaved``."""
         return {"min_samples": self.min_samples, "warmup_max_s": self.warmup_max_s,
-                "max_seconds": self.max_seconds, "max_rel_spread": self.max_rel_spread,
+                "max_seconds": self.max_seconds,
                 "min_sample_us": self.min_sample_us, "policy": self.policy}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -87,9 +88,9 @@ def test_noisy_candidate_is_remeasured_and_flagged():
         time.sleep(next(durations))
 
     start = time.perf_counter()
-    t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, max_rel_spread=0.05,
+    t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1,
                  warmup_max_s=0.1, max_seconds=0.8, threads=1,
-                 policy=StabilityPolicy.lenient())
+                 policy=replace(StabilityPolicy.lenient(), max_spread=0.05))
     elapsed = time.perf_counter() - start
     assert not t.stable and t.rel_spread > 0.05
     assert t.n_samples == 8  # one batch reported whole
@@ -100,8 +101,38 @@ def test_noisy_candidate_is_remeasured_and_flagged():
 
 def test_quiet_candidate_is_stable():
     t = time_one(lambda _: time.sleep(0.001), [None], "cpu", min_samples=5,
-                 max_rel_spread=0.5, **FAST)
+                 **{**FAST, "policy": replace(StabilityPolicy.lenient(), max_spread=0.5)})
     assert t.stable and t.spread_us < 0.5 * t.median_us
+
+
+def test_spread_between_the_two_limits_is_remeasured_but_stored_stable():
+    """Above the re-measure limit the harness tries for a tighter batch within max_seconds;
+    below the refusal limit what it keeps is stable."""
+    durations = itertools.cycle([0.0005, 0.0015])  # half-IQR ~ 25 % of the median
+    calls = []
+
+    def noisy(_):
+        calls.append(1)
+        time.sleep(next(durations))
+
+    policy = replace(StabilityPolicy.lenient(), remeasure_spread=0.05, max_spread=0.6)
+    start = time.perf_counter()
+    t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, warmup_max_s=0.1,
+                 max_seconds=0.5, threads=1, policy=policy)
+    assert t.stable and t.rel_spread > 0.05 and not t.reason
+    assert time.perf_counter() - start >= 0.5 and len(calls) >= 3 * 8  # re-measured
+    # below the re-measure limit one batch is taken at once
+    calls.clear()
+    wide = replace(policy, remeasure_spread=0.6)
+    t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, warmup_max_s=0.0,
+                 max_seconds=5.0, threads=1, policy=wide)
+    assert t.stable and len(calls) < 3 * 8
+
+
+def test_policy_spread_limits_are_ordered():
+    with pytest.raises(ValueError, match="remeasure_spread"):
+        StabilityPolicy(remeasure_spread=0.2, max_spread=0.1)
+    assert StabilityPolicy().remeasure(0.06) and not StabilityPolicy().remeasure(0.04)
 
 
 def test_summarize_median_and_half_iqr():
