@@ -3,7 +3,9 @@
 Every answer is an :class:`Estimate` that says where it came from and how far to trust it:
 
 - ``measured``: the store's median for this (device, subgraph, shape, config); uncertainty is
-  the measurement's spread (half the inter-quartile range).
+  the standard error of that median (:func:`median_stderr`, from the row's half-IQR and
+  sample count) in model tables; single queries (:meth:`CostModel.estimate`) report the
+  half-IQR itself (the row's spread, a per-sample figure).
 - ``learned``: the device's :class:`~hwcost.learned.LatencyModel`, trained on demand on the
   device's measurements; uncertainty is its cross-validated 68th-percentile relative error
   times the estimate, and ``cv_error`` its cross-validated median error. Used when the device
@@ -11,6 +13,13 @@ Every answer is an :class:`Estimate` that says where it came from and how far to
 - ``roofline``: :mod:`hwcost.roofline` from the device's peaks (catalog or calibration), with
   efficiency factors fitted to the device's measurements when it has some; uncertainty is
   the fit's error, or 100% of the estimate (a factor-2 band) with no measurement at all.
+
+Gains come from one source per (subgraph, shape) unit (:func:`model_table`): a unit whose
+configs are all measured has measured gains, each the ratio to the baseline timed in its own
+group; a unit with any config unmeasured takes *every* config from one fallback (learned when
+it covers all of them, else roofline), as that fallback's ratio to its own baseline estimate
+applied to the measured baseline. A gain is never a measured baseline minus a learned
+candidate.
 
 A device argument is a stored fingerprint (or prefix) or product name, a device kind (``cpu``
 when exactly one local cpu device is stored), or a catalog name (``H100-SXM``, ``Gaudi2``),
@@ -22,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,13 +86,30 @@ class Estimate:
     source: str  # "measured" | "learned" | "roofline"
     uncertainty_us: float
     cv_error: float | None = None
-    baseline_us: float | None = None  # measured: the baseline config timed in the same group
+    # the reference the gain is a ratio to: measured, the baseline config timed in the same
+    # group; a fallback unit (model_table), the measured baseline its estimates are scaled to
+    baseline_us: float | None = None
     good: bool = True  # measured: a full, stable timing (False only with allow_unstable)
+    # relative standard error of that reference's ratio denominator: the in-group baseline
+    # (approximated by the baseline row's), or the fallback's own baseline estimate
+    ref_rel_stderr: float = 0.0
 
     def to_dict(self) -> dict:
         return {"latency_us": self.latency_us, "source": self.source,
                 "uncertainty_us": self.uncertainty_us, "cv_error": self.cv_error,
-                "baseline_us": self.baseline_us, "good": self.good}
+                "baseline_us": self.baseline_us, "good": self.good,
+                "ref_rel_stderr": self.ref_rel_stderr}
+
+
+def median_stderr(spread_us: float, n_samples: int) -> float:
+    """Standard error of a median of ``n_samples`` samples whose half inter-quartile range is
+    ``spread_us``: ``sqrt(pi/2) * sigma / sqrt(n)`` with ``sigma = IQR / 1.349`` (both exact
+    for normal samples; the IQR estimate of sigma resists the outliers a shared machine adds).
+    A single sample's standard error is its spread."""
+    if n_samples <= 1:
+        return float(spread_us)
+    sigma = 2.0 * float(spread_us) / 1.349
+    return math.sqrt(math.pi / 2.0) * sigma / math.sqrt(n_samples)
 
 
 # ------------------------------------------------------------------------------- devices
@@ -290,18 +317,51 @@ class CostModel:
             for i, v in zip(mine, lm.predict([queries[i] for i in mine])):
                 out[i] = Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_)
         if rest:
-            roof = self.roofline
-            pred = roof.predict(terms([queries[i] for i in rest], self.peaks, self.carrier))
-            lm = self.learned if roof.fitted else None
-            for i, v in zip(rest, pred):
-                if not roof.fitted:  # priors only: trust it to a factor of two
-                    out[i] = Estimate(float(v), "roofline", float(v), None)
-                elif lm is not None:  # its folds give the roofline an out-of-sample error
-                    out[i] = Estimate(float(v), "roofline", float(v * lm.roofline_cv_p68_),
-                                      lm.roofline_cv_mape_)
-                else:
-                    out[i] = Estimate(float(v), "roofline", float(v * max(roof.rel_error_, 0.25)),
-                                      roof.rel_error_)
+            for i, est in zip(rest, self._roofline_estimates([queries[i] for i in rest])):
+                out[i] = est
+        return out
+
+    def estimate_units(self, units: Sequence[Sequence[Query]]) -> list[list[Estimate]]:
+        """Fallback estimates of whole units (every query of a unit is one subgraph at one
+        shape), each unit from ONE source: the learned model when it would answer (trained,
+        better than the roofline in cross-validation) and has seen every precision of every
+        query of the unit, else the roofline for all of them. So two configs of a unit are
+        never compared across sources."""
+        out: list[list[Estimate]] = [[] for _ in units]
+        learned_units: list[int] = []
+        roof_units: list[int] = []
+        lm = self.learned if self._use_learned() else None
+        known = set(lm.precisions_) if lm is not None else set()
+        for u, qs in enumerate(units):
+            ok = lm is not None and all(set(q.config) <= known for q in qs)
+            (learned_units if ok else roof_units).append(u)
+        if learned_units:
+            flat = [q for u in learned_units for q in units[u]]
+            pred = iter(lm.predict(flat))
+            for u in learned_units:
+                out[u] = [Estimate(float(v), "learned", float(v * lm.cv_p68_), lm.cv_mape_)
+                          for v in (next(pred) for _ in units[u])]
+        if roof_units:
+            flat = [q for u in roof_units for q in units[u]]
+            ests = iter(self._roofline_estimates(flat))
+            for u in roof_units:
+                out[u] = [next(ests) for _ in units[u]]
+        return out
+
+    def _roofline_estimates(self, queries: Sequence[Query]) -> list[Estimate]:
+        roof = self.roofline
+        pred = roof.predict(terms(list(queries), self.peaks, self.carrier))
+        lm = self.learned if roof.fitted else None
+        out = []
+        for v in pred:
+            if not roof.fitted:  # priors only: trust it to a factor of two
+                out.append(Estimate(float(v), "roofline", float(v), None))
+            elif lm is not None:  # its folds give the roofline an out-of-sample error
+                out.append(Estimate(float(v), "roofline", float(v * lm.roofline_cv_p68_),
+                                    lm.roofline_cv_mape_))
+            else:
+                out.append(Estimate(float(v), "roofline", float(v * max(roof.rel_error_, 0.25)),
+                                    roof.rel_error_))
         return out
 
     def estimate(self, sub: SubgraphInfo, shape: str | Shape, config: Sequence | str) -> Estimate:
@@ -331,15 +391,25 @@ def latency(store: Store, device: str, subgraph: SubgraphInfo, shape: str,
 def gain_of(est: Estimate, base: Estimate) -> float:
     """Time gain of ``est`` over the baseline estimate ``base``.
 
-    When both are measured and ``est`` carries the baseline timed in its own interleave
-    group, the gain is that group's ratio applied to the baseline's latency,
-    ``base * (1 - est / in_group_baseline)``: whatever slowed or sped up the whole group
-    (drift, another job) cancels in the ratio, and a gain never exceeds the baseline it
-    comes from. Otherwise it is the difference of the two estimates."""
-    if (est.source == "measured" and base.source == "measured" and est.baseline_us
-            and est.baseline_us > 0):
+    When ``est`` carries a reference baseline (``baseline_us``: the baseline timed in its
+    own interleave group, or for a fallback unit the measured baseline its estimates are
+    scaled to), the gain is the ratio to that reference applied to the baseline's latency,
+    ``base * (1 - est / reference)``: whatever slowed or sped up the whole group (drift,
+    another job) cancels in the ratio, and a gain never exceeds the baseline it comes from.
+    Otherwise (both from one fallback, or rows without an in-group baseline) it is the
+    difference of the two estimates."""
+    if est.baseline_us and est.baseline_us > 0:
         return base.latency_us * (1.0 - est.latency_us / est.baseline_us)
     return base.latency_us - est.latency_us
+
+
+def gain_stderr(est: Estimate, base: Estimate) -> float:
+    """Standard error of :func:`gain_of`: the candidate's own error and its reference's
+    (relative, times the candidate's latency), taken as independent: conservative for
+    configs timed in one group, whose shared drift cancels."""
+    ref = (est.ref_rel_stderr if est.baseline_us else
+           (base.uncertainty_us / base.latency_us if base.latency_us > 0 else 0.0))
+    return math.hypot(est.uncertainty_us, est.latency_us * ref)
 
 
 @dataclass
@@ -425,6 +495,36 @@ class ModelCostTable:
                             for e in self.entries]}
 
 
+def _measured_unit(have: dict[str, Estimate], keys: list[str], base: str) -> dict[str, Estimate]:
+    """A unit whose every config is measured: each gain against its in-group baseline, whose
+    relative standard error is taken to be the baseline row's."""
+    b = have[base]
+    rel = b.uncertainty_us / b.latency_us if b.latency_us > 0 else 0.0
+    return {k: (have[k] if k == base else replace(have[k], ref_rel_stderr=rel)) for k in keys}
+
+
+def _fallback_unit(queries: list[Query], ests: list[Estimate], measured_base: Estimate | None,
+                   base: str) -> dict[str, Estimate]:
+    """A unit with some config unmeasured: every config from the one fallback source the
+    unit was estimated with, each gain that source's ratio to its own baseline estimate.
+    With a measured baseline the estimates are scaled to it (the baseline keeps its measured
+    latency, every other config its fallback ratio times it): one source per gain."""
+    keyed = {config_key(q.config): e for q, e in zip(queries, ests)}
+    fb = keyed[base]
+    rel_b = fb.uncertainty_us / fb.latency_us if fb.latency_us > 0 else 0.0
+    ref = measured_base.latency_us if measured_base is not None else fb.latency_us
+    scale = ref / fb.latency_us if fb.latency_us > 0 else 1.0
+    out = {}
+    for k, e in keyed.items():
+        if k == base:
+            out[k] = measured_base if measured_base is not None else fb
+            continue
+        out[k] = replace(e, latency_us=e.latency_us * scale,
+                         uncertainty_us=e.uncertainty_us * scale, baseline_us=ref,
+                         ref_rel_stderr=rel_b)
+    return out
+
+
 def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precision, ...]:
     seen = {p for cfg in measured_cfgs for p in parse_config(cfg)}
     if not seen:
@@ -465,7 +565,8 @@ def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str 
     measured: dict[str, dict[str, Estimate]] = {}
     for r in rows:
         measured.setdefault(r.signature, {})[r.config] = Estimate(
-            r.median_us, "measured", r.spread_us, baseline_us=r.baseline_us, good=r.good)
+            r.median_us, "measured", median_stderr(r.spread_us, r.n_samples),
+            baseline_us=r.baseline_us, good=r.good)
     if precisions is None:
         precs = _default_precisions(cm, {c for m in measured.values() for c in m})
     else:
@@ -473,7 +574,8 @@ def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str 
         precs = tuple(p for p in Precision if p in asked)
 
     by_sig: dict[str, dict[str, Estimate]] = {}
-    missing: list[Query] = []
+    partial: list[tuple[str, list[Query]]] = []  # units with some config unmeasured
+    base_key = {}
     for _, sub in manifest:
         if sub.signature in by_sig:
             continue
@@ -481,18 +583,20 @@ def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str 
         if n_cfg > MAX_CONFIGS:
             raise BadConfig(f"subgraph {sub.signature[:12]} has {len(sub.slots)} slots: "
                             f"{n_cfg} configs over {len(precs)} precisions; pass fewer precisions")
-        costs: dict[str, Estimate] = {}
         have = measured.get(sub.signature, {})
-        for cfg in itertools.product(precs, repeat=len(sub.slots)):
-            key = config_key(cfg)
-            if key in have:
-                costs[key] = have[key]
-            else:
-                cm.check(sub, cfg)
-                missing.append(Query(sub, shp, cfg))
-        by_sig[sub.signature] = costs
-    for q, est in zip(missing, cm.estimate_unmeasured(missing)):
-        by_sig[q.subgraph.signature][config_key(q.config)] = est
+        cfgs = list(itertools.product(precs, repeat=len(sub.slots)))
+        base_key[sub.signature] = config_key([cm.carrier] * len(sub.slots))
+        if all(config_key(c) in have for c in cfgs):
+            by_sig[sub.signature] = _measured_unit(have, [config_key(c) for c in cfgs],
+                                                   base_key[sub.signature])
+            continue
+        for cfg in cfgs:
+            cm.check(sub, cfg)
+        by_sig[sub.signature] = {}
+        partial.append((sub.signature, [Query(sub, shp, cfg) for cfg in cfgs]))
+    for (sig, qs), ests in zip(partial, cm.estimate_units([q for _, q in partial])):
+        by_sig[sig] = _fallback_unit(qs, ests, measured.get(sig, {}).get(base_key[sig]),
+                                     base_key[sig])
 
     entries = []
     for item, sub in manifest:
@@ -507,7 +611,7 @@ __all__ = [
     # answers
     "Estimate", "SubgraphCosts", "ModelCostTable", "SOURCES",
     # queries
-    "latency", "model_table", "CostModel", "gain_of",
+    "latency", "model_table", "CostModel", "gain_of", "gain_stderr", "median_stderr",
     # devices
     "resolve_device", "device_peaks",
 ]

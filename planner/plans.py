@@ -25,6 +25,13 @@ class PlanResult:
     plan_id: int | None = None
     p_not_fastest: float | None = None  # chance a rival plan is faster (planner.noise)
 
+    @property
+    def noise_line(self) -> str | None:
+        """One line saying what ``p_not_fastest`` means for this plan, or None (not a time
+        plan)."""
+        pr = self.document["data"]["predicted"]
+        return noise_line(pr)
+
 
 def make_plan(store, model: str, device: str, shape: str, threshold: Threshold | None,
               objective: str = "time", constraints: Constraints | None = None, *,
@@ -42,7 +49,7 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     carries the chance that a rival plan is faster. ``measured`` plans from measured costs
     only. ``loss_scale`` multiplies every predicted loss MSE for the bound (the closed loop's
     measured-over-predicted ratio, :mod:`planner.closed_loop`)."""
-    from planner.noise import chance_not_fastest, measured_only, shrink_gains
+    from planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
 
     parse_objective(objective)
     problem = problem or build_problem(store, model, device, shape, precisions=precisions,
@@ -58,20 +65,43 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     sol = solve(shrink_gains(problem, k), eff, objective, cons, time_limit_s=time_limit_s)
     sol = replace(sol, problem=problem, max_loss_mse=bound)
     p_not = None
+    n_rivals = 0
     if objective == "time":
         others = []
         if k > 0:  # the plan the unshrunk gains pick is the first rival
             others.append(solve(problem, eff, objective, cons, time_limit_s=time_limit_s).picks)
         p_not = chance_not_fastest(problem, sol.picks, eff, others=others)
+        n_rivals = len(rivals(problem, sol.picks, eff, others))
     doc = plan_document(sol, cons, str(threshold) if threshold is not None else None)
     doc["data"]["notes"] = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
     doc["data"]["predicted"]["p_not_fastest"] = p_not
+    doc["data"]["predicted"]["rivals"] = n_rivals
+    doc["data"]["predicted"]["latency_stderr_us"] = plan_stderr_us(problem, sol.picks)
     doc["data"]["predicted"]["gain_shrink_sigmas"] = k
     if threshold is not None:
         doc["data"]["threshold_abs"] = bound
     if loss_scale != 1.0:
         doc["data"]["predicted"]["loss_scale"] = loss_scale
     return PlanResult(problem, sol, doc, p_not_fastest=p_not)
+
+
+def noise_line(predicted: dict) -> str | None:
+    """What the plan document's ``p_not_fastest`` means, in one line (None when absent):
+    ``8% chance that one of 57 rival plans is faster (standard errors of the medians; plan
+    time +- 12 us)``."""
+    p = predicted.get("p_not_fastest")
+    if p is None:
+        return None
+    n = predicted.get("rivals")
+    se = predicted.get("latency_stderr_us")
+    if n == 0:
+        return "no rival plan within the bound differs by one subgraph: nothing to compare"
+    pct = f"{p:.0%}" if 0.01 <= p <= 0.99 or p in (0.0, 1.0) else (
+        "<1%" if p < 0.01 else ">99%")
+    rivals = f"one of {n} rival plans" if n else "a rival plan"
+    tail = f"; plan time +- {se:.3g} us" if se is not None else ""
+    return (f"{pct} chance that {rivals} (one subgraph changed, within the bound) is faster, "
+            f"gains drawn within their standard errors{tail}")
 
 
 def bound_notes(problem: Problem, sol: Solution, bound: float | None, objective: str,

@@ -34,8 +34,11 @@ class Option:
     weight_bytes: float
     macs_time_us: float  # theoretical time from MACs and the device's (or relative) peak rates
     source: str  # measured | learned | roofline
-    uncertainty_us: float = 0.0
+    uncertainty_us: float = 0.0  # standard error of latency_us (of a median, or a fallback's)
     layer_loss_mse: tuple[float, ...] = ()  # s_l(p_l) of each layer, in slot order
+    # relative standard error of the reference its gain is a ratio to (the baseline timed in
+    # its group, or a fallback's own baseline estimate); shared by a subgraph's options
+    ref_rel_stderr: float = 0.0
 
     @property
     def key(self) -> str:
@@ -127,7 +130,8 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     architecture has tables of one checkpoint only they may be left out. Costs come from
     ``hwcost.costs.model_table``: measured, else learned, else roofline, each labelled;
     quick and unstable timings (measurements and the whole-model baseline) only with
-    ``allow_unstable``. Each measured gain is taken against the baseline timed with it.
+    ``allow_unstable``. Each measured gain is taken against the baseline timed with it; a
+    subgraph with any config unmeasured takes all its gains from one fallback source.
     """
     from hwcost.costs import resolve_device
 
@@ -251,6 +255,7 @@ def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], 
                          f"{e.signature[:12]} ({', '.join(e.layer_names)}); run `hwcost profile` "
                          "for this device and shape")
     base = e.costs[base_key]
+    base_rel = base.uncertainty_us / base.latency_us if base.latency_us > 0 else 0.0
     options = []
     for cfg in itertools.product(precs, repeat=n):
         key = ",".join(cfg)
@@ -268,7 +273,8 @@ def _choice(e: SubgraphCosts, kind: str, baseline: str, precs: tuple[str, ...], 
             weight_bytes=float(wbytes), macs_time_us=float(macs_t),
             source=_weaker(est.source, base.source),
             uncertainty_us=float(est.uncertainty_us or 0.0),
-            layer_loss_mse=tuple(float(v) for v in layer_loss)))
+            layer_loss_mse=tuple(float(v) for v in layer_loss),
+            ref_rel_stderr=float(est.ref_rel_stderr if est.baseline_us else base_rel)))
     options.sort(key=lambda o: (o.key != base_key, o.key))
     return Choice(e.position, e.signature, kind, tuple(e.layer_names), tuple(options))
 

@@ -67,12 +67,14 @@ class Solution:
 
     @property
     def speedup_rel_error(self) -> float:
-        """The stated relative error of the predicted speedup: the chosen options' latency
-        uncertainties added in quadrature over the plan latency, never below
-        ``MIN_PREDICTION_ERROR`` (subgraph sums miss what happens between subgraphs)."""
-        var = sum((o.uncertainty_us or 0.0) ** 2 for o in self.chosen)
+        """The stated relative error of the predicted speedup: the standard error of the
+        plan's summed gains (:func:`planner.noise.plan_stderr_us`) over the plan latency,
+        never below ``MIN_PREDICTION_ERROR`` (subgraph sums miss what happens between
+        subgraphs)."""
+        from planner.noise import plan_stderr_us
+
         plan = self.plan_us
-        rel = math.sqrt(var) / plan if plan > 0 else math.inf
+        rel = plan_stderr_us(self.problem, self.picks) / plan if plan > 0 else math.inf
         return max(MIN_PREDICTION_ERROR, rel)
 
     @property

@@ -57,15 +57,16 @@ def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -
             if any(o is None for _, o in parts):
                 continue
             lat = sum(w * o.latency_us for w, o in parts)
-            base = sum(w * per_shape[s][ch.baseline.key].latency_us
-                       for s, (w, _) in zip(problems, parts))
             source = opt.source
             for _, o in parts:
                 source = _weaker(source, o.source)
-            options.append(replace(opt, latency_us=lat, gain_us=base - lat,
+            # each shape's gain as its own problem took it (in-group ratio, one source)
+            options.append(replace(opt, latency_us=lat,
+                                   gain_us=sum(w * o.gain_us for w, o in parts),
                                    macs_time_us=sum(w * o.macs_time_us for w, o in parts),
                                    source=source,
-                                   uncertainty_us=sum(w * o.uncertainty_us for w, o in parts)))
+                                   uncertainty_us=sum(w * o.uncertainty_us for w, o in parts),
+                                   ref_rel_stderr=max(o.ref_rel_stderr for _, o in parts)))
         choices.append(Choice(ch.position, ch.signature, ch.kind, ch.layer_names, tuple(options)))
     # each shape's end-to-end baseline (its measured whole model, else its subgraph sum)
     model_base = sum(weights[s] * p.baseline_us for s, p in problems.items())
