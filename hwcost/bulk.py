@@ -7,7 +7,8 @@ far too slow at a million rows. The SQL text here is static; values travel as bo
 parameters or as COPY data, never spliced into SQL.
 
 Column kinds: ``str``, ``int``, ``float``, ``ts`` (timestamps, UTC: naive text on SQLite,
-timestamptz on PostgreSQL; Arrow ``timestamp[us, tz=UTC]`` here).
+timestamptz on PostgreSQL; Arrow ``timestamp[us, tz=UTC]`` here), ``bool`` (0/1 on SQLite,
+boolean on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import pyarrow.csv as pacsv
 from sqlalchemy import Connection
 
 ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(),
-               "ts": pa.timestamp("us", tz="UTC")}
-_SQL_TYPES = {"str": "TEXT", "int": "BIGINT", "float": "DOUBLE PRECISION", "ts": "TIMESTAMP"}
+               "ts": pa.timestamp("us", tz="UTC"), "bool": pa.bool_()}
+_SQL_TYPES = {"str": "TEXT", "int": "BIGINT", "float": "DOUBLE PRECISION", "ts": "TIMESTAMP",
+              "bool": "BOOLEAN"}
 # PostgreSQL keeps timestamps as timestamptz (sessions run in UTC, see hwcost.store)
 _PG_TYPES = {**_SQL_TYPES, "ts": "TIMESTAMP WITH TIME ZONE"}
 # SQLAlchemy's SQLite DateTime stores this exact text; imported rows must match it byte for
@@ -59,13 +61,16 @@ def read_rows(conn: Connection, sql: str, columns: Columns,
         return schema.empty_table()
     # Tuples straight into one struct array: no Python-level transposition. Timestamps
     # arrive as SQLAlchemy's naive UTC text and are parsed by Arrow.
-    text_schema = pa.struct([(n, pa.string() if k == "ts" else ARROW_TYPES[k]) for n, k in columns])
+    raw_types = {"ts": pa.string(), "bool": pa.int64()}  # SQLite: text and 0/1
+    text_schema = pa.struct([(n, raw_types.get(k, ARROW_TYPES[k])) for n, k in columns])
     arr = pa.array(rows, text_schema)
     del rows
     arrays = []
     for (_, kind), field_arr in zip(columns, arr.flatten()):
         if kind == "ts":
             field_arr = field_arr.cast(pa.timestamp("us")).cast(ARROW_TYPES["ts"])
+        elif kind == "bool":
+            field_arr = field_arr.cast(pa.bool_())
         arrays.append(field_arr)
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -89,7 +94,8 @@ def _read_pg(conn: Connection, sql: str, schema: pa.Schema, params: dict) -> pa.
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=schema, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=False))
+            quoted_strings_can_be_null=False, true_values=["t", "true"],
+            false_values=["f", "false"]))
 
 
 def load_temp(conn: Connection, name: str, table: pa.Table, columns: Columns) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,21 +31,14 @@ from hwcost import __version__
 from hwcost import schema as _schema
 from hwcost.bounds import (
     BUNDLE_ROWS_MAX,
-    INT_FIELDS,
-    LATENCY_MAX_US,
-    LOSS_MAX,
-    TS_MAX,
-    TS_MIN,
-    float_problem,
-    int_problem,
 )
 from hwcost.bulk import ARROW_TYPES
-from hwcost.errors import BundleInvalid, HwcostError, first_line
-from hwcost.precision import config_key, parse_config, parse_precision
-from hwcost.shape import parse_shape
+from hwcost.errors import BundleInvalid, first_line
 
 FORMAT = "hwcost-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written. 2 added how each timing was taken (``PROVENANCE``); 1 is still read."""
+READABLE_FORMATS = (1, 2)
 META_KEY = b"hwcost.bundle"
 CHECKSUM_ALGORITHM = "sha256-hwcost-1"
 _TS = pa.timestamp("us", tz="UTC")
@@ -78,6 +70,19 @@ class TableSpec:
 
 
 REFERENCED = ("device", "subgraph", "model")  # tables other tables refer to by natural key
+
+# How a timing was taken (schema 4 in the store, bundle format 2): clock, quick, stable and
+# the machine's state. Without them an imported row would read as a good timing.
+_PROVENANCE_COLS = (("clock", "str"), ("quick", "bool"), ("stable", "bool"), ("load1", "float"),
+                    ("cpu_mhz", "float"), ("threads", "int"))
+_PROVENANCE_NULLABLE = ("load1", "cpu_mhz", "threads")
+PROVENANCE = tuple(c for c, _ in _PROVENANCE_COLS) + ("baseline_us", "drift")
+CLOCKS = ("wall", "thread", "unknown")
+UNKNOWN_PROVENANCE = {"clock": "unknown", "quick": False, "stable": False}
+"""What the timings of a format-1 bundle (which did not carry how they were taken) import as:
+clock ``unknown`` and **not stable**, so no plan rests on them unless asked
+(``--allow-unstable``), and any later timing of the same key replaces them; the machine's
+figures are null."""
 _NOW = (("created_at", ":now"),)
 
 SPECS: tuple[TableSpec, ...] = (
@@ -108,18 +113,20 @@ SPECS: tuple[TableSpec, ...] = (
         "measurement",
         (("device", "str"), ("subgraph", "str"), ("shape", "str"), ("config", "str"),
          ("median_us", "float"), ("spread_us", "float"), ("n_samples", "int"),
-         ("measured_at", "ts"), ("host", "str"), ("campaign", "str"), ("tool_version", "str")),
+         ("measured_at", "ts"), ("host", "str"), ("campaign", "str"), ("tool_version", "str"),
+         *_PROVENANCE_COLS, ("baseline_us", "float"), ("drift", "float")),
         key=("device", "subgraph", "shape", "config"),
         refs=(("device", "device"), ("subgraph", "subgraph")), stamp="measured_at",
-        nullable=("campaign",), device_filter="device_id"),
+        nullable=("campaign", *_PROVENANCE_NULLABLE, "baseline_us", "drift"),
+        device_filter="device_id"),
     TableSpec(
         "model_latency",
         (("model", "str"), ("device", "str"), ("shape", "str"), ("config_hash", "str"),
          ("config", "str"), ("median_us", "float"), ("spread_us", "float"), ("n_samples", "int"),
-         ("measured_at", "ts"), ("host", "str"), ("tool_version", "str")),
+         ("measured_at", "ts"), ("host", "str"), ("tool_version", "str"), *_PROVENANCE_COLS),
         key=("model", "device", "shape", "config_hash"),
         refs=(("model", "model"), ("device", "device")), stamp="measured_at",
-        device_filter="device_id"),
+        nullable=_PROVENANCE_NULLABLE, device_filter="device_id"),
     TableSpec(
         "sensitivity",
         (("model", "str"), ("checkpoint", "str"), ("quantizer", "str"),
@@ -138,8 +145,17 @@ SINCE: dict[str | tuple[str, str], int] = {
 ``'unknown'`` in their place (as a migrated store holds) and its checksum skips them."""
 
 
-def _in_version(table: str, col: str | None, version: int) -> bool:
-    return SINCE.get(table, 1) <= version and (col is None or SINCE.get((table, col), 1) <= version)
+FORMAT_SINCE: dict[tuple[str, str], int] = {
+    **{("measurement", c): 2 for c in PROVENANCE},
+    **{("model_latency", c): 2 for c, _ in _PROVENANCE_COLS}}
+"""Bundle format that added a column: an older bundle lacks it, is read with
+``UNKNOWN_PROVENANCE`` (or null) in its place, and its checksum skips it."""
+
+
+def _in_version(table: str, col: str | None, version: int, fmt: int = FORMAT_VERSION) -> bool:
+    return (SINCE.get(table, 1) <= version
+            and (col is None or (SINCE.get((table, col), 1) <= version
+                                 and FORMAT_SINCE.get((table, col), 1) <= fmt)))
 
 
 @dataclass(frozen=True)
@@ -155,23 +171,25 @@ class ExportReport:
 # ------------------------------------------------------------------------------ checksum
 
 
-def content_checksum(tables: dict[str, pa.Table], schema_version: int) -> str:
+def content_checksum(tables: dict[str, pa.Table], schema_version: int,
+                     format_version: int = FORMAT_VERSION) -> str:
     """sha256 over a canonical binary form of the rows, independent of Parquet encoding.
 
     For the header ``hwcost-bundle\\0<format>\\0<schema>\\0`` and then, per table in the
     fixed order of ``SPECS``: ``name\\0rows\\0``, and per column ``name\\0``, one validity
-    byte per row, then the values: int64 / float64 little-endian (nulls as 0, -0.0 as 0.0),
-    timestamps as int64 microseconds since the epoch (UTC), strings as int64 byte lengths
-    followed by the concatenated UTF-8 bytes (nulls as empty).
+    byte per row, then the values: int64 / float64 little-endian (nulls as 0, -0.0 as 0.0;
+    booleans as int64 0/1), timestamps as int64 microseconds since the epoch (UTC), strings as
+    int64 byte lengths followed by the concatenated UTF-8 bytes (nulls as empty). Columns the
+    bundle's format or schema version does not have are left out.
     """
-    h = hashlib.sha256(f"{FORMAT}\0{FORMAT_VERSION}\0{schema_version}\0".encode())
+    h = hashlib.sha256(f"{FORMAT}\0{format_version}\0{schema_version}\0".encode())
     for spec in SPECS:
-        if not _in_version(spec.name, None, schema_version):
+        if not _in_version(spec.name, None, schema_version, format_version):
             continue
         t = tables[spec.name]
         h.update(f"{spec.name}\0{t.num_rows}\0".encode())
         for name, kind in spec.cols:
-            if not _in_version(spec.name, name, schema_version):
+            if not _in_version(spec.name, name, schema_version, format_version):
                 continue
             col = t.column(name).combine_chunks() if t.num_rows else pa.array([], ARROW_TYPES[kind])
             h.update(f"{name}\0".encode())
@@ -183,8 +201,9 @@ def content_checksum(tables: dict[str, pa.Table], schema_version: int) -> str:
             elif kind == "ts":
                 ints = col.cast(_TS).cast(pa.int64()).fill_null(0)
                 h.update(ints.to_numpy().astype("<i8").tobytes())
-            elif kind == "int":
-                h.update(col.fill_null(0).to_numpy().astype("<i8").tobytes())
+            elif kind in ("int", "bool"):
+                vals = col.cast(pa.int64()) if kind == "bool" else col
+                h.update(vals.fill_null(0).to_numpy().astype("<i8").tobytes())
             else:
                 vals = col.fill_null(0.0).to_numpy().astype("<f8") + 0.0  # -0.0 -> 0.0
                 h.update(vals.tobytes())
@@ -211,32 +230,40 @@ def _canonical(spec: TableSpec, t: pa.Table) -> pa.Table:
     return t
 
 
-def _bundle_schema() -> pa.Schema:
+def _bundle_schema(format_version: int = FORMAT_VERSION) -> pa.Schema:
     fields = [pa.field("record", pa.string(), nullable=False)]
     for spec in SPECS:
         for name, kind in spec.cols:
+            if FORMAT_SINCE.get((spec.name, name), 1) > format_version:
+                continue
             fields.append(pa.field(f"{spec.name}_{name}", _TS if kind == "ts" else ARROW_TYPES[kind]))
     return pa.schema(fields)
 
 def write_bundle(tables: dict[str, pa.Table], path: str | os.PathLike, *,
-                 device: str | None = None, schema_version: int | None = None) -> ExportReport:
+                 device: str | None = None, schema_version: int | None = None,
+                 format_version: int = FORMAT_VERSION) -> ExportReport:
     """Write natural-key tables (as :func:`read_tables` returns them) to a bundle file.
 
     The file is written next to ``path`` and renamed into place, so a failed export never
-    leaves a half-written bundle.
+    leaves a half-written bundle. ``format_version`` 1 writes the older layout without how
+    each timing was taken (for an older hwcost; it imports as unknown provenance).
     """
+    if format_version not in READABLE_FORMATS:
+        raise BundleInvalid(f"bundle format {format_version}; known: {READABLE_FORMATS}")
     tables = {s.name: _canonical(s, tables[s.name]) for s in SPECS}
     version = _schema.SCHEMA_VERSION if schema_version is None else schema_version
-    checksum = content_checksum(tables, version)
+    checksum = content_checksum(tables, version, format_version)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": version,
+        "format": FORMAT, "format_version": format_version, "schema_version": version,
         "hwcost_version": __version__, "created_at": datetime.now(timezone.utc).isoformat(),
         "device": device, "checksum": {"algorithm": CHECKSUM_ALGORITHM, "value": checksum},
         "tables": {s.name: {"rows": tables[s.name].num_rows, "key": list(s.key),
-                            "columns": [[f"{s.name}_{c}", k] for c, k in s.cols]}
+                            "columns": [[f"{s.name}_{c}", k] for c, k in s.cols
+                                        if FORMAT_SINCE.get((s.name, c), 1) <= format_version]}
                    for s in SPECS},
     }
-    schema = _bundle_schema().with_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
+    schema = _bundle_schema(format_version).with_metadata(
+        {META_KEY: json.dumps(meta, sort_keys=True)})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -246,7 +273,8 @@ def write_bundle(tables: dict[str, pa.Table], path: str | os.PathLike, *,
                 n = t.num_rows
                 if n == 0:
                     continue
-                own = {f"{spec.name}_{c}": t.column(c) for c in spec.names}
+                own = {f"{spec.name}_{c}": t.column(c) for c in spec.names
+                       if f"{spec.name}_{c}" in schema.names}
                 own["record"] = pa.repeat(spec.name, n)
                 arrays = [own.get(f.name, pa.nulls(n, f.type)) for f in schema]
                 w.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=1 << 20)
@@ -269,6 +297,7 @@ class Bundle:
     checksum: str
     device: str | None
     tables: dict[str, pa.Table]
+    format_version: int = FORMAT_VERSION
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:
@@ -299,9 +328,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     except (ValueError, KeyError, TypeError):
         raise bad("hwcost.bundle metadata is not valid JSON with format, schema_version "
                   "and checksum") from None
-    if fmt != FORMAT or fver != FORMAT_VERSION:
-        raise bad(f"format {fmt!r} version {fver}; this hwcost reads {FORMAT} version "
-                  f"{FORMAT_VERSION}")
+    if fmt != FORMAT or fver not in READABLE_FORMATS:
+        raise bad(f"format {fmt!r} version {fver}; this hwcost reads {FORMAT} versions "
+                  f"{', '.join(map(str, READABLE_FORMATS))}")
     if version > _schema.SCHEMA_VERSION:
         raise bad(f"schema version {version} is newer than this hwcost's "
                   f"{_schema.SCHEMA_VERSION}; upgrade hwcost (pip install -U hwcost)")
@@ -309,7 +338,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise bad(f"schema version {version} is not a valid version")
     names = set(pf.schema_arrow.names)
     missing = [f"{s.name}_{c}" for s in SPECS for c in s.names
-               if f"{s.name}_{c}" not in names and _in_version(s.name, c, version)]
+               if f"{s.name}_{c}" not in names and _in_version(s.name, c, version, fver)]
     if "record" not in names:
         missing.insert(0, "record")
     if missing:
@@ -332,8 +361,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         arrays = []
         for name, kind in spec.cols:
             if f"{spec.name}_{name}" not in names:  # added after this bundle's version
-                arrays.append(pa.chunked_array([pa.repeat(_schema.UNKNOWN, sub.num_rows)],
-                                               ARROW_TYPES[kind]))
+                arrays.append(_filler(spec.name, name, kind, sub.num_rows))
                 continue
             col = sub.column(f"{spec.name}_{name}")
             arrays.append(_cast_column(col, kind, f"{spec.name}_{name}", bad))
@@ -342,12 +370,26 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         if expected is not None and expected != sub.num_rows:
             raise bad(f"{spec.name} has {sub.num_rows} rows, its metadata says {expected}; "
                       "truncated?")
-    actual = content_checksum(tables, version)
+    actual = content_checksum(tables, version, fver)
     if actual != checksum:
         raise bad(f"checksum mismatch (stored {checksum[:12]}, content {actual[:12]}); "
                   "the file was changed or damaged")
-    _validate(tables, bad)
-    return Bundle(str(path), version, checksum, meta.get("device"), tables)
+    from hwcost.bundle_checks import validate
+
+    validate(tables, bad)
+    return Bundle(str(path), version, checksum, meta.get("device"), tables, fver)
+
+
+def _filler(table: str, col: str, kind: str, n: int) -> pa.ChunkedArray:
+    """The values an older bundle's rows get for a column it lacks: ``unknown`` for the
+    checkpoint and quantizer keys, ``UNKNOWN_PROVENANCE`` (or null) for how a timing was
+    taken."""
+    if (table, col) in FORMAT_SINCE:
+        value = UNKNOWN_PROVENANCE.get(col)
+        if value is None:
+            return pa.chunked_array([pa.nulls(n, ARROW_TYPES[kind])])
+        return pa.chunked_array([pa.repeat(pa.scalar(value, ARROW_TYPES[kind]), n)])
+    return pa.chunked_array([pa.repeat(_schema.UNKNOWN, n)], ARROW_TYPES[kind])
 
 
 def _rows_of(t: pa.Table, mask: pa.ChunkedArray) -> pa.Table:
@@ -375,7 +417,8 @@ def _cast_column(col: pa.ChunkedArray, kind: str, name: str, bad) -> pa.ChunkedA
     ok = {"str": pa.types.is_string(t) or pa.types.is_large_string(t),
           "int": pa.types.is_integer(t),
           "float": pa.types.is_floating(t),
-          "ts": pa.types.is_timestamp(t)}[kind]
+          "ts": pa.types.is_timestamp(t),
+          "bool": pa.types.is_boolean(t)}[kind]
     if not ok:
         raise bad(f"column {name} has type {t}, expected {kind}")
     if kind == "ts":
@@ -383,206 +426,6 @@ def _cast_column(col: pa.ChunkedArray, kind: str, name: str, bad) -> pa.ChunkedA
             raise bad(f"column {name} is a timestamp without time zone; bundles store UTC")
         return col.cast(_TS)
     return col.cast(ARROW_TYPES[kind])
-
-
-def _validate(tables: dict[str, pa.Table], bad) -> None:
-    """Every row check that must pass before anything is written."""
-    for spec in SPECS:
-        t = tables[spec.name]
-        for name, kind in spec.cols:
-            col = t.column(name)
-            if name not in spec.nullable and col.null_count:
-                raise bad(f"{spec.name}.{name} has {col.null_count} missing value(s)")
-            if kind == "str" and any(_has_nul(chunk) for chunk in col.chunks):
-                raise bad(f"{spec.name}.{name} holds a NUL character")
-        if t.num_rows:
-            keys = t.group_by(list(spec.key)).aggregate([([], "count_all")])
-            dup = keys.filter(pc.greater(keys.column("count_all"), 1))
-            if dup.num_rows:
-                first = dup.slice(0, 1).to_pylist()[0]
-                first.pop("count_all")
-                raise bad(f"{spec.name} has duplicate key {format_key(first.values())}")
-    _check_latencies(tables["measurement"], "measurement", ("median_us", "spread_us"), bad)
-    _check_latencies(tables["model_latency"], "model_latency", ("median_us", "spread_us"), bad)
-    _check_latencies(tables["sensitivity"], "sensitivity", ("loss_mse", "stderr"), bad,
-                     allow_zero=True)
-    _check_bounds(tables, bad)
-    # Shapes and configs: few distinct values, each parsed and required canonical.
-    for name in ("measurement", "model_latency"):
-        for shape in pc.unique(tables[name].column("shape")).to_pylist():
-            try:
-                key = parse_shape(shape).key
-            except HwcostError as e:
-                raise bad(f"{name}.shape: {e}") from None
-            if key != shape:
-                raise bad(f"{name}.shape {shape!r} is not canonical (expected {key!r})")
-    n_slots = dict(zip(tables["subgraph"].column("signature").to_pylist(),
-                       tables["subgraph"].column("n_slots").to_pylist()))
-    m = tables["measurement"]
-    lengths = {}
-    for cfg in pc.unique(m.column("config")).to_pylist():
-        try:
-            parsed = parse_config(cfg)
-        except HwcostError as e:
-            raise bad(f"measurement.config: {e}") from None
-        if config_key(parsed) != cfg:
-            raise bad(f"measurement.config {cfg!r} is not canonical")
-        lengths[cfg] = len(parsed)
-    if m.num_rows:
-        pairs = m.group_by(["subgraph", "config"]).aggregate([])
-        for sig, cfg in zip(pairs.column("subgraph").to_pylist(), pairs.column("config").to_pylist()):
-            if sig in n_slots and lengths[cfg] != n_slots[sig]:
-                raise bad(f"measurement.config {cfg!r} has {lengths[cfg]} precisions, subgraph "
-                          f"{sig[:12]} has {n_slots[sig]} slots")
-    _check_checkpoints(tables, bad)
-    for p in pc.unique(tables["sensitivity"].column("precision")).to_pylist():
-        try:
-            parse_precision(p)
-        except HwcostError as e:
-            raise bad(f"sensitivity.precision: {e}") from None
-        if parse_precision(p).value != p:
-            raise bad(f"sensitivity.precision {p!r} is not canonical")
-    _check_json(tables, bad)
-    _check_refs(tables, bad)
-
-
-def _check_bounds(tables: dict[str, pa.Table], bad) -> None:
-    """Integers, latencies, losses and timestamps within ``hwcost.bounds`` (the same on
-    SQLite and PostgreSQL, and what export and planning can handle)."""
-    for name, cols in INT_FIELDS.items():
-        for c, lo in cols.items():
-            col = tables[name].column(c)
-            if len(col) - col.null_count == 0:
-                continue
-            mn, mx = pc.min(col).as_py(), pc.max(col).as_py()
-            if name in ("measurement", "model_latency", "sensitivity") and c == "n_samples" \
-                    and mn < 1:
-                raise bad(f"{name}.n_samples must be >= 1")
-            if mn < lo and lo == 0:
-                raise bad(f"{name}.{c} must not be negative")
-            problem = int_problem(f"{name}.{c}", mn if mn < lo else mx, lo)
-            if problem:
-                raise bad(problem)
-    maxima = {"measurement": (("median_us", "spread_us"), LATENCY_MAX_US),
-              "model_latency": (("median_us", "spread_us"), LATENCY_MAX_US),
-              "sensitivity": (("loss_mse", "stderr"), LOSS_MAX)}
-    for name, (cols, top) in maxima.items():
-        for c in cols:
-            col = tables[name].column(c)
-            if len(col) and pc.max(col).as_py() > top:
-                raise bad(float_problem(f"{name}.{c}", pc.max(col).as_py(), top))
-    lo, hi = (int(t.timestamp() * 1_000_000) for t in (TS_MIN, TS_MAX))
-    for spec in SPECS:
-        for c, kind in spec.cols:
-            if kind != "ts" or not tables[spec.name].num_rows:
-                continue
-            us = tables[spec.name].column(c).cast(_TS).cast(pa.int64())
-            if len(us) - us.null_count and (pc.min(us).as_py() < lo or pc.max(us).as_py() >= hi):
-                raise bad(f"{spec.name}.{c} holds a timestamp outside {TS_MIN.date()} .. "
-                          f"{TS_MAX.date()} UTC")
-
-
-def _check_checkpoints(tables: dict[str, pa.Table], bad) -> None:
-    """Digests are non-empty, quantizer keys parse, and every sensitivity table names a
-    checkpoint the bundle holds (or ``unknown``, rows from before digests existed)."""
-    from hwcost.quantizer import parse_quantizer
-
-    ck = tables["checkpoint"]
-    known = set(zip(ck.column("model").to_pylist(), ck.column("digest").to_pylist()))
-    for model, digest in known:
-        if not digest or digest == _schema.UNKNOWN:
-            raise bad(f"checkpoint of model {model[:12]} has no digest")
-    sens = tables["sensitivity"]
-    if not sens.num_rows:
-        return
-    pairs = sens.group_by(["model", "checkpoint"]).aggregate([])
-    for model, digest in zip(pairs.column("model").to_pylist(),
-                             pairs.column("checkpoint").to_pylist()):
-        if digest != _schema.UNKNOWN and (model, digest) not in known:
-            raise bad(f"sensitivity rows of model {model[:12]} name checkpoint {digest[:12]!r}, "
-                      "which the bundle does not hold")
-    for key in pc.unique(sens.column("quantizer")).to_pylist():
-        if key == _schema.UNKNOWN:
-            continue
-        try:
-            canonical = parse_quantizer(key).key
-        except HwcostError as e:
-            raise bad(f"sensitivity.quantizer: {e}") from None
-        if canonical != key:
-            raise bad(f"sensitivity.quantizer {key!r} is not canonical (expected {canonical!r})")
-
-
-def _has_nul(arr: pa.Array) -> bool:
-    """Whether any string of ``arr`` holds a NUL byte (PostgreSQL text cannot store one)."""
-    if len(arr) == 0:
-        return False
-    arr = arr.cast(pa.large_string())
-    _, offsets, data = arr.buffers()
-    if data is None:
-        return False
-    off = np.frombuffer(offsets, dtype="<i8")[arr.offset:arr.offset + len(arr) + 1]
-    return bool((np.frombuffer(data, dtype=np.uint8)[off[0]:off[-1]] == 0).any())
-
-
-def _check_latencies(t: pa.Table, name: str, cols: Sequence[str], bad, allow_zero=False) -> None:
-    for c in cols:
-        col = t.column(c)
-        if not len(col):
-            continue
-        values = col.to_numpy()
-        if not np.isfinite(values).all():
-            raise bad(f"{name}.{c} holds NaN or infinite values")
-        if (values < 0).any():
-            raise bad(f"{name}.{c} holds negative values")
-        if c == "median_us" and not allow_zero and (values == 0).any():
-            raise bad(f"{name}.{c} holds zero latencies")
-
-
-def _check_json(tables: dict[str, pa.Table], bad) -> None:
-    checks = [("device", "flags", list), ("device", "software", dict), ("device", "peaks", dict),
-              ("subgraph", "slots", list), ("subgraph", "extra", dict),
-              ("manifest_entry", "layer_names", list), ("model_latency", "config", dict)]
-    for table, col, typ in checks:
-        for value in pc.unique(tables[table].column(col)).to_pylist():
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise bad(f"{table}.{col} holds invalid JSON {value[:40]!r}") from None
-            if not isinstance(parsed, typ):
-                raise bad(f"{table}.{col} must hold JSON {typ.__name__}s, got {value[:40]!r}")
-            if table == "model_latency":
-                for p in parsed.values():
-                    try:
-                        parse_precision(p)
-                    except HwcostError as e:
-                        raise bad(f"model_latency.config: {e}") from None
-    sg = tables["subgraph"]
-    for sig, n, slots in zip(sg.column("signature").to_pylist(), sg.column("n_slots").to_pylist(),
-                             sg.column("slots").to_pylist()):
-        if len(json.loads(slots)) != n:
-            raise bad(f"subgraph {sig[:12]} has n_slots={n} but {len(json.loads(slots))} slots")
-
-
-def _check_refs(tables: dict[str, pa.Table], bad) -> None:
-    for spec in SPECS:
-        t = tables[spec.name]
-        for col, target in spec.refs:
-            known = tables[target].column(SPEC[target].key[0]).combine_chunks()
-            values = pc.unique(t.column(col))
-            missing = pc.filter(values, pc.invert(pc.is_in(values, value_set=known)))
-            if len(missing):
-                raise bad(f"{spec.name}.{col} refers to {target} {missing[0].as_py()[:16]!r}, "
-                          "which the bundle does not hold")
-    counts = tables["manifest_entry"].group_by("model").aggregate([("position", "count"),
-                                                                  ("position", "max")])
-    by_model = {r["model"]: r for r in counts.to_pylist()}
-    models = tables["model"]
-    for fp, n in zip(models.column("fingerprint").to_pylist(),
-                     models.column("n_subgraphs").to_pylist()):
-        r = by_model.get(fp, {"position_count": 0, "position_max": -1})
-        if r["position_count"] != n or r["position_max"] != n - 1:
-            raise bad(f"model {fp[:12]} says {n} subgraphs but its manifest has "
-                      f"{r['position_count']} entries")
 
 
 def format_key(values) -> str:

@@ -117,6 +117,7 @@ class RunSummary:
     cost_sources: dict[str, int] = field(default_factory=dict)  # subgraph costs per source
     bound_loss_mse: float | None = None  # the threshold's absolute value
     p_not_fastest: float | None = None  # chance a rival plan is faster (noisy gains)
+    noise: str | None = None  # that chance and what it means, one line (planner.plans.noise_line)
     loop_rounds: list[dict] = field(default_factory=list)  # closed loop on the loss bound
 
 
@@ -275,7 +276,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
     say(f"planning for loss MSE <= {threshold.describe(problem)}")
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
                        problem=problem, measured=measured_only)
-    p_not_fastest = result.p_not_fastest
+    p_not_fastest, noise = result.p_not_fastest, result.noise_line
     layers = dict(result.document["data"]["layers"])
     prior = _find_validated_plan(store, camp.model_fingerprint, camp.device, shape, layers,
                                  sens.table.checkpoint, sens.table.quantizer, quick)
@@ -366,7 +367,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
         allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings,
         notes=list(result.document["data"].get("notes") or []),
         cost_sources=dict(sorted(result.solution.sources.items())),
-        bound_loss_mse=bound, p_not_fastest=p_not_fastest, loop_rounds=rounds)
+        bound_loss_mse=bound, p_not_fastest=p_not_fastest, noise=noise, loop_rounds=rounds)
 
 
 def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> dict:

@@ -133,6 +133,8 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
 
 
 def _print_plan(doc: dict, output: str | None) -> None:
+    from planner.plans import noise_line
+
     d = doc["data"]
     pr, sv = d["predicted"], d["solver"]
     click.echo(f"plan {d['plan_id']}: {d['model']['name']} on {d['device']['name']} "
@@ -149,10 +151,10 @@ def _print_plan(doc: dict, output: str | None) -> None:
     bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
     click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
-    if pr.get("p_not_fastest") is not None:
-        click.echo(f"noise         {pr['p_not_fastest']:.0%} chance a rival plan is faster "
-                   f"(gains within their spread; chosen on gains shrunk by "
-                   f"{pr.get('gain_shrink_sigmas', 0):g} sigma)")
+    line = noise_line(pr)
+    if line is not None:
+        click.echo(f"noise         {line}; chosen on gains shrunk by "
+                   f"{pr.get('gain_shrink_sigmas', 0):g} standard errors")
     srcs = ", ".join(f"{n} {src}" for src, n in sorted(_sources(d).items()))
     click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
                f"costs measured on {d['device']['name']} (subgraph costs: {srcs})")

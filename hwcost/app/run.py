@@ -136,9 +136,8 @@ def summary_lines(s: RunSummary) -> list[str]:
         f"{' (reused)' if s.validation_reused else ''}: the plan applied with real kernels "
         "and measured against the baseline",
     ]
-    if s.p_not_fastest is not None:
-        out.append(f"noise              {s.p_not_fastest:.0%} chance a rival plan is faster "
-                   "(gains sampled within their spread)")
+    if s.noise is not None:
+        out.append(f"noise              {s.noise}")
     out += [f"closed loop        round {r['round']}: predictions x{r['loss_scale']:.3g}, "
             f"measured loss MSE {r['measured_mse']:.3g} "
             f"({'within' if r['within'] else 'over'} the bound)" for r in s.loop_rounds]

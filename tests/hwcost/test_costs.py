@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from hwcost.costs import CostModel, Estimate, latency, model_table, resolve_device
+from hwcost.costs import CostModel, Estimate, latency, median_stderr, model_table, resolve_device
 from hwcost.device import DeviceInfo
 from hwcost.errors import BadConfig, BadShape, NoEstimate, NoSuchDevice, UnsupportedPrecision
 from hwcost.precision import Precision, config_key
@@ -162,12 +162,13 @@ def test_measured_entries_always_win(store, mlp_timings):
     for e in tab.entries:
         for key, est in e.costs.items():
             hit = by_key.get((e.signature, key))
-            if hit is not None:
-                assert est == Estimate(hit.median_us, "measured", hit.spread_us)
+            if hit is not None:  # MLP: every config measured, uncertainty the median's SE
+                assert (est.latency_us, est.source) == (hit.median_us, "measured")
+                assert est.uncertainty_us == median_stderr(hit.spread_us, hit.n_samples)
             elif e.signature == ATTN.signature and key == "fp32,fp32,fp32,fp32":
-                assert est == Estimate(123456.0, "measured", 1.5)
-            else:
-                assert est.source in ("learned", "roofline")
+                assert est == Estimate(123456.0, "measured", median_stderr(1.5, 3))
+            else:  # scaled to the measured baseline: the fallback's ratio times 123456
+                assert est.source in ("learned", "roofline") and est.baseline_us == 123456.0
     assert latency(store, fp, ATTN, "batch=1,seq=8", ("fp32",) * 4).latency_us == 123456.0
     assert latency(store, "cpu", MLP, "seq=8,batch=1", "fp32,int8,fp32").source == "measured"
     mlp = tab.entries[1]
@@ -329,3 +330,45 @@ def test_decode_tables_read_kv_free_rows_only_for_subgraphs_that_read_no_cache(s
     cm = CostModel(store, dev.fingerprint)
     assert cm.estimate(subs[1], "batch=1,kv=900,phase=decode", "bf16").source == "measured"
     assert cm.estimate(subs[2], "batch=1,kv=900,phase=decode", "bf16").source != "measured"
+
+
+def test_a_partly_measured_unit_takes_every_gain_from_one_source(store, mlp_timings):
+    """A gain is never a measured baseline minus a learned candidate: when some config of a
+    (subgraph, shape) unit is unmeasured, every config of the unit comes from one fallback,
+    as its ratio to the fallback's own baseline estimate times the measured baseline."""
+    from hwcost.costs import gain_of
+    from hwcost.roofline import Query
+    from hwcost.shape import parse_shape
+
+    put_llama(store)
+    fp = local_cpu(store)
+    shape = "batch=1,seq=8"
+    dropped = {"int8,int8,int8", "fp32,int8,fp32"}
+    store.add_measurements([r for r in mlp_timings
+                            if not (r.shape == shape and r.config in dropped)])
+    tab = model_table(store, "toy", fp, shape)
+    mlp = next(e for e in tab.entries if e.signature == MLP.signature)
+    base_key = "fp32,fp32,fp32"
+    base = mlp.costs[base_key]
+    measured = {r.config: r for r in mlp_timings if r.shape == shape}
+    assert base.source == "measured" and base.latency_us == measured[base_key].median_us
+    others = {k: e for k, e in mlp.costs.items() if k != base_key}
+    sources = {e.source for e in others.values()}
+    assert len(sources) == 1 and sources < {"learned", "roofline"}  # one source, not measured
+    # a candidate that was measured is not mixed in: it too comes from the fallback
+    assert others["int8,fp32,fp32"].latency_us != measured["int8,fp32,fp32"].median_us
+    cm = CostModel(store, fp)
+    cfgs = [tuple(k.split(",")) for k in sorted(mlp.costs)]
+    from hwcost.precision import parse_config
+    qs = [Query(MLP, parse_shape(shape), parse_config(",".join(c))) for c in cfgs]
+    fb = dict(zip(sorted(mlp.costs), cm.estimate_units([qs])[0]))
+    for k, e in others.items():
+        assert e.source == fb[k].source
+        ratio = fb[k].latency_us / fb[base_key].latency_us
+        assert gain_of(e, base) == pytest.approx(base.latency_us * (1 - ratio))
+        assert tab.gain(mlp, k) == pytest.approx(base.latency_us * (1 - ratio))
+    # the fully measured shape stays measured, each gain against its in-group baseline
+    full = model_table(store, "toy", fp, "batch=1,seq=32")
+    mlp32 = next(e for e in full.entries if e.signature == MLP.signature)
+    assert {e.source for e in mlp32.costs.values()} == {"measured"}
+    assert full.entry_measured_share(mlp32) == 1.0
