@@ -16,7 +16,7 @@ from hwcost.errors import BundleInvalid
 from hwcost.exchange import export_bundle, import_bundle, read_tables
 from hwcost.schema import Measurement, ModelLatency
 from hwcost.store import MeasurementIn, open_store
-from hwcost.synthetic import device, subgraph
+from tests.synthetic import device, subgraph
 
 COLS = ("clock", "quick", "stable", "load1", "cpu_mhz", "threads", "baseline_us", "drift")
 

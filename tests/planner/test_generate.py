@@ -3,6 +3,8 @@ stability verdict every other timing does, and an unstable one is not planned on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from hwcost.workload import parse_workload, workload_shapes
@@ -13,8 +15,8 @@ from profiles.loading import LoadedModel
 from profiles.stability import StabilityPolicy
 
 WL = "prompt=6,gen=3,batch=1"
-FEW = {"min_samples": 3, "warmup_max_s": 0.0, "max_seconds": 0.0, "min_sample_us": 0.0,
-       "max_rel_spread": 10.0}  # judged on load only
+FEW = {"min_samples": 3, "warmup_max_s": 0.0, "max_seconds": 0.0, "min_sample_us": 0.0}
+LOAD_ONLY = {"remeasure_spread": 10.0, "max_spread": 10.0}  # judged on load only
 
 
 def _tiny_qwen2() -> LoadedModel:
@@ -33,7 +35,8 @@ def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unst
     model = store.get_model(rep.model_fingerprint)
     dev = store.get_device(rep.device)
     # a machine the policy calls busy (a fixed reading of 99 runnable tasks per CPU)
-    busy = StabilityPolicy(max_load=1.0, wait_s=0.0, budget_s=0.0, load_reader=lambda: 99.0)
+    busy = StabilityPolicy(max_load=1.0, wait_s=0.0, budget_s=0.0, load_reader=lambda: 99.0,
+                           **LOAD_ONLY)
     with torch.no_grad():
         us = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
                               threads=1, policy=busy, **FEW)
@@ -45,7 +48,7 @@ def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unst
     # a later run on a machine the policy accepts measures it again and replaces the row
     with torch.no_grad():
         measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
-                         threads=1, policy=StabilityPolicy.lenient(), **FEW)
+                         threads=1, policy=replace(StabilityPolicy.lenient(), **LOAD_ONLY), **FEW)
     good = store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32")
     assert good is not None and good.stable and good.load1 is not None
     # and a stored good row is reused, not measured again
