@@ -119,12 +119,16 @@ def test_fitted_model_round_trips_as_json_data(timings):
     # numpy walk of the stored trees == scikit-learn's prediction on the same features
     t = terms(qs, PEAKS, P.FP32)
     x = features(qs, t, P.FP32, a.precisions_)
-    _, reg = a._fit_once(t, x, y)
+    _, (reg, linear) = a._fit_once(t, x, y)
     base = np.log(np.maximum(a.roofline_.predict(t), 1e-3))
-    np.testing.assert_allclose(a.regressor_.predict(np.column_stack([x, base])),
-                               reg.predict(np.column_stack([x, base])), rtol=1e-9)
+    xx = np.column_stack([x, base])
+    np.testing.assert_allclose(a.regressor_.predict(xx), reg.predict(xx), rtol=1e-9)
+    # the prediction is the roofline times the mean of the trees' and the ridge's residuals
+    np.testing.assert_allclose(a.predict(qs), np.exp(base + 0.5 * reg.predict(xx)
+                                                     + 0.5 * linear.predict(xx)), rtol=1e-9)
     text = json.dumps(a.to_dict())
-    assert "pickle" not in text and text.startswith('{"format": 1')
+    assert "pickle" not in text and text.startswith('{"format": 2')
+    assert set(a.to_dict()["linear"]) == {"mean", "scale", "coef", "intercept"}
     b = LatencyModel.from_dict(PEAKS, json.loads(text))
     np.testing.assert_allclose(b.predict(qs), a.predict(qs), rtol=1e-12)
     assert (b.cv_mape_, b.precisions_, b.n_train_) == (a.cv_mape_, a.precisions_, a.n_train_)
