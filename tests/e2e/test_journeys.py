@@ -137,8 +137,9 @@ def test_laptop_plans_from_a_bundle_without_torch(fleet, tmp_path):
         "    cli(sys.argv[1:], standalone_mode=False)\n"
         "finally:\n"
         "    print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n")
+    # the fleet's timings are --quick, and the bundle carries that: plans use them when asked
     common = [model.fingerprint[:12], "--device", device.fingerprint[:12], "--shape", SHAPES[1],
-              "--db", laptop]
+              "--db", laptop, "--allow-unstable"]
     plan = subprocess.run([sys.executable, str(probe), "plan", *common, "--max-loss-mse", "50%",
                            "--json", "-o", str(tmp_path / "plan.json")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
