@@ -54,19 +54,20 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hwcost.profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
+from hwcost.profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
+from hwcost.profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
+from hwcost.profiles.bench import time_interleaved  # noqa: E402
+from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
+from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
+from hwcost.profiles.partition import partition  # noqa: E402
+
 from bench.common import cpu_timing  # noqa: E402
 from hwcost.costs import model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.errors import ModelLoadError  # noqa: E402
 from hwcost.precision import Precision, parse_precisions  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
-from profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
-from profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
-from profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
-from profiles.bench import time_interleaved  # noqa: E402
-from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
-from profiles.loading import LoadedModel, load_model  # noqa: E402
-from profiles.partition import partition  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8, Precision.FP8_E4M3)

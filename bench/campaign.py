@@ -31,10 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hwcost.profiles.campaign import run_campaign  # noqa: E402
+from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
+
 from hwcost.errors import ModelLoadError  # noqa: E402
 from hwcost.store import open_store  # noqa: E402
-from profiles.campaign import run_campaign  # noqa: E402
-from profiles.loading import LoadedModel, load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 GOAL_S = 120.0

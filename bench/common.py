@@ -8,9 +8,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-
-from profiles.backends import get_backend
-from profiles.bench import CLOCK_ENV
+from hwcost.profiles.backends import get_backend
+from hwcost.profiles.bench import CLOCK_ENV
 
 
 class CpuTiming(NamedTuple):

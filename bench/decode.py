@@ -51,23 +51,24 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hwcost.planner.apply import model_dataflow  # noqa: E402
+from hwcost.planner.generate import measure_baseline, time_generate  # noqa: E402
+from hwcost.planner.objectives import parse_threshold  # noqa: E402
+from hwcost.planner.plans import make_plan  # noqa: E402
+from hwcost.planner.problem import build_problem  # noqa: E402
+from hwcost.planner.workload import build_workload_problem  # noqa: E402
+from hwcost.profiles.backends import apply_precisions  # noqa: E402
+from hwcost.profiles.bench import time_interleaved  # noqa: E402
+from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
+from hwcost.profiles.decode import step_fn  # noqa: E402
+from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
+
 from bench.common import cpu_timing  # noqa: E402
 from hwcost.costs import gain_of, model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
 from hwcost.store import open_store  # noqa: E402
 from hwcost.workload import kv_buckets, parse_workload, workload_shapes  # noqa: E402
-from planner.apply import model_dataflow  # noqa: E402
-from planner.generate import measure_baseline, time_generate  # noqa: E402
-from planner.objectives import parse_threshold  # noqa: E402
-from planner.plans import make_plan  # noqa: E402
-from planner.problem import build_problem  # noqa: E402
-from planner.workload import build_workload_problem  # noqa: E402
-from profiles.backends import apply_precisions  # noqa: E402
-from profiles.bench import time_interleaved  # noqa: E402
-from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
-from profiles.decode import step_fn  # noqa: E402
-from profiles.loading import LoadedModel, load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PRECISIONS = ["fp32", "bf16", "int8_wo", "int4_wo"]  # --precisions may narrow it
@@ -170,8 +171,7 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
 def sensitivity(store, loaded, part, demo: bool, samples: int, tmp: str):
     """Taylor sensitivity: the demo corpus for the demo model, seeded random ids otherwise."""
     import numpy as np
-
-    from sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
+    from hwcost.sensitivity.pipeline import CalibSpec, prepare, stored_or_computed
 
     path = None
     if not demo:
@@ -279,7 +279,7 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
             configs = random_configs(layers, args.configs, random.Random(args.seed))
             add = [additivity(store, camp, loaded, kv, args.batch, configs, backend, threads,
                               timing) for kv in (buckets[0], buckets[-1])]
-            from profiles.campaign import cut_model
+            from hwcost.profiles.campaign import cut_model
 
             part = cut_model(loaded, shapes, backend, len(PRECISIONS))
             sens = sensitivity(store, loaded, part, demo, args.samples, tmp)

@@ -52,10 +52,10 @@ def _bench_planner():
 
 
 def make_plan(store, loaded, threshold: str, threads: int) -> dict:
-    from planner.export import plan_document
-    from planner.objectives import parse_threshold
-    from planner.problem import build_problem
-    from planner.solve import solve
+    from hwcost.planner.export import plan_document
+    from hwcost.planner.objectives import parse_threshold
+    from hwcost.planner.problem import build_problem
+    from hwcost.planner.solve import solve
 
     report = _bench_planner().ensure_inputs(store, loaded, SHAPE, threads)
     problem = build_problem(store, report.model_fingerprint, report.device, SHAPE)
@@ -74,8 +74,8 @@ def doc_blocks(*titles: str) -> str:
 
 def torchao_deployed(doc: dict, workdir: Path, via: str):
     """The demo model deployed through the torchao export exactly as the docs apply it."""
-    from planner.export import to_torchao
-    from profiles.loading import demo_model_dir, load_model
+    from hwcost.planner.export import to_torchao
+    from hwcost.profiles.loading import demo_model_dir, load_model
 
     (workdir / "plan.torchao.json").write_text(json.dumps(to_torchao(doc)))
     if via == "quantize_":
@@ -98,14 +98,14 @@ def torchao_deployed(doc: dict, workdir: Path, via: str):
 def run(db_url: str | None, threads: int, threshold: str, clock: str = "wall") -> dict:
     import numpy as np
     import torch
+    from hwcost.planner.apply import eval_batches, model_dataflow
+    from hwcost.planner.deploy import deploy, deployed_layers, load_deployed, save_deployed
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.bench import time_interleaved
+    from hwcost.profiles.loading import load_model
+    from hwcost.sensitivity.reference import per_sample_losses
 
     from hwcost.store import open_store
-    from planner.apply import eval_batches, model_dataflow
-    from planner.deploy import deploy, deployed_layers, load_deployed, save_deployed
-    from profiles.backends import get_backend
-    from profiles.bench import time_interleaved
-    from profiles.loading import load_model
-    from sensitivity.reference import per_sample_losses
 
     torch.set_num_threads(threads)
     backend = get_backend("cpu")

@@ -47,9 +47,8 @@ PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
 def build(width: int, seed: int = 0):
     """A one-block Llama of hidden size ``width`` (GQA, 32-wide heads), random weights."""
     import torch
+    from hwcost.profiles.loading import LoadedModel
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from profiles.loading import LoadedModel
 
     torch.manual_seed(seed)
     inter = int(round(2.75 * width / 32)) * 32
@@ -64,10 +63,9 @@ def collect(store, widths, shapes, threads: int, quick: bool, budget: float = 4.
             ) -> tuple[str, float]:
     """Profile every width at every shape; calibrate the CPU. Returns (device, seconds)."""
     import torch
-
-    from profiles.calibrate import calibrate_cpu
-    from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
-    from profiles.stability import StabilityPolicy
+    from hwcost.profiles.calibrate import calibrate_cpu
+    from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
+    from hwcost.profiles.stability import StabilityPolicy
 
     # a short wait for a quiet machine per group: this shared machine is rarely quiet for
     # long, and the rows that stay unstable are counted and reported, not hidden

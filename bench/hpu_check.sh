@@ -38,7 +38,7 @@ step lazy_sync 120 $PY - <<'PYEOF'
 # one fp8 layer timed with a plain torch.hpu.synchronize() and with the backend's
 # synchronize (mark_step first): in lazy mode the first times the recording only
 import time, torch
-from profiles.backends import get_backend
+from hwcost.profiles.backends import get_backend
 hpu = get_backend("hpu"); hpu.require()
 layer = hpu.deploy_linear(torch.nn.Linear(4096, 4096), "fp8_e4m3")
 x = torch.randn(2048, 4096, device=hpu.device, dtype=torch.bfloat16)

@@ -44,11 +44,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from hwcost.planner.objectives import lowest_precision_mse, parse_threshold  # noqa: E402
+from hwcost.planner.problem import Choice, Problem  # noqa: E402
+from hwcost.planner.solve import compile_problem, solve, solve_compiled  # noqa: E402
+from hwcost.planner.sweep import sweep  # noqa: E402
+
 from hwcost.device import cpu_model_and_flags  # noqa: E402
-from planner.objectives import lowest_precision_mse, parse_threshold  # noqa: E402
-from planner.problem import Choice, Problem  # noqa: E402
-from planner.solve import compile_problem, solve, solve_compiled  # noqa: E402
-from planner.sweep import sweep  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -160,9 +161,9 @@ def predicted_latency(problem: Problem, cfg: dict[str, str]) -> tuple[float, flo
 def isolated_layer_latencies(loaded, problem: Problem, shape: str, backend, threads: int) -> dict:
     """(in, out, precision) -> latency of that linear layer alone on [tokens, in] inputs."""
     import torch
+    from hwcost.profiles.bench import time_interleaved
 
     from hwcost.shape import parse_shape
-    from profiles.bench import time_interleaved
 
     tokens = parse_shape(shape).tokens
     named = dict(loaded.model.named_modules())
@@ -206,11 +207,10 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
     """Profile what the store lacks and compute the Taylor table if missing; returns the
     campaign report and the model id."""
     import torch
-
-    from profiles.campaign import run_campaign
-    from sensitivity.data import from_ids, load_calibration
-    from sensitivity.records import save_table
-    from sensitivity.taylor import analyze
+    from hwcost.profiles.campaign import run_campaign
+    from hwcost.sensitivity.data import from_ids, load_calibration
+    from hwcost.sensitivity.records import save_table
+    from hwcost.sensitivity.taylor import analyze
 
     report = run_campaign(store, loaded, "cpu", shapes=[shape], threads=threads, progress=False)
     if not store.sensitivities(report.model_id):
@@ -234,14 +234,14 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
            shape: str = "batch=1,seq=128,phase=prefill", n_random: int = 200, top: int = 5,
            compare: bool = True, allow_unstable: bool = False) -> dict:
     import torch
+    from hwcost.planner.apply import eval_batches, loss_mse, time_configs
+    from hwcost.planner.closed_loop import plan_within_bound
+    from hwcost.planner.plans import make_plan
+    from hwcost.planner.problem import build_problem
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.loading import load_model
 
     from hwcost.store import open_store
-    from planner.apply import eval_batches, loss_mse, time_configs
-    from planner.closed_loop import plan_within_bound
-    from planner.plans import make_plan
-    from planner.problem import build_problem
-    from profiles.backends import get_backend
-    from profiles.loading import load_model
 
     torch.set_num_threads(threads)
     backend = get_backend("cpu")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import random
 
+from hwcost.planner.problem import Choice, Option, Problem
+
 from hwcost.precision import Precision
-from planner.problem import Choice, Option, Problem
 
 HIDDEN, KV, INTER, BLOCKS = 8192, 1024, 28672, 80
 # H100 SXM dense peaks (NVIDIA datasheet) at ~70% achieved efficiency, and HBM3 bandwidth.

@@ -123,9 +123,8 @@ def build(hidden: int, layers: int, vocab: int, out: Path) -> None:
 def fwd_bwd_peak(ckpt: Path, batches) -> int:
     """Peak RSS of one plain forward+backward per batch, parameter gradients on."""
     import torch
-
-    from profiles.loading import load_model
-    from sensitivity.loss import causal_lm_loss
+    from hwcost.profiles.loading import load_model
+    from hwcost.sensitivity.loss import causal_lm_loss
 
     loaded = load_model(str(ckpt))
     model = loaded.model
@@ -149,16 +148,16 @@ def worker(args) -> dict:
 
     # the libraries every step imports, loaded before the base RSS is taken: their code and
     # data are the same at every width and are not what the steps' peaks should measure
+    import hwcost.planner.apply  # noqa: F401
+    import hwcost.planner.plot  # noqa: F401
+    import hwcost.planner.solve  # noqa: F401
+    import hwcost.profiles.campaign  # noqa: F401
+    import hwcost.sensitivity.taylor  # noqa: F401
+    from hwcost.profiles.memory import batch_within_budget, hf_parameter_count, saved_per_token, step_peaks
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    import planner.apply  # noqa: F401
-    import planner.plot  # noqa: F401
-    import planner.solve  # noqa: F401
-    import profiles.campaign  # noqa: F401
-    import sensitivity.taylor  # noqa: F401
     from hwcost.app.main_job import run_main_job
     from hwcost.store import open_store
-    from profiles.memory import batch_within_budget, hf_parameter_count, saved_per_token, step_peaks
 
     ckpt = Path(args.worker)
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -212,16 +211,16 @@ def worker_memory(args) -> dict:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from profiles.backends import get_backend
-    from profiles.campaign import cut_model
-    from profiles.loading import load_model
-    from profiles.memory import (
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.campaign import cut_model
+    from hwcost.profiles.loading import load_model
+    from hwcost.profiles.memory import (
         batch_within_budget,
         hf_parameter_count,
         saved_per_token,
         step_peaks,
     )
-    from sensitivity.taylor import analyze
+    from hwcost.sensitivity.taylor import analyze
 
     ckpt = Path(args.worker)
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -468,7 +467,7 @@ CARDS = {"H100 80 GB": 80e9, "Gaudi 2 96 GB": 96e9}
 def paper_tables() -> str:
     """The per-step peaks of docs/scale.md, from profiles.memory.step_peaks (bf16 baseline on
     the card: 2-byte weights and activations; the plan's low-precision layers 1 byte)."""
-    from profiles.memory import batch_within_budget, saved_per_token, step_peaks
+    from hwcost.profiles.memory import batch_within_budget, saved_per_token, step_peaks
 
     out = []
     for shape, (batch, seq) in {"batch=1,seq=128": (1, 128), "batch=8,seq=2048": (8, 2048)}.items():

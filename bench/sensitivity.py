@@ -49,8 +49,8 @@ def load(args) -> tuple:
     import torch
 
     torch.set_num_threads(args.threads)
-    from profiles.loading import demo_model_dir, load_model
-    from sensitivity.data import load_calibration
+    from hwcost.profiles.loading import demo_model_dir, load_model
+    from hwcost.sensitivity.data import load_calibration
 
     corpus = ROOT / "data" / "corpus" / "valid.txt"
     if (demo_model_dir() / "config.json").exists():
@@ -83,9 +83,9 @@ def _rss_kb() -> int:
 
 def child(args) -> None:
     """Run one method in this process and print wall time, peak memory (and the table)."""
-    from sensitivity.loss import causal_lm_loss
-    from sensitivity.reference import direct_table
-    from sensitivity.taylor import analyze
+    from hwcost.sensitivity.loss import causal_lm_loss
+    from hwcost.sensitivity.reference import direct_table
+    from hwcost.sensitivity.taylor import analyze
 
     _, model, calib = load(args)
     batches = calib.batches(args.batch_size)
@@ -176,11 +176,10 @@ def main() -> None:
         return
 
     import numpy as np
-
-    from sensitivity.records import SensitivityTable
-    from sensitivity.reference import fisher_table, weight_only_table
-    from sensitivity.taylor import analyze
-    from sensitivity.validate import random_configs, scatter_plot, validate
+    from hwcost.sensitivity.records import SensitivityTable
+    from hwcost.sensitivity.reference import fisher_table, weight_only_table
+    from hwcost.sensitivity.taylor import analyze
+    from hwcost.sensitivity.validate import random_configs, scatter_plot, validate
 
     name, model, calib = load(args)
     batches = calib.batches(args.batch_size)

@@ -46,9 +46,8 @@ PRECISIONS = "fp32,bf16,int8"
 
 def build(width: int = 128):
     import torch
+    from hwcost.profiles.loading import LoadedModel
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from profiles.loading import LoadedModel
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=width, intermediate_size=int(2.75 * width) // 32 * 32,
@@ -67,10 +66,10 @@ def busy(n: int, seconds: float) -> list[subprocess.Popen]:
 
 def campaign(url: str, threads: int, timing) -> dict:
     """Run the campaign into a scratch store; return its report and every stored row."""
+    from hwcost.profiles.campaign import run_campaign
     from sqlalchemy import select
 
     from hwcost.schema import Measurement, Subgraph
-    from profiles.campaign import run_campaign
 
     with open_store(url) as store:
         t0 = time.perf_counter()
@@ -127,8 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few samples (smoke run)")
     args = ap.parse_args(argv)
 
-    from profiles.campaign import TimingOptions
-    from profiles.stability import StabilityPolicy, usable_cpus
+    from hwcost.profiles.campaign import TimingOptions
+    from hwcost.profiles.stability import StabilityPolicy, usable_cpus
 
     policy = StabilityPolicy(wait_s=1.0, budget_s=args.budget)
     timing = TimingOptions(min_samples=5 if args.quick else 15, warmup_max_s=0.3,

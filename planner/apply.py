@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hwcost.planner.export import validate_plan
+
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
 from hwcost.schema import UNKNOWN, Validation
 from hwcost.store import PlanRecord, host_name
 from hwcost.workload import is_workload_key
-from planner.export import validate_plan
 
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"
 
@@ -113,7 +114,7 @@ def deploy(loaded_model, layers: Mapping[str, str], backend, dataflow=None,
     """The model with each layer deployed in its precision (:func:`planner.deploy.deploy`),
     linked as a deployment runs (shared input conversions; float chains when ``dataflow``
     is given) and, for ``deployment="compiled"``, under ``torch.compile``."""
-    from planner.deploy import deploy as deploy_plan
+    from hwcost.planner.deploy import deploy as deploy_plan
 
     return deploy_plan(loaded_model, layers, backend, dataflow=dataflow, deployment=deployment)
 
@@ -121,8 +122,7 @@ def deploy(loaded_model, layers: Mapping[str, str], backend, dataflow=None,
 def model_dataflow(loaded, backend):
     """:func:`profiles.backends.interact.trace_dataflow` of a loaded model on a short input."""
     import torch
-
-    from profiles.backends.interact import trace_dataflow
+    from hwcost.profiles.backends.interact import trace_dataflow
 
     inp = {k: (v.to(backend.device) if isinstance(v, torch.Tensor) else v)
            for k, v in loaded.inputs_for("batch=1,seq=16", seed=0).items()}
@@ -138,9 +138,8 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
     only their deployed layers, never a copy of the model. Returns name -> ``profiles.bench.Timing``.
     """
     import torch
-
-    from profiles.bench import time_interleaved
-    from profiles.placement import to_device
+    from hwcost.profiles.bench import time_interleaved
+    from hwcost.profiles.placement import to_device
 
     flow = model_dataflow(loaded, backend)
     models = {name: deploy(loaded.model, layers, backend, flow, deployment)
@@ -154,8 +153,9 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
                 return m(**inp)
         return run
 
+    from hwcost.profiles.decode import step_fn
+
     from hwcost.shape import parse_shape
-    from profiles.decode import step_fn
 
     kv = parse_shape(shape).kv  # decode: every call the same step on a cache of kv tokens
     try:
@@ -169,7 +169,7 @@ def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: in
                  batch: int = 8, seed: int = 1) -> list:
     """Held-out token windows, in batches, for the true loss MSE; a factory's own held-out
     batches (``extras["held_out"]``) when no file is named."""
-    from sensitivity.data import from_batches, load_calibration
+    from hwcost.sensitivity.data import from_batches, load_calibration
 
     if eval_data is None and getattr(loaded, "held_out", None) is not None:
         return list(from_batches(loaded.held_out, f"{loaded.name} held-out").items)
@@ -194,11 +194,10 @@ def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, ba
     import sys
 
     import numpy as np
+    from hwcost.profiles.backends import deployed
+    from hwcost.profiles.placement import place
+    from hwcost.sensitivity.reference import per_sample_losses
     from tqdm import tqdm
-
-    from profiles.backends import deployed
-    from profiles.placement import place
-    from sensitivity.reference import per_sample_losses
 
     loss_fn = getattr(loaded, "loss_fn", None)
     place(loaded.model, backend.device)
@@ -263,15 +262,16 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     result says when the machine was unstable or the plan is slower than the baseline.
     ``progress``: bars with an ETA on stderr, per timing round and per loss batch.
     """
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.loading import load_model
+
     from hwcost.device import local_device
-    from profiles.backends import get_backend
-    from profiles.loading import load_model
 
     data = validate_plan(doc)
     kind = data["device"]["kind"]
     backend = get_backend(kind)
     backend.require()
-    from profiles.checkpoint import checkpoint_digest
+    from hwcost.profiles.checkpoint import checkpoint_digest
 
     loaded = loaded or load_model(model_spec)
     digest = checkpoint_digest(loaded.model)
@@ -286,7 +286,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
     configs = {"baseline": base_layers, "plan": layers}
     deployment = plan_deployment(store, data["device"]["fingerprint"])
     if is_workload_key(data["shape"]):  # a request: real generate() calls, prefill + decode
-        from planner.generate import time_generate
+        from hwcost.planner.generate import time_generate
 
         timings = time_generate(loaded, configs, data["shape"], backend, threads=threads,
                                 deployment=deployment, **(timing or {}))
@@ -307,7 +307,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
                                    on_round=on_round if progress else None, **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
     losses = loss_mse(loaded, {"plan": layers}, batches, backend, progress=progress)
-    from sensitivity.loss import batch_size
+    from hwcost.sensitivity.loss import batch_size
 
     n_eval = sum(batch_size(b) for b in batches)
 

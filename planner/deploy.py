@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwcost.planner.export import validate_plan
+
 from hwcost.errors import HwcostError, PlanInvalid
-from planner.export import validate_plan
 
 DEPLOY_MANIFEST = "hwcost-deploy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -72,7 +73,7 @@ def _swap(model, layers: Mapping[str, str], backend, dataflow=None):
     """A view of ``model`` with ``layers`` replaced by their deployments: it shares every
     other module and parameter with ``model``, which is left as it was
     (``profiles.backends.apply_precisions``; :func:`deployed_in_place` swaps in place)."""
-    from profiles.backends import apply_precisions
+    from hwcost.profiles.backends import apply_precisions
 
     return apply_precisions(model, layers, backend, dataflow)
 
@@ -82,7 +83,7 @@ def deployed_in_place(model, plan: Mapping[str, Any], backend=None, *, dataflow=
                       ) -> Iterator[Any]:
     """Deploy the plan IN PLACE for a ``with`` block and put the original layers back on exit
     (``profiles.backends.deployed``): one model, its planned layers only as extra memory."""
-    from profiles.backends import deployed, get_backend
+    from hwcost.profiles.backends import deployed, get_backend
 
     if backend is None or isinstance(backend, str):
         backend = get_backend(backend or _plan_kind(plan) or "cpu")
@@ -106,8 +107,8 @@ def deploy(model, plan: Mapping[str, Any], backend=None, *, dataflow=None,
     a float chain (gate/up -> down in bf16) keeps its format between layers.
     ``deployment="compiled"`` returns the model under ``torch.compile`` (inductor).
     """
-    from profiles.backends import get_backend
-    from profiles.backends.interact import check_deployment, compile_deployed
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.backends.interact import check_deployment, compile_deployed
 
     layers = plan_layers(plan)
     if backend is None or isinstance(backend, str):
@@ -122,8 +123,8 @@ def deploy(model, plan: Mapping[str, Any], backend=None, *, dataflow=None,
 def deployed_layers(model) -> dict[str, DeployedLayer]:
     """What runs each linear layer of a deployed model: a ``DeployedLinear``'s precision and
     kernel, or a plain layer's weight dtype (``aten linear``)."""
-    from profiles.backends.layers import DeployedLinear, is_linear
-    from profiles.experts import DeployedExperts, is_experts
+    from hwcost.profiles.backends.layers import DeployedLinear, is_linear
+    from hwcost.profiles.experts import DeployedExperts, is_experts
 
     out = {}
     for name, m in model.named_modules():

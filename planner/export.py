@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hwcost.planner.enums import ExportFormat
+
 from hwcost.errors import HwcostError, PlanInvalid
 from hwcost.precision import parse_precision
-from planner.enums import ExportFormat
 
 PLAN_TYPE = "hwcost.plan"
 PLAN_VERSION = 1
@@ -175,7 +176,7 @@ def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
         validate_plan(doc)
         return doc
     if fmt == ExportFormat.INC:
-        from planner.inc import to_inc
+        from hwcost.planner.inc import to_inc
 
         return to_inc(doc, naming)
     if fmt == ExportFormat.TORCHAO:
@@ -187,7 +188,7 @@ def export_text(doc: dict, fmt: str, naming: str = "hf") -> str:
     """The file ``hwcost export-plan --format FMT`` writes: JSON, or the per-layer report as
     CSV or Markdown (:mod:`planner.report`)."""
     if fmt in (ExportFormat.CSV, ExportFormat.MD):
-        from planner.report import layer_report, to_csv, to_markdown
+        from hwcost.planner.report import layer_report, to_csv, to_markdown
 
         rows = layer_report(doc)
         return to_csv(rows) if fmt == ExportFormat.CSV else to_markdown(rows, doc)

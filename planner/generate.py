@@ -90,8 +90,8 @@ def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
     Configs are deployed as views of the one loaded model (:func:`planner.apply.deploy`).
     ``baseline`` names the config whose drift the stability policy judges (default: the
     first). Returns config name -> :class:`WorkloadTiming`."""
-    from planner.apply import deploy, model_dataflow
-    from profiles.bench import time_interleaved
+    from hwcost.planner.apply import deploy, model_dataflow
+    from hwcost.profiles.bench import time_interleaved
 
     wl = parse_workload(workload)
     flow = model_dataflow(loaded, backend)

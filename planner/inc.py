@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import re
 
+from hwcost.planner.enums import IncNaming
+from hwcost.planner.export import validate_plan
+
 from hwcost.errors import HwcostError
-from planner.enums import IncNaming
-from planner.export import validate_plan
 
 NAMINGS = tuple(IncNaming.values())
 SCALE_METHOD = "maxabs_pcs_pow2"

@@ -33,8 +33,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from hwcost.planner.problem import Choice, Option, Problem
+
 from hwcost.errors import NoEstimate
-from planner.problem import Choice, Option, Problem
 
 
 def _ref_term(o: Option) -> float:

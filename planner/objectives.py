@@ -14,10 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hwcost.planner.enums import Objective
+from hwcost.planner.problem import Choice, Option, Problem
+
 from hwcost.errors import HwcostError
 from hwcost.precision import Precision, parse_precision
-from planner.enums import Objective
-from planner.problem import Choice, Option, Problem
 
 OBJECTIVES = tuple(Objective.values())
 

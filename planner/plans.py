@@ -7,12 +7,13 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hwcost.planner.export import plan_document, read_plan, validate_plan
+from hwcost.planner.objectives import Constraints, Threshold, parse_objective
+from hwcost.planner.problem import Problem, build_problem
+from hwcost.planner.solve import Solution, solve
+
 from hwcost.errors import PlanInvalid
 from hwcost.store import PlanRecord
-from planner.export import plan_document, read_plan, validate_plan
-from planner.objectives import Constraints, Threshold, parse_objective
-from planner.problem import Problem, build_problem
-from planner.solve import Solution, solve
 
 
 @dataclass
@@ -49,7 +50,7 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     carries the chance that a rival plan is faster. ``measured`` plans from measured costs
     only. ``loss_scale`` multiplies every predicted loss MSE for the bound (the closed loop's
     measured-over-predicted ratio, :mod:`planner.closed_loop`)."""
-    from planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
+    from hwcost.planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
 
     parse_objective(objective)
     problem = problem or build_problem(store, model, device, shape, precisions=precisions,

@@ -14,7 +14,7 @@ import csv
 import io
 from dataclasses import asdict, dataclass
 
-from planner.export import validate_plan
+from hwcost.planner.export import validate_plan
 
 COLUMNS = ("layer", "precision", "subgraph", "gain_us", "gain_share", "loss_mse", "loss_share",
            "source")

@@ -16,10 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hwcost.planner.enums import SolverStatus
+from hwcost.planner.objectives import Constraints, gain, parse_objective
+from hwcost.planner.problem import Choice, Problem, match_layers
+
 from hwcost.errors import HwcostError, Infeasible
-from planner.enums import SolverStatus
-from planner.objectives import Constraints, gain, parse_objective
-from planner.problem import Choice, Problem, match_layers
 
 _MSE_UNITS = 1e8
 _GAIN_UNITS = 1e9
@@ -71,7 +72,7 @@ class Solution:
         plan's summed gains (:func:`planner.noise.plan_stderr_us`) over the plan latency,
         never below ``MIN_PREDICTION_ERROR`` (subgraph sums miss what happens between
         subgraphs)."""
-        from planner.noise import plan_stderr_us
+        from hwcost.planner.noise import plan_stderr_us
 
         plan = self.plan_us
         rel = plan_stderr_us(self.problem, self.picks) / plan if plan > 0 else math.inf

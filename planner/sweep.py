@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hwcost.planner.objectives import Constraints
+from hwcost.planner.problem import Problem
+from hwcost.planner.solve import Solution, compile_problem, min_loss_mse, solve_compiled
+
 from hwcost.errors import HwcostError
-from planner.objectives import Constraints
-from planner.problem import Problem
-from planner.solve import Solution, compile_problem, min_loss_mse, solve_compiled
 
 
 @dataclass(frozen=True)

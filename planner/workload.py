@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from hwcost.planner.problem import Choice, Problem, _weaker, build_problem
+
 from hwcost.errors import NoEstimate
 from hwcost.workload import Workload, interpolation_error, parse_workload, workload_shapes
-from planner.problem import Choice, Problem, _weaker, build_problem
 
 
 @dataclass(frozen=True)

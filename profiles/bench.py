@@ -57,10 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from profiles.allocator import steady_allocator
-from profiles.backends import Backend, get_backend
-from profiles.stability import StabilityPolicy, Verdict, cpu_mhz, drift, judge, load1, usable_cpus
+from hwcost.profiles.allocator import steady_allocator
+from hwcost.profiles.backends import Backend, get_backend
+from hwcost.profiles.stability import StabilityPolicy, Verdict, cpu_mhz, drift, judge, load1, usable_cpus
 
 CLOCK_ENV = "HWCOST_BENCH_CLOCK"
 """Environment variable choosing the default clock (``wall`` or ``thread``), so a whole

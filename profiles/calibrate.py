@@ -49,7 +49,7 @@ def _median_us(fn: Callable[[], object], budget_s: float, min_reps: int = 3,
 def _deploy(linear: torch.nn.Linear, p: Precision) -> torch.nn.Module:
     """The CPU backend's deployment of ``p`` (plain torch casts if the backend is missing)."""
     try:
-        from profiles.backends import get_backend
+        from hwcost.profiles.backends import get_backend
     except ImportError:  # backend package absent: plain torch matmuls in the precision
         dtype = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}.get(p)
         if dtype is None:

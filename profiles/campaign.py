@@ -25,6 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from hwcost.profiles.decode import find_caches, layer_indices, rewind, step_fn
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
+from hwcost.profiles.placement import place, to_device
+from hwcost.profiles.stability import StabilityPolicy
+from hwcost.profiles.window import time_model
 
 from hwcost import fleet_worker, queue
 from hwcost.device import local_device
@@ -32,12 +38,6 @@ from hwcost.errors import BackendUnavailable, UnknownPrecision
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
 from hwcost.shape import Shape, parse_shape, reads_kv, timing_shape
 from hwcost.store import MeasurementIn, SubgraphInfo
-from profiles.decode import find_caches, layer_indices, rewind, step_fn
-from profiles.loading import LoadedModel
-from profiles.partition import Partition, Piece, PieceInput, partition, register_model
-from profiles.placement import place, to_device
-from profiles.stability import StabilityPolicy
-from profiles.window import time_model
 
 DEFAULT_SHAPE = "batch=1,seq=128"
 
@@ -214,7 +214,7 @@ class _Measurer:
         the sum of the subgraph gains of uniform bf16/int8_wo/int4_wo without it). Or as
         ``TimingOptions.cold_cache`` asks; else 0."""
         if not hasattr(self, "_weights"):
-            from profiles.bench import last_level_cache_bytes, private_cache_bytes
+            from hwcost.profiles.bench import last_level_cache_bytes, private_cache_bytes
 
             self._llc = last_level_cache_bytes(self.backend) or 0
             self._private = private_cache_bytes(self.backend) or 0
@@ -247,7 +247,7 @@ class _Measurer:
         conversion per tensor, float chains without casts); a compiled deployment compiles
         each config's piece.
         """
-        from profiles.bench import time_interleaved
+        from hwcost.profiles.bench import time_interleaved
 
         piece = self.reps[signature]
         baseline = self.baseline_key(signature)
@@ -268,7 +268,7 @@ class _Measurer:
         (see :meth:`measure`); configs a kernel cannot deploy are left out."""
         import copy
 
-        from profiles.backends.interact import compile_deployed, link_deployed
+        from hwcost.profiles.backends.interact import compile_deployed, link_deployed
 
         piece = self.reps[signature]
         model = self.loaded.model
@@ -298,8 +298,8 @@ class _Measurer:
     def model_fn_of(self, shape: str, baseline: Precision) -> tuple[Any, list]:
         """A callable running the whole model with every slot layer in ``baseline`` (the
         kernels the pieces' baseline configs run), and its inputs at ``shape``."""
-        from profiles.backends import apply_precisions
-        from profiles.backends.interact import compile_deployed
+        from hwcost.profiles.backends import apply_precisions
+        from hwcost.profiles.backends.interact import compile_deployed
 
         model = apply_precisions(self.loaded.model,
                                  {n: baseline for n in self.part.layer_names()}, self.backend,
@@ -313,7 +313,7 @@ class _Measurer:
     def model_latency(self, shape: str, baseline: Precision) -> Any:
         """Timing of the whole model with every slot layer deployed in ``baseline``, the
         same kernels the pieces' baseline configs run."""
-        from profiles.bench import time_one
+        from hwcost.profiles.bench import time_one
 
         fn, inputs = self.model_fn_of(shape, baseline)
         return time_one(fn, inputs, self.backend, threads=self.threads, **self.timing.kwargs())
@@ -338,7 +338,7 @@ def cut_model(loaded: LoadedModel, shapes: Sequence[str | Shape], backend: Any,
               n_precisions: int = 3, max_configs: int = 64) -> Partition:
     """The partition a campaign profiles (and ``hwcost run`` hands on to sensitivity, so the
     model is traced once): at :func:`cut_shape`, on the model's device."""
-    from profiles.placement import follow_model
+    from hwcost.profiles.placement import follow_model
 
     shape_list = [parse_shape(s) for s in shapes]
     with torch.no_grad():
@@ -390,7 +390,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         part: the model's partition when the caller has it (:func:`cut_model`; ``hwcost
             run`` cuts once for profiling and sensitivity).
     """
-    from profiles.backends import get_backend
+    from hwcost.profiles.backends import get_backend
 
     start = time.perf_counter()
     backend = get_backend(device_kind)
@@ -420,7 +420,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             loaded.name, model_id, part.model_fingerprint, info.fingerprint, info.name, threads,
             [s.key for s in shape_list], [p.value for p in precs], len(part.pieces),
             len(part.subgraph_infos()), len(tasks), worker=worker, deployment=deployment)
-        from profiles.backends.interact import trace_dataflow
+        from hwcost.profiles.backends.interact import trace_dataflow
 
         with torch.no_grad():
             flow = trace_dataflow(loaded.model, _move(loaded.inputs_for(cut_shape(shape_list)),

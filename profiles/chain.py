@@ -9,11 +9,8 @@ quantizable layers off the chain whose output rejoins it is refused by name.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from hwcost.errors import PartitionError
-from profiles.pieces import Component, PieceInput, Stage
-from profiles.trace import (
+from hwcost.profiles.pieces import Component, PieceInput, Stage
+from hwcost.profiles.trace import (
     Call,
     Trace,
     close,
@@ -24,6 +21,9 @@ from profiles.trace import (
     residual_add,
     same,
 )
+from torch import nn
+
+from hwcost.errors import PartitionError
 
 __all__ = ["ChainWalker"]
 

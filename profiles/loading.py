@@ -82,7 +82,7 @@ class LoadedModel:
         """
         shape = parse_shape(shape)
         if shape.kv:
-            from profiles.decode import decode_inputs
+            from hwcost.profiles.decode import decode_inputs
 
             self.check_shape(shape)
             return decode_inputs(self.model, shape, seed)
@@ -106,7 +106,7 @@ class LoadedModel:
         make inputs for. Cheap: the model does not run. A campaign checks every shape with it
         before it stores or measures anything, so a shape that cannot run fails at once
         instead of as failed tasks after the others were measured."""
-        from profiles.decode import check_decode_shape, max_positions
+        from hwcost.profiles.decode import check_decode_shape, max_positions
 
         shape = parse_shape(shape)
         check_decode_shape(self.model, self.name, shape)
@@ -186,7 +186,7 @@ def load_model(spec: str | None, dtype: torch.dtype = torch.float32) -> LoadedMo
 
 
 def _load_hf(path: Path, name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    from profiles.memory import hf_parameter_count, host_available, require_fits
+    from hwcost.profiles.memory import hf_parameter_count, host_available, require_fits
 
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")

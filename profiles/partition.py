@@ -26,15 +26,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hwcost.profiles.chain import ChainWalker
+from hwcost.profiles.decode import layer_indices
+from hwcost.profiles.pieces import Partition, Piece, PieceInput, Stage, submodule_at
+from hwcost.profiles.signature import digest, model_fingerprint, module_structure
+from hwcost.profiles.trace import QUANTIZABLE_TYPES, Trace, quantizable, slot_info
 from torch import nn
 
 from hwcost.errors import PartitionError
 from hwcost.shape import READS_KV
-from profiles.chain import ChainWalker
-from profiles.decode import layer_indices
-from profiles.pieces import Partition, Piece, PieceInput, Stage, submodule_at
-from profiles.signature import digest, model_fingerprint, module_structure
-from profiles.trace import QUANTIZABLE_TYPES, Trace, quantizable, slot_info
 
 __all__ = [
     "Partition", "Piece", "PieceInput", "partition", "register_model", "quantizable",

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hwcost.profiles.trace import Trace, get_main, main_out, residual_add
 from torch import nn
 
 from hwcost.errors import PartitionError
 from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
-from profiles.trace import Trace, get_main, main_out, residual_add
 
 __all__ = ["Component", "PieceInput", "Stage", "Piece", "Partition", "submodule_at", "with_main",
            "boundary_paths"]

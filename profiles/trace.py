@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hwcost.profiles.experts import experts_shape, is_experts
 from torch import nn
 
 from hwcost.errors import PartitionError
 from hwcost.store import SlotInfo
-from profiles.experts import experts_shape, is_experts
 
 
 def _conv1d_type() -> tuple[type, ...]:

@@ -48,7 +48,7 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
     latency: timed here in the same rounds, they agree on how fast the machine ran."""
-    from profiles.bench import time_interleaved
+    from hwcost.profiles.bench import time_interleaved
 
     model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
     fns = {"model": lambda d: model_fn(d["model"])}

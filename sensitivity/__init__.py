@@ -10,13 +10,13 @@ baselines (``direct_table``, ``weight_only_table``, ``fisher_table``, ``measured
 validation (``random_configs``, ``validate``, ``scatter_plot``).
 """
 
-from sensitivity.data import CalibrationSet, fingerprint_ids, from_ids, from_text, load_calibration
-from sensitivity.layers import emulated, quantizable_layers
-from sensitivity.loss import causal_lm_loss, per_sample_losses
-from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
-from sensitivity.reference import direct_table, fisher_table, measured_loss_mse, weight_only_table
-from sensitivity.taylor import DEFAULT_PRECISIONS, PerSampleTerms, analyze, per_sample_terms
-from sensitivity.validate import ValidationResult, random_configs, scatter_plot, validate
+from hwcost.sensitivity.data import CalibrationSet, fingerprint_ids, from_ids, from_text, load_calibration
+from hwcost.sensitivity.layers import emulated, quantizable_layers
+from hwcost.sensitivity.loss import causal_lm_loss, per_sample_losses
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
+from hwcost.sensitivity.reference import direct_table, fisher_table, measured_loss_mse, weight_only_table
+from hwcost.sensitivity.taylor import DEFAULT_PRECISIONS, PerSampleTerms, analyze, per_sample_terms
+from hwcost.sensitivity.validate import ValidationResult, random_configs, scatter_plot, validate
 
 __all__ = [
     # the table

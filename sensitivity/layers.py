@@ -13,15 +13,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
+from hwcost.profiles.experts import expert_weights, is_experts, run_experts
+from hwcost.profiles.precisions import Emulation, emulation, inc_fp8_emulation
+from hwcost.profiles.trace import quantizable
 from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precision
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.quantizer import Quantizer, parse_quantizer
-from profiles.experts import expert_weights, is_experts, run_experts
-from profiles.precisions import Emulation, emulation, inc_fp8_emulation
-from profiles.trace import quantizable
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from hwcost.profiles.placement import follow_model
 from torch import nn
 
 from hwcost.errors import SensitivityError
-from profiles.placement import follow_model
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> tensor [N]`` of per-sample losses."""

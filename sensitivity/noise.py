@@ -9,9 +9,9 @@ conventions as ``profiles.precisions``: per-row absmax scales for int8 and fp8).
 from __future__ import annotations
 
 import torch
+from hwcost.profiles.precisions import FP8_E4M3_MAX, FP8_E5M2_MAX, INT8_MAX, Emulation
 
 from hwcost.precision import Precision
-from profiles.precisions import FP8_E4M3_MAX, FP8_E5M2_MAX, INT8_MAX, Emulation
 
 # (explicit mantissa bits, smallest normal exponent) of each floating format
 _FLOAT_FORMATS = {

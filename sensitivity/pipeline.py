@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwcost.sensitivity.data import BatchSet, CalibrationSet, from_batches, load_calibration
+from hwcost.sensitivity.records import SensitivityTable, load_table, save_table
+
 from hwcost.errors import SensitivityError
 from hwcost.precision import parse_precisions
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.quantizer import Quantizer
-from sensitivity.data import BatchSet, CalibrationSet, from_batches, load_calibration
-from sensitivity.records import SensitivityTable, load_table, save_table
 
 DEFAULT_CALIB_SPLIT = "valid.txt"
 """The demo model's default calibration text (``data/corpus``; ``test.txt`` stays held out)."""
@@ -88,7 +89,7 @@ def default_calib_path(model_spec: str | None) -> str:
         raise SensitivityError("--calib DATA is required for a model other than the demo model "
                                "(a .txt file, or token ids [N, T] in .safetensors/.npy), or a "
                                "factory returning extras['calibration']")
-    from profiles.loading import demo_model_dir
+    from hwcost.profiles.loading import demo_model_dir
 
     return str(demo_model_dir().parent / "corpus" / DEFAULT_CALIB_SPLIT)
 
@@ -105,10 +106,10 @@ def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
     (``extras["calibration"]``, scored with its ``loss_fn``, which is checked on the first
     batch here); else the demo corpus for the demo model.
     """
-    from profiles.checkpoint import checkpoint_digest
-    from profiles.loading import load_model
-    from profiles.partition import partition
-    from profiles.placement import follow_model
+    from hwcost.profiles.checkpoint import checkpoint_digest
+    from hwcost.profiles.loading import load_model
+    from hwcost.profiles.partition import partition
+    from hwcost.profiles.placement import follow_model
 
     loaded = loaded if loaded is not None else load_model(model_spec)
     if calib.path is None and getattr(loaded, "calibration", None) is not None:
@@ -138,8 +139,7 @@ def _check_loss(loaded: Any, batch: Any) -> None:
     per-sample losses, NaN, or a batch the model cannot take fail here, in one line, before
     anything is measured."""
     import torch
-
-    from sensitivity.loss import batch_size, causal_lm_loss, checked_losses
+    from hwcost.sensitivity.loss import batch_size, causal_lm_loss, checked_losses
 
     loss_fn = getattr(loaded, "loss_fn", None) or causal_lm_loss
     try:
@@ -160,15 +160,15 @@ def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
     """Compute the table (one forward+backward pass over the calibration set) and store it
     under the model's architecture, its checkpoint digest and the quantizer scored.
     ``progress`` shows a bar with an ETA per calibration batch (on stderr)."""
+    from hwcost.profiles.partition import register_model
+    from hwcost.sensitivity.taylor import analyze
     from tqdm import tqdm
-
-    from profiles.partition import register_model
-    from sensitivity.taylor import analyze
 
     prep = prepared or prepare(model_spec, calib)
     precs = [p.value for p in parse_precisions(precisions)]
-    batches = tqdm(prep.batches, desc="sensitivity", unit="batch", disable=not progress,
-                   leave=False)
+    # leave=True: the finished bar (100%, its time) stays, as the profile and validation bars do;
+    # a cleared bar on a fast pass showed nothing at all
+    batches = tqdm(prep.batches, desc="sensitivity", unit="batch", disable=not progress)
     table = analyze(prep.loaded.model, batches, getattr(prep.loaded, "loss_fn", None),
                     precisions=precs, layers=prep.layers, method=method,
                     calib_fingerprint=prep.calib.fingerprint,
@@ -241,7 +241,7 @@ def validate_model(store: Any, model_spec: str | None, calib: CalibSpec,
                    progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Draw random mixed configurations, measure their loss MSE (emulated, forward only) and
     compare with the sums predicted by the table (stored, or computed and stored)."""
-    from sensitivity.validate import random_configs, scatter_plot, validate
+    from hwcost.sensitivity.validate import random_configs, scatter_plot, validate
 
     if n_configs < 3:
         raise SensitivityError(f"--configs must be >= 3 to correlate, got {n_configs}")

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from hwcost.profiles.precisions import emulation
+from hwcost.sensitivity.layers import emulated, quantizable_layers, weight_matrix
+from hwcost.sensitivity.loss import LossFn, per_sample_losses
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable
+from hwcost.sensitivity.taylor import DEFAULT_PRECISIONS, per_sample_terms, table_from_terms
 from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
-from profiles.precisions import emulation
-from sensitivity.layers import emulated, quantizable_layers, weight_matrix
-from sensitivity.loss import LossFn, per_sample_losses
-from sensitivity.records import SensitivityRow, SensitivityTable
-from sensitivity.taylor import DEFAULT_PRECISIONS, per_sample_terms, table_from_terms
 
 __all__ = ["direct_table", "fisher_table", "measured_loss_mse", "per_sample_losses",
            "weight_only_table"]

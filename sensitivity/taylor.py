@@ -28,19 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from hwcost.profiles.experts import is_experts
+from hwcost.profiles.placement import follow_model
+from hwcost.profiles.precisions import Emulation
+from hwcost.sensitivity.layers import as_emulation, quantizable_layers, quantizer_of, weight_matrix
+from hwcost.sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
+from hwcost.sensitivity.noise import error_variance
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable
 from torch import nn
 
 from hwcost.enums import ONE_PASS_METHODS
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
 from hwcost.quantizer import Quantizer
-from profiles.experts import is_experts
-from profiles.placement import follow_model
-from profiles.precisions import Emulation
-from sensitivity.layers import as_emulation, quantizable_layers, quantizer_of, weight_matrix
-from sensitivity.loss import LossFn, batch_size, causal_lm_loss, checked_losses
-from sensitivity.noise import error_variance
-from sensitivity.records import SensitivityRow, SensitivityTable
 
 DEFAULT_PRECISIONS = ("bf16", "fp8_e4m3", "int8")
 
@@ -328,8 +328,8 @@ def per_sample_terms(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn |
     def instrument_experts(name: str, module: nn.Module) -> Any:
         """An MoE block's experts as one slot: the first-order terms of every expert's two
         matmuls add up per sample (on the tokens routed to it, zero elsewhere)."""
-        from profiles.experts import expert_weights, run_experts
-        from sensitivity.layers import _Restore
+        from hwcost.profiles.experts import expert_weights, run_experts
+        from hwcost.sensitivity.layers import _Restore
 
         def forward(hidden, top_k_index, top_k_weights):
             if not hidden.requires_grad and hidden.is_floating_point():
@@ -438,7 +438,7 @@ def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = N
     if method not in ONE_PASS_METHODS:
         raise SensitivityError(f"unknown sensitivity method {method!r}; known: "
                                f"{', '.join(m.value for m in ONE_PASS_METHODS)}")
-    from profiles.checkpoint import checkpoint_digest
+    from hwcost.profiles.checkpoint import checkpoint_digest
 
     if isinstance(precisions, str):
         precisions = parse_precisions(precisions)

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hwcost.sensitivity.loss import LossFn, per_sample_losses
+from hwcost.sensitivity.records import SensitivityTable
+from hwcost.sensitivity.reference import measured_loss_mse
 from torch import nn
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import Precision, parse_precisions
-from sensitivity.loss import LossFn, per_sample_losses
-from sensitivity.records import SensitivityTable
-from sensitivity.reference import measured_loss_mse
 
 
 @dataclass(frozen=True)

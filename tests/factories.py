@@ -49,8 +49,8 @@ def tiny_qwen2(layers: int = 2):
 def plan_for(model, cycle=("int8", "bf16", "fp32"), *, kind: str = "cpu", device: str = "cpu",
              baseline: str = "fp32") -> dict:
     """A plan document giving the model's linear layers the precisions of ``cycle`` in turn."""
-    from planner.export import PLAN_TYPE
-    from profiles.backends import is_linear
+    from hwcost.planner.export import PLAN_TYPE
+    from hwcost.profiles.backends import is_linear
 
     names = [n for n, m in model.named_modules() if is_linear(m)]
     layers = {n: cycle[i % len(cycle)] for i, n in enumerate(names)}

@@ -110,7 +110,7 @@ def calibrate_cmd(threads: int | None, budget: float, db_url: str | None, as_jso
     deployed kernels; fp8 emulated), memory bandwidth and per-op overhead, and store them
     as the device's peaks for the roofline fallback."""
     from hwcost.device import local_device, usable_cpus
-    from profiles.calibrate import calibrate_cpu
+    from hwcost.profiles.calibrate import calibrate_cpu
 
     if threads is None:
         threads = usable_cpus()

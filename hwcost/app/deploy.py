@@ -12,10 +12,10 @@ from hwcost.app.options import emit_json, handle_errors, json_option, open_cli_s
 def plan_from_arg(plan: str, db_url: str | None) -> dict:
     """A plan document from a plan JSON file or a stored plan id."""
     if Path(plan).exists():
-        from planner.export import read_plan
+        from hwcost.planner.export import read_plan
 
         return read_plan(plan)
-    from planner.plans import load_plan
+    from hwcost.planner.plans import load_plan
 
     with open_cli_store(db_url, must_exist=True) as store:
         doc, _ = load_plan(store, plan)
@@ -50,10 +50,10 @@ def deploy_cmd(plan, model, out_dir, backend, db_url, as_json):
       hwcost export-plan 3 --format json -o plan.json
       hwcost deploy plan.json ./my-model -o ./my-model-deployed
     """
-    from planner.apply import model_dataflow
-    from planner.deploy import deploy, deployed_layers, save_deployed
-    from profiles.backends import get_backend
-    from profiles.loading import load_model
+    from hwcost.planner.apply import model_dataflow
+    from hwcost.planner.deploy import deploy, deployed_layers, save_deployed
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.loading import load_model
 
     doc = plan_from_arg(plan, db_url)
     be = get_backend(backend or doc["data"]["device"]["kind"])

@@ -29,7 +29,7 @@ def diagnose() -> dict:
         return {"versions": versions,
                 "backends": [{"kind": k, "usable": False, "reason": why, "precisions": []}
                              for k in ("cpu", "cuda", "hpu")]}
-    from profiles.backends import all_backends
+    from hwcost.profiles.backends import all_backends
 
     backends = []
     for b in all_backends():

@@ -153,27 +153,27 @@ def run_main_job(store: Store, options: MainJobOptions | str | None = None, *arg
 
 def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], None],
          say: Callable[[str], None]) -> RunSummary:
-    from hwcost.shape import parse_shape
-    from hwcost.workload import parse_workload, workload_shapes
-    from planner.apply import validate_plan_on_device
-    from planner.objectives import parse_threshold
-    from planner.plans import make_plan, save_plan
-    from planner.plot import plot_frontier
-    from planner.problem import build_problem
-    from planner.sweep import sweep
-    from planner.workload import build_workload_problem
-    from profiles.backends import get_backend
-    from profiles.campaign import QUICK_TIMING, cut_model, profiled_precisions, run_campaign
-    from profiles.loading import load_model
-    from profiles.memory import device_available, require_fits
-    from profiles.placement import baseline_dtype, place
-    from sensitivity.pipeline import (
+    from hwcost.planner.apply import validate_plan_on_device
+    from hwcost.planner.objectives import parse_threshold
+    from hwcost.planner.plans import make_plan, save_plan
+    from hwcost.planner.plot import plot_frontier
+    from hwcost.planner.problem import build_problem
+    from hwcost.planner.sweep import sweep
+    from hwcost.planner.workload import build_workload_problem
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.campaign import QUICK_TIMING, cut_model, profiled_precisions, run_campaign
+    from hwcost.profiles.loading import load_model
+    from hwcost.profiles.memory import device_available, require_fits
+    from hwcost.profiles.placement import baseline_dtype, place
+    from hwcost.sensitivity.pipeline import (
         CalibSpec,
         compute_and_store,
         default_calib_path,
         find_stored,
         prepare,
     )
+    from hwcost.shape import parse_shape
+    from hwcost.workload import parse_workload, workload_shapes
 
     model_spec, device_kind, calib, eval_data = o.model, o.device_kind, o.calib, o.eval_data
     quick, samples, threads, measured_only = o.quick, o.samples, o.threads, o.measured_only
@@ -206,7 +206,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
     t0 = time.perf_counter()
     part = cut_model(loaded, shapes, backend, len(precs))  # the one cut
     # calibration data and the loss are checked before anything is measured or stored
-    from profiles.memory import calib_batch_size
+    from hwcost.profiles.memory import calib_batch_size
 
     spec = CalibSpec(path=calib, samples=o.calib_samples or 64)
     spec = CalibSpec(path=calib, samples=o.calib_samples or 64,
@@ -222,7 +222,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
                         progress=progress, timing=timing, part=part, threads=threads,
                         deployment=o.deployment)
     if wl:
-        from planner.generate import measure_baseline
+        from hwcost.planner.generate import measure_baseline
 
         say(f"timing generate() of the baseline for {wl.key} (reused when stored)")
         measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device,
@@ -381,7 +381,7 @@ def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> dict:
 
 def _stored_validation(plan_id: int, v: Any, device: str, pred: dict) -> Any:
     """A stored validation of this plan, as the result validating it again would give."""
-    from planner.apply import ValidationResult
+    from hwcost.planner.apply import ValidationResult
 
     return ValidationResult(plan_id, v.id, device, v.baseline_us, v.plan_us, 0.0, 0.0,
                             v.measured_speedup, pred["speedup"], v.measured_loss_mse,
@@ -395,7 +395,7 @@ def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None
     if eval_data is None:
         if model_spec:
             return []
-        from profiles.loading import demo_model_dir
+        from hwcost.profiles.loading import demo_model_dir
 
         eval_data = str(demo_model_dir().parent / "corpus" / "test.txt")
     try:
@@ -414,10 +414,10 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
                 say: Callable[[str], None]) -> Any:
     """Re-plan until the deployed loss MSE on held-out data is within the bound; plans that
     an earlier run validated are not measured again."""
-    from planner.apply import eval_batches, loss_mse
-    from planner.closed_loop import plan_within_bound
-    from planner.plans import make_plan
-    from profiles.backends import get_backend
+    from hwcost.planner.apply import eval_batches, loss_mse
+    from hwcost.planner.closed_loop import plan_within_bound
+    from hwcost.planner.plans import make_plan
+    from hwcost.profiles.backends import get_backend
 
     backend = get_backend(problem.device_kind)
     batches = eval_batches(loaded, eval_data, samples)

@@ -24,7 +24,7 @@ from hwcost.app.options import (
     threads_option,
 )
 from hwcost.enums import SensitivityMethod
-from planner.enums import ExportFormat, IncNaming, Objective
+from hwcost.planner.enums import ExportFormat, IncNaming, Objective
 
 
 @click.command("plan")
@@ -82,10 +82,10 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
     predicted loss MSE under a bound, from the store alone (no re-profiling, no torch).
     Stores the plan; `hwcost export-plan ID` and `hwcost validate ID` take it from there."""
     from hwcost.errors import HwcostError
+    from hwcost.planner.objectives import Constraints, parse_bytes, parse_groups, parse_pins, parse_threshold
+    from hwcost.planner.plans import make_plan, save_plan
+    from hwcost.planner.problem import build_problem
     from hwcost.quantizer import parse_quantizer
-    from planner.objectives import Constraints, parse_bytes, parse_groups, parse_pins, parse_threshold
-    from planner.plans import make_plan, save_plan
-    from planner.problem import build_problem
 
     if max_loss is None and sweep_n is None:
         raise HwcostError("give --max-loss-mse (e.g. 0.01 or 10%), or --sweep N for the frontier")
@@ -99,7 +99,7 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
     with open_cli_store(db_url, must_exist=True) as store:
         quant = parse_quantizer(quantizer).key if quantizer else None
         if workload is not None:
-            from planner.workload import build_workload_problem
+            from hwcost.planner.workload import build_workload_problem
 
             problem, _ = build_workload_problem(store, model, device, workload, precisions=precs,
                                                 method=method, checkpoint=checkpoint,
@@ -111,7 +111,7 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
                                     method=method, checkpoint=checkpoint, quantizer=quant,
                                     allow_unstable=allow_unstable)
         if measured_only:
-            from planner.noise import measured_only as only_measured
+            from hwcost.planner.noise import measured_only as only_measured
 
             problem = only_measured(problem)
         if sweep_n is not None:
@@ -133,7 +133,7 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
 
 
 def _print_plan(doc: dict, output: str | None) -> None:
-    from planner.plans import noise_line
+    from hwcost.planner.plans import noise_line
 
     d = doc["data"]
     pr, sv = d["predicted"], d["solver"]
@@ -175,8 +175,8 @@ def _sources(data: dict) -> dict[str, int]:
 
 
 def _sweep(problem, n, objective, cons, plot_path, output, time_limit, as_json) -> None:
-    from planner.plot import plot_frontier
-    from planner.sweep import frontier_table, sweep
+    from hwcost.planner.plot import plot_frontier
+    from hwcost.planner.sweep import frontier_table, sweep
 
     points = sweep(problem, n, objective, cons, time_limit_s=time_limit)
     rows = frontier_table(points)
@@ -224,7 +224,7 @@ def export_plan_cmd(plan, fmt, naming, output, db_url):
       hwcost export-plan 3 --format md
     """
     from hwcost.app.deploy import plan_from_arg
-    from planner.export import export_text
+    from hwcost.planner.export import export_text
 
     text = export_text(plan_from_arg(plan, db_url), fmt, naming)
     if output:
@@ -252,8 +252,8 @@ def validate_cmd(plan, model_spec, eval_data, samples, threads, db_url, as_json)
     to the prediction and stored."""
     import torch  # noqa: F401  (before the store: without torch, say so first, in one line)
 
-    from planner.apply import validate_plan_on_device
-    from planner.plans import load_plan
+    from hwcost.planner.apply import validate_plan_on_device
+    from hwcost.planner.plans import load_plan
 
     with open_cli_store(db_url, must_exist=True) as store:
         doc, plan_id = load_plan(store, plan)

@@ -71,10 +71,10 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     MODEL is a Hugging Face model directory, or package.module:factory for a Python
     callable returning (model, inputs); without it, the demo model.
     """
+    from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+    from hwcost.profiles.loading import load_model
     from hwcost.queue import STALE_AFTER_S
     from hwcost.shape import parse_shape
-    from profiles.campaign import QUICK_TIMING, run_campaign
-    from profiles.loading import load_model
 
     shape_list = [parse_shape(s) for s in shapes]  # bad shapes fail before anything loads
     if use_ray:

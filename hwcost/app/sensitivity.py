@@ -65,7 +65,7 @@ def _calib_options(f):
 
 
 def _calib_spec(calib, samples, seq_len, batch_size, seed):
-    from sensitivity.pipeline import CalibSpec
+    from hwcost.sensitivity.pipeline import CalibSpec
 
     return CalibSpec(calib, samples, seq_len, batch_size, seed)
 
@@ -93,7 +93,7 @@ def run_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, method
     expansion of every calibration sample's loss) and store it keyed by the model's and the
     calibration set's fingerprints, the checkpoint's weights digest and the quantizer."""
     from hwcost.quantizer import parse_quantizer
-    from sensitivity.pipeline import compute_and_store, prepare
+    from hwcost.sensitivity.pipeline import compute_and_store, prepare
 
     spec = _calib_spec(calib, samples, seq_len, batch_size, seed)
     # load and check everything before the store is touched
@@ -128,7 +128,7 @@ def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, m
     missing): Spearman and Pearson correlation, ratio predicted/measured."""
     from hwcost.errors import SensitivityError
     from hwcost.quantizer import DEFAULT, parse_quantizer
-    from sensitivity.pipeline import validate_model
+    from hwcost.sensitivity.pipeline import validate_model
 
     if parse_quantizer(quantizer) != DEFAULT:
         raise SensitivityError("sensitivity validate measures the default quantizer only; "

@@ -1,13 +1,13 @@
 """Backends: deploy each precision of the registry with real kernels on a device kind.
 
->>> from profiles.backends import get_backend, apply_precisions
+>>> from hwcost.profiles.backends import get_backend, apply_precisions
 >>> cpu = get_backend("cpu")
 >>> with deployed(model, {"layers.0.mlp.up_proj": "int8"}, cpu):   # in place, restored on exit
 ...     model(**inputs)
 >>> view = apply_precisions(model, {"layers.0.mlp.up_proj": "int8"}, cpu)  # shares all other weights
 """
 
-from profiles.backends.base import (
+from hwcost.profiles.backends.base import (
     Backend,
     Deployment,
     already_deployed,
@@ -18,11 +18,11 @@ from profiles.backends.base import (
     shallow_replace,
     swapped,
 )
-from profiles.backends.cpu import CpuBackend
-from profiles.backends.cuda import CudaBackend
-from profiles.backends.hpu import HpuBackend
-from profiles.backends.layers import DeployedLinear, is_linear, linear_params
-from profiles.backends.registry import all_backends, backend_kinds, get_backend
+from hwcost.profiles.backends.cpu import CpuBackend
+from hwcost.profiles.backends.cuda import CudaBackend
+from hwcost.profiles.backends.hpu import HpuBackend
+from hwcost.profiles.backends.layers import DeployedLinear, is_linear, linear_params
+from hwcost.profiles.backends.registry import all_backends, backend_kinds, get_backend
 
 __all__ = [
     # lookup

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from hwcost.profiles.backends.interact import Dataflow, link_deployed
+from hwcost.profiles.backends.layers import is_linear, linear_params
+from hwcost.profiles.experts import DeployedExperts, is_experts
 from torch import nn
 
 from hwcost.errors import BackendUnavailable, UnknownLayer, UnknownPrecision
 from hwcost.precision import Precision, parse_precision
-from profiles.backends.interact import Dataflow, link_deployed
-from profiles.backends.layers import is_linear, linear_params
-from profiles.experts import DeployedExperts, is_experts
 
 Builder = Callable[[torch.Tensor, "torch.Tensor | None"], nn.Module]
 """Builds a deployed layer from a weight ``[out, in]`` and an optional bias."""
@@ -133,7 +133,7 @@ class Backend(ABC):
 
 def _backend(backend: Backend | str) -> Backend:
     if isinstance(backend, str):
-        from profiles.backends.registry import get_backend
+        from hwcost.profiles.backends.registry import get_backend
 
         return get_backend(backend)
     return backend

@@ -18,11 +18,11 @@ import os
 from functools import cache
 
 import torch
+from hwcost.profiles.backends.base import Backend, Deployment
+from hwcost.profiles.backends.layers import CastLinear, Int8DynamicLinear, ScaledMMFp8Linear
+from hwcost.profiles.backends.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
 from hwcost.precision import Precision
-from profiles.backends.base import Backend, Deployment
-from profiles.backends.layers import CastLinear, Int8DynamicLinear, ScaledMMFp8Linear
-from profiles.backends.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
 _CPU = torch.device("cpu")
 

@@ -4,17 +4,17 @@ tensor cores, sm_89+), int8 (``torch._int_mm``, cuBLASLt IMMA)."""
 from __future__ import annotations
 
 import torch
-
-from hwcost.errors import UnsupportedPrecision
-from hwcost.precision import Precision
-from profiles.backends.base import Backend, Deployment
-from profiles.backends.layers import (
+from hwcost.profiles.backends.base import Backend, Deployment
+from hwcost.profiles.backends.layers import (
     CastLinear,
     Int8DynamicLinear,
     ScaledMMFp8Linear,
     check_gemm_dims,
 )
-from profiles.backends.weight_only import Fp8WeightOnlyLinear
+from hwcost.profiles.backends.weight_only import Fp8WeightOnlyLinear
+
+from hwcost.errors import UnsupportedPrecision
+from hwcost.precision import Precision
 
 # cuBLASLt int8 GEMM: more than 16 rows; FP8 GEMM: dims divisible by 16, compute capability 8.9+.
 _INT8_MIN_ROWS = 17

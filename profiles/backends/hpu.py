@@ -20,11 +20,11 @@ import importlib
 from functools import cache
 
 import torch
+from hwcost.profiles.backends.base import Backend, Deployment
+from hwcost.profiles.backends.layers import CastLinear, HpuFp8Linear
+from hwcost.profiles.precisions import FP8_E4M3_GAUDI2_MAX, FP8_E4M3_MAX
 
 from hwcost.precision import Precision
-from profiles.backends.base import Backend, Deployment
-from profiles.backends.layers import CastLinear, HpuFp8Linear
-from profiles.precisions import FP8_E4M3_GAUDI2_MAX, FP8_E4M3_MAX
 
 
 @cache

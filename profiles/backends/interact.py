@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from hwcost.profiles.backends.layers import CastLinear, DeployedLinear, InputShare, is_linear
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hwcost.enums import DeploymentMode
-from profiles.backends.layers import CastLinear, DeployedLinear, InputShare, is_linear
 
 DEPLOYMENTS = tuple(DeploymentMode.values())
 """Deployment variants: eager kernels, or the same kernels under ``torch.compile``."""

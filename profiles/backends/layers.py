@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hwcost.profiles.precisions import FP8_E4M3_MAX, quantize_fp8_rows, quantize_int8_rows
 from torch import nn
 
 from hwcost.errors import BackendUnavailable
 from hwcost.precision import Precision
-from profiles.precisions import FP8_E4M3_MAX, quantize_fp8_rows, quantize_int8_rows
 
 
 def is_conv1d(module: nn.Module) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from hwcost.profiles.backends.base import Backend
+from hwcost.profiles.backends.cpu import CpuBackend
+from hwcost.profiles.backends.cuda import CudaBackend
+from hwcost.profiles.backends.hpu import HpuBackend
+
 from hwcost.enums import DeviceKind
 from hwcost.errors import NoSuchDevice
-from profiles.backends.base import Backend
-from profiles.backends.cpu import CpuBackend
-from profiles.backends.cuda import CudaBackend
-from profiles.backends.hpu import HpuBackend
 
 _BACKENDS: dict[str, type[Backend]] = {DeviceKind.CPU.value: CpuBackend, DeviceKind.CUDA.value: CudaBackend,
                                        DeviceKind.HPU.value: HpuBackend}

@@ -21,17 +21,17 @@ formats are defined with bf16 activations, where they are vectorised.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from hwcost.errors import BackendUnavailable
-from hwcost.precision import INT4_GROUP, Precision
-from profiles.backends.layers import DeployedLinear
-from profiles.precisions import (
+from hwcost.profiles.backends.layers import DeployedLinear
+from hwcost.profiles.precisions import (
     FP8_E4M3_MAX,
     quantize_fp8_rows,
     quantize_int4_groups,
     quantize_int8_rows_wo,
 )
+from torch import nn
+
+from hwcost.errors import BackendUnavailable
+from hwcost.precision import INT4_GROUP, Precision
 
 _BF16 = torch.bfloat16
 

@@ -51,7 +51,7 @@ def test_run_reuses_a_table_of_the_same_calibration_and_says_so(tmp_path, sqlite
     np.save(ids, np.random.default_rng(0).integers(0, 64, (24, 16)))
     held = tmp_path / "held.npy"
     np.save(held, np.random.default_rng(1).integers(0, 64, (24, 16)))
-    from profiles.backends import get_backend
+    from hwcost.profiles.backends import get_backend
 
     precs = ",".join(p.value for p in get_backend("cpu").precisions)  # what `run` plans over
     res = CliRunner().invoke(cli, ["sensitivity", "tests.factories:tiny", "--calib", str(ids),

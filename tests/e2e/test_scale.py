@@ -20,10 +20,10 @@ _PEAK_SCRIPT = r"""
 import json, sys, time, ctypes, gc
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from profiles.backends import get_backend
-from profiles.campaign import QUICK_TIMING
-from profiles.loading import LoadedModel
-from planner.apply import time_configs, loss_mse
+from hwcost.profiles.backends import get_backend
+from hwcost.profiles.campaign import QUICK_TIMING
+from hwcost.profiles.loading import LoadedModel
+from hwcost.planner.apply import time_configs, loss_mse
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -75,11 +75,11 @@ def test_validation_never_copies_the_model():
 def test_bf16_baseline_runs_on_the_cpu(tmp_path):
     """Loaded in bf16 (the CUDA/Gaudi baseline dtype), the model is scored in float32 one
     layer at a time, its bf16 layers are their own deployment, and a plan deploys on it."""
-    from planner.apply import loss_mse
-    from profiles.backends import deploy_layers, get_backend
-    from profiles.loading import load_model
-    from profiles.placement import model_dtype
-    from sensitivity.taylor import analyze
+    from hwcost.planner.apply import loss_mse
+    from hwcost.profiles.backends import deploy_layers, get_backend
+    from hwcost.profiles.loading import load_model
+    from hwcost.profiles.placement import model_dtype
+    from hwcost.sensitivity.taylor import analyze
 
     lm32 = load_model("tests.factories:tiny")
     lm16 = load_model("tests.factories:tiny", dtype=torch.bfloat16)

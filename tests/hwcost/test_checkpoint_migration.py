@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 from click.testing import CliRunner
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 from sqlalchemy import func, insert, select, text
 
 from hwcost.app.main import cli
@@ -18,7 +19,6 @@ from hwcost.quantizer import DEFAULT
 from hwcost.schema import SCHEMA_VERSION, Plan, Sensitivity, Validation
 from hwcost.store import open_store
 from hwcost.store.opening import _make_engine
-from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 from tests.hwcost.schema_v1 import V1  # the frozen v1 layout
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -122,7 +122,7 @@ def test_v1_store_upgrades_in_place_with_every_row(store_url):
 
 
 def test_two_real_checkpoints_need_a_choice(store_url):
-    from planner.problem import _sensitivity_table
+    from hwcost.planner.problem import _sensitivity_table
 
     _v1_store(store_url)
     with open_store(store_url) as s:

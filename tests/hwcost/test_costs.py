@@ -51,8 +51,7 @@ def mlp_timings():
     """Real timings of MLP's configs over fp32 and int8 at two shapes on this CPU (gate, up
     and down projections with the backend's deployed kernels, one thread), measured once."""
     import torch
-
-    from profiles.backends import get_backend
+    from hwcost.profiles.backends import get_backend
 
     torch.manual_seed(0)
     cpu = get_backend("cpu")

@@ -7,6 +7,7 @@ import json
 
 import click
 import pytest
+from hwcost.planner.enums import ExportFormat, IncNaming, Objective, SolverStatus
 
 from hwcost.app.main import cli
 from hwcost.enums import (
@@ -19,7 +20,6 @@ from hwcost.enums import (
     TaskState,
 )
 from hwcost.errors import HwcostError
-from planner.enums import ExportFormat, IncNaming, Objective, SolverStatus
 
 
 def _choices(path: str, option: str) -> list[str]:
@@ -45,14 +45,15 @@ def test_cli_choices_are_the_library_enums(path, option, names):
 
 
 def test_library_tuples_come_from_the_enums():
+    from hwcost.planner.export import FORMATS
+    from hwcost.planner.inc import NAMINGS
+    from hwcost.planner.objectives import OBJECTIVES
+    from hwcost.profiles.backends import backend_kinds
+    from hwcost.sensitivity.records import METHODS
+
     from hwcost.costs import SOURCES
     from hwcost.exchange import CONFLICT_RULES
     from hwcost.store.campaigns import OPEN
-    from planner.export import FORMATS
-    from planner.inc import NAMINGS
-    from planner.objectives import OBJECTIVES
-    from profiles.backends import backend_kinds
-    from sensitivity.records import METHODS
 
     assert SOURCES == ("measured", "learned", "roofline") == tuple(CostSource.values())
     assert CONFLICT_RULES == tuple(ConflictRule.values())
@@ -72,7 +73,7 @@ def test_members_are_their_strings():
 
 
 def test_parsers_return_plain_values_and_refuse_unknown_names():
-    from planner.objectives import parse_objective
+    from hwcost.planner.objectives import parse_objective
 
     assert type(parse_objective("memory")) is str  # stores keep plain values
     with pytest.raises(HwcostError, match="unknown objective 'speed'; known: time, memory, macs"):

@@ -32,8 +32,7 @@ def chain(width: int) -> SubgraphInfo:
 def real_timings(widths=(64, 128), tokens=(4, 32, 128), reps=7):
     """Time every config of each chain on this CPU with the backend's real kernels."""
     import torch
-
-    from profiles.backends import get_backend
+    from hwcost.profiles.backends import get_backend
 
     torch.manual_seed(0)
     cpu = get_backend("cpu")

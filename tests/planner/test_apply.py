@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture
 def tiny_llama():
-    from profiles.loading import LoadedModel
+    from hwcost.profiles.loading import LoadedModel
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
@@ -26,13 +26,14 @@ def tiny_llama():
 
 
 def test_validate_applies_real_kernels_and_stores(sqlite_url, tiny_llama, tmp_path):
+    from hwcost.planner.apply import deploy, layer_map_hash, validate_plan_on_device
+    from hwcost.planner.export import PLAN_TYPE
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.partition import partition, register_model
+
     from hwcost.device import local_device
     from hwcost.schema import ModelLatency, Validation
     from hwcost.store import open_store
-    from planner.apply import deploy, layer_map_hash, validate_plan_on_device
-    from planner.export import PLAN_TYPE
-    from profiles.backends import get_backend
-    from profiles.partition import partition, register_model
 
     store = open_store(sqlite_url)
     part = partition(tiny_llama.model, tiny_llama.inputs_for("batch=1,seq=16"))

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from hwcost.planner.export import read_plan
 
 from hwcost.app.main import cli
 from hwcost.store import open_store
-from planner.export import read_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_every_command_has_help_and_docs():
 
 NO_TORCH = r"""
 import sys
-import planner, hwcost
+import hwcost.planner, hwcost
 from click.testing import CliRunner
 from hwcost.app.main import cli
 args = sys.argv[1:]

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
+from hwcost.planner.deploy import deploy, deployed_layers, load_deployed, save_deployed  # noqa: E402
 
 from hwcost.app.main import cli  # noqa: E402
 from hwcost.errors import HwcostError, UnknownLayer  # noqa: E402
-from planner.deploy import deploy, deployed_layers, load_deployed, save_deployed  # noqa: E402
 from tests.factories import plan_for, tiny_qwen2  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def test_deploy_runs_every_layer_in_its_planned_precision(cycle):
 
 
 def test_in_place_deployment_is_restored():
-    from planner.deploy import deployed_in_place
+    from hwcost.planner.deploy import deployed_in_place
 
     model = tiny_qwen2()[0]
     doc = plan_for(model)
@@ -56,7 +56,7 @@ def test_in_place_deployment_is_restored():
 
 
 def test_deploy_on_the_demo_model():
-    from profiles.loading import load_model
+    from hwcost.profiles.loading import load_model
 
     model = load_model(None).model
     doc = plan_for(model, ("bf16", "int8", "int8", "fp32"))

@@ -7,11 +7,11 @@ import copy
 import json
 
 import pytest
+from hwcost.planner.export import PLAN_TYPE, read_plan, to_torchao, validate_plan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwcost.errors import PlanInvalid
-from planner.export import PLAN_TYPE, read_plan, to_torchao, validate_plan
 
 
 def doc_for(layers: dict[str, str], baseline: str = "bf16") -> dict:

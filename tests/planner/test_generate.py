@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from hwcost.planner.generate import measure_baseline
+from hwcost.profiles.backends import get_backend
+from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.stability import StabilityPolicy
 
 from hwcost.workload import parse_workload, workload_shapes
-from planner.generate import measure_baseline
-from profiles.backends import get_backend
-from profiles.campaign import QUICK_TIMING, run_campaign
-from profiles.loading import LoadedModel
-from profiles.stability import StabilityPolicy
 
 WL = "prompt=6,gen=3,batch=1"
 FEW = {"min_samples": 3, "warmup_max_s": 0.0, "max_seconds": 0.0, "min_sample_us": 0.0}

@@ -10,10 +10,10 @@ import json
 import re
 
 import pytest
+from hwcost.planner.inc import INC_SCHEMA, check_inc_schema, to_inc
 
 from hwcost.catalog import fp8_e4m3_max
 from hwcost.errors import HwcostError
-from planner.inc import INC_SCHEMA, check_inc_schema, to_inc
 
 BLOCK = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -154,7 +154,7 @@ def reference_inc_qdq(t, fmax: float, backoff: float):
 @pytest.mark.parametrize("fmax", [240.0, 448.0])
 def test_emulation_equals_inc_math(fmax):
     torch = pytest.importorskip("torch")
-    from profiles.precisions import inc_fp8_cast, inc_fp8_emulation
+    from hwcost.profiles.precisions import inc_fp8_cast, inc_fp8_emulation
 
     emu = inc_fp8_emulation(fmax)
     g = torch.Generator().manual_seed(0)
@@ -176,6 +176,7 @@ def test_emulation_equals_neural_compressors_own_functions(fmax, monkeypatch):
     # INC's torch implementation of the scale; on a Gaudi the same is a TPC kernel (cguid)
     monkeypatch.setenv("CALC_SCALE_WITH_CGUID", "False")
     pytest.importorskip("neural_compressor.torch.algorithms.fp8_quant")
+    from hwcost.profiles.precisions import inc_fp8_emulation
     from neural_compressor.torch.algorithms.fp8_quant._core.common import QuantTensorType
     from neural_compressor.torch.algorithms.fp8_quant._core.fp_utils import GAUDI2, GAUDI3, get_fullscale
     from neural_compressor.torch.algorithms.fp8_quant._core.scale_methods.round_scales_function import (
@@ -186,8 +187,6 @@ def test_emulation_equals_neural_compressors_own_functions(fmax, monkeypatch):
         MaxAbsPcs,
     )
     from torchao.quantization.quant_primitives import _quantize_affine_float8
-
-    from profiles.precisions import inc_fp8_emulation
 
     device = GAUDI2 if fmax == 240.0 else GAUDI3
     assert get_fullscale(torch.float8_e4m3fn, device) == fmax
@@ -207,7 +206,7 @@ def test_emulation_equals_neural_compressors_own_functions(fmax, monkeypatch):
     assert torch.equal(emu.activation(x), inc_x)
     assert torch.equal(emu.weight(w), inc_w)
     # a calibrated (static) scale that new data exceeds: INC saturates at +-fmax, so do we
-    from profiles.precisions import inc_fp8_cast
+    from hwcost.profiles.precisions import inc_fp8_cast
 
     over = x * 4
     assert torch.equal(_quantize_affine_float8(over, xs, lp).float(),
@@ -218,8 +217,9 @@ def test_sensitivity_scores_the_inc_quantizer_of_the_target_device():
     """A Gaudi plan's fp8 rows come from INC's quantizer with the device's range: the table
     computed with the target's emulation differs from the registry's where it should."""
     torch = pytest.importorskip("torch")
-    from profiles.precisions import target_fp8_emulation
-    from sensitivity.taylor import analyze
+    from hwcost.profiles.precisions import target_fp8_emulation
+    from hwcost.sensitivity.taylor import analyze
+
     from tests.factories import tiny_qwen2
 
     g2, g3 = target_fp8_emulation("Gaudi2", "hpu"), target_fp8_emulation("Gaudi3", "hpu")
@@ -255,8 +255,9 @@ def test_plans_scored_with_another_quantizer_are_refused():
 
 def test_the_inc_quantizer_key_selects_the_inc_emulation():
     pytest.importorskip("torch")
+    from hwcost.sensitivity.layers import as_emulation, quantizer_of
+
     from hwcost.quantizer import INC_GAUDI3
-    from sensitivity.layers import as_emulation, quantizer_of
 
     emu = as_emulation("fp8_e4m3", INC_GAUDI3)
     assert (emu.scale_rounding, emu.fp8_max) == ("pow2", 448.0)

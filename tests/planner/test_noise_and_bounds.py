@@ -4,13 +4,13 @@ relative bounds over the formats the plan may use, and the closed loop on the lo
 from __future__ import annotations
 
 import pytest
+from hwcost.planner.closed_loop import plan_within_bound
+from hwcost.planner.noise import chance_not_fastest, measured_only, shrink_gains
+from hwcost.planner.objectives import lowest_precision_mse, parse_threshold, usable_reference_mse
+from hwcost.planner.problem import Choice, Option, Problem
+from hwcost.planner.solve import solve
 
 from hwcost.errors import NoEstimate
-from planner.closed_loop import plan_within_bound
-from planner.noise import chance_not_fastest, measured_only, shrink_gains
-from planner.objectives import lowest_precision_mse, parse_threshold, usable_reference_mse
-from planner.problem import Choice, Option, Problem
-from planner.solve import solve
 
 SHAPE = "batch=1,seq=1,phase=prefill"
 

@@ -15,12 +15,12 @@ import math
 import random
 import statistics
 
+from hwcost.planner.noise import chance_not_fastest, gain_sigma, plan_stderr_us, rivals
+from hwcost.planner.problem import Choice, Option, Problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwcost.costs import Estimate, gain_of, median_stderr
-from planner.noise import chance_not_fastest, gain_sigma, plan_stderr_us, rivals
-from planner.problem import Choice, Option, Problem
 
 PRECS = ("fp32", "bf16", "int8")
 N = 9  # samples per config, as bench/fallbacks.py takes

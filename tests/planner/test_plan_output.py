@@ -60,10 +60,10 @@ def test_an_identical_plan_is_stored_once(tiny_sqlite):
 
 
 def test_pareto_plot_marks_plan_bound_measured_points_and_sources(tiny_sqlite, tmp_path):
-    from planner.objectives import parse_threshold
-    from planner.plans import make_plan
-    from planner.plot import point_source
-    from planner.sweep import sweep
+    from hwcost.planner.objectives import parse_threshold
+    from hwcost.planner.plans import make_plan
+    from hwcost.planner.plot import point_source
+    from hwcost.planner.sweep import sweep
 
     url, m = tiny_sqlite
     with open_store(url) as s:
@@ -72,8 +72,7 @@ def test_pareto_plot_marks_plan_bound_measured_points_and_sources(tiny_sqlite, t
     assert point_source(r.solution) == "measured" and point_source(h100.solution) == "roofline"
     points = sweep(r.problem, 6)
     import matplotlib.pyplot as plt
-
-    from planner.plot import plot_frontier
+    from hwcost.planner.plot import plot_frontier
 
     calls = {}
     real_savefig = plt.Figure.savefig

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hwcost.planner.objectives import Constraints, lowest_precision_mse, parse_threshold
+from hwcost.planner.plans import make_plan, save_plan
+from hwcost.planner.problem import build_problem
+from hwcost.planner.solve import solve
 
 from hwcost.device import DeviceInfo
 from hwcost.errors import HwcostError, Infeasible
 from hwcost.schema import Sensitivity
-from planner.objectives import Constraints, lowest_precision_mse, parse_threshold
-from planner.plans import make_plan, save_plan
-from planner.problem import build_problem
-from planner.solve import solve
 
 from .conftest import populate
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hwcost.planner.objectives import Constraints, gain
+from hwcost.planner.problem import Choice, Option, Problem
+from hwcost.planner.solve import compile_problem, min_loss_mse, solve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwcost.errors import Infeasible
-from planner.objectives import Constraints, gain
-from planner.problem import Choice, Option, Problem
-from planner.solve import compile_problem, min_loss_mse, solve
 
 PRECS = ("fp32", "bf16", "int8")
 
@@ -129,7 +129,7 @@ def test_deterministic_on_the_70b_shaped_problem():
     import importlib.util
     from pathlib import Path
 
-    from planner.objectives import lowest_precision_mse
+    from hwcost.planner.objectives import lowest_precision_mse
 
     # loaded by path: bench/ holds a planner.py that must not shadow the package
     path = Path(__file__).resolve().parents[2] / "bench" / "planner_synthetic.py"

@@ -13,8 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
-from planner.deploy import deploy, deployed_layers  # noqa: E402
-from planner.export import to_torchao  # noqa: E402
+from hwcost.planner.deploy import deploy, deployed_layers  # noqa: E402
+from hwcost.planner.export import to_torchao  # noqa: E402
+
 from tests.factories import plan_for, tiny_qwen2  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "planner.md"
@@ -29,7 +30,7 @@ def doc_block(title: str) -> str:
 
 
 def demo():
-    from profiles.loading import load_model
+    from hwcost.profiles.loading import load_model
 
     return load_model(None).model
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hwcost.planner.objectives import Threshold
+from hwcost.planner.plans import make_plan
+from hwcost.planner.problem import build_problem
+from hwcost.planner.workload import build_workload_problem
 
 from hwcost.precision import config_key
 from hwcost.store import MeasurementIn
-from planner.objectives import Threshold
-from planner.plans import make_plan
-from planner.problem import build_problem
-from planner.workload import build_workload_problem
 from tests.planner.conftest import populate
 
 # Decode steps read every weight once per token: here bf16 halves them and int8 (with its

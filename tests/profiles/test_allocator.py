@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from profiles.allocator import MALLOC_ENV, minor_faults, steady_allocator
-from profiles.backends import apply_precisions
-from profiles.bench import time_interleaved
-from profiles.stability import StabilityPolicy
+from hwcost.profiles.allocator import MALLOC_ENV, minor_faults, steady_allocator
+from hwcost.profiles.backends import apply_precisions
+from hwcost.profiles.bench import time_interleaved
+from hwcost.profiles.stability import StabilityPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # top exceeds the trim threshold, goes back to the system, and the next call faults it in.
 _FORWARD = """
 import sys
-from profiles.allocator import minor_faults, steady_allocator
+from hwcost.profiles.allocator import minor_faults, steady_allocator
 pinned = steady_allocator()
 def forward():
     blocks = [b"x" * (1 << 20) for _ in range(10)]

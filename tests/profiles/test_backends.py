@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from hwcost.errors import BackendUnavailable, NoSuchDevice, UnknownLayer, UnknownPrecision
-from hwcost.precision import CANDIDATES, WEIGHT_ONLY, Precision
-from profiles.backends import (
+from hwcost.profiles.backends import (
     DeployedLinear,
     all_backends,
     apply_precisions,
     backend_kinds,
     get_backend,
 )
-from profiles.precisions import emulation
+from hwcost.profiles.precisions import emulation
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hwcost.errors import BackendUnavailable, NoSuchDevice, UnknownLayer, UnknownPrecision
+from hwcost.precision import CANDIDATES, WEIGHT_ONLY, Precision
 
 CASES = [(b.kind, p) for b in all_backends() for p in b.precisions]
 
@@ -224,7 +224,7 @@ def _storages(model: nn.Module) -> set[int]:
 
 
 def test_deployed_swaps_in_place_and_restores_the_originals():
-    from profiles.backends import deployed
+    from hwcost.profiles.backends import deployed
 
     model = _tiny_llama()
     ids = torch.randint(0, 64, (1, 16))
@@ -246,7 +246,7 @@ def test_deployed_swaps_in_place_and_restores_the_originals():
 
 
 def test_deployed_restores_on_error_and_checks_before_building():
-    from profiles.backends import deployed
+    from hwcost.profiles.backends import deployed
 
     model = _tiny_llama()
     q = model.get_submodule("model.layers.0.self_attn.q_proj")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from hwcost.profiles.backends import get_backend
 
 import hwcost.app.doctor as doctor
 from hwcost.app.main import cli
-from profiles.backends import get_backend
 
 
 def test_doctor_lists_every_backend_with_reason_and_kernels():

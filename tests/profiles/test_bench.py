@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hwcost.profiles.bench import Timing, summarize, time_interleaved, time_one
+from hwcost.profiles.stability import StabilityPolicy
 
 from hwcost.errors import BackendUnavailable
-from profiles.bench import Timing, summarize, time_interleaved, time_one
-from profiles.stability import StabilityPolicy
 
 # One thread: on a shared machine a second OpenMP thread that gets descheduled stalls every
 # parallel region for a time slice, which would test the neighbours, not the harness.
@@ -185,8 +185,8 @@ def test_thread_clock_needs_one_cpu_thread(monkeypatch):
 
 
 def test_cold_cache_samples_one_call_each_after_writing_the_buffer():
-    from profiles.backends import get_backend
-    from profiles.bench import last_level_cache_bytes
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.bench import last_level_cache_bytes
 
     calls = []
     t = time_one(lambda _: calls.append(1), [None], "cpu", min_samples=4, min_sample_us=500,

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hwcost.profiles.campaign import QUICK_TIMING, campaign_tasks, run_campaign
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.partition import partition
 
 from hwcost.app.main import cli
 from hwcost.errors import UnknownPrecision
 from hwcost.store import open_store
-from profiles.campaign import QUICK_TIMING, campaign_tasks, run_campaign
-from profiles.loading import LoadedModel
-from profiles.partition import partition
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = "batch=1,seq=8"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.checkpoint import checkpoint_digest
 
 from hwcost.errors import HwcostError
 from hwcost.quantizer import DEFAULT, GAUDI2, Quantizer, parse_quantizer
-from profiles.checkpoint import checkpoint_digest
 from tests.factories import tiny, tiny_finetuned
 
 
@@ -43,7 +43,7 @@ def test_quantizer_keys():
 
 
 def test_table_records_checkpoint_and_quantizer():
-    from sensitivity.taylor import analyze
+    from hwcost.sensitivity.taylor import analyze
 
     m, inputs = tiny()
     ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))

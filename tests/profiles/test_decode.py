@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+from hwcost.profiles.decode import decode_inputs, find_caches, rewind, step_fn
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.partition import partition
 from torch import nn
 
 from hwcost.costs import model_table
 from hwcost.errors import BadShape
 from hwcost.shape import READS_KV, parse_shape, reads_kv
-from profiles.campaign import QUICK_TIMING, run_campaign
-from profiles.decode import decode_inputs, find_caches, rewind, step_fn
-from profiles.loading import LoadedModel
-from profiles.partition import partition
 
 DECODE = "batch=2,kv=24,phase=decode"
 
@@ -178,9 +178,9 @@ def test_decode_pieces_are_timed_with_the_private_cache_flushed_as_in_the_model(
     exceed that cache (but fit the shared one) is timed after writing the model's weight
     bytes; a prefill piece of the same model is not (compute-bound, and the rule of the
     last-level cache is unchanged)."""
-    from profiles.backends import get_backend
-    from profiles.bench import last_level_cache_bytes, private_cache_bytes
-    from profiles.campaign import TimingOptions, _Measurer
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.bench import last_level_cache_bytes, private_cache_bytes
+    from hwcost.profiles.campaign import TimingOptions, _Measurer
 
     backend = get_backend("cpu")
     llc, private = last_level_cache_bytes(backend), private_cache_bytes(backend)

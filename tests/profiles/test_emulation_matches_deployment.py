@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.backends import get_backend
+from hwcost.profiles.precisions import emulation
 from torch import nn
-
-from profiles.backends import get_backend
-from profiles.precisions import emulation
 
 
 @pytest.mark.parametrize(("precision", "max_rel", "min_exact"), [

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from profiles.backends.layers import HpuFp8Linear
-from profiles.precisions import FP8_E4M3_GAUDI2_MAX, emulation
+from hwcost.profiles.backends.layers import HpuFp8Linear
+from hwcost.profiles.precisions import FP8_E4M3_GAUDI2_MAX, emulation
 
 SCHEMA = ("fp8_gemm_v2(Tensor A, bool trans_A, Tensor B, bool trans_B, Tensor? D, "
           "ScalarType out_dtype, Tensor? A_scale_inv=None, Tensor? B_scale_inv=None, "

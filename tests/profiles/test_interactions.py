@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.backends import apply_precisions, get_backend
+from hwcost.profiles.backends.interact import compile_deployed, link_deployed, trace_dataflow
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hwcost.device import local_device
-from profiles.backends import apply_precisions, get_backend
-from profiles.backends.interact import compile_deployed, link_deployed, trace_dataflow
 from tests.factories import tiny
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.loading import LoadedModel, demo_model_dir, load_model
 from torch import nn
 
 from hwcost.errors import BadShape, ModelLoadError
-from profiles.loading import LoadedModel, demo_model_dir, load_model
 
 FACTORIES = '''
 import torch
 from torch import nn
-from profiles.loading import LoadedModel
+from hwcost.profiles.loading import LoadedModel
 
 
 def mlp():

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from hwcost.errors import DoesNotFit, ModelLoadError
-from profiles.memory import (
+from hwcost.profiles.memory import (
     GiB,
     batch_within_budget,
     calib_batch_size,
@@ -16,6 +14,8 @@ from profiles.memory import (
     saved_per_token,
     step_peaks,
 )
+
+from hwcost.errors import DoesNotFit, ModelLoadError
 
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16,
             "vocab_size": 32000, "num_attention_heads": 16, "num_key_value_heads": 8}

@@ -6,13 +6,13 @@ a shared machine they disagreed by 20 % and every prediction carried it."""
 
 from __future__ import annotations
 
+import hwcost.profiles.bench as bench
 import torch
+from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+from hwcost.profiles.loading import LoadedModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import profiles.bench as bench
 from hwcost.store import open_store
-from profiles.campaign import QUICK_TIMING, run_campaign
-from profiles.loading import LoadedModel
 
 SHAPE = "batch=1,seq=8,phase=prefill"
 

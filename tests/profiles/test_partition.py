@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.partition import partition, register_model
+from hwcost.profiles.signature import model_fingerprint
 from torch import nn
 
 from hwcost.errors import PartitionError
 from hwcost.shape import parse_shape
-from profiles.loading import LoadedModel
-from profiles.partition import partition, register_model
-from profiles.signature import model_fingerprint
 
 
 def _llama(layers=2, hidden=64, inter=128, heads=4, kv=2):

@@ -4,13 +4,12 @@ in chunks of rows with the same result as the whole weight at once."""
 from __future__ import annotations
 
 import torch
+from hwcost.profiles.placement import baseline_dtype, follow_model, model_device, to_device
+from hwcost.profiles.precisions import emulation
+from hwcost.sensitivity import taylor
+from hwcost.sensitivity.loss import per_sample_losses
+from hwcost.sensitivity.taylor import taylor_scorer
 from torch import nn
-
-from profiles.placement import baseline_dtype, follow_model, model_device, to_device
-from profiles.precisions import emulation
-from sensitivity import taylor
-from sensitivity.loss import per_sample_losses
-from sensitivity.taylor import taylor_scorer
 
 
 class _Recorder(nn.Module):

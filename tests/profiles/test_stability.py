@@ -10,15 +10,15 @@ import time
 
 import pytest
 import torch
+from hwcost.planner.problem import build_problem
+from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
+from hwcost.profiles.loading import LoadedModel
+from hwcost.profiles.stability import StabilityPolicy, judge, runnable_tasks, usable_cpus
 from sqlalchemy import select
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hwcost.schema import Measurement
 from hwcost.store import MeasurementIn, open_store
-from planner.problem import build_problem
-from profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
-from profiles.loading import LoadedModel
-from profiles.stability import StabilityPolicy, judge, runnable_tasks, usable_cpus
 
 SHAPE = "batch=1,seq=8"
 
@@ -174,7 +174,7 @@ def test_quick_rows_are_not_used_by_a_plan_and_a_stable_row_replaces_them(store)
 
 
 def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
-    from planner.apply import ValidationResult
+    from hwcost.planner.apply import ValidationResult
 
     r = ValidationResult(1, 1, "dev", 100.0, 125.0, 1.0, 1.0, 0.8, 1.46, 0.1, 0.1, 8, 1,
                          speedup_rel_error=0.05)

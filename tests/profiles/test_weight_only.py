@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hwcost.profiles.backends import DeployedLinear, apply_precisions, get_backend
+from hwcost.profiles.precisions import emulation, quantize_int4_groups, quantize_int8_rows_wo
 from torch import nn
 
 from hwcost.precision import INT4_GROUP, WEIGHT_ONLY, Precision
-from profiles.backends import DeployedLinear, apply_precisions, get_backend
-from profiles.precisions import emulation, quantize_int4_groups, quantize_int8_rows_wo
 
 CPU_WO = [p.value for p in WEIGHT_ONLY["cpu"]]
 
@@ -82,9 +82,8 @@ def test_emulation_changes_weights_and_casts_activations_only():
 
 
 def test_sensitivity_scores_weight_only_formats_int4_above_int8():
+    from hwcost.sensitivity import per_sample_terms
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from sensitivity import per_sample_terms
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hwcost.sensitivity import analyze, direct_table, measured_loss_mse
 from torch import nn
 
 from hwcost.errors import SensitivityError
-from sensitivity import analyze, direct_table, measured_loss_mse
 from tests.sensitivity.conftest import tiny_llama
 
 
@@ -94,7 +94,7 @@ def test_tokens_flattened_sample_by_sample_are_regrouped(batches):
             h = h.reshape(-1, 8) if self.flat else h
             return self.lin(h).view(ids.shape[0], -1).square().mean(1)
 
-    from sensitivity import per_sample_terms
+    from hwcost.sensitivity import per_sample_terms
 
     loss = lambda m, b: m(b["input_ids"])  # noqa: E731
     flat = per_sample_terms(Net(True), batches, loss, precisions=["int8"], layers=["lin"])

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hwcost.profiles.backends import apply_precisions, get_backend
+from hwcost.profiles.precisions import emulation
+from hwcost.sensitivity import emulated, per_sample_losses, per_sample_terms, quantizable_layers
+from hwcost.sensitivity.layers import weight_matrix
+from hwcost.sensitivity.noise import error_variance
+from hwcost.sensitivity.taylor import fisher_scorer, noise_scorer
 
-from profiles.backends import apply_precisions, get_backend
-from profiles.precisions import emulation
-from sensitivity import emulated, per_sample_losses, per_sample_terms, quantizable_layers
-from sensitivity.layers import weight_matrix
-from sensitivity.noise import error_variance
-from sensitivity.taylor import fisher_scorer, noise_scorer
 from tests.sensitivity.conftest import tiny_gpt2, tiny_qwen2
 from tests.sensitivity.test_taylor import _slow_reference
 
@@ -40,7 +40,7 @@ def test_taylor_terms_of_biased_layers_equal_the_slow_reference(arch, ids):
 
 def _layer_io(model, layer, ids):
     """x, g (the loss' gradient at the layer's output), W and b of one layer on one batch."""
-    from sensitivity.loss import causal_lm_loss
+    from hwcost.sensitivity.loss import causal_lm_loss
 
     mod = dict(model.named_modules())[layer]
     seen = {}

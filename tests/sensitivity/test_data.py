@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hwcost.sensitivity.data import fingerprint_ids, from_ids, load_calibration
 
 from hwcost.errors import SensitivityError
-from sensitivity.data import fingerprint_ids, from_ids, load_calibration
 
 
 class ByteTokenizer:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 
 from hwcost.errors import InvalidMeasurement, SensitivityError
 from hwcost.quantizer import DEFAULT, GAUDI2
 from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
-from sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 
 
 def _model(store) -> int:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from hwcost.profiles.backends import deployed
+from hwcost.sensitivity.loss import per_sample_losses
+from hwcost.sensitivity.taylor import per_sample_terms, table_from_terms
 
-from profiles.backends import deployed
-from sensitivity.loss import per_sample_losses
-from sensitivity.taylor import per_sample_terms, table_from_terms
 from tests.sensitivity.conftest import tiny_llama
 
 QKV = tuple(f"model.layers.0.self_attn.{p}_proj" for p in "qkv")

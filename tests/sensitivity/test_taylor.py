@@ -7,11 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from hwcost.precision import Precision
-from profiles.precisions import Emulation
-from sensitivity import (
+from hwcost.profiles.precisions import Emulation
+from hwcost.sensitivity import (
     analyze,
     causal_lm_loss,
     direct_table,
@@ -20,8 +17,11 @@ from sensitivity import (
     per_sample_terms,
     quantizable_layers,
 )
-from sensitivity.layers import weight_matrix
-from sensitivity.taylor import shared_input_scales
+from hwcost.sensitivity.layers import weight_matrix
+from hwcost.sensitivity.taylor import shared_input_scales
+from torch import nn
+
+from hwcost.precision import Precision
 from tests.sensitivity.conftest import tiny_gpt2, tiny_llama
 
 
@@ -79,7 +79,7 @@ def test_first_order_terms_add_up_across_layers(batches, arch, eps, rtol):
 def _slow_reference(model, ids, precisions):
     """d_{l,n}(p) by an explicit loop over samples: one forward and autograd.grad per sample,
     the error terms written out with F.linear exactly as in the metric's definition."""
-    from profiles.precisions import emulation
+    from hwcost.profiles.precisions import emulation
 
     layers = quantizable_layers(model)
     out = {(name, p): [] for name in layers for p in precisions}

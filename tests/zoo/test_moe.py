@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hwcost.profiles.backends import deployed, get_backend
+from hwcost.profiles.experts import DeployedExperts
+from hwcost.profiles.partition import partition
+from hwcost.sensitivity import emulated, per_sample_losses, per_sample_terms
 
 from hwcost.precision import Precision
-from profiles.backends import deployed, get_backend
-from profiles.experts import DeployedExperts
-from profiles.partition import partition
-from sensitivity import emulated, per_sample_losses, per_sample_terms
 from tests.sensitivity.test_taylor import SyntheticError
 from tests.zoo.families import mixtral, qwen3_moe
 

@@ -38,11 +38,11 @@ def _params():
 
 def check_family(name: str, store_url: str, out_dir) -> dict:
     """Run the main job on one family and check it as a user would; returns its summary."""
-    from planner.apply import deploy
-    from profiles.backends import get_backend
-    from profiles.backends.layers import DeployedLinear
-    from profiles.experts import DeployedExperts
-    from profiles.loading import load_model
+    from hwcost.planner.apply import deploy
+    from hwcost.profiles.backends import get_backend
+    from hwcost.profiles.backends.layers import DeployedLinear
+    from hwcost.profiles.experts import DeployedExperts
+    from hwcost.profiles.loading import load_model
 
     spec = f"tests.zoo.families:{name}"
     with open_store(store_url) as store:
