@@ -5,7 +5,7 @@ shapes, configs, precisions and quantizer keys, JSON columns and references."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -45,24 +45,14 @@ def validate(tables: dict[str, pa.Table], bad) -> None:
     # Shapes and configs: few distinct values, each parsed and required canonical.
     for name in ("measurement", "model_latency"):
         for shape in pc.unique(tables[name].column("shape")).to_pylist():
-            try:
-                key = parse_shape(shape).key
-            except HwcostError as e:
-                raise bad(f"{name}.shape: {e}") from None
-            if key != shape:
-                raise bad(f"{name}.shape {shape!r} is not canonical (expected {key!r})")
+            _canonical(f"{name}.shape", shape, lambda v: parse_shape(v).key, bad)
     n_slots = dict(zip(tables["subgraph"].column("signature").to_pylist(),
                        tables["subgraph"].column("n_slots").to_pylist()))
     m = tables["measurement"]
     lengths = {}
     for cfg in pc.unique(m.column("config")).to_pylist():
-        try:
-            parsed = parse_config(cfg)
-        except HwcostError as e:
-            raise bad(f"measurement.config: {e}") from None
-        if config_key(parsed) != cfg:
-            raise bad(f"measurement.config {cfg!r} is not canonical")
-        lengths[cfg] = len(parsed)
+        _canonical("measurement.config", cfg, lambda v: config_key(parse_config(v)), bad)
+        lengths[cfg] = len(parse_config(cfg))
     if m.num_rows:
         pairs = m.group_by(["subgraph", "config"]).aggregate([])
         for sig, cfg in zip(pairs.column("subgraph").to_pylist(), pairs.column("config").to_pylist()):
@@ -71,12 +61,7 @@ def validate(tables: dict[str, pa.Table], bad) -> None:
                           f"{sig[:12]} has {n_slots[sig]} slots")
     _check_checkpoints(tables, bad)
     for p in pc.unique(tables["sensitivity"].column("precision")).to_pylist():
-        try:
-            parse_precision(p)
-        except HwcostError as e:
-            raise bad(f"sensitivity.precision: {e}") from None
-        if parse_precision(p).value != p:
-            raise bad(f"sensitivity.precision {p!r} is not canonical")
+        _canonical("sensitivity.precision", p, lambda v: parse_precision(v).value, bad)
     _check_json(tables, bad)
     _check_refs(tables, bad)
 
@@ -137,6 +122,16 @@ def _check_provenance(tables: dict[str, pa.Table], bad) -> None:
             raise bad(f"{name}.threads must be >= 1")
 
 
+def _canonical(field: str, value: str, canon: Callable[[str], str], bad) -> None:
+    """Refuse ``value`` unless ``canon`` parses it back to itself, in one line naming the field."""
+    try:
+        key = canon(value)
+    except HwcostError as e:
+        raise bad(f"{field}: {e}") from None
+    if key != value:
+        raise bad(f"{field} {value!r} is not canonical (expected {key!r})")
+
+
 def _check_checkpoints(tables: dict[str, pa.Table], bad) -> None:
     """Digests are non-empty, quantizer keys parse, and every sensitivity table names a
     checkpoint the bundle holds (or ``unknown``, rows from before digests existed)."""
@@ -159,12 +154,7 @@ def _check_checkpoints(tables: dict[str, pa.Table], bad) -> None:
     for key in pc.unique(sens.column("quantizer")).to_pylist():
         if key == _schema.UNKNOWN:
             continue
-        try:
-            canonical = parse_quantizer(key).key
-        except HwcostError as e:
-            raise bad(f"sensitivity.quantizer: {e}") from None
-        if canonical != key:
-            raise bad(f"sensitivity.quantizer {key!r} is not canonical (expected {canonical!r})")
+        _canonical("sensitivity.quantizer", key, lambda v: parse_quantizer(v).key, bad)
 
 
 def _has_nul(arr: pa.Array) -> bool:

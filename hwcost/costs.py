@@ -38,9 +38,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from hwcost.catalog import Peaks, find_catalog, load_catalog
+from hwcost.catalog import Peaks
+from hwcost.device_lookup import device_peaks, nominal_peaks, resolve_device
 from hwcost.enums import CostSource
-from hwcost.errors import BadConfig, NoEstimate, NoSuchDevice, UnsupportedPrecision
+from hwcost.errors import BadConfig, NoEstimate, UnsupportedPrecision
 from hwcost.learned import FORMAT_VERSION as LEARNED_FORMAT
 from hwcost.learned import LatencyModel
 from hwcost.precision import (
@@ -62,16 +63,6 @@ MIN_LEARNED_SAMPLES = 12
 """Fewer measurements than this on a device: no learned model, roofline only."""
 MAX_CONFIGS = 1 << 16
 """Configs per subgraph a table enumerates at most (precisions ** slots)."""
-
-# Rough rates for a stored device that has measurements but neither a catalog entry nor a
-# calibration: the fit to its measurements sets the real scale; only the ratios matter.
-_NOMINAL_TFLOPS = {"cpu": {Precision.FP32: 0.1, Precision.BF16: 0.2, Precision.INT8: 0.4,
-                           Precision.FP8_E4M3: 0.05},
-                   "cuda": {Precision.FP32: 20.0, Precision.BF16: 300.0, Precision.FP8_E4M3: 600.0,
-                            Precision.INT8: 600.0},
-                   "hpu": {Precision.BF16: 400.0, Precision.FP8_E4M3: 800.0}}
-_NOMINAL_GBPS = {"cpu": 20.0, "cuda": 2000.0, "hpu": 2400.0}
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -110,52 +101,6 @@ def median_stderr(spread_us: float, n_samples: int) -> float:
         return float(spread_us)
     sigma = 2.0 * float(spread_us) / 1.349
     return math.sqrt(math.pi / 2.0) * sigma / math.sqrt(n_samples)
-
-
-# ------------------------------------------------------------------------------- devices
-
-
-def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
-    """The device ``ref`` names, resolved once (pass the result along): stored (fingerprint,
-    prefix, name), a kind with one local device, or a catalog device (created in the store on
-    first use)."""
-    try:
-        return store.device(ref)
-    except NoSuchDevice as e:
-        if "several" in str(e):
-            raise
-    if ref in BASELINE:
-        local = [d for d in store.devices() if d.kind == ref and d.source == "local"]
-        if len(local) == 1:
-            return store.device(local[0].fingerprint)
-        if len(local) > 1:
-            fps = ", ".join(d.fingerprint[:12] for d in local)
-            raise NoSuchDevice(f"several {ref} devices in the store ({fps}); pass --device "
-                               "with a fingerprint")
-    entry = find_catalog(ref)
-    if entry is not None:
-        return store.device(store.upsert_device(entry.to_row()).fingerprint)
-    names = ", ".join(load_catalog())
-    kind = ref if ref in ("cpu", "cuda", "hpu") else "KIND"
-    raise NoSuchDevice(
-        f"no device {ref!r} in the store or the catalog ({names}); on that machine run "
-        f"`hwcost profile MODEL --device {kind} --shape SHAPE`"
-        + (" (KIND: cpu, cuda or hpu)" if kind == "KIND" else "")
-        + ", then `hwcost db export` there and `hwcost db import FILE` here")
-
-
-def device_peaks(dev: Device | DeviceRef) -> Peaks | None:
-    """The device's own peaks (calibrated or catalog), else its product's catalog entry."""
-    own = Peaks.from_json(dev.peaks if isinstance(dev, DeviceRef) else json.loads(dev.peaks or "{}"))
-    if own is not None:
-        return own
-    entry = find_catalog(dev.name)
-    return entry.peaks if entry is not None else None
-
-
-def _nominal_peaks(kind: str) -> Peaks:
-    return Peaks(dict(_NOMINAL_TFLOPS.get(kind, _NOMINAL_TFLOPS["cpu"])),
-                 _NOMINAL_GBPS.get(kind, 20.0), 5.0, "nominal (fitted to measurements)")
 
 
 # ------------------------------------------------------------------------------ the model
@@ -209,7 +154,7 @@ class CostModel:
                     f"device {self.label} has no measurements and no peak rates; measure it with "
                     "`hwcost profile MODEL --device ... --shape SHAPE` or, on this machine, "
                     "`hwcost device calibrate`")
-            self._peaks = _nominal_peaks(self.kind)
+            self._peaks = nominal_peaks(self.kind)
         return self._peaks
 
     def supported(self) -> tuple[Precision, ...]:

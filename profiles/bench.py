@@ -124,6 +124,22 @@ def _timing_context(backend: Backend, threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def _cpu0_caches() -> list[tuple[int, int, str]]:
+    """CPU 0's caches from ``/sys``: (level, size in bytes, ``shared_cpu_list``); empty where
+    the kernel does not say."""
+    out = []
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((d / "level").read_text())
+            size = (d / "size").read_text().strip()
+            shared = (d / "shared_cpu_list").read_text().strip()
+            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+            out.append((level, int(size.rstrip("KMG")) * unit, shared))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def last_level_cache_bytes(backend: Backend) -> int | None:
     """Size of the device's last-level cache: the highest ``cache/index*`` level of CPU 0 in
     ``/sys`` on CPU, ``L2_cache_size`` on CUDA; None when unknown."""
@@ -131,17 +147,7 @@ def last_level_cache_bytes(backend: Backend) -> int | None:
         return int(torch.cuda.get_device_properties(backend.device).L2_cache_size) or None
     if backend.kind != "cpu":
         return None
-    best = (0, 0)
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((d / "level").read_text())
-            size = (d / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-        n = int(size.rstrip("KMG")) * unit
-        best = max(best, (level, n))
-    return best[1] or None
+    return max(((level, n) for level, n, _ in _cpu0_caches()), default=(0, 0))[1] or None
 
 
 def private_cache_bytes(backend: Backend) -> int | None:
@@ -149,19 +155,9 @@ def private_cache_bytes(backend: Backend) -> int | None:
     ``shared_cpu_list`` names one CPU: the L2 on most x86 parts); None elsewhere or unknown."""
     if backend.kind != "cpu":
         return None
-    best = (0, 0)
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((d / "level").read_text())
-            size = (d / "size").read_text().strip()
-            shared = (d / "shared_cpu_list").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if "," in shared or "-" in shared:
-            continue
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-        best = max(best, (level, int(size.rstrip("KMG")) * unit))
-    return best[1] or None
+    private = [(level, n) for level, n, shared in _cpu0_caches()
+               if "," not in shared and "-" not in shared]
+    return max(private, default=(0, 0))[1] or None
 
 
 class _Evictor:
