@@ -7,12 +7,14 @@ a shared machine they disagreed by 20 % and every prediction carried it."""
 from __future__ import annotations
 
 import hwcost.profiles.bench as bench
+import pytest
 import torch
 from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
 from hwcost.profiles.loading import LoadedModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hwcost.store import open_store
+from tests.zoo import families
 
 SHAPE = "batch=1,seq=8,phase=prefill"
 
@@ -24,7 +26,17 @@ def _tiny() -> LoadedModel:
     return LoadedModel("tiny-window", LlamaForCausalLM(cfg).eval(), None, "test")
 
 
-def test_model_latency_and_piece_baselines_come_from_one_window(sqlite_url, monkeypatch):
+def _family(name: str):
+    """A zoo family: biased q/k/v (qwen2), Conv1D (gpt2), a parallel residual (falcon), MoE
+    (mixtral)."""
+    return lambda: LoadedModel(f"window-{name}", getattr(families, name)()[0].eval(), None, "test")
+
+
+MODELS = {"llama": _tiny, **{n: _family(n) for n in ("qwen2", "gpt2", "falcon", "mixtral")}}
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_model_latency_and_piece_baselines_come_from_one_window(family, sqlite_url, monkeypatch):
     calls = []
     real = bench.time_interleaved
 
@@ -35,7 +47,7 @@ def test_model_latency_and_piece_baselines_come_from_one_window(sqlite_url, monk
 
     monkeypatch.setattr(bench, "time_interleaved", spy)
     with open_store(sqlite_url) as store:
-        rep = run_campaign(store, _tiny(), "cpu", [SHAPE], "fp32,int8", threads=1, n_inputs=2,
+        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE], "fp32,int8", threads=1, n_inputs=2,
                            timing=QUICK_TIMING, progress=False)
         window = [c for c in calls if "model" in c]
         assert len(window) == 1, "one timing holds the whole model"
