@@ -132,7 +132,7 @@ def run_main_job(store: Store, options: MainJobOptions | str | None = None, *arg
     ``run_main_job(store, model, device_kind, shape, max_loss_mse, out_dir, quick=True, ...)``
     builds one from the same fields. ``progress``: progress bars on stderr. ``report(line)``
     receives one line as each stage says whether it computes or reuses (default: stderr,
-    prefixed ``[hwcost run]``). ``onsay(name)`` is called as each step starts (``load``,
+    prefixed ``[hwcost run]``). ``on_step(name)`` is called as each step starts (``load``,
     ``partition``, ``profile``, ``sensitivity``, ``plan``, ``validate``) and with ``done`` at
     the end: ``bench/scale.py`` measures each step's time and peak memory through it.
 
