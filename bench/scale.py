@@ -156,7 +156,7 @@ def worker(args) -> dict:
     from hwcost.profiles.memory import batch_within_budget, hf_parameter_count, saved_per_token, step_peaks
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from hwcost.app.main_job import run_main_job
+    from hwcost.app.main_job import MainJobOptions, run_main_job
     from hwcost.store import open_store
 
     ckpt = Path(args.worker)
@@ -192,9 +192,10 @@ def worker(args) -> dict:
     meter = StepMeter(after=dump)
     t0 = time.perf_counter()
     with open_store(f"sqlite:///{tmp / 'store.db'}") as store:
-        s = run_main_job(store, str(ckpt), "cpu", SHAPE, "10%", tmp / "out", calib=str(calib),
-                         eval_data=str(evald), samples=EVAL_SAMPLES, quick=args.quick,
-                         calib_samples=CALIB_SAMPLES, on_step=meter, threads=args.threads)
+        options = MainJobOptions(str(ckpt), "cpu", SHAPE, "10%", tmp / "out", calib=str(calib),
+                                 eval_data=str(evald), samples=EVAL_SAMPLES, quick=args.quick,
+                                 calib_samples=CALIB_SAMPLES, threads=args.threads)
+        s = run_main_job(store, options, on_step=meter)
     row.update({"steps": meter.steps, "run_peak_rss": meter.run_peak,
                 "total_s": round(time.perf_counter() - t0, 1),
                 "measured_share": s.measured_share, "speedup": s.measured_speedup,

@@ -39,7 +39,7 @@ ALL_FP32 = "every layer kept in fp32 (no faster config measured): no ratio"
 
 def run_family(name: str) -> dict:
     """The main job on one family in a fresh SQLite store; what a user reads from it."""
-    from hwcost.app.main_job import run_main_job
+    from hwcost.app.main_job import MainJobOptions, run_main_job
     from hwcost.store import open_store
 
     spec = f"tests.zoo.families:{name}"
@@ -48,8 +48,9 @@ def run_family(name: str) -> dict:
         t0 = time.perf_counter()
         try:
             with open_store(url) as store, contextlib.redirect_stderr(io.StringIO()):
-                s = run_main_job(store, spec, "cpu", SHAPE, BOUND, Path(tmp) / "out",
-                                 samples=16, quick=True, precisions=PRECISIONS)
+                s = run_main_job(store, MainJobOptions(spec, "cpu", SHAPE, BOUND,
+                                                       Path(tmp) / "out", samples=16, quick=True,
+                                                       precisions=PRECISIONS))
                 _, items = store.manifest(s.model_fingerprint)
         except Exception as e:  # noqa: BLE001 - a family that fails is a row of the table
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -121,16 +121,15 @@ class RunSummary:
     loop_rounds: list[dict] = field(default_factory=list)  # closed loop on the loss bound
 
 
-def run_main_job(store: Store, options: MainJobOptions | str | None = None, *args: Any,
-                 progress: bool = False, on_step: Callable[[str], None] | None = None,
-                 report: Callable[[str], None] | None = None, **fields: Any) -> RunSummary:
+def run_main_job(store: Store, options: MainJobOptions, *, progress: bool = False,
+                 on_step: Callable[[str], None] | None = None,
+                 report: Callable[[str], None] | None = None) -> RunSummary:
     """Profile what is missing, compute sensitivity if missing, plan, apply and validate;
     when the measured loss MSE exceeds the bound, re-plan with the predictions scaled by the
     measured ratio until it does not (:func:`planner.closed_loop.plan_within_bound`).
 
-    ``options`` is a :class:`MainJobOptions`; the short form
-    ``run_main_job(store, model, device_kind, shape, max_loss_mse, out_dir, quick=True, ...)``
-    builds one from the same fields. ``progress``: progress bars on stderr. ``report(line)``
+    ``options`` is a :class:`MainJobOptions` (``hwcost run``'s options, frozen).
+    ``progress``: progress bars on stderr. ``report(line)``
     receives one line as each stage says whether it computes or reuses (default: stderr,
     prefixed ``[hwcost run]``). ``on_step(name)`` is called as each step starts (``load``,
     ``partition``, ``profile``, ``sensitivity``, ``plan``, ``validate``) and with ``done`` at
@@ -145,10 +144,9 @@ def run_main_job(store: Store, options: MainJobOptions | str | None = None, *arg
     prediction: a plan found again in the store is reported with its stored document.
     Library errors (:mod:`hwcost.errors`) are raised before anything is stored where they
     can be: a device that is not here, a model larger than the host, a bad shape or bound."""
-    o = options if isinstance(options, MainJobOptions) else MainJobOptions(options, *args, **fields)
-    if isinstance(options, MainJobOptions) and (args or fields):
-        raise TypeError("run_main_job takes either a MainJobOptions or its fields, not both")
-    return _run(store, o, progress, on_step or (lambda _name: None), report or _stderr_report)
+    if not isinstance(options, MainJobOptions):
+        raise TypeError(f"run_main_job takes a MainJobOptions, not {type(options).__name__}")
+    return _run(store, options, progress, on_step or (lambda _name: None), report or _stderr_report)
 
 
 def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], None],

@@ -28,9 +28,13 @@ def test_options_are_frozen_and_refuse_nonsense_with_value_error(tmp_path):
             MainJobOptions(**bad)
 
 
-def test_options_and_their_fields_are_not_mixed(tmp_path, sqlite_url):
-    with open_store(sqlite_url) as store, pytest.raises(TypeError, match="not both"):
-        run_main_job(store, MainJobOptions(), quick=True)
+def test_the_one_call_form_takes_options_only(tmp_path, sqlite_url):
+    with open_store(sqlite_url) as store:
+        with pytest.raises(TypeError, match="takes a MainJobOptions, not str"):
+            run_main_job(store, "tests.factories:tiny")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):  # the options' fields are not keywords of the call
+            run_main_job(store, MainJobOptions(), quick=True)  # type: ignore[call-arg]
+        assert store.models() == []  # refused before anything was stored
 
 
 @pytest.mark.slow
@@ -54,12 +58,14 @@ def test_main_job_runs_from_options_and_reuses_everything_the_second_time(tmp_pa
     assert set(first.layers.values()) <= {"fp32", "bf16", "int8"}
     assert json.loads((tmp_path / "out" / "plan.json").read_text())["data"]["layers"] == first.layers
 
-    # the short form builds the same options from their fields
+    # equal options (built again from the same fields) find everything stored
     lines.clear()
+    again = MainJobOptions("tests.factories:tiny", "cpu", "batch=1,seq=16", "50%",
+                           tmp_path / "out", calib=str(data), eval_data=str(data), samples=8,
+                           quick=True, precisions="fp32,bf16,int8")
+    assert again == options
     with open_store(sqlite_url) as store:
-        second = run_main_job(store, "tests.factories:tiny", "cpu", "batch=1,seq=16", "50%",
-                              tmp_path / "out", calib=str(data), eval_data=str(data), samples=8,
-                              quick=True, precisions="fp32,bf16,int8", report=lines.append)
+        second = run_main_job(store, again, report=lines.append)
     assert second.measured_now == 0 and second.measurements_reused == first.measured_now
     assert second.sensitivity_reused and second.plan_reused and second.validation_reused
     assert (second.plan_id, second.measured_speedup) == (first.plan_id, first.measured_speedup)

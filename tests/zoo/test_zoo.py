@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from hwcost.app.main_job import run_main_job
+from hwcost.app.main_job import MainJobOptions, run_main_job
 from hwcost.store import open_store
 from tests.zoo.families import FAMILIES
 
@@ -46,8 +46,8 @@ def check_family(name: str, store_url: str, out_dir) -> dict:
 
     spec = f"tests.zoo.families:{name}"
     with open_store(store_url) as store:
-        s = run_main_job(store, spec, "cpu", SHAPE, "50%", out_dir, samples=16, quick=True,
-                         precisions=PRECISIONS)
+        s = run_main_job(store, MainJobOptions(spec, "cpu", SHAPE, "50%", out_dir, samples=16,
+                                               quick=True, precisions=PRECISIONS))
     assert s.layers and set(s.layers.values()) <= set(PRECISIONS)
     backend = get_backend("cpu")
     deployed = deploy(load_model(spec).model, s.layers, backend)
