@@ -86,6 +86,8 @@ class Timing:
     load1: float | None = None  # os.getloadavg()[0] at the end
     cpu_mhz: float | None = None  # mean current CPU frequency at the end, where readable
     reason: str = ""  # why the batch is not stable (empty when it is)
+    # what ``load`` counted: "cpus 1" (our affinity, a strict subset), "machine" or "caller"
+    load_scope: str = ""
 
     @property
     def rel_spread(self) -> float:
@@ -363,7 +365,7 @@ def time_interleaved(
                 break
     _, kept, verdict = best
     extra = {"drift": round(verdict.drift, 5), "load": _round(verdict.load), "load1": load1(),
-             "cpu_mhz": cpu_mhz(), "reason": verdict.reason}
+             "cpu_mhz": cpu_mhz(), "reason": verdict.reason, "load_scope": policy.load_scope()}
     out = {}
     for n in names:
         median, spread = summarize(kept[n])

@@ -7,9 +7,11 @@ judged on every timed batch (``profiles.bench.time_interleaved``):
 - **spread**: half the inter-quartile range over the median, per candidate;
 - **drift** of the baseline: the median of its second half of rounds against its first half
   (slow changes: thermal throttling, a job that started or stopped mid-way);
-- **load**: runnable tasks on the machine during the batch, ours included, per usable CPU
-  (``procs_running`` of ``/proc/stat``, read once per round; it reacts within a round, where
-  the 1-minute ``os.getloadavg`` lags by tens of seconds and is only recorded).
+- **load**: runnable tasks during the batch, ours included, per usable CPU, counted on the
+  CPUs this process may use (:func:`runnable_tasks`): a benchmark pinned to CPU 1 is judged
+  by what competes for CPU 1, not by tests running on CPU 0. Read once per round; it reacts
+  within a round, where the 1-minute ``os.getloadavg`` lags by tens of seconds (it is only
+  recorded).
 
 Spread has two limits: above ``remeasure_spread`` a batch is measured again (fresh samples,
 within the harness's ``max_seconds``) in the hope of a tighter one; above ``max_spread`` the
@@ -31,9 +33,9 @@ STABILITY_ENV = "HWCOST_STABILITY"
 """Environment variable choosing the default :class:`StabilityPolicy` (see ``from_env``)."""
 
 
-def runnable_tasks() -> float | None:
-    """Tasks running or runnable right now on the whole machine (``procs_running``), or None
-    where ``/proc/stat`` does not exist (not Linux)."""
+def machine_runnable() -> float | None:
+    """Tasks running or runnable right now on the whole machine (``procs_running`` of
+    ``/proc/stat``), or None where it does not exist (not Linux)."""
     try:
         with open("/proc/stat", "rb") as f:
             for line in f:
@@ -42,6 +44,82 @@ def runnable_tasks() -> float | None:
     except OSError:
         return None
     return None
+
+
+# field 39 of /proc/<pid>/task/<tid>/stat, counted from 1 (``processor``: the CPU the task
+# last ran on, which for a runnable task is the run queue it waits in); after the ``(comm)``
+# field the split starts at field 3 (``state``)
+_PROCESSOR = 39 - 3
+
+
+def runnable_threads(cpus: frozenset[int] | set[int]) -> list[int] | None:
+    """Thread ids running or runnable right now (state ``R``) that are queued on one of
+    ``cpus``, from every ``/proc/<pid>/task/<tid>/stat`` (about 5 ms for 100 threads), or None
+    where ``/proc`` cannot be read. A thread that exits mid-scan is skipped."""
+    try:
+        pids = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return None
+    found = []
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # exited, or not ours to read
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            # the command name may hold spaces and parentheses: split after the last ")"
+            fields = raw[raw.rfind(b")") + 2:].split()
+            if fields[:1] == [b"R"] and len(fields) > _PROCESSOR:
+                try:
+                    if int(fields[_PROCESSOR]) in cpus:
+                        found.append(int(tid))
+                except ValueError:
+                    continue
+    return found
+
+
+def runnable_on(cpus: frozenset[int] | set[int]) -> float | None:
+    """How many threads are running or runnable on ``cpus`` (:func:`runnable_threads`)."""
+    found = runnable_threads(cpus)
+    return None if found is None else float(len(found))
+
+
+def _affinity() -> frozenset[int] | None:
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
+def load_scope() -> str:
+    """Which reading :func:`runnable_tasks` takes here: ``"cpus 1,3"`` (the CPUs this process
+    may use, a strict subset of the machine's) or ``"machine"`` (``procs_running``)."""
+    cpus = _affinity()
+    if cpus is not None and len(cpus) < (os.cpu_count() or len(cpus)):
+        return "cpus " + ",".join(str(c) for c in sorted(cpus))
+    return "machine"
+
+
+def runnable_tasks() -> float | None:
+    """Tasks running or runnable right now on the CPUs this process may use, ours included.
+
+    When this process is pinned to a strict subset of the machine's CPUs (``taskset``,
+    ``os.sched_setaffinity``) this counts the threads queued on those CPUs
+    (:func:`runnable_on`), so work pinned to other CPUs is not counted; otherwise the
+    whole machine's ``procs_running`` (:func:`machine_runnable`: the same meaning, cheaper).
+    None where neither can be read (not Linux). :func:`load_scope` says which is used.
+    """
+    cpus = _affinity()
+    if cpus is not None and len(cpus) < (os.cpu_count() or len(cpus)):
+        n = runnable_on(cpus)
+        if n is not None:
+            return n
+    return machine_runnable()
 
 
 def load1() -> float | None:
@@ -102,8 +180,9 @@ class StabilityPolicy:
         wait_s: pause before re-measuring a batch that failed on load or drift.
         budget_s: total seconds a call may spend waiting and re-measuring for a stable batch
             (0: judge and report, never wait).
-        load_reader: returns the runnable-task count (default :func:`runnable_tasks`); a
-            parameter so a caller can read another source (a container's cgroup, say).
+        load_reader: returns the runnable-task count (default :func:`runnable_tasks`: on the
+            CPUs this process may use); a parameter so a caller can read another source (a
+            container's cgroup, say).
     """
 
     # 15 %: 5 % refused 132 of the demo's 136 timings on a quiet 2-core VM (the worst of 64
@@ -149,7 +228,13 @@ class StabilityPolicy:
         return worst_spread > self.remeasure_spread
 
     def read_load(self) -> float | None:
+        """One load reading: the caller's ``load_reader``, else :func:`runnable_tasks`."""
         return (self.load_reader or runnable_tasks)()
+
+    def load_scope(self) -> str:
+        """What :meth:`read_load` counts: :func:`load_scope`, or ``"caller"`` for a
+        caller-supplied reader."""
+        return "caller" if self.load_reader is not None else load_scope()
 
 
 def drift(samples_in_round_order: Sequence[float]) -> float:

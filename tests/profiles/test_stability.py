@@ -4,6 +4,7 @@ baseline timed in its own interleave group."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,15 @@ import torch
 from hwcost.planner.problem import build_problem
 from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
 from hwcost.profiles.loading import LoadedModel
-from hwcost.profiles.stability import StabilityPolicy, judge, runnable_tasks, usable_cpus
+from hwcost.profiles.stability import (
+    StabilityPolicy,
+    judge,
+    load_scope,
+    machine_runnable,
+    runnable_tasks,
+    runnable_threads,
+    usable_cpus,
+)
 from sqlalchemy import select
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -185,3 +194,43 @@ def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
     ok = ValidationResult(1, 1, "dev", 100.0, 80.0, 1.0, 1.0, 1.25, 1.27, 0.1, 0.1, 8, 1,
                           speedup_rel_error=0.05)
     assert ok.warnings() == [] and ok.to_dict()["slower_than_baseline"] is False
+
+
+def _pinned_busy(cpu: int, seconds: float) -> subprocess.Popen:
+    code = (f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nend = time.time() + {seconds}\n"
+            "while time.time() < end:\n    pass\n")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2
+                    or runnable_threads({0}) is None,
+                    reason="needs Linux /proc and two CPUs to pin to")
+def test_load_counts_what_runs_on_our_cpus_only():
+    """A busy process pinned to the CPU we may use is counted; pinned elsewhere, it is not.
+    (The busy process stays on the CPU this test runs on; only our reading moves.)"""
+    mine = min(os.sched_getaffinity(0))
+    other = next(c for c in range(os.cpu_count()) if c != mine)
+    saved = os.sched_getaffinity(0)
+    proc = _pinned_busy(mine, seconds=8)
+    try:
+        deadline = time.time() + 5
+        while time.time() < deadline and proc.pid not in (runnable_threads({mine}) or []):
+            time.sleep(0.05)  # until it has started spinning
+        os.sched_setaffinity(0, {mine})
+        assert load_scope() == f"cpus {mine}"
+        assert StabilityPolicy().load_scope() == f"cpus {mine}"
+        assert proc.pid in runnable_threads({mine})
+        # the busy process and this reader itself, at least
+        assert runnable_tasks() >= 2
+        os.sched_setaffinity(0, {other})
+        assert load_scope() == f"cpus {other}"
+        assert proc.pid not in runnable_threads({other})
+        assert os.getpid() in runnable_threads({other})  # the reader counts itself
+        assert proc.poll() is None, "the busy process was still running throughout"
+        # pinned to every CPU: the machine's procs_running, which counts it wherever it runs
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        assert load_scope() == "machine" and machine_runnable() is not None
+    finally:
+        os.sched_setaffinity(0, saved)
+        proc.kill()
+        proc.wait()
