@@ -209,11 +209,10 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
     import torch
     from hwcost.profiles.campaign import run_campaign
     from hwcost.sensitivity.data import from_ids, load_calibration
-    from hwcost.sensitivity.records import save_table
     from hwcost.sensitivity.taylor import analyze
 
     report = run_campaign(store, loaded, "cpu", shapes=[shape], threads=threads, progress=False)
-    if not store.sensitivities(report.model_id):
+    if not store.sensitivity_keys(report.model_fingerprint):
         vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
         train = ROOT / "data" / "corpus" / "train.txt"
         if loaded.tokenizer is not None and train.exists():
@@ -226,7 +225,7 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
         precs = [p for p in report.precisions if p != "fp32"]
         table = analyze(loaded.model, cal.batches(8), precisions=precs,
                         calib_fingerprint=cal.fingerprint)
-        save_table(store, report.model_id, table)
+        store.put_sensitivity_table(report.model_fingerprint, table)
     return report
 
 

@@ -73,6 +73,11 @@ class SensitivityError(HwcostError):
     a model without quantizable layers, or non-finite gradients."""
 
 
+class NoSensitivityTable(SensitivityError):
+    """No stored sensitivity table matches a model, method, checkpoint, quantizer and
+    calibration set (the one wording: ``Store.sensitivity_table``)."""
+
+
 class ModelLoadError(HwcostError):
     """A model spec (directory or package.module:factory) names nothing loadable."""
 

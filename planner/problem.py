@@ -166,35 +166,25 @@ def _sensitivity_table(store, model, method: str, checkpoint: str | None,
     from hwcost.schema import UNKNOWN
 
     keys = store.sensitivity_keys(model, method)
-    if checkpoint is not None:
-        chosen = {c for c, _, _ in keys if c.startswith(checkpoint)}
-        if len(chosen) > 1:
-            raise HwcostError(f"checkpoint {checkpoint!r} matches several checkpoints of "
-                              f"{model.name!r}; give more of the digest")
-        checkpoint = chosen.pop() if chosen else checkpoint
-    else:
+    if checkpoint is None:
         real = list(dict.fromkeys(c for c, _, _ in keys if c != UNKNOWN))
         if len(real) > 1:
             raise HwcostError(
                 f"model {model.name!r} has sensitivity tables of {len(real)} checkpoints "
                 f"({', '.join(c[:12] for c in real[:4])}); choose one with --checkpoint DIGEST")
         checkpoint = real[0] if real else (UNKNOWN if keys else None)
-    if quantizer is None:
-        quants = list(dict.fromkeys(q for c, q, _ in keys if c == checkpoint))
+    chosen = {c for c, _, _ in keys if checkpoint is not None and c.startswith(checkpoint)}
+    if quantizer is None and len(chosen) == 1:  # several: the store says the prefix is ambiguous
+        quants = list(dict.fromkeys(q for c, q, _ in keys if c in chosen))
         if len(quants) > 1:
-            raise HwcostError(f"checkpoint {checkpoint[:12]} of {model.name!r} has tables of "
+            raise HwcostError(f"checkpoint {min(chosen)[:12]} of {model.name!r} has tables of "
                               f"{len(quants)} quantizers ({'; '.join(quants[:3])}); choose one "
                               "with --quantizer")
-    rows = store.sensitivities(model, method=method, checkpoint=checkpoint,
-                               quantizer=quantizer) if checkpoint else []
-    if not rows:
-        which = f" of checkpoint {checkpoint[:12]}" if checkpoint else ""
-        raise HwcostError(f"no {method} sensitivity table{which} for model {model.name!r}; run "
-                          f"`hwcost sensitivity {model.name} --calib DATA` first")
-    r0 = rows[0]
-    return ({(r.layer, r.precision): float(r.loss_mse) for r in rows},
-            {"calib_fingerprint": r0.calib_fingerprint, "checkpoint": r0.checkpoint,
-             "quantizer": r0.quantizer})
+    # the one read (and the one "none stored" wording): a checkpoint prefix resolved there
+    table = store.sensitivity_table(model, method, checkpoint=checkpoint, quantizer=quantizer)
+    return ({(r.layer, r.precision): r.loss_mse for r in table.rows},
+            {"calib_fingerprint": table.calib_fingerprint, "checkpoint": table.checkpoint,
+             "quantizer": table.quantizer})
 
 
 def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcost.sensitivity.data import BatchSet, CalibrationSet, from_batches, load_calibration
-from hwcost.sensitivity.records import SensitivityTable, load_table, save_table
+from hwcost.sensitivity.records import SensitivityTable
 
 from hwcost.errors import SensitivityError
 from hwcost.precision import parse_precisions
@@ -175,7 +175,7 @@ def compute_and_store(store: Any, model_spec: str | None, calib: CalibSpec,
                     checkpoint=prep.checkpoint or None, quantizer=prep.quantizer)
     model_id = register_model(store, prep.loaded, prep.partition)
     store.put_checkpoint(model_id, table.checkpoint, prep.loaded.name, prep.loaded.source)
-    n = save_table(store, model_id, table)
+    n = store.put_sensitivity_table(prep.partition.model_fingerprint, table)
     return SensitivityRun(model_id, prep.loaded.name, prep.partition.model_fingerprint,
                           prep.calib, table, n)
 
@@ -187,7 +187,7 @@ def find_stored(store: Any, prep: Prepared, precisions: str | Sequence[str], met
     ``any_calibration``: also the latest such table on another calibration set (when the
     user did not name the calibration data or its size). Another checkpoint of the same
     architecture never matches: its weights differ."""
-    from hwcost.errors import NoSuchModel
+    from hwcost.errors import NoSensitivityTable, NoSuchModel
 
     precs = [p.value for p in parse_precisions(precisions)]
     try:
@@ -196,13 +196,13 @@ def find_stored(store: Any, prep: Prepared, precisions: str | Sequence[str], met
         return None
     calibs = [prep.calib.fingerprint]
     if any_calibration:
-        calibs += [c for ck, q, c in store.sensitivity_keys(model.id, method)
+        calibs += [c for ck, q, c in store.sensitivity_keys(model.fingerprint, method)
                    if ck == prep.checkpoint and q == prep.quantizer.key and c not in calibs]
     for calib in calibs:
         try:
-            table = load_table(store, model.id, method, calib, checkpoint=prep.checkpoint,
-                               quantizer=prep.quantizer.key)
-        except SensitivityError:
+            table = store.sensitivity_table(model.fingerprint, method, checkpoint=prep.checkpoint,
+                                            quantizer=prep.quantizer.key, calib_fingerprint=calib)
+        except NoSensitivityTable:
             continue
         if set(precs) <= set(table.precisions) and set(prep.layers) <= set(table.layers):
             return SensitivityRun(model.id, prep.loaded.name, model.fingerprint, prep.calib,

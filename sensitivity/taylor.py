@@ -23,7 +23,7 @@ loss MSE, one noise source, not the sum of independent ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -447,9 +447,8 @@ def analyze(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = N
     terms = per_sample_terms(model, batches, loss_fn, emus, layers, method)
     squared = method == "taylor"  # the noise scorer already returns E[d^2] per sample
     table = table_from_terms(terms, method, calib_fingerprint, squared=squared)
-    table.checkpoint = checkpoint or checkpoint_digest(model)
-    table.quantizer = quant.key
-    return table
+    return replace(table, checkpoint=checkpoint or checkpoint_digest(model),
+                   quantizer=quant.key)
 
 
 def table_from_terms(terms: PerSampleTerms, method: str, calib_fingerprint: str = "",

@@ -17,8 +17,17 @@ from datetime import datetime, timedelta, timezone
 
 from hwcost.precision import config_key
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
-from hwcost.schema import Device, ModelLatency, Sensitivity
-from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, Store, SubgraphInfo, open_store
+from hwcost.schema import Device, ModelLatency
+from hwcost.store import (
+    ManifestItem,
+    MeasurementIn,
+    SensitivityRow,
+    SensitivityTable,
+    SlotInfo,
+    Store,
+    SubgraphInfo,
+    open_store,
+)
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
 SHAPES = ("batch=1,seq=128,phase=prefill", "batch=1,kv=512,phase=decode",
@@ -83,12 +92,10 @@ def small_store(store: Store, seed: int = 0, n_devices: int = 2, n_subgraphs: in
         tool_version="0.1.0", measured_at=_T0))
     ckpt = _hex("checkpoint", seed)[:32]
     store.put_checkpoint(model_id, ckpt, f"synthetic-{seed}", "tests.synthetic")
-    store.add_sensitivities([
-        Sensitivity(model_id=model_id, checkpoint=ckpt, quantizer=DEFAULT_QUANTIZER.key,
-                    calib_fingerprint="calib0", layer=f"layers.{p}.{s}",
-                    precision=prec, loss_mse=rng.uniform(0, 1e-3), stderr=rng.uniform(0, 1e-4),
-                    method="taylor", n_samples=16, created_at=_T0)
-        for p in range(n_positions) for s in "ab" for prec in ("bf16", "int8")])
+    store.put_sensitivity_table(model_fp, SensitivityTable(
+        [SensitivityRow(f"layers.{p}.{s}", prec, rng.uniform(0, 1e-3), rng.uniform(0, 1e-4), 16)
+         for p in range(n_positions) for s in "ab" for prec in ("bf16", "int8")],
+        "taylor", "calib0", ckpt, DEFAULT_QUANTIZER.key))
     return SmallStore(tuple(devs), tuple(s.signature for s in sgs), model_fp, len(items))
 
 

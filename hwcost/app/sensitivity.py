@@ -172,29 +172,19 @@ def validate_cmd(model, calib, samples, seq_len, batch_size, seed, precisions, m
 @handle_errors
 def show_cmd(model, method, calib_fingerprint, checkpoint, db_url, as_json) -> None:
     """Print a stored sensitivity table (MODEL: stored name or fingerprint prefix)."""
-    from hwcost.errors import SensitivityError
-
     with open_cli_store(db_url, must_exist=True) as store:
-        m = store.model(model)
-        if checkpoint:
-            full = [c for c, _, _ in store.sensitivity_keys(m, method)
-                    if c.startswith(checkpoint)]
-            checkpoint = full[0] if full else checkpoint
-        rows = store.sensitivities(m, method=method, calib_fingerprint=calib_fingerprint,
-                                   checkpoint=checkpoint)
-    if not rows:
-        raise SensitivityError(f"no {method} sensitivities stored for model {m.name} "
-                               f"({m.fingerprint[:12]}); `hwcost sensitivity` computes them")
+        t = store.sensitivity_table(model, method, checkpoint=checkpoint,
+                                    calib_fingerprint=calib_fingerprint)
+    m, rows = t.model, t.rows
     data = [{"layer": r.layer, "precision": r.precision, "loss_mse": r.loss_mse,
              "stderr": r.stderr, "n_samples": r.n_samples} for r in rows]
     if as_json:
         emit_json({"model": m.name, "model_fingerprint": m.fingerprint, "method": method,
-                   "checkpoint": rows[0].checkpoint, "quantizer": rows[0].quantizer,
-                   "calib_fingerprint": rows[0].calib_fingerprint, "rows": data})
+                   "checkpoint": t.checkpoint, "quantizer": t.quantizer,
+                   "calib_fingerprint": t.calib_fingerprint, "rows": data})
         return
-    click.echo(f"model {m.name} ({m.fingerprint[:12]}), checkpoint {rows[0].checkpoint[:12]}, "
-               f"{method}, calibration {rows[0].calib_fingerprint[:12]}, quantizer "
-               f"{rows[0].quantizer}")
+    click.echo(f"model {m.name} ({m.fingerprint[:12]}), checkpoint {t.checkpoint[:12]}, "
+               f"{method}, calibration {t.calib_fingerprint[:12]}, quantizer {t.quantizer}")
     click.echo(table(data))
 
 

@@ -22,6 +22,8 @@ from hwcost.store.records import (
     MeasurementIn,
     ModelRef,
     PlanRecord,
+    SensitivityRow,
+    SensitivityTable,
     SlotInfo,
     SubgraphInfo,
     host_name,
@@ -35,8 +37,8 @@ __all__ = [
     # the boundary and its SQL backend
     "Store", "SqlStore",
     # records crossing the boundary
-    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "PlanRecord", "SlotInfo",
-    "SubgraphInfo", "host_name", "timing_problem",
+    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "PlanRecord",
+    "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo", "host_name", "timing_problem",
     # the campaign queue's records
     "STALE_AFTER_S", "OtherClaims", "Progress", "Task", "Unit",
 ]

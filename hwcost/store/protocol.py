@@ -23,6 +23,7 @@ from hwcost.store.records import (
     ManifestItem,
     MeasurementIn,
     ModelRef,
+    SensitivityTable,
     SubgraphInfo,
 )
 
@@ -110,9 +111,23 @@ class Store(Protocol):
         """Keep ``body`` (JSON) as the device's learned fallback for ``state``."""
 
     # -- results
+    def put_sensitivity_table(self, model: str | ModelRef, table: SensitivityTable, *,
+                              replace: bool = True) -> int:
+        """Write a sensitivity table of a stored model, every row validated first (nothing
+        written otherwise); rows of the same key are replaced unless ``replace`` is False.
+        Returns the rows written."""
+
     def sensitivity_keys(self, model: str | ModelRef, method: str = "taylor"
                          ) -> list[tuple[str, str, str]]:
         """(checkpoint, quantizer, calibration) of the model's stored tables, newest first."""
+
+    def sensitivity_table(self, model: str | ModelRef, method: str = "taylor", *,
+                          checkpoint: str | None = None, quantizer: str | None = None,
+                          calib_fingerprint: str | None = None) -> SensitivityTable:
+        """The stored table of one method, checkpoint (a digest or unique prefix), quantizer
+        and calibration set; keys left None take the latest matching table's. The one way a
+        table is read: ``NoSensitivityTable`` (one wording, naming the command that computes
+        one) when none matches."""
 
     # -- the campaign queue (hwcost.queue is its public face)
     def ensure_campaign(self, name: str, *, device: str, model: str | ModelRef | None,

@@ -6,17 +6,20 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from hwcost import __version__
 from hwcost.bounds import LATENCY_MAX_US, float_problem, int_problem, ts_problem
-from hwcost.errors import InvalidMeasurement
-from hwcost.precision import config_key, parse_config
+from hwcost.enums import SensitivityMethod
+from hwcost.errors import InvalidMeasurement, SensitivityError
+from hwcost.precision import Precision, config_key, parse_config, parse_precision
 from hwcost.shape import parse_shape
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
-           "PlanRecord", "SlotInfo", "SubgraphInfo", "host_name", "timing_problem"]
+           "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo",
+           "host_name", "timing_problem"]
 
 
 def host_name() -> str:
@@ -165,6 +168,88 @@ class CostRow:
     n_samples: int
     baseline_us: float | None = None  # the baseline config timed in the same group
     good: bool = True  # full and stable
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One layer's loss-MSE contribution ``s_l(p) = mean_n d_{l,n}(p)^2`` at one precision."""
+
+    layer: str
+    precision: str
+    loss_mse: float
+    stderr: float
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """Per-layer, per-precision loss-MSE contributions of one model on one calibration set,
+    as ``hwcost.sensitivity`` computes it and the store keeps it (``Store.sensitivity_table``
+    reads one back; ``Store.put_sensitivity_table`` writes one).
+
+    Keyed by its natural keys: the model (``model``, filled in when read from a store), the
+    method, the calibration set's fingerprint, the checkpoint (weights digest) and the
+    quantizer key. The predicted loss MSE of a mixed configuration is the sum of its layers'
+    rows (:meth:`predict`); layers left out of a configuration run in the reference precision.
+    """
+
+    rows: tuple[SensitivityRow, ...]
+    method: str = "taylor"
+    calib_fingerprint: str = ""
+    checkpoint: str = ""  # digest of the weights scored (profiles.checkpoint)
+    quantizer: str = ""  # hwcost.quantizer.Quantizer.key of the emulation scored
+    model: ModelRef | None = field(default=None, compare=False)
+    _index: dict[tuple[str, str], SensitivityRow] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        methods = SensitivityMethod.values()
+        if self.method not in methods:
+            raise ValueError(f"unknown sensitivity method {self.method!r}; known: "
+                             f"{', '.join(methods)}")
+        object.__setattr__(self, "rows", tuple(self.rows))  # a list given is kept as a tuple
+        object.__setattr__(self, "_index", {(r.layer, r.precision): r for r in self.rows})
+
+    @property
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(r.layer for r in self.rows))
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(dict.fromkeys(r.precision for r in self.rows))
+
+    @property
+    def n_samples(self) -> int:
+        return max((r.n_samples for r in self.rows), default=0)
+
+    def get(self, layer: str, precision: Precision | str) -> SensitivityRow:
+        p = parse_precision(precision).value
+        try:
+            return self._index[(layer, p)]
+        except KeyError:
+            raise SensitivityError(f"no sensitivity for layer {layer!r} at {p}") from None
+
+    def loss_mse(self, layer: str, precision: Precision | str) -> float:
+        """``s_l(p)``; the fp32 reference contributes 0 even when not tabulated."""
+        p = parse_precision(precision)
+        if p is Precision.FP32 and (layer, p.value) not in self._index:
+            return 0.0
+        return self.get(layer, p).loss_mse
+
+    def predict(self, config: Mapping[str, Precision | str]) -> float:
+        """Predicted loss MSE of a configuration ``{layer: precision}``: ``sum_l s_l(p_l)``."""
+        return float(sum(self.loss_mse(layer, p) for layer, p in config.items()))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "calib_fingerprint": self.calib_fingerprint,
+                "checkpoint": self.checkpoint, "quantizer": self.quantizer,
+                "rows": [r.__dict__ for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SensitivityTable:
+        return cls(tuple(SensitivityRow(**r) for r in d["rows"]), d.get("method", "taylor"),
+                   d.get("calib_fingerprint", ""), d.get("checkpoint", ""),
+                   d.get("quantizer", ""))
+
 
 
 

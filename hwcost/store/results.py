@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hwcost.bounds import LOSS_MAX, float_problem, int_problem
-from hwcost.errors import InvalidMeasurement, StoreError
-from hwcost.schema import Device, Model, Plan, Sensitivity, Validation
-from hwcost.store.records import DeviceRef, ModelRef, PlanRecord
-from hwcost.store.rows import shape_key, upsert
+from hwcost.errors import InvalidMeasurement, NoSensitivityTable, SensitivityError, StoreError
+from hwcost.schema import Device, Model, Plan, Sensitivity, Validation, utcnow
+from hwcost.store.records import (
+    DeviceRef,
+    ModelRef,
+    PlanRecord,
+    SensitivityRow,
+    SensitivityTable,
+)
+from hwcost.store.rows import model_ref, shape_key, upsert
 
 __all__ = ["ResultMethods"]
 
@@ -22,9 +27,18 @@ class ResultMethods:
     """What planning produces and consumes besides timings."""
 
     # -- sensitivities
-    def add_sensitivities(self, rows: Sequence[Sensitivity], *, replace: bool = True) -> int:
-        """Write a sensitivity table in one transaction (all rows validated first)."""
-        for r in rows:
+    def put_sensitivity_table(self, model: str | ModelRef, table: SensitivityTable, *,
+                              replace: bool = True) -> int:
+        """Write a sensitivity table of a stored model in one transaction, every row
+        validated first; rows of the same key are replaced unless ``replace`` is False.
+        Returns the rows written."""
+        if not table.calib_fingerprint:
+            raise SensitivityError("a sensitivity table needs its calibration fingerprint to be "
+                                   "stored")
+        if not table.checkpoint or not table.quantizer:
+            raise SensitivityError("a sensitivity table needs its checkpoint digest and quantizer "
+                                   "key to be stored")
+        for r in table.rows:
             for name in ("loss_mse", "stderr"):
                 v = getattr(r, name)
                 if v is None or math.isnan(v) or math.isinf(v) or v < 0:
@@ -35,23 +49,49 @@ class ResultMethods:
                        or int_problem("n_samples", r.n_samples, 1))
             if problem:
                 raise InvalidMeasurement(f"sensitivity {problem} for {r.layer} [{r.precision}]")
-        data = [r.model_dump(exclude={"id"}) for r in rows]
         keys = ["model_id", "checkpoint", "quantizer", "calib_fingerprint", "layer",
                 "precision", "method"]
         with self.session() as s:
+            model_id = self._model_id(s, model)
+            data = [{"model_id": model_id, "checkpoint": table.checkpoint,
+                     "quantizer": table.quantizer, "calib_fingerprint": table.calib_fingerprint,
+                     "layer": r.layer, "precision": r.precision, "loss_mse": r.loss_mse,
+                     "stderr": r.stderr, "method": table.method, "n_samples": r.n_samples,
+                     "created_at": utcnow()} for r in table.rows]
             return upsert(s, Sensitivity, data, keys, replace=replace)
 
-    def sensitivities(self, model: str | ModelRef | int, method: str = "taylor",
-                      calib_fingerprint: str | None = None, *, checkpoint: str | None = None,
-                      quantizer: str | None = None) -> list[Sensitivity]:
-        """A model's sensitivity rows for one method, checkpoint and quantizer.
-
-        ``checkpoint`` / ``quantizer`` / ``calib_fingerprint`` left as None take those of the
-        latest stored table among the ones matching what is given; a table of one checkpoint
-        is never mixed with another's."""
+    def sensitivity_keys(self, model: str | ModelRef, method: str = "taylor"
+                         ) -> list[tuple[str, str, str]]:
+        """Distinct (checkpoint, quantizer, calib_fingerprint) of a model's stored tables,
+        newest first."""
         with self.session() as s:
-            q = select(Sensitivity).where(Sensitivity.model_id == self._model_id(s, model),
+            model_id = self._model_id(s, model)
+            last = func.max(Sensitivity.id)
+            rows = s.execute(select(Sensitivity.checkpoint, Sensitivity.quantizer,
+                                    Sensitivity.calib_fingerprint, last)
+                             .where(Sensitivity.model_id == model_id,
+                                    Sensitivity.method == method)
+                             .group_by(Sensitivity.checkpoint, Sensitivity.quantizer,
+                                       Sensitivity.calib_fingerprint)
+                             .order_by(last.desc())).all()
+        return [(c, q, f) for c, q, f, _ in rows]
+
+    def sensitivity_table(self, model: str | ModelRef, method: str = "taylor", *,
+                          checkpoint: str | None = None, quantizer: str | None = None,
+                          calib_fingerprint: str | None = None) -> SensitivityTable:
+        """A model's stored sensitivity table of one method, checkpoint, quantizer and
+        calibration set: the one way every reader (planner, CLI, sensitivity jobs) gets one.
+
+        ``checkpoint`` may be a digest prefix (``SensitivityError`` when it matches several).
+        Keys left as None take those of the latest stored table among the ones matching what
+        is given; a table of one checkpoint is never mixed with another's.
+        ``NoSensitivityTable`` (saying which command computes one) when none matches."""
+        with self.session() as s:
+            row = self.get_model(model, session=s)
+            q = select(Sensitivity).where(Sensitivity.model_id == row.id,
                                           Sensitivity.method == method)
+            if checkpoint is not None:
+                checkpoint = _full_checkpoint(s, q, checkpoint, row.name)
             for col, value in ((Sensitivity.checkpoint, checkpoint),
                                (Sensitivity.quantizer, quantizer),
                                (Sensitivity.calib_fingerprint, calib_fingerprint)):
@@ -60,11 +100,17 @@ class ResultMethods:
             latest = s.scalars(q.order_by(Sensitivity.created_at.desc(),
                                           Sensitivity.id.desc())).first()
             if latest is None:
-                return []
+                raise NoSensitivityTable(_no_table(row.name, method, checkpoint, quantizer,
+                                                   calib_fingerprint))
             q = q.where(Sensitivity.checkpoint == latest.checkpoint,
                         Sensitivity.quantizer == latest.quantizer,
                         Sensitivity.calib_fingerprint == latest.calib_fingerprint)
-            return list(s.scalars(q.order_by(Sensitivity.id)))
+            rows = list(s.scalars(q.order_by(Sensitivity.id)))
+        return SensitivityTable(
+            tuple(SensitivityRow(r.layer, r.precision, float(r.loss_mse), float(r.stderr),
+                                 int(r.n_samples)) for r in rows),
+            method, latest.calib_fingerprint, latest.checkpoint, latest.quantizer,
+            model=model_ref(row))
 
     # -- plans and validations
     def put_plan(self, plan: PlanRecord) -> int:
@@ -134,6 +180,31 @@ class ResultMethods:
 _PLAN_COLUMNS = ("checkpoint", "quantizer", "objective", "max_loss_mse", "predicted_speedup",
                  "predicted_loss_mse", "measured_share")
 """The plan table's columns a :class:`PlanRecord` carries under the same name."""
+
+
+def _full_checkpoint(s, q, prefix: str, model_name: str) -> str:
+    """The stored checkpoint digest that ``prefix`` starts (``prefix`` itself when none, or
+    when it is empty: no digest at all matches no table)."""
+    if not prefix:
+        return prefix
+    found = list(s.scalars(q.with_only_columns(Sensitivity.checkpoint).distinct()
+                           .where(Sensitivity.checkpoint.startswith(prefix, autoescape=True))))
+    if len(found) > 1:
+        raise SensitivityError(f"checkpoint {prefix!r} matches several checkpoints of "
+                               f"{model_name!r}; give more of the digest")
+    return found[0] if found else prefix
+
+
+def _no_table(model_name: str, method: str, checkpoint: str | None, quantizer: str | None,
+              calib_fingerprint: str | None) -> str:
+    """The one wording of a missing sensitivity table: what is missing and what computes it."""
+    keys = [f"{k} {v}" for k, v in (("checkpoint", checkpoint and checkpoint[:12]),
+                                      ("quantizer", quantizer),
+                                      ("calibration", calib_fingerprint and calib_fingerprint[:12]))
+            if v]
+    which = f" of {', '.join(keys)}" if keys else ""
+    return (f"no {method} sensitivity table{which} for model {model_name!r}; run "
+            f"`hwcost sensitivity {model_name} --calib DATA` first")
 
 
 def _plan_record(s, row: Plan) -> PlanRecord:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -22,7 +22,6 @@ from hwcost.schema import (
     ManifestEntry,
     Meta,
     Model,
-    Sensitivity,
     Subgraph,
     utcnow,
 )
@@ -218,22 +217,6 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
             if model is not None:
                 q = q.where(Checkpoint.model_id == self._model_id(s, model))
             return list(s.scalars(q))
-
-    def sensitivity_keys(self, model: str | ModelRef | int, method: str = "taylor"
-                         ) -> list[tuple[str, str, str]]:
-        """Distinct (checkpoint, quantizer, calib_fingerprint) of a model's stored tables,
-        newest first."""
-        with self.session() as s:
-            model_id = self._model_id(s, model)
-            last = func.max(Sensitivity.id)
-            rows = s.execute(select(Sensitivity.checkpoint, Sensitivity.quantizer,
-                                    Sensitivity.calib_fingerprint, last)
-                             .where(Sensitivity.model_id == model_id,
-                                    Sensitivity.method == method)
-                             .group_by(Sensitivity.checkpoint, Sensitivity.quantizer,
-                                       Sensitivity.calib_fingerprint)
-                             .order_by(last.desc())).all()
-        return [(c, q, f) for c, q, f, _ in rows]
 
     def models(self) -> list[Model]:
         with self.session() as s:

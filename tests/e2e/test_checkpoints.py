@@ -47,9 +47,9 @@ def test_two_checkpoints_share_latencies_not_sensitivities_plans_or_validations(
         assert s.measurement_count() == n_measurements
         model = s.get_model(base["model_fingerprint"])
         a = {(r.layer, r.precision): r.loss_mse
-             for r in s.sensitivities(model.id, checkpoint=base["checkpoint"])}
+             for r in s.sensitivity_table(model.fingerprint, checkpoint=base["checkpoint"]).rows}
         b = {(r.layer, r.precision): r.loss_mse
-             for r in s.sensitivities(model.id, checkpoint=tuned["checkpoint"])}
+             for r in s.sensitivity_table(model.fingerprint, checkpoint=tuned["checkpoint"]).rows}
         assert a.keys() == b.keys() and a != b  # two tables, of different values
         plans = {p.id: p.checkpoint for p in s.plans_for(model.id, s.get_device(base["device"]).id,
                                                          "batch=1,seq=16")}

@@ -20,9 +20,8 @@ from tests.synthetic import small_store
 
 
 def _sens(store) -> set[tuple]:
-    m = store.models()[0]
-    return {(r.layer, r.precision, r.checkpoint, r.quantizer, r.loss_mse)
-            for r in store.sensitivities(m.id)}
+    t = store.sensitivity_table(store.models()[0].fingerprint)
+    return {(r.layer, r.precision, t.checkpoint, t.quantizer, r.loss_mse) for r in t.rows}
 
 
 def test_round_trip_keeps_checkpoints_and_quantizers(store, second_url, tmp_path):

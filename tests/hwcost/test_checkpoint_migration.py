@@ -10,14 +10,13 @@ from datetime import datetime, timezone
 
 import pytest
 from click.testing import CliRunner
-from hwcost.sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
 from sqlalchemy import func, insert, select, text
 
 from hwcost.app.main import cli
 from hwcost.errors import HwcostError, SensitivityError
 from hwcost.quantizer import DEFAULT
 from hwcost.schema import SCHEMA_VERSION, Plan, Sensitivity, Validation
-from hwcost.store import open_store
+from hwcost.store import SensitivityRow, SensitivityTable, open_store
 from hwcost.store.opening import _make_engine
 from tests.hwcost.schema_v1 import V1  # the frozen v1 layout
 
@@ -102,18 +101,18 @@ def test_v1_store_upgrades_in_place_with_every_row(store_url):
             assert sess.scalars(select(Plan.quantizer)).all() == ["unknown"]
             assert sess.scalars(select(Validation.checkpoint)).all() == ["unknown"]
         # the old rows stay readable as what they are...
-        assert load_table(s, 1, checkpoint="unknown").predict({"l0": "int8"}) == 1e-4
+        assert s.sensitivity_table("arch1", checkpoint="unknown").predict({"l0": "int8"}) == 1e-4
         # ...but are never taken for a checkpoint loaded now
         with pytest.raises(SensitivityError, match="checkpoint abcdef"):
-            load_table(s, 1, checkpoint="abcdef" * 5, quantizer=DEFAULT.key)
+            s.sensitivity_table("arch1", checkpoint="abcdef" * 5, quantizer=DEFAULT.key)
         assert s.plans_for(1, 1, "batch=1,seq=8", checkpoint="abcdef" * 5) == []
         # the new key lets a real checkpoint's table sit beside the old rows
         s.put_checkpoint(1, "abcdef" * 5, "m", "test")
         new = SensitivityTable([SensitivityRow(f"l{i}", "int8", 5e-4, 1e-5, 8) for i in range(2)],
                                "taylor", "cal", "abcdef" * 5, DEFAULT.key)
-        assert save_table(s, 1, new) == 2
-        assert len(s.sensitivities(1, checkpoint="unknown")) == 2
-        assert load_table(s, 1, checkpoint="abcdef" * 5).predict({"l0": "int8"}) == 5e-4
+        assert s.put_sensitivity_table("arch1", new) == 2
+        assert len(s.sensitivity_table("arch1", checkpoint="unknown").rows) == 2
+        assert s.sensitivity_table("arch1", checkpoint="abcdef" * 5).predict({"l0": "int8"}) == 5e-4
     # one real checkpoint beside 'unknown' rows: the planner takes the real one without asking
     listing = CliRunner().invoke(cli, ["db", "ls", "--db", store_url, "--json"])
     cks = json.loads(listing.output)["models"][0]["checkpoints"]
@@ -128,10 +127,10 @@ def test_two_real_checkpoints_need_a_choice(store_url):
     with open_store(store_url) as s:
         for digest, v in (("a" * 32, 1e-4), ("b" * 32, 9e-4)):
             s.put_checkpoint(1, digest)
-            save_table(s, 1, SensitivityTable([SensitivityRow(f"l{i}", "int8", v, 0.0, 8)
-                                               for i in range(2)], "taylor", "cal", digest,
-                                              DEFAULT.key))
-        model = s.get_model("arch1")
+            s.put_sensitivity_table("arch1", SensitivityTable(
+                [SensitivityRow(f"l{i}", "int8", v, 0.0, 8) for i in range(2)], "taylor", "cal",
+                digest, DEFAULT.key))
+        model = s.model("arch1")
         with pytest.raises(HwcostError, match="tables of 2 checkpoints .*--checkpoint DIGEST"):
             _sensitivity_table(s, model, "taylor", None, None)
         sens, key = _sensitivity_table(s, model, "taylor", "bbbb", None)

@@ -11,8 +11,15 @@ import math
 import pytest
 
 from hwcost.device import DeviceInfo
-from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
-from hwcost.schema import SCHEMA_VERSION, ModelLatency, Plan, Sensitivity, Validation
+from hwcost.errors import (
+    InvalidMeasurement,
+    NoSensitivityTable,
+    NoSuchDevice,
+    NoSuchModel,
+    SensitivityError,
+    StoreError,
+)
+from hwcost.schema import SCHEMA_VERSION, ModelLatency, Plan, Validation
 from hwcost.store import (
     CostRow,
     DeviceRef,
@@ -20,6 +27,8 @@ from hwcost.store import (
     ManifestItem,
     MeasurementIn,
     ModelRef,
+    SensitivityRow,
+    SensitivityTable,
     SlotInfo,
     SqlStore,
     Store,
@@ -166,7 +175,7 @@ def test_measurements_of_unknown_devices_or_subgraphs_are_refused(store):
     assert store.measurement_count() == 0
 
 
-def test_whole_model_latencies_learned_fits_and_sensitivities_round_trip(store):
+def test_whole_model_latencies_and_learned_fits_round_trip(store):
     dev, model = store.put_device(CPU), _model(store)
     ids = store.get_model(model).id, store.get_device(dev).id  # the SQL rows' keys
     assert store.add_model_latency(ModelLatency(
@@ -184,17 +193,43 @@ def test_whole_model_latencies_learned_fits_and_sensitivities_round_trip(store):
     assert store.learned_fit(dev, "s1") is None  # an older state's fit is dropped
     assert json.loads(store.learned_fit(dev, "s2")) == {"n_train": 4}
 
-    table = [Sensitivity(model_id=ids[0], checkpoint="c" * 32, quantizer="q1",
-                         calib_fingerprint="cal", layer=layer, precision="int8",
-                         loss_mse=1e-4 * (i + 1), stderr=1e-5, n_samples=8)
-             for i, layer in enumerate(store.model_manifest(model).layer_names)]
-    assert store.add_sensitivities(table) == 6
-    assert store.sensitivity_keys(model) == [("c" * 32, "q1", "cal")]
-    back = store.sensitivities(model, checkpoint="c" * 32)
-    assert [(r.layer, r.loss_mse) for r in back] == [(r.layer, r.loss_mse) for r in table]
-    bad = Sensitivity(**{**table[0].model_dump(exclude={"id"}), "loss_mse": math.nan})
+
+
+def test_a_sensitivity_table_is_read_one_way(store):
+    model = _model(store)
+    layers = store.model_manifest(model).layer_names
+    with pytest.raises(NoSensitivityTable, match=(
+            r"^no taylor sensitivity table for model 'contract-model'; run "
+            r"`hwcost sensitivity contract-model --calib DATA` first$")):
+        store.sensitivity_table(model)
+    rows = [SensitivityRow(layer, "int8", 1e-4 * (i + 1), 1e-5, 8) for i, layer in enumerate(layers)]
+    first = SensitivityTable(rows, "taylor", "cal", "c" * 32, "q1")
+    assert store.put_sensitivity_table(model, first) == 6
+    store.put_sensitivity_table(model, SensitivityTable(rows[:2], "taylor", "cal2", "d" * 32, "q1"))
+    assert store.sensitivity_keys(model) == [("d" * 32, "q1", "cal2"), ("c" * 32, "q1", "cal")]
+    # natural keys, a digest prefix, the model's name: the stored record comes back whole
+    back = store.sensitivity_table("contract-model", checkpoint="ccc")
+    assert back == first and back.model == model and isinstance(back.rows, tuple)
+    assert store.sensitivity_table(model).checkpoint == "d" * 32  # the latest table
+    assert len(store.sensitivity_table(model, calib_fingerprint="cal").rows) == 6
+    # what is asked and missing is named, with the one command that computes it
+    with pytest.raises(NoSensitivityTable, match=(
+            r"^no noise sensitivity table of checkpoint cccccccccccc, quantizer q2 for model "
+            r"'contract-model'; run `hwcost sensitivity contract-model --calib DATA` first$")):
+        store.sensitivity_table(model, "noise", checkpoint="c" * 32, quantizer="q2")
+    store.put_sensitivity_table(model, SensitivityTable(rows[:1], "taylor", "cal", "c" * 31 + "e",
+                                                        "q1"))
+    with pytest.raises(SensitivityError, match="'ccc' matches several checkpoints"):
+        store.sensitivity_table(model, checkpoint="ccc")
+    # bad rows or keys: refused, nothing written
+    bad = SensitivityTable([*rows[:1], SensitivityRow(layers[1], "int8", math.nan, 0.0, 8)],
+                           "taylor", "cal3", "c" * 32, "q1")
     with pytest.raises(InvalidMeasurement, match="sensitivity loss_mse=nan"):
-        store.add_sensitivities([bad])
+        store.put_sensitivity_table(model, bad)
+    with pytest.raises(SensitivityError, match="needs its calibration fingerprint"):
+        store.put_sensitivity_table(model, SensitivityTable(rows, "taylor", "", "c" * 32, "q1"))
+    with pytest.raises(NoSensitivityTable):
+        store.sensitivity_table(model, calib_fingerprint="cal3")
 
 
 def test_plans_and_validations_round_trip(store):

@@ -12,8 +12,15 @@ import pytest
 
 from hwcost.device import DeviceInfo
 from hwcost.precision import config_key
-from hwcost.schema import Sensitivity
-from hwcost.store import ManifestItem, MeasurementIn, SlotInfo, SubgraphInfo
+from hwcost.schema import UNKNOWN
+from hwcost.store import (
+    ManifestItem,
+    MeasurementIn,
+    SensitivityRow,
+    SensitivityTable,
+    SlotInfo,
+    SubgraphInfo,
+)
 
 PRECS = ("fp32", "bf16", "int8")
 # Relative latency per precision and a cost for each precision boundary inside a subgraph,
@@ -83,10 +90,9 @@ def populate(store, *, blocks: int = 2, seed: int = 0, name: str = "tiny",
         for layer in layers:
             base = rng.lognormvariate(-7.0, 1.0) * (5.0 if layer == "lm_head" else 1.0)
             for p, mult in (("bf16", 0.05), ("int8", 1.0)):
-                sens.append(Sensitivity(model_id=model_id, calib_fingerprint="calib-fixture",
-                                        layer=layer, precision=p, loss_mse=base * mult,
-                                        stderr=base * mult * 0.1, method="taylor", n_samples=32))
-        store.add_sensitivities(sens)
+                sens.append(SensitivityRow(layer, p, base * mult, base * mult * 0.1, 32))
+        store.put_sensitivity_table(fp, SensitivityTable(sens, "taylor", "calib-fixture",
+                                                         UNKNOWN, UNKNOWN))
     return TinyModel(name, fp, dev.fingerprint, shape, layers, model_id)
 
 

@@ -57,7 +57,7 @@ def test_plan_json(tiny_sqlite):
 def test_infeasible_message(tiny_sqlite):
     url, m = tiny_sqlite
     with open_store(url) as s:
-        lm = next(r.loss_mse for r in s.sensitivities(m.model_id)
+        lm = next(r.loss_mse for r in s.sensitivity_table(m.name).rows
                   if r.layer == "lm_head" and r.precision == "int8")
     r = run("plan", m.name, "--device", m.device, "--shape", m.shape, "--max-loss-mse", "1e-9",
             "--pin", "lm_head=int8", "--db", url)

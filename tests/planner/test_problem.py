@@ -13,7 +13,8 @@ from hwcost.planner.solve import solve
 
 from hwcost.device import DeviceInfo
 from hwcost.errors import HwcostError, Infeasible
-from hwcost.schema import Sensitivity
+from hwcost.schema import UNKNOWN
+from hwcost.store import SensitivityRow, SensitivityTable
 
 from .conftest import populate
 
@@ -28,7 +29,7 @@ def test_problem_from_store(store, tiny):
         assert c.baseline.gain_us == 0 and c.baseline.loss_mse == 0
         assert {o.source for o in c.options} == {"measured"}
     # loss MSE of an option is the sum of its layers' rows
-    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivities(tiny.model_id)}
+    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivity_table(tiny.name).rows}
     mlp = p.choices[1]
     opt = next(o for o in mlp.options if o.config == ("int8", "bf16"))
     assert opt.loss_mse == pytest.approx(rows[(mlp.layer_names[0], "int8")]
@@ -61,7 +62,7 @@ def test_bad_pins_are_clear(store, tiny):
 
 def test_relative_threshold(store, tiny):
     p = build_problem(store, tiny.name, tiny.device, tiny.shape)
-    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivities(tiny.model_id)}
+    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivity_table(tiny.name).rows}
     all_int8 = sum(v for (_, prec), v in rows.items() if prec == "int8")
     assert lowest_precision_mse(p) == pytest.approx(all_int8)
     assert parse_threshold("10%").resolve(p) == pytest.approx(0.1 * all_int8)
@@ -72,7 +73,7 @@ def test_relative_threshold(store, tiny):
 
 def test_infeasible_reports_smallest_loss(store, tiny):
     p = build_problem(store, tiny.name, tiny.device, tiny.shape)
-    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivities(tiny.model_id)}
+    rows = {(r.layer, r.precision): r.loss_mse for r in store.sensitivity_table(tiny.name).rows}
     with pytest.raises(Infeasible) as e:
         solve(p, 1e-12, "time", Constraints(pins=(("lm_head", "int8"),)))
     assert e.value.min_loss_mse == pytest.approx(rows[("lm_head", "int8")])
@@ -102,8 +103,8 @@ def test_missing_sensitivity_is_a_clear_error(store):
                                           r"`hwcost sensitivity nosens --calib DATA` first"):
         build_problem(store, m.name, m.device, m.shape)
     # rows for some layers only: named
-    store.add_sensitivities([Sensitivity(model_id=m.model_id, calib_fingerprint="c", layer="lm_head",
-                                         precision="int8", loss_mse=1e-3, stderr=1e-4, n_samples=8)])
+    store.put_sensitivity_table(m.name, SensitivityTable(
+        [SensitivityRow("lm_head", "int8", 1e-3, 1e-4, 8)], "taylor", "c", UNKNOWN, UNKNOWN))
     with pytest.raises(HwcostError, match="has no int8 rows for 12 layer"):
         build_problem(store, m.name, m.device, m.shape)
 

@@ -50,7 +50,8 @@ def _invoke(*args):
 def _n_rows(url: str) -> tuple[int, int]:
     with open_store(url) as s:
         models = s.models()
-        rows = sum(len(s.sensitivities(m.id)) for m in models)
+        rows = sum(len(s.sensitivity_table(m.fingerprint).rows) for m in models
+                   if s.sensitivity_keys(m.fingerprint))
         return len(models), rows
 
 

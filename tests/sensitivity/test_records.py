@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from hwcost.sensitivity.records import SensitivityRow, SensitivityTable, load_table, save_table
+from hwcost.sensitivity.records import SensitivityRow, SensitivityTable
 
 from hwcost.errors import InvalidMeasurement, SensitivityError
 from hwcost.quantizer import DEFAULT, GAUDI2
-from hwcost.store import ManifestItem, SlotInfo, SubgraphInfo
+from hwcost.store import ManifestItem, ModelRef, SlotInfo, SubgraphInfo
 
 
-def _model(store) -> int:
+def _model(store) -> ModelRef:
     sg = SubgraphInfo("sig-mlp", "LlamaMLP", (SlotInfo("Linear", 8, 16), SlotInfo("Linear", 16, 8)))
-    return store.put_model("fp-model", "tiny", [sg],
-                           [ManifestItem(0, "sig-mlp", ("mlp.up", "mlp.down"))])
+    store.put_model("fp-model", "tiny", [sg], [ManifestItem(0, "sig-mlp", ("mlp.up", "mlp.down"))])
+    return store.model("fp-model")
 
 
 def _table(calib="c" * 64, method="taylor", scale=1.0, checkpoint="d" * 32,
@@ -27,42 +27,42 @@ def _table(calib="c" * 64, method="taylor", scale=1.0, checkpoint="d" * 32,
 def test_round_trip(store):
     mid = _model(store)
     t = _table()
-    assert save_table(store, mid, t) == 4
-    back = load_table(store, mid)
+    assert store.put_sensitivity_table(mid, t) == 4
+    back = store.sensitivity_table(mid)
     assert back == t
     assert back.predict({"mlp.up": "int8", "mlp.down": "bf16"}) == pytest.approx(1e-5 + 3e-6)
 
 
 def test_keys_method_and_calibration(store):
     mid = _model(store)
-    save_table(store, mid, _table("a" * 64))
-    save_table(store, mid, _table("b" * 64, scale=2.0))
-    save_table(store, mid, _table("b" * 64, method="noise", scale=3.0))
-    assert load_table(store, mid, calib_fingerprint="a" * 64).get("mlp.up", "int8").loss_mse == 1e-5
-    assert load_table(store, mid).calib_fingerprint == "b" * 64  # latest calibration set
-    assert load_table(store, mid, "noise").get("mlp.up", "int8").loss_mse == pytest.approx(3e-5)
-    save_table(store, mid, _table("a" * 64, scale=5.0))  # same key again: replaced, not doubled
-    again = load_table(store, mid, calib_fingerprint="a" * 64)
+    store.put_sensitivity_table(mid, _table("a" * 64))
+    store.put_sensitivity_table(mid, _table("b" * 64, scale=2.0))
+    store.put_sensitivity_table(mid, _table("b" * 64, method="noise", scale=3.0))
+    assert store.sensitivity_table(mid, calib_fingerprint="a" * 64).get("mlp.up", "int8").loss_mse == 1e-5
+    assert store.sensitivity_table(mid).calib_fingerprint == "b" * 64  # latest calibration set
+    assert store.sensitivity_table(mid, "noise").get("mlp.up", "int8").loss_mse == pytest.approx(3e-5)
+    store.put_sensitivity_table(mid, _table("a" * 64, scale=5.0))  # same key again: replaced, not doubled
+    again = store.sensitivity_table(mid, calib_fingerprint="a" * 64)
     assert len(again.rows) == 4 and again.get("mlp.up", "int8").loss_mse == pytest.approx(5e-5)
 
 
 def test_checkpoints_and_quantizers_are_kept_apart(store):
     mid = _model(store)
-    save_table(store, mid, _table(checkpoint="1" * 32))
-    save_table(store, mid, _table(checkpoint="2" * 32, scale=7.0))
-    save_table(store, mid, _table(checkpoint="1" * 32, quantizer=GAUDI2.key, scale=3.0))
-    assert len(store.sensitivities(mid)) == 4  # one table, never a mix
-    one = load_table(store, mid, checkpoint="1" * 32, quantizer=DEFAULT.key)
-    two = load_table(store, mid, checkpoint="2" * 32)
-    gaudi = load_table(store, mid, checkpoint="1" * 32, quantizer=GAUDI2.key)
+    store.put_sensitivity_table(mid, _table(checkpoint="1" * 32))
+    store.put_sensitivity_table(mid, _table(checkpoint="2" * 32, scale=7.0))
+    store.put_sensitivity_table(mid, _table(checkpoint="1" * 32, quantizer=GAUDI2.key, scale=3.0))
+    assert len(store.sensitivity_table(mid).rows) == 4  # one table, never a mix
+    one = store.sensitivity_table(mid, checkpoint="1" * 32, quantizer=DEFAULT.key)
+    two = store.sensitivity_table(mid, checkpoint="2" * 32)
+    gaudi = store.sensitivity_table(mid, checkpoint="1" * 32, quantizer=GAUDI2.key)
     assert one.get("mlp.up", "int8").loss_mse == pytest.approx(1e-5)
     assert two.get("mlp.up", "int8").loss_mse == pytest.approx(7e-5)
     assert gaudi.get("mlp.up", "int8").loss_mse == pytest.approx(3e-5)
     assert gaudi.quantizer == "e4m3=240,e5m2=57344,w=per_channel,a=per_token"
     with pytest.raises(SensitivityError, match="checkpoint 333333333333"):
-        load_table(store, mid, checkpoint="3" * 32)
+        store.sensitivity_table(mid, checkpoint="3" * 32)
     with pytest.raises(SensitivityError, match="needs its checkpoint digest"):
-        save_table(store, mid, _table(checkpoint=""))
+        store.put_sensitivity_table(mid, _table(checkpoint=""))
 
 
 def test_bad_rows_store_nothing(store):
@@ -71,11 +71,11 @@ def test_bad_rows_store_nothing(store):
     bad = SensitivityTable([*rows[:2], SensitivityRow("mlp.down", "int8", float("nan"), 0.0, 3)],
                            "taylor", "c" * 64, "d" * 32, DEFAULT.key)
     with pytest.raises(InvalidMeasurement):
-        save_table(store, mid, bad)
-    with pytest.raises(SensitivityError, match="no taylor sensitivities stored"):
-        load_table(store, mid)
+        store.put_sensitivity_table(mid, bad)
+    with pytest.raises(SensitivityError, match="no taylor sensitivity table for model 'tiny'"):
+        store.sensitivity_table(mid)
     with pytest.raises(SensitivityError, match="needs its calibration fingerprint"):
-        save_table(store, mid, SensitivityTable(rows, "taylor", "", "d" * 32, DEFAULT.key))
+        store.put_sensitivity_table(mid, SensitivityTable(rows, "taylor", "", "d" * 32, DEFAULT.key))
 
 
 def test_table_lookup_errors():
