@@ -317,7 +317,7 @@ def main(argv=None) -> int:
 def _load1s(store, device) -> list[float]:
     from sqlalchemy import select
 
-    from hwcost.schema import Measurement
+    from hwcost.store.schema import Measurement
 
     dev = store.get_device(device)
     with store.session() as s:

@@ -75,7 +75,7 @@ def campaign(url: str, threads: int, timing) -> dict:
     from hwcost.profiles.campaign import run_campaign
     from sqlalchemy import select
 
-    from hwcost.schema import Measurement, Subgraph
+    from hwcost.store.schema import Measurement, Subgraph
 
     with open_store(url) as store:
         t0 = time.perf_counter()

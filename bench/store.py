@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.synthetic: the test helpers that make synthetic stores
 
-from hwcost.exchange import export_bundle, import_bundle  # noqa: E402
 from hwcost.store import open_store  # noqa: E402
+from hwcost.store.exchange import export_bundle, import_bundle  # noqa: E402
 from tests.synthetic import PRECISIONS, device, fill_grid, scratch_pg_database  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hwcost.errors import NoSuchDevice
 from hwcost.precision import Precision
-from hwcost.schema import Device
+from hwcost.store.schema import Device
 
 DATA_ENV = "HWCOST_DATA"
 

@@ -54,9 +54,9 @@ from hwcost.precision import (
     parse_precision,
 )
 from hwcost.roofline import Query, RooflineModel, terms
-from hwcost.schema import Device
 from hwcost.shape import Shape, parse_shape, reads_kv
 from hwcost.store import DeviceRef, Manifest, ModelRef, SlotInfo, Store, SubgraphInfo
+from hwcost.store.schema import Device
 
 SOURCES = tuple(CostSource.values())
 MIN_LEARNED_SAMPLES = 12

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hwcost.enums import DeploymentMode, DeviceKind
-from hwcost.schema import Device
+from hwcost.store.schema import Device
 
 # Software whose version changes measured latencies; part of the fingerprint.
 _TIMING_PACKAGES = ("torch", "torchao", "neural-compressor", "habana-torch-plugin", "triton")

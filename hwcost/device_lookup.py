@@ -11,8 +11,8 @@ import json
 from hwcost.catalog import Peaks, find_catalog, load_catalog
 from hwcost.errors import NoSuchDevice
 from hwcost.precision import BASELINE, Precision
-from hwcost.schema import Device
 from hwcost.store import DeviceRef, Store
+from hwcost.store.schema import Device
 
 # Rough rates for a stored device that has measurements but neither a catalog entry nor a
 # calibration: the fit to its measurements sets the real scale; only the ratios matter.

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 
 from hwcost.precision import config_key
 from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
-from hwcost.schema import Device, ModelLatency
 from hwcost.store import (
     ManifestItem,
     MeasurementIn,
@@ -28,6 +27,7 @@ from hwcost.store import (
     SubgraphInfo,
     open_store,
 )
+from hwcost.store.schema import Device, ModelLatency
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
 SHAPES = ("batch=1,seq=128,phase=prefill", "batch=1,kv=512,phase=decode",
@@ -111,7 +111,7 @@ def fill_grid(store: Store, n_devices: int, n_subgraphs: int, shapes: list[str],
     import pyarrow as pa  # only here: the concurrency workers start faster without it
     from sqlalchemy import text
 
-    from hwcost.bulk import drop_temp, load_temp
+    from hwcost.store.bulk import drop_temp, load_temp
 
     for i in range(n_devices):
         store.upsert_device(device(i))

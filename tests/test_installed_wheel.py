@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hwcost.exchange import export_bundle
 from hwcost.store import open_store
+from hwcost.store.exchange import export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 

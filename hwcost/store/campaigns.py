@@ -15,15 +15,6 @@ from sqlalchemy import and_, case, exists, func, or_, select, text, update
 
 from hwcost.enums import TaskState
 from hwcost.errors import StoreError
-from hwcost.schema import (
-    Campaign,
-    CampaignTask,
-    CampaignUnit,
-    Device,
-    Measurement,
-    Model,
-    Subgraph,
-)
 from hwcost.shape import parse_shape
 from hwcost.store.queue_records import (
     CampaignStatus,
@@ -35,6 +26,15 @@ from hwcost.store.queue_records import (
     utc,
 )
 from hwcost.store.rows import dialect_insert, insert_ignore, subgraph_ids
+from hwcost.store.schema import (
+    Campaign,
+    CampaignTask,
+    CampaignUnit,
+    Device,
+    Measurement,
+    Model,
+    Subgraph,
+)
 
 __all__ = ["OPEN", "CampaignMethods", "STALE_AFTER_S"]
 
@@ -135,7 +135,7 @@ class _Row:
 
 def _measurement_row(unit: Unit, m) -> dict:
     from hwcost.precision import config_key
-    from hwcost.schema import utcnow
+    from hwcost.store.schema import utcnow
 
     cfg = m.config if isinstance(m.config, str) else config_key(m.config)
     if m.signature != unit.signature or parse_shape(m.shape).key != unit.shape:

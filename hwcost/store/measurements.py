@@ -12,7 +12,6 @@ from sqlmodel import Session
 
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, StoreError
 from hwcost.precision import config_key
-from hwcost.schema import Device, LearnedFit, ManifestEntry, Measurement, ModelLatency, Subgraph, utcnow
 from hwcost.shape import parse_shape
 from hwcost.store.records import (
     CostRow,
@@ -23,6 +22,7 @@ from hwcost.store.records import (
     timing_problem,
 )
 from hwcost.store.rows import good, shape_key, subgraph_ids, subgraph_info, upsert
+from hwcost.store.schema import Device, LearnedFit, ManifestEntry, Measurement, ModelLatency, Subgraph, utcnow
 
 __all__ = ["MeasurementMethods"]
 

@@ -23,8 +23,8 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from hwcost.errors import SchemaTooNew, StoreError, first_line
-from hwcost.migrations import MIGRATIONS, pending
-from hwcost.schema import SCHEMA_VERSION
+from hwcost.store.migrations import MIGRATIONS, pending
+from hwcost.store.schema import SCHEMA_VERSION
 
 __all__ = ["ENV_VAR", "default_url", "open_store", "redact_urls", "sqlite_path"]
 

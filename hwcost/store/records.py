@@ -117,7 +117,7 @@ class MeasurementIn:
     campaign: str | None = None
     tool_version: str = __version__
     measured_at: datetime | None = None
-    # how it was taken (see hwcost.schema.Measurement)
+    # how it was taken (see hwcost.store.schema.Measurement)
     clock: str = "wall"
     quick: bool = False
     stable: bool = True

@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 
 from hwcost.bounds import LOSS_MAX, float_problem, int_problem
 from hwcost.errors import InvalidMeasurement, NoSensitivityTable, SensitivityError, StoreError
-from hwcost.schema import Device, Model, Plan, Sensitivity, Validation, utcnow
 from hwcost.store.records import (
     DeviceRef,
     ModelRef,
@@ -19,6 +18,7 @@ from hwcost.store.records import (
     SensitivityTable,
 )
 from hwcost.store.rows import model_ref, shape_key, upsert
+from hwcost.store.schema import Device, Model, Plan, Sensitivity, Validation, utcnow
 
 __all__ = ["ResultMethods"]
 

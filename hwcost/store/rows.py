@@ -12,9 +12,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session, SQLModel
 
 from hwcost.errors import StoreError
-from hwcost.schema import Device, Model, Subgraph
 from hwcost.shape import parse_shape
 from hwcost.store.records import DeviceRef, ModelRef, SlotInfo, SubgraphInfo
+from hwcost.store.schema import Device, Model, Subgraph
 
 __all__: list[str] = []  # private to hwcost.store
 

@@ -15,16 +15,6 @@ from sqlmodel import Session
 from hwcost.bounds import int_problem
 from hwcost.device import DeviceInfo
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
-from hwcost.schema import (
-    UNKNOWN,
-    Checkpoint,
-    Device,
-    ManifestEntry,
-    Meta,
-    Model,
-    Subgraph,
-    utcnow,
-)
 from hwcost.store.campaigns import CampaignMethods
 from hwcost.store.measurements import MeasurementMethods
 from hwcost.store.records import DeviceRef, Manifest, ManifestItem, ModelRef, SubgraphInfo
@@ -36,6 +26,16 @@ from hwcost.store.rows import (
     model_ref,
     subgraph_ids,
     subgraph_info,
+)
+from hwcost.store.schema import (
+    UNKNOWN,
+    Checkpoint,
+    Device,
+    ManifestEntry,
+    Meta,
+    Model,
+    Subgraph,
+    utcnow,
 )
 
 __all__ = ["SqlStore"]

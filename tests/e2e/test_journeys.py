@@ -183,7 +183,7 @@ def test_two_teams_merge_their_stores(env, tmp_path):
     with open_store(merged) as s, s.session() as ses:
         from sqlalchemy import select
 
-        from hwcost.schema import Measurement
+        from hwcost.store.schema import Measurement
 
         rows = list(ses.scalars(select(Measurement)))
     assert len(rows) == m_a["new"]

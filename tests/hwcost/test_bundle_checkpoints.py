@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from hwcost.bundle import META_KEY, read_bundle, write_bundle
 from hwcost.errors import BundleInvalid
-from hwcost.exchange import export_bundle, import_bundle, read_tables
 from hwcost.quantizer import DEFAULT
 from hwcost.store import open_store
+from hwcost.store.bundle import META_KEY, read_bundle, write_bundle
+from hwcost.store.exchange import export_bundle, import_bundle, read_tables
 from tests.synthetic import small_store
 
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
-from hwcost.bundle import META_KEY, read_bundle, write_bundle
 from hwcost.errors import BundleInvalid
-from hwcost.exchange import export_bundle, import_bundle, read_tables
-from hwcost.schema import Measurement, ModelLatency
 from hwcost.store import MeasurementIn, open_store
+from hwcost.store.bundle import META_KEY, read_bundle, write_bundle
+from hwcost.store.exchange import export_bundle, import_bundle, read_tables
+from hwcost.store.schema import Measurement, ModelLatency
 from tests.synthetic import device, subgraph
 
 COLS = ("clock", "quick", "stable", "load1", "cpu_mhz", "threads", "baseline_us", "drift")

@@ -15,9 +15,9 @@ from sqlalchemy import func, insert, select, text
 from hwcost.app.main import cli
 from hwcost.errors import HwcostError, SensitivityError
 from hwcost.quantizer import DEFAULT
-from hwcost.schema import SCHEMA_VERSION, Plan, Sensitivity, Validation
 from hwcost.store import SensitivityRow, SensitivityTable, open_store
 from hwcost.store.opening import _make_engine
+from hwcost.store.schema import SCHEMA_VERSION, Plan, Sensitivity, Validation
 from tests.hwcost.schema_v1 import V1  # the frozen v1 layout
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from hwcost.app.main import cli
-from hwcost.exchange import read_bundle
-from hwcost.schema import SCHEMA_VERSION as V
 from hwcost.store import open_store
+from hwcost.store.exchange import read_bundle
+from hwcost.store.schema import SCHEMA_VERSION as V
 from tests.synthetic import small_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -273,7 +273,7 @@ def test_learned_fit_is_cached_in_the_store_and_refitted_when_the_data_change(st
 
     from sqlalchemy import func, select
 
-    from hwcost.schema import LearnedFit
+    from hwcost.store.schema import LearnedFit
 
     put_llama(store)
     fp = local_cpu(store)

@@ -52,8 +52,8 @@ def test_library_tuples_come_from_the_enums():
     from hwcost.sensitivity.records import METHODS
 
     from hwcost.costs import SOURCES
-    from hwcost.exchange import CONFLICT_RULES
     from hwcost.store.campaigns import OPEN
+    from hwcost.store.exchange import CONFLICT_RULES
 
     assert SOURCES == ("measured", "learned", "roofline") == tuple(CostSource.values())
     assert CONFLICT_RULES == tuple(ConflictRule.values())

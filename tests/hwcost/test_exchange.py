@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from hwcost import schema
 from hwcost.errors import BundleInvalid
-from hwcost.exchange import (
+from hwcost.store import MeasurementIn, open_store, schema
+from hwcost.store.exchange import (
     META_KEY,
     SPECS,
     export_bundle,
@@ -23,7 +23,6 @@ from hwcost.exchange import (
     read_bundle,
     write_bundle,
 )
-from hwcost.store import MeasurementIn, open_store
 from tests.synthetic import device, small_store, subgraph
 
 TABLES = [t.__tablename__ for t in schema.ALL_TABLES]
@@ -278,7 +277,7 @@ def test_bulk_load_into_an_empty_table_rebuilds_its_indexes(
         store, second_url, bundle, tmp_path, monkeypatch):
     """Large imports into an empty table build indexes (and constraints) once,
     afterwards; the result must be the same rows and the same catalog."""
-    from hwcost import exchange
+    from hwcost.store import exchange
 
     def catalog(s):
         with s.engine.connect() as c:

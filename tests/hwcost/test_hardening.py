@@ -24,9 +24,9 @@ from hwcost.app.main import cli
 from hwcost.bounds import BUNDLE_ROWS_MAX, INT_MAX
 from hwcost.device import DeviceInfo
 from hwcost.errors import BundleInvalid, InvalidMeasurement, QueryTimeout, ReadOnlyViolation
-from hwcost.exchange import export_bundle, import_bundle, read_bundle, write_bundle
-from hwcost.query import run_query
 from hwcost.store import MeasurementIn, open_store
+from hwcost.store.exchange import export_bundle, import_bundle, read_bundle, write_bundle
+from hwcost.store.query import run_query
 from tests.synthetic import small_store
 
 REPO = Path(__file__).resolve().parents[2]

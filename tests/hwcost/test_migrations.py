@@ -10,16 +10,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
-import hwcost.schema
 import hwcost.store.opening
-from hwcost import migrations
+import hwcost.store.schema
 from hwcost.app.main import cli
 from hwcost.errors import SchemaTooNew
-from hwcost.migrations import MIGRATIONS, schema_status
-from hwcost.store import open_store
+from hwcost.store import migrations, open_store
+from hwcost.store.migrations import MIGRATIONS, schema_status
 from tests.synthetic import small_store
 
-V = hwcost.schema.SCHEMA_VERSION
+V = hwcost.store.schema.SCHEMA_VERSION
 
 
 def sqlite_hash(url: str) -> str:
@@ -32,7 +31,7 @@ def sqlite_hash(url: str) -> str:
 def _bump(monkeypatch, migration) -> None:
     """Pretend this hwcost is one schema version newer, with ``migration`` to get there."""
     monkeypatch.setitem(MIGRATIONS, V, migration)
-    monkeypatch.setattr(hwcost.schema, "SCHEMA_VERSION", V + 1)
+    monkeypatch.setattr(hwcost.store.schema, "SCHEMA_VERSION", V + 1)
     monkeypatch.setattr(hwcost.store.opening, "SCHEMA_VERSION", V + 1)
 
 
@@ -125,7 +124,7 @@ def test_pending_lists_the_steps():
 def test_schema_3_store_gains_measurement_provenance_with_no_row_lost(store_url):
     """A store of layout 3 (no provenance columns, no learned_fit) upgrades in place:
     every row kept, old rows read as full stable wall-clock timings."""
-    from hwcost.schema import SCHEMA_VERSION
+    from hwcost.store.schema import SCHEMA_VERSION
 
     assert SCHEMA_VERSION >= 4
     with open_store(store_url) as s:

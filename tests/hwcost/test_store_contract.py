@@ -19,7 +19,6 @@ from hwcost.errors import (
     SensitivityError,
     StoreError,
 )
-from hwcost.schema import SCHEMA_VERSION, ModelLatency, Plan, Validation
 from hwcost.store import (
     CostRow,
     DeviceRef,
@@ -35,6 +34,7 @@ from hwcost.store import (
     SubgraphInfo,
     open_store,
 )
+from hwcost.store.schema import SCHEMA_VERSION, ModelLatency, Plan, Validation
 
 CPU = DeviceInfo("cpu", "Contract CPU", 4, ("avx2",), {"torch": "0"})
 GPU = DeviceInfo("cuda", "Contract GPU", None, (), {"torch": "0"})

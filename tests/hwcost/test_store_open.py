@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from hwcost.schema import SCHEMA_VERSION
 from hwcost.store import open_store
+from hwcost.store.schema import SCHEMA_VERSION
 
 
 def _open(url: str) -> str:

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from hwcost.exchange import export_bundle, import_bundle, read_bundle
-from hwcost.schema import Measurement
 from hwcost.store import MeasurementIn, open_store
+from hwcost.store.exchange import export_bundle, import_bundle, read_bundle
+from hwcost.store.schema import Measurement
 from tests.synthetic import (
     PRECISIONS,
     SHAPES,

@@ -12,7 +12,6 @@ import pytest
 
 from hwcost.device import DeviceInfo
 from hwcost.precision import config_key
-from hwcost.schema import UNKNOWN
 from hwcost.store import (
     ManifestItem,
     MeasurementIn,
@@ -21,6 +20,7 @@ from hwcost.store import (
     SlotInfo,
     SubgraphInfo,
 )
+from hwcost.store.schema import UNKNOWN
 
 PRECS = ("fp32", "bf16", "int8")
 # Relative latency per precision and a cost for each precision boundary inside a subgraph,

@@ -32,8 +32,8 @@ def test_validate_applies_real_kernels_and_stores(sqlite_url, tiny_llama, tmp_pa
     from hwcost.profiles.partition import partition, register_model
 
     from hwcost.device import local_device
-    from hwcost.schema import ModelLatency, Validation
     from hwcost.store import open_store
+    from hwcost.store.schema import ModelLatency, Validation
 
     store = open_store(sqlite_url)
     part = partition(tiny_llama.model, tiny_llama.inputs_for("batch=1,seq=16"))

@@ -13,8 +13,8 @@ from hwcost.planner.solve import solve
 
 from hwcost.device import DeviceInfo
 from hwcost.errors import HwcostError, Infeasible
-from hwcost.schema import UNKNOWN
 from hwcost.store import SensitivityRow, SensitivityTable
+from hwcost.store.schema import UNKNOWN
 
 from .conftest import populate
 
@@ -150,7 +150,7 @@ def test_plan_is_stored(store, tiny):
 
 
 def test_whole_model_baseline(store, tiny):
-    from hwcost.schema import ModelLatency
+    from hwcost.store.schema import ModelLatency
 
     dev = store.get_device(tiny.device)
     p = build_problem(store, tiny.name, tiny.device, tiny.shape)

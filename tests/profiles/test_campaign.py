@@ -114,7 +114,7 @@ def _profile_cmd(url: str, *extra: str) -> list[str]:
 def _rows(url: str) -> dict:
     from sqlalchemy import select
 
-    from hwcost.schema import Measurement
+    from hwcost.store.schema import Measurement
 
     with open_store(url) as s, s.session() as ses:
         return {(m.subgraph_id, m.shape, m.config): (m.median_us, m.measured_at)

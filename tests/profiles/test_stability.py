@@ -26,8 +26,8 @@ from hwcost.profiles.stability import (
 from sqlalchemy import select
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hwcost.schema import Measurement
 from hwcost.store import MeasurementIn, open_store
+from hwcost.store.schema import Measurement
 
 SHAPE = "batch=1,seq=8"
 

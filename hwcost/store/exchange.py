@@ -1,7 +1,7 @@
 """Sharing cost tables: export a store (or one device of it) to a bundle file and merge a
-bundle into a store. The file format is ``hwcost.bundle``.
+bundle into a store. The file format is ``hwcost.store.bundle``.
 
-Import validates everything before it writes anything (``hwcost.bundle.read_bundle``), then
+Import validates everything before it writes anything (``hwcost.store.bundle.read_bundle``), then
 merges in one transaction by natural key. Conflict rule (a key present in both with different
 values): ``keep`` (default) keeps the store's row, ``replace`` takes the bundle's, ``newer``
 takes the bundle's where its timestamp (``measured_at``/``created_at``) is later and keeps the
@@ -21,8 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import DateTime, bindparam, text
 
-from hwcost.bulk import drop_temp, insert_rows, load_temp, read_rows
-from hwcost.bundle import (  # noqa: F401  (re-exported: the exchange API in one place)
+from hwcost.enums import ConflictRule
+from hwcost.errors import HwcostError
+from hwcost.store.bulk import drop_temp, insert_rows, load_temp, read_rows
+from hwcost.store.bundle import (  # noqa: F401  (re-exported: the exchange API in one place)
     META_KEY,
     REFERENCED,
     SPEC,
@@ -35,8 +37,6 @@ from hwcost.bundle import (  # noqa: F401  (re-exported: the exchange API in one
     read_bundle,
     write_bundle,
 )
-from hwcost.enums import ConflictRule
-from hwcost.errors import HwcostError
 
 CONFLICT_RULES = tuple(ConflictRule.values())
 

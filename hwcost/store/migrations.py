@@ -19,7 +19,7 @@ def _v1_campaign_units(conn: Connection) -> None:
     """v1 -> v2: ``campaign_unit``, one row per (campaign, subgraph, shape) of the tasks, which
     workers claim whole. A unit with an open task is pending (its claims are released: a v1
     worker's claim has no heartbeat), else failed if a task failed, else done."""
-    from hwcost.schema import CampaignUnit
+    from hwcost.store.schema import CampaignUnit
 
     CampaignUnit.__table__.create(conn, checkfirst=True)
     conn.execute(text(
@@ -117,7 +117,7 @@ class SchemaStatus:
 
 def schema_status(store) -> SchemaStatus:
     """Where ``store`` (opened with ``upgrade=False``) stands against this hwcost."""
-    from hwcost import schema
+    from hwcost.store import schema
 
     stored = store.schema_version()
     return SchemaStatus(stored, schema.SCHEMA_VERSION, pending(stored, schema.SCHEMA_VERSION))

@@ -1,4 +1,4 @@
-"""Row checks of a bundle (``hwcost.bundle.read_bundle`` runs them before anything is
+"""Row checks of a bundle (``hwcost.store.bundle.read_bundle`` runs them before anything is
 written): nulls, NUL characters, duplicate keys, latencies and bounds, provenance, canonical
 shapes, configs, precisions and quantizer keys, JSON columns and references."""
 
@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hwcost import schema as _schema
 from hwcost.bounds import INT_FIELDS, LATENCY_MAX_US, LOSS_MAX, TS_MAX, TS_MIN, float_problem, int_problem
-from hwcost.bundle import _TS, CLOCKS, SPEC, SPECS, format_key
 from hwcost.errors import HwcostError
 from hwcost.precision import config_key, parse_config, parse_precision
 from hwcost.shape import parse_shape
+from hwcost.store import schema as _schema
+from hwcost.store.bundle import _TS, CLOCKS, SPEC, SPECS, format_key
 
 
 def validate(tables: dict[str, pa.Table], bad) -> None:

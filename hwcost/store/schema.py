@@ -12,7 +12,7 @@ from sqlalchemy import Index, UniqueConstraint, false, true
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 4
-"""Version of the layout below. Bump it and register a migration in ``hwcost.migrations``."""
+"""Version of the layout below. Bump it and register a migration in ``hwcost.store.migrations``."""
 
 
 # Server-side defaults of the schema-2 provenance columns: bulk loads (bundle import) and

@@ -4,13 +4,13 @@ Layout (``format_version`` 1). Each row is a record of one table; column ``recor
 table, and table ``T``'s column ``c`` is stored in column ``T_c`` (null in the rows of other
 tables). Rows are sorted by natural key, each table in its own row groups, and refer to each
 other by natural keys (device fingerprint, subgraph signature, model fingerprint), never by
-database ids. The Parquet key-value metadata entry ``hwcost.bundle`` holds JSON: format and
+database ids. The Parquet key-value metadata entry ``hwcost.store.bundle`` holds JSON: format and
 schema versions, the hwcost version that wrote it, the device filter, per-table row counts and
 columns, and a sha256 content checksum over a canonical binary form of the rows (see
 :func:`content_checksum`). DuckDB reads a bundle directly: ``SELECT measurement_shape,
 measurement_median_us FROM 'b.parquet' WHERE record = 'measurement'``.
 
-This module knows files only; moving bundles in and out of a store is ``hwcost.exchange``.
+This module knows files only; moving bundles in and out of a store is ``hwcost.store.exchange``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hwcost import __version__
-from hwcost import schema as _schema
 from hwcost.bounds import (
     BUNDLE_ROWS_MAX,
 )
-from hwcost.bulk import ARROW_TYPES
 from hwcost.errors import BundleInvalid, first_line
+from hwcost.store import schema as _schema
+from hwcost.store.bulk import ARROW_TYPES
 
 FORMAT = "hwcost-bundle"
 FORMAT_VERSION = 2
@@ -317,7 +317,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise bad(f"not a readable Parquet file ({first_line(e)}); truncated or corrupt?"
                   ) from None
     if raw_meta is None:
-        raise bad("no hwcost.bundle metadata; not an hwcost bundle")
+        raise bad("no hwcost.store.bundle metadata; not an hwcost bundle")
     if pf.metadata.num_rows > BUNDLE_ROWS_MAX:
         raise bad(f"{pf.metadata.num_rows} rows; bundles hold at most {BUNDLE_ROWS_MAX} "
                   "(export large stores per device: hwcost db export --device D)")
@@ -374,7 +374,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if actual != checksum:
         raise bad(f"checksum mismatch (stored {checksum[:12]}, content {actual[:12]}); "
                   "the file was changed or damaged")
-    from hwcost.bundle_checks import validate
+    from hwcost.store.bundle_checks import validate
 
     validate(tables, bad)
     return Bundle(str(path), version, checksum, meta.get("device"), tables, fver)

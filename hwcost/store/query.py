@@ -25,9 +25,9 @@ import duckdb
 from sqlalchemy import Boolean, DateTime, Float, Integer
 from sqlmodel import SQLModel
 
-import hwcost.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
-from hwcost.bulk import read_rows
+import hwcost.store.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
 from hwcost.errors import QueryTimeout, ReadOnlyViolation, StoreError, first_line
+from hwcost.store.bulk import read_rows
 
 COSTS_VIEW = """
 CREATE VIEW costs AS
