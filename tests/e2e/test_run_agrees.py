@@ -22,16 +22,28 @@ def _json(res) -> dict:
     return json.loads(out[out.index("{"):])
 
 
+# the tiny Llama with token files given on the command line, and a Qwen2 (biased q/k/v) whose
+# factory carries its own calibration and held-out batches
+MODELS = [pytest.param("tests.factories:tiny", "tiny", True, id="llama-npy"),
+          pytest.param("tests.zoo.families:qwen2", "qwen2", False, id="qwen2-biased")]
+
+
 @pytest.mark.slow
-def test_run_shows_progress_and_agrees_with_plan_and_validate(tmp_path, sqlite_url, monkeypatch):
-    calib, held = tmp_path / "calib.npy", tmp_path / "held.npy"
-    np.save(calib, np.random.default_rng(0).integers(0, 64, (16, 16)))
-    np.save(held, np.random.default_rng(1).integers(0, 64, (16, 16)))
+@pytest.mark.parametrize("spec, name, token_files", MODELS)
+def test_run_shows_progress_and_agrees_with_plan_and_validate(spec, name, token_files, tmp_path,
+                                                              sqlite_url, monkeypatch):
+    data, held_args = [], []
+    if token_files:
+        calib, held = tmp_path / "calib.npy", tmp_path / "held.npy"
+        np.save(calib, np.random.default_rng(0).integers(0, 64, (16, 16)))
+        np.save(held, np.random.default_rng(1).integers(0, 64, (16, 16)))
+        data, held_args = ["--calib", str(calib), "--eval-data", str(held)], ["--eval-data",
+                                                                             str(held)]
     # an absolute bound no plan reaches: the closed loop keeps the first plan, which `hwcost
     # plan` with the same bound finds again (a loop that re-plans on scaled predictions ends
     # with a plan no plain `hwcost plan` makes)
-    args = ["run", "tests.factories:tiny", "--shape", "batch=1,seq=16", "--max-loss-mse", "1",
-            "--calib", str(calib), "--eval-data", str(held), "--samples", "8", "--quick",
+    args = ["run", spec, "--shape", "batch=1,seq=16", "--max-loss-mse", "1", *data,
+            "--samples", "8", "--quick",
             "--precisions", "fp32,bf16,int8", "--out", str(tmp_path / "out"), "--db", sqlite_url]
     # as in a terminal: bars on stderr (a pipe, CI's log or --json gets none)
     monkeypatch.setattr(run_app, "progress_enabled", lambda: True)
@@ -42,7 +54,7 @@ def test_run_shows_progress_and_agrees_with_plan_and_validate(tmp_path, sqlite_u
                   "planning for loss MSE", "applying the plan with real kernels"):
         assert f"[hwcost run] {stage}" in err, err
     assert "timing " in err and " configs of " in err and "round " in err  # within a group
-    assert "tiny: 100%" in err  # the profile bar, per config
+    assert f"{name}: 100%" in err  # the profile bar, per config
     assert "sensitivity: 100%" in err  # per calibration batch
     assert "validate: timing plan vs baseline:" in err  # per interleaved round
     assert "validate: loss MSE: 100%" in err  # per held-out batch, baseline and plan
@@ -55,8 +67,7 @@ def test_run_shows_progress_and_agrees_with_plan_and_validate(tmp_path, sqlite_u
         "--max-loss-mse", "1", "--precisions", "fp32,bf16,int8", "--allow-unstable",
         "--db", sqlite_url, "--json"]))
     monkeypatch.setattr(plan_app, "progress_enabled", lambda: True)  # --json wins
-    val = CliRunner().invoke(cli, ["validate", str(run["plan_id"]), "--model",
-                                   "tests.factories:tiny", "--eval-data", str(held),
+    val = CliRunner().invoke(cli, ["validate", str(run["plan_id"]), "--model", spec, *held_args,
                                    "--samples", "8", "--db", sqlite_url, "--json"])
     assert "validate:" not in val.stderr
     val = _json(val)
