@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "store": ["Store", "open_store", "default_url", "DeviceRef", "ModelRef", "MeasurementIn",
-              "SubgraphInfo", "SlotInfo", "ManifestItem"],
+              "SubgraphInfo", "SlotInfo", "ManifestItem", "export_bundle", "import_bundle",
+              "run_query", "summarize", "schema_status"],
     "precision": ["Precision", "parse_precision", "parse_precisions"],
     "shape": ["Shape", "parse_shape"],
     "workload": ["Workload", "parse_workload", "workload_shapes"],
@@ -22,10 +23,6 @@ _WHERE = {
               "SensitivityMethod"],
     "device": ["DeviceInfo", "local_device"],
     "costs": ["CostModel", "Estimate", "model_table"],
-    "store.exchange": ["export_bundle", "import_bundle"],
-    "store.query": ["run_query"],
-    "store.summary": ["summarize"],
-    "store.migrations": ["schema_status"],
     "errors": ["HwcostError", "StoreError", "SchemaTooNew", "NoSuchDevice", "NoSuchModel",
                "InvalidMeasurement", "UnknownPrecision", "BadShape", "BadWorkload",
                "BundleInvalid", "Infeasible", "NoEstimate", "PlanInvalid"],

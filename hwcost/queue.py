@@ -27,8 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from hwcost.store.campaigns import OPEN, STALE_AFTER_S
-from hwcost.store.queue_records import OtherClaims, Progress, Task, Unit
+from hwcost.store.queue_records import OPEN, STALE_AFTER_S, OtherClaims, Progress, Task, Unit
 
 __all__ = ["OPEN", "STALE_AFTER_S", "Heartbeat", "OtherClaims", "Progress", "Task", "Unit", "add_tasks",
            "campaign_id", "cancel", "claim", "complete_unit", "ensure_campaign", "heartbeat",

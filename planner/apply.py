@@ -20,8 +20,8 @@ from pathlib import Path
 from hwcost.planner.export import validate_plan
 
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
-from hwcost.store import PlanRecord, host_name
-from hwcost.store.schema import UNKNOWN, Validation
+from hwcost.store import UNKNOWN, PlanRecord, host_name
+from hwcost.store.schema import Validation
 from hwcost.workload import is_workload_key
 
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"

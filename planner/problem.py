@@ -163,7 +163,7 @@ def _sensitivity_table(store, model, method: str, checkpoint: str | None,
                        quantizer: str | None) -> tuple[dict[tuple[str, str], float], dict]:
     """The table of one checkpoint and quantizer: named, or the only one stored. Tables of two
     checkpoints (a base model and its fine-tune) are never mixed or silently chosen between."""
-    from hwcost.store.schema import UNKNOWN
+    from hwcost.store import UNKNOWN
 
     keys = store.sensitivity_keys(model, method)
     if checkpoint is None:

@@ -130,3 +130,85 @@ def test_importing_hwcost_planner_or_the_cli_loads_no_heavy_module():
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+# -- the store's boundary: engines, sessions and rows stay inside hwcost/store/
+STORE = "hwcost.store"
+# What only the store's own modules may import: the SQL toolkits and drivers, DuckDB (db query
+# runs inside the store), and the store's backend modules (SQLModel rows, engines, sessions,
+# bulk copies, migrations). Its records (records, queue_records, protocol) and entry points
+# (exchange, bundle, query, summary) are the public face, reached through ``hwcost.store``.
+SQL_ENGINES = ("sqlmodel", "sqlalchemy", "psycopg", "psycopg2", "duckdb")
+STORE_BACKEND = tuple(f"{STORE}.{m}" for m in ("schema", "rows", "bulk", "sql", "measurements",
+                                              "results", "campaigns", "opening", "migrations",
+                                              "bundle_checks"))
+# A SQLAlchemy engine, session or connection, and the store's own attributes: reaching any of
+# them from outside the package is the leak this check exists for.
+BACKEND_ATTRS = {"engine", "session", "connection", "dialect", "exec_driver_sql"}
+# Precise, justified exceptions: (module path, what it reaches). Each is a known leak left for
+# another step of issue 13; an entry that no longer occurs fails the test, so the list shrinks.
+BOUNDARY_EXCEPTIONS: set[tuple[str, str]] = {
+    # planner.apply builds a Validation row; the protocol's validation record replaces it
+    ("planner/apply.py", "hwcost.store.schema"),
+    ("planner/apply.py", "hwcost.store.schema.Validation"),
+    # DeviceInfo / CatalogEntry.to_row build the Device row SqlStore.upsert_device takes, and
+    # costs / device_lookup accept one: Store.put_device with the record replaces them
+    *((f"hwcost/{m}.py", f"hwcost.store.schema{n}") for m in ("catalog", "costs", "device",
+                                                              "device_lookup")
+      for n in ("", ".Device")),
+}
+
+
+def _outside_store() -> list[Path]:
+    """Every library module outside hwcost/store/, the composition root (hwcost.app) included."""
+    files = [p for pkg in ("hwcost", *UPPER) for p in sorted((ROOT / pkg).rglob("*.py"))]
+    return [p for p in files if not _within(_module_name(p), STORE)]
+
+
+def _backend_attrs(source: str) -> list[tuple[int, str]]:
+    """``x.engine``, ``x.session(...)``, ... and ``store._private`` reads, as (line, attr)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        private = (node.attr.startswith("_") and not node.attr.startswith("__")
+                   and "store" in ast.unparse(node.value).lower())
+        if node.attr in BACKEND_ATTRS or private:
+            out.append((node.lineno, node.attr))
+    return out
+
+
+def _boundary_leaks() -> set[tuple[str, str]]:
+    leaks = set()
+    for v in _violations(_outside_store(), SQL_ENGINES + STORE_BACKEND):
+        where, _, imported = v.partition(" imports ")
+        leaks.add((where.split(":")[0], imported))
+    for path in _outside_store():
+        for _, attr in _backend_attrs(path.read_text()):
+            leaks.add((str(path.relative_to(ROOT)), f".{attr}"))
+    return leaks
+
+
+def test_the_boundary_check_sees_engines_sessions_rows_and_private_store_use():
+    src = ("from sqlalchemy import text\n"
+           "from hwcost.store import schema\n"
+           "def f(store):\n"
+           "    from hwcost.store.schema import Device\n"
+           "    with store.engine.connect() as c, store.session() as s:\n"
+           "        return store._insert_ignore(s, Device)\n")
+    names = {n for _, n in imported_modules(src, "hwcost.costs")}
+    assert {"sqlalchemy", "hwcost.store.schema", "hwcost.store.schema.Device"} <= names
+    assert {a for _, a in _backend_attrs(src)} == {"engine", "session", "_insert_ignore"}
+    files = _outside_store()
+    assert any(p.parent.name == "app" for p in files) and any(p.parent.name == "planner" for p in files)
+    assert not any(p.parent.name == "store" for p in files)
+
+
+def test_nothing_outside_the_store_touches_engines_sessions_or_rows():
+    """No module outside hwcost/store/ imports sqlmodel, sqlalchemy, a driver, DuckDB or the
+    store's backend modules (its SQLModel rows among them), nor reads ``.engine``, a session
+    or connection, or a ``store._private`` name: they go through the ``Store`` protocol's
+    records and the store's entry points (``hwcost.store.export_bundle``, ``run_query``, ...)."""
+    leaks = _boundary_leaks()
+    assert leaks - BOUNDARY_EXCEPTIONS == set(), "new leaks through the store's boundary"
+    assert BOUNDARY_EXCEPTIONS - leaks == set(), "fixed: remove these from BOUNDARY_EXCEPTIONS"

@@ -41,7 +41,7 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
     """Summarise devices, models (architectures, each with its checkpoints: weights digests
     with their sensitivity tables, plans and validations), subgraphs and measurement coverage
     per model, device and shape."""
-    from hwcost.store.summary import summarize
+    from hwcost.store import summarize
 
     with open_cli_store(db_url, read_only=True) as store:
         s = summarize(store)
@@ -82,7 +82,7 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
 def export_cmd(device: str | None, output: str, db_url: str | None) -> None:
     """Write the store (or one device's part) to one self-describing Parquet bundle with a
     content checksum."""
-    from hwcost.store.exchange import export_bundle
+    from hwcost.store import export_bundle
 
     with open_cli_store(db_url, read_only=True) as store:
         rep = export_bundle(store, output, device=device)
@@ -104,7 +104,7 @@ def export_cmd(device: str | None, output: str, db_url: str | None) -> None:
 def import_cmd(bundle: str, on_conflict: str, db_url: str | None, as_json: bool) -> None:
     """Validate a bundle completely, then merge it in one transaction (rows matched by
     fingerprint, signature, shape and config). A bad bundle changes nothing."""
-    from hwcost.store.exchange import import_bundle
+    from hwcost.store import import_bundle
 
     with open_cli_store(db_url) as store:
         rep = import_bundle(store, bundle, on_conflict=on_conflict)
@@ -143,7 +143,7 @@ def query_cmd(sql: str, timeout_s: float, memory_limit: str, db_url: str | None,
     manifest_entry, measurement, model_latency, sensitivity, ... and the view costs.
     Timestamps are TIMESTAMP WITH TIME ZONE (UTC) on every backend. Anything that writes
     (also inside a WITH clause) is refused; at most 200,000 rows come back."""
-    from hwcost.store.query import run_query
+    from hwcost.store import run_query
 
     with open_cli_store(db_url, read_only=True) as store:
         res = run_query(store, sql, timeout_s=timeout_s, memory_limit=memory_limit)
@@ -159,8 +159,7 @@ def query_cmd(sql: str, timeout_s: float, memory_limit: str, db_url: str | None,
 @handle_errors
 def status_cmd(db_url: str | None, as_json: bool) -> None:
     """Show the store's schema version, this hwcost's, and the migrations pending."""
-    from hwcost.store import open_store
-    from hwcost.store.migrations import schema_status
+    from hwcost.store import open_store, schema_status
 
     require_existing(db_url)
     with open_store(db_url, create=False, upgrade=False) as store:
@@ -177,8 +176,7 @@ def status_cmd(db_url: str | None, as_json: bool) -> None:
 @handle_errors
 def migrate_cmd(db_url: str | None) -> None:
     """Upgrade the store's schema in place, in one transaction."""
-    from hwcost.store import open_store
-    from hwcost.store.migrations import schema_status
+    from hwcost.store import open_store, schema_status
 
     require_existing(db_url)
     with open_store(db_url, create=False, upgrade=False) as store:

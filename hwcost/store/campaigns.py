@@ -13,10 +13,11 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, case, exists, func, or_, select, text, update
 
-from hwcost.enums import TaskState
 from hwcost.errors import StoreError
 from hwcost.shape import parse_shape
 from hwcost.store.queue_records import (
+    OPEN,
+    STALE_AFTER_S,
     CampaignStatus,
     OtherClaims,
     Progress,
@@ -37,12 +38,6 @@ from hwcost.store.schema import (
 )
 
 __all__ = ["OPEN", "CampaignMethods", "STALE_AFTER_S"]
-
-
-STALE_AFTER_S = 60.0
-"""Default: a claim without a heartbeat for this long is presumed dead and handed out again."""
-
-OPEN = (TaskState.PENDING.value, TaskState.CLAIMED.value)
 
 
 def _now() -> datetime:

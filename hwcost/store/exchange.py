@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +38,9 @@ from hwcost.store.bundle import (  # noqa: F401  (re-exported: the exchange API 
     read_bundle,
     write_bundle,
 )
+
+if TYPE_CHECKING:
+    from hwcost.store.sql import SqlStore
 
 CONFLICT_RULES = tuple(ConflictRule.values())
 
@@ -84,7 +88,7 @@ class ImportReport:
 # ------------------------------------------------------------------------------ export
 
 
-def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
+def read_tables(store: SqlStore, fingerprint: str | None = None) -> dict[str, pa.Table]:
     """Every exchanged table of the store as Arrow rows with natural keys (unsorted).
 
     ``fingerprint`` (a full device fingerprint) restricts the device-keyed tables (device,
@@ -123,7 +127,7 @@ def read_tables(store, fingerprint: str | None = None) -> dict[str, pa.Table]:
                 out[spec.name] = t
     return out
 
-def export_bundle(store, path: str | os.PathLike, device: str | None = None) -> ExportReport:
+def export_bundle(store: SqlStore, path: str | os.PathLike, device: str | None = None) -> ExportReport:
     """Write the store (or one device's part of it) to one self-describing Parquet file.
 
     ``device`` (fingerprint, unique prefix or name) limits the device-keyed tables to that
@@ -135,7 +139,7 @@ def export_bundle(store, path: str | os.PathLike, device: str | None = None) -> 
 # ------------------------------------------------------------------------------ import
 
 
-def import_bundle(store, path: str | os.PathLike, on_conflict: str = "keep") -> ImportReport:
+def import_bundle(store: SqlStore, path: str | os.PathLike, on_conflict: str = "keep") -> ImportReport:
     """Validate a bundle completely, then merge it into the store in one transaction.
 
     Rows are matched by natural key. ``on_conflict`` decides between a stored row and a

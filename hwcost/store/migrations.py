@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
+
+if TYPE_CHECKING:
+    from hwcost.store.protocol import Store
 
 Migration = Callable[[Connection], None]
 
@@ -115,7 +119,7 @@ class SchemaStatus:
     pending: list[int]
 
 
-def schema_status(store) -> SchemaStatus:
+def schema_status(store: Store) -> SchemaStatus:
     """Where ``store`` (opened with ``upgrade=False``) stands against this hwcost."""
     from hwcost.store import schema
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from sqlalchemy import Boolean, DateTime, Float, Integer
@@ -28,6 +28,9 @@ from sqlmodel import SQLModel
 import hwcost.store.schema  # noqa: F401  (registers the tables in SQLModel.metadata)
 from hwcost.errors import QueryTimeout, ReadOnlyViolation, StoreError, first_line
 from hwcost.store.bulk import read_rows
+
+if TYPE_CHECKING:
+    from hwcost.store.sql import SqlStore
 
 COSTS_VIEW = """
 CREATE VIEW costs AS
@@ -126,7 +129,7 @@ DEFAULT_MEMORY_LIMIT = "2GB"
 """DuckDB memory cap of a query (spilling to disk is off, so it fails instead of swapping)."""
 
 
-def run_query(store, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+def run_query(store: SqlStore, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
               memory_limit: str = DEFAULT_MEMORY_LIMIT) -> QueryResult:
     """Run one read-only SELECT over a copy of the store's tables (see module docstring),
     interrupted after ``timeout_s`` seconds and capped at ``memory_limit`` of memory."""

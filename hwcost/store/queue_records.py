@@ -7,7 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-__all__ = ["CampaignStatus", "OtherClaims", "Progress", "Task", "Unit", "WorkerStats"]
+from hwcost.enums import TaskState
+
+__all__ = ["OPEN", "STALE_AFTER_S", "CampaignStatus", "OtherClaims", "Progress", "Task", "Unit",
+           "WorkerStats"]
+
+STALE_AFTER_S = 60.0
+"""Default: a claim without a heartbeat for this long is presumed dead and handed out again."""
+
+OPEN = (TaskState.PENDING.value, TaskState.CLAIMED.value)
+"""Task states still waiting for a measurement."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ from hwcost.shape import parse_shape
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
            "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo",
            "host_name", "timing_problem"]
+__all__ += ["UNKNOWN"]
+
+UNKNOWN = "unknown"
+"""Checkpoint digest / quantizer key of rows written before they were recorded (schema 1):
+never equal to a real digest or key, so such rows are never reused for a new checkpoint."""
 
 
 def host_name() -> str:

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from sqlalchemy import Index, UniqueConstraint, false, true
 from sqlmodel import Field, SQLModel
 
+from hwcost.store.records import UNKNOWN  # the default of the checkpoint and quantizer keys
+
 SCHEMA_VERSION = 4
 """Version of the layout below. Bump it and register a migration in ``hwcost.store.migrations``."""
 
@@ -73,11 +75,6 @@ class Model(SQLModel, table=True):
     n_subgraphs: int
     n_layers: int
     created_at: datetime = Field(default_factory=utcnow)
-
-
-UNKNOWN = "unknown"
-"""Checkpoint digest / quantizer key of rows written before they were recorded (schema 1):
-never equal to a real digest or key, so such rows are never reused for a new checkpoint."""
 
 
 class Checkpoint(SQLModel, table=True):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
+
+if TYPE_CHECKING:
+    from hwcost.store.sql import SqlStore
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ ORDER BY mo.fingerprint, d.fingerprint, x.shape
 """
 
 
-def summarize(store) -> StoreSummary:
+def summarize(store: SqlStore) -> StoreSummary:
     """Devices, models and per (model, device, shape) coverage, in three grouped queries."""
     with store.engine.connect() as c:
         devices = [DeviceSummary(*r) for r in c.execute(text(_DEVICES))]
