@@ -51,7 +51,7 @@ def _bench_planner():
     return mod
 
 
-def make_plan(store, loaded, threshold: str, threads: int) -> dict:
+def make_plan(store, loaded, threshold: str, threads: int):
     from hwcost.planner.export import plan_document
     from hwcost.planner.objectives import parse_threshold
     from hwcost.planner.problem import build_problem
@@ -72,7 +72,7 @@ def doc_blocks(*titles: str) -> str:
                      for t in titles)
 
 
-def torchao_deployed(doc: dict, workdir: Path, via: str):
+def torchao_deployed(doc, workdir: Path, via: str):
     """The demo model deployed through the torchao export exactly as the docs apply it."""
     from hwcost.planner.export import to_torchao
     from hwcost.profiles.loading import demo_model_dir, load_model
@@ -115,11 +115,10 @@ def run(db_url: str | None, threads: int, threshold: str, clock: str = "wall") -
     with open_store(url) as store:
         doc = make_plan(store, loaded, threshold, threads)
     prep_s = time.perf_counter() - t0
-    data = doc["data"]
-    planned = data["layers"]
-    counts = {p: sum(v == p for v in planned.values()) for p in sorted(set(planned.values()))}
-    print(f"  plan at {threshold}: {counts}; predicted {data['predicted']['speedup']:.3f}x, "
-          f"loss MSE {data['predicted']['loss_mse']:.3g} (prep {prep_s:.0f} s)", flush=True)
+    planned = dict(doc.layers)
+    counts = doc.precision_counts()
+    print(f"  plan at {threshold}: {counts}; predicted {doc.predicted.speedup:.3f}x, "
+          f"loss MSE {doc.predicted.loss_mse:.3g} (prep {prep_s:.0f} s)", flush=True)
 
     models, errors = {"baseline": loaded.model}, {}
     # linked as the campaign timed it and `hwcost validate` runs it (bf16 chains, shared inputs)
@@ -185,8 +184,8 @@ def run(db_url: str | None, threads: int, threshold: str, clock: str = "wall") -
     backend_us = by["backend"]["median_us"]
     return {"model": loaded.name, "shape": SHAPE, "threads": threads, "clock": clock,
             "threshold": threshold,
-            "plan_counts": counts, "predicted_speedup": data["predicted"]["speedup"],
-            "predicted_loss_mse": data["predicted"]["loss_mse"], "baseline_us": base_us,
+            "plan_counts": counts, "predicted_speedup": doc.predicted.speedup,
+            "predicted_loss_mse": doc.predicted.loss_mse, "baseline_us": base_us,
             "prep_s": prep_s, "rows": rows,
             "torchao_vs_backend": (backend_us / by["torchao"]["median_us"]
                                    if by.get("torchao", {}).get("runs") else None),

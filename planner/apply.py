@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hwcost.planner.export import validate_plan
+from hwcost.planner.export import PlanLike, validate_plan
 
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
 from hwcost.store import UNKNOWN, PlanRecord, host_name
@@ -218,23 +218,23 @@ def loss_mse(loaded, configs: Mapping[str, Mapping[str, str]], batches: list, ba
     return out
 
 
-def ensure_plan_row(store, doc: dict, plan_id: int | None) -> int:
+def ensure_plan_row(store, doc: PlanLike, plan_id: int | None) -> int:
     """The plan's id in this store, inserting the document when it came from a file."""
-    data = validate_plan(doc)
+    plan = validate_plan(doc)
     if plan_id is not None:
         try:
             stored = store.plan(int(plan_id))
-            if stored.model == data["model"]["fingerprint"]:
+            if stored.model == plan.model.fingerprint:
                 return stored.id
         except StoreError:
             pass
-    store.model(data["model"]["fingerprint"])  # NoSuchModel first, in its own words
+    store.model(plan.model.fingerprint)  # NoSuchModel first, in its own words
     try:
-        store.device(data["device"]["fingerprint"])
+        store.device(plan.device.fingerprint)
     except NoSuchDevice:
-        raise PlanInvalid(f"the plan's device {data['device']['fingerprint'][:12]} is not in this "
+        raise PlanInvalid(f"the plan's device {plan.device.fingerprint[:12]} is not in this "
                           "store; import its cost tables first") from None
-    return store.put_plan(PlanRecord.of_document(doc))
+    return store.put_plan(PlanRecord.of_document(plan))
 
 
 def plan_deployment(store, device_fingerprint: str) -> str:
@@ -247,7 +247,7 @@ def plan_deployment(store, device_fingerprint: str) -> str:
     return "compiled" if key.startswith("compiled") else "eager"
 
 
-def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec: str | None = None,
+def validate_plan_on_device(store, doc: PlanLike, plan_id: int | None, *, model_spec: str | None = None,
                             eval_data: str | None = None, samples: int = 128,
                             threads: int | None = None, seq_len: int = 128, loaded=None,
                             timing: dict | None = None, quick: bool = False,
@@ -267,28 +267,28 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
 
     from hwcost.device import local_device
 
-    data = validate_plan(doc)
-    kind = data["device"]["kind"]
+    plan = validate_plan(doc)
+    kind = plan.device.kind
     backend = get_backend(kind)
     backend.require()
     from hwcost.profiles.checkpoint import checkpoint_digest
 
     loaded = loaded or load_model(model_spec)
     digest = checkpoint_digest(loaded.model)
-    planned = (data.get("sensitivity") or {}).get("checkpoint") or UNKNOWN
+    planned = plan.sensitivity_checkpoint or UNKNOWN
     if planned not in (UNKNOWN, digest):
         # a loss MSE measured with other weights says nothing about this plan
         raise PlanInvalid(f"the plan was made for checkpoint {planned[:12]} of "
-                          f"{data['model']['name']!r}, the loaded weights are {digest[:12]}; "
+                          f"{plan.model.name!r}, the loaded weights are {digest[:12]}; "
                           "plan this checkpoint first (hwcost sensitivity / hwcost run)")
-    layers = dict(data["layers"])
-    base_layers = {n: data["baseline"] for n in layers}
+    layers = dict(plan.layers)
+    base_layers = {n: plan.baseline for n in layers}
     configs = {"baseline": base_layers, "plan": layers}
-    deployment = plan_deployment(store, data["device"]["fingerprint"])
-    if is_workload_key(data["shape"]):  # a request: real generate() calls, prefill + decode
+    deployment = plan_deployment(store, plan.device.fingerprint)
+    if is_workload_key(plan.shape):  # a request: real generate() calls, prefill + decode
         from hwcost.planner.generate import time_generate
 
-        timings = time_generate(loaded, configs, data["shape"], backend, threads=threads,
+        timings = time_generate(loaded, configs, plan.shape, backend, threads=threads,
                                 deployment=deployment, **(timing or {}))
     else:
         import sys
@@ -302,7 +302,7 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
                 bar.total = planned  # a batch measured again plans more rounds
                 bar.update(done - bar.n)
 
-            timings = time_configs(loaded, configs, data["shape"], backend, threads=threads,
+            timings = time_configs(loaded, configs, plan.shape, backend, threads=threads,
                                    deployment=deployment, baseline="baseline",
                                    on_round=on_round if progress else None, **(timing or {}))
     batches = eval_batches(loaded, eval_data, samples, seq_len)
@@ -313,33 +313,33 @@ def validate_plan_on_device(store, doc: dict, plan_id: int | None, *, model_spec
 
     info = local_device(kind, deployment=deployment)
     dev_row = store.upsert_device(info.to_row())
-    note = "" if info.fingerprint == data["device"]["fingerprint"] else (
-        f"measured on {info.fingerprint[:12]}, planned for {data['device']['fingerprint'][:12]}")
-    pid = ensure_plan_row(store, doc, plan_id)
+    note = "" if info.fingerprint == plan.device.fingerprint else (
+        f"measured on {info.fingerprint[:12]}, planned for {plan.device.fingerprint[:12]}")
+    pid = ensure_plan_row(store, plan, plan_id)
     host = host_name()
-    for name, hash_ in (("baseline", f"all:{data['baseline']}"), ("plan", layer_map_hash(layers))):
+    for name, hash_ in (("baseline", f"all:{plan.baseline}"), ("plan", layer_map_hash(layers))):
         # a stored good row is kept (add_model_latency replaces only quick or unstable
         # ones): the whole-model baseline that later plans divide by does not move with
         # every validation; this validation's own pair is in its Validation row
         store.put_model_latency(
-            data["model"]["fingerprint"], info.fingerprint, data["shape"], hash_, timings[name],
+            plan.model.fingerprint, info.fingerprint, plan.shape, hash_, timings[name],
             config="{}" if name == "baseline" else json.dumps(layers, sort_keys=True),
             quick=quick)
     b, p = timings["baseline"], timings["plan"]
     stable = b.stable and p.stable  # generate() timings are judged like the others
     speedup = b.median_us / p.median_us
-    pr = data["predicted"]
+    pr = plan.predicted
     v = Validation(plan_id=pid, checkpoint=digest, device_id=dev_row.id,
                    baseline_us=b.median_us, plan_us=p.median_us,
                    measured_speedup=speedup,
-                   predicted_speedup=pr.get("speedup"), measured_loss_mse=losses["plan"],
-                   predicted_loss_mse=pr.get("loss_mse"), n_eval_samples=n_eval, host=host,
+                   predicted_speedup=pr.speedup, measured_loss_mse=losses["plan"],
+                   predicted_loss_mse=pr.loss_mse, n_eval_samples=n_eval, host=host,
                    quick=quick, stable=stable)
     vid = store.add_validation(v)
     return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
-                            p.spread_us, speedup, pr.get("speedup"),
-                            losses["plan"], pr.get("loss_mse"), n_eval, p.threads, note,
-                            pr.get("plan_us"), getattr(b, "tokens_per_s", None),
+                            p.spread_us, speedup, pr.speedup,
+                            losses["plan"], pr.loss_mse, n_eval, p.threads, note,
+                            pr.plan_us, getattr(b, "tokens_per_s", None),
                             getattr(p, "tokens_per_s", None),
                             stable=stable, reason=getattr(b, "reason", "") or getattr(p, "reason", ""),
-                            speedup_rel_error=pr.get("speedup_rel_error"))
+                            speedup_rel_error=pr.speedup_rel_error)

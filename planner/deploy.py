@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hwcost.planner.export import validate_plan
+from hwcost.planner.export import PlanLike, validate_plan
 
 from hwcost.errors import HwcostError, PlanInvalid
+from hwcost.store import PlanDocument
 
 DEPLOY_MANIFEST = "hwcost-deploy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -45,19 +46,31 @@ class DeployedLayer:
     weight_dtype: str
 
 
-def plan_layers(plan: Mapping[str, Any]) -> dict[str, str]:
+PlanOrLayers = PlanLike | Mapping[str, str]
+"""A plan document (typed or its JSON) or a plain ``layer -> precision`` map."""
+
+
+def _document(plan: PlanOrLayers) -> PlanDocument | None:
+    """The plan document, or None for a plain layer map."""
+    if isinstance(plan, PlanDocument):
+        return plan
+    return validate_plan(plan) if "type" in plan or "data" in plan else None
+
+
+def plan_layers(plan: PlanOrLayers) -> dict[str, str]:
     """``layer -> precision`` of a plan document, or of a plain layer map."""
-    if "type" in plan or "data" in plan:
-        return dict(validate_plan(dict(plan))["layers"])
+    doc = _document(plan)
+    if doc is not None:
+        return dict(doc.layers)
     layers = {str(k): str(v) for k, v in plan.items()}
     if not layers:
         raise PlanInvalid("the plan assigns no layer")
     return layers
 
 
-def _plan_kind(plan: Mapping[str, Any]) -> str | None:
-    data = plan.get("data") if isinstance(plan, Mapping) else None
-    return data["device"].get("kind") if isinstance(data, Mapping) else None
+def _plan_kind(plan: PlanOrLayers) -> str | None:
+    doc = _document(plan)
+    return doc.device.kind if doc is not None else None
 
 
 def _model_precision(model) -> str | None:
@@ -79,7 +92,7 @@ def _swap(model, layers: Mapping[str, str], backend, dataflow=None):
 
 
 @contextmanager
-def deployed_in_place(model, plan: Mapping[str, Any], backend=None, *, dataflow=None
+def deployed_in_place(model, plan: PlanOrLayers, backend=None, *, dataflow=None
                       ) -> Iterator[Any]:
     """Deploy the plan IN PLACE for a ``with`` block and put the original layers back on exit
     (``profiles.backends.deployed``): one model, its planned layers only as extra memory."""
@@ -91,7 +104,7 @@ def deployed_in_place(model, plan: Mapping[str, Any], backend=None, *, dataflow=
         yield m.eval()
 
 
-def deploy(model, plan: Mapping[str, Any], backend=None, *, dataflow=None,
+def deploy(model, plan: PlanOrLayers, backend=None, *, dataflow=None,
            deployment: str = "eager"):
     """``model`` with the plan's layers deployed by ``backend`` (default: the backend of the
     plan's device kind, ``cpu`` for a plain layer map), in eval mode: a view sharing every
@@ -151,7 +164,7 @@ def _precision_of(dtype) -> str:
         {"int8": "int8"}.get(name, name)
 
 
-def save_deployed(model, plan: Mapping[str, Any], out_dir: str | Path) -> Path:
+def save_deployed(model, plan: PlanOrLayers, out_dir: str | Path) -> Path:
     """Write a deployed model to ``out_dir``: ``model.safetensors`` (every parameter and
     buffer, low-precision weights and their scales included), ``hwcost-deploy.json`` and the
     model's ``config.json``. Returns the directory."""
@@ -167,8 +180,9 @@ def save_deployed(model, plan: Mapping[str, Any], out_dir: str | Path) -> Path:
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "to_json_file"):
         cfg.to_json_file(str(out / "config.json"))
+    doc = _document(plan)
     manifest = {"type": _MANIFEST_TYPE, "version": 1,
-                "plan": dict(plan) if "type" in plan else {"layers": plan_layers(plan)},
+                "plan": doc.to_json() if doc is not None else {"layers": plan_layers(plan)},
                 "layers": {n: d.__dict__ for n, d in deployed_layers(model).items()}}
     (out / DEPLOY_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out

@@ -1,6 +1,7 @@
 """Plan documents and the configs other tools read.
 
-- plan JSON: ``{"type": "hwcost.plan", "version": 1, "data": {...}}``, validated on read;
+- plan JSON: ``{"type": "hwcost.plan", "version": 1, "data": {...}}``, read into the typed
+  :class:`hwcost.store.PlanDocument` (checked on read) and written back unchanged;
 - Intel Neural Compressor FP8 config (Gaudi): :mod:`planner.inc`;
 - torchao: ``torchao.core.config.config_to_dict`` form of an ``FqnToConfig`` (module FQN ->
   ``Int8DynamicActivationInt8WeightConfig`` / ``Float8DynamicActivationFloat8WeightConfig``),
@@ -12,90 +13,96 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hwcost.planner.enums import ExportFormat
 
 from hwcost.errors import HwcostError, PlanInvalid
-from hwcost.precision import parse_precision
+from hwcost.store.plan_document import (
+    PLAN_TYPE,
+    PLAN_VERSION,
+    PlanConstraints,
+    PlanDevice,
+    PlanDocument,
+    PlanModel,
+    PlanPrediction,
+    PlanSensitivity,
+    PlanSolver,
+    PlanSubgraph,
+)
 
-PLAN_TYPE = "hwcost.plan"
-PLAN_VERSION = 1
+__all__ = ["FORMATS", "PLAN_TYPE", "PLAN_VERSION", "PlanLike", "export", "export_text",
+           "plan_document", "read_plan", "read_plan_document", "to_torchao", "validate_plan"]
+
+PlanLike = PlanDocument | Mapping[str, Any]
+"""A :class:`PlanDocument` or its JSON form (a plan file as read, a test's dict)."""
+
 FORMATS = tuple(ExportFormat.values())
+# written only by make_plan (the noise of time plans, the bound's notes) or later (the id)
+_LATER = frozenset({"notes", "threshold_abs", "plan_id"})
+_LATER_PREDICTED = frozenset({"p_not_fastest", "rivals", "latency_stderr_us",
+                              "gain_shrink_sigmas", "loss_scale"})
 
-_REQUIRED = {"model": dict, "device": dict, "shape": str, "objective": str, "baseline": str,
-             "layers": dict, "predicted": dict}
 
-
-def plan_document(solution, constraints=None, threshold: str | None = None) -> dict:
-    """The versioned plan JSON of a solved plan (what the store keeps and exporters read)."""
+def plan_document(solution, constraints=None, threshold: str | None = None) -> PlanDocument:
+    """The plan document of a solved plan (what the store keeps and exporters read): the one
+    place a :class:`PlanDocument` is built from a solution; ``planner.plans.make_plan`` adds
+    the noise of time plans and notes on the bound with ``updated``."""
     p = solution.problem
-    subgraphs = [{
-        "position": c.position, "signature": c.signature, "kind": c.kind,
-        "layers": list(c.layer_names), "config": list(o.config), "gain_us": o.gain_us,
-        "loss_mse": o.loss_mse, "layer_loss_mse": list(o.layer_loss_mse), "source": o.source,
-    } for c, o in zip(p.choices, solution.chosen)]
-    data = {
-        "model": {"name": p.model_name, "fingerprint": p.model_fingerprint,
-                  "checkpoint": p.checkpoint},
-        "quantizer": p.quantizer,
-        "device": {"fingerprint": p.device_fingerprint, "name": p.device_name, "kind": p.device_kind},
-        "shape": p.shape,
-        "objective": solution.objective,
-        "baseline": p.baseline,
-        "precisions": list(p.precisions),
-        "max_loss_mse": solution.max_loss_mse,
-        "threshold": threshold,
-        "constraints": constraints.to_dict() if constraints is not None else {},
-        "layers": solution.layers,
-        "subgraphs": subgraphs,
-        "predicted": {
-            "baseline_us": p.baseline_us, "plan_us": solution.plan_us,
-            "speedup": solution.predicted_speedup, "gain_us": solution.gain_us,
-            "loss_mse": solution.loss_mse, "weight_bytes": solution.weight_bytes,
-            "measured_share": solution.measured_share,
-            "baseline_from": p.baseline_from,
-            "speedup_rel_error": solution.speedup_rel_error,
-        },
-        "solver": {"status": solution.status, "gap": solution.gap, "wall_s": solution.wall_s},
-        "sensitivity": p.sensitivity,
-    }
-    return {"type": PLAN_TYPE, "version": PLAN_VERSION, "data": data}
+    subgraphs = tuple(PlanSubgraph(
+        position=c.position, signature=c.signature, kind=c.kind, layers=tuple(c.layer_names),
+        config=tuple(o.config), gain_us=o.gain_us, loss_mse=o.loss_mse,
+        layer_loss_mse=tuple(o.layer_loss_mse), source=o.source,
+    ) for c, o in zip(p.choices, solution.chosen))
+    sens = dict(p.sensitivity)
+    cons = constraints.to_dict() if constraints is not None else {}
+    return PlanDocument(
+        model=PlanModel(name=p.model_name, fingerprint=p.model_fingerprint,
+                        checkpoint=p.checkpoint),
+        quantizer=p.quantizer,
+        device=PlanDevice(fingerprint=p.device_fingerprint, name=p.device_name, kind=p.device_kind),
+        shape=p.shape,
+        objective=solution.objective,
+        baseline=p.baseline,
+        precisions=tuple(p.precisions),
+        max_loss_mse=solution.max_loss_mse,
+        threshold=threshold,
+        constraints=PlanConstraints(
+            max_loss_mse=cons.get("max_loss_mse"), max_weight_bytes=cons.get("max_weight_bytes"),
+            pins=tuple(tuple(x) for x in cons.get("pins", ())),
+            groups=tuple(tuple(g) for g in cons.get("groups", ())),
+            absent=frozenset({"max_loss_mse", "max_weight_bytes", "pins", "groups"} - set(cons))),
+        layers=solution.layers,
+        subgraphs=subgraphs,
+        predicted=PlanPrediction(
+            baseline_us=p.baseline_us, plan_us=solution.plan_us,
+            speedup=solution.predicted_speedup, gain_us=solution.gain_us,
+            loss_mse=solution.loss_mse, weight_bytes=solution.weight_bytes,
+            measured_share=solution.measured_share,
+            baseline_from=p.baseline_from,
+            speedup_rel_error=solution.speedup_rel_error,
+            absent=_LATER_PREDICTED,
+        ),
+        solver=PlanSolver(status=solution.status, gap=solution.gap, wall_s=solution.wall_s),
+        sensitivity=PlanSensitivity(
+            method=sens.get("method"), calib_fingerprint=sens.get("calib_fingerprint"),
+            checkpoint=sens.get("checkpoint"), quantizer=sens.get("quantizer"),
+            absent=frozenset({"method", "calib_fingerprint", "checkpoint", "quantizer"}
+                             - set(sens))),
+        absent=_LATER,
+    )
 
 
-def validate_plan(doc) -> dict:
-    """Check a plan document's envelope and fields; return its ``data``."""
-    if not isinstance(doc, dict):
-        raise PlanInvalid("a plan must be a JSON object")
-    if doc.get("type") != PLAN_TYPE:
-        raise PlanInvalid(f"not an hwcost plan: type is {doc.get('type')!r}, expected {PLAN_TYPE!r}")
-    version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise PlanInvalid(f"plan version {version!r} is not a positive integer")
-    if version > PLAN_VERSION:
-        raise PlanInvalid(f"plan version {version} is newer than this hwcost reads ({PLAN_VERSION}); "
-                          "upgrade hwcost")
-    data = doc.get("data")
-    if not isinstance(data, dict):
-        raise PlanInvalid("plan has no 'data' object")
-    for key, typ in _REQUIRED.items():
-        if not isinstance(data.get(key), typ):
-            raise PlanInvalid(f"plan field {key!r} is missing or not a {typ.__name__}")
-    for layer, prec in data["layers"].items():
-        if not isinstance(layer, str) or not isinstance(prec, str):
-            raise PlanInvalid(f"plan layer entry {layer!r}: {prec!r} is not name -> precision")
-        try:
-            parse_precision(prec)
-        except HwcostError:
-            raise PlanInvalid(f"plan layer {layer} has unknown precision {prec!r}") from None
-    parse_precision(data["baseline"])
-    if not data["layers"]:
-        raise PlanInvalid("plan assigns no layer")
-    return data
+def validate_plan(doc: PlanLike) -> PlanDocument:
+    """Check a plan document (its envelope, fields and types; ``PlanInvalid`` in one line);
+    return it as a :class:`PlanDocument`."""
+    return PlanDocument.of(doc)
 
 
-def read_plan(path: str | Path) -> dict:
-    """Read and validate a plan JSON file; returns the whole document."""
+def read_plan_document(path: str | Path) -> PlanDocument:
+    """Read and check a plan JSON file (``PlanInvalid`` in one line when it is not one)."""
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -104,8 +111,13 @@ def read_plan(path: str | Path) -> dict:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise PlanInvalid(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    validate_plan(doc)
-    return doc
+    return PlanDocument.from_json(doc)
+
+
+def read_plan(path: str | Path) -> dict:
+    """Read and validate a plan JSON file; returns the whole document as JSON (what the file
+    holds; :func:`read_plan_document` gives the typed record)."""
+    return read_plan_document(path).to_json()
 
 
 _PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {"dim": -1}}
@@ -130,7 +142,7 @@ _TORCHAO = {"int8": _INT8, "fp8_e4m3": _fp8("float8_e4m3fn"), "fp8_e5m2": _fp8("
 _CASTS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def to_torchao(doc: dict) -> dict:
+def to_torchao(doc: PlanLike) -> dict:
     """torchao per-module config of a plan.
 
     ``data.quantize``: an ``FqnToConfig`` in torchao's serialized form
@@ -142,12 +154,12 @@ def to_torchao(doc: dict) -> dict:
     model), which torchao has no config for; docs/planner.md shows the cast step (the layer's
     weights cast, its input cast to that dtype and its output back to ``data.dtype``).
     Baseline layers are left out of both."""
-    data = validate_plan(doc)
-    base = data["baseline"]
+    plan = validate_plan(doc)
+    base = plan.baseline
     if base not in _CASTS:
         raise HwcostError(f"the torchao export needs a float baseline (fp32, bf16, fp16), not {base}")
     fqn, casts = {}, {}
-    for name, p in sorted(data["layers"].items()):
+    for name, p in sorted(plan.layers.items()):
         if p == base:
             continue
         if p in _TORCHAO:
@@ -161,7 +173,7 @@ def to_torchao(doc: dict) -> dict:
     return {
         "type": "hwcost.torchao", "version": 2,
         "data": {
-            "model": data["model"], "baseline": base, "dtype": _CASTS[base],
+            "model": plan.model.to_dict(), "baseline": base, "dtype": _CASTS[base],
             "casts": casts,
             "quantize": {"_type": "FqnToConfig", "_version": 1, "_data": {"fqn_to_config": fqn}},
             "modules": {n.removesuffix(".weight"): {"config": c["_type"]} for n, c in fqn.items()},
@@ -169,12 +181,11 @@ def to_torchao(doc: dict) -> dict:
     }
 
 
-def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
+def export(doc: PlanLike, fmt: str, naming: str = "hf") -> dict:
     """The plan in one of the JSON formats (``json``, ``inc``, ``torchao``); ``naming`` is the
     INC config's module naming (``hf`` or ``vllm``, see :func:`planner.inc.to_inc`)."""
     if fmt == ExportFormat.JSON:
-        validate_plan(doc)
-        return doc
+        return validate_plan(doc).to_json()
     if fmt == ExportFormat.INC:
         from hwcost.planner.inc import to_inc
 
@@ -184,7 +195,7 @@ def export(doc: dict, fmt: str, naming: str = "hf") -> dict:
     raise HwcostError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
-def export_text(doc: dict, fmt: str, naming: str = "hf") -> str:
+def export_text(doc: PlanLike, fmt: str, naming: str = "hf") -> str:
     """The file ``hwcost export-plan --format FMT`` writes: JSON, or the per-layer report as
     CSV or Markdown (:mod:`planner.report`)."""
     if fmt in (ExportFormat.CSV, ExportFormat.MD):

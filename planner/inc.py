@@ -26,9 +26,10 @@ from __future__ import annotations
 import re
 
 from hwcost.planner.enums import IncNaming
-from hwcost.planner.export import validate_plan
+from hwcost.planner.export import PlanLike, validate_plan
 
 from hwcost.errors import HwcostError
+from hwcost.store import PlanDocument
 
 NAMINGS = tuple(IncNaming.values())
 SCALE_METHOD = "maxabs_pcs_pow2"
@@ -106,24 +107,24 @@ def _check_names(fp8: list[str], high: list[str]) -> None:
                                   f"{layer} (INC matches names as unanchored patterns)")
 
 
-def _check_quantizer(data: dict) -> None:
+def _check_quantizer(plan: PlanDocument) -> None:
     """Refuse a plan whose fp8 losses were scored with another quantizer than the one INC
     runs on its device (plans from before quantizer keys, ``unknown``, cannot be checked)."""
     from hwcost.catalog import fp8_e4m3_max
     from hwcost.quantizer import UNKNOWN, inc_quantizer, parse_quantizer
 
-    key = data.get("quantizer")
-    if not key or key == UNKNOWN or "fp8_e4m3" not in data["layers"].values():
+    key = plan.quantizer
+    if not key or key == UNKNOWN or "fp8_e4m3" not in plan.layers.values():
         return
-    dev = data["device"]
-    want = inc_quantizer(fp8_e4m3_max(dev.get("name", ""), dev.get("kind", "")))
+    dev = plan.device
+    want = inc_quantizer(fp8_e4m3_max(dev.name or "", dev.kind))
     if parse_quantizer(key) != want:
         raise HwcostError(f"the plan's fp8 losses were scored with quantizer {key}, not with "
-                          f"INC's on {dev.get('name') or dev.get('kind')} ({want.key}): run "
+                          f"INC's on {dev.name or dev.kind} ({want.key}): run "
                           f"`hwcost sensitivity ... --quantizer {want.key}` and plan again")
 
 
-def to_inc(doc: dict, naming: str = "hf") -> dict:
+def to_inc(doc: PlanLike, naming: str = "hf") -> dict:
     """INC's FP8 config (the JSON ``QUANT_CONFIG`` names) for a plan's fp8 layers.
 
     ``naming``: ``hf`` (optimum-habana: the model's own module names) or ``vllm``
@@ -131,11 +132,11 @@ def to_inc(doc: dict, naming: str = "hf") -> dict:
     ``allowlist.names``, the others to ``blocklist.names``; ``allowlist.types`` is empty so
     that nothing outside the plan (attention matmuls, KV cache) is quantized.
     """
-    data = validate_plan(doc)
-    _check_quantizer(data)
+    plan = validate_plan(doc)
+    _check_quantizer(plan)
     if naming not in NAMINGS:
         raise HwcostError(f"unknown INC naming {naming!r}; known: {', '.join(NAMINGS)}")
-    layers = vllm_names(data["layers"]) if naming == IncNaming.VLLM else dict(data["layers"])
+    layers = vllm_names(plan.layers) if naming == IncNaming.VLLM else dict(plan.layers)
     bad = sorted({p for p in layers.values() if p not in _HIGH and p != "fp8_e4m3"})
     if bad:
         raise HwcostError(f"the INC FP8 config cannot express {', '.join(bad)} layers (INC's "
@@ -145,7 +146,7 @@ def to_inc(doc: dict, naming: str = "hf") -> dict:
         raise HwcostError("the plan has no fp8_e4m3 layer: there is nothing for INC to quantize")
     high = sorted(n for n, p in layers.items() if p in _HIGH)
     _check_names(fp8, high)
-    hp = data["baseline"] if data["baseline"] in _HIGH else "bf16"
+    hp = plan.baseline if plan.baseline in _HIGH else "bf16"
     return {
         "mode": "QUANTIZE",
         "observer": "maxabs",

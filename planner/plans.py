@@ -7,13 +7,13 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hwcost.planner.export import plan_document, read_plan, validate_plan
+from hwcost.planner.export import plan_document, read_plan_document
 from hwcost.planner.objectives import Constraints, Threshold, parse_objective
 from hwcost.planner.problem import Problem, build_problem
 from hwcost.planner.solve import Solution, solve
 
 from hwcost.errors import PlanInvalid
-from hwcost.store import PlanRecord
+from hwcost.store import PlanDocument, PlanPrediction, PlanRecord
 
 
 @dataclass
@@ -22,7 +22,7 @@ class PlanResult:
 
     problem: Problem
     solution: Solution
-    document: dict
+    document: PlanDocument
     plan_id: int | None = None
     p_not_fastest: float | None = None  # chance a rival plan is faster (planner.noise)
 
@@ -30,8 +30,7 @@ class PlanResult:
     def noise_line(self) -> str | None:
         """One line saying what ``p_not_fastest`` means for this plan, or None (not a time
         plan)."""
-        pr = self.document["data"]["predicted"]
-        return noise_line(pr)
+        return noise_line(self.document.predicted)
 
 
 def make_plan(store, model: str, device: str, shape: str, threshold: Threshold | None,
@@ -74,27 +73,25 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
         p_not = chance_not_fastest(problem, sol.picks, eff, others=others)
         n_rivals = len(rivals(problem, sol.picks, eff, others))
     doc = plan_document(sol, cons, str(threshold) if threshold is not None else None)
-    doc["data"]["notes"] = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
-    doc["data"]["predicted"]["p_not_fastest"] = p_not
-    doc["data"]["predicted"]["rivals"] = n_rivals
-    doc["data"]["predicted"]["latency_stderr_us"] = plan_stderr_us(problem, sol.picks)
-    doc["data"]["predicted"]["gain_shrink_sigmas"] = k
-    if threshold is not None:
-        doc["data"]["threshold_abs"] = bound
-    if loss_scale != 1.0:
-        doc["data"]["predicted"]["loss_scale"] = loss_scale
+    predicted = doc.predicted.updated(
+        p_not_fastest=p_not, rivals=n_rivals,
+        latency_stderr_us=plan_stderr_us(problem, sol.picks), gain_shrink_sigmas=k,
+        **({"loss_scale": loss_scale} if loss_scale != 1.0 else {}))
+    doc = doc.updated(notes=tuple(bound_notes(problem, sol, bound, objective, cons, time_limit_s)),
+                      predicted=predicted,
+                      **({"threshold_abs": bound} if threshold is not None else {}))
     return PlanResult(problem, sol, doc, p_not_fastest=p_not)
 
 
-def noise_line(predicted: dict) -> str | None:
+def noise_line(predicted: PlanPrediction) -> str | None:
     """What the plan document's ``p_not_fastest`` means, in one line (None when absent):
     ``8% chance that one of 57 rival plans is faster (standard errors of the medians; plan
     time +- 12 us)``."""
-    p = predicted.get("p_not_fastest")
+    p = predicted.p_not_fastest
     if p is None:
         return None
-    n = predicted.get("rivals")
-    se = predicted.get("latency_stderr_us")
+    n = predicted.rivals
+    se = predicted.latency_stderr_us
     if n == 0:
         return "no rival plan within the bound differs by one subgraph: nothing to compare"
     pct = f"{p:.0%}" if 0.01 <= p <= 0.99 or p in (0.0, 1.0) else (
@@ -137,37 +134,34 @@ def save_plan(store, result: PlanResult) -> int:
     # the refs the problem was built from (else its fingerprints: exact keys, not resolved)
     model = p.model_ref or p.model_fingerprint
     dev = p.device_ref or p.device_fingerprint
-    same = _same_plan_key(result.document["data"])
+    same = _same_plan_key(result.document)
     for stored in store.plans(model, dev, p.shape, checkpoint=p.checkpoint,
                               quantizer=p.quantizer):
-        if _same_plan_key(stored.data) == same:
+        if _same_plan_key(stored.document) == same:
             result.plan_id = stored.id
-            result.document = stored.document
-            result.document["data"]["plan_id"] = stored.id
+            result.document = stored.document.with_plan_id(stored.id)
             return stored.id
     result.plan_id = store.put_plan(PlanRecord.of_document(result.document))
-    result.document["data"]["plan_id"] = result.plan_id
+    result.document = result.document.with_plan_id(result.plan_id)
     return result.plan_id
 
 
-def _same_plan_key(data: dict) -> str:
+def _same_plan_key(doc: PlanDocument) -> str:
     """What makes two plans the same plan (not the solver's wall time or the predictions of a
     newer baseline)."""
+    data = doc.to_dict()
     keys = ("objective", "max_loss_mse", "constraints", "layers", "baseline", "precisions")
     return json.dumps({k: data.get(k) for k in keys}, sort_keys=True)
 
 
-def load_plan(store, ref: str) -> tuple[dict, int | None]:
+def load_plan(store, ref: str) -> tuple[PlanDocument, int | None]:
     """A plan by store id (``12``) or JSON file path; returns (document, plan id or None).
 
     A file that carries a ``plan_id`` of a plan in this store is tied to that row."""
     if str(ref).isdigit() and not Path(ref).exists():
         stored = store.plan(int(ref))
-        doc = stored.document
-        validate_plan(doc)
-        doc["data"]["plan_id"] = stored.id
-        return doc, stored.id
+        return stored.document.with_plan_id(stored.id), stored.id
     if not Path(ref).exists():
         raise PlanInvalid(f"no plan {ref!r}: give a plan id from the store or a plan JSON file")
-    doc = read_plan(ref)
-    return doc, doc["data"].get("plan_id")
+    doc = read_plan_document(ref)
+    return doc, doc.plan_id

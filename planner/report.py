@@ -14,7 +14,7 @@ import csv
 import io
 from dataclasses import asdict, dataclass
 
-from hwcost.planner.export import validate_plan
+from hwcost.planner.export import PlanLike, validate_plan
 
 COLUMNS = ("layer", "precision", "subgraph", "gain_us", "gain_share", "loss_mse", "loss_share",
            "source")
@@ -38,22 +38,22 @@ def _share(part: float | None, total: float) -> float | None:
     return None if part is None or not total else part / total
 
 
-def layer_report(doc: dict) -> list[LayerRow]:
+def layer_report(doc: PlanLike) -> list[LayerRow]:
     """One row per planned layer, in the plan's subgraph order."""
-    data = validate_plan(doc)
-    subs = data.get("subgraphs") or []
-    gain_total = sum(max(float(s.get("gain_us") or 0.0), 0.0) for s in subs) or None
+    plan = validate_plan(doc)
+    subs = plan.subgraphs
+    gain_total = sum(max(float(s.gain_us or 0.0), 0.0) for s in subs) or None
     rows: list[LayerRow] = []
     per_layer: dict[str, tuple] = {}
     for s in subs:
-        names = list(s.get("layers", []))
-        losses = list(s.get("layer_loss_mse") or [])
+        names = list(s.layers)
+        losses = list(s.layer_loss_mse)
         if len(losses) != len(names):  # an older plan: the subgraph's loss on its first layer
-            losses = [float(s.get("loss_mse") or 0.0)] + [0.0] * (len(names) - 1)
+            losses = [float(s.loss_mse or 0.0)] + [0.0] * (len(names) - 1)
         for name, loss in zip(names, losses):
-            per_layer[name] = (s.get("position"), s.get("gain_us"), loss, s.get("source", ""))
+            per_layer[name] = (s.position, s.gain_us, loss, s.source or "")
     loss_total = sum(v[2] for v in per_layer.values())
-    for name, prec in data["layers"].items():
+    for name, prec in plan.layers.items():
         pos, gain, loss, source = per_layer.get(name, (None, None, None, ""))
         rows.append(LayerRow(name, prec, pos, gain,
                              _share(gain, gain_total) if gain_total else None,
@@ -77,13 +77,13 @@ def to_csv(rows: list[LayerRow]) -> str:
     return out.getvalue()
 
 
-def to_markdown(rows: list[LayerRow], doc: dict) -> str:
+def to_markdown(rows: list[LayerRow], doc: PlanLike) -> str:
     """The report as a Markdown table under a line with the plan's prediction."""
-    data = validate_plan(doc)
-    pr = data["predicted"]
-    head = (f"Plan for {data['model']['name']} on {data['device'].get('name') or data['device']['kind']}"
-            f" ({data['shape']}): predicted speedup {_cell(pr.get('speedup'))}x, "
-            f"loss MSE {_cell(pr.get('loss_mse'))}, baseline {data['baseline']}.\n\n")
+    plan = validate_plan(doc)
+    pr = plan.predicted
+    head = (f"Plan for {plan.model.name} on {plan.device.name or plan.device.kind}"
+            f" ({plan.shape}): predicted speedup {_cell(pr.speedup)}x, "
+            f"loss MSE {_cell(pr.loss_mse)}, baseline {plan.baseline}.\n\n")
     fmt = {"gain_share": "{:.1%}", "loss_share": "{:.1%}"}
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:

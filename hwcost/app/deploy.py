@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hwcost.app.options import emit_json, handle_errors, json_option, open_cli_store, store_option, table
 
+if TYPE_CHECKING:  # the store package reads the database drivers: not at the CLI's start
+    from hwcost.store import PlanDocument
 
-def plan_from_arg(plan: str, db_url: str | None) -> dict:
+
+def plan_from_arg(plan: str, db_url: str | None) -> PlanDocument:
     """A plan document from a plan JSON file or a stored plan id."""
     if Path(plan).exists():
-        from hwcost.planner.export import read_plan
+        from hwcost.planner.export import read_plan_document
 
-        return read_plan(plan)
+        return read_plan_document(plan)
     from hwcost.planner.plans import load_plan
 
     with open_cli_store(db_url, must_exist=True) as store:
@@ -56,7 +60,7 @@ def deploy_cmd(plan, model, out_dir, backend, db_url, as_json):
     from hwcost.profiles.loading import load_model
 
     doc = plan_from_arg(plan, db_url)
-    be = get_backend(backend or doc["data"]["device"]["kind"])
+    be = get_backend(backend or doc.device.kind)
     loaded = load_model(model)
     # linked as profiling and `hwcost validate` run it (bf16 chains keep their format)
     deployed = deploy(loaded.model, doc, be, dataflow=model_dataflow(loaded, be))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hwcost.enums import DeploymentMode
 
 if TYPE_CHECKING:  # the store package reads the database drivers: not at the CLI's start
-    from hwcost.store import Store
+    from hwcost.store import PlanPrediction, Store
 
 __all__ = ["MainJobOptions", "RunSummary", "run_main_job"]
 
@@ -275,7 +275,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
                        problem=problem, measured=measured_only)
     p_not_fastest, noise = result.p_not_fastest, result.noise_line
-    layers = dict(result.document["data"]["layers"])
+    layers = dict(result.document.layers)
     prior = _find_validated_plan(store, camp.model_fingerprint, camp.device, shape, layers,
                                  sens.table.checkpoint, sens.table.quantizer, quick)
     plan_reused = prior is not None
@@ -285,13 +285,13 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
         _adopt_stored_plan(store, result, prior[0])
     o.out_dir.mkdir(parents=True, exist_ok=True)
     plan_file = o.out_dir / "plan.json"
-    plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
+    plan_file.write_text(json.dumps(result.document.to_json(), indent=2, sort_keys=True))
     points = sweep(problem, o.sweep_points)
     times["plan"] = time.perf_counter() - t0
 
     mark("validate")
     t0 = time.perf_counter()
-    pred = result.document["data"]["predicted"]
+    pred = result.document.predicted
 
     def validate() -> Any:
         return validate_plan_on_device(store, result.document, result.plan_id, loaded=loaded,
@@ -324,9 +324,9 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
         rounds = loop.to_dict()["rounds"]
         if loop.result is not result:
             result = loop.result
-            layers = dict(result.document["data"]["layers"])
+            layers = dict(result.document.layers)
             prior = find(layers)
-            pred = result.document["data"]["predicted"]
+            pred = result.document.predicted
             if prior is not None and prior[1] is not None:  # validated by an earlier run
                 plan_reused = True
                 pred = _adopt_stored_plan(store, result, prior[0])
@@ -335,7 +335,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
                 plan_reused, prior = False, None
                 save_plan(store, result)
                 r = validate()
-            plan_file.write_text(json.dumps(result.document, indent=2, sort_keys=True))
+            plan_file.write_text(json.dumps(result.document.to_json(), indent=2, sort_keys=True))
         times["closed_loop"] = time.perf_counter() - t0
     warnings += r.warnings()
     plot_file = plot_frontier(
@@ -354,37 +354,36 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
         measured_now=camp.measured, measurements_reused=camp.already,
         sensitivity_reused=sens.reused, plan_id=result.plan_id, plan_reused=plan_reused,
         layers=layers, precision_counts=dict(sorted(counts.items())),
-        predicted_speedup=pred["speedup"], measured_speedup=r.measured_speedup,
-        predicted_loss_mse=pred["loss_mse"], measured_loss_mse=r.measured_loss_mse,
-        measured_share=pred["measured_share"], baseline_us=r.baseline_us,
+        predicted_speedup=pred.speedup, measured_speedup=r.measured_speedup,
+        predicted_loss_mse=pred.loss_mse, measured_loss_mse=r.measured_loss_mse,
+        measured_share=pred.measured_share, baseline_us=r.baseline_us,
         plan_us=r.plan_us, validation_id=r.validation_id, validation_reused=prior is not None
         and prior[1] is not None, plan_file=str(plan_file), plot_file=str(plot_file),
         steps_s={k: round(v, 2) for k, v in times.items()},
-        speedup_rel_error=pred.get("speedup_rel_error"),
+        speedup_rel_error=pred.speedup_rel_error,
         slower_than_baseline=r.slower_than_baseline, validation_stable=r.stable,
         allow_unstable=allow, unstable_timings=camp.unstable, warnings=warnings,
-        notes=list(result.document["data"].get("notes") or []),
+        notes=list(result.document.notes),
         cost_sources=dict(sorted(result.solution.sources.items())),
         bound_loss_mse=bound, p_not_fastest=p_not_fastest, noise=noise, loop_rounds=rounds)
 
 
-def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> dict:
+def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> PlanPrediction:
     """Report the stored plan, its document and its prediction (one plan, one prediction);
     returns the prediction."""
     result.plan_id = plan_id
-    result.document = store.plan(plan_id).document
-    result.document["data"]["plan_id"] = plan_id
-    return result.document["data"]["predicted"]
+    result.document = store.plan(plan_id).document.with_plan_id(plan_id)
+    return result.document.predicted
 
 
-def _stored_validation(plan_id: int, v: Any, device: str, pred: dict) -> Any:
+def _stored_validation(plan_id: int, v: Any, device: str, pred: PlanPrediction) -> Any:
     """A stored validation of this plan, as the result validating it again would give."""
     from hwcost.planner.apply import ValidationResult
 
     return ValidationResult(plan_id, v.id, device, v.baseline_us, v.plan_us, 0.0, 0.0,
-                            v.measured_speedup, pred["speedup"], v.measured_loss_mse,
-                            pred["loss_mse"], v.n_eval_samples or 0, None, stable=v.stable,
-                            speedup_rel_error=pred.get("speedup_rel_error"))
+                            v.measured_speedup, pred.speedup, v.measured_loss_mse,
+                            pred.loss_mse, v.n_eval_samples or 0, None, stable=v.stable,
+                            speedup_rel_error=pred.speedup_rel_error)
 
 
 def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +26,9 @@ from hwcost.app.options import (
 )
 from hwcost.enums import SensitivityMethod
 from hwcost.planner.enums import ExportFormat, IncNaming, Objective
+
+if TYPE_CHECKING:  # the store package reads the database drivers: not at the CLI's start
+    from hwcost.store import PlanDocument
 
 
 @click.command("plan")
@@ -125,52 +129,51 @@ def plan_cmd(model, device, shape, workload, max_loss, objective, pins, groups, 
             save_plan(store, result)
     doc = result.document
     if output:
-        Path(output).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        Path(output).write_text(json.dumps(doc.to_json(), indent=2, sort_keys=True) + "\n")
     if as_json:
-        emit_json(doc)
+        emit_json(doc.to_json())
         return
     _print_plan(doc, output)
 
 
-def _print_plan(doc: dict, output: str | None) -> None:
+def _print_plan(doc: PlanDocument, output: str | None) -> None:
+    """The plan as ``hwcost plan`` prints it (a document of ``make_plan``: solved, predicted)."""
     from hwcost.planner.plans import noise_line
 
-    d = doc["data"]
-    pr, sv = d["predicted"], d["solver"]
-    click.echo(f"plan {d['plan_id']}: {d['model']['name']} on {d['device']['name']} "
-               f"({d['device']['fingerprint'][:12]}), {d['shape']}, objective {d['objective']}")
-    click.echo(table([{"layer": k, "precision": v} for k, v in d["layers"].items()]))
-    counts: dict[str, int] = {}
-    for p in d["layers"].values():
-        counts[p] = counts.get(p, 0) + 1
-    click.echo("layers        " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
-    err = f", stated error {pr['speedup_rel_error']:.0%}" if pr.get("speedup_rel_error") else ""
-    click.echo(f"speedup       {pr['speedup']:.3f}x predicted ({pr['baseline_us']:.1f} us -> "
-               f"{pr['plan_us']:.1f} us, baseline from {pr.get('baseline_from', '?')}{err})")
-    bound = d["max_loss_mse"]
-    bound_txt = f" (bound {bound:.4g}" + (f", {d['threshold']}" if (d.get("threshold") or "").endswith("%")
+    pr, sv = doc.predicted, doc.solver
+    click.echo(f"plan {doc.plan_id}: {doc.model.name} on {doc.device.name} "
+               f"({doc.device.fingerprint[:12]}), {doc.shape}, objective {doc.objective}")
+    click.echo(table([{"layer": k, "precision": v} for k, v in doc.layers.items()]))
+    counts = doc.precision_counts()
+    click.echo("layers        " + ", ".join(f"{n} {p}" for p, n in counts.items()))
+    err = f", stated error {pr.speedup_rel_error:.0%}" if pr.speedup_rel_error else ""
+    click.echo(f"speedup       {pr.speedup:.3f}x predicted ({pr.baseline_us:.1f} us -> "
+               f"{pr.plan_us:.1f} us, baseline from {pr.baseline_from or '?'}{err})")
+    bound = doc.max_loss_mse
+    bound_txt = f" (bound {bound:.4g}" + (f", {doc.threshold}" if (doc.threshold or "").endswith("%")
                                           else "") + ")" if bound is not None else ""
-    click.echo(f"loss MSE      {pr['loss_mse']:.4g} predicted{bound_txt}")
+    click.echo(f"loss MSE      {pr.loss_mse:.4g} predicted{bound_txt}")
     line = noise_line(pr)
     if line is not None:
         click.echo(f"noise         {line}; chosen on gains shrunk by "
-                   f"{pr.get('gain_shrink_sigmas', 0):g} standard errors")
-    srcs = ", ".join(f"{n} {src}" for src, n in sorted(_sources(d).items()))
-    click.echo(f"measured      {pr['measured_share'] * 100:.0f}% of the predicted gain rests on "
-               f"costs measured on {d['device']['name']} (subgraph costs: {srcs})")
-    for note in d.get("notes") or []:
+                   f"{pr.gain_shrink_sigmas or 0:g} standard errors")
+    srcs = ", ".join(f"{n} {src}" for src, n in sorted(_sources(doc).items()))
+    click.echo(f"measured      {pr.measured_share * 100:.0f}% of the predicted gain rests on "
+               f"costs measured on {doc.device.name} (subgraph costs: {srcs})")
+    for note in doc.notes:
         click.echo(f"note          {note}")
-    gap = "" if sv["status"] == "optimal" else f", gap {sv['gap'] * 100:.2f}%"
-    click.echo(f"solver        {sv['status']}{gap} in {sv['wall_s']:.2f} s")
+    if sv is not None:
+        gap = "" if sv.status == "optimal" else f", gap {sv.gap * 100:.2f}%"
+        click.echo(f"solver        {sv.status}{gap} in {sv.wall_s:.2f} s")
     if output:
         click.echo(f"written to    {output}")
 
 
-def _sources(data: dict) -> dict[str, int]:
+def _sources(doc: PlanDocument) -> dict[str, int]:
     """How many subgraph costs of the plan come from each source."""
     out: dict[str, int] = {}
-    for sg in data.get("subgraphs", []):
-        out[sg.get("source", "?")] = out.get(sg.get("source", "?"), 0) + 1
+    for sg in doc.subgraphs:
+        out[sg.source or "?"] = out.get(sg.source or "?", 0) + 1
     return out
 
 

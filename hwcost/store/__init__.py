@@ -5,7 +5,8 @@ One code path serves the embedded SQLite default and a shared PostgreSQL
 ``HWCOST_DB`` environment variable, then ``sqlite:///<user data dir>/hwcost.db``.
 
 Modules: ``protocol`` (the :class:`Store` protocol every backend meets), ``records``
-(frozen records crossing the boundary), ``sql`` with ``measurements``, ``results`` and
+(frozen records crossing the boundary), ``plan_document`` (a plan's document, typed),
+``sql`` with ``measurements``, ``results`` and
 ``campaigns`` (the SQL backend), ``rows`` (its private SQL helpers), ``opening`` (URLs,
 engines, schema creation and upgrades), ``schema`` (the SQLModel tables) and ``migrations``.
 Sharing and inspecting a store, loaded on first use (``lazy_loader``: pyarrow and DuckDB only
@@ -18,6 +19,18 @@ Nothing outside this package touches the engine, a session or a row class
 import lazy_loader
 
 from hwcost.store.opening import ENV_VAR, default_url, open_store, redact_urls, sqlite_path
+from hwcost.store.plan_document import (
+    PLAN_TYPE,
+    PLAN_VERSION,
+    PlanConstraints,
+    PlanDevice,
+    PlanDocument,
+    PlanModel,
+    PlanPrediction,
+    PlanSensitivity,
+    PlanSolver,
+    PlanSubgraph,
+)
 from hwcost.store.protocol import Store
 from hwcost.store.queue_records import STALE_AFTER_S, OtherClaims, Progress, Task, Unit
 from hwcost.store.records import (
@@ -57,6 +70,9 @@ __all__ = [
     # records crossing the boundary
     "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "PlanRecord",
     "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo", "host_name", "timing_problem",
+    # a plan's document
+    "PLAN_TYPE", "PLAN_VERSION", "PlanConstraints", "PlanDevice", "PlanDocument", "PlanModel",
+    "PlanPrediction", "PlanSensitivity", "PlanSolver", "PlanSubgraph",
     # the campaign queue's records
     "STALE_AFTER_S", "OtherClaims", "Progress", "Task", "Unit",
     # sharing and inspecting a store (loaded on first use)

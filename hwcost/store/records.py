@@ -16,6 +16,7 @@ from hwcost.enums import SensitivityMethod
 from hwcost.errors import InvalidMeasurement, SensitivityError
 from hwcost.precision import Precision, config_key, parse_config, parse_precision
 from hwcost.shape import parse_shape
+from hwcost.store.plan_document import PlanDocument
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
            "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo",
@@ -305,15 +306,16 @@ class Manifest:
 
 @dataclass(frozen=True)
 class PlanRecord:
-    """A plan as the store keeps it: the plan document (``planner.export``) and the keys and
-    predictions it is found and listed by, all taken from the document by
-    :meth:`of_document` (the one place a plan's stored columns are built)."""
+    """A plan as the store keeps it: the plan document (:class:`PlanDocument`, built by
+    ``planner.export.plan_document``) and the keys and predictions it is found and listed by,
+    all taken from the document by :meth:`of_document` (the one place a plan's stored columns
+    are built)."""
 
     model: str  # model fingerprint
     device: str  # device fingerprint
     shape: str
     objective: str
-    document: dict = field(compare=False)
+    document: PlanDocument = field(compare=False)
     checkpoint: str = "unknown"
     quantizer: str = "unknown"
     max_loss_mse: float | None = None
@@ -324,26 +326,19 @@ class PlanRecord:
     created_at: datetime | None = None
 
     @property
-    def data(self) -> dict:
-        """The document's ``data`` part."""
-        return self.document["data"]
-
-    @property
     def layers(self) -> dict[str, str]:
         """Layer name -> precision."""
-        return dict(self.data.get("layers", {}))
+        return dict(self.document.layers)
 
     @classmethod
-    def of_document(cls, document: dict) -> PlanRecord:
-        """The record of a (validated) plan document."""
-        data = document["data"]
-        pred = data.get("predicted") or {}
-        sens = data.get("sensitivity") or {}
-        return cls(model=data["model"]["fingerprint"], device=data["device"]["fingerprint"],
-                   shape=data["shape"], objective=data["objective"], document=document,
-                   checkpoint=str(sens.get("checkpoint") or "unknown"),
-                   quantizer=str(sens.get("quantizer") or "unknown"),
-                   max_loss_mse=data.get("max_loss_mse"),
-                   predicted_speedup=pred.get("speedup"),
-                   predicted_loss_mse=pred.get("loss_mse"),
-                   measured_share=pred.get("measured_share"))
+    def of_document(cls, document: PlanDocument) -> PlanRecord:
+        """The record of a plan document."""
+        pred = document.predicted
+        return cls(model=document.model.fingerprint, device=document.device.fingerprint,
+                   shape=document.shape, objective=document.objective, document=document,
+                   checkpoint=str(document.sensitivity_checkpoint or "unknown"),
+                   quantizer=str(document.sensitivity_quantizer or "unknown"),
+                   max_loss_mse=document.max_loss_mse,
+                   predicted_speedup=pred.speedup,
+                   predicted_loss_mse=pred.loss_mse,
+                   measured_share=pred.measured_share)

@@ -9,7 +9,14 @@ import math
 from sqlalchemy import func, select
 
 from hwcost.bounds import LOSS_MAX, float_problem, int_problem
-from hwcost.errors import InvalidMeasurement, NoSensitivityTable, SensitivityError, StoreError
+from hwcost.errors import (
+    InvalidMeasurement,
+    NoSensitivityTable,
+    PlanInvalid,
+    SensitivityError,
+    StoreError,
+)
+from hwcost.store.plan_document import PlanDocument
 from hwcost.store.records import (
     DeviceRef,
     ModelRef,
@@ -118,7 +125,8 @@ class ResultMethods:
         with self.session() as s:
             row = Plan(model_id=self._model_id(s, ModelRef(plan.model, "", 0, 0)),
                        device_id=self._device_id(s, DeviceRef(plan.device, "", "")),
-                       shape=shape_key(plan.shape), body=json.dumps(plan.document, sort_keys=True),
+                       shape=shape_key(plan.shape),
+                       body=json.dumps(plan.document.to_json(), sort_keys=True),
                        **{c: getattr(plan, c) for c in _PLAN_COLUMNS})
             return _added_id(s, row)
 
@@ -209,8 +217,12 @@ def _no_table(model_name: str, method: str, checkpoint: str | None, quantizer: s
 
 def _plan_record(s, row: Plan) -> PlanRecord:
     model, device = s.get(Model, row.model_id), s.get(Device, row.device_id)
+    try:
+        document = PlanDocument.from_json(json.loads(row.body))
+    except (PlanInvalid, json.JSONDecodeError) as e:
+        raise PlanInvalid(f"stored plan {row.id} cannot be read: {e}") from None
     return PlanRecord(model=model.fingerprint, device=device.fingerprint, shape=row.shape,
-                      document=json.loads(row.body), id=row.id, created_at=row.created_at,
+                      document=document, id=row.id, created_at=row.created_at,
                       **{c: getattr(row, c) for c in _PLAN_COLUMNS})
 
 

@@ -68,7 +68,7 @@ def test_a_decode_heavy_workload_plans_differently_from_prefill(store):
     prefill_on_wl = sum(k[",".join(prefill.solution.layers[n] for n in c.layer_names)].latency_us
                         for k, c in zip(keyed, wl_problem.choices))
     assert sum(o.latency_us for o in wl.solution.chosen) < prefill_on_wl
-    assert wl.document["data"]["shape"] == "workload:prompt=16,gen=9,batch=1"
+    assert wl.document.shape == "workload:prompt=16,gen=9,batch=1"
 
 
 def test_plan_cli_plans_a_workload_and_refuses_bad_workload_files(tiny_sqlite, tmp_path):
