@@ -20,8 +20,7 @@ from pathlib import Path
 from hwcost.planner.export import PlanLike, validate_plan
 
 from hwcost.errors import HwcostError, NoSuchDevice, PlanInvalid, StoreError
-from hwcost.store import UNKNOWN, PlanRecord, host_name
-from hwcost.store.schema import Validation
+from hwcost.store import UNKNOWN, PlanRecord, ValidationRecord, host_name
 from hwcost.workload import is_workload_key
 
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "corpus" / "test.txt"
@@ -253,7 +252,7 @@ def validate_plan_on_device(store, doc: PlanLike, plan_id: int | None, *, model_
                             timing: dict | None = None, quick: bool = False,
                             progress: bool = False) -> ValidationResult:
     """Apply the plan on this machine's device of the plan's kind, measure latency against the
-    baseline and the true loss MSE, store a Validation and the two ModelLatency rows.
+    baseline and the true loss MSE, store a validation and the two whole-model latencies.
 
     ``loaded`` (a ``profiles.loading.LoadedModel``) skips loading ``model_spec``; ``timing``
     passes harness settings to ``profiles.bench.time_interleaved`` (``quick``: they are
@@ -312,15 +311,15 @@ def validate_plan_on_device(store, doc: PlanLike, plan_id: int | None, *, model_
     n_eval = sum(batch_size(b) for b in batches)
 
     info = local_device(kind, deployment=deployment)
-    dev_row = store.upsert_device(info.to_row())
+    store.put_device(info)
     note = "" if info.fingerprint == plan.device.fingerprint else (
         f"measured on {info.fingerprint[:12]}, planned for {plan.device.fingerprint[:12]}")
     pid = ensure_plan_row(store, plan, plan_id)
     host = host_name()
     for name, hash_ in (("baseline", f"all:{plan.baseline}"), ("plan", layer_map_hash(layers))):
-        # a stored good row is kept (add_model_latency replaces only quick or unstable
+        # a stored good row is kept (put_model_latency replaces only quick or unstable
         # ones): the whole-model baseline that later plans divide by does not move with
-        # every validation; this validation's own pair is in its Validation row
+        # every validation; this validation's own pair is in its validation record
         store.put_model_latency(
             plan.model.fingerprint, info.fingerprint, plan.shape, hash_, timings[name],
             config="{}" if name == "baseline" else json.dumps(layers, sort_keys=True),
@@ -329,13 +328,11 @@ def validate_plan_on_device(store, doc: PlanLike, plan_id: int | None, *, model_
     stable = b.stable and p.stable  # generate() timings are judged like the others
     speedup = b.median_us / p.median_us
     pr = plan.predicted
-    v = Validation(plan_id=pid, checkpoint=digest, device_id=dev_row.id,
-                   baseline_us=b.median_us, plan_us=p.median_us,
-                   measured_speedup=speedup,
-                   predicted_speedup=pr.speedup, measured_loss_mse=losses["plan"],
-                   predicted_loss_mse=pr.loss_mse, n_eval_samples=n_eval, host=host,
-                   quick=quick, stable=stable)
-    vid = store.add_validation(v)
+    vid = store.put_validation(ValidationRecord(
+        plan_id=pid, device=info.fingerprint, checkpoint=digest, baseline_us=b.median_us,
+        plan_us=p.median_us, measured_speedup=speedup, predicted_speedup=pr.speedup,
+        measured_loss_mse=losses["plan"], predicted_loss_mse=pr.loss_mse,
+        n_eval_samples=n_eval, host=host, quick=quick, stable=stable))
     return ValidationResult(pid, vid, info.fingerprint, b.median_us, p.median_us, b.spread_us,
                             p.spread_us, speedup, pr.speedup,
                             losses["plan"], pr.loss_mse, n_eval, p.threads, note,

@@ -438,11 +438,11 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             base = precs[0]
             for shape in shape_list:
                 # a quick run accepts any stored row; a full run replaces quick or unstable ones
-                found = store.model_latency(model_id, dev.id, shape.key, f"all:{base.value}",
-                                            allow_unstable=timing.quick)
+                found = store.model_latency(part.model_fingerprint, dev.fingerprint, shape.key,
+                                            f"all:{base.value}", allow_unstable=timing.quick)
                 if found is None:
                     t = time_model(store, report, measurer, shape, base)
-                    store.put_model_latency(model_id, dev.fingerprint, shape.key,
+                    store.put_model_latency(part.model_fingerprint, dev.fingerprint, shape.key,
                                             f"all:{base.value}", t, quick=timing.quick)
                     report.baseline_us[shape.key] = t.median_us
                     if not t.stable:

@@ -20,6 +20,7 @@ from hwcost.quantizer import DEFAULT as DEFAULT_QUANTIZER
 from hwcost.store import (
     ManifestItem,
     MeasurementIn,
+    ModelLatencyRecord,
     SensitivityRow,
     SensitivityTable,
     SlotInfo,
@@ -27,7 +28,7 @@ from hwcost.store import (
     SubgraphInfo,
     open_store,
 )
-from hwcost.store.schema import Device, ModelLatency
+from hwcost.store.schema import Device
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp8_e4m3")
 SHAPES = ("batch=1,seq=128,phase=prefill", "batch=1,kv=512,phase=decode",
@@ -85,11 +86,9 @@ def small_store(store: Store, seed: int = 0, n_devices: int = 2, n_subgraphs: in
                 measured_at=_T0 + timedelta(seconds=rng.randint(0, 10**6),
                                             microseconds=rng.randint(0, 999999))))
     store.add_measurements(items)
-    dev_id = store.get_device(devs[0]).id
-    store.add_model_latency(ModelLatency(
-        model_id=model_id, device_id=dev_id, shape=SHAPES[0], config_hash="all:bf16",
-        config="{}", median_us=1234.5, spread_us=12.25, n_samples=20, host="host0",
-        tool_version="0.1.0", measured_at=_T0))
+    store.put_model_latency(model_fp, devs[0], SHAPES[0], "all:bf16", ModelLatencyRecord(
+        model_fp, devs[0], SHAPES[0], "all:bf16", median_us=1234.5, spread_us=12.25,
+        n_samples=20, host="host0", tool_version="0.1.0", measured_at=_T0))
     ckpt = _hex("checkpoint", seed)[:32]
     store.put_checkpoint(model_id, ckpt, f"synthetic-{seed}", "tests.synthetic")
     store.put_sensitivity_table(model_fp, SensitivityTable(

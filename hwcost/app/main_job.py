@@ -443,7 +443,7 @@ def _find_validated_plan(store: Any, model: str, device: str, shape: str,
     reuse any validation, a full run only a full one of a stable machine."""
     for plan in store.plans(model, device, shape, checkpoint=checkpoint, quantizer=quantizer):
         if plan.layers == layers:
-            vals = [v for v in store.validations_for(plan.id, checkpoint=checkpoint)
+            vals = [v for v in store.validations(plan.id, checkpoint=checkpoint)
                     if quick or (v.stable and not v.quick)]
             return plan.id, (vals[-1] if vals else None)
     return None

@@ -40,12 +40,14 @@ from hwcost.store.records import (
     Manifest,
     ManifestItem,
     MeasurementIn,
+    ModelLatencyRecord,
     ModelRef,
     PlanRecord,
     SensitivityRow,
     SensitivityTable,
     SlotInfo,
     SubgraphInfo,
+    ValidationRecord,
     host_name,
     timing_problem,
 )
@@ -68,8 +70,9 @@ __all__ = [
     # the boundary and its SQL backend
     "Store", "SqlStore",
     # records crossing the boundary
-    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef", "PlanRecord",
-    "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo", "host_name", "timing_problem",
+    "CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelLatencyRecord",
+    "ModelRef", "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo",
+    "ValidationRecord", "host_name", "timing_problem",
     # a plan's document
     "PLAN_TYPE", "PLAN_VERSION", "PlanConstraints", "PlanDevice", "PlanDocument", "PlanModel",
     "PlanPrediction", "PlanSensitivity", "PlanSolver", "PlanSubgraph",

@@ -17,6 +17,7 @@ from hwcost.store.records import (
     CostRow,
     DeviceRef,
     MeasurementIn,
+    ModelLatencyRecord,
     ModelRef,
     SubgraphInfo,
     timing_problem,
@@ -154,55 +155,56 @@ class MeasurementMethods:
     def put_model_latency(self, model: str | ModelRef, device: str | DeviceRef, shape: str,
                           config_hash: str, timing, *, config: str = "{}", quick: bool = False,
                           replace: bool = False) -> bool:
-        """Write a whole-model latency from a timing (``profiles.bench.Timing`` or anything
-        with ``median_us``, ``spread_us``, ``n_samples``; how it was taken when it says): the
-        one place such rows are built. Keeps a stored good row like
-        :meth:`add_model_latency`; returns whether the row was written."""
+        """Write a whole-model latency from a timing (``profiles.bench.Timing``, a
+        :class:`ModelLatencyRecord`, anything with ``median_us``, ``spread_us``,
+        ``n_samples``; how, where and when it was taken when it says): the one place such rows
+        are built. A stored row of the same key is kept unless ``replace`` or it is quick or
+        unstable (then the new one replaces it). Returns whether the row was written."""
         from hwcost import __version__
         from hwcost.store.records import host_name
 
-        with self.session() as s:
-            ids = self._model_id(s, model), self._device_id(s, device)
-        return self.add_model_latency(ModelLatency(
-            model_id=ids[0], device_id=ids[1], shape=shape, config_hash=config_hash,
+        for name in ("median_us", "spread_us"):
+            v = getattr(timing, name)
+            if v is None or math.isnan(v) or math.isinf(v) or v < 0:
+                raise InvalidMeasurement(f"{name}={v!r} is not a finite non-negative latency")
+        row = ModelLatency(
+            model_id=0, device_id=0, shape=shape_key(shape), config_hash=config_hash,
             config=config, median_us=timing.median_us, spread_us=timing.spread_us,
-            n_samples=timing.n_samples, host=host_name(), tool_version=__version__,
+            n_samples=timing.n_samples, host=getattr(timing, "host", "") or host_name(),
+            tool_version=getattr(timing, "tool_version", "") or __version__,
+            measured_at=getattr(timing, "measured_at", None) or utcnow(),
             quick=quick, threads=getattr(timing, "threads", None),
             # a workload's generate() timing (planner.generate) is judged and recorded less
             clock=getattr(timing, "clock", "wall"), stable=getattr(timing, "stable", True),
-            load1=getattr(timing, "load1", None), cpu_mhz=getattr(timing, "cpu_mhz", None)),
-            replace=replace)
-
-    def add_model_latency(self, row: ModelLatency, *, replace: bool = False) -> bool:
-        """Write a whole-model latency. A stored row of the same key is kept unless
-        ``replace`` or it is quick or unstable (then the new one replaces it). Returns
-        whether the row was written."""
-        for name in ("median_us", "spread_us"):
-            v = getattr(row, name)
-            if v is None or math.isnan(v) or math.isinf(v) or v < 0:
-                raise InvalidMeasurement(f"{name}={v!r} is not a finite non-negative latency")
+            load1=getattr(timing, "load1", None), cpu_mhz=getattr(timing, "cpu_mhz", None))
         problem = timing_problem(row)
         if problem:
             raise InvalidMeasurement(f"model latency {problem}")
-        data = row.model_dump(exclude={"id"})
         with self.session() as s:
+            data = {**row.model_dump(exclude={"id"}), "model_id": self._model_id(s, model),
+                    "device_id": self._device_id(s, device)}
             keys = ["model_id", "device_id", "shape", "config_hash"]
             bad = None if replace else ~good(ModelLatency)
             return bool(upsert(s, ModelLatency, [data], keys, replace=True, where=bad))
 
-    def model_latency(self, model: str | ModelRef | int, device: str | DeviceRef | int,
-                      shape: str, config_hash: str, *,
-                      allow_unstable: bool = False) -> ModelLatency | None:
+    def model_latency(self, model: str | ModelRef, device: str | DeviceRef, shape: str,
+                      config_hash: str, *, allow_unstable: bool = False
+                      ) -> ModelLatencyRecord | None:
         """The stored whole-model latency (full and stable unless ``allow_unstable``)."""
         with self.session() as s:
-            model_id, device_id = self._model_id(s, model), self._device_id(s, device)
+            m, d = self.get_model(model, session=s), self.get_device(device, session=s)
             q = select(ModelLatency).where(
-                ModelLatency.model_id == model_id, ModelLatency.device_id == device_id,
+                ModelLatency.model_id == m.id, ModelLatency.device_id == d.id,
                 ModelLatency.shape == shape_key(shape),
                 ModelLatency.config_hash == config_hash)
             if not allow_unstable:
                 q = q.where(good(ModelLatency))
-            return s.scalars(q).first()
+            row = s.scalars(q).first()
+        if row is None:
+            return None
+        return ModelLatencyRecord(m.fingerprint, d.fingerprint, **{
+            c: getattr(row, c) for c in ModelLatencyRecord.__dataclass_fields__
+            if c not in ("model", "device")})
 
     # -- learned fallback fits (JSON data, never pickles)
     def learned_fit(self, device: str | DeviceRef | int, state: str) -> str | None:

@@ -22,9 +22,11 @@ from hwcost.store.records import (
     Manifest,
     ManifestItem,
     MeasurementIn,
+    ModelLatencyRecord,
     ModelRef,
     SensitivityTable,
     SubgraphInfo,
+    ValidationRecord,
 )
 
 __all__ = ["Store"]
@@ -104,6 +106,12 @@ class Store(Protocol):
         """Write a whole-model latency from a timing; a stored good row is kept unless
         ``replace``. Returns whether it was written."""
 
+    def model_latency(self, model: str | ModelRef, device: str | DeviceRef, shape: str,
+                      config_hash: str, *, allow_unstable: bool = False
+                      ) -> ModelLatencyRecord | None:
+        """The stored whole-model latency of a configuration (``all:<precision>`` or a layer
+        map's hash) at a shape or workload key; full and stable unless ``allow_unstable``."""
+
     def learned_fit(self, device: str | DeviceRef, state: str) -> str | None:
         """The JSON of the device's learned fallback fitted on ``state``, if stored."""
 
@@ -128,6 +136,14 @@ class Store(Protocol):
         and calibration set; keys left None take the latest matching table's. The one way a
         table is read: ``NoSensitivityTable`` (one wording, naming the command that computes
         one) when none matches."""
+
+    def validations(self, plan_id: int, *, checkpoint: str | None = None
+                    ) -> list[ValidationRecord]:
+        """Validations of the plan numbered ``plan_id`` (measured with one checkpoint's
+        weights when given), oldest first."""
+
+    def put_validation(self, v: ValidationRecord) -> int:
+        """Store a validation of a stored plan on a stored device; returns its number."""
 
     # -- the campaign queue (hwcost.queue is its public face)
     def ensure_campaign(self, name: str, *, device: str, model: str | ModelRef | None,

@@ -19,8 +19,8 @@ from hwcost.shape import parse_shape
 from hwcost.store.plan_document import PlanDocument
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
-           "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo", "SubgraphInfo",
-           "host_name", "timing_problem"]
+           "ModelLatencyRecord", "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo",
+           "SubgraphInfo", "ValidationRecord", "host_name", "timing_problem"]
 __all__ += ["UNKNOWN"]
 
 UNKNOWN = "unknown"
@@ -302,6 +302,58 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True)
+class ModelLatencyRecord:
+    """A whole model's end-to-end latency in one configuration (the baseline ``all:<p>`` or a
+    plan's layer map) on a device and shape, with how it was taken. Latencies in us."""
+
+    model: str  # model fingerprint
+    device: str  # device fingerprint
+    shape: str  # a shape key, or a workload key (``workload:...``)
+    config_hash: str  # "all:<precision>" for uniform configs, else a hash of the layer map
+    median_us: float
+    spread_us: float
+    n_samples: int
+    config: str = "{}"  # JSON {layer: precision} (empty for uniform configs)
+    measured_at: datetime | None = None
+    host: str = ""
+    tool_version: str = ""
+    clock: str = "wall"
+    quick: bool = False
+    stable: bool = True
+    load1: float | None = None
+    cpu_mhz: float | None = None
+    threads: int | None = None
+
+    @property
+    def good(self) -> bool:
+        """A full, stable timing: what plans rest on by default."""
+        return self.stable and not self.quick
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """A plan applied on a device: measured against predicted speedup and loss MSE. ``plan_id``
+    is the plan's number in its store (``hwcost apply 12``); ``id`` the validation's, once
+    stored."""
+
+    plan_id: int
+    device: str  # fingerprint of the device measured on
+    baseline_us: float
+    plan_us: float
+    measured_speedup: float
+    checkpoint: str = "unknown"  # digest of the weights the loss MSE was measured with
+    predicted_speedup: float | None = None
+    measured_loss_mse: float | None = None
+    predicted_loss_mse: float | None = None
+    n_eval_samples: int | None = None
+    host: str = ""
+    quick: bool = False
+    stable: bool = True
+    id: int | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from hwcost.store.records import (
     PlanRecord,
     SensitivityRow,
     SensitivityTable,
+    ValidationRecord,
 )
 from hwcost.store.rows import model_ref, shape_key, upsert
 from hwcost.store.schema import Device, Model, Plan, Sensitivity, Validation, utcnow
@@ -169,21 +170,43 @@ class ResultMethods:
             q = q.where(Plan.quantizer == quantizer)
         return list(s.scalars(q.order_by(Plan.id)))
 
-    def validations_for(self, plan_id: int, *, checkpoint: str | None = None
-                        ) -> list[Validation]:
+    def put_validation(self, v: ValidationRecord) -> int:
+        """Store a validation of the stored plan ``v.plan_id`` on the stored device
+        ``v.device`` (fingerprint); returns its number. Latencies must be finite and
+        positive; nothing is written otherwise."""
+        for name in ("baseline_us", "plan_us", "measured_speedup"):
+            value = getattr(v, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InvalidMeasurement(f"validation {name}={value!r} is not a finite positive "
+                                         "number")
+        with self.session() as s:
+            _plan_row(s, v.plan_id)  # StoreError when there is no such plan
+            row = Validation(plan_id=v.plan_id,
+                             device_id=self._device_id(s, DeviceRef(v.device, "", "")),
+                             **{c: getattr(v, c) for c in _VALIDATION_COLUMNS},
+                             **({"created_at": v.created_at} if v.created_at else {}))
+            return _added_id(s, row)
+
+    def validations(self, plan_id: int, *, checkpoint: str | None = None
+                    ) -> list[ValidationRecord]:
         """Validations of a plan (measured with one checkpoint's weights when given), oldest
         first."""
         with self.session() as s:
-            q = select(Validation).where(Validation.plan_id == plan_id)
+            q = (select(Validation, Device.fingerprint)
+                 .join(Device, Device.id == Validation.device_id)
+                 .where(Validation.plan_id == plan_id))
             if checkpoint is not None:
                 q = q.where(Validation.checkpoint == checkpoint)
-            return list(s.scalars(q.order_by(Validation.id)))
+            return [ValidationRecord(plan_id=row.plan_id, device=fp, id=row.id,
+                                     created_at=row.created_at,
+                                     **{c: getattr(row, c) for c in _VALIDATION_COLUMNS})
+                    for row, fp in s.execute(q.order_by(Validation.id)).all()]
 
-    def add_validation(self, v: Validation) -> int:
-        with self.session() as s:
-            return _added_id(s, v)
 
-
+_VALIDATION_COLUMNS = ("checkpoint", "baseline_us", "plan_us", "measured_speedup",
+                       "predicted_speedup", "measured_loss_mse", "predicted_loss_mse",
+                       "n_eval_samples", "host", "quick", "stable")
+"""The validation table's columns a :class:`ValidationRecord` carries under the same name."""
 
 _PLAN_COLUMNS = ("checkpoint", "quantizer", "objective", "max_loss_mse", "predicted_speedup",
                  "predicted_loss_mse", "measured_share")

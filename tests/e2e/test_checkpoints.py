@@ -56,7 +56,7 @@ def test_two_checkpoints_share_latencies_not_sensitivities_plans_or_validations(
         assert plans[base["plan_id"]] == base["checkpoint"]
         assert plans[tuned["plan_id"]] == tuned["checkpoint"]
         assert set(plans.values()) == {base["checkpoint"], tuned["checkpoint"]}
-        assert [v.checkpoint for v in s.validations_for(tuned["plan_id"])] == [tuned["checkpoint"]]
+        assert [v.checkpoint for v in s.validations(tuned["plan_id"])] == [tuned["checkpoint"]]
         assert {c.digest for c in s.checkpoints(model.id)} == {base["checkpoint"],
                                                               tuned["checkpoint"]}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -25,6 +26,7 @@ from hwcost.store import (
     Manifest,
     ManifestItem,
     MeasurementIn,
+    ModelLatencyRecord,
     ModelRef,
     SensitivityRow,
     SensitivityTable,
@@ -32,9 +34,10 @@ from hwcost.store import (
     SqlStore,
     Store,
     SubgraphInfo,
+    ValidationRecord,
     open_store,
 )
-from hwcost.store.schema import SCHEMA_VERSION, ModelLatency, Plan, Validation
+from hwcost.store.schema import SCHEMA_VERSION, Plan
 
 CPU = DeviceInfo("cpu", "Contract CPU", 4, ("avx2",), {"torch": "0"})
 GPU = DeviceInfo("cuda", "Contract GPU", None, (), {"torch": "0"})
@@ -177,16 +180,27 @@ def test_measurements_of_unknown_devices_or_subgraphs_are_refused(store):
 
 def test_whole_model_latencies_and_learned_fits_round_trip(store):
     dev, model = store.put_device(CPU), _model(store)
-    ids = store.get_model(model).id, store.get_device(dev).id  # the SQL rows' keys
-    assert store.add_model_latency(ModelLatency(
-        model_id=ids[0], device_id=ids[1], shape=SHAPE, config_hash="all:fp32", config="{}",
-        median_us=500.0, spread_us=5.0, n_samples=9))
-    assert store.model_latency(model, dev, SHAPE, "all:fp32").median_us == 500.0
+    timing = ModelLatencyRecord(model.fingerprint, dev.fingerprint, SHAPE, "all:fp32", 500.0, 5.0,
+                                9, host="h1", clock="thread", threads=2, load1=0.5)
+    assert store.model_latency(model, dev, SHAPE, "all:fp32") is None
+    assert store.put_model_latency(model, dev, SHAPE, "all:fp32", timing)
+    back = store.model_latency("contract-model", CPU.fingerprint[:10], SHAPE, "all:fp32")
+    assert back.measured_at is not None and back.tool_version
+    assert replace(back, measured_at=None, tool_version="") == timing and back.good
+    # a good row is kept unless replaced; a quick one is not good, and a later one replaces it
+    assert not store.put_model_latency(model, dev, SHAPE, "all:fp32", replace(timing, median_us=9.0))
+    assert store.put_model_latency(model, dev, SHAPE, "all:bf16", timing, quick=True)
+    assert store.model_latency(model, dev, SHAPE, "all:bf16") is None
+    assert store.model_latency(model, dev, SHAPE, "all:bf16", allow_unstable=True).quick
+    assert store.put_model_latency(model, dev, SHAPE, "all:bf16", replace(timing, median_us=7.0))
+    assert store.model_latency(model, dev, SHAPE, "all:bf16").median_us == 7.0
     assert store.model_latency(model, dev, SHAPE, "all:int8") is None
-    with pytest.raises(InvalidMeasurement):
-        store.add_model_latency(ModelLatency(
-            model_id=ids[0], device_id=ids[1], shape=SHAPE, config_hash="all:bf16",
-            config="{}", median_us=math.inf, spread_us=5.0, n_samples=9))
+    for bad in (replace(timing, median_us=math.inf), replace(timing, n_samples=0)):
+        with pytest.raises(InvalidMeasurement):
+            store.put_model_latency(model, dev, SHAPE, "all:int4", bad)
+    assert store.model_latency(model, dev, SHAPE, "all:int4", allow_unstable=True) is None
+    with pytest.raises(NoSuchDevice):
+        store.model_latency(model, "no-such-device", SHAPE, "all:fp32")
 
     store.put_learned_fit(dev, "s1", json.dumps({"n_train": 3}))
     store.put_learned_fit(dev, "s2", json.dumps({"n_train": 4}))
@@ -244,9 +258,23 @@ def test_plans_and_validations_round_trip(store):
     assert store.plans_for(model, dev, SHAPE, checkpoint="other") == []
     with pytest.raises(StoreError, match=f"no plan {pid + 1} in the store"):
         store.get_plan(pid + 1)
-    vid = store.add_validation(Validation(plan_id=pid, device_id=did, checkpoint="c" * 32,
-                                          baseline_us=100.0, plan_us=80.0, measured_speedup=1.25))
-    assert [(v.id, v.measured_speedup) for v in store.validations_for(pid)] == [(vid, 1.25)]
+    v = ValidationRecord(pid, dev.fingerprint, 100.0, 80.0, 1.25, checkpoint="c" * 32,
+                         measured_loss_mse=2e-4, n_eval_samples=16, host="h1", quick=True)
+    assert store.validations(pid) == []
+    vid = store.put_validation(v)
+    store.put_validation(replace(v, checkpoint="e" * 32, stable=False))
+    [back] = store.validations(pid, checkpoint="c" * 32)
+    assert back.id == vid and back.created_at is not None
+    assert replace(back, id=None, created_at=None) == v
+    assert [w.checkpoint for w in store.validations(pid)] == ["c" * 32, "e" * 32]  # oldest first
+    # a plan or device not stored, or a latency that is no latency: refused, nothing written
+    with pytest.raises(StoreError, match=f"no plan {pid + 1} in the store"):
+        store.put_validation(replace(v, plan_id=pid + 1))
+    with pytest.raises(NoSuchDevice):
+        store.put_validation(replace(v, device="f" * 16))
+    with pytest.raises(InvalidMeasurement, match="plan_us=nan"):
+        store.put_validation(replace(v, plan_us=math.nan))
+    assert len(store.validations(pid)) == 2
 
 
 def test_the_queue_hands_out_each_unit_once_and_writes_it_whole(store):

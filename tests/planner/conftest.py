@@ -13,6 +13,7 @@ import pytest
 from hwcost.device import DeviceInfo
 from hwcost.precision import config_key
 from hwcost.store import (
+    UNKNOWN,
     ManifestItem,
     MeasurementIn,
     SensitivityRow,
@@ -20,7 +21,6 @@ from hwcost.store import (
     SlotInfo,
     SubgraphInfo,
 )
-from hwcost.store.schema import UNKNOWN
 
 PRECS = ("fp32", "bf16", "int8")
 # Relative latency per precision and a cost for each precision boundary inside a subgraph,

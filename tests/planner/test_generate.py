@@ -32,16 +32,15 @@ def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unst
     rep = run_campaign(store, lm, "cpu", list(workload_shapes(wl)), precisions="fp32,bf16",
                        threads=1, n_inputs=1, timing=QUICK_TIMING, progress=False)
     backend = get_backend("cpu")
-    model = store.get_model(rep.model_fingerprint)
-    dev = store.get_device(rep.device)
+    model, dev = store.model(rep.model_fingerprint), store.device(rep.device)
     # a machine the policy calls busy (a fixed reading of 99 runnable tasks per CPU)
     busy = StabilityPolicy(max_load=1.0, wait_s=0.0, budget_s=0.0, load_reader=lambda: 99.0,
                            **LOAD_ONLY)
     with torch.no_grad():
         us = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
                               threads=1, policy=busy, **FEW)
-    assert store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32") is None  # not good
-    row = store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32", allow_unstable=True)
+    assert store.model_latency(model, dev, wl.shape_key, "all:fp32") is None  # not good
+    row = store.model_latency(model, dev, wl.shape_key, "all:fp32", allow_unstable=True)
     assert row.median_us == us > 0 and row.n_samples >= 3
     assert (row.stable, row.quick, row.threads, row.clock) == (False, False, 1, "wall")
     assert row.load1 is not None
@@ -49,7 +48,7 @@ def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unst
     with torch.no_grad():
         measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
                          threads=1, policy=replace(StabilityPolicy.lenient(), **LOAD_ONLY), **FEW)
-    good = store.model_latency(model.id, dev.id, wl.shape_key, "all:fp32")
+    good = store.model_latency(model, dev, wl.shape_key, "all:fp32")
     assert good is not None and good.stable and good.load1 is not None
     # and a stored good row is reused, not measured again
     again = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,

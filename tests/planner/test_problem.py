@@ -13,8 +13,7 @@ from hwcost.planner.solve import solve
 
 from hwcost.device import DeviceInfo
 from hwcost.errors import HwcostError, Infeasible
-from hwcost.store import SensitivityRow, SensitivityTable
-from hwcost.store.schema import UNKNOWN
+from hwcost.store import UNKNOWN, ModelLatencyRecord, SensitivityRow, SensitivityTable
 
 from .conftest import populate
 
@@ -150,17 +149,15 @@ def test_plan_is_stored(store, tiny):
 
 
 def test_whole_model_baseline(store, tiny):
-    from hwcost.store.schema import ModelLatency
-
-    dev = store.get_device(tiny.device)
     p = build_problem(store, tiny.name, tiny.device, tiny.shape)
     assert p.baseline_us == p.subgraph_baseline_us and p.baseline_from == "subgraphs"
     for us, expect in ((p.subgraph_baseline_us * 1.5, "model"), (p.subgraph_baseline_us * 0.5,
                                                                    "subgraphs")):
-        store.add_model_latency(ModelLatency(model_id=tiny.model_id, device_id=dev.id,
-                                             shape=tiny.shape, config_hash="all:fp32",
-                                             median_us=us, spread_us=1.0, n_samples=9),
-                                replace=True)  # a good row is only replaced when asked
+        timing = ModelLatencyRecord(tiny.fingerprint, tiny.device, tiny.shape, "all:fp32", us,
+                                    1.0, 9)
+        # a good row is only replaced when asked
+        store.put_model_latency(tiny.name, tiny.device, tiny.shape, "all:fp32", timing,
+                                replace=True)
         q = build_problem(store, tiny.name, tiny.device, tiny.shape)
         assert q.baseline_from == expect
         assert q.baseline_us == max(us, q.subgraph_baseline_us)

@@ -56,7 +56,7 @@ def test_campaign_measures_each_task_once_and_a_deeper_model_adds_none(store):
     assert {(c.position, c.config) for c in costs} >= {(0, "fp32,fp32,fp32"), (1, "bf16"),
                                                        (5, "bf16,bf16,bf16"), (6, "fp32")}
     assert all(c.median_us > 0 and c.n_samples >= 5 for c in costs)
-    lat = store.model_latency(rep.model_id, store.get_device(rep.device).id, SHAPE, "all:fp32",
+    lat = store.model_latency(rep.model_fingerprint, rep.device, SHAPE, "all:fp32",
                               allow_unstable=True)
     assert lat is not None and lat.median_us == rep.baseline_us["batch=1,seq=8,phase=prefill"]
 

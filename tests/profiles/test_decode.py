@@ -82,8 +82,8 @@ def test_campaign_measures_decode_shapes_and_the_whole_step(store):
     table = model_table(store, rep.model_fingerprint, rep.device, DECODE, ["fp32", "bf16"],
                         allow_unstable=True)
     assert sum(len(e.costs) for e in table.entries) == 2 * (8 + 2 + 8) + 2
-    dev = store.get_device(rep.device)
-    lat = store.model_latency(rep.model_id, dev.id, DECODE, "all:fp32", allow_unstable=True)
+    lat = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:fp32",
+                              allow_unstable=True)
     assert lat is not None and lat.median_us == rep.baseline_us[DECODE] > 0
 
 
