@@ -12,9 +12,8 @@ the implementation beside it; its SQLModel rows and integer ids stay inside the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hwcost.device import DeviceInfo
 from hwcost.store.queue_records import Progress, Unit
 from hwcost.store.records import (
     CostRow,
@@ -28,6 +27,9 @@ from hwcost.store.records import (
     SubgraphInfo,
     ValidationRecord,
 )
+
+if TYPE_CHECKING:  # hwcost.device imports the store's schema: a runtime import would be circular
+    from hwcost.device import DeviceInfo
 
 __all__ = ["Store"]
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from hwcost.bounds import int_problem
-from hwcost.device import DeviceInfo
 from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.store.campaigns import CampaignMethods
 from hwcost.store.measurements import MeasurementMethods
@@ -37,6 +37,9 @@ from hwcost.store.schema import (
     Subgraph,
     utcnow,
 )
+
+if TYPE_CHECKING:  # hwcost.device imports the store's schema: a runtime import would be circular
+    from hwcost.device import DeviceInfo
 
 __all__ = ["SqlStore"]
 
