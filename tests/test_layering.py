@@ -148,9 +148,6 @@ BACKEND_ATTRS = {"engine", "session", "connection", "dialect", "exec_driver_sql"
 # Precise, justified exceptions: (module path, what it reaches). Each is a known leak left for
 # another step of issue 13; an entry that no longer occurs fails the test, so the list shrinks.
 BOUNDARY_EXCEPTIONS: set[tuple[str, str]] = {
-    # planner.apply builds a Validation row; the protocol's validation record replaces it
-    ("planner/apply.py", "hwcost.store.schema"),
-    ("planner/apply.py", "hwcost.store.schema.Validation"),
     # DeviceInfo / CatalogEntry.to_row build the Device row SqlStore.upsert_device takes, and
     # costs / device_lookup accept one: Store.put_device with the record replaces them
     *((f"hwcost/{m}.py", f"hwcost.store.schema{n}") for m in ("catalog", "costs", "device",
