@@ -140,14 +140,15 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
 
 
 def same_window(model, part, baseline_model, cfg, inputs, captured, backend, threads, timing,
-                flow=None) -> dict:
+                flow=None, wrap=lambda m: m) -> dict:
     """The method's arithmetic with every term timed in the same interleaved rounds: the fp32
     and configured models and, for each subgraph whose config differs from fp32, the subgraph
-    alone in both. Load changes between profiling and validation cannot enter; what is left
-    is non-additivity (and sampling noise)."""
+    alone in both (``wrap``: each compiled alone under the compiled deployment, as the
+    campaign compiles it). Load changes between profiling and validation cannot enter; what
+    is left is non-additivity (and sampling noise)."""
     fns = {"model_fp32": lambda d: baseline_model(**d["inp"]),
            "model_cfg": (lambda m: lambda d: m(**d["inp"]))(
-               apply_precisions(model, cfg, backend, flow))}
+               wrap(apply_precisions(model, cfg, backend, flow)))}
     changed = []
     for piece in part.pieces:
         c = {n: cfg[n] for n in piece.layer_names}
@@ -157,8 +158,9 @@ def same_window(model, part, baseline_model, cfg, inputs, captured, backend, thr
         holder = piece.extract(model)
         for tag, mapping in (("fp32", dict.fromkeys(c, Precision.FP32)), ("cfg", c)):
             mod = apply_precisions(holder, mapping, backend, flow)
-            fns[f"{tag}:{piece.position}"] = (
-                lambda pc, m: lambda d: pc.run(m, d["caps"][pc.position]))(piece, mod)
+            run = wrap((lambda pc, m: lambda inp: pc.run(m, inp))(piece, mod))
+            fns[f"{tag}:{piece.position}"] = (lambda f, pos: lambda d: f(d["caps"][pos]))(
+                run, piece.position)
     data = [{"inp": i, "caps": c} for i, c in zip(inputs, captured)]
     res = time_interleaved(fns, data, backend, threads=threads, **timing.kwargs())
     gain = sum(res[f"fp32:{k}"].median_us - res[f"cfg:{k}"].median_us for k in changed)
@@ -234,7 +236,7 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
     fp32_cfg = {p.position: (Precision.FP32,) * len(p.layer_names) for p in pieces}
     pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
     campaign_base = sub["report"]["baseline_us"][shape.key]
-    same_n = args.same_window if deployment == "eager" else 0
+    same_n = min(args.same_window, n_configs)
     if same_n:
         with torch.no_grad():
             # cut as the campaign cuts (at least 3 precisions: one canonical cut per model)
@@ -286,7 +288,7 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                "method_with_campaign_baseline_us": campaign_base - gain}
         if i < same_n:
             row["same_window"] = same_window(model, part, baseline_model, cfg, inputs, captured,
-                                             backend, threads, timing, flow)
+                                             backend, threads, timing, flow, wrap)
         rows.append(row)
         e = row["abs_err_pct"]
         print(f"[{deployment}] {i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured "
@@ -349,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=",".join(p.value for p in COMPILED_PRECISIONS),
                     help="precisions under the compiled deployment")
     ap.add_argument("--same-window", type=int, default=0, metavar="N",
-                    help="for the first N eager configs also run the diagnostic with every "
-                         "term timed in the same interleaved rounds (0: off)")
+                    help="for the first N configs of each deployment also run the diagnostic "
+                         "with every term timed in the same interleaved rounds (0: off)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="thread: time the thread's CPU time (needs --threads 1), leaving out "
                          "the slices other processes take on a shared machine")

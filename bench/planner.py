@@ -18,11 +18,18 @@
     then the closed loop (planner.closed_loop): re-plan with predictions scaled by the measured
     ratio until the measured loss MSE is within the bound. "ours" is what ``hwcost plan``
     picks: gains shrunk by one standard error, with the chance that a rival is faster.
-    Run on the demo model and on a model with a biased family (a tiny Qwen2 from a
-    transformers config, ``tests.factories:tiny_qwen2``; ``--biased-model``).
+    Run on the demo model and on a model with a biased family (a Qwen2 of the demo's width
+    from a transformers config, ``tests.factories:small_qwen2``; ``--biased-model``; the tiny
+    one of the tests is too narrow for any low-precision layer to gain, so its plan was all
+    fp32 and its loop trivially within the bound).
     Relative bounds are shares of the fastest plan's loss MSE (formats the plan may use).
+    ``--deployment compiled`` (the default) profiles, plans and times everything under
+    ``torch.compile`` (inductor), where fusion makes layers interact and per-layer isolated
+    latencies mispredict most (``bench/additivity.py``); ``eager`` as before. Rival plans:
+    ``planner_rivals.py``. Each run profiles into a fresh scratch store unless ``--db``.
 
 Usage: python bench/planner.py [--part a|b|all] [--model SPEC] [--db URL] [--threads N]
+       [--deployment compiled|eager] [--precisions fp32,bf16,int8]
 Writes bench/results/planner.json and bench/results/planner.md; ends with ``target:`` lines.
 """
 
@@ -33,11 +40,9 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,9 +50,14 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 from hwcost.planner.objectives import lowest_precision_mse, parse_threshold  # noqa: E402
-from hwcost.planner.problem import Choice, Problem  # noqa: E402
 from hwcost.planner.solve import compile_problem, solve, solve_compiled  # noqa: E402
 from hwcost.planner.sweep import sweep  # noqa: E402
+from planner_rivals import (  # noqa: E402
+    isolated_layer_latencies,
+    isolated_problem,
+    predicted_latency,
+    random_configs,
+)
 
 from hwcost.device import cpu_model_and_flags  # noqa: E402
 
@@ -116,102 +126,17 @@ def part_a(seeds=(0, 1, 2), fractions=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5)) -> dict:
 # ------------------------------------------------------------------------------ part (b)
 
 
-def random_configs(problem: Problem, bound: float, n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` distinct random per-layer configs with predicted loss MSE <= bound.
-
-    Each: layers in random order; each layer draws a random precision (the baseline included)
-    and keeps it when the running predicted loss MSE stays within the bound. Configs whose
-    subgraph configs the cost table lacks cannot occur (the table covers every config)."""
-    rng = random.Random(seed)
-    sens = {}
-    for c in problem.choices:
-        for o in c.options:
-            if sum(p != problem.baseline for p in o.config) == 1:
-                i = next(k for k, p in enumerate(o.config) if p != problem.baseline)
-                sens[(c.layer_names[i], o.config[i])] = o.loss_mse
-    layers = problem.layers
-    out, seen, tries = [], set(), 0
-    while len(out) < n and tries < 50 * n:
-        tries += 1
-        order = layers[:]
-        rng.shuffle(order)
-        cfg, total = {n_: problem.baseline for n_ in layers}, 0.0
-        for name in order:
-            p = rng.choice(problem.precisions)
-            s = sens.get((name, p), 0.0)
-            if total + s <= bound:
-                cfg[name], total = p, total + s
-        key = tuple(sorted(cfg.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    return out
-
-
-def predicted_latency(problem: Problem, cfg: dict[str, str]) -> tuple[float, float]:
-    """(predicted end-to-end latency, predicted loss MSE) of a per-layer config."""
-    gain = mse = 0.0
-    for c in problem.choices:
-        want = tuple(cfg[n] for n in c.layer_names)
-        o = next(o for o in c.options if o.config == want)
-        gain, mse = gain + o.gain_us, mse + o.loss_mse
-    return problem.baseline_us - gain, mse
-
-
-def isolated_layer_latencies(loaded, problem: Problem, shape: str, backend, threads: int) -> dict:
-    """(in, out, precision) -> latency of that linear layer alone on [tokens, in] inputs."""
-    import torch
-    from hwcost.profiles.bench import time_interleaved
-
-    from hwcost.shape import parse_shape
-
-    tokens = parse_shape(shape).tokens
-    named = dict(loaded.model.named_modules())
-    dims = {}
-    for name in problem.layers:
-        m = named[name]
-        w = m.weight
-        dims.setdefault((w.shape[1], w.shape[0]), name)
-    out = {}
-    for (fin, fout), name in dims.items():
-        layer = named[name]
-        fns = {}
-        for p in problem.precisions:
-            dep = backend.deploy_linear(layer, p)
-
-            def run(x, dep=dep):
-                with torch.inference_mode():
-                    return dep(x)
-            fns[p] = run
-        gen = torch.Generator().manual_seed(0)
-        xs = [torch.randn(tokens, fin, generator=gen) for _ in range(3)]
-        for p, t in time_interleaved(fns, xs, backend, threads=threads, max_seconds=3.0).items():
-            out[(fin, fout, p)] = t.median_us
-    return out
-
-
-def isolated_problem(problem: Problem, lat: dict, dims: dict[str, tuple[int, int]]) -> Problem:
-    """The problem with each option's gain replaced by the sum of its layers' isolated gains."""
-    choices = []
-    for c in problem.choices:
-        opts = []
-        for o in c.options:
-            g = sum(lat[(*dims[n], problem.baseline)] - lat[(*dims[n], p)]
-                    for n, p in zip(c.layer_names, o.config))
-            opts.append(replace(o, gain_us=g, latency_us=c.baseline.latency_us - g))
-        choices.append(Choice(c.position, c.signature, c.kind, c.layer_names, tuple(opts)))
-    return replace(problem, choices=choices)
-
-
-def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 64):
-    """Profile what the store lacks and compute the Taylor table if missing; returns the
-    campaign report and the model id."""
+def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 64,
+                  deployment: str = "eager", precisions: list[str] | None = None):
+    """Profile what the store lacks (under ``deployment``) and compute the Taylor table if
+    missing; returns the campaign report."""
     import torch
     from hwcost.profiles.campaign import run_campaign
     from hwcost.sensitivity.data import from_ids, load_calibration
     from hwcost.sensitivity.taylor import analyze
 
-    report = run_campaign(store, loaded, "cpu", shapes=[shape], threads=threads, progress=False)
+    report = run_campaign(store, loaded, "cpu", shapes=[shape], threads=threads, progress=False,
+                          deployment=deployment, precisions=precisions)
     if not store.sensitivity_keys(report.model_fingerprint):
         vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
         train = ROOT / "data" / "corpus" / "train.txt"
@@ -231,7 +156,8 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
 
 def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds: list[str],
            shape: str = "batch=1,seq=128,phase=prefill", n_random: int = 200, top: int = 5,
-           compare: bool = True, allow_unstable: bool = False) -> dict:
+           compare: bool = True, allow_unstable: bool = False, deployment: str = "eager",
+           precisions: list[str] | None = None) -> dict:
     import torch
     from hwcost.planner.apply import eval_batches, loss_mse, time_configs
     from hwcost.planner.closed_loop import plan_within_bound
@@ -245,12 +171,13 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     torch.set_num_threads(threads)
     backend = get_backend("cpu")
     loaded = load_model(model_spec)
-    url = db_url or f"sqlite:///{Path(tempfile.gettempdir()) / 'hwcost-bench-planner.db'}"
-    if model_spec and not db_url:  # one scratch store per model
-        url = url.replace(".db", f"-{model_spec.replace(':', '_').replace('.', '_')}.db")
+    # a fresh scratch store per run and model unless --db names one: a store left by an
+    # earlier run would hand this one its timings (another machine state, another code)
+    url = db_url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='hwcost-bench-planner-'))}/p.db"
     store = open_store(url)
     t0 = time.perf_counter()
-    report = ensure_inputs(store, loaded, shape, threads)
+    report = ensure_inputs(store, loaded, shape, threads, deployment=deployment,
+                           precisions=precisions)
     prep_s = time.perf_counter() - t0
     # on a busy shared machine the stability policy may refuse every timing as good;
     # --allow-unstable plans on them anyway (and the results say so)
@@ -262,7 +189,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     named = dict(loaded.model.named_modules())
     dims = {n: (named[n].weight.shape[1], named[n].weight.shape[0]) for n in problem.layers}
     if compare:
-        iso_lat = isolated_layer_latencies(loaded, problem, shape, backend, threads)
+        iso_lat = isolated_layer_latencies(loaded, problem, shape, backend, threads, deployment)
         iso_problem = isolated_problem(problem, iso_lat, dims)
     batches = eval_batches(loaded, None, samples=128) if loaded.tokenizer is not None else \
         [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
@@ -293,7 +220,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
             alias[name] = unique.setdefault(key, name)
         to_time = {name: configs[name] for name in set(alias.values())}
         timings = time_configs(loaded, to_time, shape, backend, threads=threads,
-                               min_samples=15, max_seconds=10.0)
+                               deployment=deployment, min_samples=15, max_seconds=10.0)
         us = {name: timings[alias[name]].median_us for name in configs}
         base = us["baseline"]
         speed = {name: base / v for name, v in us.items()}
@@ -307,7 +234,8 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
                 ratio[other] = 1.0
                 continue
             pair = time_configs(loaded, {"ours": configs["ours"], other: configs[other]}, shape,
-                                backend, threads=threads, min_samples=41, max_seconds=15.0)
+                                backend, threads=threads, deployment=deployment,
+                                min_samples=41, max_seconds=15.0)
             ratio[other] = pair[other].median_us / pair["ours"].median_us
         loop = _loop_row(th, bound, planned, loaded, batches, backend, store, shape, threshold,
                          problem, make_plan, plan_within_bound, loss_mse)
@@ -341,6 +269,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     store.close()
     return {"model": loaded.name, "spec": model_spec or "demo", "shape": shape,
             "threads": threads, "device": report.device, "allow_unstable": allow_unstable,
+            "deployment": deployment,
             "campaign_unstable": report.unstable, "campaign_measured": report.measured,
             "device_name": report.device_name, "layers": len(problem.layers),
             "precisions": list(problem.precisions), "prep_s": prep_s, "rows": rows,
@@ -387,9 +316,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--thresholds", default="5%,15%,40%",
                     help="loss-MSE bounds for part b (share of the fastest plan's loss MSE)")
-    ap.add_argument("--biased-model", default="tests.factories:tiny_qwen2",
+    ap.add_argument("--biased-model", default="tests.factories:small_qwen2",
                     help="second model for part b (a biased family), closed loop only; "
                          "'' to skip")
+    ap.add_argument("--deployment", choices=("compiled", "eager"), default="compiled",
+                    help="what part b profiles, plans on and times: compiled (torch.compile, "
+                         "inductor: fusions are interactions per-layer timing cannot see) or "
+                         "eager (linked layers)")
+    ap.add_argument("--precisions", default=None,
+                    help="precisions part b profiles and plans with (default: fp32,bf16,int8 "
+                         "compiled, the CPU's candidates eager)")
     ap.add_argument("--clock", choices=("wall", "thread"), default=None,
                     help="timing clock of part b (thread: the calling thread's CPU time, which "
                          "leaves out other processes' slices on a shared machine; needs "
@@ -414,9 +350,12 @@ def main() -> None:
         result["a"] = part_a()
     if args.part in ("b", "all"):
         print("(b) demo model on this CPU", flush=True)
+        precs = (args.precisions.split(",") if args.precisions else
+                 ["fp32", "bf16", "int8"] if args.deployment == "compiled" else None)
         try:
             result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","),
-                                 allow_unstable=args.allow_unstable)
+                                 allow_unstable=args.allow_unstable, deployment=args.deployment,
+                                 precisions=precs)
         except Exception as e:  # noqa: BLE001 - report what is missing, keep part a's results
             result["b"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  part b could not run: {result['b']['error']}", flush=True)
@@ -425,7 +364,8 @@ def main() -> None:
             try:
                 result["b_biased"] = part_b(args.biased_model, None, args.threads,
                                             args.thresholds.split(","), compare=False,
-                                            allow_unstable=args.allow_unstable)
+                                            allow_unstable=args.allow_unstable,
+                                            deployment=args.deployment, precisions=precs)
             except Exception as e:  # noqa: BLE001 - reported, the other results are kept
                 result["b_biased"] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  could not run: {result['b_biased']['error']}", flush=True)
@@ -488,7 +428,8 @@ def markdown(result: dict, targets: list[str]) -> str:
     if b and "rows" in b:
         lines += [f"## (b) {b['model']} on this CPU ({b['device_name']}, {b['threads']} threads)",
                   "", f"{b['layers']} layers, precisions {', '.join(b['precisions'])}, shape "
-                  f"{b['shape']}. Random baseline: {b['random_method']}. Speedups are measured "
+                  f"{b['shape']}. {_DEPLOYMENT.get(b.get('deployment', 'eager'), '')} "
+                  f"Random baseline: {b['random_method']}. Speedups are measured "
                   "end to end, interleaved, against the fp32 model; the ratio columns (which the "
                   "targets use) come from a second, pairwise interleaved timing of ours against "
                   "each competitor."
@@ -533,6 +474,14 @@ def markdown(result: dict, targets: list[str]) -> str:
         lines.append("")
     lines += ["## Targets", "", "```", *targets, "```", ""]
     return "\n".join(lines)
+
+
+_DEPLOYMENT = {
+    "compiled": "Deployment **compiled**: the campaign, the isolated per-layer latencies (each "
+                "layer compiled alone) and every end-to-end timing run under torch.compile "
+                "(inductor), whose fusions are interactions per-layer timing cannot see.",
+    "eager": "Deployment **eager** (linked layers: shared activation quantization, bf16 "
+             "chains)."}
 
 
 def _ncpu() -> int:

@@ -23,13 +23,13 @@ def tiny(layers: int = 2):
     return model, inputs
 
 
-def tiny_qwen2(layers: int = 2):
+def tiny_qwen2(layers: int = 2, hidden: int = 64, intermediate: int = 128):
     """A 2-block Qwen2 (biased q/k/v projections, hidden 64) and its inputs for any shape."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128,
+    cfg = Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       use_cache=False, tie_word_embeddings=False)
     model = Qwen2ForCausalLM(cfg).eval()
@@ -44,6 +44,12 @@ def tiny_qwen2(layers: int = 2):
                 "use_cache": False}
 
     return model, inputs
+
+
+def small_qwen2():
+    """The biased Qwen2 at the demo model's width (hidden 256, MLP 768, 2 blocks): wide
+    enough that low-precision layers gain on a CPU (``bench/planner.py``'s biased family)."""
+    return tiny_qwen2(layers=2, hidden=256, intermediate=768)
 
 
 def plan_for(model, cycle=("int8", "bf16", "fp32"), *, kind: str = "cpu", device: str = "cpu",
