@@ -50,7 +50,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,6 +266,7 @@ def time_interleaved(
     baseline: str | None = None,
     policy: StabilityPolicy | None = None,
     evict_bytes: int = 0,
+    evict_skip: Collection[str] = (),
     on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Timing]:
     """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
@@ -292,6 +293,8 @@ def time_interleaved(
             the last-level cache, :func:`last_level_cache_bytes`) before every sample, and
             time one call per sample: weights are then read from memory, as they are in a
             model too large for the cache, instead of flattering memory-bound candidates.
+        evict_skip: names in ``fns`` timed without that eviction (a whole model, whose own
+            pass leaves the caches as it runs them).
         policy: when a batch is re-measured, when it is stable and how long to wait for
             one (default :meth:`StabilityPolicy.from_env`: spread 5 % re-measure / 15 %
             refusal, load, drift, 30 s budget).
@@ -328,7 +331,8 @@ def time_interleaved(
     start = time.perf_counter()
     with _timing_context(backend, threads) as used_threads:
         evict = _Evictor(backend, evict_bytes) if evict_bytes > 0 else None
-        runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock, evict=evict)
+        runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock,
+                              evict=None if n in evict_skip else evict)
                    for k, n in enumerate(names)}
         _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
         best: tuple[tuple, dict[str, list[float]], Verdict] | None = None

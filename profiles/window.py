@@ -6,6 +6,13 @@ the whole model's baseline latency. Those two must come from the same rounds: ti
 apart on a shared machine they disagreed by 20 % (the demo's pieces' fp32 rows summed to 1.20x
 the whole model; thread clock, load ~12 on 2 cores; 0.98x on a quiet run), and every
 predicted speedup carried that factor.
+
+A decode shape is windowed the same way: the whole model's decode step and every piece's
+baseline step on the same caches, each rewound after its call (``profiles.decode.step_fn``).
+A piece that reads no KV cache is measured once per batch (its configs under the KV-free
+key), but its baseline row from a bucket's window is stored under that bucket's full key,
+where the cost table takes it before the KV-free row: each bucket's gains are in microseconds
+of that bucket's rounds, and the configs' ratios stay shared.
 """
 
 from __future__ import annotations
@@ -18,13 +25,11 @@ from hwcost.store import MeasurementIn
 
 
 def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision) -> Any:
-    """The whole model's baseline latency. At a prefill shape it is timed in one window with
-    every unique piece's baseline config (:func:`model_window`), and those timings
-    replace the pieces' baseline rows when the window is stable, the run quick, or the rows
-    no better (quick or unstable), so that the gains' microseconds and the speedup's
-    denominator come from the same rounds."""
-    if shape.kv:
-        return measurer.model_latency(shape.key, base)
+    """The whole model's baseline latency, timed in one window with every unique piece's
+    baseline config (:func:`model_window`), and those timings replace the pieces' baseline
+    rows at ``shape`` when the window is stable, the run quick, or the rows no better (quick
+    or unstable), so that the gains' microseconds and the speedup's denominator come from
+    the same rounds."""
     t, pieces = model_window(measurer, shape.key, base)
     # an unstable window still replaces baseline rows that are no better (quick or unstable)
     good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
@@ -42,26 +47,36 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
 
 def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, dict[str, Any]]:
     """The whole model in ``baseline`` and every unique piece's baseline config, timed
-    in the same interleaved rounds (a prefill shape): ``(model Timing, {signature:
-    Timing})``.
+    in the same interleaved rounds: ``(model Timing, {signature: Timing})``.
 
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
-    latency: timed here in the same rounds, they agree on how fast the machine ran."""
+    latency: timed here in the same rounds, they agree on how fast the machine ran. At a
+    decode shape every step is rewound after its call (the same step on a cache of exactly
+    ``kv`` tokens); the pieces find their caches as the campaign's groups did (the same
+    eviction), the whole model as its own pass leaves them (none)."""
     from hwcost.profiles.bench import time_interleaved
+    from hwcost.profiles.decode import layer_indices, step_fn
 
+    from hwcost.shape import parse_shape
+
+    kv = parse_shape(shape).kv
     model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
     fns = {"model": lambda d: model_fn(d["model"])}
     sigs = []
-    for sig in measurer.reps:
+    for sig, rep in measurer.reps.items():
         key = measurer.baseline_key(sig)
         piece = measurer.piece_fns(sig, [key]).get(key)
-        if piece is not None:
-            fns[sig] = (lambda f, k: lambda d: f(d[k]))(piece, sig)
-            sigs.append(sig)
+        if piece is None:
+            continue
+        if kv:  # a decode step appends to its layers' caches: rewind after every call
+            layers = layer_indices(rep.extract(measurer.loaded.model).children())
+            piece = step_fn(piece, measurer.inputs(shape, sig), kv, layers)
+        fns[sig] = (lambda f, k: lambda d: f(d[k]))(piece, sig)
+        sigs.append(sig)
     data = [{"model": model_inputs[i], **{sig: measurer.inputs(shape, sig)[i] for sig in sigs}}
             for i in range(measurer.n_inputs)]
     res = time_interleaved(fns, data, measurer.backend, threads=measurer.threads,
-                           baseline="model", evict_bytes=measurer.evict_bytes(),
-                           **measurer.timing.kwargs())
+                           baseline="model", evict_bytes=measurer.evict_bytes(shape),
+                           evict_skip=("model",) if kv else (), **measurer.timing.kwargs())
     return res["model"], {sig: res[sig] for sig in sigs}

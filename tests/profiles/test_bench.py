@@ -194,3 +194,23 @@ def test_cold_cache_samples_one_call_each_after_writing_the_buffer():
     assert t.inner == 1 and t.n_samples == 4  # one call a sample: each one cold
     llc = last_level_cache_bytes(get_backend("cpu"))
     assert llc is None or llc >= 1 << 16
+
+
+def test_candidates_named_in_evict_skip_run_on_the_caches_as_left(monkeypatch):
+    """A whole model in a window with pieces is timed as its own pass leaves the caches: the
+    buffer is written before the pieces' samples only."""
+    import hwcost.profiles.bench as bench
+
+    order = []
+    real = bench._Evictor.__call__
+    monkeypatch.setattr(bench._Evictor, "__call__",
+                        lambda self: (order.append("evict"), real(self)))
+    fns = {"model": lambda _: order.append("model"), "piece": lambda _: order.append("piece")}
+    bench.time_interleaved(fns, [None], "cpu", min_samples=4, min_sample_us=0,
+                           evict_bytes=1 << 16, evict_skip=("model",),
+                           **{**FAST, "max_seconds": 0.0})
+    pieces = [i for i, x in enumerate(order) if x == "piece"]
+    models = [i for i, x in enumerate(order) if x == "model"]
+    assert pieces and models
+    assert all(order[i - 1] == "evict" for i in pieces)
+    assert all(order[i - 1] != "evict" for i in models)

@@ -62,3 +62,66 @@ def test_model_latency_and_piece_baselines_come_from_one_window(family, sqlite_u
             else:  # configs keep the baseline of their own interleave group
                 assert r.baseline_us and r.baseline_us != window[r.signature].median_us
         assert rep.baseline_us[SHAPE] == window["model"].median_us
+
+
+DECODE = "batch=1,kv=12,phase=decode"
+KV_FREE = "batch=1,phase=decode"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sqlite_url,
+                                                                     monkeypatch):
+    """At a decode shape the whole model's step and every piece's baseline step are timed in
+    one window (the model not evicted: it runs on the caches its own pass leaves). A piece
+    that reads no KV cache keeps its configs under the KV-free key, and the cost table of the
+    bucket takes its baseline from the window: the gain's ratio from its group, its
+    microseconds from the bucket's rounds."""
+    from hwcost.profiles.decode import find_caches
+
+    from hwcost.costs import gain_of, model_table
+    from hwcost.shape import reads_kv
+
+    calls, cache_lengths = [], []
+    real = bench.time_interleaved
+
+    def spy(fns, inputs, backend="cpu", **kw):
+        out = real(fns, inputs, backend, **kw)
+        calls.append((out, kw))
+        if "model" in out:  # every step was rewound: the caches hold kv tokens still
+            cache_lengths.extend(c.get_seq_length() for d in inputs
+                                 for c in find_caches([d[k] for k in d if k == "model"]
+                                                      + [getattr(d[k], "sides", None)
+                                                         for k in d if k != "model"]))
+        return out
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16",
+                           threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
+        assert rep.failed == 0, rep.errors
+        windows = [(out, kw) for out, kw in calls if "model" in out]
+        assert len(windows) == 2, "one window per shape"
+        window, kw = windows[1]  # the decode shape's, after the prefill's
+        assert kw["evict_skip"] == ("model",)
+        assert cache_lengths and set(cache_lengths) == {12}
+        assert rep.baseline_us[DECODE] == window["model"].median_us
+        _, manifest = store.manifest(rep.model_fingerprint)
+        subs = {sub.signature: sub for _, sub in manifest}
+        assert set(subs) <= set(window), "every unique piece's baseline is in that window"
+        table = model_table(store, rep.model_fingerprint, rep.device, DECODE, ["fp32", "bf16"],
+                            allow_unstable=True)
+        kv_free = [s for s in subs if not reads_kv(subs[s].extra)]
+        assert kv_free and len(kv_free) < len(subs)
+        for entry in table.entries:
+            base_key = ",".join(["fp32"] * len(entry.layer_names))
+            base = entry.costs[base_key]
+            assert base.latency_us == window[entry.signature].median_us
+            other = next(e for k, e in entry.costs.items() if k != base_key)
+            assert other.baseline_us != base.latency_us  # its own group's baseline
+            assert gain_of(other, base) == pytest.approx(
+                base.latency_us * (1 - other.latency_us / other.baseline_us))
+        for sig in kv_free:  # configs measured once per batch, the baseline also per bucket
+            at = {s: store.measured_configs(rep.device, s, [sig], allow_unstable=True)[sig]
+                  for s in (DECODE, KV_FREE)}
+            assert at[DECODE] == {",".join(["fp32"] * len(subs[sig].slots))}
+            assert len(at[KV_FREE]) == 2 ** len(subs[sig].slots)
