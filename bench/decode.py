@@ -31,7 +31,8 @@ Prints a table, writes bench/results/<name>.{json,md} (``--name``, default decod
 the three target lines.
 
     python bench/decode.py [--configs 30] [--prompt 256] [--gen 64] [--batch 1] [--threads 1]
-                           [--precisions fp32,bf16,int8_wo,int4_wo] [--quick]
+                           [--precisions fp32,bf16,int8_wo,int4_wo] [--compare-samples 30]
+                           [--quick]
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def random_configs(layers, n, rng):
     return out
 
 
-def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing) -> dict:
+def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing,
+               samples: int = 0) -> dict:
     """Predicted (the fp32 step times the predicted speedup: the campaign's whole step less
     the sum of subgraph gains, over that step) against measured decode steps."""
     shape = parse_shape(f"batch={batch},kv={kv},phase=decode")
@@ -126,7 +128,10 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
         deployed = apply_precisions(loaded.model, cfg, backend, flow)
         fns = {"fp32": step_fn(lambda inp: base_model(**inp), inputs, kv),
                "config": step_fn(lambda inp, m=deployed: m(**inp), inputs, kv)}
-        res = time_interleaved(fns, inputs, backend, threads=threads, **timing.kwargs())
+        # the measured side of each comparison: the whole step, fp32 and the config in the
+        # same rounds, with at least `samples` samples each (--compare-samples)
+        kw = {**timing.kwargs(), "min_samples": max(timing.min_samples, samples)}
+        res = time_interleaved(fns, inputs, backend, threads=threads, **kw)
         return res["fp32"].median_us, res["config"].median_us
 
     # Diagnostic, not the target: anchors. Each uniform precision's whole-model gain over the
@@ -288,7 +293,8 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
             layers = [n for item, _ in manifest for n in item.layer_names]
             configs = random_configs(layers, args.configs, random.Random(args.seed))
             add = [additivity(store, camp, loaded, kv, args.batch, configs, backend, threads,
-                              timing) for kv in (buckets[0], buckets[-1])]
+                              timing, 0 if args.quick else args.compare_samples)
+                   for kv in (buckets[0], buckets[-1])]
             from hwcost.profiles.campaign import cut_model
 
             part = cut_model(loaded, shapes, backend, len(PRECISIONS))
@@ -323,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                          "spend their time waiting on each other)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=3.0)
+    ap.add_argument("--compare-samples", type=int, default=30,
+                    help="samples of each whole decode step compared (fp32 and the config, "
+                         "interleaved): the measured side of the additivity, a 3-6 ms step on "
+                         "a shared machine")
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="at most 4 (the default cut), fp32 first")
     ap.add_argument("--clock", choices=["wall", "thread"], default="thread",

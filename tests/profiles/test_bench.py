@@ -184,7 +184,7 @@ def test_thread_clock_needs_one_cpu_thread(monkeypatch):
     assert time_one(lambda _: None, [None], "cpu", min_samples=3, **FAST).clock == "thread"
 
 
-def test_cold_cache_samples_one_call_each_after_writing_the_buffer():
+def test_cold_cache_samples_one_call_each_after_reading_the_buffer():
     from hwcost.profiles.backends import get_backend
     from hwcost.profiles.bench import last_level_cache_bytes
 
