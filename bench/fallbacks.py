@@ -10,8 +10,15 @@
 3. Report median absolute percentage error of the learned model and of the roofline side by
    side, the roofline's predicted/measured ratio, and the Spearman correlation of each held-out
    subgraph's configs (learned ranking vs measured) at each shape.
+4. The same held-out units once more as ``hwcost.costs.model_table`` answers a unit whose
+   baseline (every slot in the carrier precision) is measured and whose other configs are not:
+   each config the fallback's ratio to its own estimate of the unit's baseline, applied to the
+   measured baseline ("anchored"; the baseline rows themselves are left out of that figure).
+   The whole-unit figure asks the model for the unit's level too, which on this shared
+   machine varies between interleave groups of the same unit by more than any model of the
+   subgraph can know.
 
-    python bench/fallbacks.py [--db URL] [--threads 1] [--quick]
+    python bench/fallbacks.py [--db URL] [--threads 1] [--quick] [--evaluate-only]
 
 Writes bench/results/fallbacks.json and .md and ends with ``target:`` lines.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -124,6 +132,14 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     y = np.array([r[3] for r in rows])
     shape_of = np.array([q.shape.key for q in qs])
     sig_of = np.array([q.subgraph.signature for q in qs])
+    # each unit's measured baseline, and the query of it, for the anchored figure
+    unit_of = np.array([f"{g}|{s}" for g, s in zip(sig_of, shape_of)])
+    is_base = np.array([all(p == carrier for p in q.config) for q in qs])
+    base_y = {u: v for u, v, b in zip(unit_of, y, is_base) if b}
+    anchored = np.array([u in base_y for u in unit_of]) & ~is_base
+    base_q = [Query(q.subgraph, q.shape, (carrier,) * len(q.config)) for q in qs]
+    t_base = terms(base_q, peaks, carrier)
+    y_base = np.array([base_y.get(u, np.nan) for u in unit_of])
     t_all = terms(qs, peaks, carrier)
     peaks_only = RooflineModel(peaks).predict(t_all)  # zero measurements: catalog/calibration
     splits = [("shape", s, shape_of == s) for s in sorted(set(shape_of))]
@@ -131,6 +147,8 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     pred_l = {k: np.empty_like(y) for k in ("shape", "subgraph")}
     pred_r = {k: np.empty_like(y) for k in ("shape", "subgraph")}
     chosen = {k: np.empty_like(y) for k in ("shape", "subgraph")}
+    anch_l = {k: np.full_like(y, np.nan) for k in ("shape", "subgraph")}
+    anch_r = {k: np.full_like(y, np.nan) for k in ("shape", "subgraph")}
     # which source hwcost.costs would answer with: decided by the learned model's own
     # grouped cross-validation on all measurements (as CostModel does)
     full = LatencyModel(peaks, carrier, seed=seed).fit(qs, y)
@@ -145,6 +163,11 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
         pred_l[kind][test] = lm.predict(hq)
         pred_r[kind][test] = lm.roofline_.predict(t_all[test])
         chosen[kind][test] = pred_l[kind][test] if use_learned else pred_r[kind][test]
+        # as model_table answers a unit with a measured baseline: the fallback's ratio to its
+        # own estimate of that baseline, applied to the measured one
+        hb = [q for q, m in zip(base_q, test) if m]
+        anch_l[kind][test] = y_base[test] * pred_l[kind][test] / lm.predict(hb)
+        anch_r[kind][test] = y_base[test] * pred_r[kind][test] / lm.roofline_.predict(t_base[test])
         err_l = float(np.median(np.abs(pred_l[kind][test] - y[test]) / y[test]))
         err_r = float(np.median(np.abs(pred_r[kind][test] - y[test]) / y[test]))
         cv["held_out"].append({"kind": kind, "name": str(name), "learned_mape": err_l,
@@ -169,6 +192,10 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
         out["by_holdout"][kind] = {
             "learned_mape": float(np.median(ape(pred_l[kind]))),
             "roofline_mape": float(np.median(ape(pred_r[kind]))),
+            "learned_anchored_mape": _median_or_none(ape(anch_l[kind])[anchored]),
+            "roofline_anchored_mape": _median_or_none(ape(anch_r[kind])[anchored]),
+            "anchored_n": int(anchored.sum()),
+            "learned_unit_offset": _unit_offset(pred_l[kind], y, unit_of),
             "chosen_mape": float(np.median(ape(chosen[kind]))),
             "roofline_median_ratio": float(np.median(ratio)),
             "roofline_within_2x": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))),
@@ -182,6 +209,21 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
             "groups": len(rhos),
         }
     return out
+
+
+def _median_or_none(v: np.ndarray) -> float | None:
+    return float(np.median(v)) if len(v) else None
+
+
+def _unit_offset(pred: np.ndarray, y: np.ndarray, unit_of: np.ndarray) -> dict:
+    """Where the error is: the median over units of each unit's median error (its level),
+    and the median error within units once that level is removed (configs against each
+    other)."""
+    lr = np.log(pred / y)
+    level = {u: float(np.median(lr[unit_of == u])) for u in set(unit_of)}
+    within = np.abs(np.exp(lr - np.array([level[u] for u in unit_of])) - 1)
+    return {"unit_level": float(np.median(np.abs(np.expm1(list(level.values()))))),
+            "within_unit": float(np.median(within))}
 
 
 def _markdown(res: dict) -> str:
@@ -204,6 +246,25 @@ def _markdown(res: dict) -> str:
             f"{r['peaks_only_mape']:.1%} | {r['peaks_only_within_2x']:.0%} | "
             f"{r['learned_spearman_median']:.3f} / {r['learned_spearman_min']:.3f} | "
             f"{r['roofline_spearman_median']:.3f} |")
+    lines += ["", "The same held-out units as `hwcost.costs.model_table` answers a unit whose "
+              "baseline is measured and whose other configs are not (each config the fallback's "
+              "ratio to its own estimate of the baseline, applied to the measured baseline; "
+              "baseline rows left out), and where the whole-unit error is: the median error of "
+              "a unit's level (median over units) and the error within units once that level "
+              "is removed:", "",
+              "| held out | learned, anchored | fitted roofline, anchored | n | learned: unit "
+              "level | learned: within unit |", "|---|---|---|---|---|---|"]
+    for kind, r in res["evaluation"]["by_holdout"].items():
+        lines.append(f"| whole {kind}s | {r['learned_anchored_mape']:.1%} | "
+                     f"{r['roofline_anchored_mape']:.1%} | {r['anchored_n']} | "
+                     f"{r['learned_unit_offset']['unit_level']:.1%} | "
+                     f"{r['learned_unit_offset']['within_unit']:.1%} |")
+    if res.get("group_baseline_spread") is not None:
+        lines += ["", f"A unit's baseline, timed again in each of its interleave groups, moved "
+                  f"by a median {res['group_baseline_spread']:.1%} (max/min) between the groups "
+                  "of the same unit: the unit's own level is that uncertain in the data."]
+    lines += ["", f"Command: `{res['command']}` on CPUs {res['cpus']}; load average (whole "
+              f"machine) at start and end {res['load_average_start_end']}."]
     lines += ["", "Per held-out shape or subgraph (median absolute percentage error):", "",
               "| held out | name | n | learned | fitted roofline |", "|---|---|---|---|---|"]
     for h in res["evaluation"]["cross_validation"]["held_out"]:
@@ -244,18 +305,24 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=("wall", "thread"), default=None,
                     help="timing clock (thread: the calling thread's CPU time, with --threads 1; "
                          "leaves out the time other processes take on a shared machine)")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="time nothing: evaluate what the store (--db) already holds")
     args = ap.parse_args(argv)
     if args.clock:
-        import os
-
         os.environ["HWCOST_BENCH_CLOCK"] = args.clock
     widths = WIDTHS
     shapes = SHAPES[:4] if args.quick else SHAPES
     db = args.db or f"sqlite:///{RESULTS / ('fallbacks_quick.db' if args.quick else 'fallbacks.db')}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = open_store(db)
-    print(f"profiling {len(widths)} widths x {len(shapes)} shapes into {db}", flush=True)
-    device, collect_s = collect(store, widths, shapes, args.threads, args.quick, args.budget)
+    load_start = os.getloadavg()
+    print(f"load average at the start {' '.join(f'{x:.2f}' for x in load_start)} (the whole "
+          f"machine); CPUs this process may use: {sorted(os.sched_getaffinity(0))}", flush=True)
+    if args.evaluate_only:
+        device, collect_s = _stored_device(store), 0.0
+    else:
+        print(f"profiling {len(widths)} widths x {len(shapes)} shapes into {db}", flush=True)
+        device, collect_s = collect(store, widths, shapes, args.threads, args.quick, args.budget)
     dev = store.get_device(device)
     peaks = Peaks.from_json(json.loads(dev.peaks))
     # every timing of this campaign, stable or not (the share that is stable is reported)
@@ -270,6 +337,8 @@ def main(argv=None) -> int:
     cache = cached_fit(store, device)
     shp, sub = ev["by_holdout"]["shape"], ev["by_holdout"]["subgraph"]
     learned_mape = max(shp["learned_mape"], sub["learned_mape"])
+    anchored_mape = max(shp["learned_anchored_mape"], sub["learned_anchored_mape"])
+    spread_between_groups = group_baseline_spread(store, device)
     ratio = [shp["roofline_median_ratio"], sub["roofline_median_ratio"]]
     worst_ratio = max(ratio, key=lambda r: abs(np.log(r)))
     rho = min(shp["learned_spearman_median"], sub["learned_spearman_median"])
@@ -280,6 +349,15 @@ def main(argv=None) -> int:
               f"{r['roofline_median_ratio']:>8.2f}{r['roofline_within_2x']:>8.0%}"
               f"{r['peaks_only_mape']:>12.1%}{r['learned_spearman_median']:>9.3f}"
               f"{r['learned_spearman_min']:>9.3f}")
+    print(f"\n{'held out':<16}{'anchored to the measured baseline':>36}{'whole-unit error':>36}")
+    print(f"{'':<16}{'learned':>18}{'roofline':>18}{'unit level':>18}{'within unit':>18}")
+    for kind, r in ev["by_holdout"].items():
+        print(f"{'whole ' + kind + 's':<16}{r['learned_anchored_mape']:>18.1%}"
+              f"{r['roofline_anchored_mape']:>18.1%}{r['learned_unit_offset']['unit_level']:>18.1%}"
+              f"{r['learned_unit_offset']['within_unit']:>18.1%}")
+    if spread_between_groups is not None:
+        print(f"a unit's baseline between its interleave groups: median max/min "
+              f"{spread_between_groups:.1%} apart (a floor under the unit-level error)")
     targets = [
         f"target: learned_mape_held_out = {learned_mape * 100:.1f} % (goal <= 10 %) "
         f"{'met' if learned_mape <= 0.10 else 'missed'}",
@@ -287,6 +365,8 @@ def main(argv=None) -> int:
         f"{'met' if 0.5 <= worst_ratio <= 2.0 else 'missed'}",
         f"target: learned_config_spearman_median = {rho:.3f} rho (goal >= 0.9) "
         f"{'met' if rho >= 0.9 else 'missed'}",
+        f"target: learned_mape_held_out_anchored = {anchored_mape * 100:.1f} % (goal <= 10 %) "
+        f"{'met' if anchored_mape <= 0.10 else 'missed'}",
     ]
     res = {"machine": f"{dev.name}; {platform.system()} {platform.release()}",
            "device": device, "threads": args.threads, "widths": list(widths),
@@ -295,7 +375,12 @@ def main(argv=None) -> int:
            "eval_s": round(eval_s, 1), "quick": args.quick, "evaluation": ev, "targets": targets,
            "clock": args.clock or "wall", "stable_share": good / max(1, len(rows)),
            "load1_median": float(np.median(load1s)) if load1s else None,
-           "shared_machine": "shared with other engineers while measured", "learned_cache": cache}
+           "shared_machine": "shared with other engineers while measured", "learned_cache": cache,
+           "group_baseline_spread": spread_between_groups, "evaluate_only": args.evaluate_only,
+           "command": "python bench/fallbacks.py " + " ".join(sys.argv[1:] if argv is None
+                                                               else argv),
+           "cpus": sorted(os.sched_getaffinity(0)),
+           "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]}
     name = "fallbacks_quick" if args.quick else "fallbacks"
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2, sort_keys=True))
     (RESULTS / f"{name}.md").write_text(_markdown(res))
@@ -308,10 +393,45 @@ def main(argv=None) -> int:
           f"{res['load1_median']}); learned fit: {cache['fit_s']:.1f} s fitted and stored, "
           f"{cache['read_s']:.2f} s read back from the store, same predictions: "
           f"{cache['same_predictions']}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f} (the whole machine)")
     for t in targets:
         print(t)
     store.close()
     return 0
+
+
+def _stored_device(store) -> str:
+    """The one device with calibrated peaks in a store this benchmark filled."""
+    from sqlalchemy import select
+
+    from hwcost.schema import Device
+
+    with store.session() as s:
+        found = [d.fingerprint for d in s.scalars(select(Device)) if d.peaks]
+    if len(found) != 1:
+        raise SystemExit(f"--evaluate-only needs a store with one calibrated device; this one "
+                         f"has {len(found)}")
+    return found[0]
+
+
+def group_baseline_spread(store, device) -> float | None:
+    """How much a unit's baseline moves between its interleave groups (each group times the
+    baseline with its candidates): the median over units of max/min - 1 of their in-group
+    baselines. A floor under any model's error on a whole unit's level."""
+    from sqlalchemy import select
+
+    from hwcost.schema import Measurement
+
+    dev = store.get_device(device)
+    by_unit: dict[tuple, set[float]] = {}
+    with store.session() as s:
+        for sg, sh, b in s.execute(select(Measurement.subgraph_id, Measurement.shape,
+                                          Measurement.baseline_us)
+                                   .where(Measurement.device_id == dev.id)):
+            if b:
+                by_unit.setdefault((sg, sh), set()).add(b)
+    ranges = [max(v) / min(v) - 1 for v in by_unit.values() if len(v) > 1]
+    return float(np.median(ranges)) if ranges else None
 
 
 def _load1s(store, device) -> list[float]:

@@ -366,6 +366,14 @@ def test_a_partly_measured_unit_takes_every_gain_from_one_source(store, mlp_timi
         ratio = fb[k].latency_us / fb[base_key].latency_us
         assert gain_of(e, base) == pytest.approx(base.latency_us * (1 - ratio))
         assert tab.gain(mlp, k) == pytest.approx(base.latency_us * (1 - ratio))
+    # a single query of an unmeasured config is answered as the table answers it: scaled to
+    # the unit's measured baseline, not the fallback's own level
+    for k in dropped:
+        one = cm.estimate(MLP, shape, k)
+        assert one.source == others[k].source and one.baseline_us == base.latency_us
+        assert one.latency_us == pytest.approx(others[k].latency_us)
+        assert one.latency_us == pytest.approx(fb[k].latency_us / fb[base_key].latency_us
+                                               * base.latency_us)
     # the fully measured shape stays measured, each gain against its in-group baseline
     full = model_table(store, "toy", fp, "batch=1,seq=32")
     mlp32 = next(e for e in full.entries if e.signature == MLP.signature)
