@@ -404,7 +404,7 @@ def _stored_device(store) -> str:
     """The one device with calibrated peaks in a store this benchmark filled."""
     from sqlalchemy import select
 
-    from hwcost.schema import Device
+    from hwcost.store.schema import Device
 
     with store.session() as s:
         found = [d.fingerprint for d in s.scalars(select(Device)) if d.peaks]
@@ -420,7 +420,7 @@ def group_baseline_spread(store, device) -> float | None:
     baselines. A floor under any model's error on a whole unit's level."""
     from sqlalchemy import select
 
-    from hwcost.schema import Measurement
+    from hwcost.store.schema import Measurement
 
     dev = store.get_device(device)
     by_unit: dict[tuple, set[float]] = {}
