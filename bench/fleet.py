@@ -57,7 +57,7 @@ def _campaign(url: str, n_units: int, slots: int) -> tuple[int, int]:
     cfgs = [",".join(c) for c in itertools.product(PRECS, repeat=slots)] if slots else ["fp32"]
     n_slots = max(slots, 1)
     with open_store(url) as s:
-        s.upsert_device(DEV.to_row())
+        s.put_device(DEV)
         s.upsert_subgraphs([SubgraphInfo(g, "Block", tuple(SlotInfo("Linear", 8, 8)
                                                             for _ in range(n_slots))) for g in sigs])
         cid = queue.ensure_campaign(s, "bench", device=DEV.fingerprint, model_id=None)

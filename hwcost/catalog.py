@@ -16,7 +16,6 @@ from pathlib import Path
 
 from hwcost.errors import NoSuchDevice
 from hwcost.precision import Precision
-from hwcost.store.schema import Device
 
 DATA_ENV = "HWCOST_DATA"
 
@@ -118,11 +117,6 @@ class CatalogEntry:
     def fingerprint(self) -> str:
         """Stable fingerprint of the catalog row (a datasheet has no software stack)."""
         return "cat" + hashlib.sha256(f"catalog:{self.name}".encode()).hexdigest()[:13]
-
-    def to_row(self) -> Device:
-        return Device(fingerprint=self.fingerprint, kind=self.kind, name=self.name, threads=None,
-                      flags="[]", software=json.dumps({"catalog": self.product}),
-                      peaks=json.dumps(self.peaks.to_json(), sort_keys=True), source="catalog")
 
 
 def _norm(name: str) -> str:

@@ -56,7 +56,6 @@ from hwcost.precision import (
 from hwcost.roofline import Query, RooflineModel, terms
 from hwcost.shape import Shape, parse_shape, reads_kv
 from hwcost.store import DeviceRef, Manifest, ModelRef, SlotInfo, Store, SubgraphInfo
-from hwcost.store.schema import Device
 
 SOURCES = tuple(CostSource.values())
 MIN_LEARNED_SAMPLES = 12
@@ -113,15 +112,13 @@ class CostModel:
     are trained once per instance from the store's measurements of this device.
     """
 
-    def __init__(self, store: Store, device: str | DeviceRef | Device, seed: int = 0, *,
+    def __init__(self, store: Store, device: str | DeviceRef, seed: int = 0, *,
                  allow_unstable: bool = False):
         self.store = store
         self.allow_unstable = allow_unstable  # quick and unstable rows count as measured
         # a DeviceRef is already resolved: found again by its exact fingerprint only
-        if isinstance(device, Device):  # a row (the SQL store's own callers)
-            device = store.device(device.fingerprint)
         self.ref = device if isinstance(device, DeviceRef) else resolve_device(store, device)
-        self.device = store.get_device(self.ref)  # the stored row, for its other columns
+        self.device = self.ref
         self.kind = self.device.kind
         self.carrier = BASELINE.get(self.kind, Precision.FP32)
         self.seed = seed

@@ -14,12 +14,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hwcost.enums import DeploymentMode, DeviceKind
-
-if TYPE_CHECKING:  # the store package imports this module: its schema is read in to_row
-    from hwcost.store.schema import Device
 
 # Software whose version changes measured latencies; part of the fingerprint.
 _TIMING_PACKAGES = ("torch", "torchao", "neural-compressor", "habana-torch-plugin", "triton")
@@ -44,14 +40,6 @@ class DeviceInfo:
                               "flags": sorted(self.flags), "software": self.software},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    def to_row(self, peaks: dict | None = None, source: str = "local") -> Device:
-        from hwcost.store.schema import Device
-
-        return Device(fingerprint=self.fingerprint, kind=self.kind, name=self.name,
-                      threads=self.threads, flags=json.dumps(sorted(self.flags)),
-                      software=json.dumps(self.software, sort_keys=True),
-                      peaks=json.dumps(peaks or {}, sort_keys=True), source=source)
 
     def to_dict(self) -> dict:
         return {"fingerprint": self.fingerprint, "kind": self.kind, "name": self.name,

@@ -6,13 +6,10 @@
 
 from __future__ import annotations
 
-import json
-
 from hwcost.catalog import Peaks, find_catalog, load_catalog
 from hwcost.errors import NoSuchDevice
 from hwcost.precision import BASELINE, Precision
 from hwcost.store import DeviceRef, Store
-from hwcost.store.schema import Device
 
 # Rough rates for a stored device that has measurements but neither a catalog entry nor a
 # calibration: the fit to its measurements sets the real scale; only the ratios matter.
@@ -44,7 +41,7 @@ def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
                                "with a fingerprint")
     entry = find_catalog(ref)
     if entry is not None:
-        return store.device(store.upsert_device(entry.to_row()).fingerprint)
+        return store.put_catalog_device(entry)
     names = ", ".join(load_catalog())
     kind = ref if ref in ("cpu", "cuda", "hpu") else "KIND"
     raise NoSuchDevice(
@@ -54,9 +51,9 @@ def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
         + ", then `hwcost db export` there and `hwcost db import FILE` here")
 
 
-def device_peaks(dev: Device | DeviceRef) -> Peaks | None:
+def device_peaks(dev: DeviceRef) -> Peaks | None:
     """The device's own peaks (calibrated or catalog), else its product's catalog entry."""
-    own = Peaks.from_json(dev.peaks if isinstance(dev, DeviceRef) else json.loads(dev.peaks or "{}"))
+    own = Peaks.from_json(dev.peaks)
     if own is not None:
         return own
     entry = find_catalog(dev.name)

@@ -239,10 +239,10 @@ def ensure_plan_row(store, doc: PlanLike, plan_id: int | None) -> int:
 def plan_deployment(store, device_fingerprint: str) -> str:
     """``compiled`` when the plan's device row was profiled under ``torch.compile``."""
     try:
-        dev = store.get_device(device_fingerprint)
+        dev = store.device(device_fingerprint)
     except (NoSuchDevice, StoreError):
         return "eager"
-    key = json.loads(dev.software or "{}").get("deployment", "eager")
+    key = dev.software.get("deployment", "eager")
     return "compiled" if key.startswith("compiled") else "eager"
 
 

@@ -409,7 +409,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         torch.set_num_threads(threads)  # the fingerprint records the threads timings use
     try:
         info = local_device(backend.kind, deployment=deployment)
-        dev = store.upsert_device(info.to_row())
+        dev = store.put_device(info)
         if part is None:
             part = cut_model(loaded, shape_list, backend, len(precs), max_configs)
         model_id = register_model(store, loaded, part)

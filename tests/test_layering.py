@@ -145,15 +145,9 @@ STORE_BACKEND = tuple(f"{STORE}.{m}" for m in ("schema", "rows", "bulk", "sql", 
 # A SQLAlchemy engine, session or connection, and the store's own attributes: reaching any of
 # them from outside the package is the leak this check exists for.
 BACKEND_ATTRS = {"engine", "session", "connection", "dialect", "exec_driver_sql"}
-# Precise, justified exceptions: (module path, what it reaches). Each is a known leak left for
-# another step of issue 13; an entry that no longer occurs fails the test, so the list shrinks.
-BOUNDARY_EXCEPTIONS: set[tuple[str, str]] = {
-    # DeviceInfo / CatalogEntry.to_row build the Device row SqlStore.upsert_device takes, and
-    # costs / device_lookup accept one: Store.put_device with the record replaces them
-    *((f"hwcost/{m}.py", f"hwcost.store.schema{n}") for m in ("catalog", "costs", "device",
-                                                              "device_lookup")
-      for n in ("", ".Device")),
-}
+# Precise, justified exceptions: (module path, what it reaches). None remain; an entry added
+# for a known leak must name it exactly, and one that no longer occurs fails the test.
+BOUNDARY_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _outside_store() -> list[Path]:

@@ -117,7 +117,7 @@ def calibrate_cmd(threads: int | None, budget: float, db_url: str | None, as_jso
     peaks = calibrate_cpu(threads=threads, budget_s=budget)
     info = local_device("cpu")  # after setting threads: the fingerprint includes them
     with open_cli_store(db_url) as store:
-        store.upsert_device(info.to_row())
+        store.put_device(info)
         store.set_device_peaks(info.fingerprint, peaks)
     if as_json:
         emit_json({"fingerprint": info.fingerprint, "threads": threads, "peaks": peaks})

@@ -35,7 +35,7 @@ def device_cmd(ctx: click.Context, kind: str, save: bool, db_url: str | None,
     info = local_device(kind)
     if save:
         with open_cli_store(db_url) as store:
-            store.upsert_device(info.to_row())
+            store.put_device(info)
     if as_json:
         emit_json(info.to_dict())
         return

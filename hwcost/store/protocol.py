@@ -28,7 +28,8 @@ from hwcost.store.records import (
     ValidationRecord,
 )
 
-if TYPE_CHECKING:  # hwcost.device imports the store's schema: a runtime import would be circular
+if TYPE_CHECKING:  # annotations only
+    from hwcost.catalog import CatalogEntry
     from hwcost.device import DeviceInfo
 
 __all__ = ["Store"]
@@ -53,6 +54,12 @@ class Store(Protocol):
     def put_device(self, info: DeviceInfo, *, peaks: dict | None = None,
                    source: str = "local") -> DeviceRef:
         """Record a device by fingerprint (idempotent; given peaks are merged in)."""
+
+    def put_catalog_device(self, entry: CatalogEntry) -> DeviceRef:
+        """Record a catalog (datasheet) device by its catalog fingerprint (idempotent)."""
+
+    def devices(self) -> list[DeviceRef]:
+        """Every stored device, in the order they were recorded."""
 
     def device(self, ref: str | DeviceRef) -> DeviceRef:
         """A stored device by fingerprint (or unique prefix) or exact product name;

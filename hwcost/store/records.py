@@ -272,6 +272,11 @@ class DeviceRef:
     source: str = "local"
     peaks: dict = field(default_factory=dict, compare=False)
     """Calibrated or catalog peaks as stored (``hwcost.roofline.Peaks.from_json`` reads them)."""
+    flags: tuple[str, ...] = field(default=(), compare=False)
+    """ISA and feature flags that decide which kernels exist (part of the fingerprint)."""
+    software: dict = field(default_factory=dict, compare=False)
+    """{package: version} of the stack that changes timings; ``deployment`` says eager or
+    compiled (part of the fingerprint; a catalog device names its product under ``catalog``)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import false, select, true
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -15,6 +16,10 @@ from hwcost.errors import StoreError
 from hwcost.shape import parse_shape
 from hwcost.store.records import DeviceRef, ModelRef, SlotInfo, SubgraphInfo
 from hwcost.store.schema import Device, Model, Subgraph
+
+if TYPE_CHECKING:
+    from hwcost.catalog import CatalogEntry
+    from hwcost.device import DeviceInfo
 
 __all__: list[str] = []  # private to hwcost.store
 
@@ -84,7 +89,23 @@ def subgraph_info(row: Subgraph) -> SubgraphInfo:
 def device_ref(row: Device) -> DeviceRef:
     """A stored device row as its record."""
     return DeviceRef(row.fingerprint, row.name, row.kind, row.threads, row.source,
-                     json.loads(row.peaks or "{}"))
+                     json.loads(row.peaks or "{}"), tuple(json.loads(row.flags or "[]")),
+                     json.loads(row.software or "{}"))
+
+
+def device_row(info: DeviceInfo, peaks: dict | None = None, source: str = "local") -> Device:
+    """The row of a device (this machine's, or one described by its fingerprint fields)."""
+    return Device(fingerprint=info.fingerprint, kind=info.kind, name=info.name,
+                  threads=info.threads, flags=json.dumps(sorted(info.flags)),
+                  software=json.dumps(info.software, sort_keys=True),
+                  peaks=json.dumps(peaks or {}, sort_keys=True), source=source)
+
+
+def catalog_row(entry: CatalogEntry) -> Device:
+    """The row of a catalog (datasheet) device: no threads, flags or software stack."""
+    return Device(fingerprint=entry.fingerprint, kind=entry.kind, name=entry.name, threads=None,
+                  flags="[]", software=json.dumps({"catalog": entry.product}),
+                  peaks=json.dumps(entry.peaks.to_json(), sort_keys=True), source="catalog")
 
 
 def model_ref(row: Model) -> ModelRef:

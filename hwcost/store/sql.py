@@ -20,7 +20,9 @@ from hwcost.store.measurements import MeasurementMethods
 from hwcost.store.records import DeviceRef, Manifest, ManifestItem, ModelRef, SubgraphInfo
 from hwcost.store.results import ResultMethods
 from hwcost.store.rows import (
+    catalog_row,
     device_ref,
+    device_row,
     exact_row,
     insert_ignore,
     model_ref,
@@ -38,7 +40,8 @@ from hwcost.store.schema import (
     utcnow,
 )
 
-if TYPE_CHECKING:  # hwcost.device imports the store's schema: a runtime import would be circular
+if TYPE_CHECKING:  # annotations only
+    from hwcost.catalog import CatalogEntry
     from hwcost.device import DeviceInfo
 
 __all__ = ["SqlStore"]
@@ -125,11 +128,16 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
     def put_device(self, info: DeviceInfo, *, peaks: dict | None = None,
                    source: str = "local") -> DeviceRef:
         """Record a device by fingerprint (idempotent; given peaks are merged in)."""
-        return device_ref(self.upsert_device(info.to_row(peaks, source)))
+        return device_ref(self.upsert_device(device_row(info, peaks, source)))
 
-    def devices(self) -> list[Device]:
+    def put_catalog_device(self, entry: CatalogEntry) -> DeviceRef:
+        """Record a catalog (datasheet) device by its catalog fingerprint (idempotent)."""
+        return device_ref(self.upsert_device(catalog_row(entry)))
+
+    def devices(self) -> list[DeviceRef]:
+        """Every stored device, in the order they were recorded."""
         with self.session() as s:
-            return list(s.scalars(select(Device).order_by(Device.id)))
+            return [device_ref(d) for d in s.scalars(select(Device).order_by(Device.id))]
 
     def device(self, ref: str | DeviceRef) -> DeviceRef:
         """Resolve a device once: a fingerprint (or unique prefix) or an exact product name.

@@ -9,6 +9,7 @@ import pytest
 from hwcost.catalog import RATE_ALIASES, Peaks, data_dir, find_catalog, load_catalog
 from hwcost.errors import NoSuchDevice
 from hwcost.precision import BASELINE, CANDIDATES, Precision
+from hwcost.store import open_store
 
 EXPECTED = {"H100-SXM", "H100-PCIe", "H200", "A100", "Gaudi2", "Gaudi3"}
 
@@ -78,10 +79,12 @@ def test_hwcost_data_moves_the_catalog(tmp_path, monkeypatch):
         load_catalog()
 
 
-def test_catalog_fingerprint_is_stable_and_distinct():
+def test_catalog_fingerprint_is_stable_and_distinct(sqlite_url):
     cat = load_catalog()
     fps = {e.fingerprint for e in cat.values()}
     assert len(fps) == len(cat)
     assert cat["H100-SXM"].fingerprint == load_catalog()["H100-SXM"].fingerprint
-    row = cat["H100-SXM"].to_row()
-    assert row.source == "catalog" and row.kind == "cuda"
+    with open_store(sqlite_url) as store:
+        ref = store.put_catalog_device(cat["H100-SXM"])
+    assert ref.source == "catalog" and ref.kind == "cuda"
+    assert ref.software == {"catalog": cat["H100-SXM"].product} and ref.threads is None

@@ -42,7 +42,7 @@ CPU = DeviceInfo("cpu", "Test CPU (AVX-512)", 1, ("avx512_bf16",), {"torch": "te
 
 
 def local_cpu(store, peaks=None) -> str:
-    store.upsert_device(CPU.to_row(peaks=peaks))
+    store.put_device(CPU, peaks=peaks)
     return CPU.fingerprint
 
 
@@ -244,7 +244,7 @@ def test_bad_shapes_and_configs(store):
 
 def test_two_local_cpus_need_a_fingerprint(store):
     local_cpu(store)
-    store.upsert_device(DeviceInfo("cpu", "Other CPU", 4).to_row())
+    store.put_device(DeviceInfo("cpu", "Other CPU", 4))
     assert resolve_device(store, CPU.fingerprint[:8]).name == CPU.name
     with pytest.raises(NoSuchDevice, match="several cpu devices in the store"):
         resolve_device(store, "cpu")
@@ -280,7 +280,7 @@ def test_learned_fit_is_cached_in_the_store_and_refitted_when_the_data_change(st
     store.add_measurements(mlp_timings)
     first = CostModel(store, fp)
     assert first.learned is not None and not first.learned_from_store  # fitted, then kept
-    body = store.learned_fit(first.device.id, first.fit_state())
+    body = store.learned_fit(first.device, first.fit_state())
     assert json.loads(body)["n_train"] == 16
     second = CostModel(store, fp)
     assert second.learned is not None and second.learned_from_store  # read, not refitted
@@ -300,7 +300,7 @@ def test_decode_tables_read_kv_free_rows_only_for_subgraphs_that_read_no_cache(s
     KV cache at ``batch=B,phase=decode`` (timed once for every KV length); one stored before
     the flag existed keeps its full keys (its KV-free rows are not taken for it)."""
     dev = DeviceInfo("cpu", "Test CPU (kv keys)", 2, ("avx512_bf16",), {"python": "3.11"})
-    store.upsert_device(dev.to_row())
+    store.put_device(dev)
     slot = (SlotInfo("Linear", 64, 64),)
     subs = [SubgraphInfo("sig-attn", "Attention", slot, {"kv_cache": True}),
             SubgraphInfo("sig-mlp", "MLP", slot, {"kv_cache": False}),

@@ -47,8 +47,7 @@ def test_coverage_of_a_catalog_device_is_all_roofline(db):
 
 def test_coverage_json_counts_measured_configs(db):
     with open_store(db) as s:
-        s.upsert_device(CPU.to_row(peaks={"fp32_tflops": 0.1, "int8_tflops": 0.4,
-                                          "mem_gbps": 20.0}))
+        s.put_device(CPU, peaks={"fp32_tflops": 0.1, "int8_tflops": 0.4, "mem_gbps": 20.0})
         s.add_measurements([MeasurementIn(CPU.fingerprint, SUB.signature, "batch=1,seq=64", cfg,
                                           us, 1.0, 5)
                             for cfg, us in (("fp32,fp32", 200.0), ("int8,int8", 120.0))])

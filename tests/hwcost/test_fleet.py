@@ -28,7 +28,7 @@ CTX.set_forkserver_preload(["hwcost.fleet_worker", "hwcost.store", "sqlalchemy"]
 def _campaign(url: str, n_units: int) -> tuple[int, int]:
     sigs = [f"fleet{i:04d}" for i in range(n_units)]
     with open_store(url) as s:
-        s.upsert_device(DEV.to_row())
+        s.put_device(DEV)
         s.upsert_subgraphs([SubgraphInfo(g, "Linear", (SlotInfo("Linear", 4, 4),)) for g in sigs])
         cid = queue.ensure_campaign(s, "fleet", device=DEV.fingerprint, model_id=None)
         n = queue.add_tasks(s, cid, [(g, SHAPE, c) for g in sigs for c in CONFIGS])

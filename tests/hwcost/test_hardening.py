@@ -113,7 +113,7 @@ def test_out_of_range_values_are_refused_alike_on_both_backends(store):
         store.add_measurements([MeasurementIn(dev, sig, "batch=1,seq=8", "fp32,fp32", 1.7e308,
                                               1.0, 5)])
     with pytest.raises(InvalidMeasurement, match="threads=1099511627776 is out of range"):
-        store.upsert_device(DeviceInfo("cpu", "Huge CPU", 2**40).to_row())
+        store.put_device(DeviceInfo("cpu", "Huge CPU", 2**40))
     assert snapshot(store) == before
 
 

@@ -23,7 +23,7 @@ CONFIGS = ["fp32", "bf16", "int8"]
 
 
 def _setup(store) -> int:
-    store.upsert_device(DEV.to_row())
+    store.put_device(DEV)
     store.upsert_subgraphs([SubgraphInfo(s, "Linear", (SlotInfo("Linear", 4, 4),)) for s in SIGS])
     cid = queue.ensure_campaign(store, "c1", device=DEV.fingerprint, model_id=None,
                                 shapes=SHAPES[:1], precisions=CONFIGS)
@@ -48,7 +48,7 @@ def test_campaigns_and_tasks_are_idempotent(store):
     assert queue.progress(store, cid).to_dict() == {
         "pending": 36, "claimed": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 36}
     other = DeviceInfo("cpu", "Other CPU", 2)
-    store.upsert_device(other.to_row())
+    store.put_device(other)
     with pytest.raises(StoreError, match="campaign 'c1' exists for another model or device"):
         queue.ensure_campaign(store, "c1", device=other.fingerprint, model_id=None)
     with pytest.raises(StoreError, match="no campaign 'nope' in the store"):

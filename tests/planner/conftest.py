@@ -58,7 +58,7 @@ def populate(store, *, blocks: int = 2, seed: int = 0, name: str = "tiny",
     """
     rng = random.Random(seed)
     dev = DeviceInfo("cpu", "Test CPU (planner fixture)", 2, ("avx512_bf16",), {"python": "3.11"})
-    store.upsert_device(dev.to_row())
+    store.put_device(dev)
     attn = SubgraphInfo("sig-attn", "Attention", tuple(SlotInfo("Linear", 64, o) for o in
                                                        (64, 32, 32, 64)), {"heads": 4})
     mlp = SubgraphInfo("sig-mlp", "MLP", (SlotInfo("Linear", 64, 256), SlotInfo("Linear", 256, 64)))

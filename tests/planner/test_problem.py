@@ -122,7 +122,7 @@ def test_unmeasured_configs_fall_back_and_are_labelled(store):
 def test_imported_device_plans_the_same(store, tiny):
     # A device the store knows only from an imported bundle: same rows, source "imported".
     other = DeviceInfo("cpu", "Remote CPU (imported)", 8, (), {"python": "3.11"})
-    store.upsert_device(other.to_row(source="imported"))
+    store.put_device(other, source="imported")
     from hwcost.store import MeasurementIn
 
     local = build_problem(store, tiny.name, tiny.device, tiny.shape)
