@@ -414,7 +414,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             part = cut_model(loaded, shape_list, backend, len(precs), max_configs)
         model_id = register_model(store, loaded, part)
         # the store's subgraph records decide which pieces read the KV cache (as for plans)
-        stored = {info.signature: info for _, info in store.manifest(part.model_fingerprint)[1]}
+        stored = {info.signature: info for _, info in store.model_manifest(part.model_fingerprint).items}
         tasks = campaign_tasks(part, shape_list, precs, stored)
         report = CampaignReport(
             loaded.name, model_id, part.model_fingerprint, info.fingerprint, info.name, threads,

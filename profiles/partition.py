@@ -160,7 +160,7 @@ def register_model(store: Any, loaded: Any, part: Partition) -> int:
     partitioner) is an error rather than a silently mismatched manifest."""
     mid = store.put_model(part.model_fingerprint, loaded.name, part.subgraph_infos(),
                           part.manifest_items())
-    _, items = store.manifest(part.model_fingerprint)
+    items = store.model_manifest(part.model_fingerprint).items
     stored = [(i.signature, tuple(i.layer_names)) for i, _ in items]
     if stored != [(p.signature, p.layer_names) for p in part.pieces]:
         raise PartitionError(f"model {part.model_fingerprint} is stored with another cut into "
