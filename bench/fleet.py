@@ -38,9 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hwcost import fleet_worker, queue  # noqa: E402
+from hwcost import fleet_worker  # noqa: E402
 from hwcost.device import DeviceInfo  # noqa: E402
-from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store  # noqa: E402
+from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, Unit, open_store  # noqa: E402
 from tests.synthetic import scratch_pg_database  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -60,14 +60,14 @@ def _campaign(url: str, n_units: int, slots: int) -> tuple[int, int]:
         s.put_device(DEV)
         s.upsert_subgraphs([SubgraphInfo(g, "Block", tuple(SlotInfo("Linear", 8, 8)
                                                             for _ in range(n_slots))) for g in sigs])
-        cid = queue.ensure_campaign(s, "bench", device=DEV.fingerprint, model_id=None)
-        n = queue.add_tasks(s, cid, [(g, SHAPE, c) for g in sigs for c in cfgs])
+        cid = s.ensure_campaign("bench", device=DEV.fingerprint, model=None)
+        n = s.add_tasks(cid, [(g, SHAPE, c) for g in sigs for c in cfgs])
     return cid, n
 
 
 def _noop_worker(url: str, cid: int, name: str, log_path: str, start: float) -> None:
     with open_store(url) as s, open(log_path, "w") as log:
-        def measure(unit: queue.Unit):
+        def measure(unit: Unit):
             log.write("".join(f"{t.id}\n" for t in unit.tasks))
             return [MeasurementIn(DEV.fingerprint, t.signature, t.shape, t.config, 10.0, 0.1, 5,
                                   host=name) for t in unit.tasks], {}
@@ -91,7 +91,7 @@ def run_noop(url: str, procs: int, n_units: int, slots: int, tmp: Path) -> dict:
     dup_claims = sum(c - 1 for c in Counter(ids).values() if c > 1)
     with open_store(url) as s:
         rows = s.measurement_count()
-        prog = queue.progress(s, cid)
+        prog = s.campaign_progress(cid)
     return {"procs": procs, "tasks": n, "units": n_units, "tasks_per_unit": n // n_units,
             "wall_s": round(wall, 3), "tasks_per_s": round(n / wall, 1),
             "units_per_s": round(n_units / wall, 1), "done": prog.done,
@@ -114,8 +114,8 @@ def run_real(url: str, procs: int, seconds: float) -> dict:
         deadline = time.time() + 600
         while time.time() < deadline:
             try:
-                cid = queue.campaign_id(s, "real")
-                p = queue.progress(s, cid)
+                cid = s.campaign_id("real")
+                p = s.campaign_progress(cid)
                 if p.done:
                     t0, done0 = time.time(), p.done
                     break
@@ -125,15 +125,15 @@ def run_real(url: str, procs: int, seconds: float) -> dict:
         if t0 is None:
             raise RuntimeError("no real-measurement worker closed a task within 10 minutes")
         time.sleep(seconds)
-        p_end = queue.progress(s, cid)
+        p_end = s.campaign_progress(cid)
         t1 = time.time()
     for p in ps:
         p.send_signal(signal.SIGKILL)
         p.wait()
     with open_store(url) as s:
         rows = s.measurement_count()
-        final = queue.progress(s, cid)
-        by_worker = Counter(w for w in queue.task_workers(s, cid).values() if w)
+        final = s.campaign_progress(cid)
+        by_worker = Counter(w for w in s.task_workers(cid).values() if w)
     return {"procs": procs, "seconds": round(t1 - t0, 1), "tasks_total": final.total,
             "tasks_closed": p_end.done - done0, "tasks_per_s": round((p_end.done - done0) / (t1 - t0), 2),
             "measurement_rows": rows, "done_tasks": final.done,

@@ -98,9 +98,8 @@ def launch(model: str | None, profile_args: Sequence[str], *, db_url: str, devic
     precisions, timing options; not ``--worker``/``--db``). ``local_cpus`` sizes a local
     cluster started here (tests).
     """
-    from hwcost import queue
     from hwcost.fleet_worker import what_is_left
-    from hwcost.store import open_store, redact_urls
+    from hwcost.store import STALE_AFTER_S, open_store, redact_urls
 
     if not db_url.startswith("postgres"):
         raise StoreError("--ray workers on many nodes share one store: give a PostgreSQL URL "
@@ -150,9 +149,9 @@ def launch(model: str | None, profile_args: Sequence[str], *, db_url: str, devic
     finally:
         ray.shutdown()
     with open_store(db_url, read_only=True) as store:
-        cid = queue.campaign_id(store, campaign)
-        left = queue.progress(store, cid)
-        live = queue.other_claims(store, cid, "", suspect_after_s=queue.STALE_AFTER_S).live
+        cid = store.campaign_id(campaign)
+        left = store.campaign_progress(cid)
+        live = store.other_claims(cid, "", suspect_after_s=STALE_AFTER_S).live
     report.left = left.to_dict()
     report.note = what_is_left(campaign, left, live)
     report.elapsed_s = round(time.perf_counter() - start, 2)
@@ -163,7 +162,6 @@ def _follow(ray, refs: list, db_url: str, campaign: str, progress: bool) -> None
     """Wait for the workers, showing the campaign's progress from the store."""
     from tqdm import tqdm
 
-    from hwcost import queue
     from hwcost.store import open_store
 
     pending = list(refs)
@@ -173,7 +171,7 @@ def _follow(ray, refs: list, db_url: str, campaign: str, progress: bool) -> None
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
             try:
-                p = queue.progress(store, queue.campaign_id(store, campaign))
+                p = store.campaign_progress(store.campaign_id(campaign))
             except StoreError:
                 continue  # the workers have not created the campaign yet
             bar.total, bar.n = p.total, p.done + p.failed + p.cancelled

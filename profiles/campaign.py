@@ -8,7 +8,7 @@ it is timed. Killed at any point and run again, it measures only what is missing
 work is in the store, unfinished work was never written.
 
 With ``worker=NAME`` it instead claims tasks from a campaign in the store
-(``hwcost.queue``), so any number of processes on any number of hosts sharing a PostgreSQL
+(the store's campaign methods), so any number of processes on any number of hosts sharing a PostgreSQL
 store split one campaign; each task is measured by one worker.
 
 It also times the whole model per shape with every layer in the device's baseline precision
@@ -32,12 +32,12 @@ from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
 from hwcost.profiles.window import time_model
 
-from hwcost import fleet_worker, queue
+from hwcost import fleet_worker
 from hwcost.device import local_device
 from hwcost.errors import BackendUnavailable, UnknownPrecision
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precisions
 from hwcost.shape import Shape, parse_shape, reads_kv, timing_shape
-from hwcost.store import MeasurementIn, SubgraphInfo
+from hwcost.store import STALE_AFTER_S, MeasurementIn, SubgraphInfo, Unit
 
 DEFAULT_SHAPE = "batch=1,seq=128"
 
@@ -359,7 +359,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                  campaign: str | None = None, *, max_configs: int = 64, group: int = 32,
                  threads: int | None = None, n_inputs: int = 3,
                  timing: TimingOptions | None = None, progress: bool | None = None,
-                 stale_after_s: float = queue.STALE_AFTER_S,
+                 stale_after_s: float = STALE_AFTER_S,
                  model_latency: bool = True, deployment: str = "eager",
                  part: Partition | None = None) -> CampaignReport:
     """Measure what the store lacks for ``loaded`` on this machine's ``device_kind``.
@@ -546,20 +546,20 @@ def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worke
                 group: int, stale_after_s: float, progress: bool | None) -> None:
     """Claim whole (subgraph, shape) units until none is left
     (``hwcost.fleet_worker.work``), then say what the campaign still needs."""
-    cid = queue.ensure_campaign(store, report.campaign, device=report.device,
-                                model_id=report.model_id, shapes=report.shapes,
+    cid = store.ensure_campaign(report.campaign, device=report.device,
+                                model=report.model_fingerprint, shapes=report.shapes,
                                 precisions=report.precisions)
-    queue.add_tasks(store, cid, tasks)
-    prog = queue.progress(store, cid)
+    store.add_tasks(cid, tasks)
+    prog = store.campaign_progress(cid)
     report.already = prog.done
     with _bar(prog.total, prog.done + prog.failed, progress, f"{report.model} [{worker}]") as bar:
         def refresh() -> None:
             if not bar.disable:
-                now = queue.progress(store, cid)
+                now = store.campaign_progress(cid)
                 bar.total, bar.n = now.total, now.done + now.failed + now.cancelled
                 bar.refresh()
 
-        def measure(unit: queue.Unit) -> tuple[list, dict]:
+        def measure(unit: Unit) -> tuple[list, dict]:
             _follow_group(bar, measurer, len(unit.tasks), unit.signature, unit.shape)
             return _measure_unit(report, measurer, unit, group)
 
@@ -572,7 +572,7 @@ def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worke
     report.note = fleet_worker.what_is_left(report.campaign, res.left, res.live)
 
 
-def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: queue.Unit,
+def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: Unit,
                   group: int) -> tuple[list, dict]:
     """Time a unit's configs in interleaved groups of ``group``: (measurements, failures)."""
     rows, failed = [], {}

@@ -21,10 +21,8 @@ def campaign_cmd() -> None:
 @handle_errors
 def ls_cmd(db_url: str | None, as_json: bool) -> None:
     """List campaigns with their progress."""
-    from hwcost.fleet_status import campaigns
-
     with open_cli_store(db_url, read_only=True) as store:
-        rows = campaigns(store)
+        rows = store.campaign_statuses()
     if as_json:
         emit_json([c.to_dict() for c in rows])
         return
@@ -43,10 +41,9 @@ def status_cmd(name: str, db_url: str | None, as_json: bool) -> None:
     """Show one campaign's progress and, per worker, tasks done and failed, tasks per second
     (first claim to last close), units held now and the last heartbeat."""
     from hwcost.errors import StoreError
-    from hwcost.fleet_status import campaigns
 
     with open_cli_store(db_url, read_only=True) as store:
-        found = campaigns(store, name)
+        found = store.campaign_statuses(name)
     if not found:
         raise StoreError(f"no campaign {name!r} in the store; `hwcost campaign ls` lists them")
     c = found[0]
@@ -75,10 +72,8 @@ def status_cmd(name: str, db_url: str | None, as_json: bool) -> None:
 def retry_cmd(name: str, db_url: str | None) -> None:
     """Return a campaign's failed (and cancelled) tasks to pending; running or newly
     started workers claim them. Measurements already stored are kept."""
-    from hwcost import queue
-
     with open_cli_store(db_url) as store:
-        n = queue.retry(store, queue.campaign_id(store, name))
+        n = store.retry_campaign(store.campaign_id(name))
     click.echo(f"campaign {name}: {n} task{'s' if n != 1 else ''} back to pending")
 
 
@@ -89,8 +84,6 @@ def retry_cmd(name: str, db_url: str | None) -> None:
 def cancel_cmd(name: str, db_url: str | None) -> None:
     """Cancel a campaign's pending tasks: workers finish and write the units they hold, then
     exit. `hwcost campaign retry NAME` resumes it."""
-    from hwcost import queue
-
     with open_cli_store(db_url) as store:
-        n = queue.cancel(store, queue.campaign_id(store, name))
+        n = store.cancel_campaign(store.campaign_id(name))
     click.echo(f"campaign {name}: {n} pending task{'s' if n != 1 else ''} cancelled")

@@ -73,8 +73,8 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     """
     from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
     from hwcost.profiles.loading import load_model
-    from hwcost.queue import STALE_AFTER_S
     from hwcost.shape import parse_shape
+    from hwcost.store import STALE_AFTER_S
 
     shape_list = [parse_shape(s) for s in shapes]  # bad shapes fail before anything loads
     if use_ray:

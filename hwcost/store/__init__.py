@@ -32,7 +32,15 @@ from hwcost.store.plan_document import (
     PlanSubgraph,
 )
 from hwcost.store.protocol import Store
-from hwcost.store.queue_records import STALE_AFTER_S, OtherClaims, Progress, Task, Unit
+from hwcost.store.queue_records import (
+    STALE_AFTER_S,
+    CampaignStatus,
+    OtherClaims,
+    Progress,
+    Task,
+    Unit,
+    WorkerStats,
+)
 from hwcost.store.records import (
     UNKNOWN,
     CostRow,
@@ -77,7 +85,7 @@ __all__ = [
     "PLAN_TYPE", "PLAN_VERSION", "PlanConstraints", "PlanDevice", "PlanDocument", "PlanModel",
     "PlanPrediction", "PlanSensitivity", "PlanSolver", "PlanSubgraph",
     # the campaign queue's records
-    "STALE_AFTER_S", "OtherClaims", "Progress", "Task", "Unit",
+    "STALE_AFTER_S", "CampaignStatus", "OtherClaims", "Progress", "Task", "Unit", "WorkerStats",
     # sharing and inspecting a store (loaded on first use)
     "export_bundle", "import_bundle", "read_bundle", "Bundle", "ExportReport", "ImportReport",
     "TableReport", "CONFLICT_RULES", "run_query", "QueryResult", "summarize", "StoreSummary",

@@ -1,5 +1,6 @@
-"""The campaign work queue's SQL (a part of :class:`hwcost.store.sql.SqlStore`); its public
-face, with the heartbeat thread, is :mod:`hwcost.queue`, which describes the protocol.
+"""The campaign work queue's SQL (a part of :class:`hwcost.store.sql.SqlStore`): its
+operations are store methods; a worker's loop over them, with the heartbeat thread, is
+:mod:`hwcost.fleet_worker`, which describes the protocol.
 
 Timestamps are UTC (the schema's UTCDateTime columns), so hosts in any zone agree.
 """

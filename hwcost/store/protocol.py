@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hwcost.store.queue_records import Progress, Unit
+from hwcost.store.queue_records import CampaignStatus, OtherClaims, Progress, Unit
 from hwcost.store.records import (
     CostRow,
     DeviceRef,
@@ -154,7 +154,7 @@ class Store(Protocol):
     def put_validation(self, v: ValidationRecord) -> int:
         """Store a validation of a stored plan on a stored device; returns its number."""
 
-    # -- the campaign queue (hwcost.queue is its public face)
+    # -- the campaign queue (hwcost.fleet_worker runs a worker's loop over it)
     def ensure_campaign(self, name: str, *, device: str, model: str | ModelRef | None,
                         shapes: Sequence[str] = (), precisions: Sequence[str] = ()) -> int:
         """Get or create a campaign by name; returns its handle."""
@@ -188,3 +188,14 @@ class Store(Protocol):
 
     def campaign_progress(self, campaign: int) -> Progress:
         """Task counts by state."""
+
+    def other_claims(self, campaign: int, worker: str, suspect_after_s: float) -> OtherClaims:
+        """Units of the campaign claimed by workers other than ``worker``, by worker: live
+        ones, and suspect ones (no heartbeat for ``suspect_after_s``)."""
+
+    def task_workers(self, campaign: int) -> dict[int, str | None]:
+        """Task handle -> the worker that holds or closed it (for audits and tests)."""
+
+    def campaign_statuses(self, name: str | None = None) -> list[CampaignStatus]:
+        """Every campaign (or the one called ``name``) with its progress and, per worker,
+        tasks done and failed, throughput and last heartbeat; oldest first."""

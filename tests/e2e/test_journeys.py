@@ -73,12 +73,10 @@ def test_fleet_campaign_survives_a_killed_worker(fleet):
     env, url = fleet
     victim = worker(env, url, "card0")
     # let the victim claim and finish some work, then kill it without warning
-    from hwcost.fleet_status import campaigns
-
     deadline = time.time() + 300
     with open_store(url) as s:
         while time.time() < deadline and victim.poll() is None:
-            found = [c for c in campaigns(s) if c.name == "fleet"]
+            found = [c for c in s.campaign_statuses() if c.name == "fleet"]
             if found and found[0].progress.done >= 6:
                 break
             time.sleep(0.05)

@@ -63,10 +63,8 @@ def test_a_shape_the_model_cannot_run_is_refused_before_anything_is_measured(
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("Error: ") and message in last, res.output
     with open_store(sqlite_url) as s:
-        from hwcost.fleet_status import campaigns
-
         assert s.devices() == [] and s.models() == [] and s.measurement_count() == 0
-        assert campaigns(s) == []
+        assert s.campaign_statuses() == []
 
 
 def test_run_refuses_text_calibration_for_a_model_without_tokenizer_before_profiling(

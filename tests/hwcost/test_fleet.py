@@ -12,9 +12,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from hwcost import fleet_worker, queue
+from hwcost import fleet_worker
 from hwcost.device import DeviceInfo
-from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store
+from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, Unit, open_store
 
 DEV = DeviceInfo("cpu", "Fleet test CPU", 2, ("avx2",), {"torch": "0"})
 CONFIGS = ["fp32", "bf16", "int8"]
@@ -30,13 +30,13 @@ def _campaign(url: str, n_units: int) -> tuple[int, int]:
     with open_store(url) as s:
         s.put_device(DEV)
         s.upsert_subgraphs([SubgraphInfo(g, "Linear", (SlotInfo("Linear", 4, 4),)) for g in sigs])
-        cid = queue.ensure_campaign(s, "fleet", device=DEV.fingerprint, model_id=None)
-        n = queue.add_tasks(s, cid, [(g, SHAPE, c) for g in sigs for c in CONFIGS])
+        cid = s.ensure_campaign("fleet", device=DEV.fingerprint, model=None)
+        n = s.add_tasks(cid, [(g, SHAPE, c) for g in sigs for c in CONFIGS])
     return cid, n
 
 
 def _measure(worker: str, log, delay: float):
-    def measure(unit: queue.Unit):
+    def measure(unit: Unit):
         time.sleep(delay)
         log.write("".join(f"{worker} {t.id}\n" for t in unit.tasks))
         log.flush()
@@ -93,9 +93,9 @@ def test_32_processes_never_get_the_same_task(store_url, tmp_path):
     ids = [i for _, i in log]
     assert len(ids) == len(set(ids)) == n  # no task handed to two processes
     with open_store(store_url) as s:
-        assert queue.progress(s, cid).done == n
+        assert s.campaign_progress(cid).done == n
         assert s.measurement_count() == n
-        assert queue.task_workers(s, cid) == {i: w for w, i in log}
+        assert s.task_workers(cid) == {i: w for w, i in log}
     assert len({w for w, _ in log}) > 1
 
 
@@ -107,14 +107,14 @@ def test_kill_half_the_workers_then_restart_every_task_measured_once(store_url, 
     procs = _start(store_url, cid, names, tmp_path, 0.05, 1.0)
     with open_store(store_url) as s:
         deadline = time.time() + 60
-        while queue.progress(s, cid).done < n // 4 and time.time() < deadline:
+        while s.campaign_progress(cid).done < n // 4 and time.time() < deadline:
             time.sleep(0.05)
         victims = names[::2]
         for v in victims:
             os.kill(procs[v].pid, signal.SIGKILL)
         for v in victims:
             procs[v].join()
-        after_kill = queue.progress(s, cid)
+        after_kill = s.campaign_progress(cid)
     assert 0 < after_kill.done < n
     # restart the killed workers under their names; the survivors keep going meanwhile
     procs.update(_start(store_url, cid, victims, tmp_path, 0.05, 1.0))
@@ -122,14 +122,14 @@ def test_kill_half_the_workers_then_restart_every_task_measured_once(store_url, 
         p.join(120)
     assert all(procs[w].exitcode == 0 for w in names)
     with open_store(store_url) as s:
-        assert queue.progress(s, cid).to_dict() == {
+        assert s.campaign_progress(cid).to_dict() == {
             "pending": 0, "claimed": 0, "done": n, "failed": 0, "cancelled": 0, "total": n}
         assert s.measurement_count() == n  # every task's result stored exactly once
     stored = _stored(store_url, cid)
     assert len(stored) == n
     with open_store(store_url) as s:
         # the measurement kept is the one of the worker that closed the task
-        assert stored == queue.task_workers(s, cid)
+        assert stored == s.task_workers(cid)
 
 
 def _v1_campaign(url: str) -> tuple[int, int]:
@@ -178,10 +178,10 @@ def test_a_v1_campaign_gains_units_when_upgraded(store_url):
     cid, n = _v1_campaign(store_url)
     with open_store(store_url) as s:
         assert s.schema_version() >= 2
-        p = queue.progress(s, cid)
+        p = s.campaign_progress(cid)
         assert (p.total, p.pending, p.claimed, p.failed, p.done) == (n, 6, 0, 1, 5)
         with s.session() as ss:
             states = [r[0] for r in ss.execute(text(
                 "SELECT state FROM campaign_unit ORDER BY id")).all()]
         assert states == ["failed", "pending", "done", "pending"]
-        assert sorted(len(u.tasks) for u in queue.claim(s, cid, "d", 5)) == [3, 3]
+        assert sorted(len(u.tasks) for u in s.claim_units(cid, "d", 5)) == [3, 3]

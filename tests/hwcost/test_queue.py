@@ -10,11 +10,9 @@ import time
 
 import pytest
 
-from hwcost import queue
 from hwcost.device import DeviceInfo
 from hwcost.errors import StoreError
-from hwcost.fleet_status import campaigns
-from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, open_store
+from hwcost.store import MeasurementIn, SlotInfo, SubgraphInfo, Task, open_store
 
 DEV = DeviceInfo("cpu", "Test CPU", 2, ("avx2",), {"torch": "0"})
 SIGS = [f"sig{i:02d}" for i in range(6)]
@@ -25,7 +23,7 @@ CONFIGS = ["fp32", "bf16", "int8"]
 def _setup(store) -> int:
     store.put_device(DEV)
     store.upsert_subgraphs([SubgraphInfo(s, "Linear", (SlotInfo("Linear", 4, 4),)) for s in SIGS])
-    cid = queue.ensure_campaign(store, "c1", device=DEV.fingerprint, model_id=None,
+    cid = store.ensure_campaign("c1", device=DEV.fingerprint, model=None,
                                 shapes=SHAPES[:1], precisions=CONFIGS)
     return cid
 
@@ -34,48 +32,48 @@ def _all_tasks():
     return [(s, sh, c) for s in SIGS for sh in SHAPES for c in CONFIGS]
 
 
-def _m(task: queue.Task, us: float = 10.0) -> MeasurementIn:
+def _m(task: Task, us: float = 10.0) -> MeasurementIn:
     return MeasurementIn(DEV.fingerprint, task.signature, task.shape, task.config, us, 1.0, 5)
 
 
 def test_campaigns_and_tasks_are_idempotent(store):
     cid = _setup(store)
-    assert queue.ensure_campaign(store, "c1", device=DEV.fingerprint, model_id=None,
+    assert store.ensure_campaign("c1", device=DEV.fingerprint, model=None,
                                  shapes=SHAPES) == cid
-    assert queue.campaign_id(store, "c1") == cid
-    assert queue.add_tasks(store, cid, _all_tasks()) == 36
-    assert queue.add_tasks(store, cid, _all_tasks()) == 0
-    assert queue.progress(store, cid).to_dict() == {
+    assert store.campaign_id("c1") == cid
+    assert store.add_tasks(cid, _all_tasks()) == 36
+    assert store.add_tasks(cid, _all_tasks()) == 0
+    assert store.campaign_progress(cid).to_dict() == {
         "pending": 36, "claimed": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 36}
     other = DeviceInfo("cpu", "Other CPU", 2)
     store.put_device(other)
     with pytest.raises(StoreError, match="campaign 'c1' exists for another model or device"):
-        queue.ensure_campaign(store, "c1", device=other.fingerprint, model_id=None)
+        store.ensure_campaign("c1", device=other.fingerprint, model=None)
     with pytest.raises(StoreError, match="no campaign 'nope' in the store"):
-        queue.campaign_id(store, "nope")
+        store.campaign_id("nope")
 
 
 def test_a_claim_is_a_whole_unit_written_in_one_transaction(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks())
-    a = queue.claim(store, cid, "w1")
-    b = queue.claim(store, cid, "w2", 2)
+    store.add_tasks(cid, _all_tasks())
+    a = store.claim_units(cid, "w1")
+    b = store.claim_units(cid, "w2", 2)
     assert [len(u.tasks) for u in a + b] == [3, 3, 3]  # every config of a (subgraph, shape)
     assert (a[0].signature, a[0].shape) == (SIGS[0], SHAPES[0])
     assert [t.config for t in a[0].tasks] == CONFIGS  # baseline first, with its candidates
     assert not set(a[0].all_ids) & {i for u in b for i in u.all_ids}
-    assert queue.complete_unit(store, a[0], "w1", [_m(t) for t in a[0].tasks])
-    assert not queue.complete_unit(store, b[0], "w1", [_m(t) for t in b[0].tasks])  # not w1's
+    assert store.complete_unit(a[0], "w1", [_m(t) for t in a[0].tasks])
+    assert not store.complete_unit(b[0], "w1", [_m(t) for t in b[0].tasks])  # not w1's
     assert store.measurement_count() == 3  # the refused completion wrote nothing
     fails = {b[1].tasks[0].id: "kernel missing\nsecond line"}
-    assert queue.complete_unit(store, b[1], "w2", [_m(t) for t in b[1].tasks[1:]], fails)
-    p = queue.progress(store, cid)
+    assert store.complete_unit(b[1], "w2", [_m(t) for t in b[1].tasks[1:]], fails)
+    p = store.campaign_progress(cid)
     assert (p.pending, p.claimed, p.done, p.failed) == (27, 3, 5, 1)
-    st = campaigns(store, "c1")[0]
+    st = store.campaign_statuses("c1")[0]
     assert {w: (s.done, s.failed, s.holding) for w, s in st.workers.items()} == {
         "w1": (3, 0, 0), "w2": (2, 1, 1)}
-    assert queue.retry(store, cid) == 1
-    again = queue.claim(store, cid, "w3", 20)
+    assert store.retry_campaign(cid) == 1
+    again = store.claim_units(cid, "w3", 20)
     assert b[1].id in [u.id for u in again]  # the failed task's unit is open again
     assert [t.config for u in again if u.id == b[1].id for t in u.tasks] == ["fp32"]
     assert [t.config for u in again if u.id == b[1].id for t in u.measured] == []
@@ -83,62 +81,62 @@ def test_a_claim_is_a_whole_unit_written_in_one_transaction(store):
 
 def test_stale_heartbeats_are_reclaimed_live_ones_are_not(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks()[:6])  # two units
-    dead = queue.claim(store, cid, "dead")
-    live = queue.claim(store, cid, "live")
-    assert queue.claim(store, cid, "w3", 5, stale_after_s=60) == []  # both beat recently
+    store.add_tasks(cid, _all_tasks()[:6])  # two units
+    dead = store.claim_units(cid, "dead")
+    live = store.claim_units(cid, "live")
+    assert store.claim_units(cid, "w3", 5, stale_after_s=60) == []  # both beat recently
     time.sleep(0.3)
-    assert queue.heartbeat(store, cid, "live") == 1
-    others = queue.other_claims(store, cid, "w3", suspect_after_s=0.2)
+    assert store.heartbeat(cid, "live") == 1
+    others = store.other_claims(cid, "w3", suspect_after_s=0.2)
     assert (others.live, others.suspect) == ({"live": 1}, {"dead": 1})
-    taken = queue.claim(store, cid, "w3", 5, stale_after_s=0.2)
+    taken = store.claim_units(cid, "w3", 5, stale_after_s=0.2)
     assert [u.id for u in taken] == [dead[0].id]
-    assert not queue.complete_unit(store, dead[0], "dead", [_m(t) for t in dead[0].tasks])
-    assert queue.complete_unit(store, taken[0], "w3", [_m(t) for t in taken[0].tasks])
-    assert queue.release(store, cid, "live") == 3
-    assert [u.id for u in queue.claim(store, cid, "w4")] == [live[0].id]
+    assert not store.complete_unit(dead[0], "dead", [_m(t) for t in dead[0].tasks])
+    assert store.complete_unit(taken[0], "w3", [_m(t) for t in taken[0].tasks])
+    assert store.release_worker(cid, "live") == 3
+    assert [u.id for u in store.claim_units(cid, "w4")] == [live[0].id]
 
 
 def test_a_measured_task_is_closed_not_measured_again(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks()[:3])
+    store.add_tasks(cid, _all_tasks()[:3])
     sig, shape, cfg = _all_tasks()[0]
     store.add_measurements([MeasurementIn(DEV.fingerprint, sig, shape, cfg, 10.0, 1.0, 5)])
-    (unit,) = queue.claim(store, cid, "w", 10)
+    (unit,) = store.claim_units(cid, "w", 10)
     assert [t.config for t in unit.tasks] == ["bf16", "int8"]
     assert [t.config for t in unit.measured] == ["fp32"]
-    assert queue.complete_unit(store, unit, "w", [_m(t) for t in unit.tasks])
-    assert queue.progress(store, cid).done == 3
+    assert store.complete_unit(unit, "w", [_m(t) for t in unit.tasks])
+    assert store.campaign_progress(cid).done == 3
 
 
 def test_cancel_stops_claims_and_retry_resumes(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks())
-    held = queue.claim(store, cid, "w")
-    assert queue.cancel(store, cid) == 33
-    assert queue.claim(store, cid, "w2", 5) == []
-    assert queue.complete_unit(store, held[0], "w", [_m(t) for t in held[0].tasks])
-    st = campaigns(store, "c1")[0]
+    store.add_tasks(cid, _all_tasks())
+    held = store.claim_units(cid, "w")
+    assert store.cancel_campaign(cid) == 33
+    assert store.claim_units(cid, "w2", 5) == []
+    assert store.complete_unit(held[0], "w", [_m(t) for t in held[0].tasks])
+    st = store.campaign_statuses("c1")[0]
     assert (st.state, st.progress.cancelled, st.progress.done) == ("cancelled", 33, 3)
-    assert queue.retry(store, cid) == 33
-    assert len(queue.claim(store, cid, "w2", 20)) == 11
+    assert store.retry_campaign(cid) == 33
+    assert len(store.claim_units(cid, "w2", 20)) == 11
 
 
 def test_new_tasks_reopen_a_closed_unit(store):
     cid = _setup(store)
-    queue.add_tasks(store, cid, _all_tasks()[:2])
-    (u,) = queue.claim(store, cid, "w")
-    assert queue.complete_unit(store, u, "w", [_m(t) for t in u.tasks])
-    assert queue.claim(store, cid, "w") == []
-    assert queue.add_tasks(store, cid, _all_tasks()[:3]) == 1
-    (again,) = queue.claim(store, cid, "w")
+    store.add_tasks(cid, _all_tasks()[:2])
+    (u,) = store.claim_units(cid, "w")
+    assert store.complete_unit(u, "w", [_m(t) for t in u.tasks])
+    assert store.claim_units(cid, "w") == []
+    assert store.add_tasks(cid, _all_tasks()[:3]) == 1
+    (again,) = store.claim_units(cid, "w")
     assert (again.id, [t.config for t in again.tasks]) == (u.id, ["int8"])
 
 
 def test_concurrent_threads_never_share_a_unit(store_url):
     with open_store(store_url) as s:
         cid = _setup(s)
-        queue.add_tasks(s, cid, _all_tasks())
+        s.add_tasks(cid, _all_tasks())
     got: dict[str, list[int]] = {}
     errors: list[BaseException] = []
 
@@ -146,10 +144,10 @@ def test_concurrent_threads_never_share_a_unit(store_url):
         try:
             with open_store(store_url) as s:
                 mine = got.setdefault(name, [])
-                while units := queue.claim(s, cid, name, 2):
+                while units := s.claim_units(cid, name, 2):
                     for u in units:
                         mine.extend(u.all_ids)
-                        assert queue.complete_unit(s, u, name, [_m(t) for t in u.tasks])
+                        assert s.complete_unit(u, name, [_m(t) for t in u.tasks])
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
@@ -162,9 +160,9 @@ def test_concurrent_threads_never_share_a_unit(store_url):
     ids = [i for v in got.values() for i in v]
     assert len(ids) == len(set(ids)) == 36
     with open_store(store_url) as s:
-        assert queue.progress(s, cid).done == 36
+        assert s.campaign_progress(cid).done == 36
         assert s.measurement_count() == 36
-        assert set(queue.task_workers(s, cid).values()) <= set(got)
+        assert set(s.task_workers(cid).values()) <= set(got)
 
 
 def test_campaign_cli_status_retry_cancel(sqlite_url):
@@ -174,10 +172,10 @@ def test_campaign_cli_status_retry_cancel(sqlite_url):
 
     with open_store(sqlite_url) as s:
         cid = _setup(s)
-        queue.add_tasks(s, cid, _all_tasks())
-        (u,) = queue.claim(s, cid, "w1")
-        queue.complete_unit(s, u, "w1", [_m(t) for t in u.tasks[1:]], {u.tasks[0].id: "boom"})
-        queue.claim(s, cid, "w2")
+        s.add_tasks(cid, _all_tasks())
+        (u,) = s.claim_units(cid, "w1")
+        s.complete_unit(u, "w1", [_m(t) for t in u.tasks[1:]], {u.tasks[0].id: "boom"})
+        s.claim_units(cid, "w2")
     run = CliRunner().invoke
     out = run(cli, ["campaign", "status", "c1", "--db", sqlite_url]).output.splitlines()
     assert out[0] == "campaign  c1 (open)"

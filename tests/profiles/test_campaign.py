@@ -180,13 +180,12 @@ def test_two_workers_split_a_campaign_on_postgresql(store_url, factory_env):
     assert sum(measured) == 60, measured  # no task measured by both
     # (the tiny model has few (subgraph, shape) units: one worker may take them all)
     assert len(_rows(url)) == 60
-    from hwcost import queue
 
     with open_store(url) as s:
-        cid = queue.campaign_id(s, reports[0]["campaign"])
-        assert queue.progress(s, cid).to_dict() == {
+        cid = s.campaign_id(reports[0]["campaign"])
+        assert s.campaign_progress(cid).to_dict() == {
             "pending": 0, "claimed": 0, "done": 60, "failed": 0, "cancelled": 0, "total": 60}
-        by_worker = list(queue.task_workers(s, cid).values())
+        by_worker = list(s.task_workers(cid).values())
     assert set(by_worker) <= {"w1", "w2"}
     assert [by_worker.count("w1"), by_worker.count("w2")] == measured
 
