@@ -28,6 +28,7 @@ from hwcost.store import (
     MeasurementIn,
     ModelLatencyRecord,
     ModelRef,
+    OtherClaims,
     SensitivityRow,
     SensitivityTable,
     SlotInfo,
@@ -299,9 +300,17 @@ def test_the_queue_hands_out_each_unit_once_and_writes_it_whole(store):
     assert store.complete_unit(unit, "w1", ms)
     assert store.measurement_count() == 2
     assert store.heartbeat(cid, "w2") == 1
+    assert store.other_claims(cid, "w1", suspect_after_s=60) == OtherClaims({"w2": 1}, {})
+    assert store.other_claims(cid, "w2", suspect_after_s=60) == OtherClaims({}, {})
+    assert sorted(store.task_workers(cid).values()) == ["w1", "w1", "w2"]
     assert store.release_worker(cid, "w2") == 1
     assert store.campaign_progress(cid).to_dict() == {
         "pending": 1, "claimed": 0, "done": 2, "failed": 0, "cancelled": 0, "total": 3}
+    [status] = store.campaign_statuses("c")
+    assert (status.name, status.device, status.shapes) == ("c", dev.fingerprint, [SHAPE])
+    assert status.progress == store.campaign_progress(cid) and not status.complete
+    assert (status.workers["w1"].done, status.workers["w1"].holding) == (2, 0)
+    assert store.campaign_statuses("d") == [] and store.campaign_statuses() == [status]
     assert store.cancel_campaign(cid) == 1 and store.retry_campaign(cid) == 1
     with pytest.raises(StoreError, match="tasks name subgraphs not in the store"):
         store.add_tasks(cid, [("sig-none", SHAPE, "fp32")])
