@@ -89,6 +89,21 @@ def test_devices_round_trip_and_resolve_by_natural_key(store):
         store.put_device(DeviceInfo("cpu", "Zero", 0))
 
 
+def test_devices_are_listed_as_refs_with_their_stack_and_catalog_devices_recorded_once(store):
+    from hwcost.catalog import load_catalog
+
+    ref = store.put_device(CPU)
+    assert (ref.flags, ref.software) == (tuple(sorted(CPU.flags)), CPU.software)
+    h100 = load_catalog()["H100-SXM"]
+    cat = store.put_catalog_device(h100)
+    assert store.put_catalog_device(h100) == cat  # idempotent by the catalog fingerprint
+    assert (cat.fingerprint, cat.kind, cat.source, cat.threads) == (h100.fingerprint, "cuda",
+                                                                    "catalog", None)
+    assert cat.software == {"catalog": h100.product} and cat.peaks == h100.peaks.to_json()
+    assert store.devices() == [ref, cat]  # records, in the order they were recorded
+    assert all(isinstance(d, DeviceRef) for d in store.devices())
+
+
 def test_models_manifests_and_subgraphs_round_trip(store):
     model = _model(store)
     assert model == ModelRef("fp-model", "contract-model", 4, 6)
