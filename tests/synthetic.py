@@ -94,7 +94,8 @@ def small_store(store: Store, seed: int = 0, n_devices: int = 2, n_subgraphs: in
     store.put_sensitivity_table(model_fp, SensitivityTable(
         [SensitivityRow(f"layers.{p}.{s}", prec, rng.uniform(0, 1e-3), rng.uniform(0, 1e-4), 16)
          for p in range(n_positions) for s in "ab" for prec in ("bf16", "int8")],
-        "taylor", "calib0", ckpt, DEFAULT_QUANTIZER.key))
+        "taylor", "calib0", ckpt, DEFAULT_QUANTIZER.key),
+        replace=False)  # built again, the store keeps its rows (and their created_at) as they are
     return SmallStore(tuple(devs), tuple(s.signature for s in sgs), model_fp, len(items))
 
 
