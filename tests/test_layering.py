@@ -219,3 +219,16 @@ def test_nothing_outside_the_store_touches_engines_sessions_or_rows():
     leaks = _boundary_leaks()
     assert leaks - BOUNDARY_EXCEPTIONS == set(), "new leaks through the store's boundary"
     assert BOUNDARY_EXCEPTIONS - leaks == set(), "fixed: remove these from BOUNDARY_EXCEPTIONS"
+
+
+def test_opening_a_store_loads_no_arrow_duckdb_or_torch():
+    """Bundles, ``db query`` and ``db ls`` are ``hwcost.store`` names loaded on first use: a
+    worker that only opens a store and writes timings pays for none of pyarrow or DuckDB."""
+    code = ("import sys\nimport hwcost.store\n"
+            "print(sorted({'pyarrow', 'duckdb', 'torch'} & {m.split('.')[0] for m in sys.modules}))\n"
+            "from hwcost.store import export_bundle, run_query\n"
+            "print(callable(export_bundle) and callable(run_query))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["[]", "True"]
