@@ -20,7 +20,7 @@ from hwcost.store.plan_document import PlanDocument
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
            "ModelLatencyRecord", "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo",
-           "SubgraphInfo", "ValidationRecord", "host_name", "timing_problem"]
+           "SubgraphInfo", "TimingConditions", "ValidationRecord", "host_name", "timing_problem"]
 __all__ += ["UNKNOWN"]
 
 UNKNOWN = "unknown"
@@ -108,8 +108,26 @@ class ManifestItem:
     layer_names: tuple[str, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class TimingConditions:
+    """How a timing was taken (see ``hwcost.store.schema.Measurement``), shared by the
+    measurements and whole-model latencies a store keeps: keyword fields after a record's own."""
+
+    clock: str = "wall"
+    quick: bool = False
+    stable: bool = True
+    load1: float | None = None
+    cpu_mhz: float | None = None
+    threads: int | None = None
+
+    @property
+    def good(self) -> bool:
+        """A full, stable timing: what plans rest on by default."""
+        return self.stable and not self.quick
+
+
 @dataclass(frozen=True)
-class MeasurementIn:
+class MeasurementIn(TimingConditions):
     """A measurement to write. Latencies in microseconds."""
 
     device: str  # fingerprint
@@ -123,20 +141,8 @@ class MeasurementIn:
     campaign: str | None = None
     tool_version: str = __version__
     measured_at: datetime | None = None
-    # how it was taken (see hwcost.store.schema.Measurement)
-    clock: str = "wall"
-    quick: bool = False
-    stable: bool = True
-    load1: float | None = None
-    cpu_mhz: float | None = None
-    threads: int | None = None
     baseline_us: float | None = None
     drift: float | None = None
-
-    @property
-    def good(self) -> bool:
-        """A full, stable timing: what plans rest on by default."""
-        return self.stable and not self.quick
 
     def validated(self) -> MeasurementIn:
         for name in ("median_us", "spread_us"):
@@ -310,7 +316,7 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class ModelLatencyRecord:
+class ModelLatencyRecord(TimingConditions):
     """A whole model's end-to-end latency in one configuration (the baseline ``all:<p>`` or a
     plan's layer map) on a device and shape, with how it was taken. Latencies in us."""
 
@@ -325,17 +331,6 @@ class ModelLatencyRecord:
     measured_at: datetime | None = None
     host: str = ""
     tool_version: str = ""
-    clock: str = "wall"
-    quick: bool = False
-    stable: bool = True
-    load1: float | None = None
-    cpu_mhz: float | None = None
-    threads: int | None = None
-
-    @property
-    def good(self) -> bool:
-        """A full, stable timing: what plans rest on by default."""
-        return self.stable and not self.quick
 
 
 @dataclass(frozen=True)
