@@ -20,8 +20,8 @@ from hwcost.store.plan_document import PlanDocument
 
 __all__ = ["CostRow", "DeviceRef", "Manifest", "ManifestItem", "MeasurementIn", "ModelRef",
            "ModelLatencyRecord", "PlanRecord", "SensitivityRow", "SensitivityTable", "SlotInfo",
-           "SubgraphInfo", "TimingConditions", "ValidationRecord", "host_name", "timing_problem"]
-__all__ += ["UNKNOWN"]
+           "SubgraphInfo", "TimingConditions", "UNKNOWN", "ValidationRecord", "host_name",
+           "timing_problem"]
 
 UNKNOWN = "unknown"
 """Checkpoint digest / quantizer key of rows written before they were recorded (schema 1):
