@@ -22,10 +22,9 @@ _NOMINAL_GBPS = {"cpu": 20.0, "cuda": 2000.0, "hpu": 2400.0}
 
 
 
-def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
-    """The device ``ref`` names, resolved once (pass the result along): stored (fingerprint,
-    prefix, name), a kind with one local device, or a catalog device (created in the store on
-    first use)."""
+def stored_device(store: Store, ref: str | DeviceRef) -> DeviceRef | None:
+    """The stored device ``ref`` names (fingerprint, prefix, name, or a kind with one local
+    device), or None if the store has none; writes nothing."""
     try:
         return store.device(ref)
     except NoSuchDevice as e:
@@ -39,6 +38,16 @@ def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
             fps = ", ".join(d.fingerprint[:12] for d in local)
             raise NoSuchDevice(f"several {ref} devices in the store ({fps}); pass --device "
                                "with a fingerprint")
+    return None
+
+
+def resolve_device(store: Store, ref: str | DeviceRef) -> DeviceRef:
+    """The device ``ref`` names, resolved once (pass the result along): stored (fingerprint,
+    prefix, name), a kind with one local device, or a catalog device (created in the store on
+    first use)."""
+    found = stored_device(store, ref)
+    if found is not None:
+        return found
     entry = find_catalog(ref)
     if entry is not None:
         return store.put_catalog_device(entry)

@@ -74,7 +74,8 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
 @db_cmd.command("export")
 @click.option("--device", default=None, metavar="DEVICE",
               help="Export only this device's measurements and model latencies (fingerprint, "
-                   "prefix or name); subgraphs, models and sensitivities are always whole.")
+                   "prefix, name, or a kind such as cpu when the store has one local device of "
+                   "it); subgraphs, models and sensitivities are always whole.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Bundle file to write (Parquet).")
 @store_option
@@ -82,9 +83,13 @@ def ls_cmd(db_url: str | None, as_json: bool) -> None:
 def export_cmd(device: str | None, output: str, db_url: str | None) -> None:
     """Write the store (or one device's part) to one self-describing Parquet bundle with a
     content checksum."""
+    from hwcost.device_lookup import stored_device
     from hwcost.store import export_bundle
 
     with open_cli_store(db_url, read_only=True) as store:
+        found = stored_device(store, device) if device is not None else None
+        if found is not None:  # else the bundle's own lookup says what is wrong
+            device = found.fingerprint
         rep = export_bundle(store, output, device=device)
     r = rep.rows
     click.echo(f"exported {r['measurement']} measurements, {r['device']} devices, "

@@ -105,6 +105,15 @@ def test_export_import_and_conflict_report(store_url, tmp_path):
     one = tmp_path / "one.parquet"
     r = run("db", "export", "--device", info.devices[0][:6], "-o", str(one), "--db", store_url)
     assert r.output.startswith(f"exported {info.n_measurements // 2} measurements, 1 devices")
+    # a kind names the store's one local device of it, as plan and coverage accept it
+    r = run("db", "export", "--device", "cpu", "-o", str(tmp_path / "x.parquet"), "--db",
+            store_url)
+    assert r.exit_code == 1 and "several cpu devices in the store" in r.output
+    this_machine = f"sqlite:///{tmp_path / 'this.db'}"
+    run("device", "--save", "--db", this_machine)
+    r = run("db", "export", "--device", "cpu", "-o", str(tmp_path / "kind.parquet"), "--db",
+            this_machine)
+    assert r.output.startswith("exported 0 measurements, 1 devices"), r.output
 
 
 def test_cli_errors_are_one_line_and_change_nothing(sqlite_url, tmp_path):
