@@ -56,7 +56,6 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> P
         config=tuple(o.config), gain_us=o.gain_us, loss_mse=o.loss_mse,
         layer_loss_mse=tuple(o.layer_loss_mse), source=o.source,
     ) for c, o in zip(p.choices, solution.chosen))
-    sens = dict(p.sensitivity)
     cons = constraints.to_dict() if constraints is not None else {}
     return PlanDocument(
         model=PlanModel(name=p.model_name, fingerprint=p.model_fingerprint,
@@ -69,11 +68,7 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> P
         precisions=tuple(p.precisions),
         max_loss_mse=solution.max_loss_mse,
         threshold=threshold,
-        constraints=PlanConstraints(
-            max_loss_mse=cons.get("max_loss_mse"), max_weight_bytes=cons.get("max_weight_bytes"),
-            pins=tuple(tuple(x) for x in cons.get("pins", ())),
-            groups=tuple(tuple(g) for g in cons.get("groups", ())),
-            absent=frozenset({"max_loss_mse", "max_weight_bytes", "pins", "groups"} - set(cons))),
+        constraints=PlanConstraints.from_dict(cons, "constraints"),
         layers=solution.layers,
         subgraphs=subgraphs,
         predicted=PlanPrediction(
@@ -86,11 +81,7 @@ def plan_document(solution, constraints=None, threshold: str | None = None) -> P
             absent=_LATER_PREDICTED,
         ),
         solver=PlanSolver(status=solution.status, gap=solution.gap, wall_s=solution.wall_s),
-        sensitivity=PlanSensitivity(
-            method=sens.get("method"), calib_fingerprint=sens.get("calib_fingerprint"),
-            checkpoint=sens.get("checkpoint"), quantizer=sens.get("quantizer"),
-            absent=frozenset({"method", "calib_fingerprint", "checkpoint", "quantizer"}
-                             - set(sens))),
+        sensitivity=PlanSensitivity.from_dict(p.sensitivity, "sensitivity"),
         absent=_LATER,
     )
 

@@ -134,6 +134,11 @@ class _Part:
         return cls(**values, absent=frozenset(absent),
                    extra=MappingProxyType(extra) if extra else _EMPTY)
 
+    @classmethod
+    def from_dict(cls: type[_P], obj: Mapping[str, Any], where: str = "") -> _P:
+        """This part from its JSON object (checked; ``where`` names it in the error line)."""
+        return cls._read(dict(obj), where)
+
     def to_dict(self) -> dict[str, Any]:
         """This part as its JSON object."""
         out = {f.name: f.metadata["codec"].write(getattr(self, f.name)) for f in fields(self)
