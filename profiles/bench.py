@@ -59,7 +59,16 @@ from typing import Any
 import torch
 from hwcost.profiles.allocator import steady_allocator
 from hwcost.profiles.backends import Backend, get_backend
-from hwcost.profiles.stability import StabilityPolicy, Verdict, cpu_mhz, drift, judge, load1, usable_cpus
+from hwcost.profiles.stability import (
+    StabilityPolicy,
+    Verdict,
+    cpu_mhz,
+    drift,
+    drift_noise,
+    judge,
+    load1,
+    usable_cpus,
+)
 
 CLOCK_ENV = "HWCOST_BENCH_CLOCK"
 """Environment variable choosing the default clock (``wall`` or ``thread``), so a whole
@@ -357,8 +366,12 @@ def time_interleaved(
                 if reading is not None:
                     loads.append(reading)
             worst = max(_rel(batch[n]) for n in names)
-            moved = drift(batch[baseline]) if baseline else max(drift(batch[n]) for n in names)
-            verdict = judge(worst, moved, loads, cpus, policy)
+            # the baseline's drift, or without one the drift that stands out most from its
+            # own scatter
+            moved, noise = max(((drift(batch[n]), drift_noise(batch[n]))
+                                for n in ([baseline] if baseline else names)),
+                               key=lambda d: d[0] - policy.drift_sigmas * d[1])
+            verdict = judge(worst, moved, loads, cpus, policy, drift_noise=noise)
             rank = (not verdict.ok, worst)  # a stable batch first, then the tightest
             if best is None or rank < best[0]:
                 best = (rank, batch, verdict)

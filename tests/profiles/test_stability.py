@@ -5,6 +5,7 @@ baseline timed in its own interleave group."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
 from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.stability import (
     StabilityPolicy,
+    drift,
+    drift_noise,
     judge,
     load_scope,
     machine_runnable,
@@ -101,6 +104,26 @@ def test_judge_names_the_first_failing_figure():
     assert v.reason == "spread 19.0% > 15%" and not v.machine_busy
     # a caller-supplied load reading is what the policy judges
     assert StabilityPolicy(load_reader=lambda: 7.0).read_load() == 7.0
+
+
+def test_drift_is_judged_against_the_scatter_of_its_own_samples():
+    p = StabilityPolicy()
+    rng = random.Random(0)
+    # a steady machine with an 8 % spread: the halves' medians differ by noise alone
+    refused = 0
+    for _ in range(200):
+        xs = [1000.0 * (1 + rng.gauss(0, 0.12)) for _ in range(15)]
+        refused += not judge(0.08, drift(xs), [], 2, p, drift_noise=drift_noise(xs)).ok
+    assert refused <= 20, refused  # 2 standard errors: ~5 % of batches, not most of them
+    # a real step (a job started mid-batch) on tight samples is still refused
+    xs = [1000.0 * (1 + rng.gauss(0, 0.01)) for _ in range(8)]
+    xs += [1150.0 * (1 + rng.gauss(0, 0.01)) for _ in range(7)]
+    v = judge(0.02, drift(xs), [], 2, p, drift_noise=drift_noise(xs))
+    assert v.reason.startswith("baseline drift 1") and v.machine_busy
+    # the noise limit is named when it, not max_drift, is the one passed
+    v = judge(0.08, 0.30, [], 2, p, drift_noise=0.05)
+    assert v.reason == "baseline drift 30.0% > 2 standard errors of its samples' scatter (10.0%)"
+    assert drift_noise([5.0, 5.0, 5.0]) == 0.0
 
 
 def test_gains_are_stored_with_the_baseline_of_their_own_group(sqlite_url):
