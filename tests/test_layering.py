@@ -150,7 +150,7 @@ BACKEND_ATTRS = {"engine", "session", "connection", "dialect", "exec_driver_sql"
 # (device, devices, model, model_manifest, plans, put_device, ...).
 ROW_METHODS = {"get_device", "get_model", "upsert_device", "upsert_subgraphs", "models",
                "manifest", "plans_for"}
-# Precise, justified exceptions: (module path, what it reaches). None remain; an entry added
+# Precise, justified exceptions: (module path, what it reaches). One remains; an entry added
 # for a known leak must name it exactly, and one that no longer occurs fails the test.
 BOUNDARY_EXCEPTIONS: set[tuple[str, str]] = {
     # the reuse path reads the model row for its id: SensitivityRun.model_id is printed by
