@@ -219,9 +219,14 @@ def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
 
 
 def _pinned_busy(cpu: int, seconds: float) -> subprocess.Popen:
-    code = (f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nend = time.time() + {seconds}\n"
+    """A process spinning on ``cpu`` for ``seconds``, returned once it spins (its start-up,
+    imports and all, sleeps on I/O now and then: a task caught then is not runnable)."""
+    code = (f"import os, sys, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+            f"end = time.time() + {seconds}\nprint('spinning', flush=True)\n"
             "while time.time() < end:\n    pass\n")
-    return subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "spinning"
+    return proc
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2
@@ -235,9 +240,6 @@ def test_load_counts_what_runs_on_our_cpus_only():
     saved = os.sched_getaffinity(0)
     proc = _pinned_busy(mine, seconds=8)
     try:
-        deadline = time.time() + 5
-        while time.time() < deadline and proc.pid not in (runnable_threads({mine}) or []):
-            time.sleep(0.05)  # until it has started spinning
         os.sched_setaffinity(0, {mine})
         assert load_scope() == f"cpus {mine}"
         assert StabilityPolicy().load_scope() == f"cpus {mine}"
