@@ -97,13 +97,20 @@ def _affinity() -> frozenset[int] | None:
         return None
 
 
+def _pinned_cpus() -> frozenset[int] | None:
+    """The CPUs this process may use when they are a strict subset of the machine's, else
+    None (free to run anywhere, or affinity unknown)."""
+    cpus = _affinity()
+    if cpus is not None and len(cpus) < (os.cpu_count() or len(cpus)):
+        return cpus
+    return None
+
+
 def load_scope() -> str:
     """Which reading :func:`runnable_tasks` takes here: ``"cpus 1,3"`` (the CPUs this process
     may use, a strict subset of the machine's) or ``"machine"`` (``procs_running``)."""
-    cpus = _affinity()
-    if cpus is not None and len(cpus) < (os.cpu_count() or len(cpus)):
-        return "cpus " + ",".join(str(c) for c in sorted(cpus))
-    return "machine"
+    cpus = _pinned_cpus()
+    return "machine" if cpus is None else "cpus " + ",".join(str(c) for c in sorted(cpus))
 
 
 def runnable_tasks() -> float | None:
@@ -115,12 +122,9 @@ def runnable_tasks() -> float | None:
     whole machine's ``procs_running`` (:func:`machine_runnable`: the same meaning, cheaper).
     None where neither can be read (not Linux). :func:`load_scope` says which is used.
     """
-    cpus = _affinity()
-    if cpus is not None and len(cpus) < (os.cpu_count() or len(cpus)):
-        n = runnable_on(cpus)
-        if n is not None:
-            return n
-    return machine_runnable()
+    cpus = _pinned_cpus()
+    n = runnable_on(cpus) if cpus is not None else None
+    return n if n is not None else machine_runnable()
 
 
 def load1() -> float | None:
@@ -135,10 +139,7 @@ def cpu_mhz() -> float | None:
     """Mean current frequency of the CPUs this process may use, in MHz: ``cpufreq`` in
     ``/sys`` when the kernel exposes it, else ``cpu MHz`` of ``/proc/cpuinfo``; None when
     neither says (VMs often hide it)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = list(range(os.cpu_count() or 1))
+    cpus = sorted(_affinity() or range(os.cpu_count() or 1))
     vals = []
     for c in cpus:
         p = Path(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq")
@@ -158,10 +159,8 @@ def cpu_mhz() -> float | None:
 
 
 def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    cpus = _affinity()
+    return max(1, len(cpus) if cpus is not None else os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
