@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from hwcost.catalog import Peaks, find_catalog, load_catalog
-from hwcost.errors import NoSuchDevice
+from hwcost.errors import AmbiguousDevice, NoSuchDevice
 from hwcost.precision import BASELINE, Precision
 from hwcost.store import DeviceRef, Store
 
@@ -27,17 +27,18 @@ def stored_device(store: Store, ref: str | DeviceRef) -> DeviceRef | None:
     device), or None if the store has none; writes nothing."""
     try:
         return store.device(ref)
-    except NoSuchDevice as e:
-        if "several" in str(e):
-            raise
+    except AmbiguousDevice:
+        raise
+    except NoSuchDevice:
+        pass
     if ref in BASELINE:
         local = [d for d in store.devices() if d.kind == ref and d.source == "local"]
         if len(local) == 1:
             return store.device(local[0].fingerprint)
         if len(local) > 1:
             fps = ", ".join(d.fingerprint[:12] for d in local)
-            raise NoSuchDevice(f"several {ref} devices in the store ({fps}); pass --device "
-                               "with a fingerprint")
+            raise AmbiguousDevice(f"several {ref} devices in the store ({fps}); pass --device "
+                                  "with a fingerprint")
     return None
 
 

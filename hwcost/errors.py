@@ -24,6 +24,10 @@ class NoSuchDevice(HwcostError):
     """No device in the store or the catalog matches."""
 
 
+class AmbiguousDevice(NoSuchDevice):
+    """A device reference (a fingerprint prefix, a name) matches several stored devices."""
+
+
 class NoSuchModel(HwcostError):
     """No model manifest in the store matches."""
 

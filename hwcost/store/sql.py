@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from hwcost.bounds import int_problem
-from hwcost.errors import InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
+from hwcost.errors import AmbiguousDevice, InvalidMeasurement, NoSuchDevice, NoSuchModel, StoreError
 from hwcost.store.campaigns import CampaignMethods
 from hwcost.store.measurements import MeasurementMethods
 from hwcost.store.records import DeviceRef, Manifest, ManifestItem, ModelRef, SubgraphInfo
@@ -159,7 +159,8 @@ class SqlStore(MeasurementMethods, ResultMethods, CampaignMethods):
             raise NoSuchDevice(f"no device {ref!r} in the store; `hwcost db ls` lists devices, "
                                "`hwcost device --save` records this machine")
         names = ", ".join(d.fingerprint[:12] for d in rows)
-        raise NoSuchDevice(f"{ref!r} matches several devices ({names}); give more of the fingerprint")
+        raise AmbiguousDevice(f"{ref!r} matches several devices ({names}); give more of the "
+                              "fingerprint")
 
     def set_device_peaks(self, fingerprint: str, peaks: dict) -> None:
         with self.session() as s:
