@@ -11,8 +11,11 @@
 - **samples of a sensible length**: a candidate faster than ``min_sample_us`` is called
   ``inner`` times back to back per sample, so timer and sync overhead stay small.
 - **interleaved**: samples are taken round-robin, one per candidate per round, in an order
-  that rotates and alternates direction each round, so slow drift (thermal, other load)
-  hits every candidate alike and cancels in their differences.
+  that alternates direction each round and rotates every second round, so slow drift
+  (thermal, other load) hits every candidate alike and cancels in their differences, and
+  every candidate runs first in a round equally often. Each round starts with one untimed
+  call of its first candidate, so that no sample directly follows the harness's work
+  between rounds (the load reading), which leaves the caches colder for whoever runs next.
 - **fresh inputs**: each call takes the next input of ``inputs`` (rotating), so a candidate is
   not flattered by finding its operands in cache from the previous call. With
   ``evict_bytes``, a buffer larger than the last-level cache is written before every sample
@@ -211,6 +214,11 @@ class _Runner:
             fn(inputs[self.i % len(inputs)])
             self.i += 1
 
+    def rewarm(self) -> None:
+        """One untimed call (none when every sample starts from flushed caches anyway)."""
+        if self.evict is None:
+            self._calls(1)
+
     def sample(self) -> float:
         """Microseconds per call, averaged over ``inner`` calls."""
         if self.evict is not None:
@@ -232,9 +240,17 @@ class _Runner:
 
 
 def _order(names: list[str], round_no: int) -> list[str]:
-    """Round-robin order that rotates and alternates direction, so no candidate always runs
-    first or always follows the same neighbour."""
-    k = round_no % len(names)
+    """Round-robin order that alternates direction each round and rotates every second
+    round, so that over ``2 * len(names)`` rounds every candidate runs first (and last) equally
+    often and follows each of its neighbours alike.
+
+    (Rotating every round and reversing every other one cancels out for an even number of
+    candidates: two candidates always ran in the same order, and of four only the even
+    positions ever ran first. The first sample of a round follows the harness's own work
+    between rounds, the load reading, which on a pinned CPU scans every thread's
+    ``/proc`` entry: measured on a compiled whole model, a 1-3 % penalty for whoever runs
+    first, so the first of two candidates read slower in every round.)"""
+    k = (round_no // 2) % len(names)
     rotated = names[k:] + names[:k]
     return rotated if round_no % 2 == 0 else rotated[::-1]
 
@@ -357,7 +373,11 @@ def time_interleaved(
             batch: dict[str, list[float]] = {n: [] for n in names}
             loads: list[float] = []
             for _ in range(min_samples):
-                for name in _order(names, round_no):
+                order = _order(names, round_no)
+                # one untimed call first: the round's first sample then follows a candidate's
+                # call like every other sample, not the load reading's sweep through /proc
+                runners[order[0]].rewarm()
+                for name in order:
                     batch[name].append(runners[name].sample())
                 round_no += 1
                 if on_round is not None:
