@@ -13,9 +13,10 @@
 - **interleaved**: samples are taken round-robin, one per candidate per round, in an order
   that alternates direction each round and rotates every second round, so slow drift
   (thermal, other load) hits every candidate alike and cancels in their differences, and
-  every candidate runs first in a round equally often. Each round starts with one untimed
-  call of its first candidate, so that no sample directly follows the harness's work
-  between rounds (the load reading), which leaves the caches colder for whoever runs next.
+  every candidate runs first in a round equally often. With several candidates each round
+  starts with one untimed call of its first one, so that no sample directly follows the
+  harness's work between rounds (the load reading), which leaves the caches colder for
+  whoever runs next.
 - **fresh inputs**: each call takes the next input of ``inputs`` (rotating), so a candidate is
   not flattered by finding its operands in cache from the previous call. With
   ``evict_bytes``, a buffer larger than the last-level cache is written before every sample
@@ -376,7 +377,10 @@ def time_interleaved(
                 order = _order(names, round_no)
                 # one untimed call first: the round's first sample then follows a candidate's
                 # call like every other sample, not the load reading's sweep through /proc
-                runners[order[0]].rewarm()
+                # (a lone candidate has no rival to be unfair to: it is not worth doubling
+                # a whole model's timing)
+                if len(order) > 1:
+                    runners[order[0]].rewarm()
                 for name in order:
                     batch[name].append(runners[name].sample())
                 round_no += 1

@@ -117,8 +117,7 @@ def test_runs_in_inference_mode():
 
 
 def test_noisy_candidate_is_remeasured_and_flagged():
-    # bimodal, half-IQR 8-33 % of the median; a cycle of three, so that each round's untimed
-    # call (then one sample) does not lock the samples to one phase
+    # bimodal: half-IQR 8-33 % of the median
     durations = itertools.cycle([0.0005, 0.0015, 0.0015])
     calls = []
 
