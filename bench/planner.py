@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -157,7 +158,8 @@ def ensure_inputs(store, loaded, shape: str, threads: int, calib_samples: int = 
 def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds: list[str],
            shape: str = "batch=1,seq=128,phase=prefill", n_random: int = 200, top: int = 5,
            compare: bool = True, allow_unstable: bool = False, deployment: str = "eager",
-           precisions: list[str] | None = None) -> dict:
+           precisions: list[str] | None = None, pair_repeats: int = 3,
+           retime: int = 0) -> dict:
     import torch
     from hwcost.planner.apply import eval_batches, loss_mse, time_configs
     from hwcost.planner.closed_loop import plan_within_bound
@@ -194,15 +196,26 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     batches = eval_batches(loaded, None, samples=128) if loaded.tokenizer is not None else \
         [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
                        generator=torch.Generator().manual_seed(7)) for _ in range(4)]
+    def time_plans(plans):  # what `hwcost run --retime` times candidates with
+        got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
+                           min_samples=21, max_seconds=10.0)
+        return {name: t.median_us for name, t in got.items()}
+
+    timer = time_plans if retime > 1 else None
     rows = []
     for th in thresholds:
         threshold = parse_threshold(th)
         bound = threshold.resolve(problem)
-        planned = make_plan(store, None, None, shape, threshold, problem=problem)
+        first = make_plan(store, None, None, shape, threshold, problem=problem)
+        planned = make_plan(store, None, None, shape, threshold, problem=problem, retime=timer,
+                            retime_k=retime) if timer else first
+        if planned.retimed is not None:
+            print(f"    {th}: {planned.retimed.line()}", flush=True)
         ours = planned.solution
         if not compare:
             rows.append(_loop_row(th, bound, planned, loaded, batches, backend, store, shape,
-                                  threshold, problem, make_plan, plan_within_bound, loss_mse))
+                                  threshold, problem, make_plan, plan_within_bound, loss_mse,
+                                  timer, retime))
             continue
         macs = solve(problem, bound, "macs")
         iso = solve(iso_problem, bound, "time")
@@ -210,7 +223,8 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
         ranked = sorted(rand, key=lambda c: predicted_latency(problem, c)[0])[:top]
         configs = {"baseline": {n: problem.baseline for n in problem.layers},
                    "ours": ours.layers, "macs": macs.layers,
-                   "isolated": {n: iso.layers[n] for n in problem.layers}}
+                   "isolated": {n: iso.layers[n] for n in problem.layers},
+                   "planned": first.solution.layers}
         configs.update({f"random{i}": c for i, c in enumerate(ranked)})
         # identical configs are timed once, so identical plans compare exactly equal
         unique: dict[tuple, str] = {}
@@ -228,17 +242,36 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
         best_random = speed[best_name]
         # Each comparison that decides a target is re-timed as its own interleaved pair with
         # more samples: plans differing in a layer or two are within the noise of a 9-way run.
-        ratio = {}
+        # ``pair_repeats`` independent pairs (each deployed and compiled afresh, the two named
+        # in alternating order), and the median of their ratios: one compiled pair's ratio
+        # moved by 1-4 % between timings on this shared machine.
+        ratio, ratios = {}, {}
         for other in ("macs", "isolated", best_name):
             if alias[other] == alias["ours"]:
-                ratio[other] = 1.0
+                ratio[other], ratios[other] = 1.0, []
                 continue
-            pair = time_configs(loaded, {"ours": configs["ours"], other: configs[other]}, shape,
-                                backend, threads=threads, deployment=deployment,
-                                min_samples=41, max_seconds=15.0)
-            ratio[other] = pair[other].median_us / pair["ours"].median_us
+            got = []
+            for rep in range(pair_repeats):
+                names = ("ours", other) if rep % 2 == 0 else (other, "ours")
+                pair = time_configs(loaded, {n: configs[n] for n in names}, shape,
+                                    backend, threads=threads, deployment=deployment,
+                                    min_samples=41, max_seconds=15.0)
+                got.append(pair[other].median_us / pair["ours"].median_us)
+            ratio[other], ratios[other] = statistics.median(got), got
+        # with --retime, the plan before re-timing against the isolated one too
+        planned_vs_iso = ratio["isolated"] if alias["planned"] == alias["ours"] else (
+            1.0 if alias["planned"] == alias["isolated"] else None)
+        if planned_vs_iso is None:
+            got = []
+            for rep in range(pair_repeats):
+                names = ("planned", "isolated") if rep % 2 == 0 else ("isolated", "planned")
+                pair = time_configs(loaded, {n: configs[n] for n in names}, shape, backend,
+                                    threads=threads, deployment=deployment, min_samples=41,
+                                    max_seconds=15.0)
+                got.append(pair["isolated"].median_us / pair["planned"].median_us)
+            planned_vs_iso = statistics.median(got)
         loop = _loop_row(th, bound, planned, loaded, batches, backend, store, shape, threshold,
-                         problem, make_plan, plan_within_bound, loss_mse)
+                         problem, make_plan, plan_within_bound, loss_mse, timer, retime)
         true = loop["ours_measured_mse"]
         row = loop | {
             "threshold": th, "bound": bound,
@@ -248,6 +281,15 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
             "ours_vs_random": ratio[best_name],
             "ours_vs_macs": ratio["macs"],
             "ours_vs_isolated": ratio["isolated"],
+            "planned_speedup": speed["planned"], "planned_vs_isolated": planned_vs_iso,
+            "planned_same_as_ours": alias["planned"] == alias["ours"],
+            "retime": planned.retimed.to_dict() if planned.retimed is not None else None,
+            "pair_ratios": {"random": ratios[best_name], "macs": ratios["macs"],
+                            "isolated": ratios["isolated"]},
+            # where the isolated-latency plan differs from ours, layer: (ours, isolated)
+            "isolated_differs": {n: (ours.layers[n], configs["isolated"][n])
+                                 for n in problem.layers
+                                 if ours.layers[n] != configs["isolated"][n]},
             "ours_vs_random_9way": speed["ours"] / best_random,
             "ours_vs_macs_9way": speed["ours"] / speed["macs"],
             "ours_vs_isolated_9way": speed["ours"] / speed["isolated"],
@@ -269,7 +311,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     store.close()
     return {"model": loaded.name, "spec": model_spec or "demo", "shape": shape,
             "threads": threads, "device": report.device, "allow_unstable": allow_unstable,
-            "deployment": deployment,
+            "deployment": deployment, "pair_repeats": pair_repeats, "retime": retime,
             "campaign_unstable": report.unstable, "campaign_measured": report.measured,
             "device_name": report.device_name, "layers": len(problem.layers),
             "precisions": list(problem.precisions), "prep_s": prep_s, "rows": rows,
@@ -279,10 +321,12 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
 
 
 def _loop_row(th, bound, planned, loaded, batches, backend, store, shape, threshold, problem,
-              make_plan, plan_within_bound, loss_mse) -> dict:
-    """The true loss MSE of the plan, then the closed loop until it is within the bound."""
+              make_plan, plan_within_bound, loss_mse, timer=None, retime=0) -> dict:
+    """The true loss MSE of the plan, then the closed loop until it is within the bound
+    (re-timing each new plan's candidates when ``timer`` is given, as ``hwcost run``)."""
     def plan(scale):
-        return make_plan(store, None, None, shape, threshold, problem=problem, loss_scale=scale)
+        return make_plan(store, None, None, shape, threshold, problem=problem, loss_scale=scale,
+                         retime=timer, retime_k=retime)
 
     def measure(layers):
         return loss_mse(loaded, {"p": layers}, batches, backend)["p"]
@@ -330,6 +374,14 @@ def main() -> None:
                     help="timing clock of part b (thread: the calling thread's CPU time, which "
                          "leaves out other processes' slices on a shared machine; needs "
                          "--threads 1); default $HWCOST_BENCH_CLOCK, else wall")
+    ap.add_argument("--retime", type=int, default=4, metavar="K",
+                    help="ours re-times up to K candidate plans end to end and keeps the "
+                         "measured fastest (`hwcost run --retime K`); 0: the plan as planned. "
+                         "The plan before re-timing is reported next to it")
+    ap.add_argument("--pair-repeats", type=int, default=3,
+                    help="independent pairwise timings of ours against each rival (each "
+                         "deployed afresh, alternating which is named first); the ratio "
+                         "columns and targets use their median")
     ap.add_argument("--allow-unstable", action="store_true",
                     help="plan part b on timings the stability policy refused as unstable (a "
                          "busy shared machine); the results record it")
@@ -355,7 +407,8 @@ def main() -> None:
         try:
             result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","),
                                  allow_unstable=args.allow_unstable, deployment=args.deployment,
-                                 precisions=precs)
+                                 precisions=precs, pair_repeats=args.pair_repeats,
+                                 retime=args.retime)
         except Exception as e:  # noqa: BLE001 - report what is missing, keep part a's results
             result["b"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  part b could not run: {result['b']['error']}", flush=True)
@@ -365,7 +418,8 @@ def main() -> None:
                 result["b_biased"] = part_b(args.biased_model, None, args.threads,
                                             args.thresholds.split(","), compare=False,
                                             allow_unstable=args.allow_unstable,
-                                            deployment=args.deployment, precisions=precs)
+                                            deployment=args.deployment, precisions=precs,
+                                            retime=args.retime)
             except Exception as e:  # noqa: BLE001 - reported, the other results are kept
                 result["b_biased"] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  could not run: {result['b_biased']['error']}", flush=True)
@@ -392,6 +446,14 @@ def targets_of(result: dict) -> list[str]:
         out.append(_target("planner_vs_macs_plan", min(r["ours_vs_macs"] for r in rows), "x", ">=", 1.0))
         out.append(_target("planner_vs_isolated_plan", min(r["ours_vs_isolated"] for r in rows),
                            "x", ">=", 1.03))
+        # A bound where both planners pick the same plan reads 1.000 by construction (one plan
+        # timed against itself), so the min over all bounds can never reach 1.03 there; the
+        # comparison that says something is over the bounds where the plans differ. Both
+        # are printed; the one above is the issue's definition.
+        differ = [r["ours_vs_isolated"] for r in rows if not r.get("same_as_isolated")]
+        if differ:
+            out.append(_target("planner_vs_isolated_plan_where_plans_differ", min(differ),
+                               "x", ">=", 1.03))
     loops = [r["loop_mse_over_bound"] for k in ("b", "b_biased")
              for r in (result.get(k) or {}).get("rows", []) if "loop_mse_over_bound" in r]
     if loops:
@@ -429,10 +491,15 @@ def markdown(result: dict, targets: list[str]) -> str:
         lines += [f"## (b) {b['model']} on this CPU ({b['device_name']}, {b['threads']} threads)",
                   "", f"{b['layers']} layers, precisions {', '.join(b['precisions'])}, shape "
                   f"{b['shape']}. {_DEPLOYMENT.get(b.get('deployment', 'eager'), '')} "
+                  + (f"'Ours' re-times up to {b['retime']} candidate plans end to end and "
+                     "keeps the measured fastest (`hwcost run --retime`, planner/retime.py). "
+                     if b.get("retime", 0) > 1 else "") +
                   f"Random baseline: {b['random_method']}. Speedups are measured "
                   "end to end, interleaved, against the fp32 model; the ratio columns (which the "
-                  "targets use) come from a second, pairwise interleaved timing of ours against "
-                  "each competitor."
+                  "targets use) are the median of "
+                  f"{b.get('pair_repeats', 1)} further pairwise interleaved timings of ours "
+                  "against each competitor (each deployed afresh, alternating which is named "
+                  "first)."
                   + (f" Planned on unstable timings (--allow-unstable): the campaign's "
                      f"stability policy refused {b.get('campaign_unstable')} of "
                      f"{b.get('campaign_measured')} as good (a busy machine)."
@@ -447,6 +514,32 @@ def markdown(result: dict, targets: list[str]) -> str:
                          f"{r['measured_mse_over_bound']:.2f} | {r['ours_vs_random']:.3f} | "
                          f"{r['ours_vs_macs']:.3f} | {r['ours_vs_isolated']:.3f} |")
         lines.append("")
+        if any("isolated_differs" in r for r in b["rows"]):
+            lines += ["Where the isolated-latency plan differs from ours (layer: ours -> "
+                      "isolated), and the pairwise ratios ours/isolated of each repeat:", ""]
+            for r in b["rows"]:
+                d = r.get("isolated_differs") or {}
+                what = ", ".join(f"{n.replace('model.layers.', 'L')}: {a} -> {c}"
+                                 for n, (a, c) in d.items()) or "the same plan"
+                reps = ", ".join(f"{x:.3f}" for x in r.get("pair_ratios", {}).get("isolated", []))
+                rt = r.get("retime")
+                retimed = ""
+                if rt and len(rt["candidates"]) > 1:
+                    c = rt["candidates"]
+                    us = ", ".join(f"{x['measured_us']:.0f}" for x in c)
+                    retimed = (f"; re-timing {len(c)} candidates end to end "
+                               f"({us} us) kept "
+                               f"candidate {rt['kept'] + 1} ({c[rt['kept']]['origin']}); the "
+                               "plan before re-timing: ours/isolated "
+                               f"{r['planned_vs_isolated']:.3f}")
+                lines.append(f"- {r['threshold']}: {what}" + (f" (repeats {reps})" if reps else "")
+                             + retimed)
+            lines += ["", "`planner_vs_isolated_plan` is the minimum over every bound, as the "
+                      "issue defines it; at a bound where both planners pick the same plan it "
+                      "reads 1.000 by construction, so it cannot reach 1.03 whenever one bound "
+                      "gives the same plan. `planner_vs_isolated_plan_where_plans_differ` is "
+                      "the minimum over the bounds where the plans differ, the comparison that "
+                      "measures something; both are printed.", ""]
     elif b:
         lines += ["## (b) demo model", "", f"Not run: {b['error']}", ""]
     for key in ("b", "b_biased"):

@@ -21,6 +21,8 @@ quadrature), and a subgraph's options share their reference.
   every plan that changes one subgraph and still meets the bound. A lower bound on the
   chance against every plan within the bound.
 - :func:`plan_stderr_us`: the standard error of a plan's predicted time.
+- :func:`drawn_gains`: the problem with its gains drawn once from the model above
+  (``planner.retime`` solves several draws for the candidate plans it times end to end).
 - :func:`measured_only`: the problem restricted to measured costs (``--measured-only``).
 
 Pure Python: the planner runs without torch.
@@ -64,6 +66,24 @@ def shrink_gains(problem: Problem, k: float = 1.0) -> Problem:
             g, s = o.gain_us, k * gain_sigma(c, i)
             shrunk = math.copysign(max(0.0, abs(g) - s), g)
             opts.append(replace(o, gain_us=shrunk))
+        choices.append(replace(c, options=tuple(opts)))
+    return replace(problem, choices=choices)
+
+
+def drawn_gains(problem: Problem, rng: random.Random) -> Problem:
+    """A copy of ``problem`` whose time gains are one draw of the noise model above (one
+    ``z`` per (signature, config) and one per signature's reference, as
+    :func:`chance_not_fastest` draws them): the problem as the table might have measured it.
+    ``planner.retime`` solves several to find the plans worth timing end to end."""
+    z_own: dict[tuple[str, str], float] = {}
+    z_ref: dict[str, float] = {}
+    choices = []
+    for c in problem.choices:
+        zr = z_ref.setdefault(c.signature, rng.gauss(0.0, 1.0))
+        opts = [c.options[0]]
+        for o in c.options[1:]:
+            z = z_own.setdefault((c.signature, o.key), rng.gauss(0.0, 1.0))
+            opts.append(replace(o, gain_us=o.gain_us - o.uncertainty_us * z + _ref_term(o) * zr))
         choices.append(replace(c, options=tuple(opts)))
     return replace(problem, choices=choices)
 

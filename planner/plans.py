@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwcost.planner.export import plan_document, read_plan_document
 from hwcost.planner.objectives import Constraints, Threshold, parse_objective
@@ -14,6 +16,12 @@ from hwcost.planner.solve import Solution, solve
 
 from hwcost.errors import PlanInvalid
 from hwcost.store import PlanDocument, PlanPrediction, PlanRecord
+
+if TYPE_CHECKING:
+    from hwcost.planner.retime import Retimed
+
+TimePlans = Callable[[Mapping[str, Mapping[str, str]]], Mapping[str, float]]
+"""Times plans end to end: name -> layer map in, name -> median microseconds out."""
 
 
 @dataclass
@@ -25,6 +33,7 @@ class PlanResult:
     document: PlanDocument
     plan_id: int | None = None
     p_not_fastest: float | None = None  # chance a rival plan is faster (planner.noise)
+    retimed: Retimed | None = None  # the candidates timed end to end, when asked (planner.retime)
 
     @property
     def noise_line(self) -> str | None:
@@ -39,7 +48,8 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
               problem: Problem | None = None, checkpoint: str | None = None,
               quantizer: str | None = None,
               allow_unstable: bool = False, shrink: float = 1.0, measured: bool = False,
-              loss_scale: float = 1.0) -> PlanResult:
+              loss_scale: float = 1.0, retime: TimePlans | None = None,
+              retime_k: int = 4) -> PlanResult:
     """Build the problem from the store (the sensitivity table of ``checkpoint`` and
     ``quantizer``, see ``build_problem``), solve it and return the plan document (not saved).
     Quick or unstable timings are used only with ``allow_unstable``.
@@ -48,7 +58,13 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     (:func:`planner.noise.shrink_gains`) and predicted with the unshrunk gains; the result
     carries the chance that a rival plan is faster. ``measured`` plans from measured costs
     only. ``loss_scale`` multiplies every predicted loss MSE for the bound (the closed loop's
-    measured-over-predicted ratio, :mod:`planner.closed_loop`)."""
+    measured-over-predicted ratio, :mod:`planner.closed_loop`).
+
+    ``retime`` (time plans only): a callable timing plans end to end (name -> layer map in,
+    name -> median microseconds out, one interleaved timing; ``planner.apply.time_configs``
+    on the real deployment). Then up to ``retime_k`` candidate plans within the bound are
+    timed and the measured fastest is kept (:mod:`planner.retime`); the plan's notes say
+    which and by how much."""
     from hwcost.planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
 
     parse_objective(objective)
@@ -64,6 +80,13 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     k = shrink if objective == "time" else 0.0
     sol = solve(shrink_gains(problem, k), eff, objective, cons, time_limit_s=time_limit_s)
     sol = replace(sol, problem=problem, max_loss_mse=bound)
+    retimed = None
+    if retime is not None and objective == "time":
+        from hwcost.planner.retime import retime as retime_plans
+
+        retimed = retime_plans(problem, eff, retime, k=retime_k, shrink=k, constraints=cons,
+                               time_limit_s=time_limit_s)
+        sol = replace(sol, picks=retimed.best.picks)
     p_not = None
     n_rivals = 0
     if objective == "time":
@@ -77,10 +100,12 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
         p_not_fastest=p_not, rivals=n_rivals,
         latency_stderr_us=plan_stderr_us(problem, sol.picks), gain_shrink_sigmas=k,
         **({"loss_scale": loss_scale} if loss_scale != 1.0 else {}))
-    doc = doc.updated(notes=tuple(bound_notes(problem, sol, bound, objective, cons, time_limit_s)),
-                      predicted=predicted,
+    notes = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
+    if retimed is not None and len(retimed.candidates) > 1:
+        notes.append(retimed.line())
+    doc = doc.updated(notes=tuple(notes), predicted=predicted,
                       **({"threshold_abs": bound} if threshold is not None else {}))
-    return PlanResult(problem, sol, doc, p_not_fastest=p_not)
+    return PlanResult(problem, sol, doc, p_not_fastest=p_not, retimed=retimed)
 
 
 def noise_line(predicted: PlanPrediction) -> str | None:

@@ -37,6 +37,9 @@ class MainJobOptions:
     file) the plan optimises the whole request and ``shape`` is not used. ``deployment`` is
     ``eager`` or ``compiled`` (torch.compile). ``max_rounds`` caps the plans the closed loop
     measures while the loss MSE exceeds the bound.
+    ``retime`` (K > 1): time up to K candidate plans within the bound end to end and keep the
+    measured fastest (:mod:`planner.retime`), for each plan made, the closed loop's too;
+    shapes only (not workloads).
     """
 
     model: str | None = None
@@ -57,6 +60,7 @@ class MainJobOptions:
     measured_only: bool = False
     deployment: str = DeploymentMode.EAGER.value
     max_rounds: int = 4
+    retime: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -70,6 +74,8 @@ class MainJobOptions:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.sweep_points < 2:
             raise ValueError(f"sweep_points must be at least 2, got {self.sweep_points}")
+        if self.retime < 0:
+            raise ValueError(f"retime must be at least 0, got {self.retime}")
 
 
 def _stderr_report(line: str) -> None:
@@ -272,8 +278,16 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
         problem = build_problem(store, camp.model_fingerprint, camp.device, shape,
                                 precisions=precisions_list, **ident)
     say(f"planning for loss MSE <= {threshold.describe(problem)}")
+    time_plans = None
+    if o.retime > 1 and not wl:
+        time_plans = _plan_timer(loaded, shape, backend, camp.threads, o.deployment,
+                                 timing.kwargs() if timing else {})
+        say(f"re-timing up to {o.retime} candidate plans end to end")
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
-                       problem=problem, measured=measured_only)
+                       problem=problem, measured=measured_only, retime=time_plans,
+                       retime_k=o.retime)
+    if result.retimed is not None and len(result.retimed.candidates) > 1:
+        say(result.retimed.line())
     p_not_fastest, noise = result.p_not_fastest, result.noise_line
     layers = dict(result.document.layers)
     prior = _find_validated_plan(store, camp.model_fingerprint, camp.device, shape, layers,
@@ -320,7 +334,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
 
         loop = _close_loop(store, loaded, camp, shape, threshold, problem, result,
                            r.measured_loss_mse, eval_data, samples, measured_only, o.max_rounds,
-                           find, say)
+                           find, say, time_plans, o.retime)
         rounds = loop.to_dict()["rounds"]
         if loop.result is not result:
             result = loop.result
@@ -408,7 +422,8 @@ def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None
 def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, problem: Any,
                 first: Any, first_measured: float, eval_data: str | None, samples: int,
                 measured_only: bool, max_rounds: int, find: Callable,
-                say: Callable[[str], None]) -> Any:
+                say: Callable[[str], None], time_plans: Callable | None = None,
+                retime_k: int = 0) -> Any:
     """Re-plan until the deployed loss MSE on held-out data is within the bound; plans that
     an earlier run validated are not measured again."""
     from hwcost.planner.apply import eval_batches, loss_mse
@@ -421,7 +436,8 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
 
     def plan(scale: float) -> Any:
         return make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
-                         problem=problem, measured=measured_only, loss_scale=scale)
+                         problem=problem, measured=measured_only, loss_scale=scale,
+                         retime=time_plans, retime_k=retime_k)
 
     def measure(layers: dict[str, str]) -> float:
         prior = find(layers)
@@ -432,6 +448,19 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
     return plan_within_bound(plan, measure, first.solution.max_loss_mse, max_rounds=max_rounds,
                              first=first, first_measured=first_measured,
                              report=lambda line: say(f"closed loop {line}"))
+
+
+def _plan_timer(loaded: Any, shape: str, backend: Any, threads: int | None, deployment: str,
+                timing: dict) -> Callable:
+    """Plans -> median microseconds, timed end to end, interleaved, on the real deployment
+    (:func:`planner.apply.time_configs`): what ``--retime`` compares candidates with."""
+    from hwcost.planner.apply import time_configs
+
+    def time_plans(plans: Any) -> dict[str, float]:
+        got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
+                           **timing)
+        return {name: t.median_us for name, t in got.items()}
+    return time_plans
 
 
 def _find_validated_plan(store: Any, model: str, device: str, shape: str,

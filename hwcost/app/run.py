@@ -61,6 +61,12 @@ from hwcost.enums import DeploymentMode, DeviceKind
                    "its own device key.")
 @click.option("--max-rounds", default=4, show_default=True,
               help="Closed loop: plans measured at most while the loss MSE exceeds the bound.")
+@click.option("--retime", "retime", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="K",
+              help="Time up to K candidate plans within the bound end to end (the planned one, "
+                   "the one on unshrunk gains, optima under gains drawn within their standard "
+                   "errors) and keep the measured fastest; 0 or 1: off. Catches what the "
+                   "subgraph table cannot see (fusion across subgraphs when --compiled).")
 @store_option
 @json_option
 @handle_errors
@@ -68,7 +74,7 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
             calib: str | None, eval_data: str | None, samples: int, calib_samples: int | None,
             quick: bool, workload: str | None, precisions: str | None,
             allow_unstable: bool, measured_only: bool, compiled: bool, max_rounds: int,
-            db_url: str | None, as_json: bool) -> None:
+            retime: int, db_url: str | None, as_json: bool) -> None:
     """Run the main job end to end: profile what the store lacks, compute the sensitivity
     table if missing, plan, apply the plan with real kernels and validate it.
 
@@ -80,6 +86,7 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
     Examples:
       hwcost run --device cpu --shape batch=1,seq=128 --max-loss-mse 10%
       hwcost run --compiled --measured-only --max-loss-mse 5%
+      hwcost run --compiled --retime 4 --max-loss-mse 15%
       hwcost run --workload prompt=256,gen=64,batch=8 --precisions fp32,bf16,int8_wo,int4_wo
     """
     try:
@@ -87,7 +94,8 @@ def run_cmd(model: str | None, device_kind: str, shape: str, max_loss: str, out_
             model, device_kind, shape, max_loss, Path(out_dir), calib=calib, eval_data=eval_data,
             samples=samples, quick=quick, calib_samples=calib_samples, workload=workload,
             precisions=precisions, allow_unstable=allow_unstable, measured_only=measured_only,
-            deployment=DeploymentMode.COMPILED if compiled else DeploymentMode.EAGER, max_rounds=max_rounds)
+            deployment=DeploymentMode.COMPILED if compiled else DeploymentMode.EAGER,
+            max_rounds=max_rounds, retime=retime)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     with open_cli_store(db_url) as store:

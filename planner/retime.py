@@ -1,0 +1,143 @@
+"""Re-time the few best candidate plans end to end and keep the measured fastest.
+
+The cost table prices each subgraph alone; a deployment runs them together (a compiled graph
+fuses across subgraph cuts) and every gain carries a standard error. When several plans
+within the bound are close in prediction, which one is fastest is decided better by timing
+them, whole, than by the table. :func:`candidate_plans` proposes them, the caller times them
+(``planner.apply.time_configs``: interleaved, end to end, on the real kernels), and
+:func:`keep_fastest` keeps the measured fastest.
+
+Candidates, all within the same bound:
+
+1. the plan on gains shrunk by their standard errors (what ``make_plan`` picks);
+2. the plan on the unshrunk gains;
+3. the optimum under gains drawn within their standard errors (the noise model of
+   :mod:`planner.noise`: one draw per (signature, config), one per signature's reference),
+   ``draws`` times; the plans found most often come first.
+
+Up to ``k`` distinct plans. Pure Python: the timing is the caller's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hwcost.planner.noise import drawn_gains, shrink_gains
+from hwcost.planner.objectives import Constraints
+from hwcost.planner.problem import Problem
+from hwcost.planner.solve import predicted_speedup, solve
+
+from hwcost.errors import HwcostError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate plan: option picks, where it came from, how often the noisy draws
+    chose it, and its predicted speedup (unshrunk gains)."""
+
+    picks: tuple[int, ...]
+    origin: str  # shrunk | unshrunk | drawn
+    votes: int
+    predicted_speedup: float
+
+    def layers(self, problem: Problem) -> dict[str, str]:
+        """Layer -> precision of this plan."""
+        out: dict[str, str] = {}
+        for c, i in zip(problem.choices, self.picks):
+            out.update(zip(c.layer_names, c.options[i].config))
+        return out
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """The candidates, their measured latencies (microseconds, same order) and the index
+    of the one kept."""
+
+    candidates: tuple[Candidate, ...]
+    measured_us: tuple[float, ...]
+    kept: int
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[self.kept]
+
+    def to_dict(self) -> dict:
+        return {"kept": self.kept,
+                "candidates": [{"origin": c.origin, "votes": c.votes,
+                                "predicted_speedup": round(c.predicted_speedup, 4),
+                                "measured_us": round(m, 1)}
+                               for c, m in zip(self.candidates, self.measured_us)]}
+
+    def line(self) -> str:
+        """One line: how many were timed, which was kept and by how much it beat the first."""
+        first, best = self.measured_us[0], self.measured_us[self.kept]
+        if self.kept == 0:
+            return (f"re-timed {len(self.candidates)} candidate plans end to end: the planned "
+                    "one measured fastest, kept")
+        return (f"re-timed {len(self.candidates)} candidate plans end to end: kept candidate "
+                f"{self.kept + 1} ({self.best.origin}), {first / best:.3f}x the planned one "
+                f"({first:.0f} us -> {best:.0f} us)")
+
+
+def candidate_plans(problem: Problem, bound: float | None, k: int = 4, *,
+                    shrink: float = 1.0, draws: int = 24, seed: int = 0,
+                    constraints: Constraints | None = None,
+                    time_limit_s: float = 60.0) -> list[Candidate]:
+    """Up to ``k`` distinct plans within ``bound`` worth timing end to end (see the module
+    docstring); the first is the plan on shrunk gains."""
+    if k < 1:
+        raise HwcostError(f"re-timing needs at least one candidate, got k={k}")
+    votes: dict[tuple[int, ...], int] = {}
+    origin: dict[tuple[int, ...], str] = {}
+    order: list[tuple[int, ...]] = []
+
+    def add(picks: Sequence[int], why: str, vote: int) -> None:
+        key = tuple(picks)
+        if key not in origin:
+            origin[key] = why
+            order.append(key)
+        votes[key] = votes.get(key, 0) + vote
+
+    add(solve(shrink_gains(problem, shrink), bound, "time", constraints,
+              time_limit_s=time_limit_s).picks, "shrunk", 0)
+    add(solve(problem, bound, "time", constraints, time_limit_s=time_limit_s).picks,
+        "unshrunk", 0)
+    rng = random.Random(seed)
+    for _ in range(draws if k > 1 else 0):
+        add(solve(drawn_gains(problem, rng), bound, "time", constraints,
+                  time_limit_s=time_limit_s).picks, "drawn", 1)
+    fixed, drawn = order[:2], order[2:]
+    # drawn plans by how often they won a draw, then by predicted gain (a stable order)
+    drawn.sort(key=lambda p: (-votes[p], -predicted_speedup(problem, p)))
+    keep = (fixed + drawn)[:k]
+    return [Candidate(p, origin[p], votes[p], predicted_speedup(problem, p)) for p in keep]
+
+
+def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],
+                 min_gain: float = 0.0) -> Retimed:
+    """The measured fastest candidate; the first (the planned one) stays unless another
+    measured more than ``min_gain`` (relative) faster."""
+    if not candidates or len(candidates) != len(measured_us):
+        raise HwcostError("one measured latency per candidate is needed")
+    best = min(range(len(candidates)), key=lambda i: measured_us[i])
+    if measured_us[best] * (1 + min_gain) >= measured_us[0]:
+        best = 0
+    return Retimed(tuple(candidates), tuple(float(m) for m in measured_us), best)
+
+
+def retime(problem: Problem, bound: float | None,
+           time_plans: Callable[[Mapping[str, Mapping[str, str]]], Mapping[str, float]],
+           k: int = 4, **kwargs) -> Retimed:
+    """:func:`candidate_plans`, timed by ``time_plans`` (name -> layer map in, name -> median
+    microseconds out, one interleaved timing of all), then :func:`keep_fastest`.
+    ``kwargs`` go to :func:`candidate_plans` (``min_gain`` to :func:`keep_fastest`)."""
+    min_gain = kwargs.pop("min_gain", 0.0)
+    cands = candidate_plans(problem, bound, k, **kwargs)
+    if len(cands) == 1:
+        return Retimed(tuple(cands), (float("nan"),), 0)
+    names = {f"candidate{i}": c.layers(problem) for i, c in enumerate(cands)}
+    got = time_plans(names)
+    return keep_fastest(cands, [float(got[f"candidate{i}"]) for i in range(len(cands))],
+                        min_gain)
