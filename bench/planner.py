@@ -197,9 +197,12 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
         [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
                        generator=torch.Generator().manual_seed(7)) for _ in range(4)]
     def time_plans(plans):  # what `hwcost run --retime` times candidates with
+        from hwcost.costs import median_stderr
+
         got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
                            min_samples=21, max_seconds=10.0)
-        return {name: t.median_us for name, t in got.items()}
+        return {name: (t.median_us, median_stderr(t.spread_us, t.n_samples))
+                for name, t in got.items()}
 
     timer = time_plans if retime > 1 else None
     rows = []

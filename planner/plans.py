@@ -20,8 +20,9 @@ from hwcost.store import PlanDocument, PlanPrediction, PlanRecord
 if TYPE_CHECKING:
     from hwcost.planner.retime import Retimed
 
-TimePlans = Callable[[Mapping[str, Mapping[str, str]]], Mapping[str, float]]
-"""Times plans end to end: name -> layer map in, name -> median microseconds out."""
+TimePlans = Callable[[Mapping[str, Mapping[str, str]]], Mapping[str, float | tuple[float, float]]]
+"""Times plans end to end: name -> layer map in, name -> median microseconds (or the median
+and its standard error) out."""
 
 
 @dataclass
@@ -61,10 +62,11 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     measured-over-predicted ratio, :mod:`planner.closed_loop`).
 
     ``retime`` (time plans only): a callable timing plans end to end (name -> layer map in,
-    name -> median microseconds out, one interleaved timing; ``planner.apply.time_configs``
-    on the real deployment). Then up to ``retime_k`` candidate plans within the bound are
-    timed and the measured fastest is kept (:mod:`planner.retime`); the plan's notes say
-    which and by how much."""
+    name -> median microseconds, or (median, standard error), out; one interleaved timing;
+    ``planner.apply.time_configs`` on the real deployment). Then up to ``retime_k``
+    candidate plans within the bound are timed and the measured fastest is kept when it beats
+    the planned one beyond the noise (:mod:`planner.retime`); the plan's notes say which and
+    by how much."""
     from hwcost.planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
 
     parse_objective(objective)

@@ -5,7 +5,8 @@ fuses across subgraph cuts) and every gain carries a standard error. When severa
 within the bound are close in prediction, which one is fastest is decided better by timing
 them, whole, than by the table. :func:`candidate_plans` proposes them, the caller times them
 (``planner.apply.time_configs``: interleaved, end to end, on the real kernels), and
-:func:`keep_fastest` keeps the measured fastest.
+:func:`keep_fastest` keeps the measured fastest of those that beat the planned one by more
+than two standard errors of the difference (else the planned one).
 
 Candidates, all within the same bound:
 
@@ -20,6 +21,7 @@ Up to ``k`` distinct plans. Pure Python: the timing is the caller's.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,12 +54,13 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Retimed:
-    """The candidates, their measured latencies (microseconds, same order) and the index
-    of the one kept."""
+    """The candidates, their measured latencies and standard errors (microseconds, same
+    order; 0 where not given) and the index of the one kept."""
 
     candidates: tuple[Candidate, ...]
     measured_us: tuple[float, ...]
     kept: int
+    stderr_us: tuple[float, ...] = ()
 
     @property
     def best(self) -> Candidate:
@@ -67,15 +70,17 @@ class Retimed:
         return {"kept": self.kept,
                 "candidates": [{"origin": c.origin, "votes": c.votes,
                                 "predicted_speedup": round(c.predicted_speedup, 4),
-                                "measured_us": round(m, 1)}
-                               for c, m in zip(self.candidates, self.measured_us)]}
+                                "measured_us": round(m, 1),
+                                "stderr_us": round(e, 1)}
+                               for c, m, e in zip(self.candidates, self.measured_us,
+                                                  self.stderr_us or (0.0,) * len(self.measured_us))]}
 
     def line(self) -> str:
         """One line: how many were timed, which was kept and by how much it beat the first."""
         first, best = self.measured_us[0], self.measured_us[self.kept]
         if self.kept == 0:
-            return (f"re-timed {len(self.candidates)} candidate plans end to end: the planned "
-                    "one measured fastest, kept")
+            return (f"re-timed {len(self.candidates)} candidate plans end to end: none measured "
+                    "faster than the planned one beyond the noise; kept the planned one")
         return (f"re-timed {len(self.candidates)} candidate plans end to end: kept candidate "
                 f"{self.kept + 1} ({self.best.origin}), {first / best:.3f}x the planned one "
                 f"({first:.0f} us -> {best:.0f} us)")
@@ -116,28 +121,42 @@ def candidate_plans(problem: Problem, bound: float | None, k: int = 4, *,
 
 
 def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],
+                 stderr_us: Sequence[float] | None = None, *, sigmas: float = 2.0,
                  min_gain: float = 0.0) -> Retimed:
-    """The measured fastest candidate; the first (the planned one) stays unless another
-    measured more than ``min_gain`` (relative) faster."""
+    """The measured fastest of the candidates that beat the first (the planned one) by more
+    than ``sigmas`` standard errors of the difference (``stderr_us``: of each median) and by
+    more than ``min_gain`` (relative); the planned one when none does.
+
+    Without the noise rule the fastest of a few plans within 1 % of each other is the one
+    whose timing erred low: on the compiled demo a candidate kept for measuring 1.3 % faster
+    measured 2 % slower than the planned one when timed again."""
     if not candidates or len(candidates) != len(measured_us):
         raise HwcostError("one measured latency per candidate is needed")
-    best = min(range(len(candidates)), key=lambda i: measured_us[i])
-    if measured_us[best] * (1 + min_gain) >= measured_us[0]:
-        best = 0
-    return Retimed(tuple(candidates), tuple(float(m) for m in measured_us), best)
+    se = tuple(float(e) for e in stderr_us) if stderr_us is not None else (0.0,) * len(candidates)
+    if len(se) != len(candidates):
+        raise HwcostError("one standard error per candidate is needed")
+    m0 = measured_us[0]
+    ok = [i for i in range(1, len(candidates))
+          if m0 - measured_us[i] > max(sigmas * math.hypot(se[0], se[i]), min_gain * m0)]
+    best = min(ok, key=lambda i: measured_us[i]) if ok else 0
+    return Retimed(tuple(candidates), tuple(float(m) for m in measured_us), best, se)
 
 
 def retime(problem: Problem, bound: float | None,
-           time_plans: Callable[[Mapping[str, Mapping[str, str]]], Mapping[str, float]],
+           time_plans: Callable[[Mapping[str, Mapping[str, str]]],
+                                Mapping[str, float | tuple[float, float]]],
            k: int = 4, **kwargs) -> Retimed:
     """:func:`candidate_plans`, timed by ``time_plans`` (name -> layer map in, name -> median
-    microseconds out, one interleaved timing of all), then :func:`keep_fastest`.
-    ``kwargs`` go to :func:`candidate_plans` (``min_gain`` to :func:`keep_fastest`)."""
-    min_gain = kwargs.pop("min_gain", 0.0)
+    microseconds, or (median, its standard error), out; one interleaved timing of all), then
+    :func:`keep_fastest`. ``kwargs`` go to :func:`candidate_plans` (``sigmas`` and
+    ``min_gain`` to :func:`keep_fastest`)."""
+    rule = {k_: kwargs.pop(k_) for k_ in ("sigmas", "min_gain") if k_ in kwargs}
     cands = candidate_plans(problem, bound, k, **kwargs)
     if len(cands) == 1:
         return Retimed(tuple(cands), (float("nan"),), 0)
     names = {f"candidate{i}": c.layers(problem) for i, c in enumerate(cands)}
     got = time_plans(names)
-    return keep_fastest(cands, [float(got[f"candidate{i}"]) for i in range(len(cands))],
-                        min_gain)
+    pairs = [got[f"candidate{i}"] for i in range(len(cands))]
+    med = [float(v[0]) if isinstance(v, tuple) else float(v) for v in pairs]
+    se = [float(v[1]) if isinstance(v, tuple) else 0.0 for v in pairs]
+    return keep_fastest(cands, med, se, **rule)

@@ -452,14 +452,17 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
 
 def _plan_timer(loaded: Any, shape: str, backend: Any, threads: int | None, deployment: str,
                 timing: dict) -> Callable:
-    """Plans -> median microseconds, timed end to end, interleaved, on the real deployment
-    (:func:`planner.apply.time_configs`): what ``--retime`` compares candidates with."""
+    """Plans -> (median, its standard error) in microseconds, timed end to end, interleaved,
+    on the real deployment (:func:`planner.apply.time_configs`): what ``--retime`` compares
+    candidates with."""
+    from hwcost.costs import median_stderr
     from hwcost.planner.apply import time_configs
 
-    def time_plans(plans: Any) -> dict[str, float]:
+    def time_plans(plans: Any) -> dict[str, tuple[float, float]]:
         got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
                            **timing)
-        return {name: t.median_us for name, t in got.items()}
+        return {name: (t.median_us, median_stderr(t.spread_us, t.n_samples))
+                for name, t in got.items()}
     return time_plans
 
 

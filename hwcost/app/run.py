@@ -65,7 +65,8 @@ from hwcost.enums import DeploymentMode, DeviceKind
               metavar="K",
               help="Time up to K candidate plans within the bound end to end (the planned one, "
                    "the one on unshrunk gains, optima under gains drawn within their standard "
-                   "errors) and keep the measured fastest; 0 or 1: off. Catches what the "
+                   "errors) and keep the measured fastest when it beats the planned one "
+                   "beyond the timing noise; 0 or 1: off. Catches what the "
                    "subgraph table cannot see (fusion across subgraphs when --compiled).")
 @store_option
 @json_option

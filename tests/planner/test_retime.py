@@ -63,16 +63,24 @@ def test_drawn_gains_vary_within_their_spread_and_identical_blocks_move_together
     assert all(d.choices[0].options[0].gain_us == 0.0 for d in draws)  # the baseline stays
 
 
-def test_the_measured_fastest_is_kept_and_the_planned_one_wins_ties():
+def test_the_measured_fastest_is_kept_only_beyond_the_noise():
     p = close_call()
     cands = candidate_plans(p, 1.0, k=3, seed=0)
-    got = keep_fastest(cands, [100.0, 97.0, 99.0])
-    assert got.kept == 1 and got.best is cands[1] and "0.97" not in got.line()
-    assert "1.031x the planned one" in got.line()
-    assert keep_fastest(cands, [100.0, 100.0, 101.0]).kept == 0
+    got = keep_fastest(cands, [100.0, 97.0, 96.0], [0.5, 0.5, 0.5])
+    assert got.kept == 2 and got.best is cands[2]
+    assert "1.042x the planned one" in got.line()
+    # 1.5 faster with standard errors of 1 each: within two standard errors of the
+    # difference (2.83), the planned one stays
+    assert keep_fastest(cands, [100.0, 98.5, 101.0], [1.0, 1.0, 1.0]).kept == 0
+    assert "kept the planned one" in keep_fastest(cands, [100.0, 98.5, 101.0], [1.0] * 3).line()
+    # only the candidates beyond the noise compete: the fastest of them
+    assert keep_fastest(cands, [100.0, 95.0, 94.0], [0.1, 0.1, 4.0]).kept == 1
+    assert keep_fastest(cands, [100.0, 100.0, 101.0]).kept == 0  # a tie: the planned one
     assert keep_fastest(cands, [100.0, 99.5, 101.0], min_gain=0.01).kept == 0  # within 1 %
     with pytest.raises(HwcostError):
         keep_fastest(cands, [1.0])
+    with pytest.raises(HwcostError):
+        keep_fastest(cands, [1.0, 2.0, 3.0], [1.0])
 
 
 def test_retime_times_every_candidate_in_one_call_by_layer_map():
@@ -82,7 +90,7 @@ def test_retime_times_every_candidate_in_one_call_by_layer_map():
     def time_plans(plans):
         calls.append(dict(plans))
         # the end-to-end truth: layer 0's int8 fuses with its neighbours, the others do not
-        return {n: 90.0 if lay["l0"] == "int8" else 95.0 for n, lay in plans.items()}
+        return {n: (90.0 if lay["l0"] == "int8" else 95.0, 0.5) for n, lay in plans.items()}
 
     got = retime(p, 1.0, time_plans, k=3, seed=0)
     assert len(calls) == 1 and len(calls[0]) == 3
