@@ -14,7 +14,7 @@ _WHERE = {
     "deploy": ["DeployedLayer", "deploy", "deployed_in_place", "deployed_layers", "load_deployed",
                "save_deployed"],
     "enums": ["ExportFormat", "IncNaming", "Objective", "SolverStatus"],
-    "export": ["FORMATS", "export", "export_text", "plan_document", "read_plan",
+    "export": ["FORMATS", "export", "export_text", "plan_document",
                "read_plan_document", "to_torchao", "validate_plan"],
     "inc": ["check_inc_schema", "to_inc"],
     "objectives": ["OBJECTIVES", "Constraints", "Threshold", "lowest_precision_mse", "parse_groups",
@@ -44,7 +44,7 @@ __all__ = [
     "deploy", "deployed_in_place", "deployed_layers", "save_deployed", "load_deployed",
     "DeployedLayer",
     # exporters
-    "ExportFormat", "IncNaming", "FORMATS", "plan_document", "validate_plan", "read_plan",
+    "ExportFormat", "IncNaming", "FORMATS", "plan_document", "validate_plan",
     "read_plan_document", "export",
     "export_text", "to_inc", "to_torchao", "check_inc_schema", "layer_report", "LayerRow",
 ]

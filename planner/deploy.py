@@ -110,7 +110,7 @@ def deploy(model, plan: PlanOrLayers, backend=None, *, dataflow=None,
     plan's device kind, ``cpu`` for a plain layer map), in eval mode: a view sharing every
     undeployed module and weight with ``model``, which stays as it was.
 
-    ``plan`` is a plan document (``planner.export.plan_document`` / ``read_plan``) or a
+    ``plan`` is a plan document (``planner.export.plan_document`` / ``read_plan_document``) or a
     ``layer -> precision`` map. Layers already in the model's own dtype keep their modules (no
     cast, no copy of their weights). Unknown layer names and precisions the backend cannot
     run fail before anything is built (UnknownLayer, UnknownPrecision).

@@ -34,7 +34,7 @@ from hwcost.store.plan_document import (
 )
 
 __all__ = ["FORMATS", "PLAN_TYPE", "PLAN_VERSION", "PlanLike", "export", "export_text",
-           "plan_document", "read_plan", "read_plan_document", "to_torchao", "validate_plan"]
+           "plan_document", "read_plan_document", "to_torchao", "validate_plan"]
 
 PlanLike = PlanDocument | Mapping[str, Any]
 """A :class:`PlanDocument` or its JSON form (a plan file as read, a test's dict)."""
@@ -103,12 +103,6 @@ def read_plan_document(path: str | Path) -> PlanDocument:
     except json.JSONDecodeError as e:
         raise PlanInvalid(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     return PlanDocument.from_json(doc)
-
-
-def read_plan(path: str | Path) -> dict:
-    """Read and validate a plan JSON file; returns the whole document as JSON (what the file
-    holds; :func:`read_plan_document` gives the typed record)."""
-    return read_plan_document(path).to_json()
 
 
 _PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {"dim": -1}}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from hwcost.planner.export import read_plan
+from hwcost.planner.export import read_plan_document
 
 from hwcost.app.main import cli
 from hwcost.store import open_store
@@ -36,7 +36,7 @@ def test_plan_prints_and_stores(tiny_sqlite, tmp_path):
     assert ("measured      100% of the predicted gain rests on costs measured on Test CPU "
             "(planner fixture) (subgraph costs: 5 measured)") in lines
     assert any(line.startswith("solver        optimal in ") for line in lines)
-    doc = read_plan(out)
+    doc = read_plan_document(out).to_json()
     assert doc["data"]["plan_id"] == 1 and doc["data"]["layers"]["lm_head"] == "fp32"
     with open_store(url) as s:
         assert json.loads(s.get_plan(1).body)["data"]["layers"] == doc["data"]["layers"]
@@ -130,7 +130,7 @@ def test_export_formats(tiny_sqlite, tmp_path):
     out = tmp_path / "plan.json"
     r = run("export-plan", "1", "--format", "json", "-o", out, "--db", url)
     assert r.output == f"written to {out}\n"
-    assert read_plan(out)["data"]["layers"] == layers
+    assert read_plan_document(out).to_json()["data"]["layers"] == layers
     r = run("export-plan", str(out), "--format", "torchao")
     casts = json.loads(r.output)["data"]["casts"]
     assert casts == {k: "bfloat16" for k, v in layers.items() if v == "bf16"}

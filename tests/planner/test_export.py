@@ -7,7 +7,7 @@ import copy
 import json
 
 import pytest
-from hwcost.planner.export import PLAN_TYPE, read_plan, to_torchao, validate_plan
+from hwcost.planner.export import PLAN_TYPE, read_plan_document, to_torchao, validate_plan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +32,7 @@ def test_plan_json_round_trip(tmp_path_factory, layers):
     doc = doc_for(layers)
     path = tmp_path_factory.mktemp("p") / "plan.json"
     path.write_text(json.dumps(doc))
-    assert read_plan(path) == doc
+    assert read_plan_document(path).to_json() == doc
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -54,7 +54,7 @@ def test_not_json(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{not json")
     with pytest.raises(PlanInvalid, match=r"is not valid JSON \(Expecting property name"):
-        read_plan(p)
+        read_plan_document(p)
 
 
 def test_torchao_mapping_loads_and_applies():
