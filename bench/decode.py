@@ -9,7 +9,8 @@ layers, random weights), on this CPU:
    every config of every unique subgraph, in fp32 / bf16 / int8_wo / int4_wo.
 2. **Decode additivity** at two KV lengths (the first and last bucket): N random per-layer
    configs; measured = the whole model's decode step with the config deployed, timed
-   interleaved with the fp32 model on the same caches; predicted = that fp32 step minus the
+   interleaved with the fp32 model on the same caches, each after its own previous step
+   (untimed, as ``generate()`` runs steps); predicted = that fp32 step minus the
    sum of the subgraph gains from the campaign. Error = |predicted - measured| / measured.
 3. **Workload** ``prompt=P,gen=G,batch=B``: Taylor sensitivity (calibration: the demo corpus,
    random ids for the random-weight model), then three plans under one loss bound: the
@@ -129,9 +130,13 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
         fns = {"fp32": step_fn(lambda inp: base_model(**inp), inputs, kv),
                "config": step_fn(lambda inp, m=deployed: m(**inp), inputs, kv)}
         # the measured side of each comparison: the whole step, fp32 and the config in the
-        # same rounds, with at least `samples` samples each (--compare-samples)
+        # same rounds, with at least `samples` samples each (--compare-samples), each after
+        # its own previous step (untimed), as generate() runs them: interleaved right after
+        # the fp32 step instead, a deployment that fits the cache found it emptied (the
+        # wide model's int4_wo step: 4.25 ms that way, 3.60 ms after its own step)
         kw = {**timing.kwargs(), "min_samples": max(timing.min_samples, samples)}
-        res = time_interleaved(fns, inputs, backend, threads=threads, **kw)
+        prepare = {k: (lambda step: lambda: step(inputs[0]))(f) for k, f in fns.items()}
+        res = time_interleaved(fns, inputs, backend, threads=threads, prepare=prepare, **kw)
         return res["fp32"].median_us, res["config"].median_us
 
     # Diagnostic, not the target: anchors. Each uniform precision's whole-model gain over the
@@ -251,15 +256,19 @@ def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing,
         row["predicted_same_rounds_us"] = fp32_now * row["predicted_us"] / rows["fp32"][
             "predicted_us"]
     # what generate() adds to the model's own steps: the measured baseline request minus the
-    # campaign's whole-model steps (prefill + every decode step, interpolated), fp32
-    steps_us = sum(w * pricing.baseline_us[s] for s, w in pricing.weights.items())
+    # model's steps (prefill + every decode step, interpolated), fp32, timed in the request's
+    # rounds (else the campaign's windows)
+    campaign_steps_us = sum(w * pricing.baseline_us[s] for s, w in pricing.weights.items())
+    steps_us = pricing.request_steps_us or campaign_steps_us
     req_us = pricing.request_baseline_us
     (req,) = wl.requests
     return {
         "workload": wl.key, "threshold": threshold, "max_loss_mse": bound,
         "interpolation_error": pricing.interpolation_error,
         "shape_weights": pricing.weights, "request_baseline_us": req_us,
-        "model_steps_us": steps_us,
+        "model_steps_us": steps_us, "campaign_steps_us": campaign_steps_us,
+        "steps_timed_with_request": pricing.request_steps_us is not None,
+        "gain_scale": pricing.scale,
         "generate_overhead_us": None if req_us is None else req_us - steps_us,
         "generate_overhead_per_token_us": None if req_us is None
         else (req_us - steps_us) / req.gen,
@@ -412,7 +421,8 @@ def markdown(r: dict) -> str:
                   "Whole-model fp32 latency per shape (campaign):", "",
                   "| shape | us |", "|---|---|"]
         lines += [f"| `{s}` | {us:.0f} |" for s, us in m["whole_model_us"].items()]
-        lines += ["", "Decode additivity (whole decode step; predicted = the fp32 step of the "
+        lines += ["", "Decode additivity (whole decode step, each timed after its own "
+                  "previous step as generate() runs them; predicted = the fp32 step of the "
                   "same rounds x (campaign step - sum of subgraph gains) / campaign step, the "
                   "campaign step timed in one window with the pieces' baselines):", "",
                   "| KV length | configs | median abs err | p90 abs err | median signed err "
@@ -434,7 +444,12 @@ def markdown(r: dict) -> str:
                   "prefill-only plan.", "",
                   f"generate() adds {w['generate_overhead_us'] / 1e3:.1f} ms to the model's "
                   f"own steps ({w['model_steps_us'] / 1e3:.1f} ms: prefill + interpolated decode "
-                  f"steps), {w['generate_overhead_per_token_us'] / 1e3:.2f} ms per new token; "
+                  "steps, timed in the "
+                  f"{'request' if w.get('steps_timed_with_request') else 'campaign'}'s "
+                  f"rounds; the campaign's windows priced them at "
+                  f"{w.get('campaign_steps_us', w['model_steps_us']) / 1e3:.1f} ms, so the gains "
+                  f"were scaled by {w.get('gain_scale', 1.0):.3f}), "
+                  f"{w['generate_overhead_per_token_us'] / 1e3:.2f} ms per new token; "
                   f"the fp32 request timed in the rounds below read "
                   f"{w['baseline_drift_pct']:+.1f} % against the stored baseline.", "",
                   f"| config | layers {'/'.join(r['precisions'])} | predicted ms (stored "

@@ -125,13 +125,22 @@ def time_generate(loaded: Any, configs: Mapping[str, Mapping[str, str]],
 
 def measure_baseline(store: Any, loaded: Any, backend: Any, model_fingerprint: str,
                      device_fingerprint: str, baseline: str, workload: str | Workload, *,
-                     threads: int | None = None, quick: bool = False, **timing_kwargs: Any
-                     ) -> float:
+                     threads: int | None = None, quick: bool = False, n_prompts: int = 2,
+                     **timing_kwargs: Any) -> float:
     """The workload's ``generate()`` latency with every layer in ``baseline``, stored as the
     model latency ``all:<baseline>`` under the workload's key with its provenance (clock,
     threads, stability, load; ``quick`` for quick timings), like every other whole-model
     timing; us. A stored row is reused; a full run replaces a quick or unstable one, which
-    plans then no longer rest on unless asked (``allow_unstable``)."""
+    plans then no longer rest on unless asked (``allow_unstable``).
+
+    In the same interleaved rounds it times the model's own steps at the shapes that price
+    the workload (the prefill and each decode KV bucket, one forward each, decode steps on a
+    real cache rewound after each call), and stores their weighted sum (what the campaign's
+    windows price as the model's steps) as ``steps:<baseline>``: the planner scales the
+    campaign's gains by how fast these rounds ran against the campaign's windows
+    (:func:`planner.workload.build_workload_problem`), so a request timed minutes after the
+    campaign, on a machine running at another speed, is not predicted in the campaign's
+    microseconds."""
     wl = parse_workload(workload)
     model = store.model(model_fingerprint)
     dev = store.device(device_fingerprint)  # the profiled device (threads included)
@@ -140,7 +149,62 @@ def measure_baseline(store: Any, loaded: Any, backend: Any, model_fingerprint: s
     if found is not None:
         return found.median_us
     layers = {n: baseline for n in store.model_manifest(model).layer_names}
-    t = time_generate(loaded, {"baseline": layers}, wl, backend, threads=threads,
-                      **timing_kwargs)["baseline"]
-    store.put_model_latency(model, dev, wl.shape_key, f"all:{baseline}", t, quick=quick)
-    return t.median_us
+    req, steps = _time_with_steps(loaded, layers, wl, backend, threads, n_prompts,
+                                  timing_kwargs)
+    store.put_model_latency(model, dev, wl.shape_key, f"all:{baseline}", req, quick=quick,
+                            replace=True)
+    store.put_model_latency(model, dev, wl.shape_key, f"steps:{baseline}", steps, quick=quick,
+                            replace=True)
+    return req.median_us
+
+
+def _time_with_steps(loaded: Any, layers: Mapping[str, str], wl: Workload, backend: Any,
+                     threads: int | None, n_prompts: int, timing_kwargs: Mapping[str, Any]
+                     ) -> tuple[WorkloadTiming, WorkloadTiming]:
+    """``generate()`` of each request and the model's steps at the request's pricing shapes,
+    interleaved: (the workload's request timing, the weighted sum of its steps)."""
+    from dataclasses import replace
+
+    from hwcost.planner.apply import deploy, model_dataflow
+    from hwcost.profiles.bench import time_interleaved
+    from hwcost.profiles.decode import step_fn
+
+    from hwcost.shape import parse_shape
+    from hwcost.workload import Workload as _Wl
+    from hwcost.workload import workload_shapes
+
+    m = deploy(loaded.model, layers, backend, model_dataflow(loaded, backend))
+    req_t, step_t = [], []
+    for r in wl.requests:
+        ids = prompts(loaded, r.batch, r.prompt, n_prompts, backend.device)
+        weights = workload_shapes(_Wl((replace(r, weight=1.0),)))
+        fns = {"generate": _pick(generate_fn(m, r.gen), "generate")}
+        data = [{"generate": x} for x in ids]
+        for shape in weights:
+            inputs = [loaded.inputs_for(shape, seed=i) for i in range(len(ids))]
+            for d, x in zip(data, inputs):
+                d[shape] = x
+            fns[shape] = _pick(step_fn(lambda inp: m(**inp), inputs, parse_shape(shape).kv),
+                               shape)
+        res = time_interleaved(fns, data, backend, threads=threads, baseline="generate",
+                               **timing_kwargs)
+        req_t.append(res["generate"])
+        step_t.append((sum(w * res[s].median_us for s, w in weights.items()),
+                       sum(w * res[s].spread_us for s, w in weights.items())))
+    total, tokens = wl.total_weight, sum(r.weight * r.new_tokens for r in wl.requests)
+    prov = _provenance(req_t)
+    med = sum(r.weight * t.median_us for r, t in zip(wl.requests, req_t)) / total
+    req = WorkloadTiming(med, sum(r.weight * t.spread_us for r, t in zip(wl.requests, req_t))
+                         / total, tokens / (med * total / 1e6),
+                         min(t.n_samples for t in req_t), req_t[0].threads,
+                         {r.key: t.median_us for r, t in zip(wl.requests, req_t)}, **prov)
+    smed = sum(r.weight * m for r, (m, _) in zip(wl.requests, step_t)) / total
+    steps = replace(req, median_us=smed, tokens_per_s=tokens / (smed * total / 1e6),
+                    spread_us=sum(r.weight * sp for r, (_, sp) in zip(wl.requests, step_t))
+                    / total, requests_us={r.key: m for r, (m, _) in zip(wl.requests, step_t)})
+    return req, steps
+
+
+def _pick(fn: Any, key: str) -> Any:
+    """``fn`` on its own input out of a round's dict of inputs."""
+    return lambda d: fn(d[key])

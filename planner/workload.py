@@ -12,6 +12,14 @@ measured whole: the baseline model's real ``generate()`` latency for the workloa
 stored (``hwcost run --workload`` measures it), which includes what no subgraph holds (the
 sampling loop, cache growth, the prefill's cache writes). Plans then predict ``measured
 baseline - sum of subgraph gains``.
+
+The gains are microseconds of the campaign's windows; the request was timed later, on a
+machine that may run at another speed (on a shared 2-core machine the same fp32 request
+read 222 ms and 328 ms minutes apart). ``measure_baseline`` therefore also times, in the
+request's own rounds, the model's steps at the pricing shapes (``steps:<baseline>``); their
+weighted sum over the campaign's (its windows' whole-model steps) is the factor every
+shape's weight is scaled by, so latencies, gains and the priced baseline are in the
+request's microseconds. Without that row (older stores) the weights are unscaled.
 """
 
 from __future__ import annotations
@@ -36,10 +44,15 @@ class WorkloadPricing:
     baseline_us: dict[str, float]
     interpolation_error: dict[int, float | None]
     request_baseline_us: float | None = None  # measured generate() in the baseline, if stored
+    # the model's steps timed in the request's rounds, weighted as priced, and their ratio
+    # to the campaign's (the factor the shapes' weights were scaled by; 1.0 without them)
+    request_steps_us: float | None = None
+    scale: float = 1.0
 
     def to_dict(self) -> dict:
         return {"workload": self.workload, "weights": self.weights,
                 "baseline_us": self.baseline_us, "request_baseline_us": self.request_baseline_us,
+                "request_steps_us": self.request_steps_us, "scale": self.scale,
                 "interpolation_error": {str(k): v for k, v in self.interpolation_error.items()}}
 
 
@@ -101,18 +114,25 @@ def build_workload_problem(store, model_ref: str, device: str, workload: str | W
         costs = {int(s.split("kv=")[1].split(",")[0]): base[s] for s in base
                  if "phase=decode" in s and s.startswith(f"batch={r.batch},")}
         errors[r.batch] = interpolation_error(costs)
-    problem = combine(problems, weights, wl.shape_key)
-    whole = _measured_request(store, problem, allow_unstable)
+    first = next(iter(problems.values()))
+    whole = _measured(store, first, wl.shape_key, "all", allow_unstable)
+    steps = _measured(store, first, wl.shape_key, "steps", allow_unstable)
+    priced = sum(weights[s] * base[s] for s in weights)
+    # the request's microseconds over the campaign's (see the module docstring)
+    scale = steps / priced if whole is not None and steps and priced > 0 else 1.0
+    problem = combine(problems, {s: w * scale for s, w in weights.items()}, wl.shape_key)
     if whole is not None:  # a measured generate() of the baseline: the end-to-end baseline
         problem = replace(problem, model_baseline_us=max(whole, problem.model_baseline_us or 0.0))
-    return problem, WorkloadPricing(wl.key, weights, base, errors, whole)
+    return problem, WorkloadPricing(wl.key, weights, base, errors, whole, steps, scale)
 
 
-def _measured_request(store, problem: Problem, allow_unstable: bool = False) -> float | None:
-    """The stored ``generate()`` latency of the workload in the baseline precision (what
-    :func:`planner.generate.measure_baseline` and workload validations store), if any."""
+def _measured(store, problem: Problem, key: str, kind: str,
+              allow_unstable: bool = False) -> float | None:
+    """A stored whole-model timing of the workload ``key`` in the problem's baseline: the
+    ``generate()`` request (``all``: what :func:`planner.generate.measure_baseline` and
+    workload validations store) or the model's steps timed in its rounds (``steps``)."""
     # the refs the problem was built from (else its fingerprints: exact keys)
     row = store.model_latency(problem.model_ref or problem.model_fingerprint,
-                              problem.device_ref or problem.device_fingerprint, problem.shape,
-                              f"all:{problem.baseline}", allow_unstable=allow_unstable)
+                              problem.device_ref or problem.device_fingerprint, key,
+                              f"{kind}:{problem.baseline}", allow_unstable=allow_unstable)
     return row.median_us if row is not None else None

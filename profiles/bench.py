@@ -165,6 +165,25 @@ def last_level_cache_bytes(backend: Backend) -> int | None:
     return max(((level, n) for level, n, _ in _cpu0_caches()), default=(0, 0))[1] or None
 
 
+def last_level_cache_cpus(backend: Backend) -> int:
+    """How many CPUs share CPU 0's last-level cache (its ``shared_cpu_list`` in ``/sys``);
+    1 elsewhere or unknown."""
+    if backend.kind != "cpu":
+        return 1
+    caches = _cpu0_caches()
+    if not caches:
+        return 1
+    _, _, shared = max(caches)
+    n = 0
+    for part in shared.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            n += int(hi or lo) - int(lo) + 1
+        except ValueError:
+            return 1
+    return max(1, n)
+
+
 def private_cache_bytes(backend: Backend) -> int | None:
     """Size of the largest CPU cache level private to one core (CPU 0's caches whose
     ``shared_cpu_list`` names one CPU: the L2 on most x86 parts); None elsewhere or unknown."""
@@ -187,10 +206,16 @@ class _Evictor:
     pieces' int8_wo/int4_wo gains summed to 1.10x/1.09x the model's after a written buffer,
     1.02x/0.99x after a read one."""
 
-    def __init__(self, backend: Backend, nbytes: int) -> None:
-        self.buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=backend.device)
+    def __init__(self, backend: Backend, nbytes: int, buf: torch.Tensor | None = None) -> None:
+        self.buf = buf if buf is not None else torch.ones(max(1, nbytes // 4),
+                                                           dtype=torch.float32,
+                                                           device=backend.device)
         self.backend = backend
         self.backend.synchronize()  # filled once: read since, its lines are clean ones
+
+    def sized(self, nbytes: int) -> _Evictor:
+        """An evictor reading the first ``nbytes`` of this one's buffer (no new memory)."""
+        return _Evictor(self.backend, nbytes, self.buf[:max(1, nbytes // 4)])
 
     def __call__(self) -> None:
         self.last = self.buf.sum()
@@ -298,8 +323,9 @@ def time_interleaved(
     clock: str | None = None,
     baseline: str | None = None,
     policy: StabilityPolicy | None = None,
-    evict_bytes: int = 0,
+    evict_bytes: int | Mapping[str, int] = 0,
     evict_skip: Collection[str] = (),
+    prepare: Mapping[str, Callable[[], Any]] | None = None,
     on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Timing]:
     """Time each callable of ``fns`` on ``inputs``, interleaved; see the module docstring.
@@ -326,8 +352,14 @@ def time_interleaved(
             the last-level cache, :func:`last_level_cache_bytes`) before every sample, and
             time one call per sample: weights are then read from memory, as they are in a
             model too large for the cache, instead of flattering memory-bound candidates.
+            A mapping gives each candidate its own size (absent or 0: none), read from one
+            buffer: at a decode shape a piece in a smaller format finds its weights where a
+            deployment in that format leaves them (``profiles.campaign``).
         evict_skip: names in ``fns`` timed without that eviction (a whole model, whose own
             pass leaves the caches as it runs them).
+        prepare: name -> a callable run untimed before each of that candidate's samples,
+            instead of any eviction: e.g. the same decode step, so a whole model finds the
+            caches as its previous step in ``generate()`` leaves them.
         policy: when a batch is re-measured, when it is stable and how long to wait for
             one (default :meth:`StabilityPolicy.from_env`: spread 5 % re-measure / 15 %
             refusal, load, drift, 30 s budget).
@@ -363,10 +395,15 @@ def time_interleaved(
     cpus = usable_cpus()
     start = time.perf_counter()
     with _timing_context(backend, threads) as used_threads:
-        evict = _Evictor(backend, evict_bytes) if evict_bytes > 0 else None
+        sizes = (dict.fromkeys(names, evict_bytes) if isinstance(evict_bytes, int)
+                 else {n: int(evict_bytes.get(n, 0)) for n in names})
+        sizes = {n: 0 if n in evict_skip else b for n, b in sizes.items()}
+        evict = _Evictor(backend, max(sizes.values())) if max(sizes.values()) > 0 else None
         runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock,
-                              evict=None if n in evict_skip else evict)
+                              evict=evict.sized(sizes[n]) if evict and sizes[n] > 0 else None)
                    for k, n in enumerate(names)}
+        for n, fn in (prepare or {}).items():
+            runners[n].evict = fn  # one call per sample, this run first
         _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
         best: tuple[tuple, dict[str, list[float]], Verdict] | None = None
         round_no = 0

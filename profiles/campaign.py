@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from hwcost.profiles.decode import find_caches, layer_indices, rewind, step_fn
+from hwcost.profiles.eviction import CacheModel, module_bytes
 from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from hwcost.profiles.placement import place, to_device
@@ -183,6 +184,8 @@ class _Measurer:
             self.reps.setdefault(p.signature, p)
         self._captured: dict[str, dict[str, list[PieceInput]]] = {}
         self.undeployable: dict[str, str] = {}  # config key -> why a kernel rejected it
+        self._layer_bytes: dict[tuple[str, str], int] = {}  # (layer, precision) deployed
+        self._cache = CacheModel.of(loaded.model, part.layer_names(), backend, threads)
         self.on_round: Callable[[int, int], None] | None = None  # progress within a group
 
     def inputs(self, shape: str, signature: str) -> list[PieceInput]:
@@ -201,35 +204,29 @@ class _Measurer:
             self._captured[shape] = per_sig
         return self._captured[shape][signature]
 
-    def evict_bytes(self, shape: str | None = None) -> int:
-        """Bytes to write before each sample, so a piece finds its weights where the model
-        leaves them, not where its own previous call did: twice the last-level cache when
-        the model's weights do not fit in it (each piece alone would; the whole model reads
-        them from memory); at a decode shape, also the model's weight bytes when they exceed
-        a core's private cache (a decode step is one token, memory-bound: in the model the
-        other layers' weights pass through the core's caches between two calls of a piece,
-        so its weights come from the shared cache; timed alone again and again they stay in
-        the private one and the bytes a low-precision format saves are worth less — on the
-        demo model, 13 MB of weights and a 1 MB L2, the whole decode step gained 1.4-1.9x
-        the sum of the subgraph gains of uniform bf16/int8_wo/int4_wo without it). Or as
-        ``TimingOptions.cold_cache`` asks; else 0."""
-        if not hasattr(self, "_weights"):
-            from hwcost.profiles.bench import last_level_cache_bytes, private_cache_bytes
+    def evict_bytes(self, shape: str | None = None, signature: str | None = None,
+                    config: str | None = None) -> int:
+        """Bytes to read before each sample of ``signature``'s piece in ``config`` (default
+        its baseline) at ``shape``, so it finds its weights where the model leaves them
+        (:meth:`profiles.eviction.CacheModel.evict_bytes`; ``TimingOptions.cold_cache``
+        forces either way)."""
+        own, ratio = 0.0, 1.0
+        if signature is not None:
+            own = self._cache.layers_bytes(self.reps[signature].layer_names)
+            if config is not None and own:
+                ratio = self.config_bytes(signature, config) / own
+        decode = shape is not None and parse_shape(shape).phase == "decode"
+        return self._cache.evict_bytes(decode, self.timing.cold_cache, own, ratio)
 
-            self._llc = last_level_cache_bytes(self.backend) or 0
-            self._private = private_cache_bytes(self.backend) or 0
-            self._weights = sum(p.numel() * p.element_size()
-                                for p in self.loaded.model.parameters())
-        cold = self.timing.cold_cache
-        if cold is False:
-            return 0
-        full = 2 * (self._llc or 64 << 20)
-        if cold or (self._llc and self._weights > self._llc):
-            return full
-        if shape is not None and parse_shape(shape).phase == "decode" and self._private \
-                and self._weights > self._private:
-            return min(self._weights, full)
-        return 0
+    def config_bytes(self, signature: str, config: str) -> float:
+        """Bytes of the piece's slot layers deployed in ``config`` (weights, scales, bias)."""
+        model, total = self.loaded.model, 0
+        for name, prec in zip(self.reps[signature].layer_names, config.split(",")):
+            if (name, prec) not in self._layer_bytes:
+                self._layer_bytes[name, prec] = module_bytes(
+                    self.backend.deploy_linear(model.get_submodule(name), prec))
+            total += self._layer_bytes[name, prec]
+        return float(total)
 
     def baseline_key(self, signature: str) -> str:
         """The all-baseline config of a piece."""
@@ -251,9 +248,10 @@ class _Measurer:
 
         piece = self.reps[signature]
         baseline = self.baseline_key(signature)
-        evict = self.evict_bytes(shape)
         keys = list(cfgs) + ([baseline] if baseline is not None and baseline not in cfgs else [])
         fns = self.piece_fns(signature, keys)
+        # each config finds its weights where a deployment in its format leaves them
+        evict = {k: self.evict_bytes(shape, signature, k) for k in fns}
         inputs = self.inputs(shape, signature)
         kv = parse_shape(shape).kv
         if kv:  # a decode step appends to its layers' caches: rewind after every call
@@ -281,6 +279,7 @@ class _Measurer:
                     if (name, prec) not in deployed:
                         deployed[name, prec] = self.backend.deploy_linear(
                             model.get_submodule(name), prec)
+                        self._layer_bytes[name, prec] = module_bytes(deployed[name, prec])
                     swaps[name] = copy.copy(deployed[name, prec])  # own links, shared weights
             except BackendUnavailable as e:
                 # a kernel that rejects this layer's shape: the others are timed, and the
@@ -596,3 +595,4 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: Unit,
         rows.extend(_measurements(report, unit.signature, unit.shape, ok, timings,
                                   measurer.baseline_key(unit.signature)))
     return rows, failed
+

@@ -77,6 +77,8 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     data = [{"model": model_inputs[i], **{sig: measurer.inputs(shape, sig)[i] for sig in sigs}}
             for i in range(measurer.n_inputs)]
     res = time_interleaved(fns, data, measurer.backend, threads=measurer.threads,
-                           baseline="model", evict_bytes=measurer.evict_bytes(shape),
+                           baseline="model",
+                           evict_bytes={"model": measurer.evict_bytes(shape),
+                                        **{s: measurer.evict_bytes(shape, s) for s in sigs}},
                            evict_skip=("model",) if kv else (), **measurer.timing.kwargs())
     return res["model"], {sig: res[sig] for sig in sigs}

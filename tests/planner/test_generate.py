@@ -50,6 +50,10 @@ def test_a_generate_baseline_is_stored_with_its_stability_and_replaced_when_unst
                          threads=1, policy=replace(StabilityPolicy.lenient(), **LOAD_ONLY), **FEW)
     good = store.model_latency(model, dev, wl.shape_key, "all:fp32")
     assert good is not None and good.stable and good.load1 is not None
+    # the model's own steps at the pricing shapes, timed in the same rounds (the planner
+    # prices the gains in these rounds' microseconds)
+    steps = store.model_latency(model, dev, wl.shape_key, "steps:fp32")
+    assert steps is not None and steps.median_us > 0 and steps.n_samples == good.n_samples
     # and a stored good row is reused, not measured again
     again = measure_baseline(store, lm, backend, rep.model_fingerprint, rep.device, "fp32", wl,
                              threads=1, policy=busy, **FEW)

@@ -118,3 +118,36 @@ def test_run_refuses_a_workload_beyond_the_models_positions_before_storing(sqlit
         "beyond model 'demo''s 512 positions")
     with open_store(sqlite_url) as s:
         assert s.measurement_count() == 0 and not s.devices()
+
+
+def test_gains_are_priced_in_the_microseconds_of_the_rounds_the_request_was_timed_in(store):
+    """``measure_baseline`` stores the generate() request and, timed in its rounds, the
+    model's own steps at the pricing shapes; the workload problem scales every shape's
+    weight by those steps over the campaign's, so gains, latencies and the priced baseline
+    are in the request's microseconds (a machine running 20 % faster when the request was
+    timed gains 20 % fewer microseconds). Without the steps row nothing is scaled."""
+    from types import SimpleNamespace
+
+    m = populate(store)
+    _decode_tables(store, m)
+    wl = "prompt=16,gen=9,batch=1"
+    key = f"workload:{wl}"
+    plain, p0 = build_workload_problem(store, m.name, m.device, wl)
+    assert p0.scale == 1.0 and p0.request_steps_us is None and p0.request_baseline_us is None
+    priced = sum(w * p0.baseline_us[s] for s, w in p0.weights.items())
+    assert plain.model_baseline_us == pytest.approx(priced)
+
+    def row(us):
+        return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
+
+    store.put_model_latency(m.name, m.device, key, "all:fp32", row(1.3 * priced))
+    only_request, p1 = build_workload_problem(store, m.name, m.device, wl)
+    assert p1.scale == 1.0 and p1.request_baseline_us == pytest.approx(1.3 * priced)
+    store.put_model_latency(m.name, m.device, key, "steps:fp32", row(0.8 * priced))
+    scaled, p2 = build_workload_problem(store, m.name, m.device, wl)
+    assert p2.scale == pytest.approx(0.8) and p2.request_steps_us == pytest.approx(0.8 * priced)
+    assert scaled.model_baseline_us == pytest.approx(1.3 * priced)  # the measured request
+    for a, b in zip(only_request.choices, scaled.choices):
+        for oa, ob in zip(a.options, b.options):
+            assert ob.gain_us == pytest.approx(0.8 * oa.gain_us)
+            assert ob.latency_us == pytest.approx(0.8 * oa.latency_us)
