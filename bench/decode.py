@@ -33,7 +33,7 @@ the three target lines.
 
     python bench/decode.py [--configs 30] [--prompt 256] [--gen 64] [--batch 1] [--threads 1]
                            [--precisions fp32,bf16,int8_wo,int4_wo] [--compare-samples 30]
-                           [--quick]
+                           [--generate-samples 40] [--quick]
 """
 
 from __future__ import annotations
@@ -204,9 +204,13 @@ def sensitivity(store, loaded, part, demo: bool, samples: int, tmp: str):
     return stored_or_computed(store, prep, list(PRECISIONS), "taylor")
 
 
-def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing, n_prompts):
+def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing, n_prompts,
+                   samples: int = 0):
+    # requests of 0.2-1 s whose samples spread by 5-15 % on a shared machine: at least
+    # `samples` each (--generate-samples), the baseline's and the compared configs'
+    timing_kw = {**timing.kwargs(), "min_samples": max(timing.min_samples, samples)}
     measure_baseline(store, loaded, backend, camp.model_fingerprint, camp.device, "fp32", wl,
-                     threads=threads, **timing.kwargs())
+                     threads=threads, n_prompts=n_prompts, **timing_kw)
     wl_problem, pricing = build_workload_problem(store, camp.model_fingerprint, camp.device, wl,
                                                  precisions=list(PRECISIONS), allow_unstable=True)
     (req,) = wl.requests
@@ -235,7 +239,7 @@ def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing,
         configs[f"uniform_{p}"] = dict.fromkeys(layers, p)
     pred = {k: predicted(v) for k, v in configs.items()}
     meas = time_generate(loaded, configs, wl, backend, threads=threads, n_prompts=n_prompts,
-                         **timing.kwargs())
+                         **timing_kw)
     rows = {k: {"predicted_us": pred[k][0], "predicted_loss_mse": pred[k][1],
                 "within_bound": pred[k][1] <= bound * (1 + 1e-9),
                 "measured_us": meas[k].median_us, "spread_us": meas[k].spread_us,
@@ -309,7 +313,8 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
             part = cut_model(loaded, shapes, backend, len(PRECISIONS))
             sens = sensitivity(store, loaded, part, demo, args.samples, tmp)
             wlr = workload_plans(store, camp, loaded, wl, args.threshold, backend, threads,
-                                 timing, args.prompts)
+                                 timing, args.prompts,
+                                 0 if args.quick else args.generate_samples)
             step_us = {s: camp.baseline_us[s] for s in camp.baseline_us}
         finally:
             store.close()
@@ -342,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="samples of each whole decode step compared (fp32 and the config, "
                          "interleaved): the measured side of the additivity, a 3-6 ms step on "
                          "a shared machine")
+    ap.add_argument("--generate-samples", type=int, default=40,
+                    help="samples of each generate() request compared (every config and the "
+                         "baseline, interleaved): a 0.2-1 s request spreads by 5-15 %% on a "
+                         "shared machine")
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="at most 4 (the default cut), fp32 first")
     ap.add_argument("--clock", choices=["wall", "thread"], default="thread",

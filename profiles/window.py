@@ -54,7 +54,8 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     latency: timed here in the same rounds, they agree on how fast the machine ran. At a
     decode shape every step is rewound after its call (the same step on a cache of exactly
     ``kv`` tokens); the pieces find their caches as the campaign's groups did (the same
-    eviction), the whole model as its own pass leaves them (none)."""
+    eviction), the whole model as its own previous step leaves them (that step runs
+    untimed before each sample, as ``generate()`` runs one step after another)."""
     from hwcost.profiles.bench import time_interleaved
     from hwcost.profiles.decode import layer_indices, step_fn
 
@@ -80,5 +81,8 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
                            baseline="model",
                            evict_bytes={"model": measurer.evict_bytes(shape),
                                         **{s: measurer.evict_bytes(shape, s) for s in sigs}},
-                           evict_skip=("model",) if kv else (), **measurer.timing.kwargs())
+                           evict_skip=("model",) if kv else (),
+                           # a decode step after its own previous step, as generate() runs it
+                           prepare={"model": lambda: model_fn(model_inputs[0])} if kv else None,
+                           **measurer.timing.kwargs())
     return res["model"], {sig: res[sig] for sig in sigs}

@@ -72,7 +72,8 @@ KV_FREE = "batch=1,phase=decode"
 def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sqlite_url,
                                                                      monkeypatch):
     """At a decode shape the whole model's step and every piece's baseline step are timed in
-    one window (the model not evicted: it runs on the caches its own pass leaves). A piece
+    one window (the model not evicted: it runs on the caches its own previous step leaves,
+    that step run untimed before each sample, as generate() runs steps). A piece
     that reads no KV cache keeps its configs under the KV-free key, and the cost table of the
     bucket takes its baseline from the window: the gain's ratio from its group, its
     microseconds from the bucket's rounds."""
@@ -103,6 +104,7 @@ def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sql
         assert len(windows) == 2, "one window per shape"
         window, kw = windows[1]  # the decode shape's, after the prefill's
         assert kw["evict_skip"] == ("model",)
+        assert set(kw["prepare"]) == {"model"}  # after its own previous step, untimed
         assert cache_lengths and set(cache_lengths) == {12}
         assert rep.baseline_us[DECODE] == window["model"].median_us
         _, manifest = store.manifest(rep.model_fingerprint)
