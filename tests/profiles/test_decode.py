@@ -241,10 +241,14 @@ def test_decode_pieces_find_their_weights_where_a_deployment_in_their_format_lea
     llc = int(total * 0.6)
     m._cache = dataclasses.replace(m._cache, llc=llc, llc_share=llc, private=1)
     assert m.evict_bytes(DECODE, sig, cfg["fp32"]) == m.evict_bytes(DECODE, sig) == 2 * llc
-    assert rest4 < llc and m.evict_bytes(DECODE, sig, cfg["int4_wo"]) == int(rest4)
+    assert rest4 < llc and m.evict_bytes(DECODE, sig, cfg["int4_wo"]) == llc  # the floor
     assert m.evict_bytes("batch=1,seq=8", sig, cfg["int4_wo"]) == 2 * llc  # prefill: weights
+    # a model within the cache share: every format reads at least the baseline's rest
+    m._cache = dataclasses.replace(m._cache, llc=2 * total, llc_share=2 * total)
+    assert m.evict_bytes(DECODE, sig, cfg["int4_wo"]) == total - own
+    assert m.evict_bytes(DECODE, sig, cfg["fp32"]) == total - own
     # a cache shared with another CPU: only this process's share counts
-    m._cache = dataclasses.replace(m._cache, llc_share=int(rest4 * 0.9))
+    m._cache = dataclasses.replace(m._cache, llc=llc, llc_share=int(rest4 * 0.9))
     assert m.evict_bytes(DECODE, sig, cfg["int4_wo"]) == 2 * llc
 
 
