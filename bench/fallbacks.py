@@ -182,7 +182,7 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
         return np.abs(p - y) / y
 
     out: dict = {"n_measurements": len(y), "cross_validation": cv, "by_holdout": {},
-                 "noise": noise_floor(rows)}
+                 "noise": noise_floor(rows), "predictions": pred_l}
     group_of = np.array([f"{g}|{s}" for g, s in zip(sig_of, shape_of)])
     for kind in ("shape", "subgraph"):
         ratio = pred_r[kind] / y
@@ -267,6 +267,17 @@ def _markdown(res: dict) -> str:
         lines += ["", f"A unit's baseline, timed again in each of its interleave groups, moved "
                   f"by a median {res['group_baseline_spread']:.1%} (max/min) between the groups "
                   "of the same unit: the unit's own level is that uncertain in the data."]
+    ref = res.get("reference")
+    if ref:
+        lines += ["", f"The same rows timed again by {ref['campaigns']} other campaign(s) of the "
+                  f"same models on this machine ({ref['n_rows']} rows; "
+                  f"{', '.join(ref['stores'])}): a re-measurement is a median "
+                  f"{ref['other_vs_this_median_ape']:.1%} off this campaign's timing (each "
+                  f"campaign: {', '.join(f'{v:.1%}' for v in ref['per_campaign'])}), the geometric "
+                  f"mean of the others {ref['others_mean_median_ape']:.1%}; the learned model, "
+                  f"predicting these rows as held-out units, {ref['learned_same_rows']:.1%} "
+                  "(worse of held-out shapes and subgraphs). A whole unit's level does not repeat "
+                  "between campaigns by more than the target allows."]
     lines += ["", f"Command: `{res['command']}` on CPUs {res['cpus']}; load average (whole "
               f"machine) at start and end {res['load_average_start_end']}."]
     lines += ["", "Per held-out shape or subgraph (median absolute percentage error):", "",
@@ -313,6 +324,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=("wall", "thread"), default=None,
                     help="timing clock (thread: the calling thread's CPU time, with --threads 1; "
                          "leaves out the time other processes take on a shared machine)")
+    ap.add_argument("--reference-db", action="append", default=[], metavar="URL",
+                    help="a store of another campaign of the same models (repeatable): report how "
+                         "far its timings of the same rows are from this one's, the noise floor "
+                         "of a whole unit's level (read only; times nothing)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="time nothing: evaluate what the store (--db) already holds")
     args = ap.parse_args(argv)
@@ -347,6 +362,7 @@ def main(argv=None) -> int:
     learned_mape = max(shp["learned_mape"], sub["learned_mape"])
     anchored_mape = max(shp["learned_anchored_mape"], sub["learned_anchored_mape"])
     spread_between_groups = group_baseline_spread(store, device)
+    reference = remeasured(rows, args.reference_db, shapes, widths, ev)
     ratio = [shp["roofline_median_ratio"], sub["roofline_median_ratio"]]
     worst_ratio = max(ratio, key=lambda r: abs(np.log(r)))
     rho = min(shp["learned_spearman_median"], sub["learned_spearman_median"])
@@ -363,6 +379,12 @@ def main(argv=None) -> int:
         print(f"{'whole ' + kind + 's':<16}{r['learned_anchored_mape']:>18.1%}"
               f"{r['roofline_anchored_mape']:>18.1%}{r['learned_unit_offset']['unit_level']:>18.1%}"
               f"{r['learned_unit_offset']['within_unit']:>18.1%}")
+    if reference:
+        print(f"the same rows timed by {reference['campaigns']} other campaign(s) "
+              f"({reference['n_rows']} rows): median |other/this - 1| "
+              f"{reference['other_vs_this_median_ape']:.1%}; their geometric mean as the "
+              f"prediction {reference['others_mean_median_ape']:.1%}, against the learned model "
+              f"on the same rows {reference['learned_same_rows']:.1%} (held-out worst case)")
     if spread_between_groups is not None:
         print(f"a unit's baseline between its interleave groups: median max/min "
               f"{spread_between_groups:.1%} apart (a floor under the unit-level error)")
@@ -376,6 +398,7 @@ def main(argv=None) -> int:
         f"target: learned_mape_held_out_anchored = {anchored_mape * 100:.1f} % (goal <= 10 %) "
         f"{'met' if anchored_mape <= 0.10 else 'missed'}",
     ]
+    ev.pop("predictions")  # per-row held-out predictions: used above, not written out
     res = {"machine": f"{dev.name}; {platform.system()} {platform.release()}",
            "device": device, "threads": args.threads, "widths": list(widths),
            "shapes": [parse_shape(s).key for s in shapes], "precisions": list(PRECISIONS),
@@ -385,6 +408,7 @@ def main(argv=None) -> int:
            "load1_median": float(np.median(load1s)) if load1s else None,
            "shared_machine": "shared with other engineers while measured", "learned_cache": cache,
            "group_baseline_spread": spread_between_groups, "evaluate_only": args.evaluate_only,
+           "reference": reference,
            "command": "python bench/fallbacks.py " + " ".join(sys.argv[1:] if argv is None
                                                                else argv),
            "cpus": sorted(os.sched_getaffinity(0)),
@@ -421,6 +445,43 @@ def _stored_device(store) -> str:
         raise SystemExit(f"--evaluate-only needs a store with one calibrated device; this one "
                          f"has {len(found)}")
     return found[0]
+
+
+def remeasured(rows, urls: list[str], shapes, widths, ev: dict) -> dict | None:
+    """How far other campaigns' timings of the same (subgraph, shape, config) rows are from
+    this one's: the reproducibility of a measurement, a floor under any prediction of it."""
+    if not urls:
+        return None
+    this = {(g.signature, sh, cfg): med for g, sh, cfg, med, _ in rows}
+    keys = sorted(this)
+    others, names = [], []
+    for url in urls:
+        ref = open_store(url)
+        try:
+            device = _stored_device(ref)
+            sigs = _signatures(ref, widths)
+            got = {(g.signature, sh, cfg): med for g, sh, cfg, med, _ in
+                   ref.device_measurements(device, allow_unstable=True) if g.signature in sigs}
+        finally:
+            ref.close()
+        keys = [k for k in keys if k in got]
+        others.append(got)
+        names.append(url.rsplit("/", 1)[-1])
+    if not keys:
+        return None
+    y = np.array([this[k] for k in keys])
+    o = np.array([[got[k] for k in keys] for got in others])
+    per = [float(np.median(np.abs(row / y - 1))) for row in o]
+    mean = np.exp(np.log(o).mean(axis=0))
+    # the learned model's held-out error on exactly these rows (its predictions by kind)
+    idx = {(g.signature, sh, cfg): i for i, (g, sh, cfg, _, _) in enumerate(rows)}
+    at = np.array([idx[k] for k in keys])
+    learned = max(float(np.median(np.abs(np.asarray(ev["predictions"][kind])[at] / y - 1)))
+                  for kind in ("shape", "subgraph"))
+    return {"campaigns": len(urls), "stores": names, "n_rows": len(keys),
+            "per_campaign": per, "other_vs_this_median_ape": float(np.median(np.abs(o / y - 1))),
+            "others_mean_median_ape": float(np.median(np.abs(mean / y - 1))),
+            "learned_same_rows": learned}
 
 
 def group_baseline_spread(store, device) -> float | None:
