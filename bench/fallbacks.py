@@ -18,7 +18,12 @@
    machine varies between interleave groups of the same unit by more than any model of the
    subgraph can know.
 
+5. With ``--reference-db URL`` (stores of earlier campaigns of the same models), how far
+   those campaigns' timings of the same rows are from this one's: the reproducibility of a
+   measurement, which bounds how well any model can predict a held-out unit.
+
     python bench/fallbacks.py [--db URL] [--threads 1] [--quick] [--evaluate-only]
+                              [--reference-db URL ...]
 
 Writes bench/results/fallbacks.json and .md and ends with ``target:`` lines.
 """
