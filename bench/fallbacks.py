@@ -281,8 +281,9 @@ def _markdown(res: dict) -> str:
                   f"campaign: {', '.join(f'{v:.1%}' for v in ref['per_campaign'])}), the geometric "
                   f"mean of the others {ref['others_mean_median_ape']:.1%}; the learned model, "
                   f"predicting these rows as held-out units, {ref['learned_same_rows']:.1%} "
-                  "(worse of held-out shapes and subgraphs). A whole unit's level does not repeat "
-                  "between campaigns by more than the target allows."]
+                  "(worse of held-out shapes and subgraphs)." + (
+                      " A whole unit's level does not repeat between campaigns by more than the "
+                      "target allows." if ref["other_vs_this_median_ape"] > 0.10 else "")]
     lines += ["", f"Command: `{res['command']}` on CPUs {res['cpus']}; load average (whole "
               f"machine) at start and end {res['load_average_start_end']}."]
     lines += ["", "Per held-out shape or subgraph (median absolute percentage error):", "",
