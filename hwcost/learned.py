@@ -41,7 +41,7 @@ from scipy.optimize import nnls
 from hwcost.catalog import Peaks
 from hwcost.errors import NoEstimate
 from hwcost.precision import Precision
-from hwcost.roofline import PRECISIONS, TERMS, Query, RooflineModel, attention_dims, terms
+from hwcost.roofline import PRECISIONS, TERMS, Query, RooflineModel, attention_work, terms
 
 _FLOOR = 1e-3  # microseconds: a prediction is never zero or negative
 FORMAT_VERSION = 3
@@ -81,14 +81,10 @@ def structure(queries: Sequence[Query], t: np.ndarray) -> np.ndarray:
                 row[_COL["boundaries"]] += 1
                 row[_COL["boundary_activations"]] += m * slot.in_features / 1e6
             prev = p
-        dims = attention_dims(q.subgraph)
-        if dims:
-            heads, kv_heads, hd = dims
-            s = q.shape
-            q_len = s.seq if s.phase == "prefill" else 1
-            kv_len = s.kv + (q_len + 1) / 2 if s.phase == "prefill" else s.kv + 1
-            row[_COL["attention_flops"]] = 4.0 * s.batch * heads * q_len * kv_len * hd / 1e6
-            row[_COL["attention_kv_bytes"]] = 2.0 * s.batch * (s.kv + q_len) * kv_heads * hd / 1e6
+        work = attention_work(q)
+        if work:
+            row[_COL["attention_flops"]] = work[0] / 1e6
+            row[_COL["attention_kv_bytes"]] = work[1] / 1e6
         if q.subgraph.slots:
             row[_COL["hidden_activations"]] = m * q.subgraph.slots[0].in_features / 1e6
         row[_COL["subgraph"]] = 1.0

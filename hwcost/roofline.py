@@ -99,6 +99,20 @@ def attention_dims(sub: SubgraphInfo) -> tuple[int, int, int] | None:
     return heads, kv_heads or heads, head_dim
 
 
+def attention_work(q: Query) -> tuple[float, float] | None:
+    """(FLOPs, K and V elements read) of the query's attention core, None without one."""
+    dims = attention_dims(q.subgraph)
+    if not dims:
+        return None
+    heads, kv_heads, hd = dims
+    s = q.shape
+    q_len = s.seq if s.phase == "prefill" else 1
+    # causal prefill attends to half the new tokens on average, plus the cache
+    kv_len = s.kv + (q_len + 1) / 2 if s.phase == "prefill" else s.kv + 1
+    return (4.0 * s.batch * heads * q_len * kv_len * hd,
+            2.0 * s.batch * (s.kv + q_len) * kv_heads * hd)
+
+
 def _extra_ops(sub: SubgraphInfo) -> int:
     n = sub.extra.get("n_ops") if sub.extra else None
     if isinstance(n, (int, float)) and n >= 0:
@@ -143,16 +157,10 @@ def terms(queries: Sequence[Query], peaks: Peaks, carrier: Precision) -> np.ndar
                 row[col["boundary"]] += m * slot.in_features * cb / bw
             row[col["elementwise"]] += m * (slot.in_features + slot.out_features) * cb / bw
             prev = p
-        dims = attention_dims(q.subgraph)
-        if dims:
-            heads, kv_heads, hd = dims
-            s = q.shape
-            q_len = s.seq if s.phase == "prefill" else 1
-            # causal prefill attends to half the new tokens on average, plus the cache
-            kv_len = s.kv + (q_len + 1) / 2 if s.phase == "prefill" else s.kv + 1
-            flops = 4.0 * s.batch * heads * q_len * kv_len * hd
-            kv_bytes = 2.0 * s.batch * (s.kv + q_len) * kv_heads * hd * cb
-            row[col["attention"]] = max(flops / (carrier_rate * 1e6), kv_bytes / bw)
+        work = attention_work(q)
+        if work:
+            flops, kv_elements = work
+            row[col["attention"]] = max(flops / (carrier_rate * 1e6), kv_elements * cb / bw)
         row[col["ops_other"]] = _extra_ops(q.subgraph)
     return out
 
