@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,19 @@ def load_model(spec: str | None, dtype: torch.dtype = torch.float32) -> LoadedMo
         return _load_hf(path, name=path.name, dtype=dtype)
     raise ModelLoadError(f"cannot load model {spec!r}: not a directory and not "
                          "package.module:factory")
+
+
+def config_vocab_size(spec: str | None) -> int | None:
+    """The vocabulary size a Hugging Face model directory's ``config.json`` states (the demo
+    model's for ``None``), read without loading the model; None for a factory, or when the
+    file does not say."""
+    path = demo_model_dir() if not spec else Path(spec)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    vocab = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size"))
+    return vocab if isinstance(vocab, int) else None
 
 
 def _load_hf(path: Path, name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:

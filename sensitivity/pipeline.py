@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hwcost.sensitivity.data import BatchSet, CalibrationSet, from_batches, load_calibration
+from hwcost.sensitivity.data import (
+    IDS_SUFFIXES,
+    BatchSet,
+    CalibrationSet,
+    from_batches,
+    load_calibration,
+)
 from hwcost.sensitivity.records import SensitivityTable
 
 from hwcost.errors import SensitivityError
@@ -111,6 +117,8 @@ def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
     from hwcost.profiles.partition import partition
     from hwcost.profiles.placement import follow_model
 
+    if loaded is None:
+        _check_ids_before_loading(model_spec, calib)
     loaded = loaded if loaded is not None else load_model(model_spec)
     if calib.path is None and getattr(loaded, "calibration", None) is not None:
         loss = getattr(loaded, "loss_fn", None)
@@ -132,6 +140,19 @@ def prepare(model_spec: str | None, calib: CalibSpec, *, loaded: Any = None,
         part = partition(loaded.model, follow_model(example, loaded.model))
     return Prepared(loaded, part, cset, calib.batch_size, checkpoint_digest(loaded.model),
                     quantizer)
+
+
+def _check_ids_before_loading(model_spec: str | None, calib: CalibSpec) -> None:
+    """Token ids that do not fit the model's vocabulary (or the asked samples and length)
+    fail here, from the model's ``config.json``, in a second rather than after the load."""
+    from hwcost.profiles.loading import config_vocab_size
+
+    if calib.path is None or Path(calib.path).suffix.lower() not in IDS_SUFFIXES:
+        return
+    vocab = config_vocab_size(model_spec)
+    if vocab is not None:
+        load_calibration(calib.path, tokenizer=None, samples=calib.samples,
+                         seq_len=calib.seq_len, seed=calib.seed, vocab_size=vocab)
 
 
 def _check_loss(loaded: Any, batch: Any) -> None:
