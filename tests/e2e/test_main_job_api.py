@@ -80,3 +80,24 @@ def test_a_bound_no_plan_can_meet_is_a_library_error(tmp_path, sqlite_url):
         run_main_job(store, options, report=lambda _line: None)
     with open_store(sqlite_url) as store:
         assert store.models() == []  # refused before anything was stored
+
+
+@pytest.mark.slow
+def test_retime_times_candidate_plans_end_to_end_on_a_biased_family(tmp_path, sqlite_url):
+    """``retime``: candidate plans within the bound timed whole, on the real kernels, on a
+    family with biased q/k/v projections; the plan kept is one of them and is validated."""
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
+    options = MainJobOptions("tests.factories:small_qwen2", shape="batch=1,seq=16",
+                             max_loss_mse="30%", out_dir=tmp_path / "out", calib=str(data),
+                             eval_data=str(data), samples=8, quick=True,
+                             precisions="fp32,bf16,int8", retime=3)
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        summary = run_main_job(store, options, report=lines.append)
+    assert "re-timing up to 3 candidate plans end to end" in lines
+    timed = [line for line in lines if line.startswith("re-timed ")]
+    assert timed, lines  # several distinct candidates were timed and one was kept
+    assert "candidate plans end to end: " in timed[0]
+    assert set(summary.layers.values()) <= {"fp32", "bf16", "int8"}
+    assert summary.measured_speedup > 0
