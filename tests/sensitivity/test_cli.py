@@ -94,30 +94,21 @@ def test_validate_reuses_stored_table_and_plots(model_dir, text, sqlite_url, tmp
 
 
 def test_bad_calibration_stores_nothing(model_dir, tmp_path, sqlite_url):
-    ids = tmp_path / "ids.npy"
-    np.save(ids, np.full((4, 16), 300, dtype=np.int64))
-    res = _invoke("sensitivity", model_dir, "--calib", ids, "--db", sqlite_url)
-    assert res.exit_code == 1
-    assert res.output == "Error: calibration data ids.npy has token id 300, outside the model's " \
-                         "vocabulary of 264\n"
-    np.save(ids, np.zeros((2, 3, 4), dtype=np.int64))
-    res = _invoke("sensitivity", model_dir, "--calib", ids, "--db", sqlite_url)
-    assert res.output == "Error: calibration token ids must have shape [N, T], got [2, 3, 4] in ids.npy\n"
-    assert _n_rows(sqlite_url) == (0, 0)
-
-
-def test_token_ids_are_checked_before_the_model_loads(model_dir, tmp_path, sqlite_url):
-    # the model's config.json alone: a load would fail on the missing weights, so the
-    # vocabulary error proves the ids were checked first, from the config
+    # the model's config.json alone as well: a load would fail on the missing weights, so the
+    # same vocabulary error there proves the ids are checked first, from the config
     config_only = tmp_path / "config_only"
     config_only.mkdir()
     (config_only / "config.json").write_bytes((Path(model_dir) / "config.json").read_bytes())
     ids = tmp_path / "ids.npy"
     np.save(ids, np.full((4, 16), 300, dtype=np.int64))
-    res = _invoke("sensitivity", config_only, "--calib", ids, "--db", sqlite_url)
-    assert res.exit_code == 1
-    assert res.output == "Error: calibration data ids.npy has token id 300, outside the model's " \
-                         "vocabulary of 264\n"
+    for model in (model_dir, config_only):
+        res = _invoke("sensitivity", model, "--calib", ids, "--db", sqlite_url)
+        assert res.exit_code == 1
+        assert res.output == ("Error: calibration data ids.npy has token id 300, outside the "
+                              "model's vocabulary of 264\n")
+    np.save(ids, np.zeros((2, 3, 4), dtype=np.int64))
+    res = _invoke("sensitivity", model_dir, "--calib", ids, "--db", sqlite_url)
+    assert res.output == "Error: calibration token ids must have shape [N, T], got [2, 3, 4] in ids.npy\n"
     np.save(ids, np.full((4, 16), 7, dtype=np.int64))  # good ids: then the load fails
     res = _invoke("sensitivity", config_only, "--calib", ids, "--db", sqlite_url)
     assert res.exit_code == 1 and "vocabulary" not in res.output
