@@ -198,10 +198,10 @@ def _time_with_steps(loaded: Any, layers: Mapping[str, str], wl: Workload, backe
                          / total, tokens / (med * total / 1e6),
                          min(t.n_samples for t in req_t), req_t[0].threads,
                          {r.key: t.median_us for r, t in zip(wl.requests, req_t)}, **prov)
-    smed = sum(r.weight * m for r, (m, _) in zip(wl.requests, step_t)) / total
+    smed = sum(r.weight * us for r, (us, _) in zip(wl.requests, step_t)) / total
     steps = replace(req, median_us=smed, tokens_per_s=tokens / (smed * total / 1e6),
                     spread_us=sum(r.weight * sp for r, (_, sp) in zip(wl.requests, step_t))
-                    / total, requests_us={r.key: m for r, (m, _) in zip(wl.requests, step_t)})
+                    / total, requests_us={r.key: us for r, (us, _) in zip(wl.requests, step_t)})
     return req, steps
 
 

@@ -226,13 +226,16 @@ class _Runner:
     """Calls one candidate on rotating inputs and times samples on the backend's clock."""
 
     def __init__(self, fn: Callable[[Any], Any], inputs: Sequence[Any], backend: Backend,
-                 offset: int, clock: str = "wall", evict: _Evictor | None = None) -> None:
+                 offset: int, clock: str = "wall",
+                 before: Callable[[], Any] | None = None) -> None:
         self.fn, self.inputs, self.backend = fn, inputs, backend
         self.i = offset  # candidates start at different inputs
         self.inner = 1
         self.cuda = backend.kind == "cuda"
         self.now = time.thread_time if clock == "thread" else time.perf_counter
-        self.evict = evict  # cold samples: one call each, the cache flushed before it
+        # run untimed before every sample (an _Evictor, or a caller's ``prepare``): samples
+        # are then one call each, each after it
+        self.before = before
 
     def _calls(self, n: int) -> None:
         fn, inputs = self.fn, self.inputs
@@ -241,15 +244,15 @@ class _Runner:
             self.i += 1
 
     def rewarm(self) -> None:
-        """One untimed call (none when every sample starts from flushed caches anyway)."""
-        if self.evict is None:
+        """One untimed call (none when every sample has its own untimed work before it)."""
+        if self.before is None:
             self._calls(1)
 
     def sample(self) -> float:
         """Microseconds per call, averaged over ``inner`` calls."""
-        if self.evict is not None:
+        if self.before is not None:
             self.inner = 1
-            self.evict()
+            self.before()
         if self.cuda:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -399,11 +402,11 @@ def time_interleaved(
                  else {n: int(evict_bytes.get(n, 0)) for n in names})
         sizes = {n: 0 if n in evict_skip else b for n, b in sizes.items()}
         evict = _Evictor(backend, max(sizes.values())) if max(sizes.values()) > 0 else None
+        prepare = prepare or {}
         runners = {n: _Runner(fns[n], inputs, backend, offset=k, clock=clock,
-                              evict=evict.sized(sizes[n]) if evict and sizes[n] > 0 else None)
+                              before=prepare.get(n) or (evict.sized(sizes[n])
+                                                        if evict and sizes[n] > 0 else None))
                    for k, n in enumerate(names)}
-        for n, fn in (prepare or {}).items():
-            runners[n].evict = fn  # one call per sample, this run first
         _warm_up(runners, min_sample_us, warmup_tol, warmup_window, warmup_max_s)
         best: tuple[tuple, dict[str, list[float]], Verdict] | None = None
         round_no = 0

@@ -210,12 +210,12 @@ class _Measurer:
         its baseline) at ``shape``, so it finds its weights where the model leaves them
         (:meth:`profiles.eviction.CacheModel.evict_bytes`; ``TimingOptions.cold_cache``
         forces either way)."""
+        decode = shape is not None and parse_shape(shape).phase == "decode"
         own, ratio = 0.0, 1.0
-        if signature is not None:
+        if decode and signature is not None:  # only a decode step prices the piece's bytes
             own = self._cache.layers_bytes(self.reps[signature].layer_names)
             if config is not None and own:
                 ratio = self.config_bytes(signature, config) / own
-        decode = shape is not None and parse_shape(shape).phase == "decode"
         return self._cache.evict_bytes(decode, self.timing.cold_cache, own, ratio)
 
     def config_bytes(self, signature: str, config: str) -> float:
@@ -595,4 +595,3 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: Unit,
         rows.extend(_measurements(report, unit.signature, unit.shape, ok, timings,
                                   measurer.baseline_key(unit.signature)))
     return rows, failed
-
