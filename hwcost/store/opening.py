@@ -12,8 +12,10 @@ is switched to WAL only once it is known to be a store), a mangled ``schema_vers
 from __future__ import annotations
 
 import os
+import random
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -173,15 +175,37 @@ def open_store(url: str | None = None, *, create: bool = True, upgrade: bool = T
     return store
 
 
+_WAL_WAIT_S = 60.0  # as long as busy_timeout: other openers hold the lock for milliseconds
+
+
 def _wal(engine: Engine) -> None:
-    """Switch an SQLite store to WAL (persistent in the file; a no-op when it is already)."""
+    """Switch an SQLite store to WAL (persistent in the file; a no-op when it is already).
+
+    The switch needs an exclusive lock, and SQLite asks for it without calling the busy
+    handler: while another process opening the same new store holds a read or write lock,
+    it fails at once with "database is locked". So the switch is retried, with a random
+    pause, for as long as busy_timeout would have waited.
+    """
+    deadline = time.monotonic() + _WAL_WAIT_S
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        while True:
+            try:
+                if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    cur.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
         cur.close()
     finally:
         raw.close()
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
 
 
 def _check_read_only(engine: Engine) -> None:
