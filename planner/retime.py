@@ -66,18 +66,27 @@ class Retimed:
     def best(self) -> Candidate:
         return self.candidates[self.kept]
 
+    @property
+    def unstable(self) -> bool:
+        """Whether any candidate's timing was unstable (an infinite standard error)."""
+        return any(math.isinf(e) for e in self.stderr_us)
+
     def to_dict(self) -> dict:
-        return {"kept": self.kept,
+        return {"kept": self.kept, "stable": not self.unstable,
                 "candidates": [{"origin": c.origin, "votes": c.votes,
                                 "predicted_speedup": round(c.predicted_speedup, 4),
                                 "measured_us": round(m, 1),
-                                "stderr_us": round(e, 1)}
+                                "stderr_us": None if math.isinf(e) else round(e, 1)}
                                for c, m, e in zip(self.candidates, self.measured_us,
                                                   self.stderr_us or (0.0,) * len(self.measured_us))]}
 
     def line(self) -> str:
         """One line: how many were timed, which was kept and by how much it beat the first."""
         first, best = self.measured_us[0], self.measured_us[self.kept]
+        if self.kept == 0 and self.unstable:
+            return (f"re-timed {len(self.candidates)} candidate plans end to end, but the "
+                    "machine was not stable while they ran: kept the planned one (a plan is "
+                    "switched on stable timings only)")
         if self.kept == 0:
             return (f"re-timed {len(self.candidates)} candidate plans end to end: none measured "
                     "faster than the planned one beyond the noise; kept the planned one")
@@ -125,7 +134,8 @@ def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],
                  min_gain: float = 0.0) -> Retimed:
     """The measured fastest of the candidates that beat the first (the planned one) by more
     than ``sigmas`` standard errors of the difference (``stderr_us``: of each median) and by
-    more than ``min_gain`` (relative); the planned one when none does.
+    more than ``min_gain`` (relative); the planned one when none does. An unstable timing
+    carries an infinite standard error: then the planned one stays, whatever the others read.
 
     Without the noise rule the fastest of a few plans within 1 % of each other is the one
     whose timing erred low: on the compiled demo a candidate kept for measuring 1.3 % faster
@@ -136,8 +146,10 @@ def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],
     if len(se) != len(candidates):
         raise HwcostError("one standard error per candidate is needed")
     m0 = measured_us[0]
-    ok = [i for i in range(1, len(candidates))
-          if m0 - measured_us[i] > max(sigmas * math.hypot(se[0], se[i]), min_gain * m0)]
+    # one unstable timing makes the whole interleaved batch suspect: no switch at all
+    ok = [] if any(math.isinf(e) for e in se) else [
+        i for i in range(1, len(candidates))
+        if m0 - measured_us[i] > max(sigmas * math.hypot(se[0], se[i]), min_gain * m0)]
     best = min(ok, key=lambda i: measured_us[i]) if ok else 0
     return Retimed(tuple(candidates), tuple(float(m) for m in measured_us), best, se)
 

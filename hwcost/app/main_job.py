@@ -9,6 +9,7 @@ builds :class:`MainJobOptions` from its options and prints the :class:`RunSummar
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -454,14 +455,16 @@ def _plan_timer(loaded: Any, shape: str, backend: Any, threads: int | None, depl
                 timing: dict) -> Callable:
     """Plans -> (median, its standard error) in microseconds, timed end to end, interleaved,
     on the real deployment (:func:`planner.apply.time_configs`): what ``--retime`` compares
-    candidates with."""
+    candidates with. An unstable timing's standard error is infinite: a plan is never
+    switched on the word of a loaded machine."""
     from hwcost.costs import median_stderr
     from hwcost.planner.apply import time_configs
 
     def time_plans(plans: Any) -> dict[str, tuple[float, float]]:
         got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
                            **timing)
-        return {name: (t.median_us, median_stderr(t.spread_us, t.n_samples))
+        return {name: (t.median_us,
+                       median_stderr(t.spread_us, t.n_samples) if t.stable else math.inf)
                 for name, t in got.items()}
     return time_plans
 

@@ -4,6 +4,8 @@ times real compiled plans with it."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 import pytest
@@ -81,6 +83,21 @@ def test_the_measured_fastest_is_kept_only_beyond_the_noise():
         keep_fastest(cands, [1.0])
     with pytest.raises(HwcostError):
         keep_fastest(cands, [1.0, 2.0, 3.0], [1.0])
+
+
+def test_an_unstable_timing_never_moves_the_plan():
+    # a loaded machine timed candidate 2 far faster: its standard error is infinite
+    # (hwcost.app.main_job._plan_timer), so the planned one stays and the line says why
+    cands = candidate_plans(close_call(), 1.0, k=3, seed=0)
+    assert keep_fastest(cands, [100.0, 97.0, 60.0], [0.5, 0.5, 0.5]).kept == 2
+    # one unstable timing makes the interleaved batch suspect: no candidate is kept over
+    # the planned one, not even one timed stably
+    got = keep_fastest(cands, [100.0, 97.0, 60.0], [0.5, 0.5, math.inf])
+    assert got.kept == 0 and got.unstable
+    assert "not stable" in got.line() and "kept the planned one" in got.line()
+    d = got.to_dict()
+    assert d["stable"] is False and d["candidates"][2]["stderr_us"] is None
+    json.dumps(d, allow_nan=False)  # valid JSON for --json
 
 
 def test_retime_times_every_candidate_in_one_call_by_layer_map():
