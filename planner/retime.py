@@ -12,7 +12,11 @@ Candidates, all within the same bound:
 
 1. the plan on gains shrunk by their standard errors (what ``make_plan`` picks);
 2. the plan on the unshrunk gains;
-3. the optimum under gains drawn within their standard errors (the noise model of
+3. each uniform plan (every layer in one precision) within the bound and the constraints
+   that the table predicts faster than the baseline, best predicted first: what a user would
+   deploy without a planner, and free of the interactions between formats (cache residency
+   of a mixed model, casts at precision boundaries) that a table of pieces does not price;
+4. the optimum under gains drawn within their standard errors (the noise model of
    :mod:`planner.noise`: one draw per (signature, config), one per signature's reference),
    ``draws`` times; the plans found most often come first.
 
@@ -40,7 +44,7 @@ class Candidate:
     chose it, and its predicted speedup (unshrunk gains)."""
 
     picks: tuple[int, ...]
-    origin: str  # shrunk | unshrunk | drawn
+    origin: str  # shrunk | unshrunk | uniform | drawn
     votes: int
     predicted_speedup: float
 
@@ -97,7 +101,7 @@ class Retimed:
 
 def candidate_plans(problem: Problem, bound: float | None, k: int = 4, *,
                     shrink: float = 1.0, draws: int = 24, seed: int = 0,
-                    constraints: Constraints | None = None,
+                    constraints: Constraints | None = None, uniform: bool = True,
                     time_limit_s: float = 60.0) -> list[Candidate]:
     """Up to ``k`` distinct plans within ``bound`` worth timing end to end (see the module
     docstring); the first is the plan on shrunk gains."""
@@ -118,15 +122,40 @@ def candidate_plans(problem: Problem, bound: float | None, k: int = 4, *,
               time_limit_s=time_limit_s).picks, "shrunk", 0)
     add(solve(problem, bound, "time", constraints, time_limit_s=time_limit_s).picks,
         "unshrunk", 0)
+    fixed = list(order)
+    uniforms = _uniform_plans(problem, bound, constraints, time_limit_s) if uniform and k > 1 else []
+    for picks in uniforms:
+        add(picks, "uniform", 0)
     rng = random.Random(seed)
+    n_fixed = len(order)
     for _ in range(draws if k > 1 else 0):
         add(solve(drawn_gains(problem, rng), bound, "time", constraints,
                   time_limit_s=time_limit_s).picks, "drawn", 1)
-    fixed, drawn = order[:2], order[2:]
+    fixed, drawn = order[:n_fixed], order[n_fixed:]
     # drawn plans by how often they won a draw, then by predicted gain (a stable order)
     drawn.sort(key=lambda p: (-votes[p], -predicted_speedup(problem, p)))
     keep = (fixed + drawn)[:k]
     return [Candidate(p, origin[p], votes[p], predicted_speedup(problem, p)) for p in keep]
+
+
+def _uniform_plans(problem: Problem, bound: float | None, constraints: Constraints | None,
+                   time_limit_s: float) -> list[tuple[int, ...]]:
+    """Picks of each uniform plan within the bound and the constraints (solved with every
+    layer pinned to one precision, so memory budgets, pins and groups hold) that the table
+    predicts faster than the baseline; best predicted first."""
+    cons = constraints or Constraints()
+    found = []
+    for prec in problem.precisions:
+        if prec == problem.baseline:
+            continue
+        pinned = Constraints(None, cons.max_weight_bytes, (*cons.pins, ("*", prec)), cons.groups)
+        try:
+            picks = tuple(solve(problem, bound, "time", pinned, time_limit_s=time_limit_s).picks)
+        except HwcostError:  # over the bound, over the memory budget, or against a pin
+            continue
+        if predicted_speedup(problem, picks) > 1.0:
+            found.append(picks)
+    return sorted(found, key=lambda p: -predicted_speedup(problem, p))
 
 
 def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],

@@ -40,7 +40,7 @@ class MainJobOptions:
     measures while the loss MSE exceeds the bound.
     ``retime`` (K > 1): time up to K candidate plans within the bound end to end and keep the
     measured fastest (:mod:`planner.retime`), for each plan made, the closed loop's too;
-    shapes only (not workloads).
+    a workload's candidates are timed as ``generate()`` requests.
     """
 
     model: str | None = None
@@ -280,7 +280,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
                                 precisions=precisions_list, **ident)
     say(f"planning for loss MSE <= {threshold.describe(problem)}")
     time_plans = None
-    if o.retime > 1 and not wl:
+    if o.retime > 1:
         time_plans = _plan_timer(loaded, shape, backend, camp.threads, o.deployment,
                                  timing.kwargs() if timing else {})
         say(f"re-timing up to {o.retime} candidate plans end to end")
@@ -455,14 +455,20 @@ def _plan_timer(loaded: Any, shape: str, backend: Any, threads: int | None, depl
                 timing: dict) -> Callable:
     """Plans -> (median, its standard error) in microseconds, timed end to end, interleaved,
     on the real deployment (:func:`planner.apply.time_configs`): what ``--retime`` compares
-    candidates with. An unstable timing's standard error is infinite: a plan is never
-    switched on the word of a loaded machine."""
+    candidates with; for a workload, real ``generate()`` requests
+    (:func:`planner.generate.time_generate`), as its validation times them. An unstable
+    timing's standard error is infinite: a plan is never switched on the word of a loaded
+    machine."""
     from hwcost.costs import median_stderr
     from hwcost.planner.apply import time_configs
+    from hwcost.planner.generate import time_generate
+    from hwcost.workload import is_workload_key
+
+    timer = time_generate if is_workload_key(shape) else time_configs
 
     def time_plans(plans: Any) -> dict[str, tuple[float, float]]:
-        got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
-                           **timing)
+        got = timer(loaded, plans, shape, backend, threads=threads, deployment=deployment,
+                    **timing)
         return {name: (t.median_us,
                        median_stderr(t.spread_us, t.n_samples) if t.stable else math.inf)
                 for name, t in got.items()}

@@ -64,10 +64,12 @@ from hwcost.enums import DeploymentMode, DeviceKind
 @click.option("--retime", "retime", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="K",
               help="Time up to K candidate plans within the bound end to end (the planned one, "
-                   "the one on unshrunk gains, optima under gains drawn within their standard "
-                   "errors) and keep the measured fastest when it beats the planned one "
-                   "beyond the timing noise; 0 or 1: off. Catches what the "
-                   "subgraph table cannot see (fusion across subgraphs when --compiled).")
+                   "the one on unshrunk gains, each uniform precision within the bound, optima "
+                   "under gains drawn within their standard errors) and keep the measured "
+                   "fastest when it beats the planned one beyond the timing noise; with "
+                   "--workload, as real generate() requests. 0 or 1: off. Catches what the "
+                   "subgraph table cannot see (fusion across subgraphs when --compiled, cache "
+                   "residency of a mixed model in decode).")
 @store_option
 @json_option
 @handle_errors

@@ -101,3 +101,28 @@ def test_retime_times_candidate_plans_end_to_end_on_a_biased_family(tmp_path, sq
     assert "candidate plans end to end: " in timed[0]
     assert set(summary.layers.values()) <= {"fp32", "bf16", "int8"}
     assert summary.measured_speedup > 0
+
+
+@pytest.mark.slow
+def test_a_workload_plan_is_retimed_as_generate_requests(tmp_path, sqlite_url):
+    """``retime`` with a workload: the candidates (a uniform one among them) are timed as
+    real ``generate()`` requests, on a family with biased q/k/v, and the kept plan is the
+    one validated."""
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
+    options = MainJobOptions("tests.factories:small_qwen2", workload="prompt=16,gen=4,batch=1",
+                             max_loss_mse="50%", out_dir=tmp_path / "out", calib=str(data),
+                             eval_data=str(data), samples=8, quick=True,
+                             precisions="fp32,int8_wo", retime=3)
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        summary = run_main_job(store, options, report=lines.append)
+        plans = store.plans(summary.model_fingerprint, summary.device, summary.shape)
+    assert "re-timing up to 3 candidate plans end to end" in lines
+    timed = [line for line in lines if line.startswith("re-timed ")]
+    assert timed and "candidate plans end to end" in timed[0], lines
+    doc = json.loads((tmp_path / "out" / "plan.json").read_text())["data"]
+    assert doc["layers"] == summary.layers and any(n.startswith("re-timed ") for n in doc["notes"])
+    assert summary.shape.startswith("workload:") and plans[-1].layers == summary.layers
+    assert set(summary.layers.values()) <= {"fp32", "int8_wo"}
+    assert summary.measured_speedup > 0

@@ -10,6 +10,7 @@ import random
 
 import pytest
 from hwcost.planner.noise import drawn_gains, shrink_gains
+from hwcost.planner.objectives import Constraints
 from hwcost.planner.problem import Choice, Option, Problem
 from hwcost.planner.retime import candidate_plans, keep_fastest, retime
 from hwcost.planner.solve import solve
@@ -49,6 +50,26 @@ def test_candidates_are_the_planned_one_first_then_distinct_plans_within_the_bou
     assert len(candidate_plans(sure, 1.0, k=4)) == 1
     with pytest.raises(HwcostError):
         candidate_plans(p, 1.0, k=0)
+
+
+def test_a_uniform_plan_within_the_bound_is_a_candidate():
+    # int8 everywhere is within the bound but the table prices it below the mixed optimum
+    # (int8 on l0, bf16 on l1): the uniform plan is timed too, after the planned ones
+    p = problem([opt("fp32", 0, 0), opt("bf16", 9, 0.1), opt("int8", 10, 0.5)],
+                [opt("fp32", 0, 0), opt("bf16", 9, 0.1), opt("int8", 6, 0.5)])
+    cands = candidate_plans(p, 1.0, k=4, seed=0)
+    assert [c.layers(p) for c in cands[:1]] == [{"l0": "int8", "l1": "bf16"}]
+    origin = {tuple(sorted(set(c.layers(p).values()))): c.origin for c in cands}
+    assert origin[("int8",)] == "uniform" and origin[("bf16",)] == "uniform"
+    assert [c.origin for c in cands].index("uniform") == 1
+    ups = [c.predicted_speedup for c in cands if c.origin == "uniform"]
+    assert ups == sorted(ups, reverse=True)  # best predicted first
+    # over the bound (int8: 1.0 > 0.6), against a pin, or off: no uniform candidate
+    assert all(set(c.layers(p).values()) != {"int8"} for c in candidate_plans(p, 0.6, k=4))
+    pinned = Constraints(None, None, (("l0", "bf16"),))
+    assert all(c.origin != "uniform" or set(c.layers(p).values()) == {"bf16"}
+               for c in candidate_plans(p, 1.0, k=4, constraints=pinned))
+    assert "uniform" not in {c.origin for c in candidate_plans(p, 1.0, k=4, uniform=False)}
 
 
 def test_drawn_gains_vary_within_their_spread_and_identical_blocks_move_together():
