@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,11 +51,14 @@ class ValidationResult:
     stable: bool = True  # the machine passed the stability policy while timing
     reason: str = ""  # why not, with the figure
     speedup_rel_error: float | None = None  # the plan's stated error of its predicted speedup
+    plan_is_baseline: bool = False  # every layer in the baseline precision: nothing deployed
 
     @property
     def slower_than_baseline(self) -> bool:
-        """The plan measured slower than the baseline: a regression, never a result."""
-        return self.measured_speedup < 1.0
+        """The plan measured slower than the baseline: a regression, never a result. A plan
+        that keeps every layer in the baseline precision is the baseline: its two timings
+        differ by noise alone, never by a regression."""
+        return self.measured_speedup < 1.0 and not self.plan_is_baseline
 
     @property
     def disagreement(self) -> float | None:
@@ -101,6 +105,11 @@ class ValidationResult:
 
 def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
+
+
+def plan_is_baseline(plan: PlanLike) -> bool:
+    """Whether a plan keeps every layer in its baseline precision (deploys nothing)."""
+    return all(p == plan.baseline for p in plan.layers.values())
 
 
 def layer_map_hash(layers: Mapping[str, str]) -> str:
@@ -162,6 +171,29 @@ def time_configs(loaded, configs: Mapping[str, Mapping[str, str]], shape: str, b
                                 inputs, backend, threads=threads, **timing_kwargs)
     finally:
         models.clear()  # the deployed layers go now, not when the caller's frame ends
+
+
+def plan_timer(loaded, shape: str, backend, *, threads: int | None = None,
+               deployment: str = "eager", **timing_kwargs) -> Callable:
+    """Plans -> (median, its standard error) in microseconds, timed end to end, interleaved,
+    on the real deployment (:func:`time_configs`): what ``--retime`` compares candidates
+    with (``make_plan(retime=...)``); for a workload key, real ``generate()`` requests
+    (:func:`planner.generate.time_generate`), as its validation times them. An unstable
+    timing's standard error is infinite: a plan is never switched on the word of a loaded
+    machine."""
+    from hwcost.planner.generate import time_generate
+
+    from hwcost.costs import median_stderr
+
+    timer = time_generate if is_workload_key(shape) else time_configs
+
+    def time_plans(plans: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[float, float]]:
+        got = timer(loaded, plans, shape, backend, threads=threads, deployment=deployment,
+                    **timing_kwargs)
+        return {name: (t.median_us,
+                       median_stderr(t.spread_us, t.n_samples) if t.stable else math.inf)
+                for name, t in got.items()}
+    return time_plans
 
 
 def eval_batches(loaded, eval_data: str | Path | None, samples: int, seq_len: int = 128,
@@ -339,4 +371,5 @@ def validate_plan_on_device(store, doc: PlanLike, plan_id: int | None, *, model_
                             pr.plan_us, getattr(b, "tokens_per_s", None),
                             getattr(p, "tokens_per_s", None),
                             stable=stable, reason=getattr(b, "reason", "") or getattr(p, "reason", ""),
-                            speedup_rel_error=pr.speedup_rel_error)
+                            speedup_rel_error=pr.speedup_rel_error,
+                            plan_is_baseline=plan_is_baseline(plan))

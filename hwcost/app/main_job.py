@@ -9,7 +9,6 @@ builds :class:`MainJobOptions` from its options and prints the :class:`RunSummar
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -281,8 +280,10 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
     say(f"planning for loss MSE <= {threshold.describe(problem)}")
     time_plans = None
     if o.retime > 1:
-        time_plans = _plan_timer(loaded, shape, backend, camp.threads, o.deployment,
-                                 timing.kwargs() if timing else {})
+        from hwcost.planner.apply import plan_timer
+
+        time_plans = plan_timer(loaded, shape, backend, threads=camp.threads,
+                                deployment=o.deployment, **(timing.kwargs() if timing else {}))
         say(f"re-timing up to {o.retime} candidate plans end to end")
     result = make_plan(store, camp.model_fingerprint, camp.device, shape, threshold,
                        problem=problem, measured=measured_only, retime=time_plans,
@@ -316,7 +317,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
 
     if prior is not None and prior[1] is not None:
         say("validation reused from the store (same plan, device and shape)")
-        r = _stored_validation(prior[0], prior[1], camp.device, pred)
+        r = _stored_validation(prior[0], prior[1], camp.device, pred, result.document)
     else:
         say("applying the plan with real kernels and validating on held-out data")
         r = validate()
@@ -345,7 +346,7 @@ def _run(store: Store, o: MainJobOptions, progress: bool, mark: Callable[[str], 
             if prior is not None and prior[1] is not None:  # validated by an earlier run
                 plan_reused = True
                 pred = _adopt_stored_plan(store, result, prior[0])
-                r = _stored_validation(prior[0], prior[1], camp.device, pred)
+                r = _stored_validation(prior[0], prior[1], camp.device, pred, result.document)
             else:
                 plan_reused, prior = False, None
                 save_plan(store, result)
@@ -391,14 +392,16 @@ def _adopt_stored_plan(store: Any, result: Any, plan_id: int) -> PlanPrediction:
     return result.document.predicted
 
 
-def _stored_validation(plan_id: int, v: Any, device: str, pred: PlanPrediction) -> Any:
-    """A stored validation of this plan, as the result validating it again would give."""
-    from hwcost.planner.apply import ValidationResult
+def _stored_validation(plan_id: int, v: Any, device: str, pred: PlanPrediction,
+                       doc: Any) -> Any:
+    """A stored validation of this plan (``doc``), as the result validating it again would give."""
+    from hwcost.planner.apply import ValidationResult, plan_is_baseline
 
     return ValidationResult(plan_id, v.id, device, v.baseline_us, v.plan_us, 0.0, 0.0,
                             v.measured_speedup, pred.speedup, v.measured_loss_mse,
                             pred.loss_mse, v.n_eval_samples or 0, None, stable=v.stable,
-                            speedup_rel_error=pred.speedup_rel_error)
+                            speedup_rel_error=pred.speedup_rel_error,
+                            plan_is_baseline=plan_is_baseline(doc))
 
 
 def _same_data_warning(calib: str, eval_data: str | None, model_spec: str | None) -> list[str]:
@@ -449,30 +452,6 @@ def _close_loop(store: Any, loaded: Any, camp: Any, shape: str, threshold: Any, 
     return plan_within_bound(plan, measure, first.solution.max_loss_mse, max_rounds=max_rounds,
                              first=first, first_measured=first_measured,
                              report=lambda line: say(f"closed loop {line}"))
-
-
-def _plan_timer(loaded: Any, shape: str, backend: Any, threads: int | None, deployment: str,
-                timing: dict) -> Callable:
-    """Plans -> (median, its standard error) in microseconds, timed end to end, interleaved,
-    on the real deployment (:func:`planner.apply.time_configs`): what ``--retime`` compares
-    candidates with; for a workload, real ``generate()`` requests
-    (:func:`planner.generate.time_generate`), as its validation times them. An unstable
-    timing's standard error is infinite: a plan is never switched on the word of a loaded
-    machine."""
-    from hwcost.costs import median_stderr
-    from hwcost.planner.apply import time_configs
-    from hwcost.planner.generate import time_generate
-    from hwcost.workload import is_workload_key
-
-    timer = time_generate if is_workload_key(shape) else time_configs
-
-    def time_plans(plans: Any) -> dict[str, tuple[float, float]]:
-        got = timer(loaded, plans, shape, backend, threads=threads, deployment=deployment,
-                    **timing)
-        return {name: (t.median_us,
-                       median_stderr(t.spread_us, t.n_samples) if t.stable else math.inf)
-                for name, t in got.items()}
-    return time_plans
 
 
 def _find_validated_plan(store: Any, model: str, device: str, shape: str,

@@ -216,6 +216,11 @@ def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
     ok = ValidationResult(1, 1, "dev", 100.0, 80.0, 1.0, 1.0, 1.25, 1.27, 0.1, 0.1, 8, 1,
                           speedup_rel_error=0.05)
     assert ok.warnings() == [] and ok.to_dict()["slower_than_baseline"] is False
+    # a plan that keeps every layer in the baseline precision is the baseline: two timings of
+    # one deployment differ by noise, not by a regression
+    same = ValidationResult(1, 1, "dev", 100.0, 101.0, 1.0, 1.0, 0.99, 1.0, 0.0, 0.0, 8, 1,
+                            speedup_rel_error=0.05, plan_is_baseline=True)
+    assert not same.slower_than_baseline and same.warnings() == []
 
 
 def _pinned_busy(cpu: int, seconds: float) -> subprocess.Popen:
