@@ -67,6 +67,7 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
     candidate plans within the bound are timed and the measured fastest is kept when it beats
     the planned one beyond the noise (:mod:`planner.retime`); the plan's notes say which and
     by how much."""
+    from hwcost.planner.anchors import scales_line
     from hwcost.planner.noise import chance_not_fastest, measured_only, plan_stderr_us, rivals, shrink_gains
 
     parse_objective(objective)
@@ -103,6 +104,9 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
         latency_stderr_us=plan_stderr_us(problem, sol.picks), gain_shrink_sigmas=k,
         **({"loss_scale": loss_scale} if loss_scale != 1.0 else {}))
     notes = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
+    anchors = scales_line(problem.gain_scales)
+    if anchors:
+        notes.append(anchors)
     if retimed is not None and len(retimed.candidates) > 1:
         notes.append(retimed.line())
     doc = doc.updated(notes=tuple(notes), predicted=predicted,

@@ -75,6 +75,8 @@ class Problem:
     choices: list[Choice]
     model_baseline_us: float | None = None  # measured whole-model baseline latency, if stored
     sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint, checkpoint, quantizer}
+    # shape -> {precision: scale} of the gains anchored on whole-model steps (planner.anchors)
+    gain_scales: dict = field(default_factory=dict)
     # the store's records the problem was built from (None for a problem made by hand):
     # saving its plan finds the model and device by these, never by re-resolving a reference
     model_ref: Any = field(default=None, compare=False, repr=False)
@@ -152,11 +154,29 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                for e in entries]
     base_row = store.model_latency(model, dev, shape_obj.key, f"all:{baseline}",
                                    allow_unstable=allow_unstable)
-    return Problem(model_name=model.name, model_fingerprint=model.fingerprint,
-                   device_fingerprint=dev.fingerprint, device_name=dev.name, device_kind=dev.kind,
-                   shape=shape_obj.key, baseline=baseline, precisions=precs, choices=choices,
-                   model_baseline_us=base_row.median_us if base_row else None,
-                   sensitivity={"method": method, **key}, model_ref=model, device_ref=dev)
+    problem = Problem(model_name=model.name, model_fingerprint=model.fingerprint,
+                      device_fingerprint=dev.fingerprint, device_name=dev.name,
+                      device_kind=dev.kind, shape=shape_obj.key, baseline=baseline,
+                      precisions=precs, choices=choices,
+                      model_baseline_us=base_row.median_us if base_row else None,
+                      sensitivity={"method": method, **key}, model_ref=model, device_ref=dev)
+    if shape_obj.phase == "decode" and base_row is not None:
+        problem = _anchor(store, problem, base_row, allow_unstable)
+    return problem
+
+
+def _anchor(store, problem: Problem, base_row, allow_unstable: bool) -> Problem:
+    """A decode problem's gains anchored on the whole model's steps in each uniform
+    precision (:mod:`planner.anchors`), where the campaign timed them in the baseline's window."""
+    from hwcost.planner.anchors import anchor_scales, anchored
+
+    whole = {problem.baseline: base_row.median_us}
+    for prec in problem.precisions[1:]:
+        row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
+                                  f"all:{prec}", allow_unstable=allow_unstable)
+        if row is not None:
+            whole[prec] = row.median_us
+    return anchored(problem, anchor_scales(problem, whole))
 
 
 def _sensitivity_table(store, model, method: str, checkpoint: str | None,

@@ -84,7 +84,9 @@ def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -
         choices.append(Choice(ch.position, ch.signature, ch.kind, ch.layer_names, tuple(options)))
     # each shape's end-to-end baseline (its measured whole model, else its subgraph sum)
     model_base = sum(weights[s] * p.baseline_us for s, p in problems.items())
-    return replace(first, shape=key, choices=choices, model_baseline_us=model_base)
+    scales = {k: v for p in problems.values() for k, v in p.gain_scales.items()}
+    return replace(first, shape=key, choices=choices, model_baseline_us=model_base,
+                   gain_scales=scales)
 
 
 def build_workload_problem(store, model_ref: str, device: str, workload: str | Workload, *,

@@ -12,7 +12,9 @@ With ``worker=NAME`` it instead claims tasks from a campaign in the store
 store split one campaign; each task is measured by one worker.
 
 It also times the whole model per shape with every layer in the device's baseline precision
-and stores it as the model latency ``all:<baseline>``.
+and stores it as the model latency ``all:<baseline>``; at a decode shape, in the same window,
+the whole model in each other precision of the campaign (``all:<precision>``, the anchors of
+:mod:`planner.anchors`).
 """
 
 from __future__ import annotations
@@ -437,17 +439,23 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             base = precs[0]
             for shape in shape_list:
                 # a quick run accepts any stored row; a full run replaces quick or unstable ones
-                found = store.model_latency(part.model_fingerprint, dev.fingerprint, shape.key,
-                                            f"all:{base.value}", allow_unstable=timing.quick)
-                if found is None:
-                    t = time_model(store, report, measurer, shape, base)
-                    store.put_model_latency(part.model_fingerprint, dev.fingerprint, shape.key,
-                                            f"all:{base.value}", t, quick=timing.quick)
+                # (at a decode shape: the baseline's and each anchor's, timed in one window)
+                anchors = precs if shape.phase == "decode" else precs[:1]
+                found = {p: store.model_latency(part.model_fingerprint, dev.fingerprint,
+                                                shape.key, f"all:{p.value}",
+                                                allow_unstable=timing.quick) for p in anchors}
+                if any(row is None for row in found.values()):
+                    t, whole = time_model(store, report, measurer, shape, base, precs[1:])
+                    # one window's rows go together: a stable window replaces them all
+                    for p, tp in {base: t, **whole}.items():
+                        store.put_model_latency(part.model_fingerprint, dev.fingerprint,
+                                                shape.key, f"all:{p.value}", tp,
+                                                quick=timing.quick, replace=t.stable)
                     report.baseline_us[shape.key] = t.median_us
                     if not t.stable:
                         report.unstable_reasons.append(f"whole model: {t.reason}")
                 else:
-                    report.baseline_us[shape.key] = found.median_us
+                    report.baseline_us[shape.key] = found[base].median_us
     finally:
         torch.set_num_threads(before)
     report.elapsed_s = round(time.perf_counter() - start, 2)

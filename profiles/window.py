@@ -13,24 +13,35 @@ A piece that reads no KV cache is measured once per batch (its configs under the
 key), but its baseline row from a bucket's window is stored under that bucket's full key,
 where the cost table takes it before the KV-free row: each bucket's gains are in microseconds
 of that bucket's rounds, and the configs' ratios stay shared.
+
+At a decode shape the window also times the whole model in each other precision of the
+campaign, every layer in it (``anchors``), stored as ``all:<precision>``: a decode step
+reads every weight once, so how much of the model the cache holds depends on the whole
+model's format, which a piece timed alone cannot see. The planner anchors the pieces' gains
+on these whole steps (:mod:`planner.anchors`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from hwcost.errors import BackendUnavailable
 from hwcost.precision import Precision
 from hwcost.shape import Shape
 from hwcost.store import MeasurementIn
 
 
-def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision) -> Any:
+def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision,
+               anchors: Sequence[Precision] = ()) -> tuple[Any, dict[Precision, Any]]:
     """The whole model's baseline latency, timed in one window with every unique piece's
     baseline config (:func:`model_window`), and those timings replace the pieces' baseline
     rows at ``shape`` when the window is stable, the run quick, or the rows no better (quick
     or unstable), so that the gains' microseconds and the speedup's denominator come from
-    the same rounds."""
-    t, pieces = model_window(measurer, shape.key, base)
+    the same rounds. At a decode shape the whole model in each of ``anchors`` is timed in
+    the same window: ``(baseline Timing, {precision: Timing})``; the caller stores them."""
+    t, pieces, whole = model_window(measurer, shape.key, base,
+                                    anchors if shape.phase == "decode" else ())
     # an unstable window still replaces baseline rows that are no better (quick or unstable)
     good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
     rows = [MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
@@ -42,12 +53,16 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
             if t.stable or report.quick or measurer.baseline_key(sig) not in good.get(sig, ())]
     if rows:
         store.add_measurements(rows, replace=True)
-    return t
+    return t, whole
 
 
-def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, dict[str, Any]]:
+def model_window(measurer: Any, shape: str, baseline: Precision,
+                 anchors: Sequence[Precision] = ()
+                 ) -> tuple[Any, dict[str, Any], dict[Precision, Any]]:
     """The whole model in ``baseline`` and every unique piece's baseline config, timed
-    in the same interleaved rounds: ``(model Timing, {signature: Timing})``.
+    in the same interleaved rounds: ``(model Timing, {signature: Timing}, {precision:
+    Timing})``, the last for the whole model in each of ``anchors`` (every layer in it;
+    a precision a kernel cannot deploy on some layer is left out).
 
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
@@ -64,6 +79,17 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     kv = parse_shape(shape).kv
     model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
     fns = {"model": lambda d: model_fn(d["model"])}
+    prepare = {"model": lambda: model_fn(model_inputs[0])} if kv else None
+    whole = {}
+    for prec in anchors:
+        try:
+            fn, _ = measurer.model_fn_of(shape, prec)
+        except BackendUnavailable:
+            continue
+        whole[prec] = f"model:{prec.value}"
+        fns[whole[prec]] = (lambda f: lambda d: f(d["model"]))(fn)
+        if prepare is not None:  # each whole step after its own previous one
+            prepare[whole[prec]] = (lambda f: lambda: f(model_inputs[0]))(fn)
     sigs = []
     for sig, rep in measurer.reps.items():
         key = measurer.baseline_key(sig)
@@ -80,9 +106,11 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     res = time_interleaved(fns, data, measurer.backend, threads=measurer.threads,
                            baseline="model",
                            evict_bytes={"model": measurer.evict_bytes(shape),
+                                        **dict.fromkeys(whole.values(),
+                                                        measurer.evict_bytes(shape)),
                                         **{s: measurer.evict_bytes(shape, s) for s in sigs}},
-                           evict_skip=("model",) if kv else (),
+                           evict_skip=("model", *whole.values()) if kv else (),
                            # a decode step after its own previous step, as generate() runs it
-                           prepare={"model": lambda: model_fn(model_inputs[0])} if kv else None,
-                           **measurer.timing.kwargs())
-    return res["model"], {sig: res[sig] for sig in sigs}
+                           prepare=prepare, **measurer.timing.kwargs())
+    return (res["model"], {sig: res[sig] for sig in sigs},
+            {prec: res[name] for prec, name in whole.items()})

@@ -103,10 +103,16 @@ def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sql
         windows = [(out, kw) for out, kw in calls if "model" in out]
         assert len(windows) == 2, "one window per shape"
         window, kw = windows[1]  # the decode shape's, after the prefill's
-        assert kw["evict_skip"] == ("model",)
-        assert set(kw["prepare"]) == {"model"}  # after its own previous step, untimed
+        # the whole model in fp32 and, as the planner's anchor, in bf16 (every layer), each
+        # after its own previous step, untimed
+        assert kw["evict_skip"] == ("model", "model:bf16")
+        assert set(kw["prepare"]) == {"model", "model:bf16"}
+        assert "model:bf16" not in windows[0][0]  # a prefill shape has no anchors
         assert cache_lengths and set(cache_lengths) == {12}
         assert rep.baseline_us[DECODE] == window["model"].median_us
+        anchor = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:bf16",
+                                     allow_unstable=True)
+        assert anchor is not None and anchor.median_us == window["model:bf16"].median_us
         _, manifest = store.manifest(rep.model_fingerprint)
         subs = {sub.signature: sub for _, sub in manifest}
         assert set(subs) <= set(window), "every unique piece's baseline is in that window"

@@ -1,0 +1,97 @@
+"""Decode gains anchored on whole-model steps in each uniform precision.
+
+A decode step reads every weight once: it is memory-bound, and how fast a layer reads its
+weights depends on where they are, which depends on the *whole* model's format. A model
+whose fp32 weights overflow this process's share of the last-level cache may fit in it in
+int8; then every int8 layer reads from the cache and gains more than the same layer timed
+alone (after a buffer read standing for the rest of the model, ``profiles.eviction``)
+suggested. A table of pieces cannot see that. On the demo model's decode step the whole
+model in uniform int8_wo gained 1.38x the sum of its pieces' gains in one campaign and 0.52x
+in another (the other CPU's work takes part of the shared cache), bf16 0.45x.
+
+So the campaign times, at each decode shape and in one window with the baseline, the whole
+model with every layer in each precision (``profiles.window``, rows ``all:<precision>``).
+For each precision ``p`` the anchor scale is
+
+    kappa_p = (whole baseline step - whole step in p) / sum over the pieces of their gains in p
+
+(both in the microseconds of that window), and every option's gain is multiplied by the
+scale of its layers' precisions (a mixed option: the mean over its non-baseline layers).
+A uniform plan is then priced exactly as its whole model measured; a mixed plan between
+its formats' anchors. A scale is left at 1 where the pieces' gains sum to under 1 % of the
+step (the ratio would be noise over noise) and kept within [0, 4]. Pure Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from hwcost.planner.problem import Choice, Option, Problem
+
+MIN_SHARE = 0.01  # pieces' gains summing to less than this share of the step: no scale
+MAX_SCALE = 4.0
+
+
+def anchor_scales(problem: Problem, whole_us: Mapping[str, float]) -> dict[str, float]:
+    """precision -> kappa from the whole model's step in the baseline and in each uniform
+    precision (``whole_us``: precision -> microseconds, the baseline's included); precisions
+    without a whole-model step are left out."""
+    base = whole_us.get(problem.baseline)
+    if not base:
+        return {}
+    scales = {}
+    for prec, us in whole_us.items():
+        if prec == problem.baseline or prec not in problem.precisions:
+            continue
+        pieces = _uniform_gain(problem, prec)
+        if pieces is None:
+            continue
+        if abs(pieces) < MIN_SHARE * base:
+            scales[prec] = 1.0
+        else:
+            scales[prec] = min(MAX_SCALE, max(0.0, (base - us) / pieces))
+    return scales
+
+
+def anchored(problem: Problem, scales: Mapping[str, float]) -> Problem:
+    """The problem with every option's gain (and latency, and its standard error) scaled
+    by the anchor scale of its layers' precisions; ``problem.gain_scales`` records them."""
+    if not scales:
+        return problem
+    choices = [Choice(c.position, c.signature, c.kind, c.layer_names,
+                      tuple(_scaled(o, c.baseline.latency_us, problem.baseline, scales)
+                            for o in c.options))
+               for c in problem.choices]
+    return replace(problem, choices=choices,
+                   gain_scales={**problem.gain_scales, problem.shape: dict(scales)})
+
+
+def scales_line(gain_scales: Mapping[str, Mapping[str, float]]) -> str | None:
+    """One line naming the anchor scales per shape (None when none applied)."""
+    parts = [f"{shape}: " + ", ".join(f"{p} x{k:.2f}" for p, k in sc.items())
+             for shape, sc in gain_scales.items() if sc]
+    if not parts:
+        return None
+    return ("decode gains anchored on whole-model steps in each uniform precision "
+            "(planner.anchors): " + "; ".join(parts))
+
+
+def _uniform_gain(problem: Problem, prec: str) -> float | None:
+    total = 0.0
+    for c in problem.choices:
+        opt = next((o for o in c.options if all(p == prec for p in o.config)), None)
+        if opt is None:
+            return None
+        total += opt.gain_us
+    return total
+
+
+def _scaled(o: Option, base_us: float, baseline: str, scales: Mapping[str, float]) -> Option:
+    low = [p for p in o.config if p != baseline]
+    if not low:
+        return o
+    k = sum(scales.get(p, 1.0) for p in low) / len(low)
+    gain = o.gain_us * k
+    return replace(o, gain_us=gain, latency_us=base_us - gain,
+                   uncertainty_us=o.uncertainty_us * k)

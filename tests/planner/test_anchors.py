@@ -1,0 +1,65 @@
+"""Decode gains anchored on whole-model steps in each uniform precision (planner.anchors):
+the scales, the anchored problem, and the campaign rows the planner reads them from."""
+
+from __future__ import annotations
+
+import pytest
+from hwcost.planner.anchors import anchor_scales, anchored, scales_line
+from hwcost.planner.problem import Choice, Option, Problem
+from hwcost.planner.solve import predicted_speedup
+
+SHAPE = "batch=1,kv=64,phase=decode"
+
+
+def opt(cfg, gain, loss=0.0, unc=0.0):
+    return Option(tuple(cfg.split(",")), 100.0 - gain, gain, loss, 4.0, 1.0, "measured", unc)
+
+
+def problem():
+    # two pieces: a one-layer one and a two-layer one (gate/up), fp32 / int8_wo / int4_wo
+    one = [opt("fp32", 0), opt("int8_wo", 10, unc=1.0), opt("int4_wo", 14)]
+    two = [opt("fp32,fp32", 0), opt("int8_wo,int8_wo", 30), opt("int4_wo,int4_wo", 36),
+           opt("int8_wo,fp32", 15), opt("int4_wo,int8_wo", 33), opt("fp32,int4_wo", 18),
+           opt("int8_wo,int4_wo", 33), opt("int4_wo,fp32", 18), opt("fp32,int8_wo", 15)]
+    return Problem("m", "fp", "d", "D", "cpu", SHAPE, "fp32", ("fp32", "int8_wo", "int4_wo"),
+                   [Choice(0, "a", "X", ("l0",), tuple(one)),
+                    Choice(1, "b", "Y", ("l1", "l2"), tuple(two))], model_baseline_us=200.0)
+
+
+def test_a_uniform_plan_is_priced_as_its_whole_model_measured():
+    p = problem()
+    # pieces: int8_wo gains 40 us in all, int4_wo 50; the whole model gained 60 and 45
+    scales = anchor_scales(p, {"fp32": 200.0, "int8_wo": 140.0, "int4_wo": 155.0})
+    assert scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
+    a = anchored(p, scales)
+    for prec, whole in (("int8_wo", 140.0), ("int4_wo", 155.0)):
+        picks = [next(i for i, o in enumerate(c.options) if set(o.config) == {prec})
+                 for c in a.choices]
+        assert sum(a.choices[s].options[i].gain_us for s, i in enumerate(picks)) == \
+            pytest.approx(200.0 - whole)
+        assert predicted_speedup(a, picks) == pytest.approx(200.0 / whole)
+    by_key = {o.key: o for o in a.choices[1].options}
+    # a mixed option: the mean of its non-baseline layers' scales; latency follows the gain
+    assert by_key["int4_wo,int8_wo"].gain_us == pytest.approx(33 * (1.5 + 0.9) / 2)
+    assert by_key["fp32,int4_wo"].gain_us == pytest.approx(18 * 0.9)
+    assert by_key["fp32,fp32"].gain_us == 0.0
+    for o in a.choices[1].options:
+        assert o.latency_us == pytest.approx(100.0 - o.gain_us)
+    assert a.choices[0].options[1].uncertainty_us == pytest.approx(1.5)  # scaled with its gain
+    assert a.gain_scales == {SHAPE: scales}
+    assert "int8_wo x1.50" in scales_line(a.gain_scales)
+
+
+def test_scales_are_left_out_kept_at_one_or_clamped_where_the_ratio_means_nothing():
+    p = problem()
+    assert anchor_scales(p, {"int8_wo": 140.0}) == {}  # no baseline step
+    assert anchor_scales(p, {"fp32": 200.0}) == {}  # no anchor
+    assert anchor_scales(p, {"fp32": 200.0, "bf16": 150.0}) == {}  # not a planned precision
+    # the whole model lost where the pieces gained: no gain at all, never a loss
+    assert anchor_scales(p, {"fp32": 200.0, "int8_wo": 230.0}) == {"int8_wo": 0.0}
+    assert anchor_scales(p, {"fp32": 200.0, "int8_wo": 0.1}) == {"int8_wo": 4.0}
+    # pieces' gains under 1 % of the step: noise over noise, left at 1
+    flat = Problem("m", "fp", "d", "D", "cpu", SHAPE, "fp32", ("fp32", "bf16"),
+                   [Choice(0, "a", "X", ("l0",), (opt("fp32", 0), opt("bf16", 1.0)))])
+    assert anchor_scales(flat, {"fp32": 200.0, "bf16": 150.0}) == {"bf16": 1.0}
+    assert anchored(p, {}) is p and scales_line({}) is None
