@@ -14,11 +14,13 @@ key), but its baseline row from a bucket's window is stored under that bucket's 
 where the cost table takes it before the KV-free row: each bucket's gains are in microseconds
 of that bucket's rounds, and the configs' ratios stay shared.
 
-At a decode shape the window also times the whole model in each other precision of the
-campaign, every layer in it (``anchors``), stored as ``all:<precision>``: a decode step
-reads every weight once, so how much of the model the cache holds depends on the whole
-model's format, which a piece timed alone cannot see. The planner anchors the pieces' gains
-on these whole steps (:mod:`planner.anchors`).
+At a decode shape the whole model is also timed with every layer in each other precision of
+the campaign (:func:`anchor_timings`), stored as ``all:<precision>``: a decode step reads
+every weight once, so how much of the model the cache holds depends on the whole model's
+format, which a piece timed alone cannot see. The planner anchors the pieces' gains on these
+whole steps (:mod:`planner.anchors`). Each is timed beside the baseline model, one precision
+at a time (one deployed copy of the weights at most, whatever the model's size), and stored
+as its ratio to that baseline times the window's baseline.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
     baseline config (:func:`model_window`), and those timings replace the pieces' baseline
     rows at ``shape`` when the window is stable, the run quick, or the rows no better (quick
     or unstable), so that the gains' microseconds and the speedup's denominator come from
-    the same rounds. At a decode shape the whole model in each of ``anchors`` is timed in
-    the same window: ``(baseline Timing, {precision: Timing})``; the caller stores them."""
-    t, pieces, whole = model_window(measurer, shape.key, base,
-                                    anchors if shape.phase == "decode" else ())
+    the same rounds. At a decode shape, the whole model in each of ``anchors`` too
+    (:func:`anchor_timings`): ``(baseline Timing, {precision: Timing})``; the caller stores
+    the whole-model rows."""
+    t, pieces = model_window(measurer, shape.key, base)
     # an unstable window still replaces baseline rows that are no better (quick or unstable)
     good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
     rows = [MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
@@ -53,16 +55,47 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
             if t.stable or report.quick or measurer.baseline_key(sig) not in good.get(sig, ())]
     if rows:
         store.add_measurements(rows, replace=True)
+    whole = (anchor_timings(measurer, shape.key, base, anchors, t.median_us)
+             if shape.phase == "decode" else {})
     return t, whole
 
 
-def model_window(measurer: Any, shape: str, baseline: Precision,
-                 anchors: Sequence[Precision] = ()
-                 ) -> tuple[Any, dict[str, Any], dict[Precision, Any]]:
+def anchor_timings(measurer: Any, shape: str, baseline: Precision,
+                   anchors: Sequence[Precision], baseline_us: float) -> dict[Precision, Any]:
+    """The whole model's step with every layer in each of ``anchors``: timed interleaved with
+    the baseline model (both after their own previous step, as ``generate()`` runs steps),
+    one precision at a time, and returned as its ratio to that baseline times
+    ``baseline_us`` (the window's), spread scaled alike. A precision a kernel cannot deploy
+    on some layer is left out."""
+    from dataclasses import replace
+
+    from hwcost.profiles.bench import time_interleaved
+
+    base_fn, inputs = measurer.model_fn_of(shape, baseline)
+    out = {}
+    for prec in anchors:
+        try:
+            fn, _ = measurer.model_fn_of(shape, prec)
+        except BackendUnavailable:
+            continue
+        fns = {"baseline": base_fn, "anchor": fn}
+        res = time_interleaved(fns, inputs, measurer.backend, threads=measurer.threads,
+                               baseline="baseline",
+                               prepare={k: (lambda f: lambda: f(inputs[0]))(f)
+                                        for k, f in fns.items()},
+                               **measurer.timing.kwargs())
+        del fns, fn  # the deployed copy goes before the next precision's
+        b, a = res["baseline"], res["anchor"]
+        k = baseline_us / b.median_us
+        out[prec] = replace(a, median_us=a.median_us * k, spread_us=a.spread_us * k,
+                            min_us=a.min_us * k if a.min_us is not None else None,
+                            stable=a.stable and b.stable, reason=a.reason or b.reason)
+    return out
+
+
+def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, dict[str, Any]]:
     """The whole model in ``baseline`` and every unique piece's baseline config, timed
-    in the same interleaved rounds: ``(model Timing, {signature: Timing}, {precision:
-    Timing})``, the last for the whole model in each of ``anchors`` (every layer in it;
-    a precision a kernel cannot deploy on some layer is left out).
+    in the same interleaved rounds: ``(model Timing, {signature: Timing})``.
 
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
@@ -79,17 +112,6 @@ def model_window(measurer: Any, shape: str, baseline: Precision,
     kv = parse_shape(shape).kv
     model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
     fns = {"model": lambda d: model_fn(d["model"])}
-    prepare = {"model": lambda: model_fn(model_inputs[0])} if kv else None
-    whole = {}
-    for prec in anchors:
-        try:
-            fn, _ = measurer.model_fn_of(shape, prec)
-        except BackendUnavailable:
-            continue
-        whole[prec] = f"model:{prec.value}"
-        fns[whole[prec]] = (lambda f: lambda d: f(d["model"]))(fn)
-        if prepare is not None:  # each whole step after its own previous one
-            prepare[whole[prec]] = (lambda f: lambda: f(model_inputs[0]))(fn)
     sigs = []
     for sig, rep in measurer.reps.items():
         key = measurer.baseline_key(sig)
@@ -106,11 +128,9 @@ def model_window(measurer: Any, shape: str, baseline: Precision,
     res = time_interleaved(fns, data, measurer.backend, threads=measurer.threads,
                            baseline="model",
                            evict_bytes={"model": measurer.evict_bytes(shape),
-                                        **dict.fromkeys(whole.values(),
-                                                        measurer.evict_bytes(shape)),
                                         **{s: measurer.evict_bytes(shape, s) for s in sigs}},
-                           evict_skip=("model", *whole.values()) if kv else (),
+                           evict_skip=("model",) if kv else (),
                            # a decode step after its own previous step, as generate() runs it
-                           prepare=prepare, **measurer.timing.kwargs())
-    return (res["model"], {sig: res[sig] for sig in sigs},
-            {prec: res[name] for prec, name in whole.items()})
+                           prepare={"model": lambda: model_fn(model_inputs[0])} if kv else None,
+                           **measurer.timing.kwargs())
+    return res["model"], {sig: res[sig] for sig in sigs}

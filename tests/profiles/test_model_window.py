@@ -103,16 +103,10 @@ def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sql
         windows = [(out, kw) for out, kw in calls if "model" in out]
         assert len(windows) == 2, "one window per shape"
         window, kw = windows[1]  # the decode shape's, after the prefill's
-        # the whole model in fp32 and, as the planner's anchor, in bf16 (every layer), each
-        # after its own previous step, untimed
-        assert kw["evict_skip"] == ("model", "model:bf16")
-        assert set(kw["prepare"]) == {"model", "model:bf16"}
-        assert "model:bf16" not in windows[0][0]  # a prefill shape has no anchors
+        assert kw["evict_skip"] == ("model",)
+        assert set(kw["prepare"]) == {"model"}  # after its own previous step, untimed
         assert cache_lengths and set(cache_lengths) == {12}
         assert rep.baseline_us[DECODE] == window["model"].median_us
-        anchor = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:bf16",
-                                     allow_unstable=True)
-        assert anchor is not None and anchor.median_us == window["model:bf16"].median_us
         _, manifest = store.manifest(rep.model_fingerprint)
         subs = {sub.signature: sub for _, sub in manifest}
         assert set(subs) <= set(window), "every unique piece's baseline is in that window"
@@ -133,3 +127,43 @@ def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sql
                   for s in (DECODE, KV_FREE)}
             assert at[DECODE] == {",".join(["fp32"] * len(subs[sig].slots))}
             assert len(at[KV_FREE]) == 2 ** len(subs[sig].slots)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
+        family, sqlite_url, monkeypatch):
+    """The planner's anchors (planner.anchors): at a decode shape, the whole model with every
+    layer in each other precision, timed beside the baseline model one precision at a time
+    (one deployed copy at most), both after their own previous step, and stored as
+    ``all:<precision>``: its ratio to that baseline times the window's baseline. A prefill
+    shape has none."""
+    calls = []
+    real = bench.time_interleaved
+
+    def spy(fns, inputs, backend="cpu", **kw):
+        out = real(fns, inputs, backend, **kw)
+        calls.append((out, kw))
+        return out
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16,int8_wo",
+                           threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
+        assert rep.failed == 0, rep.errors
+        pairs = [(out, kw) for out, kw in calls if "anchor" in out]
+        assert len(pairs) == 2, "bf16 and int8_wo, at the decode shape only"
+        for (out, kw), prec in zip(pairs, ("bf16", "int8_wo")):
+            assert set(out) == {"baseline", "anchor"}
+            assert set(kw["prepare"]) == {"baseline", "anchor"}
+            row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, f"all:{prec}",
+                                      allow_unstable=True)
+            assert row.median_us == pytest.approx(
+                rep.baseline_us[DECODE] * out["anchor"].median_us / out["baseline"].median_us)
+        for prec in ("bf16", "int8_wo"):
+            assert store.model_latency(rep.model_fingerprint, rep.device, SHAPE, f"all:{prec}",
+                                       allow_unstable=True) is None
+        # a second run finds every row and times nothing again
+        calls.clear()
+        run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16,int8_wo",
+                     threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
+        assert not [c for c, _ in calls if "model" in c or "anchor" in c]
