@@ -68,6 +68,7 @@ def anchor_timings(measurer: Any, shape: str, baseline: Precision,
     ``baseline_us`` (the window's), spread scaled alike. A precision a kernel cannot deploy
     on some layer is left out."""
     from dataclasses import replace
+    from functools import partial
 
     from hwcost.profiles.bench import time_interleaved
 
@@ -81,8 +82,7 @@ def anchor_timings(measurer: Any, shape: str, baseline: Precision,
         fns = {"baseline": base_fn, "anchor": fn}
         res = time_interleaved(fns, inputs, measurer.backend, threads=measurer.threads,
                                baseline="baseline",
-                               prepare={k: (lambda f: lambda: f(inputs[0]))(f)
-                                        for k, f in fns.items()},
+                               prepare={k: partial(f, inputs[0]) for k, f in fns.items()},
                                **measurer.timing.kwargs())
         del fns, fn  # the deployed copy goes before the next precision's
         b, a = res["baseline"], res["anchor"]
