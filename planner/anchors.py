@@ -9,8 +9,9 @@ suggested. A table of pieces cannot see that. On the demo model's decode step th
 model in uniform int8_wo gained 1.38x the sum of its pieces' gains in one campaign and 0.52x
 in another (the other CPU's work takes part of the shared cache), bf16 0.45x.
 
-So the campaign times, at each decode shape and in one window with the baseline, the whole
-model with every layer in each precision (``profiles.window``, rows ``all:<precision>``).
+So the campaign times, at each decode shape, the whole model with every layer in each
+precision beside the baseline model, scaled to the baseline step of the pieces' window
+(``profiles.window.anchor_timings``, rows ``all:<precision>``).
 For each precision ``p`` the anchor scale is
 
     kappa_p = (whole baseline step - whole step in p) / sum over the pieces of their gains in p
