@@ -82,27 +82,34 @@ def test_a_bound_no_plan_can_meet_is_a_library_error(tmp_path, sqlite_url):
         assert store.models() == []  # refused before anything was stored
 
 
+def _retimed_run(tmp_path, sqlite_url, **options):
+    """``run_main_job`` on small_qwen2 (biased q/k/v) with ``retime=3``, quick; returns the
+    summary, the stage lines and the plans stored for its shape. Checks that candidates were
+    timed: on a loaded machine (this one may be) their timings are unstable and the planned
+    one stays, as the line then says."""
+    data = tmp_path / "ids.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
+    opts = MainJobOptions("tests.factories:small_qwen2", out_dir=tmp_path / "out",
+                          calib=str(data), eval_data=str(data), samples=8, quick=True, retime=3,
+                          **options)
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        summary = run_main_job(store, opts, report=lines.append)
+        plans = store.plans(summary.model_fingerprint, summary.device, summary.shape)
+    assert "re-timing up to 3 candidate plans end to end" in lines
+    timed = [line for line in lines if line.startswith("re-timed ")]
+    assert timed and "candidate plans end to end" in timed[0], lines
+    assert summary.measured_speedup > 0
+    return summary, lines, plans
+
+
 @pytest.mark.slow
 def test_retime_times_candidate_plans_end_to_end_on_a_biased_family(tmp_path, sqlite_url):
     """``retime``: candidate plans within the bound timed whole, on the real kernels, on a
     family with biased q/k/v projections; the plan kept is one of them and is validated."""
-    data = tmp_path / "ids.npy"
-    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
-    options = MainJobOptions("tests.factories:small_qwen2", shape="batch=1,seq=16",
-                             max_loss_mse="30%", out_dir=tmp_path / "out", calib=str(data),
-                             eval_data=str(data), samples=8, quick=True,
-                             precisions="fp32,bf16,int8", retime=3)
-    lines: list[str] = []
-    with open_store(sqlite_url) as store:
-        summary = run_main_job(store, options, report=lines.append)
-    assert "re-timing up to 3 candidate plans end to end" in lines
-    timed = [line for line in lines if line.startswith("re-timed ")]
-    assert timed, lines  # several distinct candidates were timed and one was kept
-    # (on a loaded machine, which this one may be, the timings are unstable and the planned
-    # one stays, as the line then says)
-    assert "candidate plans end to end" in timed[0]
+    summary, _, _ = _retimed_run(tmp_path, sqlite_url, shape="batch=1,seq=16",
+                                 max_loss_mse="30%", precisions="fp32,bf16,int8")
     assert set(summary.layers.values()) <= {"fp32", "bf16", "int8"}
-    assert summary.measured_speedup > 0
 
 
 @pytest.mark.slow
@@ -110,19 +117,8 @@ def test_a_workload_plan_is_retimed_as_generate_requests(tmp_path, sqlite_url):
     """``retime`` with a workload: the candidates (a uniform one among them) are timed as
     real ``generate()`` requests, on a family with biased q/k/v, and the kept plan is the
     one validated."""
-    data = tmp_path / "ids.npy"
-    np.save(data, np.random.default_rng(0).integers(0, 64, (24, 16)))
-    options = MainJobOptions("tests.factories:small_qwen2", workload="prompt=16,gen=4,batch=1",
-                             max_loss_mse="50%", out_dir=tmp_path / "out", calib=str(data),
-                             eval_data=str(data), samples=8, quick=True,
-                             precisions="fp32,int8_wo", retime=3)
-    lines: list[str] = []
-    with open_store(sqlite_url) as store:
-        summary = run_main_job(store, options, report=lines.append)
-        plans = store.plans(summary.model_fingerprint, summary.device, summary.shape)
-    assert "re-timing up to 3 candidate plans end to end" in lines
-    timed = [line for line in lines if line.startswith("re-timed ")]
-    assert timed and "candidate plans end to end" in timed[0], lines
+    summary, _, plans = _retimed_run(tmp_path, sqlite_url, workload="prompt=16,gen=4,batch=1",
+                                     max_loss_mse="50%", precisions="fp32,int8_wo")
     doc = json.loads((tmp_path / "out" / "plan.json").read_text())["data"]
     assert doc["layers"] == summary.layers and any(n.startswith("re-timed ") for n in doc["notes"])
     # the decode buckets' gains were anchored on the whole model's steps in int8_wo
@@ -130,4 +126,3 @@ def test_a_workload_plan_is_retimed_as_generate_requests(tmp_path, sqlite_url):
     assert anchors and "phase=decode: int8_wo x" in anchors[0], doc["notes"]
     assert summary.shape.startswith("workload:") and plans[-1].layers == summary.layers
     assert set(summary.layers.values()) <= {"fp32", "int8_wo"}
-    assert summary.measured_speedup > 0

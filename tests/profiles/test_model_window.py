@@ -32,24 +32,40 @@ def _family(name: str):
     return lambda: LoadedModel(f"window-{name}", getattr(families, name)()[0].eval(), None, "test")
 
 
+def _record(monkeypatch, after=None) -> list:
+    """The real harness, each call's (results, keyword arguments) recorded; ``after(results,
+    inputs)`` runs right after each call."""
+    calls = []
+    real = bench.time_interleaved
+
+    def spy(fns, inputs, backend="cpu", **kw):
+        out = real(fns, inputs, backend, **kw)
+        calls.append((out, kw))
+        if after is not None:
+            after(out, inputs)
+        return out
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    return calls
+
+
 MODELS = {"llama": _tiny, **{n: _family(n) for n in ("qwen2", "gpt2", "falcon", "mixtral")}}
+
+
+def _campaign(store, family: str, shapes: list[str], precisions: str):
+    """A quick campaign of a zoo family at ``shapes``, every task measured."""
+    rep = run_campaign(store, MODELS[family](), "cpu", shapes, precisions, threads=1,
+                       n_inputs=2, timing=QUICK_TIMING, progress=False)
+    assert rep.failed == 0, rep.errors
+    return rep
 
 
 @pytest.mark.parametrize("family", list(MODELS))
 def test_model_latency_and_piece_baselines_come_from_one_window(family, sqlite_url, monkeypatch):
-    calls = []
-    real = bench.time_interleaved
-
-    def spy(fns, inputs, backend="cpu", **kw):  # the real harness, its calls recorded
-        out = real(fns, inputs, backend, **kw)
-        calls.append(out)
-        return out
-
-    monkeypatch.setattr(bench, "time_interleaved", spy)
+    calls = _record(monkeypatch)
     with open_store(sqlite_url) as store:
-        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE], "fp32,int8", threads=1, n_inputs=2,
-                           timing=QUICK_TIMING, progress=False)
-        window = [c for c in calls if "model" in c]
+        rep = _campaign(store, family, [SHAPE], "fp32,int8")
+        window = [c for c, _ in calls if "model" in c]
         assert len(window) == 1, "one timing holds the whole model"
         window = window[0]
         rows = store.model_costs(rep.model_fingerprint, rep.device, SHAPE, allow_unstable=True)
@@ -82,24 +98,18 @@ def test_a_decode_step_and_its_pieces_baselines_come_from_one_window(family, sql
     from hwcost.costs import gain_of, model_table
     from hwcost.shape import reads_kv
 
-    calls, cache_lengths = [], []
-    real = bench.time_interleaved
+    cache_lengths = []
 
-    def spy(fns, inputs, backend="cpu", **kw):
-        out = real(fns, inputs, backend, **kw)
-        calls.append((out, kw))
+    def after(out, inputs):
         if "model" in out:  # every step was rewound: the caches hold kv tokens still
             cache_lengths.extend(c.get_seq_length() for d in inputs
                                  for c in find_caches([d[k] for k in d if k == "model"]
                                                       + [getattr(d[k], "sides", None)
                                                          for k in d if k != "model"]))
-        return out
 
-    monkeypatch.setattr(bench, "time_interleaved", spy)
+    calls = _record(monkeypatch, after)
     with open_store(sqlite_url) as store:
-        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16",
-                           threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
-        assert rep.failed == 0, rep.errors
+        rep = _campaign(store, family, [SHAPE, DECODE], "fp32,bf16")
         windows = [(out, kw) for out, kw in calls if "model" in out]
         assert len(windows) == 2, "one window per shape"
         window, kw = windows[1]  # the decode shape's, after the prefill's
@@ -137,19 +147,9 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
     (one deployed copy at most), both after their own previous step, and stored as
     ``all:<precision>``: its ratio to that baseline times the window's baseline. A prefill
     shape has none."""
-    calls = []
-    real = bench.time_interleaved
-
-    def spy(fns, inputs, backend="cpu", **kw):
-        out = real(fns, inputs, backend, **kw)
-        calls.append((out, kw))
-        return out
-
-    monkeypatch.setattr(bench, "time_interleaved", spy)
+    calls = _record(monkeypatch)
     with open_store(sqlite_url) as store:
-        rep = run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16,int8_wo",
-                           threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
-        assert rep.failed == 0, rep.errors
+        rep = _campaign(store, family, [SHAPE, DECODE], "fp32,bf16,int8_wo")
         pairs = [(out, kw) for out, kw in calls if "anchor" in out]
         assert len(pairs) == 2, "bf16 and int8_wo, at the decode shape only"
         for (out, kw), prec in zip(pairs, ("bf16", "int8_wo")):
@@ -164,6 +164,5 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
                                        allow_unstable=True) is None
         # a second run finds every row and times nothing again
         calls.clear()
-        run_campaign(store, MODELS[family](), "cpu", [SHAPE, DECODE], "fp32,bf16,int8_wo",
-                     threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
+        _campaign(store, family, [SHAPE, DECODE], "fp32,bf16,int8_wo")
         assert not [c for c, _ in calls if "model" in c or "anchor" in c]
