@@ -161,7 +161,7 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
            precisions: list[str] | None = None, pair_repeats: int = 3,
            retime: int = 0) -> dict:
     import torch
-    from hwcost.planner.apply import eval_batches, loss_mse, time_configs
+    from hwcost.planner.apply import eval_batches, loss_mse, plan_timer, time_configs
     from hwcost.planner.closed_loop import plan_within_bound
     from hwcost.planner.plans import make_plan
     from hwcost.planner.problem import build_problem
@@ -196,15 +196,9 @@ def part_b(model_spec: str | None, db_url: str | None, threads: int, thresholds:
     batches = eval_batches(loaded, None, samples=128) if loaded.tokenizer is not None else \
         [torch.randint(0, loaded.model.config.vocab_size, (8, 128),
                        generator=torch.Generator().manual_seed(7)) for _ in range(4)]
-    def time_plans(plans):  # what `hwcost run --retime` times candidates with
-        from hwcost.costs import median_stderr
-
-        got = time_configs(loaded, plans, shape, backend, threads=threads, deployment=deployment,
-                           min_samples=21, max_seconds=10.0)
-        return {name: (t.median_us, median_stderr(t.spread_us, t.n_samples))
-                for name, t in got.items()}
-
-    timer = time_plans if retime > 1 else None
+    # what `hwcost run --retime` times candidates with (an unstable timing never switches)
+    timer = plan_timer(loaded, shape, backend, threads=threads, deployment=deployment,
+                       min_samples=21, max_seconds=10.0) if retime > 1 else None
     rows = []
     for th in thresholds:
         threshold = parse_threshold(th)
