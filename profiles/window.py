@@ -33,6 +33,9 @@ from hwcost.precision import Precision
 from hwcost.shape import Shape
 from hwcost.store import MeasurementIn
 
+ANCHOR_SAMPLES = 4
+"""An anchor's samples, as a multiple of one config's (``TimingOptions.min_samples``)."""
+
 
 def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision,
                anchors: Sequence[Precision] = ()) -> tuple[Any, dict[Precision, Any]]:
@@ -73,6 +76,11 @@ def anchor_timings(measurer: Any, shape: str, baseline: Precision,
     from hwcost.profiles.bench import time_interleaved
 
     base_fn, inputs = measurer.model_fn_of(shape, baseline)
+    # an anchor scales every gain of its precision at this shape, so its error enters every
+    # prediction there: four times the samples of one piece's config (60 by default, about
+    # a second of a 9 ms step)
+    kwargs = measurer.timing.kwargs()
+    kwargs["min_samples"] = ANCHOR_SAMPLES * kwargs["min_samples"]
     out = {}
     for prec in anchors:
         try:
@@ -83,7 +91,7 @@ def anchor_timings(measurer: Any, shape: str, baseline: Precision,
         res = time_interleaved(fns, inputs, measurer.backend, threads=measurer.threads,
                                baseline="baseline",
                                prepare={k: partial(f, inputs[0]) for k, f in fns.items()},
-                               **measurer.timing.kwargs())
+                               **kwargs)
         del fns, fn  # the deployed copy goes before the next precision's
         b, a = res["baseline"], res["anchor"]
         k = baseline_us / b.median_us

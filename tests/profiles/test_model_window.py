@@ -155,6 +155,7 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
         for (out, kw), prec in zip(pairs, ("bf16", "int8_wo")):
             assert set(out) == {"baseline", "anchor"}
             assert set(kw["prepare"]) == {"baseline", "anchor"}
+            assert kw["min_samples"] == 4 * QUICK_TIMING.min_samples  # 4x a config's
             row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, f"all:{prec}",
                                       allow_unstable=True)
             assert row.median_us == pytest.approx(
