@@ -122,12 +122,11 @@ def candidate_plans(problem: Problem, bound: float | None, k: int = 4, *,
               time_limit_s=time_limit_s).picks, "shrunk", 0)
     add(solve(problem, bound, "time", constraints, time_limit_s=time_limit_s).picks,
         "unshrunk", 0)
-    fixed = list(order)
     uniforms = _uniform_plans(problem, bound, constraints, time_limit_s) if uniform and k > 1 else []
     for picks in uniforms:
         add(picks, "uniform", 0)
     rng = random.Random(seed)
-    n_fixed = len(order)
+    n_fixed = len(order)  # planned, unshrunk and uniform ones keep their order
     for _ in range(draws if k > 1 else 0):
         add(solve(drawn_gains(problem, rng), bound, "time", constraints,
                   time_limit_s=time_limit_s).picks, "drawn", 1)
