@@ -167,7 +167,8 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
 
 def _anchor(store, problem: Problem, base_row, allow_unstable: bool) -> Problem:
     """A decode problem's gains anchored on the whole model's steps in each uniform
-    precision (:mod:`planner.anchors`), where the campaign timed them in the baseline's window."""
+    precision (:mod:`planner.anchors`), where the campaign timed them (beside the baseline
+    model, scaled to its window's baseline step: ``profiles.window.anchor_timings``)."""
     from hwcost.planner.anchors import anchor_scales, anchored
 
     whole = {problem.baseline: base_row.median_us}
