@@ -73,7 +73,7 @@ class Retimed:
     @property
     def unstable(self) -> bool:
         """Whether any candidate's timing was unstable (an infinite standard error)."""
-        return any(math.isinf(e) for e in self.stderr_us)
+        return _any_unstable(self.stderr_us)
 
     def to_dict(self) -> dict:
         return {"kept": self.kept, "stable": not self.unstable,
@@ -175,11 +175,15 @@ def keep_fastest(candidates: Sequence[Candidate], measured_us: Sequence[float],
         raise HwcostError("one standard error per candidate is needed")
     m0 = measured_us[0]
     # one unstable timing makes the whole interleaved batch suspect: no switch at all
-    ok = [] if any(math.isinf(e) for e in se) else [
+    ok = [] if _any_unstable(se) else [
         i for i in range(1, len(candidates))
         if m0 - measured_us[i] > max(sigmas * math.hypot(se[0], se[i]), min_gain * m0)]
     best = min(ok, key=lambda i: measured_us[i]) if ok else 0
     return Retimed(tuple(candidates), tuple(float(m) for m in measured_us), best, se)
+
+
+def _any_unstable(stderr_us: Sequence[float]) -> bool:
+    return any(math.isinf(e) for e in stderr_us)
 
 
 def retime(problem: Problem, bound: float | None,

@@ -445,7 +445,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                                                 shape.key, f"all:{p.value}",
                                                 allow_unstable=timing.quick) for p in anchors}
                 if any(row is None for row in found.values()):
-                    t, whole = time_model(store, report, measurer, shape, base, precs[1:])
+                    t, whole = time_model(store, report, measurer, shape, base, anchors[1:])
                     # one window's rows go together: a stable window replaces them all
                     for p, tp in {base: t, **whole}.items():
                         store.put_model_latency(part.model_fingerprint, dev.fingerprint,

@@ -43,10 +43,11 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
     baseline config (:func:`model_window`), and those timings replace the pieces' baseline
     rows at ``shape`` when the window is stable, the run quick, or the rows no better (quick
     or unstable), so that the gains' microseconds and the speedup's denominator come from
-    the same rounds. At a decode shape, the whole model in each of ``anchors`` too
-    (:func:`anchor_timings`): ``(baseline Timing, {precision: Timing})``; the caller stores
-    the whole-model rows."""
-    t, pieces = model_window(measurer, shape.key, base)
+    the same rounds. Then the whole model in each of ``anchors`` (the caller names them at
+    decode shapes; :func:`anchor_timings`), beside the same deployed baseline:
+    ``(baseline Timing, {precision: Timing})``; the caller stores the whole-model rows."""
+    model = measurer.model_fn_of(shape.key, base)  # deployed once, for both timings
+    t, pieces = model_window(measurer, shape.key, base, model)
     # an unstable window still replaces baseline rows that are no better (quick or unstable)
     good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
     rows = [MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
@@ -58,24 +59,22 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
             if t.stable or report.quick or measurer.baseline_key(sig) not in good.get(sig, ())]
     if rows:
         store.add_measurements(rows, replace=True)
-    whole = (anchor_timings(measurer, shape.key, base, anchors, t.median_us)
-             if shape.phase == "decode" else {})
-    return t, whole
+    return t, anchor_timings(measurer, shape.key, model, anchors, t.median_us)
 
 
-def anchor_timings(measurer: Any, shape: str, baseline: Precision,
+def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
                    anchors: Sequence[Precision], baseline_us: float) -> dict[Precision, Any]:
     """The whole model's step with every layer in each of ``anchors``: timed interleaved with
-    the baseline model (both after their own previous step, as ``generate()`` runs steps),
-    one precision at a time, and returned as its ratio to that baseline times
-    ``baseline_us`` (the window's), spread scaled alike. A precision a kernel cannot deploy
-    on some layer is left out."""
+    the baseline model (``model``: its callable and inputs, from ``measurer.model_fn_of``),
+    both after their own previous step as ``generate()`` runs steps, one precision at a
+    time, and returned as its ratio to that baseline times ``baseline_us`` (the window's),
+    spread scaled alike. A precision a kernel cannot deploy on some layer is left out."""
     from dataclasses import replace
     from functools import partial
 
     from hwcost.profiles.bench import time_interleaved
 
-    base_fn, inputs = measurer.model_fn_of(shape, baseline)
+    base_fn, inputs = model
     # an anchor scales every gain of its precision at this shape, so its error enters every
     # prediction there: four times the samples of one piece's config (60 by default, about
     # a second of a 9 ms step)
@@ -101,9 +100,11 @@ def anchor_timings(measurer: Any, shape: str, baseline: Precision,
     return out
 
 
-def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, dict[str, Any]]:
+def model_window(measurer: Any, shape: str, baseline: Precision,
+                 model: tuple[Any, list] | None = None) -> tuple[Any, dict[str, Any]]:
     """The whole model in ``baseline`` and every unique piece's baseline config, timed
-    in the same interleaved rounds: ``(model Timing, {signature: Timing})``.
+    in the same interleaved rounds: ``(model Timing, {signature: Timing})``. ``model``: the
+    baseline model's callable and inputs when the caller has deployed it already.
 
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
@@ -118,7 +119,7 @@ def model_window(measurer: Any, shape: str, baseline: Precision) -> tuple[Any, d
     from hwcost.shape import parse_shape
 
     kv = parse_shape(shape).kv
-    model_fn, model_inputs = measurer.model_fn_of(shape, baseline)
+    model_fn, model_inputs = model or measurer.model_fn_of(shape, baseline)
     fns = {"model": lambda d: model_fn(d["model"])}
     sigs = []
     for sig, rep in measurer.reps.items():
