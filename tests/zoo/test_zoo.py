@@ -76,3 +76,22 @@ def check_family(name: str, store_url: str, out_dir) -> dict:
 @pytest.mark.parametrize("name", _params())
 def test_family_goes_through_the_main_job(name, sqlite_url, tmp_path):
     check_family(name, sqlite_url, tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "falcon", "bert"])
+def test_retime_on_conv1d_parallel_residual_and_an_encoder(name, sqlite_url, tmp_path):
+    """``retime``: candidate plans (uniform ones among them) timed end to end on GPT-2
+    (Conv1D, fused c_attn), Falcon (parallel residual) and BERT (an encoder with its own
+    loss); the kept plan is the one validated, and a plan that keeps every layer in fp32 is
+    never called a regression."""
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        s = run_main_job(store, MainJobOptions(f"tests.zoo.families:{name}", "cpu", SHAPE, "50%",
+                                               tmp_path, samples=16, quick=True,
+                                               precisions=PRECISIONS, retime=3),
+                         report=lines.append)
+    assert "re-timing up to 3 candidate plans end to end" in lines
+    assert s.layers and set(s.layers.values()) <= set(PRECISIONS)
+    if set(s.layers.values()) == {"fp32"}:
+        assert not s.slower_than_baseline
