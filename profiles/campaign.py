@@ -440,7 +440,8 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             for shape in shape_list:
                 # a quick run accepts any stored row; a full run replaces quick or unstable ones
                 # (at a decode shape: the baseline's and each anchor's, timed in one window)
-                anchors = precs if shape.phase == "decode" else precs[:1]
+                anchors = (_whole_model_precisions(store, report, tasks, shape, precs)
+                           if shape.phase == "decode" else precs[:1])
                 found = {p: store.model_latency(part.model_fingerprint, dev.fingerprint,
                                                 shape.key, f"all:{p.value}",
                                                 allow_unstable=timing.quick) for p in anchors}
@@ -460,6 +461,27 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         torch.set_num_threads(before)
     report.elapsed_s = round(time.perf_counter() - start, 2)
     return report
+
+
+def _whole_model_precisions(store: Any, report: CampaignReport, tasks: Sequence[tuple],
+                            shape: Shape, precs: Sequence[Precision]) -> list[Precision]:
+    """The baseline and each precision whose whole model can be deployed: every piece has
+    its all-``p`` config (among the campaign's ``tasks``) measured at ``shape``. A precision
+    some kernel rejects on a layer has no such row and no anchor to time, so a re-run does
+    not look for one again."""
+    keys = {timing_shape(shape, False).key, shape.key}
+    mine = [(sig, key, cfg) for sig, key, cfg in tasks if key in keys]
+    done: dict[str, set[str]] = {}
+    for key in keys:
+        sigs = sorted({sig for sig, k, _ in mine if k == key})
+        for sig, cfgs in store.measured_configs(report.device, key, sigs,
+                                                allow_unstable=True).items():
+            done[f"{sig}|{key}"] = cfgs
+
+    def everywhere(p: Precision) -> bool:
+        return all(cfg in done[f"{sig}|{key}"] for sig, key, cfg in mine
+                   if set(cfg.split(",")) == {p.value})
+    return [precs[0], *(p for p in precs[1:] if everywhere(p))]
 
 
 def _bar(total: int, initial: int, progress: bool | None, desc: str):

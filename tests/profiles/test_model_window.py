@@ -172,3 +172,31 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
         calls.clear()
         _campaign(store, family, [SHAPE, DECODE], "fp32,bf16,int8_wo")
         assert not [c for c, _ in calls if "model" in c or "anchor" in c]
+
+
+def test_a_precision_no_kernel_deploys_on_every_layer_has_no_anchor_and_is_not_sought_again(
+        sqlite_url, monkeypatch):
+    """int4_wo groups 32 inputs: a down_proj reading 48 cannot take it, so there is no whole
+    model in int4_wo to time. The campaign leaves that anchor out, and a re-run of the
+    finished campaign times no whole model again (it used to re-time the window each time,
+    looking for the row it can never write)."""
+    def model():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+        return LoadedModel("tiny-int4-misfit", LlamaForCausalLM(cfg).eval(), None, "test")
+
+    calls = _record(monkeypatch)
+    with open_store(sqlite_url) as store:
+        def campaign():
+            return run_campaign(store, model(), "cpu", [DECODE], "fp32,int8_wo,int4_wo",
+                                threads=1, n_inputs=2, timing=QUICK_TIMING, progress=False)
+        rep = campaign()
+        anchors = [out for out, _ in calls if "anchor" in out]
+        assert len(anchors) == 1, "int8_wo only"
+        key = rep.model_fingerprint, rep.device, DECODE
+        assert store.model_latency(*key, "all:int8_wo", allow_unstable=True) is not None
+        assert store.model_latency(*key, "all:int4_wo", allow_unstable=True) is None
+        calls.clear()
+        campaign()
+        assert not [out for out, _ in calls if "model" in out or "anchor" in out]
