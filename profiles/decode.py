@@ -139,6 +139,29 @@ def rewind(caches: Sequence[Any], kv: int, layers: Sequence[int] | None = None) 
                 layer.crop(-extra)
 
 
+def cache_lengths(caches: Sequence[Any]) -> dict[int, list[int]]:
+    """Each cache's per-layer token counts, by ``id(cache)``: what :func:`restore` cuts back to."""
+    out: dict[int, list[int]] = {}
+    for cache in caches:
+        out[id(cache)] = [
+            int(k.shape[-2]) if isinstance(k := getattr(layer, "keys", None), torch.Tensor)
+            and k.dim() >= 2 else 0 for layer in cache.layers]
+    return out
+
+
+def restore(caches: Sequence[Any], lengths: dict[int, list[int]],
+            layers: Sequence[int] | None = None) -> None:
+    """Cut the named layers (default: all) of each cache back to the token counts
+    :func:`cache_lengths` took; a cache or layer it did not see (made by the pass since)
+    started empty."""
+    for cache in caches:
+        before = lengths.get(id(cache), [])
+        idxs = range(len(cache.layers)) if layers is None else layers
+        for i in idxs:
+            if i < len(cache.layers):
+                rewind([cache], before[i] if i < len(before) else 0, [i])
+
+
 def step_fn(fn: Any, inputs: Sequence[Any], kv: int, layers: Sequence[int] | None = None):
     """``fn`` followed by :func:`rewind` of the caches of the input it ran on, so every call is
     the same decode step. ``inputs`` are the inputs it will be called with (input dicts or

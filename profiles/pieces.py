@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hwcost.profiles.decode import cache_lengths, find_caches, layer_indices, restore
 from hwcost.profiles.trace import Trace, get_main, main_out, residual_add
 from torch import nn
 
@@ -242,15 +243,17 @@ class Partition:
         boundaries are held, never every module's inputs and outputs."""
         wanted = {p.position for p in pieces} if pieces is not None else None
         stages = [p.stage for p in self.pieces if wanted is None or p.position in wanted]
+        before = cache_lengths(find_caches(inputs))
         tr = Trace(model, inputs, keep=boundary_paths(stages))
-        return [self._capture(p.stage, tr) if wanted is None or p.position in wanted else None
-                for p in self.pieces]
+        return [self._capture(p.stage, tr, before) if wanted is None or p.position in wanted
+                else None for p in self.pieces]
 
     def capture_stages(self, model: nn.Module, inputs: dict[str, Any]
                        ) -> tuple[list[PieceInput], Any]:
         """Every stage's input (glue included) and the model's output, from one pass."""
+        before = cache_lengths(find_caches(inputs))
         tr = Trace(model, inputs, keep=boundary_paths(self.stages))
-        return [self._capture(s, tr) for s in self.stages], tr.output
+        return [self._capture(s, tr, before) for s in self.stages], tr.output
 
     def run_all(self, model: nn.Module, captured: Sequence[PieceInput]) -> torch.Tensor:
         """Run every stage in order, each on the previous one's output; returns the last tensor.
@@ -266,7 +269,9 @@ class Partition:
         return tensors[0]
 
     @staticmethod
-    def _capture(stage: Stage, tr: Trace) -> PieceInput:
+    def _capture(stage: Stage, tr: Trace, before: dict[int, list[int]]) -> PieceInput:
+        """``before``: the KV caches' per-layer lengths before the pass
+        (:func:`profiles.decode.cache_lengths`)."""
         calls = [tr.call(c.path) for c in stage.components]
         sides = tuple((c.args, c.kwargs) for c in calls)
         if stage.mode == "branch":
@@ -278,6 +283,12 @@ class Partition:
                 for s in stage.prior:
                     prior_sides = tuple((tr.call(c.path).args, tr.call(c.path).kwargs)
                                         for c in s.components)
+                    # an earlier branch's attention already appended this step's token to
+                    # its cache layer in the pass: cut it back to what the pass found, or
+                    # it attends over (and appends to) one token more than its mask holds
+                    # (Falcon at decode: key 14 vs mask 13 at kv=12); it appends again
+                    restore(find_caches(prior_sides), before, layer_indices(
+                        submodule_at(tr.model, c.path) for c in s.components))
                     tensors = s.run(tr.model, PieceInput(tensors, prior_sides))
             return PieceInput(tensors, sides)
         first = get_main(calls[0].args, calls[0].kwargs, stage.components[0].where)

@@ -44,8 +44,11 @@ def test_decode_inputs_hold_a_real_cache_of_the_shapes_length():
     assert torch.equal(a, b)  # rewound, the same step again gives the same logits
 
 
-def test_decode_round_trip_pieces_in_sequence_equal_the_models_step():
-    lm = _tiny()
+@pytest.mark.parametrize("family", ["llama", "falcon"])
+def test_decode_round_trip_pieces_in_sequence_equal_the_models_step(family):
+    """Falcon: a parallel residual, whose MLP branch's input is computed by running the
+    attention branch again on the pass's cache (which must not count this step twice)."""
+    lm = _family(family)
     shape = parse_shape(DECODE)
     with torch.no_grad():
         part = partition(lm.model, lm.inputs_for("batch=1,seq=8"))
@@ -53,7 +56,7 @@ def test_decode_round_trip_pieces_in_sequence_equal_the_models_step():
         caps, ref = part.capture_stages(lm.model, inp)
         rewind(find_caches(inp), shape.kv)
         out = part.run_all(lm.model, caps)
-    assert out.shape == ref.logits.shape == (2, 1, 64)
+    assert out.shape == ref.logits.shape == (2, 1, lm.model.config.vocab_size)
     torch.testing.assert_close(out, ref.logits, rtol=0, atol=1e-6)
     # every attention piece appended to its own layer's cache once
     assert find_caches(inp)[0].get_seq_length() == shape.kv + 1
@@ -122,12 +125,14 @@ def _family(name: str) -> LoadedModel:
         return _tiny()
     if name == "qwen2":  # biased q/k/v
         model, _ = factories.tiny_qwen2()
+    elif name == "falcon":  # a parallel residual (attention and MLP branches)
+        model, _, _ = families.falcon()
     else:  # gpt2: Conv1D layers, one fused c_attn
         model, _, _ = families.gpt2()
     return LoadedModel(name, model.eval(), None, "test")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "falcon"])
 def test_a_piece_reads_the_kv_cache_exactly_when_its_decode_inputs_hold_the_cache(family):
     """The partition's structural flag (an attention numbered by layer_idx) agrees with what a
     real decode pass hands each piece: only pieces flagged as reading the KV cache are given
