@@ -62,7 +62,7 @@ from hwcost.planner.apply import model_dataflow, plan_timer  # noqa: E402
 from hwcost.planner.generate import measure_baseline, time_generate  # noqa: E402
 from hwcost.planner.objectives import parse_threshold  # noqa: E402
 from hwcost.planner.plans import make_plan  # noqa: E402
-from hwcost.planner.problem import build_problem  # noqa: E402
+from hwcost.planner.problem import anchor_problem, build_problem  # noqa: E402
 from hwcost.planner.workload import build_workload_problem  # noqa: E402
 from hwcost.profiles.backends import apply_precisions  # noqa: E402
 from hwcost.profiles.bench import time_interleaved  # noqa: E402
@@ -71,7 +71,6 @@ from hwcost.profiles.decode import step_fn  # noqa: E402
 from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
 
 from bench.common import cpu_timing  # noqa: E402
-from hwcost.costs import gain_of, model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.shape import parse_shape  # noqa: E402
 from hwcost.store import open_store  # noqa: E402
@@ -109,14 +108,14 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     shape = parse_shape(f"batch={batch},kv={kv},phase=decode")
     step_us = camp.baseline_us.get(shape.key)
     # every row the campaign wrote, quick or unstable included: this checks the timings (the
-    # planner's table: pieces that read no KV cache carry their one per-batch decode timing)
-    table = model_table(store, camp.model_fingerprint, camp.device, shape.key, list(PRECISIONS),
-                        allow_unstable=True)
-    costs = {(e.position, cfg): est for e in table.entries for cfg, est in e.costs.items()}
-    # what the planner predicts: the same rows, each gain anchored on the whole model's
-    # steps in each uniform precision, timed by the campaign (planner.anchors)
-    problem = build_problem(store, camp.model_fingerprint, camp.device, shape.key,
-                            precisions=list(PRECISIONS), allow_unstable=True)
+    # planner's table: pieces that read no KV cache carry their one per-batch decode timing),
+    # read once: the pieces' own gains (diagnostic) and, anchored on the whole model's steps
+    # in each uniform precision that the campaign timed (planner.anchors), what the planner
+    # predicts
+    raw = build_problem(store, camp.model_fingerprint, camp.device, shape.key,
+                        precisions=list(PRECISIONS), allow_unstable=True, anchor=False)
+    problem = anchor_problem(store, raw, allow_unstable=True)
+    raw_options = {(c.position, o.key): o for c in raw.choices for o in c.options}
     options = {(c.position, o.key): o for c in problem.choices for o in c.options}
     _, manifest = store.manifest(camp.model_fingerprint)
     pieces = [item for item, _ in manifest]
@@ -132,8 +131,7 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     def piece_gains(cfg):
         # each gain as the table has it, against the baseline timed in its own group
         # (diagnostic: not anchored)
-        return [(p, gain_of(costs[(p.position, ",".join(cfg[n] for n in p.layer_names))],
-                            costs[(p.position, ",".join(["fp32"] * len(p.layer_names)))]))
+        return [(p, raw_options[(p.position, ",".join(cfg[n] for n in p.layer_names))].gain_us)
                 for p in pieces]
 
     def planned_gain(cfg):

@@ -122,7 +122,7 @@ class Problem:
 def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                   precisions: Sequence[str] | None = None, method: str = "taylor",
                   checkpoint: str | None = None, quantizer: str | None = None,
-                  allow_unstable: bool = False) -> Problem:
+                  allow_unstable: bool = False, anchor: bool = True) -> Problem:
     """The planning problem of a stored model on a device and shape.
 
     ``device`` is anything ``hwcost.costs.resolve_device`` accepts (fingerprint, name, kind,
@@ -134,6 +134,8 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     quick and unstable timings (measurements and the whole-model baseline) only with
     ``allow_unstable``. Each measured gain is taken against the baseline timed with it; a
     subgraph with any config unmeasured takes all its gains from one fallback source.
+    At a decode shape the gains are anchored on whole-model steps (:func:`anchor_problem`)
+    unless ``anchor`` is False (the pieces' own gains, for diagnostics).
     """
     from hwcost.costs import resolve_device
 
@@ -160,18 +162,19 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                       precisions=precs, choices=choices,
                       model_baseline_us=base_row.median_us if base_row else None,
                       sensitivity={"method": method, **key}, model_ref=model, device_ref=dev)
-    if shape_obj.phase == "decode" and base_row is not None:
-        problem = _anchor(store, problem, base_row, allow_unstable)
-    return problem
+    return anchor_problem(store, problem, allow_unstable) if anchor else problem
 
 
-def _anchor(store, problem: Problem, base_row, allow_unstable: bool) -> Problem:
+def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Problem:
     """A decode problem's gains anchored on the whole model's steps in each uniform
     precision (:mod:`planner.anchors`), where the campaign timed them (beside the baseline
-    model, scaled to its window's baseline step: ``profiles.window.anchor_timings``)."""
+    model, scaled to its window's baseline step: ``profiles.window.anchor_timings``). Other
+    shapes, and a problem without a whole-model baseline, are returned as they are."""
     from hwcost.planner.anchors import anchor_scales, anchored
 
-    whole = {problem.baseline: base_row.median_us}
+    if parse_shape(problem.shape).phase != "decode" or problem.model_baseline_us is None:
+        return problem
+    whole = {problem.baseline: problem.model_baseline_us}
     for prec in problem.precisions[1:]:
         row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
                                   f"all:{prec}", allow_unstable=allow_unstable)

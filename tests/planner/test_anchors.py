@@ -63,3 +63,38 @@ def test_scales_are_left_out_kept_at_one_or_clamped_where_the_ratio_means_nothin
                    [Choice(0, "a", "X", ("l0",), (opt("fp32", 0), opt("bf16", 1.0)))])
     assert anchor_scales(flat, {"fp32": 200.0, "bf16": 150.0}) == {"bf16": 1.0}
     assert anchored(p, {}) is p and scales_line({}) is None
+
+
+def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(store):
+    """The planner's decode problem: the pieces' gains from the table, anchored on the
+    ``all:<precision>`` rows stored at that shape; ``anchor=False`` gives the pieces' own
+    gains (a benchmark's diagnostic), and anchoring that gives the planner's problem, so one
+    read of the table serves both."""
+    from types import SimpleNamespace
+
+    from hwcost.planner.problem import anchor_problem, build_problem
+
+    from tests.planner.conftest import populate
+    from tests.planner.test_workload import _decode_tables
+
+    m = populate(store)
+    _decode_tables(store, m, kvs=(16,))
+    shape = "batch=1,kv=16,phase=decode"
+    raw = build_problem(store, m.name, m.device, shape)
+    assert raw.gain_scales == {}  # no whole-model rows yet: nothing to anchor on
+    bf16 = sum(next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
+               for c in raw.choices)
+    for prec, us in (("fp32", 400.0), ("bf16", 400.0 - 0.5 * bf16)):
+        store.put_model_latency(m.name, m.device, shape, f"all:{prec}",
+                                SimpleNamespace(median_us=us, spread_us=1.0, n_samples=15))
+    planned = build_problem(store, m.name, m.device, shape)
+    assert planned.gain_scales == {shape: {"bf16": pytest.approx(0.5)}}
+    unanchored = build_problem(store, m.name, m.device, shape, anchor=False)
+    assert unanchored.gain_scales == {} and unanchored.choices == raw.choices
+    again = anchor_problem(store, unanchored)
+    assert again.choices == planned.choices and again.gain_scales == planned.gain_scales
+    uniform = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
+               for c in planned.choices]
+    assert predicted_speedup(planned, uniform) == pytest.approx(400.0 / (400.0 - 0.5 * bf16))
+    # prefill shapes are never anchored
+    assert anchor_problem(store, build_problem(store, m.name, m.device, m.shape)).gain_scales == {}
