@@ -17,6 +17,23 @@ PG_ENV = "HWCOST_TEST_PG"  # e.g. postgresql+psycopg://hwcost:hwcost@127.0.0.1:5
 os.environ.setdefault("HWCOST_STABILITY", "report")
 
 
+def _pin_worker_to_one_cpu() -> None:
+    """Under pytest-xdist (``-n``), each worker runs on a CPU of its own: torch, the timing
+    harness and every ``hwcost`` subprocess a test starts then use one thread (the CPU
+    backend's default is the CPUs this process may use), instead of two workers each
+    spinning two threads on two cores, which made a 1 ms timing read 30 ms. Done before
+    anything imports torch, whose thread pool reads the affinity once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
+
+
+_pin_worker_to_one_cpu()
+
+
 def _pg_admin_url() -> str | None:
     url = os.environ.get(PG_ENV)
     if not url and os.environ.get("CI"):
