@@ -131,7 +131,7 @@ def noise_floor(rows) -> dict:
             "additive_residual_median": float(np.median(resid)) if resid else None}
 
 
-def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
+def evaluate(rows, peaks: Peaks, carrier: Precision) -> dict:
     """Hold out whole shapes and whole subgraphs; predict them with each source."""
     qs = [Query(g, parse_shape(sh), parse_config(cfg)) for g, sh, cfg, _, _ in rows]
     y = np.array([r[3] for r in rows])
@@ -156,7 +156,7 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     anch_r = {k: np.full_like(y, np.nan) for k in ("shape", "subgraph")}
     # which source hwcost.costs would answer with: decided by the learned model's own
     # grouped cross-validation on all measurements (as CostModel does)
-    full = LatencyModel(peaks, carrier, seed=seed).fit(qs, y)
+    full = LatencyModel(peaks, carrier).fit(qs, y)
     use_learned = full.cv_mape_ <= full.roofline_cv_mape_
     cv = {"cv_mape": full.cv_mape_, "roofline_cv_mape": full.roofline_cv_mape_,
           "answers": "learned" if use_learned else "roofline", "held_out": [],
@@ -167,7 +167,7 @@ def evaluate(rows, peaks: Peaks, carrier: Precision, seed: int = 0) -> dict:
     for kind, name, test in splits:
         train = ~test
         tq = [q for q, m in zip(qs, train) if m]
-        lm = LatencyModel(peaks, carrier, seed=seed, n_splits=0).fit(tq, y[train])
+        lm = LatencyModel(peaks, carrier, n_splits=0).fit(tq, y[train])
         hq = [q for q, m in zip(qs, test) if m]
         pred_l[kind][test] = lm.predict(hq)
         pred_r[kind][test] = lm.roofline_.predict(t_all[test])
@@ -324,7 +324,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads to time with (1: steadier on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="few samples, fewer shapes (smoke run)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=4.0,
                     help="seconds each group may wait for a quiet machine (0: judge, never wait)")
     ap.add_argument("--clock", choices=("wall", "thread"), default=None,
@@ -361,7 +360,7 @@ def main(argv=None) -> int:
     good = len(store.device_measurements(device))
     load1s = _load1s(store, device)
     t0 = time.perf_counter()
-    ev = evaluate(rows, peaks, BASELINE["cpu"], seed=args.seed)
+    ev = evaluate(rows, peaks, BASELINE["cpu"])
     eval_s = time.perf_counter() - t0
     cache = cached_fit(store, device)
     shp, sub = ev["by_holdout"]["shape"], ev["by_holdout"]["subgraph"]

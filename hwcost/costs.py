@@ -112,7 +112,7 @@ class CostModel:
     are trained once per instance from the store's measurements of this device.
     """
 
-    def __init__(self, store: Store, device: str | DeviceRef, seed: int = 0, *,
+    def __init__(self, store: Store, device: str | DeviceRef, *,
                  allow_unstable: bool = False):
         self.store = store
         self.allow_unstable = allow_unstable  # quick and unstable rows count as measured
@@ -121,7 +121,6 @@ class CostModel:
         self.device = self.ref
         self.kind = self.device.kind
         self.carrier = BASELINE.get(self.kind, Precision.FP32)
-        self.seed = seed
         self._own_peaks = device_peaks(self.ref)  # catalog or calibration; None if neither
         self._peaks = self._own_peaks
 
@@ -212,10 +211,10 @@ class CostModel:
         return self._learned
 
     def fit_state(self) -> str:
-        """Hash of what the learned model depends on: its format, seed, carrier, the
+        """Hash of what the learned model depends on: its format, carrier, the
         device's peaks and every training row (key and median)."""
         h = hashlib.sha256(json.dumps(
-            {"format": LEARNED_FORMAT, "seed": self.seed, "carrier": self.carrier.value,
+            {"format": LEARNED_FORMAT, "carrier": self.carrier.value,
              "peaks": self.peaks.to_json()}, sort_keys=True, default=str).encode())
         for key in sorted(f"{g.signature}|{sh}|{cfg}|{med!r}"
                           for g, sh, cfg, med, _ in self.measurements):
@@ -233,7 +232,7 @@ class CostModel:
                 return lm
             except (NoEstimate, KeyError, TypeError, ValueError):
                 pass  # another format or a damaged row: refit and overwrite it
-        lm = LatencyModel(self.peaks, self.carrier, seed=self.seed).fit(qs, y)
+        lm = LatencyModel(self.peaks, self.carrier).fit(qs, y)
         self.store.put_learned_fit(self.ref, state, json.dumps(lm.to_dict()))
         return lm
 
@@ -492,7 +491,7 @@ def _default_precisions(cm: CostModel, measured_cfgs: set[str]) -> tuple[Precisi
 
 
 def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str | DeviceRef,
-                shape: str, precisions: Sequence[str] | None = None, *, seed: int = 0,
+                shape: str, precisions: Sequence[str] | None = None, *,
                 cost_model: CostModel | None = None,
                 allow_unstable: bool = False) -> ModelCostTable:
     """Every config's cost of every subgraph instance of a model on ``device`` at ``shape``.
@@ -508,7 +507,7 @@ def model_table(store: Store, model_ref: str | ModelRef | Manifest, device: str 
     once, by the cost model.
     """
     shp = parse_shape(shape)
-    cm = cost_model or CostModel(store, device, seed=seed, allow_unstable=allow_unstable)
+    cm = cost_model or CostModel(store, device, allow_unstable=allow_unstable)
     manifest = model_ref if isinstance(model_ref, Manifest) else store.model_manifest(model_ref)
     model = manifest.model
     rows = store.model_costs(model, cm.ref, shp.key, allow_unstable=allow_unstable)

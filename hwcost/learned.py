@@ -44,7 +44,7 @@ from hwcost.precision import Precision
 from hwcost.roofline import PRECISIONS, TERMS, Query, RooflineModel, attention_work, terms
 
 _FLOOR = 1e-3  # microseconds: a prediction is never zero or negative
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of :meth:`LatencyModel.to_dict`'s layout and of the columns: bump it when either
 changes, so fits cached in a store are refitted rather than misread."""
 
@@ -126,14 +126,13 @@ class LatencyModel:
     ``roofline_cv_mape_`` (the fitted roofline's error on the same folds, so callers can
     choose the better source honestly), ``roofline_`` (the fitted roofline, fitted on all).
     ``n_splits=0`` skips the cross-validation (the ``cv_*`` attributes are then None).
-    ``seed`` is kept for the cache key and the stored settings; the fit draws nothing random.
+    The fit draws nothing random: the same measurements give the same model.
     """
 
-    def __init__(self, peaks: Peaks, carrier: Precision, seed: int = 0, n_splits: int = 5,
+    def __init__(self, peaks: Peaks, carrier: Precision, n_splits: int = 5,
                  huber_iters: int = 5):
         self.peaks = peaks
         self.carrier = carrier
-        self.seed = seed
         self.n_splits = n_splits
         self.huber_iters = huber_iters
 
@@ -188,7 +187,7 @@ class LatencyModel:
         if not hasattr(self, "coef_"):
             raise NoEstimate("LatencyModel.to_dict called before fit")
         return {
-            "format": FORMAT_VERSION, "carrier": self.carrier.value, "seed": self.seed,
+            "format": FORMAT_VERSION, "carrier": self.carrier.value,
             "settings": {"n_splits": self.n_splits, "huber_iters": self.huber_iters},
             "precisions": [p.value for p in self.precisions_],
             "cv": {"mape": self.cv_mape_, "p68": self.cv_p68_,
@@ -213,7 +212,7 @@ class LatencyModel:
         if unknown or d["columns"] != len(COLUMNS):
             raise NoEstimate(f"stored learned model uses columns this hwcost does not have "
                              f"({', '.join(sorted(unknown)) or 'another layout'}); it is refitted")
-        m = cls(peaks, Precision(d["carrier"]), seed=d["seed"], **d["settings"])
+        m = cls(peaks, Precision(d["carrier"]), **d["settings"])
         m.precisions_ = tuple(Precision(p) for p in d["precisions"])
         cv = d["cv"]
         m.cv_mape_, m.cv_p68_ = cv["mape"], cv["p68"]
