@@ -379,6 +379,10 @@ def main() -> None:
                     help="independent pairwise timings of ours against each rival (each "
                          "deployed afresh, alternating which is named first); the ratio "
                          "columns and targets use their median")
+    ap.add_argument("--shape", default="batch=1,seq=128,phase=prefill",
+                    help="the shape part b profiles, plans for and times (short prompts: "
+                         "per-layer casts and activation quantizations weigh more, and so "
+                         "do the interactions between layers that share them)")
     ap.add_argument("--allow-unstable", action="store_true",
                     help="plan part b on timings the stability policy refused as unstable (a "
                          "busy shared machine); the results record it")
@@ -405,7 +409,7 @@ def main() -> None:
             result["b"] = part_b(args.model, args.db, args.threads, args.thresholds.split(","),
                                  allow_unstable=args.allow_unstable, deployment=args.deployment,
                                  precisions=precs, pair_repeats=args.pair_repeats,
-                                 retime=args.retime)
+                                 retime=args.retime, shape=args.shape)
         except Exception as e:  # noqa: BLE001 - report what is missing, keep part a's results
             result["b"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  part b could not run: {result['b']['error']}", flush=True)
@@ -416,7 +420,7 @@ def main() -> None:
                                             args.thresholds.split(","), compare=False,
                                             allow_unstable=args.allow_unstable,
                                             deployment=args.deployment, precisions=precs,
-                                            retime=args.retime)
+                                            retime=args.retime, shape=args.shape)
             except Exception as e:  # noqa: BLE001 - reported, the other results are kept
                 result["b_biased"] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"  could not run: {result['b_biased']['error']}", flush=True)
