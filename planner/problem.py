@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hwcost.errors import HwcostError, NoEstimate, NoSuchModel
 from hwcost.precision import BASELINE, CANDIDATES, Precision, config_key, parse_precision
 from hwcost.shape import Shape, parse_shape
+from hwcost.workload import is_workload_key
 
 if TYPE_CHECKING:
     from hwcost.costs import SubgraphCosts
@@ -169,10 +170,12 @@ def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Pro
     """A decode problem's gains anchored on the whole model's steps in each uniform
     precision (:mod:`planner.anchors`), where the campaign timed them (beside the baseline
     model, scaled to its window's baseline step: ``profiles.window.anchor_timings``). Other
-    shapes, and a problem without a whole-model baseline, are returned as they are."""
+    shapes (a workload's problem: its decode buckets' problems were anchored one by one),
+    and a problem without a whole-model baseline, are returned as they are."""
     from hwcost.planner.anchors import anchor_scales, anchored
 
-    if parse_shape(problem.shape).phase != "decode" or problem.model_baseline_us is None:
+    if (is_workload_key(problem.shape) or problem.model_baseline_us is None
+            or parse_shape(problem.shape).phase != "decode"):
         return problem
     whole = {problem.baseline: problem.model_baseline_us}
     for prec in problem.precisions[1:]:

@@ -96,5 +96,9 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
     uniform = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
                for c in planned.choices]
     assert predicted_speedup(planned, uniform) == pytest.approx(400.0 / (400.0 - 0.5 * bf16))
-    # prefill shapes are never anchored
+    # prefill shapes are never anchored, nor a workload's problem (its buckets were)
     assert anchor_problem(store, build_problem(store, m.name, m.device, m.shape)).gain_scales == {}
+    from hwcost.planner.workload import build_workload_problem
+
+    wl, _ = build_workload_problem(store, m.name, m.device, "prompt=16,gen=1,batch=1")
+    assert anchor_problem(store, wl) is wl
