@@ -12,6 +12,7 @@ import pytest
 
 from hwcost.app.main_job import MainJobOptions, run_main_job
 from hwcost.store import open_store
+from hwcost.workload import parse_workload, workload_shapes
 from tests.zoo.families import FAMILIES
 
 LOSS_FACTOR = 10.0
@@ -95,3 +96,32 @@ def test_retime_on_conv1d_parallel_residual_and_an_encoder(name, sqlite_url, tmp
     assert s.layers and set(s.layers.values()) <= set(PRECISIONS)
     if set(s.layers.values()) == {"fp32"}:
         assert not s.slower_than_baseline
+
+
+WORKLOAD = "prompt=8,gen=3,batch=1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "falcon", "mixtral"])
+def test_a_workload_plan_on_conv1d_parallel_residual_and_moe(name, sqlite_url, tmp_path):
+    """A whole request (prefill, then decode steps on a real KV cache) through the main job
+    with the weight-only formats, on GPT-2 (Conv1D, fused c_attn), Falcon (a parallel
+    residual: its decode capture once ran attention on one token too many) and Mixtral
+    (MoE): the decode buckets are profiled with their anchors, the plan applies with real
+    kernels and is validated on ``generate()``."""
+    lines: list[str] = []
+    with open_store(sqlite_url) as store:
+        s = run_main_job(store, MainJobOptions(f"tests.zoo.families:{name}", "cpu", SHAPE, "50%",
+                                               tmp_path, samples=16, quick=True,
+                                               precisions=["fp32", "int8_wo"],
+                                               workload=WORKLOAD),
+                         report=lines.append)
+        buckets = [k for k in workload_shapes(parse_workload(WORKLOAD)) if "decode" in k]
+        # each decode bucket's whole step, and the whole model in int8_wo beside it
+        for shape in buckets:
+            for cfg in ("all:fp32", "all:int8_wo"):
+                assert store.model_latency(s.model_fingerprint, s.device, shape, cfg,
+                                           allow_unstable=True) is not None, (shape, cfg)
+    assert buckets and s.shape == f"workload:{WORKLOAD}"
+    assert s.layers and set(s.layers.values()) <= {"fp32", "int8_wo"}
+    assert s.measured_speedup > 0 and math.isfinite(s.measured_loss_mse)
