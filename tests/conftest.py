@@ -21,8 +21,9 @@ def _pin_worker_to_one_cpu() -> None:
     """Under pytest-xdist (``-n``), each worker runs on a CPU of its own: torch, the timing
     harness and every ``hwcost`` subprocess a test starts then use one thread (the CPU
     backend's default is the CPUs this process may use), instead of two workers each
-    spinning two threads on two cores, which made a 1 ms timing read 30 ms. Done before
-    anything imports torch, whose thread pool reads the affinity once."""
+    spinning two threads on two cores (unpinned, a real-timing fixture read a 64-wide MLP at
+    36 ms and a learned-model test failed on it). Done before anything imports torch, whose
+    thread pool reads the affinity once."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
         return
