@@ -74,10 +74,16 @@ def test_harness_times_a_deployed_mixed_int8_fp8_stack_without_page_faults():
                      policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
     if not steady_allocator():
         pytest.skip("the C library is not glibc")
+    # the median of five windows of ten calls: with one thread the heap still grows a few
+    # times in the first twenty calls or so (a window of 6-30 faults a call, seen once in
+    # three runs right after the harness), then no window faults
+    windows = []
     with torch.inference_mode():
         model(xs[0])
-        before = minor_faults()
-        for i in range(10):
-            model(xs[i % 2])
-        per_call = (minor_faults() - before) / 10
-    assert per_call < 10, per_call  # without pinning such stacks fault hundreds of pages a call
+        for _ in range(5):
+            before = minor_faults()
+            for i in range(10):
+                model(xs[i % 2])
+            windows.append((minor_faults() - before) / 10)
+    per_call = sorted(windows)[2]
+    assert per_call < 10, windows  # without pinning such stacks fault hundreds of pages a call
