@@ -471,15 +471,13 @@ def _whole_model_precisions(store: Any, report: CampaignReport, tasks: Sequence[
     not look for one again."""
     keys = {timing_shape(shape, False).key, shape.key}
     mine = [(sig, key, cfg) for sig, key, cfg in tasks if key in keys]
-    done: dict[str, set[str]] = {}
-    for key in keys:
-        sigs = sorted({sig for sig, k, _ in mine if k == key})
-        for sig, cfgs in store.measured_configs(report.device, key, sigs,
-                                                allow_unstable=True).items():
-            done[f"{sig}|{key}"] = cfgs
+    done = {(sig, key): cfgs for key in keys
+            for sig, cfgs in store.measured_configs(
+                report.device, key, sorted({s for s, k, _ in mine if k == key}),
+                allow_unstable=True).items()}
 
     def everywhere(p: Precision) -> bool:
-        return all(cfg in done[f"{sig}|{key}"] for sig, key, cfg in mine
+        return all(cfg in done[sig, key] for sig, key, cfg in mine
                    if set(cfg.split(",")) == {p.value})
     return [precs[0], *(p for p in precs[1:] if everywhere(p))]
 

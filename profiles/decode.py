@@ -124,29 +124,28 @@ def layer_indices(modules: Iterable[nn.Module]) -> list[int]:
     return sorted(out)
 
 
+def _tokens(layer: Any) -> int | None:
+    """Tokens a cache layer holds (None: a layer that holds no key tensor yet)."""
+    keys = getattr(layer, "keys", None)
+    if not isinstance(keys, torch.Tensor) or keys.dim() < 2:
+        return None
+    return int(keys.shape[-2])
+
+
 def rewind(caches: Sequence[Any], kv: int, layers: Sequence[int] | None = None) -> None:
     """Cut the named layers (default: all) of each cache back to ``kv`` tokens, dropping what
     the last decode step appended. Slicing makes views: nothing is copied."""
     for cache in caches:
         idxs = range(len(cache.layers)) if layers is None else layers
         for i in idxs:
-            layer = cache.layers[i]
-            keys = getattr(layer, "keys", None)
-            if keys is None or not isinstance(keys, torch.Tensor) or keys.dim() < 2:
-                continue
-            extra = keys.shape[-2] - kv
+            extra = (_tokens(cache.layers[i]) or 0) - kv
             if extra > 0:
-                layer.crop(-extra)
+                cache.layers[i].crop(-extra)
 
 
 def cache_lengths(caches: Sequence[Any]) -> dict[int, list[int]]:
     """Each cache's per-layer token counts, by ``id(cache)``: what :func:`restore` cuts back to."""
-    out: dict[int, list[int]] = {}
-    for cache in caches:
-        out[id(cache)] = [
-            int(k.shape[-2]) if isinstance(k := getattr(layer, "keys", None), torch.Tensor)
-            and k.dim() >= 2 else 0 for layer in cache.layers]
-    return out
+    return {id(cache): [_tokens(layer) or 0 for layer in cache.layers] for cache in caches}
 
 
 def restore(caches: Sequence[Any], lengths: dict[int, list[int]],
