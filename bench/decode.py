@@ -65,10 +65,10 @@ from hwcost.planner.plans import make_plan  # noqa: E402
 from hwcost.planner.problem import anchor_problem, build_problem  # noqa: E402
 from hwcost.planner.workload import build_workload_problem  # noqa: E402
 from hwcost.profiles.backends import apply_precisions  # noqa: E402
-from hwcost.profiles.bench import time_interleaved  # noqa: E402
 from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign  # noqa: E402
 from hwcost.profiles.decode import step_fn  # noqa: E402
 from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
+from hwcost.profiles.window import time_steps_paired  # noqa: E402
 
 from bench.common import cpu_timing  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
@@ -126,55 +126,33 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     # bf16/int4_wo layer converted its own input and the whole model paid casts no piece did.
     flow = model_dataflow(loaded, backend)
     base_model = apply_precisions(loaded.model, dict.fromkeys(layers, "fp32"), backend, flow)
-    size = {n: loaded.model.get_submodule(n).weight.numel() for n in layers}
 
-    def piece_gains(cfg):
-        # each gain as the table has it, against the baseline timed in its own group
+    def raw_gain(cfg):
+        # the gains as the table has them, each against the baseline timed in its own group
         # (diagnostic: not anchored)
-        return [(p, raw_options[(p.position, ",".join(cfg[n] for n in p.layer_names))].gain_us)
-                for p in pieces]
+        return sum(raw_options[(p.position, ",".join(cfg[n] for n in p.layer_names))].gain_us
+                   for p in pieces)
 
     def planned_gain(cfg):
         return sum(options[(p.position, ",".join(cfg[n] for n in p.layer_names))].gain_us
                    for p in pieces)
 
     def timed(cfg):
-        deployed = apply_precisions(loaded.model, cfg, backend, flow)
-        fns = {"fp32": step_fn(lambda inp: base_model(**inp), inputs, kv),
-               "config": step_fn(lambda inp, m=deployed: m(**inp), inputs, kv)}
         # the measured side of each comparison: the whole step, fp32 and the config in the
         # same rounds, with at least `samples` samples each (--compare-samples), each after
-        # its own previous step (untimed), as generate() runs them: interleaved right after
-        # the fp32 step instead, a deployment that fits the cache found it emptied (the
-        # wide model's int4_wo step: 4.25 ms that way, 3.60 ms after its own step)
+        # its own previous step, as generate() runs them
+        deployed = apply_precisions(loaded.model, cfg, backend, flow)
         kw = {**timing.kwargs(), "min_samples": max(timing.min_samples, samples)}
-        prepare = {k: (lambda step: lambda: step(inputs[0]))(f) for k, f in fns.items()}
-        res = time_interleaved(fns, inputs, backend, threads=threads, prepare=prepare, **kw)
-        return res["fp32"].median_us, res["config"].median_us
+        b, c = time_steps_paired(step_fn(lambda inp: base_model(**inp), inputs, kv),
+                                 step_fn(lambda inp, m=deployed: m(**inp), inputs, kv),
+                                 inputs, backend, threads, **kw)
+        return b.median_us, c.median_us
 
-    # Diagnostic, not the target: anchors. Each uniform precision's whole-model gain over the
-    # sum of its subgraph gains (kappa) says how far the isolated pieces' gains are off in the
-    # model; a config's pieces' gains scaled by the kappas of their layers' precisions
-    # (weighted by weight size) is the "calibrated" prediction.
-    kappa = {"fp32": 1.0}
-    for prec in PRECISIONS[1:]:
-        uni = dict.fromkeys(layers, prec)
-        base, meas = timed(uni)
-        pg = sum(g for _, g in piece_gains(uni)) * (base / step_us if step_us else 1.0)  # as below
-        kappa[prec] = (base - meas) / pg if abs(pg) > 0.01 * base else 1.0
-    print(f"  kv={kv} anchors: whole-model gain / sum of subgraph gains per uniform precision "
-          + ", ".join(f"{k} {v:.2f}" for k, v in kappa.items() if k != "fp32"), flush=True)
     out = []
     for i, cfg in enumerate(configs):
         base, meas = timed(cfg)
-        gains = piece_gains(cfg)
-        raw = sum(g for _, g in gains)
+        raw = raw_gain(cfg)
         gain = planned_gain(cfg)
-        cal = 0.0
-        for p, g in gains:
-            low = [n for n in p.layer_names if cfg[n] != "fp32"]
-            w = sum(size[n] for n in low)
-            cal += g * (sum(size[n] * kappa[cfg[n]] for n in low) / w if w else 1.0)
         # the config's predicted speedup (the campaign's whole step, timed in one window
         # with the pieces' baselines, less the gains) applied to the fp32 step of these
         # rounds, as the workload and `hwcost validate` compare: a machine running slower
@@ -187,19 +165,16 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
                     "signed_err_pct": (pred - meas) / meas * 100,
                     "unanchored_abs_err_pct": abs(base - raw * scale - meas) / meas * 100,
                     "predicted_gain_us": gain, "measured_gain_us": base - meas,
-                    "abs_err_absolute_gains_pct": abs(base - gain - meas) / meas * 100,
-                    "calibrated_abs_err_pct": abs(base - cal * scale - meas) / meas * 100})
+                    "abs_err_absolute_gains_pct": abs(base - gain - meas) / meas * 100})
         print(f"  kv={kv} {i:3d} {counts} fp32 {base / 1e3:6.2f} ms measured {meas / 1e3:6.2f} ms "
-              f"predicted {pred / 1e3:6.2f} ms ({out[-1]['abs_err_pct']:4.1f}%; calibrated "
-              f"{out[-1]['calibrated_abs_err_pct']:4.1f}%)", flush=True)
+              f"predicted {pred / 1e3:6.2f} ms ({out[-1]['abs_err_pct']:4.1f}%; unanchored "
+              f"{out[-1]['unanchored_abs_err_pct']:4.1f}%)", flush=True)
     errs = [r["abs_err_pct"] for r in out]
     return {"kv": kv, "shape": shape.key, "median_abs_err_pct": statistics.median(errs),
             # negative: predicted faster than measured (the subgraph gains over-predict)
             "median_signed_err_pct": statistics.median(r["signed_err_pct"] for r in out),
             "campaign_step_us": step_us, "median_abs_err_absolute_gains_pct":
             statistics.median(r["abs_err_absolute_gains_pct"] for r in out),
-            "kappa": kappa, "median_calibrated_abs_err_pct":
-            statistics.median(r["calibrated_abs_err_pct"] for r in out),
             "anchor_scales": problem.gain_scales.get(shape.key, {}),
             "median_unanchored_abs_err_pct":
             statistics.median(r["unanchored_abs_err_pct"] for r in out),
@@ -478,16 +453,14 @@ def markdown(r: dict) -> str:
                   "| KV length | configs | median abs err | p90 abs err | median signed err "
                   "(-: the gains over-predicted) | anchor scales (campaign window) "
                   f"{'/'.join(r['precisions'][1:])} | unanchored median abs err (diagnostic) "
-                  "| whole/sum of unanchored gains, uniform, these rounds (diagnostic) "
                   "| median abs err, gains in campaign us (diagnostic) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {a['kv']} | {len(a['rows'])} | {a['median_abs_err_pct']:.2f} % | "
                   f"{a['p90_abs_err_pct']:.2f} % | {a['median_signed_err_pct']:+.2f} % | "
                   + "/".join(f"{a.get('anchor_scales', {}).get(p, 1.0):.2f}"
                              for p in r["precisions"][1:])
                   + f" | {a.get('median_unanchored_abs_err_pct', float('nan')):.2f} % | "
-                  + "/".join(f"{a['kappa'][p]:.2f}" for p in r["precisions"][1:])
-                  + f" | {a['median_abs_err_absolute_gains_pct']:.2f} % |"
+                  f"{a['median_abs_err_absolute_gains_pct']:.2f} % |"
                   for a in m["additivity"]]
         ie = ", ".join(f"batch {b}: {e * 100:.2f} %" for b, e in w["interpolation_error"].items()
                        if e is not None) or "n/a"

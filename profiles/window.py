@@ -62,6 +62,25 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
     return t, anchor_timings(measurer, shape.key, model, anchors, t.median_us)
 
 
+def time_steps_paired(base_fn: Any, fn: Any, inputs: list, backend: str, threads: int,
+                      name: str = "config", **timing: Any) -> tuple[Any, Any]:
+    """Two whole-model steps (``base_fn``, ``fn``: callables of one input) timed in the
+    same interleaved rounds, each after its own previous step (untimed), as ``generate()``
+    runs one step after another: ``(baseline Timing, Timing)``. Timed right after the other
+    model's step instead, a deployment that fits the cache would find it emptied (the wide
+    Llama's int4_wo step: 4.25 ms that way, 3.60 ms after its own step). ``timing``: the
+    harness's options (``TimingOptions.kwargs()``); ``name``: ``fn``'s name in the harness."""
+    from functools import partial
+
+    from hwcost.profiles.bench import time_interleaved
+
+    fns = {"baseline": base_fn, name: fn}
+    res = time_interleaved(fns, inputs, backend, threads=threads, baseline="baseline",
+                           prepare={k: partial(f, inputs[0]) for k, f in fns.items()},
+                           **timing)
+    return res["baseline"], res[name]
+
+
 def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
                    anchors: Sequence[Precision], baseline_us: float) -> dict[Precision, Any]:
     """The whole model's step with every layer in each of ``anchors``: timed interleaved with
@@ -70,9 +89,6 @@ def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
     time, and returned as its ratio to that baseline times ``baseline_us`` (the window's),
     spread scaled alike. A precision a kernel cannot deploy on some layer is left out."""
     from dataclasses import replace
-    from functools import partial
-
-    from hwcost.profiles.bench import time_interleaved
 
     base_fn, inputs = model
     # an anchor scales every gain of its precision at this shape, so its error enters every
@@ -86,13 +102,9 @@ def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
             fn, _ = measurer.model_fn_of(shape, prec)
         except BackendUnavailable:
             continue
-        fns = {"baseline": base_fn, "anchor": fn}
-        res = time_interleaved(fns, inputs, measurer.backend, threads=measurer.threads,
-                               baseline="baseline",
-                               prepare={k: partial(f, inputs[0]) for k, f in fns.items()},
-                               **kwargs)
-        del fns, fn  # the deployed copy goes before the next precision's
-        b, a = res["baseline"], res["anchor"]
+        b, a = time_steps_paired(base_fn, fn, inputs, measurer.backend, measurer.threads,
+                                 name="anchor", **kwargs)
+        del fn  # the deployed copy goes before the next precision's
         k = baseline_us / b.median_us
         out[prec] = replace(a, median_us=a.median_us * k, spread_us=a.spread_us * k,
                             min_us=a.min_us * k if a.min_us is not None else None,
