@@ -18,9 +18,11 @@ For each precision ``p`` the anchor scale is
 
 (both in the microseconds of that window), and every option's gain is multiplied by the
 scale of its layers' precisions (a mixed option: the mean over its non-baseline layers).
-A uniform plan is then priced exactly as its whole model measured; a mixed plan between
-its formats' anchors. A scale is left at 1 where the pieces' gains sum to under 1 % of the
-step (the ratio would be noise over noise) and kept within [0, 4]. Pure Python.
+The pieces' baselines are put in the same microseconds (each scaled by the whole step over
+their sum), so the problem's baseline is the whole step. A uniform plan is then priced
+exactly as its whole model measured; a mixed plan between its formats' anchors. A scale is
+left at 1 where the pieces' gains sum to under 1 % of the step (the ratio would be noise
+over noise) and kept within [0, 4]. Pure Python.
 """
 
 from __future__ import annotations
@@ -60,8 +62,18 @@ def anchored(problem: Problem, scales: Mapping[str, float]) -> Problem:
     by the anchor scale of its layers' precisions; ``problem.gain_scales`` records them."""
     if not scales:
         return problem
+    # the anchored gains are microseconds of the whole model's step (kappa: its gain over the
+    # pieces'), so the pieces' baselines are put in them too, each its share of the whole
+    # step. Left in their own (each piece timed alone after a buffer that evicts its
+    # weights), the problem's baseline was their larger sum, so a uniform plan's predicted
+    # speedup was not its whole model's, and a workload's scale from the campaign's
+    # microseconds to the request's (planner.workload) shrank the whole-step gains again by
+    # the pieces' excess (bench/decode.py, demo: the request priced at 360 ms, its whole
+    # steps 259 ms).
+    pieces = problem.subgraph_baseline_us
+    r = problem.model_baseline_us / pieces if problem.model_baseline_us and pieces > 0 else 1.0
     choices = [Choice(c.position, c.signature, c.kind, c.layer_names,
-                      tuple(_scaled(o, c.baseline.latency_us, problem.baseline, scales)
+                      tuple(_scaled(o, r, c.baseline.latency_us * r, problem.baseline, scales)
                             for o in c.options))
                for c in problem.choices]
     return replace(problem, choices=choices,
@@ -88,10 +100,11 @@ def _uniform_gain(problem: Problem, prec: str) -> float | None:
     return total
 
 
-def _scaled(o: Option, base_us: float, baseline: str, scales: Mapping[str, float]) -> Option:
+def _scaled(o: Option, r: float, base_us: float, baseline: str,
+            scales: Mapping[str, float]) -> Option:
     low = [p for p in o.config if p != baseline]
-    if not low:
-        return o
+    if not low:  # the piece's baseline, in the whole step's microseconds
+        return replace(o, latency_us=base_us, uncertainty_us=o.uncertainty_us * r)
     k = sum(scales.get(p, 1.0) for p in low) / len(low)
     gain = o.gain_us * k
     return replace(o, gain_us=gain, latency_us=base_us - gain,

@@ -102,3 +102,27 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
 
     wl, _ = build_workload_problem(store, m.name, m.device, "prompt=16,gen=1,batch=1")
     assert anchor_problem(store, wl) is wl
+
+
+def test_pieces_summing_above_the_whole_step_are_put_in_its_microseconds():
+    """Pieces timed alone (their weights evicted before each sample) sum above the whole
+    model's decode step. Anchored, the gains are the whole step's microseconds, and so are
+    the pieces' baselines: the problem's baseline is the whole step, a uniform plan's
+    predicted speedup is its whole model's, and each option's latency stays its baseline
+    less its gain."""
+    from dataclasses import replace
+
+    p = replace(problem(), model_baseline_us=160.0)  # the pieces' baselines sum to 200
+    assert p.baseline_us == 200.0  # unanchored: the larger sum, as for any shape
+    scales = anchor_scales(p, {"fp32": 160.0, "int8_wo": 112.0, "int4_wo": 124.0})
+    assert scales == pytest.approx({"int8_wo": 1.2, "int4_wo": 0.72})
+    a = anchored(p, scales)
+    assert a.baseline_us == pytest.approx(160.0) and a.subgraph_baseline_us == pytest.approx(160.0)
+    assert [c.baseline.latency_us for c in a.choices] == pytest.approx([80.0, 80.0])
+    for prec, whole in (("int8_wo", 112.0), ("int4_wo", 124.0)):
+        picks = [next(i for i, o in enumerate(c.options) if set(o.config) == {prec})
+                 for c in a.choices]
+        assert predicted_speedup(a, picks) == pytest.approx(160.0 / whole)
+    for c in a.choices:
+        for o in c.options:
+            assert o.latency_us == pytest.approx(c.baseline.latency_us - o.gain_us)

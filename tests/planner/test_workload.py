@@ -151,3 +151,45 @@ def test_gains_are_priced_in_the_microseconds_of_the_rounds_the_request_was_time
         for oa, ob in zip(a.options, b.options):
             assert ob.gain_us == pytest.approx(0.8 * oa.gain_us)
             assert ob.latency_us == pytest.approx(0.8 * oa.latency_us)
+
+
+def test_anchored_decode_buckets_are_priced_in_the_whole_steps_microseconds(store):
+    """At decode the pieces, each timed alone after a buffer that evicts its weights, sum
+    above the whole model's step (here 1/0.7 of it), and the anchors put the gains in the
+    whole step's microseconds. The workload is then priced from the whole steps: the request's
+    steps, timed as fast as the campaign's whole steps, give a scale of 1, not the pieces'
+    excess, and a uniform plan's decode gain is its whole model's."""
+    from types import SimpleNamespace
+
+    def row(us):
+        return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
+
+    m = populate(store)
+    _decode_tables(store, m)
+    wl = "prompt=16,gen=9,batch=1"
+    _, pricing = build_workload_problem(store, m.name, m.device, wl)
+    whole = {}
+    for s in pricing.weights:
+        if "phase=decode" not in s:
+            continue
+        raw = build_problem(store, m.name, m.device, s, anchor=False)
+        pieces_bf16 = sum(next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
+                          for c in raw.choices)
+        whole[s] = (0.7 * raw.subgraph_baseline_us, 0.7 * pieces_bf16)
+        store.put_model_latency(m.name, m.device, s, "all:fp32", row(whole[s][0]))
+        store.put_model_latency(m.name, m.device, s, "all:bf16", row(whole[s][0] - whole[s][1]))
+    _, anchored_pricing = build_workload_problem(store, m.name, m.device, wl)
+    for s, (step, _) in whole.items():
+        assert anchored_pricing.baseline_us[s] == pytest.approx(step)
+    priced = sum(w * anchored_pricing.baseline_us[s] for s, w in pricing.weights.items())
+    key = f"workload:{wl}"
+    store.put_model_latency(m.name, m.device, key, "all:fp32", row(1.1 * priced))
+    store.put_model_latency(m.name, m.device, key, "steps:fp32", row(priced))
+    problem, p = build_workload_problem(store, m.name, m.device, wl)
+    assert p.scale == pytest.approx(1.0)
+    prefill = build_problem(store, m.name, m.device, "batch=1,seq=16,phase=prefill")
+    uniform = [next(o for o in c.options if set(o.config) == {"bf16"}) for c in problem.choices]
+    prefill_gain = sum(next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
+                       for c in prefill.choices)
+    decode_gain = sum(pricing.weights[s] * g for s, (_, g) in whole.items())
+    assert sum(o.gain_us for o in uniform) == pytest.approx(prefill_gain + decode_gain)
