@@ -126,3 +126,21 @@ def test_pieces_summing_above_the_whole_step_are_put_in_its_microseconds():
     for c in a.choices:
         for o in c.options:
             assert o.latency_us == pytest.approx(c.baseline.latency_us - o.gain_us)
+
+
+def test_an_anchored_problems_baseline_is_from_the_model_whatever_the_rounding():
+    """Scaled to sum to the whole step, the pieces' baselines can sum an ulp above it; the
+    baseline is still the model's (the label plans print and export)."""
+    import random
+    from dataclasses import replace
+
+    rng = random.Random(0)
+    for _ in range(50):
+        p = problem()
+        choices = [Choice(c.position, c.signature, c.kind, c.layer_names,
+                          tuple(replace(o, latency_us=o.latency_us + rng.uniform(0, 50))
+                                for o in c.options)) for c in p.choices]
+        p = replace(p, choices=choices, model_baseline_us=rng.uniform(100.0, 300.0))
+        a = anchored(p, {"int8_wo": 1.2})
+        assert a.baseline_from == "model"
+        assert a.baseline_us == pytest.approx(p.model_baseline_us)
