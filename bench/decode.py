@@ -325,12 +325,14 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
                                  timing, args.prompts,
                                  0 if args.quick else args.generate_samples, args.retime)
             step_us = {s: camp.baseline_us[s] for s in camp.baseline_us}
+            passes_us = dict(camp.window_passes_us)
         finally:
             store.close()
     return {"model": name, "layers": len(layers), "pieces": camp.pieces,
             "unique_subgraphs": camp.unique_subgraphs, "campaign_configs": camp.measured,
             "campaign_s": camp.elapsed_s, "campaign_failed": camp.failed,
             "campaign_errors": camp.errors[:3], "whole_model_us": step_us,
+            "whole_model_passes_us": passes_us,
             "sensitivity_reused": sens.reused, "additivity": add, "workload": wlr,
             "seconds": time.perf_counter() - t0}
 
@@ -441,9 +443,12 @@ def markdown(r: dict) -> str:
                   f"unique); campaign {m['campaign_configs']} configs over "
                   f"{len(m['whole_model_us'])} shapes in {m['campaign_s']:.0f} s "
                   f"({m['campaign_failed']} failed).", "",
-                  "Whole-model fp32 latency per shape (campaign):", "",
-                  "| shape | us |", "|---|---|"]
-        lines += [f"| `{s}` | {us:.0f} |" for s, us in m["whole_model_us"].items()]
+                  "Whole-model fp32 latency per shape (campaign: the mean of its windows' "
+                  "passes, timed in rotating order over the shapes, profiles.window):", "",
+                  "| shape | us | each pass, us |", "|---|---|---|"]
+        passes = m.get("whole_model_passes_us", {})
+        lines += [f"| `{s}` | {us:.0f} | {' / '.join(f'{p:.0f}' for p in passes.get(s, []))} |"
+                  for s, us in m["whole_model_us"].items()]
         lines += ["", "Decode additivity (whole decode step, each timed after its own "
                   "previous step as generate() runs them; predicted = the fp32 step of the "
                   "same rounds x (campaign step - sum of the planner's subgraph gains) / "

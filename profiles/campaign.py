@@ -33,7 +33,7 @@ from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
-from hwcost.profiles.window import time_model
+from hwcost.profiles.window import time_windows
 
 from hwcost import fleet_worker
 from hwcost.device import local_device
@@ -60,10 +60,15 @@ class TimingOptions:
     quick: bool = False
     policy: StabilityPolicy | None = None
     cold_cache: bool | None = None  # None: when the model's weights exceed the last-level cache
+    # a workload campaign's whole-model windows, in this many rotating passes over its shapes
+    # (profiles.window.time_windows); each pass takes its share of the samples
+    window_passes: int = 3
 
     def __post_init__(self) -> None:
         if self.min_samples < 3:
             raise ValueError("min_samples must be at least 3")
+        if self.window_passes < 1:
+            raise ValueError("window_passes must be at least 1")
         if self.warmup_max_s < 0 or self.max_seconds < 0 or self.min_sample_us < 0:
             raise ValueError("timing limits must be non-negative")
 
@@ -75,7 +80,7 @@ class TimingOptions:
 
 
 QUICK_TIMING = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0,
-                             quick=True, policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
+                             quick=True, window_passes=1, policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
 """Few samples, no re-measuring, no waiting for a quiet machine: for tests and smoke runs.
 Its rows are stored as quick: a plan uses them only when asked (``allow_unstable``) and a
 later full run measures them again."""
@@ -111,6 +116,8 @@ class CampaignReport:
     quick: bool = False
     unstable: int = 0  # timings stored as unstable (not used for plans unless asked)
     unstable_reasons: list[str] = field(default_factory=list)
+    # shape -> the whole model's baseline in each window pass, where there were several
+    window_passes_us: dict[str, list[float]] = field(default_factory=dict)
 
     def stability_line(self) -> str | None:
         """One line saying the run was refused as unstable, with the figure; None if not."""
@@ -437,6 +444,7 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             _run_direct(store, report, tasks, measurer, group, progress)
         if model_latency:
             base = precs[0]
+            todo = {}  # shape -> the precisions of its whole-model rows, when one is missing
             for shape in shape_list:
                 # a quick run accepts any stored row; a full run replaces quick or unstable ones
                 # (at a decode shape: the baseline's and each anchor's, timed in one window)
@@ -446,17 +454,23 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                                                 shape.key, f"all:{p.value}",
                                                 allow_unstable=timing.quick) for p in anchors}
                 if any(row is None for row in found.values()):
-                    t, whole = time_model(store, report, measurer, shape, base, anchors[1:])
-                    # one window's rows go together: a stable window replaces them all
-                    for p, tp in {base: t, **whole}.items():
-                        store.put_model_latency(part.model_fingerprint, dev.fingerprint,
-                                                shape.key, f"all:{p.value}", tp,
-                                                quick=timing.quick, replace=t.stable)
-                    report.baseline_us[shape.key] = t.median_us
-                    if not t.stable:
-                        report.unstable_reasons.append(f"whole model: {t.reason}")
+                    todo[shape] = anchors[1:]
                 else:
                     report.baseline_us[shape.key] = found[base].median_us
+            passes = (timing.window_passes
+                      if len(todo) > 1 and any(s.phase == "decode" for s in todo) else 1)
+            for shape, (t, whole, levels) in time_windows(store, report, measurer, base, todo,
+                                                          passes).items():
+                # one window's rows go together: a stable window replaces them all
+                for p, tp in {base: t, **whole}.items():
+                    store.put_model_latency(part.model_fingerprint, dev.fingerprint,
+                                            shape.key, f"all:{p.value}", tp,
+                                            quick=timing.quick, replace=t.stable)
+                report.baseline_us[shape.key] = t.median_us
+                if len(levels) > 1:
+                    report.window_passes_us[shape.key] = levels
+                if not t.stable:
+                    report.unstable_reasons.append(f"whole model: {t.reason}")
     finally:
         torch.set_num_threads(before)
     report.elapsed_s = round(time.perf_counter() - start, 2)

@@ -21,6 +21,12 @@ format, which a piece timed alone cannot see. The planner anchors the pieces' ga
 whole steps (:mod:`planner.anchors`). Each is timed beside the baseline model, one precision
 at a time (one deployed copy of the weights at most, whatever the model's size), and stored
 as its ratio to that baseline times the window's baseline.
+
+A workload's campaign (a decode shape among several) times these windows in rotating passes
+over its shapes (:func:`time_windows`, ``TimingOptions.window_passes``), so that every KV
+bucket and the prefill get the same mixture of the machine's moments: a memory-bound step's
+level wanders by tens of percent within a minute on a shared host, and one window per
+bucket gave each bucket its own moment.
 """
 
 from __future__ import annotations
@@ -37,17 +43,79 @@ ANCHOR_SAMPLES = 4
 """An anchor's samples, as a multiple of one config's (``TimingOptions.min_samples``)."""
 
 
-def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Precision,
-               anchors: Sequence[Precision] = ()) -> tuple[Any, dict[Precision, Any]]:
-    """The whole model's baseline latency, timed in one window with every unique piece's
-    baseline config (:func:`model_window`), and those timings replace the pieces' baseline
-    rows at ``shape`` when the window is stable, the run quick, or the rows no better (quick
-    or unstable), so that the gains' microseconds and the speedup's denominator come from
-    the same rounds. Then the whole model in each of ``anchors`` (the caller names them at
-    decode shapes; :func:`anchor_timings`), beside the same deployed baseline:
-    ``(baseline Timing, {precision: Timing})``; the caller stores the whole-model rows."""
-    model = measurer.model_fn_of(shape.key, base)  # deployed once, for both timings
-    t, pieces = model_window(measurer, shape.key, base, model)
+def time_windows(store: Any, report: Any, measurer: Any, base: Precision,
+                 todo: dict[Shape, Sequence[Precision]], passes: int = 1
+                 ) -> dict[Shape, tuple[Any, dict[Precision, Any], list[float]]]:
+    """Each shape's whole-model window (:func:`model_window`: the whole model's baseline
+    latency with every unique piece's baseline config) and its anchors (``todo[shape]``:
+    the whole model in each of those precisions beside the same deployed baseline,
+    :func:`anchor_timings`), in ``passes`` passes over the shapes, each pass in another
+    order and with its share of the samples: ``{shape: (baseline Timing, {precision:
+    Timing}, the baseline's median in each pass)}``, each Timing the mean of its passes. The
+    pieces' timings replace their baseline rows at the shape when the window is stable, the
+    run quick, or the rows no better (quick or unstable), so that the gains' microseconds
+    and the speedup's denominator come from the same rounds. The caller stores the
+    whole-model rows.
+
+    Why passes: a memory-bound step's level wanders with what the machine's other tenants
+    do to the shared cache, on the scale of seconds. The demo's decode step, the same call
+    on the same tensors, read 4.6 ms, then 6.6 ms twenty seconds later (thread clock, one
+    core, the other idle), and two windows of one bucket in a row read 4.4 and 6.1 ms. One
+    window per bucket, timed one after another, gave each KV bucket of a workload its own
+    moment's level (and its own gains' ratios, which move with it): the first decode
+    bucket once read 6.06 ms between 3.81 and 3.86 ms, and the request priced through it
+    missed by 5.9 %. Rotating passes give every shape the same mixture of moments."""
+    shapes = list(todo)
+    runs: dict[Shape, list] = {s: [] for s in shapes}
+    for k in range(passes if shapes else 0):
+        for shape in shapes[k % len(shapes):] + shapes[:k % len(shapes)]:
+            model = measurer.model_fn_of(shape.key, base)  # deployed once, for both timings
+            t, pieces = model_window(measurer, shape.key, base, model, share=passes)
+            whole = anchor_timings(measurer, shape.key, model, todo[shape], t.median_us,
+                                   share=passes)
+            del model
+            runs[shape].append((t, pieces, whole))
+    out = {}
+    for shape, done in runs.items():
+        t = mean_timing([r[0] for r in done])
+        pieces = {sig: mean_timing([r[1][sig] for r in done]) for sig in done[0][1]}
+        whole = {p: mean_timing([r[2][p] for r in done]) for p in done[0][2]
+                 if all(p in r[2] for r in done)}
+        _replace_piece_baselines(store, report, measurer, shape, t, pieces)
+        out[shape] = (t, whole, [r[0].median_us for r in done])
+    return out
+
+
+def mean_timing(timings: Sequence[Any]) -> Any:
+    """One Timing of several passes of the same candidate: the mean of their medians and
+    spreads (means, so a sum of pieces' timings stays the mean of the passes' sums), their
+    samples together, stable when every pass is, the largest drift."""
+    from dataclasses import replace
+
+    first = timings[0]
+    if len(timings) == 1:
+        return first
+    n = len(timings)
+    mins = [t.min_us for t in timings if t.min_us is not None]
+    drifts = [t.drift for t in timings if t.drift is not None]
+    loads = [t.load for t in timings if t.load is not None]
+    mhz = [t.cpu_mhz for t in timings if t.cpu_mhz is not None]
+    return replace(first, median_us=sum(t.median_us for t in timings) / n,
+                   spread_us=sum(t.spread_us for t in timings) / n,
+                   n_samples=sum(t.n_samples for t in timings),
+                   stable=all(t.stable for t in timings),
+                   min_us=min(mins) if mins else None,
+                   drift=max(drifts, key=abs) if drifts else None,
+                   load=sum(loads) / len(loads) if loads else None,
+                   load1=timings[-1].load1,
+                   cpu_mhz=sum(mhz) / len(mhz) if mhz else None,
+                   reason=next((t.reason for t in timings if t.reason), ""))
+
+
+def _replace_piece_baselines(store: Any, report: Any, measurer: Any, shape: Shape, t: Any,
+                             pieces: dict[str, Any]) -> None:
+    """The pieces' window timings as their baseline rows at ``shape``, where :func:`time_windows`
+    says they replace what is stored."""
     # an unstable window still replaces baseline rows that are no better (quick or unstable)
     good = store.measured_configs(report.device, shape.key, list(pieces), allow_unstable=False)
     rows = [MeasurementIn(report.device, sig, shape.key, measurer.baseline_key(sig),
@@ -59,7 +127,15 @@ def time_model(store: Any, report: Any, measurer: Any, shape: Shape, base: Preci
             if t.stable or report.quick or measurer.baseline_key(sig) not in good.get(sig, ())]
     if rows:
         store.add_measurements(rows, replace=True)
-    return t, anchor_timings(measurer, shape.key, model, anchors, t.median_us)
+
+
+def _shared(kwargs: dict, share: int) -> dict:
+    """The harness's options for one of ``share`` passes: its share of the samples and of
+    the re-measuring time (at least three samples)."""
+    if share <= 1:
+        return kwargs
+    return {**kwargs, "min_samples": max(3, -(-kwargs["min_samples"] // share)),
+            "max_seconds": kwargs["max_seconds"] / share}
 
 
 def time_steps_paired(base_fn: Any, fn: Any, inputs: list, backend: str, threads: int,
@@ -82,12 +158,14 @@ def time_steps_paired(base_fn: Any, fn: Any, inputs: list, backend: str, threads
 
 
 def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
-                   anchors: Sequence[Precision], baseline_us: float) -> dict[Precision, Any]:
+                   anchors: Sequence[Precision], baseline_us: float,
+                   share: int = 1) -> dict[Precision, Any]:
     """The whole model's step with every layer in each of ``anchors``: timed interleaved with
     the baseline model (``model``: its callable and inputs, from ``measurer.model_fn_of``),
     both after their own previous step as ``generate()`` runs steps, one precision at a
     time, and returned as its ratio to that baseline times ``baseline_us`` (the window's),
-    spread scaled alike. A precision a kernel cannot deploy on some layer is left out."""
+    spread scaled alike. A precision a kernel cannot deploy on some layer is left out.
+    ``share``: one of that many passes (:func:`time_windows`), with its share of the samples."""
     from dataclasses import replace
 
     base_fn, inputs = model
@@ -95,7 +173,7 @@ def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
     # prediction there: four times the samples of one piece's config (60 by default, about
     # a second of a 9 ms step)
     kwargs = measurer.timing.kwargs()
-    kwargs["min_samples"] = ANCHOR_SAMPLES * kwargs["min_samples"]
+    kwargs = _shared({**kwargs, "min_samples": ANCHOR_SAMPLES * kwargs["min_samples"]}, share)
     out = {}
     for prec in anchors:
         try:
@@ -113,10 +191,12 @@ def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
 
 
 def model_window(measurer: Any, shape: str, baseline: Precision,
-                 model: tuple[Any, list] | None = None) -> tuple[Any, dict[str, Any]]:
+                 model: tuple[Any, list] | None = None,
+                 share: int = 1) -> tuple[Any, dict[str, Any]]:
     """The whole model in ``baseline`` and every unique piece's baseline config, timed
     in the same interleaved rounds: ``(model Timing, {signature: Timing})``. ``model``: the
-    baseline model's callable and inputs when the caller has deployed it already.
+    baseline model's callable and inputs when the caller has deployed it already; ``share``:
+    one of that many passes (:func:`time_windows`), with its share of the samples.
 
     A gain is a ratio to the baseline timed in its own group; the planner turns it into
     microseconds with the piece's baseline row and into a speedup with the whole model's
@@ -153,5 +233,5 @@ def model_window(measurer: Any, shape: str, baseline: Precision,
                            evict_skip=("model",) if kv else (),
                            # a decode step after its own previous step, as generate() runs it
                            prepare={"model": lambda: model_fn(model_inputs[0])} if kv else None,
-                           **measurer.timing.kwargs())
+                           **_shared(measurer.timing.kwargs(), share))
     return res["model"], {sig: res[sig] for sig in sigs}

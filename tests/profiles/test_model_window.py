@@ -195,3 +195,69 @@ def test_a_precision_no_kernel_deploys_on_every_layer_has_no_anchor_and_is_not_s
         calls.clear()
         campaign()
         assert not [out for out, _ in calls if "model" in out or "anchor" in out]
+
+
+BUCKETS = [SHAPE, DECODE, "batch=1,kv=16,phase=decode"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "falcon"])
+def test_a_workloads_windows_are_timed_in_rotating_passes_and_their_means_stored(
+        family, sqlite_url, monkeypatch):
+    """A campaign with a decode shape among several times the whole-model windows in passes
+    over its shapes, each pass in another order and with its share of the samples, and
+    stores the mean of the passes: the baseline, every piece's baseline row and each anchor
+    (each pass's anchor its ratio to that pass's baseline times that pass's window). A
+    memory-bound step's level wanders within a minute on a shared host, so the KV buckets
+    of one request must see the same mixture of moments."""
+    from dataclasses import replace
+
+    from hwcost.profiles.decode import find_caches
+
+    order = []
+
+    def after(out, inputs):
+        if "model" in out:
+            caches = find_caches([d["model"] for d in inputs])
+            order.append(caches[0].get_seq_length() if caches else "prefill")
+
+    calls = _record(monkeypatch, after)
+    timing = replace(QUICK_TIMING, window_passes=3, min_samples=6)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, MODELS[family](), "cpu", BUCKETS, "fp32,int8_wo", threads=1,
+                           n_inputs=2, timing=timing, progress=False)
+        assert rep.failed == 0, rep.errors
+        assert order == ["prefill", 12, 16, 12, 16, "prefill", 16, "prefill", 12]
+        windows = [(out, kw) for out, kw in calls if "model" in out]
+        anchors = [(out, kw) for out, kw in calls if "anchor" in out]
+        assert {kw["min_samples"] for _, kw in windows} == {3}  # 6 / 3 passes, at least 3
+        assert {kw["min_samples"] for _, kw in anchors} == {8}  # 4 x 6 / 3 passes
+        decode = [w for w, at in zip(windows, order) if at == 12]
+        assert rep.window_passes_us[DECODE] == [w["model"].median_us for w, _ in decode]
+        assert rep.baseline_us[DECODE] == pytest.approx(
+            sum(w["model"].median_us for w, _ in decode) / 3)
+        rows = store.model_costs(rep.model_fingerprint, rep.device, DECODE, allow_unstable=True)
+        bases = [r for r in rows if set(r.config.split(",")) == {"fp32"}]
+        assert bases
+        for r in bases:
+            assert r.median_us == pytest.approx(
+                sum(w[r.signature].median_us for w, _ in decode) / 3)
+        # anchors follow each decode window: pass by pass, the kv=12 ones
+        at12 = [a for a, at in zip(anchors, [x for x in order if x != "prefill"]) if at == 12]
+        want = sum(w["model"].median_us * a["anchor"].median_us / a["baseline"].median_us
+                   for (w, _), (a, _) in zip(decode, at12)) / 3
+        row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:int8_wo",
+                                  allow_unstable=True)
+        assert row.median_us == pytest.approx(want)
+
+
+def test_a_single_shape_is_timed_in_one_window_whatever_the_passes(sqlite_url, monkeypatch):
+    """Passes are for a workload's several shapes: one shape's window is timed once."""
+    from dataclasses import replace
+
+    calls = _record(monkeypatch)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, _tiny(), "cpu", [DECODE], "fp32,int8_wo", threads=1,
+                           n_inputs=2, timing=replace(QUICK_TIMING, window_passes=3),
+                           progress=False)
+        assert len([c for c, _ in calls if "model" in c]) == 1
+        assert rep.window_passes_us == {}
