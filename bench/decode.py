@@ -106,7 +106,6 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     """Predicted (the fp32 step times the predicted speedup: the campaign's whole step less
     the sum of subgraph gains, over that step) against measured decode steps."""
     shape = parse_shape(f"batch={batch},kv={kv},phase=decode")
-    step_us = camp.baseline_us.get(shape.key)
     # every row the campaign wrote, quick or unstable included: this checks the timings (the
     # planner's table: pieces that read no KV cache carry their one per-batch decode timing),
     # read once: the pieces' own gains (diagnostic) and, anchored on the whole model's steps
@@ -115,6 +114,8 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     raw = build_problem(store, camp.model_fingerprint, camp.device, shape.key,
                         precisions=list(PRECISIONS), allow_unstable=True, anchor=False)
     problem = anchor_problem(store, raw, allow_unstable=True)
+    # anchored, the problem's baseline is the campaign's whole step (planner.anchors)
+    step_us = problem.baseline_us
     raw_options = {(c.position, o.key): o for c in raw.choices for o in c.options}
     options = {(c.position, o.key): o for c in problem.choices for o in c.options}
     _, manifest = store.manifest(camp.model_fingerprint)
