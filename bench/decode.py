@@ -93,6 +93,20 @@ def wide_llama(layers: int) -> LoadedModel:
                        "config")
 
 
+def mixing_configs(layers, precisions):
+    """Per non-baseline precision: one layer (the first piece's first), every seventh layer,
+    and every layer in it, the rest in fp32: whether a precision's first layer in a step
+    costs more than its share of the uniform model's gain (a mixed config pays it, a uniform
+    anchor spreads it over every layer)."""
+    out = []
+    for p in precisions[1:]:
+        for label, picked in (("1 layer", layers[:1]), ("every 7th", layers[::7]),
+                              ("all", layers)):
+            out.append((f"{p}: {label} ({len(picked)})",
+                        {n: (p if n in picked else precisions[0]) for n in layers}))
+    return out
+
+
 def random_configs(layers, n, rng):
     out = []
     for _ in range(n):
@@ -322,6 +336,13 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
             add = [additivity(store, camp, loaded, kv, args.batch, configs, backend, threads,
                               timing, 0 if args.quick else args.compare_samples)
                    for kv in (buckets[0], buckets[-1])]
+            # diagnostic: the same comparison on structured configs (mixing_configs)
+            mix_cfgs = mixing_configs(layers, PRECISIONS)
+            mix = additivity(store, camp, loaded, buckets[0], args.batch,
+                             [c for _, c in mix_cfgs], backend, threads, timing,
+                             0 if args.quick else args.compare_samples)
+            for (label, _), row in zip(mix_cfgs, mix["rows"]):
+                row["label"] = label
             wlr = workload_plans(store, camp, loaded, wl, args.threshold, backend, threads,
                                  timing, args.prompts,
                                  0 if args.quick else args.generate_samples, args.retime)
@@ -334,7 +355,8 @@ def run_model(name, loaded, demo, args, backend, threads, timing) -> dict:
             "campaign_s": camp.elapsed_s, "campaign_failed": camp.failed,
             "campaign_errors": camp.errors[:3], "whole_model_us": step_us,
             "whole_model_passes_us": passes_us,
-            "sensitivity_reused": sens.reused, "additivity": add, "workload": wlr,
+            "sensitivity_reused": sens.reused, "additivity": add, "mixing": mix,
+            "workload": wlr,
             "seconds": time.perf_counter() - t0}
 
 
@@ -468,6 +490,16 @@ def markdown(r: dict) -> str:
                   + f" | {a.get('median_unanchored_abs_err_pct', float('nan')):.2f} % | "
                   f"{a['median_abs_err_absolute_gains_pct']:.2f} % |"
                   for a in m["additivity"]]
+        mix = m.get("mixing")
+        if mix:
+            lines += ["", f"Mixing (diagnostic, kv={mix['kv']}): the same comparison on "
+                      "structured configs, the rest of the layers fp32 (predicted - measured "
+                      "< 0: the config measured slower than the planner predicts):", "",
+                      "| config | fp32 step us | measured us | predicted us | predicted - "
+                      "measured |", "|---|---|---|---|---|"]
+            lines += [f"| {row['label']} | {row['baseline_us']:.0f} | {row['measured_us']:.0f} "
+                      f"| {row['predicted_us']:.0f} | {row['signed_err_pct']:+.2f} % |"
+                      for row in mix["rows"]]
         ie = ", ".join(f"batch {b}: {e * 100:.2f} %" for b, e in w["interpolation_error"].items()
                        if e is not None) or "n/a"
         lines += ["", f"Workload `{w['workload']}`, loss bound {w['threshold']} "
