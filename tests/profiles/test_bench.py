@@ -21,10 +21,12 @@ FAST = {"warmup_max_s": 0.3, "max_seconds": 1.0, "threads": 1, "policy": Stabili
 
 
 def _spin(seconds: float) -> None:
-    """Busy for ``seconds`` of wall time: a sleep's wake-up on a loaded CPU can come a time
-    slice late, which turned the short half of a bimodal candidate into the long one."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Busy for ``seconds`` of this thread's CPU time. Timed on the thread clock, a call then
+    reads ``seconds`` however loaded the machine is: a sleep's wake-up, or a wall-clock spin
+    preempted by another test worker, turned the short half of a bimodal candidate into the
+    long one, and a batch with one short call left reads quiet (CI, load 3.5)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 
@@ -127,7 +129,7 @@ def test_noisy_candidate_is_remeasured_and_flagged():
 
     start = time.perf_counter()
     t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1,
-                 warmup_max_s=0.1, max_seconds=0.8, threads=1,
+                 warmup_max_s=0.1, max_seconds=0.8, threads=1, clock="thread",
                  policy=replace(StabilityPolicy.lenient(), max_spread=0.05))
     elapsed = time.perf_counter() - start
     assert not t.stable and t.rel_spread > 0.05
@@ -156,14 +158,15 @@ def test_spread_between_the_two_limits_is_remeasured_but_stored_stable():
     policy = replace(StabilityPolicy.lenient(), remeasure_spread=0.05, max_spread=0.6)
     start = time.perf_counter()
     t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, warmup_max_s=0.1,
-                 max_seconds=0.5, threads=1, policy=policy)
+                 max_seconds=0.5, threads=1, clock="thread", policy=policy)
     assert t.stable and t.rel_spread > 0.05 and not t.reason
     assert time.perf_counter() - start >= 0.5 and len(calls) >= 3 * 8  # re-measured
     # below the re-measure limit one batch is taken at once
     calls.clear()
     wide = replace(policy, remeasure_spread=0.6)
     t = time_one(noisy, [None], "cpu", min_samples=8, min_sample_us=1, warmup_max_s=0.0,
-                 max_seconds=5.0, threads=1, policy=wide)
+                 max_seconds=5.0, threads=1, clock="thread",
+                 policy=wide)
     assert t.stable and len(calls) < 3 * 8
 
 
