@@ -121,6 +121,35 @@ def test_an_unstable_timing_never_moves_the_plan():
     json.dumps(d, allow_nan=False)  # valid JSON for --json
 
 
+def test_an_unstable_batch_is_timed_again_and_the_first_stable_one_decides():
+    p = close_call()
+    batches = []
+
+    def time_plans(plans, unstable_batches):
+        batches.append(dict(plans))
+        se = math.inf if len(batches) <= unstable_batches else 0.5
+        # the truth: layer 0's int8 is 5 % faster than the planned plan
+        return {n: (90.0 if lay["l0"] == "int8" else 95.0, se) for n, lay in plans.items()}
+
+    # the first batch unstable, the second stable: the second decides, and says so
+    got = retime(p, 1.0, lambda plans: time_plans(plans, 1), k=3, seed=0)
+    assert len(batches) == 2 and batches[0] == batches[1]  # the same candidates again
+    assert not got.unstable and got.attempts == 2 and got.best.layers(p)["l0"] == "int8"
+    assert "batch 2: the earlier ones were timed on an unstable machine" in got.line()
+    assert got.to_dict()["attempts"] == 2
+    # unstable in every batch: timed ``attempts`` times, and the planned one stays
+    batches.clear()
+    got = retime(p, 1.0, lambda plans: time_plans(plans, 99), k=3, seed=0, attempts=3)
+    assert len(batches) == 3 and got.unstable and got.kept == 0 and got.attempts == 3
+    assert "(3 batches), but the machine was not stable" in got.line()
+    # a stable first batch is the only one
+    batches.clear()
+    assert retime(p, 1.0, lambda plans: time_plans(plans, 0), k=3, seed=0).attempts == 1
+    assert len(batches) == 1
+    with pytest.raises(HwcostError, match="attempt"):
+        retime(p, 1.0, lambda plans: time_plans(plans, 0), k=3, attempts=0)
+
+
 def test_retime_times_every_candidate_in_one_call_by_layer_map():
     p = close_call()
     calls = []
