@@ -131,7 +131,6 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
     # anchored, the problem's baseline is the campaign's whole step (planner.anchors)
     step_us = problem.baseline_us
     raw_options = {(c.position, o.key): o for c in raw.choices for o in c.options}
-    options = {(c.position, o.key): o for c in problem.choices for o in c.options}
     _, manifest = store.manifest(camp.model_fingerprint)
     pieces = [item for item, _ in manifest]
     layers = [n for p in pieces for n in p.layer_names]
@@ -149,8 +148,9 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
                    for p in pieces)
 
     def planned_gain(cfg):
-        return sum(options[(p.position, ",".join(cfg[n] for n in p.layer_names))].gain_us
-                   for p in pieces)
+        # as the planner prices a plan: the anchored gains less the once-per-step costs of
+        # the precisions the config uses (planner.anchors)
+        return problem.plan_gain_us(problem.picks_of(cfg))
 
     def timed(cfg):
         # the measured side of each comparison: the whole step, fp32 and the config in the
@@ -191,6 +191,7 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
             "campaign_step_us": step_us, "median_abs_err_absolute_gains_pct":
             statistics.median(r["abs_err_absolute_gains_pct"] for r in out),
             "anchor_scales": problem.gain_scales.get(shape.key, {}),
+            "presence_us": dict(problem.presence_us),
             "median_unanchored_abs_err_pct":
             statistics.median(r["unanchored_abs_err_pct"] for r in out),
             "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))], "rows": out}
@@ -238,12 +239,9 @@ def workload_plans(store, camp, loaded, wl, threshold, backend, threads, timing,
 
     def predicted(assign: dict[str, str]) -> tuple[float, float]:
         """Workload latency and loss MSE the workload problem predicts for a layer map."""
-        lat, loss = wl_problem.baseline_us, 0.0
-        for c in wl_problem.choices:
-            opt = next(o for o in c.options if o.config == tuple(assign[n] for n in c.layer_names))
-            lat -= opt.gain_us
-            loss += opt.loss_mse
-        return lat, loss
+        picks = wl_problem.picks_of(assign)
+        loss = sum(c.options[i].loss_mse for c, i in zip(wl_problem.choices, picks))
+        return wl_problem.baseline_us - wl_problem.plan_gain_us(picks), loss
 
     configs = {"fp32": dict.fromkeys(layers, "fp32"), "workload_plan": wl_plan.solution.layers,
                "prefill_plan": pre_plan.solution.layers}
@@ -480,12 +478,15 @@ def markdown(r: dict) -> str:
                   "planner anchors the gains, planner.anchors):", "",
                   "| KV length | configs | median abs err | p90 abs err | median signed err "
                   "(-: the gains over-predicted) | anchor scales (campaign window) "
+                  f"{'/'.join(r['precisions'][1:])} | once-per-step costs us "
                   f"{'/'.join(r['precisions'][1:])} | unanchored median abs err (diagnostic) "
                   "| median abs err, gains in campaign us (diagnostic) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {a['kv']} | {len(a['rows'])} | {a['median_abs_err_pct']:.2f} % | "
                   f"{a['p90_abs_err_pct']:.2f} % | {a['median_signed_err_pct']:+.2f} % | "
                   + "/".join(f"{a.get('anchor_scales', {}).get(p, 1.0):.2f}"
+                             for p in r["precisions"][1:]) + " | "
+                  + "/".join(f"{a.get('presence_us', {}).get(p, 0.0):.0f}"
                              for p in r["precisions"][1:])
                   + f" | {a.get('median_unanchored_abs_err_pct', float('nan')):.2f} % | "
                   f"{a['median_abs_err_absolute_gains_pct']:.2f} % |"

@@ -22,28 +22,60 @@ The pieces' baselines are put in the same microseconds (each scaled by the whole
 their sum), so the problem's baseline is the whole step. A uniform plan is then priced
 exactly as its whole model measured; a mixed plan between its formats' anchors. A scale is
 left at 1 where the pieces' gains sum to under 1 % of the step (the ratio would be noise
-over noise) and kept within [0, 4]. Pure Python.
+over noise) and kept within [0, 4].
+
+**A once-per-step cost per precision.** A format's first layers in a step cost more than
+their share of the uniform model's gain: in the fp32 demo one bf16 down projection cost
++290 to +340 us per 5.5 ms step, two +390 us, all four +510 us (paired whole steps; an A/A
+pair read -0.1 %). One scale per precision spreads that cost over every layer, so a plan
+with a few layers in a format was priced faster than it ran (the demo's decode additivity
+missed one-sidedly, -2.2 to -3.1 % median signed, worst for configs with 1-5 bf16 layers).
+The campaign also times the whole model with only its first piece in each precision
+(``first:<precision>``). With ``D_all`` and ``D_first`` the two anchors' gains over the
+baseline step, ``G`` and ``g`` the pieces' gains of every piece and of the first one,
+
+    D_all = kappa_p * G - c_p,    D_first = kappa_p * g - c_p
+
+give the scale ``kappa_p = (D_all - D_first) / (G - g)`` and the cost ``c_p = kappa_p * g -
+D_first`` that a plan pays once when any of its layers is in ``p`` (``Problem.presence_us``;
+the solver enumerates which precisions a plan uses, :func:`planner.solve.solve`). Both
+anchors are then priced exactly. A cost is never negative (a precision's presence does not
+pay by itself; a negative fit is noise and falls back to ``c_p = 0`` and the one-anchor
+scale), and a precision without a ``first:`` row has none. Pure Python.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from hwcost.planner.problem import Choice, Option, Problem
 
 MIN_SHARE = 0.01  # pieces' gains summing to less than this share of the step: no scale
 MAX_SCALE = 4.0
+MIN_COST_SHARE = 0.001  # a once-per-step cost under this share of the step: none (rounding)
 
 
-def anchor_scales(problem: Problem, whole_us: Mapping[str, float]) -> dict[str, float]:
-    """precision -> kappa from the whole model's step in the baseline and in each uniform
-    precision (``whole_us``: precision -> microseconds, the baseline's included); precisions
-    without a whole-model step are left out."""
+@dataclass(frozen=True)
+class Anchors:
+    """What the whole-model anchors of one shape say: the scale of each precision's gains
+    and its once-per-step cost (microseconds of the whole step; absent: none)."""
+
+    scales: dict[str, float] = field(default_factory=dict)
+    presence_us: dict[str, float] = field(default_factory=dict)
+
+
+def fit_anchors(problem: Problem, whole_us: Mapping[str, float],
+                first_us: Mapping[str, float] | None = None) -> Anchors:
+    """Each precision's scale, and its once-per-step cost where ``first_us`` has its step
+    with only the first piece in it (see the module docstring), from the whole model's step
+    in the baseline and in each uniform precision (``whole_us``: precision -> microseconds,
+    the baseline's included). Precisions without a whole-model step are left out."""
     base = whole_us.get(problem.baseline)
     if not base:
-        return {}
-    scales = {}
+        return Anchors()
+    first_us = first_us or {}
+    scales, presence = {}, {}
     for prec, us in whole_us.items():
         if prec == problem.baseline or prec not in problem.precisions:
             continue
@@ -52,14 +84,29 @@ def anchor_scales(problem: Problem, whole_us: Mapping[str, float]) -> dict[str, 
             continue
         if abs(pieces) < MIN_SHARE * base:
             scales[prec] = 1.0
-        else:
-            scales[prec] = min(MAX_SCALE, max(0.0, (base - us) / pieces))
-    return scales
+            continue
+        scales[prec] = _clamped((base - us) / pieces)
+        one = _first_gain(problem, prec)
+        if prec not in first_us or one is None or abs(pieces - one) < MIN_SHARE * base:
+            continue
+        kappa = _clamped(((base - us) - (base - first_us[prec])) / (pieces - one))
+        cost = kappa * pieces - (base - us)  # the uniform anchor stays exact
+        if cost > MIN_COST_SHARE * base:
+            scales[prec], presence[prec] = kappa, cost
+    return Anchors(scales, presence)
 
 
-def anchored(problem: Problem, scales: Mapping[str, float]) -> Problem:
+def anchor_scales(problem: Problem, whole_us: Mapping[str, float],
+                  first_us: Mapping[str, float] | None = None) -> dict[str, float]:
+    """precision -> kappa (:func:`fit_anchors`' scales)."""
+    return fit_anchors(problem, whole_us, first_us).scales
+
+
+def anchored(problem: Problem, scales: Mapping[str, float],
+             presence_us: Mapping[str, float] | None = None) -> Problem:
     """The problem with every option's gain (and latency, and its standard error) scaled
-    by the anchor scale of its layers' precisions; ``problem.gain_scales`` records them."""
+    by the anchor scale of its layers' precisions, and each precision's once-per-step cost
+    (``presence_us``); ``problem.gain_scales`` records the scales."""
     if not scales:
         return problem
     # the anchored gains are microseconds of the whole model's step (kappa: its gain over the
@@ -77,17 +124,34 @@ def anchored(problem: Problem, scales: Mapping[str, float]) -> Problem:
                             for o in c.options))
                for c in problem.choices]
     return replace(problem, choices=choices,
-                   gain_scales={**problem.gain_scales, problem.shape: dict(scales)})
+                   gain_scales={**problem.gain_scales, problem.shape: dict(scales)},
+                   presence_us={**problem.presence_us, **(presence_us or {})})
 
 
-def scales_line(gain_scales: Mapping[str, Mapping[str, float]]) -> str | None:
-    """One line naming the anchor scales per shape (None when none applied)."""
+def scales_line(gain_scales: Mapping[str, Mapping[str, float]],
+                presence_us: Mapping[str, float] | None = None) -> str | None:
+    """One line naming the anchor scales per shape and the plan's once-per-step costs
+    (None when no scale applied)."""
     parts = [f"{shape}: " + ", ".join(f"{p} x{k:.2f}" for p, k in sc.items())
              for shape, sc in gain_scales.items() if sc]
     if not parts:
         return None
+    costs = ", ".join(f"{p} {us:.0f} us" for p, us in (presence_us or {}).items() if us > 0)
     return ("decode gains anchored on whole-model steps in each uniform precision "
-            "(planner.anchors): " + "; ".join(parts))
+            "(planner.anchors): " + "; ".join(parts)
+            + (f"; once-per-step cost of a precision a plan uses: {costs}" if costs else ""))
+
+
+def _clamped(kappa: float) -> float:
+    return min(MAX_SCALE, max(0.0, kappa))
+
+
+def _first_gain(problem: Problem, prec: str) -> float | None:
+    """The pieces' gain of the first piece (lowest position) in ``prec``: the one the
+    campaign's ``first:<precision>`` anchor deploys in it (``profiles.window``)."""
+    first = min(problem.choices, key=lambda c: c.position)
+    opt = next((o for o in first.options if all(p == prec for p in o.config)), None)
+    return opt.gain_us if opt is not None else None
 
 
 def _uniform_gain(problem: Problem, prec: str) -> float | None:

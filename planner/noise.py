@@ -166,6 +166,11 @@ def chance_not_fastest(problem: Problem, picks: Sequence[int], bound: float | No
     used = {s: sorted({picks[s]} | {j for t, j in riv.single if t == s}
                       | {r[s] for r in riv.whole}) for s in varying}
     ch = problem.choices
+    # a rival using another set of precisions pays other once-per-step costs (exact, not drawn)
+    own_cost = problem.presence_cost_us(picks)
+    single_cost = {(s, j): problem.presence_cost_us(picks[:s] + (j,) + picks[s + 1:]) - own_cost
+                   for s, j in riv.single} if problem.presence_us else {}
+    whole_cost = [problem.presence_cost_us(r) - own_cost for r in riv.whole]
     rng = random.Random(seed)
     gauss = rng.gauss
     lose = 0
@@ -187,8 +192,9 @@ def chance_not_fastest(problem: Problem, picks: Sequence[int], bound: float | No
                 if z is None:
                     z = z_own[c.signature, o.key] = gauss(0.0, 1.0)
                 gain[s, i] = o.gain_us - o.uncertainty_us * z + _ref_term(o) * zr
-        if any(gain[s, j] > gain[s, picks[s]] for s, j in riv.single) or any(
-                sum(gain[s, r[s]] - gain[s, picks[s]] for s in varying if r[s] != picks[s]) > 0
-                for r in riv.whole):
+        if any(gain[s, j] - single_cost.get((s, j), 0.0) > gain[s, picks[s]]
+               for s, j in riv.single) or any(
+                sum(gain[s, r[s]] - gain[s, picks[s]] for s in varying if r[s] != picks[s]) > c
+                for r, c in zip(riv.whole, whole_cost)):
             lose += 1
     return lose / samples

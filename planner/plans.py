@@ -104,7 +104,7 @@ def make_plan(store, model: str, device: str, shape: str, threshold: Threshold |
         latency_stderr_us=plan_stderr_us(problem, sol.picks), gain_shrink_sigmas=k,
         **({"loss_scale": loss_scale} if loss_scale != 1.0 else {}))
     notes = bound_notes(problem, sol, bound, objective, cons, time_limit_s)
-    anchors = scales_line(problem.gain_scales)
+    anchors = scales_line(problem.gain_scales, problem.presence_us)
     if anchors:
         notes.append(anchors)
     if retimed is not None and len(retimed.candidates) > 1:

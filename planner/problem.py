@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,10 @@ class Problem:
     sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint, checkpoint, quantizer}
     # shape -> {precision: scale} of the gains anchored on whole-model steps (planner.anchors)
     gain_scales: dict = field(default_factory=dict)
+    # precision -> once-per-step cost (us) a plan pays when any of its layers is in that
+    # precision (planner.anchors: a format's first layers in a decode step cost more than
+    # their share of the uniform model's gain); empty: none
+    presence_us: dict = field(default_factory=dict)
     # the store's records the problem was built from (None for a problem made by hand):
     # saving its plan finds the model and device by these, never by re-resolving a reference
     model_ref: Any = field(default=None, compare=False, repr=False)
@@ -117,6 +121,32 @@ class Problem:
     @property
     def layers(self) -> list[str]:
         return [n for c in self.choices for n in c.layer_names]
+
+    def presence_cost_us(self, picks: Sequence[int]) -> float:
+        """The once-per-step costs (``presence_us``) of the precisions ``picks`` use."""
+        if not self.presence_us:
+            return 0.0
+        used = {p for c, i in zip(self.choices, picks) for p in c.options[i].config}
+        return sum(self.presence_us.get(p, 0.0) for p in used)
+
+    def plan_gain_us(self, picks: Sequence[int]) -> float:
+        """Predicted time gain of a pick of options over the baseline: the options' gains
+        less the once-per-step costs of the precisions they use. Every price of a plan goes
+        through here."""
+        return (sum(c.options[i].gain_us for c, i in zip(self.choices, picks))
+                - self.presence_cost_us(picks))
+
+    def picks_of(self, layers: Mapping[str, str]) -> tuple[int, ...]:
+        """The option picks of a layer map (every layer of the problem named)."""
+        out = []
+        for c in self.choices:
+            cfg = tuple(layers[n] for n in c.layer_names)
+            idx = next((i for i, o in enumerate(c.options) if o.config == cfg), None)
+            if idx is None:
+                raise HwcostError(f"subgraph {c.position} ({', '.join(c.layer_names)}) has no "
+                                  f"priced configuration {','.join(cfg)}")
+            out.append(idx)
+        return tuple(out)
 
 
 # ------------------------------------------------------------------------- building
@@ -174,7 +204,7 @@ def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Pro
     model, scaled to its window's baseline step: ``profiles.window.anchor_timings``). Other
     shapes (a workload's problem: its decode buckets' problems were anchored one by one),
     and a problem without a whole-model baseline, are returned as they are."""
-    from hwcost.planner.anchors import anchor_scales, anchored
+    from hwcost.planner.anchors import anchored, fit_anchors
 
     if (is_workload_key(problem.shape) or problem.model_baseline_us is None
             or parse_shape(problem.shape).phase != "decode"):
@@ -185,7 +215,14 @@ def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Pro
                                   f"all:{prec}", allow_unstable=allow_unstable)
         if row is not None:
             whole[prec] = row.median_us
-    return anchored(problem, anchor_scales(problem, whole))
+    first = {}
+    for prec in whole:
+        row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
+                                  f"first:{prec}", allow_unstable=allow_unstable)
+        if row is not None:
+            first[prec] = row.median_us
+    fit = fit_anchors(problem, whole, first)
+    return anchored(problem, fit.scales, fit.presence_us)
 
 
 def _sensitivity_table(store, model, method: str, checkpoint: str | None,

@@ -11,10 +11,11 @@ Deterministic: one search worker and a fixed seed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 
 from hwcost.planner.enums import SolverStatus
 from hwcost.planner.objectives import Constraints, gain, parse_objective
@@ -48,7 +49,8 @@ class Solution:
 
     @property
     def gain_us(self) -> float:
-        return sum(o.gain_us for o in self.chosen)
+        """The predicted time gain (``Problem.plan_gain_us``: once-per-step costs included)."""
+        return self.problem.plan_gain_us(self.picks)
 
     @property
     def loss_mse(self) -> float:
@@ -110,8 +112,7 @@ latencies against the whole model is a few percent on a quiet CPU."""
 
 def predicted_speedup(problem: Problem, picks: Sequence[int]) -> float:
     """Baseline end-to-end latency over predicted latency of a pick of options."""
-    g = sum(c.options[j].gain_us for c, j in zip(problem.choices, picks))
-    plan = problem.baseline_us - g
+    plan = problem.baseline_us - problem.plan_gain_us(picks)
     if plan <= 0:
         raise HwcostError("predicted plan latency is not positive: the cost table is inconsistent "
                           "with the stored whole-model baseline")
@@ -140,8 +141,10 @@ class Compiled:
 
 
 def compile_problem(problem: Problem, objective: str = "time",
-                    constraints: Constraints | None = None) -> Compiled:
-    """Apply pins and groups, drop dominated options (less gain and more loss MSE)."""
+                    constraints: Constraints | None = None,
+                    exclude: Collection[str] = ()) -> Compiled:
+    """Apply pins and groups, drop options using a precision in ``exclude`` and dominated
+    options (less gain and more loss MSE)."""
     parse_objective(objective)
     cons = constraints or Constraints()
     layers = problem.layers
@@ -153,6 +156,8 @@ def compile_problem(problem: Problem, objective: str = "time",
         rows = []
         for j, o in enumerate(c.options):
             if any(pinned.get(n, p) != p for n, p in zip(c.layer_names, o.config)):
+                continue
+            if exclude and not exclude.isdisjoint(o.config):
                 continue
             gp: dict[int, str] = {}
             if not _consistent(c, o.config, group_of, gp):
@@ -259,10 +264,38 @@ def solve(problem: Problem, max_loss_mse: float | None, objective: str = "time",
           seed: int = 0) -> Solution:
     """The plan that maximises ``objective`` gain subject to predicted loss MSE <= the bound.
 
+    With once-per-step costs (``Problem.presence_us``, time objective) the problem is no
+    longer separable by subgraph: a precision's cost is paid once by any plan using it. Each
+    subset of the costly precisions is then solved as its own separable problem (the others
+    excluded) and the plan with the best gain net of the costs it pays is kept: exact, and
+    at most 2^3 solves for a decode problem's formats.
+
     Raises ``Infeasible`` (with the smallest achievable loss MSE) when no plan meets it.
     """
-    return solve_compiled(compile_problem(problem, objective, constraints), max_loss_mse,
+    t0 = time.perf_counter()
+    best = solve_compiled(compile_problem(problem, objective, constraints), max_loss_mse,
                           time_limit_s=time_limit_s, seed=seed)
+    costly = presence_precisions(problem, objective)
+    for r in range(len(costly)):
+        for kept in itertools.combinations(costly, r):
+            excluded = set(costly) - set(kept)
+            try:
+                sol = solve_compiled(compile_problem(problem, objective, constraints, excluded),
+                                     max_loss_mse, time_limit_s=time_limit_s, seed=seed)
+            except Infeasible:  # a pin or the bound needs an excluded precision
+                continue
+            if sol.gain_us > best.gain_us + 1e-9 * (abs(best.gain_us) + 1.0):
+                best = sol
+    return replace(best, wall_s=time.perf_counter() - t0)
+
+
+def presence_precisions(problem: Problem, objective: str = "time") -> list[str]:
+    """The precisions whose once-per-step cost a plan pays (time objective only): the
+    solver enumerates which of them a plan uses."""
+    if objective != "time":
+        return []
+    return sorted(p for p, us in problem.presence_us.items()
+                  if us > 0 and p != problem.baseline)
 
 
 def min_loss_mse(comp: Compiled, *, time_limit_s: float = 60.0, seed: int = 0) -> float:

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from hwcost.planner.objectives import Constraints
 from hwcost.planner.problem import Problem
-from hwcost.planner.solve import Solution, compile_problem, min_loss_mse, solve_compiled
+from hwcost.planner.solve import (
+    Solution,
+    compile_problem,
+    min_loss_mse,
+    presence_precisions,
+    solve,
+    solve_compiled,
+)
 
 from hwcost.errors import HwcostError
 
@@ -33,13 +40,17 @@ def sweep(problem: Problem, n: int, objective: str = "time",
     if n < 2:
         raise HwcostError(f"a sweep needs at least 2 points, got {n}")
     comp = compile_problem(problem, objective, constraints)
-    top = solve_compiled(comp, None, time_limit_s=time_limit_s)
+    # once-per-step costs make each point a few separable solves (planner.solve.solve)
+    costly = bool(presence_precisions(problem, objective))
+    top = (solve(problem, None, objective, constraints, time_limit_s=time_limit_s) if costly
+           else solve_compiled(comp, None, time_limit_s=time_limit_s))
     hi = top.loss_mse
     lo = min_loss_mse(comp, time_limit_s=time_limit_s)
     thresholds = _thresholds(comp, lo, hi, n)
     points, hint = [], None
     for t in thresholds:
-        sol = solve_compiled(comp, t, time_limit_s=time_limit_s, hint=hint)
+        sol = (solve(problem, t, objective, constraints, time_limit_s=time_limit_s) if costly
+               else solve_compiled(comp, t, time_limit_s=time_limit_s, hint=hint))
         hint = sol.picks
         points.append(FrontierPoint(t, sol))
     return points

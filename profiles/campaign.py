@@ -14,7 +14,8 @@ store split one campaign; each task is measured by one worker.
 It also times the whole model per shape with every layer in the device's baseline precision
 and stores it as the model latency ``all:<baseline>``; at a decode shape, in the same window,
 the whole model in each other precision of the campaign (``all:<precision>``, the anchors of
-:mod:`planner.anchors`).
+:mod:`planner.anchors`) and with only its first piece in that precision
+(``first:<precision>``, each precision's once-per-step cost).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
-from hwcost.profiles.window import time_windows
+from hwcost.profiles.window import anchor_keys, time_windows
 
 from hwcost import fleet_worker
 from hwcost.device import local_device
@@ -303,15 +304,17 @@ class _Measurer:
             fns[key] = compile_deployed(fn) if self.deployment == "compiled" else fn
         return fns
 
-    def model_fn_of(self, shape: str, baseline: Precision) -> tuple[Any, list]:
+    def model_fn_of(self, shape: str, baseline: Precision,
+                    overrides: Mapping[str, Precision] | None = None) -> tuple[Any, list]:
         """A callable running the whole model with every slot layer in ``baseline`` (the
-        kernels the pieces' baseline configs run), and its inputs at ``shape``."""
+        kernels the pieces' baseline configs run), those named in ``overrides`` in theirs,
+        and its inputs at ``shape``."""
         from hwcost.profiles.backends import apply_precisions
         from hwcost.profiles.backends.interact import compile_deployed
 
-        model = apply_precisions(self.loaded.model,
-                                 {n: baseline for n in self.part.layer_names()}, self.backend,
-                                 self.dataflow)
+        layers = {n: baseline for n in self.part.layer_names()}
+        layers.update(overrides or {})
+        model = apply_precisions(self.loaded.model, layers, self.backend, self.dataflow)
         if self.deployment == "compiled":
             model = compile_deployed(model)
         inputs = [_move(self.loaded.inputs_for(shape, seed), self.backend.device)
@@ -450,21 +453,22 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
                 # (at a decode shape: the baseline's and each anchor's, timed in one window)
                 anchors = (_whole_model_precisions(store, report, tasks, shape, precs)
                            if shape.phase == "decode" else precs[:1])
-                found = {p: store.model_latency(part.model_fingerprint, dev.fingerprint,
-                                                shape.key, f"all:{p.value}",
-                                                allow_unstable=timing.quick) for p in anchors}
+                found = {key: store.model_latency(part.model_fingerprint, dev.fingerprint,
+                                                  shape.key, key, allow_unstable=timing.quick)
+                         for key in [f"all:{base.value}",
+                                     *anchor_keys(p.value for p in anchors[1:])]}
                 if any(row is None for row in found.values()):
                     todo[shape] = anchors[1:]
                 else:
-                    report.baseline_us[shape.key] = found[base].median_us
+                    report.baseline_us[shape.key] = found[f"all:{base.value}"].median_us
             passes = (timing.window_passes
                       if len(todo) > 1 and any(s.phase == "decode" for s in todo) else 1)
             for shape, (t, whole, levels) in time_windows(store, report, measurer, base, todo,
                                                           passes).items():
                 # one window's rows go together: a stable window replaces them all
-                for p, tp in {base: t, **whole}.items():
+                for key, tp in {f"all:{base.value}": t, **whole}.items():
                     store.put_model_latency(part.model_fingerprint, dev.fingerprint,
-                                            shape.key, f"all:{p.value}", tp,
+                                            shape.key, key, tp,
                                             quick=timing.quick, replace=t.stable)
                 report.baseline_us[shape.key] = t.median_us
                 if len(levels) > 1:

@@ -20,7 +20,11 @@ every weight once, so how much of the model the cache holds depends on the whole
 format, which a piece timed alone cannot see. The planner anchors the pieces' gains on these
 whole steps (:mod:`planner.anchors`). Each is timed beside the baseline model, one precision
 at a time (one deployed copy of the weights at most, whatever the model's size), and stored
-as its ratio to that baseline times the window's baseline.
+as its ratio to that baseline times the window's baseline. Beside each, the whole model
+with only its first piece in that precision (``first:<precision>``): a format's first
+layers in a step cost more than their share of the uniform model's gain (one bf16 down
+projection in the fp32 demo cost +290 to +340 us per 5.5 ms step, all four +510 us), a
+once-per-step cost the planner fits from the two (:mod:`planner.anchors`).
 
 A workload's campaign (a decode shape among several) times these windows in rotating passes
 over its shapes (:func:`time_windows`, ``TimingOptions.window_passes``), so that every KV
@@ -31,7 +35,7 @@ bucket gave each bucket its own moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hwcost.errors import BackendUnavailable
@@ -45,13 +49,14 @@ ANCHOR_SAMPLES = 4
 
 def time_windows(store: Any, report: Any, measurer: Any, base: Precision,
                  todo: dict[Shape, Sequence[Precision]], passes: int = 1
-                 ) -> dict[Shape, tuple[Any, dict[Precision, Any], list[float]]]:
+                 ) -> dict[Shape, tuple[Any, dict[str, Any], list[float]]]:
     """Each shape's whole-model window (:func:`model_window`: the whole model's baseline
     latency with every unique piece's baseline config) and its anchors (``todo[shape]``:
     the whole model in each of those precisions beside the same deployed baseline,
     :func:`anchor_timings`), in ``passes`` passes over the shapes, each pass in another
-    order and with its share of the samples: ``{shape: (baseline Timing, {precision:
-    Timing}, the baseline's median in each pass)}``, each Timing the mean of its passes. The
+    order and with its share of the samples: ``{shape: (baseline Timing, {anchor key
+    (:func:`anchor_keys`): Timing}, the baseline's median in each pass)}``, each Timing the
+    mean of its passes. The
     pieces' timings replace their baseline rows at the shape when the window is stable, the
     run quick, or the rows no better (quick or unstable), so that the gains' microseconds
     and the speedup's denominator come from the same rounds. The caller stores the
@@ -157,37 +162,53 @@ def time_steps_paired(base_fn: Any, fn: Any, inputs: list, backend: str, threads
     return res["baseline"], res[name]
 
 
+def anchor_keys(precisions: Iterable[str]) -> list[str]:
+    """The whole-model rows a decode shape's anchors are stored under, per precision: every
+    layer in it (``all:<p>``), and only the first piece in it (``first:<p>``)."""
+    return [f"{kind}:{p}" for p in precisions for kind in ("all", "first")]
+
+
 def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
                    anchors: Sequence[Precision], baseline_us: float,
-                   share: int = 1) -> dict[Precision, Any]:
-    """The whole model's step with every layer in each of ``anchors``: timed interleaved with
-    the baseline model (``model``: its callable and inputs, from ``measurer.model_fn_of``),
-    both after their own previous step as ``generate()`` runs steps, one precision at a
-    time, and returned as its ratio to that baseline times ``baseline_us`` (the window's),
-    spread scaled alike. A precision a kernel cannot deploy on some layer is left out.
-    ``share``: one of that many passes (:func:`time_windows`), with its share of the samples."""
-    from dataclasses import replace
-
+                   share: int = 1) -> dict[str, Any]:
+    """The whole model's step with every layer in each of ``anchors`` (``all:<p>``), and with
+    only its first piece's layers in it (``first:<p>``, the rest in the baseline): each timed
+    interleaved with the baseline model (``model``: its callable and inputs, from
+    ``measurer.model_fn_of``), both after their own previous step as ``generate()`` runs
+    steps, one at a time, and returned as its ratio to that baseline times ``baseline_us``
+    (the window's), spread scaled alike. A precision a kernel cannot deploy on some layer is
+    left out. ``share``: one of that many passes (:func:`time_windows`), with its share of
+    the samples."""
     base_fn, inputs = model
     # an anchor scales every gain of its precision at this shape, so its error enters every
     # prediction there: four times the samples of one piece's config (60 by default, about
     # a second of a 9 ms step)
     kwargs = measurer.timing.kwargs()
     kwargs = _shared({**kwargs, "min_samples": ANCHOR_SAMPLES * kwargs["min_samples"]}, share)
+    first = measurer.part.pieces[0].layer_names
     out = {}
     for prec in anchors:
-        try:
-            fn, _ = measurer.model_fn_of(shape, prec)
-        except BackendUnavailable:
-            continue
-        b, a = time_steps_paired(base_fn, fn, inputs, measurer.backend, measurer.threads,
-                                 name="anchor", **kwargs)
-        del fn  # the deployed copy goes before the next precision's
-        k = baseline_us / b.median_us
-        out[prec] = replace(a, median_us=a.median_us * k, spread_us=a.spread_us * k,
-                            min_us=a.min_us * k if a.min_us is not None else None,
-                            stable=a.stable and b.stable, reason=a.reason or b.reason)
+        for kind, overrides in (("all", None), ("first", dict.fromkeys(first, prec))):
+            try:
+                fn, _ = (measurer.model_fn_of(shape, prec) if overrides is None
+                         else measurer.model_fn_of(shape, measurer.baseline, overrides))
+            except BackendUnavailable:
+                break
+            b, a = time_steps_paired(base_fn, fn, inputs, measurer.backend, measurer.threads,
+                                     name="anchor" if kind == "all" else "first", **kwargs)
+            del fn  # the deployed copy goes before the next one
+            out[f"{kind}:{prec.value}"] = _in_window(a, b, baseline_us)
     return out
+
+
+def _in_window(a: Any, b: Any, baseline_us: float) -> Any:
+    """``a`` timed beside the baseline ``b``: its ratio to ``b`` times the window's baseline."""
+    from dataclasses import replace
+
+    k = baseline_us / b.median_us
+    return replace(a, median_us=a.median_us * k, spread_us=a.spread_us * k,
+                   min_us=a.min_us * k if a.min_us is not None else None,
+                   stable=a.stable and b.stable, reason=a.reason or b.reason)
 
 
 def model_window(measurer: Any, shape: str, baseline: Precision,

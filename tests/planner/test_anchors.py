@@ -4,7 +4,7 @@ the scales, the anchored problem, and the campaign rows the planner reads them f
 from __future__ import annotations
 
 import pytest
-from hwcost.planner.anchors import anchor_scales, anchored, scales_line
+from hwcost.planner.anchors import anchor_scales, anchored, fit_anchors, scales_line
 from hwcost.planner.problem import Choice, Option, Problem
 from hwcost.planner.solve import predicted_speedup
 
@@ -89,6 +89,7 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
                                 SimpleNamespace(median_us=us, spread_us=1.0, n_samples=15))
     planned = build_problem(store, m.name, m.device, shape)
     assert planned.gain_scales == {shape: {"bf16": pytest.approx(0.5)}}
+    assert planned.presence_us == {}  # no first:<precision> row: no once-per-step cost
     unanchored = build_problem(store, m.name, m.device, shape, anchor=False)
     assert unanchored.gain_scales == {} and unanchored.choices == raw.choices
     again = anchor_problem(store, unanchored)
@@ -96,6 +97,21 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
     uniform = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
                for c in planned.choices]
     assert predicted_speedup(planned, uniform) == pytest.approx(400.0 / (400.0 - 0.5 * bf16))
+    # the campaign's first:<precision> row: a once-per-step cost priced into every plan
+    # using bf16; both anchors priced exactly
+    first = min(raw.choices, key=lambda c: c.position)
+    g1 = next(o for o in first.options if set(o.config) == {"bf16"}).gain_us
+    store.put_model_latency(m.name, m.device, shape, "first:bf16",
+                            SimpleNamespace(median_us=400.0 - (0.6 * g1 - 0.1 * bf16), spread_us=1.0,
+                                            n_samples=15))
+    costly = build_problem(store, m.name, m.device, shape)
+    assert costly.presence_us == {"bf16": pytest.approx(0.1 * bf16)}
+    assert predicted_speedup(costly, uniform) == pytest.approx(400.0 / (400.0 - 0.5 * bf16))
+    alone = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
+             if c.position == first.position else 0
+             for c in costly.choices]
+    assert costly.baseline_us - costly.plan_gain_us(alone) == pytest.approx(
+        400.0 - (0.6 * g1 - 0.1 * bf16))
     # prefill shapes are never anchored, nor a workload's problem (its buckets were)
     assert anchor_problem(store, build_problem(store, m.name, m.device, m.shape)).gain_scales == {}
     from hwcost.planner.workload import build_workload_problem
@@ -144,3 +160,46 @@ def test_an_anchored_problems_baseline_is_from_the_model_whatever_the_rounding()
         a = anchored(p, {"int8_wo": 1.2})
         assert a.baseline_from == "model"
         assert a.baseline_us == pytest.approx(p.model_baseline_us)
+
+
+def test_a_precisions_once_per_step_cost_is_fitted_from_its_first_piece_anchor():
+    """With the whole model in ``p`` and with only its first piece in ``p``, each precision
+    gets a scale and a once-per-step cost that price both anchors exactly; a plan pays the
+    cost once for every precision it uses (Problem.plan_gain_us)."""
+    p = problem()
+    # the truth: int8_wo scales by 1.5 and costs 12 us once per step; int4_wo by 0.9, free.
+    # pieces: int8_wo gains 10 (first piece) of 40, int4_wo 14 of 50
+    whole = {"fp32": 200.0, "int8_wo": 200.0 - (1.5 * 40 - 12), "int4_wo": 200.0 - 0.9 * 50}
+    first = {"int8_wo": 200.0 - (1.5 * 10 - 12), "int4_wo": 200.0 - 0.9 * 14}
+    fit = fit_anchors(p, whole, first)
+    assert fit.scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
+    assert fit.presence_us == pytest.approx({"int8_wo": 12.0})  # int4_wo: none
+    a = anchored(p, fit.scales, fit.presence_us)
+    assert a.presence_us == pytest.approx({"int8_wo": 12.0})
+    for prec in ("int8_wo", "int4_wo"):  # both anchors priced as measured
+        uniform = a.picks_of({"l0": prec, "l1": prec, "l2": prec})
+        assert predicted_speedup(a, uniform) == pytest.approx(200.0 / whole[prec])
+        alone = a.picks_of({"l0": prec, "l1": "fp32", "l2": "fp32"})
+        assert a.baseline_us - a.plan_gain_us(alone) == pytest.approx(first[prec])
+    # a plan using both formats pays int8_wo's cost once, however many of its layers use it
+    mixed = a.picks_of({"l0": "int8_wo", "l1": "int8_wo", "l2": "int4_wo"})
+    assert a.plan_gain_us(mixed) == pytest.approx(10 * 1.5 + 33 * (1.5 + 0.9) / 2 - 12.0)
+    assert a.presence_cost_us(a.picks_of({"l0": "fp32", "l1": "fp32", "l2": "fp32"})) == 0.0
+    assert "once-per-step cost of a precision a plan uses: int8_wo 12 us" in scales_line(
+        a.gain_scales, a.presence_us)
+
+
+def test_a_negative_or_unfittable_cost_falls_back_to_the_one_anchor_scale():
+    p = problem()
+    whole = {"fp32": 200.0, "int8_wo": 140.0, "int4_wo": 155.0}
+    # the first piece gained more than its share (noise): no negative cost, kappa from all:
+    fit = fit_anchors(p, whole, {"int8_wo": 170.0})
+    assert fit.presence_us == {} and fit.scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
+    assert fit_anchors(p, whole).presence_us == {}  # no first: rows (an older campaign)
+    assert anchor_scales(p, whole, {"int8_wo": 170.0}) == fit.scales
+    # a first piece that is the whole model: the two anchors say one thing
+    solo = Problem("m", "fp", "d", "D", "cpu", SHAPE, "fp32", ("fp32", "int8_wo"),
+                   [Choice(0, "a", "X", ("l0",), (opt("fp32", 0), opt("int8_wo", 10)))],
+                   model_baseline_us=200.0)
+    assert fit_anchors(solo, {"fp32": 200.0, "int8_wo": 185.0},
+                       {"int8_wo": 185.0}).presence_us == {}

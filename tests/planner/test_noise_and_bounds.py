@@ -85,3 +85,27 @@ def test_closed_loop_rescales_until_the_measured_loss_is_within_the_bound():
     assert loop.rounds[1].loss_scale == pytest.approx(1.6)
     assert loop.measured_over_bound <= 1.0 and len(lines) == 2
     assert "over" in lines[0] and "within" in lines[1]
+
+
+def test_a_rival_pays_the_once_per_step_costs_of_the_precisions_it_adds():
+    """A rival that adds bf16 on one more subgraph gains 3 us there but pays bf16's 10 us
+    once-per-step cost: never faster than the plan without bf16, however the gains are
+    drawn (a whole rival likewise)."""
+    from dataclasses import replace
+
+    def piece(i, bf16, int8, unc=0.5):
+        return Choice(i, f"s{i}", "X", (f"l{i}",),
+                      (Option(("fp32",), 100.0, 0.0, 0.0, 4.0, 1.0, "measured"),
+                       Option(("bf16",), 100.0 - bf16, bf16, 0.1, 2.0, 1.0, "measured", unc),
+                       Option(("int8",), 100.0 - int8, int8, 1.0, 1.0, 1.0, "measured", unc)))
+
+    p = Problem("m", "fp", "d", "D", "cpu", "batch=1,kv=8,phase=decode", "fp32",
+                ("fp32", "bf16", "int8"), [piece(0, 3.0, 8.0), piece(1, 3.0, 2.0)],
+                model_baseline_us=200.0, presence_us={"bf16": 10.0})
+    plan = solve(p, 1.5).picks
+    assert p.choices[1].options[plan[1]].config == ("fp32",)
+    both_bf16 = (1, 1)
+    assert chance_not_fastest(p, plan, 1.5, others=[both_bf16]) == 0.0
+    # without the cost the rival adding bf16 on l1 always gains 3 us more
+    free = replace(p, presence_us={})
+    assert chance_not_fastest(free, plan, 1.5) == 1.0

@@ -4,6 +4,7 @@ groups, memory budgets and coefficient scales from 1e-9 to 1e3."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hwcost.planner.objectives import Constraints, gain
@@ -37,8 +38,11 @@ def instances(draw):
             wb = float(sum({"fp32": 4, "bf16": 2, "int8": 1}[p] for p in c)) * 1024
             opts.append(Option(c, 100.0 - g, g, m, wb, 10.0 - g / 2, "measured"))
         choices.append(Choice(i, f"s{i}", "X", names, tuple(opts)))
+    # once-per-step costs (planner.anchors): paid once by a time plan using the precision
+    presence = ({p: draw(st.integers(0, 300)) / 10.0 * gain_scale for p in PRECS[1:]}
+                if draw(st.booleans()) else {})
     problem = Problem("m", "fp", "dev", "Dev", "cpu", "batch=1,seq=1,phase=prefill", "fp32", PRECS,
-                      choices)
+                      choices, presence_us=presence)
     total = sum(max(o.loss_mse for o in c.options) for c in choices)
     threshold = draw(st.integers(0, 120)) / 100.0 * total
     pins = ()
@@ -68,6 +72,8 @@ def brute_force(problem, cons, objective, threshold):
             g += gain(c, o, objective)
             m += o.loss_mse
             wb += o.weight_bytes
+        if objective == "time":
+            g -= sum(problem.presence_us.get(p, 0.0) for p in set(assign.values()))
         ok = all(assign[n] == p for n, p in cons.pins)
         ok = ok and all(len({assign[n] for n in grp}) == 1 for grp in cons.groups)
         ok = ok and (cons.max_weight_bytes is None or wb <= cons.max_weight_bytes)
@@ -79,7 +85,7 @@ def brute_force(problem, cons, objective, threshold):
     return best, best_mse, lowest
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_optimal_against_brute_force(inst):
     problem, threshold, cons, objective = inst
@@ -101,6 +107,9 @@ def test_optimal_against_brute_force(inst):
     if cons.max_weight_bytes is not None:
         assert sol.weight_bytes <= cons.max_weight_bytes
     got = sum(gain(c, o, objective) for c, o in zip(problem.choices, sol.chosen))
+    if objective == "time":  # net of the once-per-step costs, as Solution.gain_us prices it
+        got -= problem.presence_cost_us(sol.picks)
+        assert sol.gain_us == pytest.approx(got)
     # Loss-MSE coefficients are rounded up at 1e-8 of the bound: only plans within
     # n * 1e-8 of the bound can be missed, so compare with the optimum at a bound that much lower.
     best_tight, _, _ = brute_force(problem, cons, objective,
@@ -144,3 +153,34 @@ def test_deterministic_on_the_70b_shaped_problem():
     assert first.optimal and first.picks == second.picks
     assert first.loss_mse <= t
     assert first.predicted_speedup > 1.1
+
+
+def test_a_once_per_step_cost_keeps_a_precision_out_of_a_plan_it_would_barely_help():
+    """Separably, bf16 on the second piece gains 3 us; its once-per-step cost is 10 us, so
+    the best plan within the bound leaves bf16 out (the sweep prices the same way)."""
+    from hwcost.planner.sweep import sweep
+
+    def piece(i, bf16, int8):
+        opts = (Option(("fp32",), 100.0, 0.0, 0.0, 4.0, 1.0, "measured"),
+                Option(("bf16",), 100.0 - bf16, bf16, 0.1, 2.0, 1.0, "measured"),
+                Option(("int8",), 100.0 - int8, int8, 1.0, 1.0, 1.0, "measured"))
+        return Choice(i, f"s{i}", "X", (f"l{i}",), opts)
+
+    p = Problem("m", "fp", "dev", "Dev", "cpu", "batch=1,kv=8,phase=decode", "fp32", PRECS,
+                [piece(0, 3.0, 8.0), piece(1, 3.0, 2.0)], model_baseline_us=200.0,
+                presence_us={"bf16": 10.0, "int8": 1.0})
+    # loss 1.5: one int8 layer and one bf16 at most
+    sol = solve(p, 1.5)
+    assert sol.layers == {"l0": "int8", "l1": "fp32"}  # not int8 + bf16 (8 + 3 - 11)
+    assert sol.gain_us == pytest.approx(8.0 - 1.0)
+    assert sol.predicted_speedup == pytest.approx(200.0 / 193.0)
+    free_p = replace(p, presence_us={})
+    assert solve(free_p, 1.5).layers == {"l0": "int8", "l1": "bf16"}  # separably: 11 us
+    # unbounded, int8 on both pays one int8 cost: 10 - 1
+    assert solve(p, None).layers == {"l0": "int8", "l1": "int8"}
+    points = sweep(p, 4)
+    for pt in points:
+        assert pt.solution.gain_us == pytest.approx(solve(p, pt.threshold).gain_us)
+    assert points[-1].solution.layers == {"l0": "int8", "l1": "int8"}
+    # other objectives have no once-per-step time cost: the same plan either way
+    assert solve(p, 1.5, "macs").layers == solve(free_p, 1.5, "macs").layers

@@ -193,3 +193,41 @@ def test_anchored_decode_buckets_are_priced_in_the_whole_steps_microseconds(stor
                        for c in prefill.choices)
     decode_gain = sum(pricing.weights[s] * g for s, (_, g) in whole.items())
     assert sum(o.gain_us for o in uniform) == pytest.approx(prefill_gain + decode_gain)
+
+
+def test_a_workload_pays_each_buckets_once_per_step_cost_at_every_step(store):
+    """A decode bucket's once-per-step costs (its first:<precision> anchor, planner.anchors)
+    enter the workload as its weight (the steps it prices) times the cost; the prefill has
+    none. A plan using bf16 pays that sum once, however many of its layers are bf16."""
+    from types import SimpleNamespace
+
+    def row(us):
+        return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
+
+    m = populate(store)
+    _decode_tables(store, m)
+    wl = "prompt=16,gen=9,batch=1"
+    _, pricing = build_workload_problem(store, m.name, m.device, wl)
+    costs = {}
+    for s in pricing.weights:
+        if "phase=decode" not in s:
+            continue
+        raw = build_problem(store, m.name, m.device, s, anchor=False)
+        gains = [next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
+                 for c in sorted(raw.choices, key=lambda c: c.position)]
+        step, kappa, costs[s] = raw.subgraph_baseline_us, 0.8, 0.02 * raw.subgraph_baseline_us
+        store.put_model_latency(m.name, m.device, s, "all:fp32", row(step))
+        store.put_model_latency(m.name, m.device, s, "all:bf16",
+                                row(step - (kappa * sum(gains) - costs[s])))
+        store.put_model_latency(m.name, m.device, s, "first:bf16",
+                                row(step - (kappa * gains[0] - costs[s])))
+    problem, _ = build_workload_problem(store, m.name, m.device, wl)
+    want = sum(pricing.weights[s] * c for s, c in costs.items())
+    assert problem.presence_us == {"bf16": pytest.approx(want)}
+    layers = problem.layers
+    one = problem.picks_of({n: "bf16" if i == 0 else "fp32" for i, n in enumerate(layers)})
+    assert problem.presence_cost_us(one) == pytest.approx(want)
+    everywhere = problem.picks_of(dict.fromkeys(layers, "bf16"))
+    assert problem.presence_cost_us(everywhere) == pytest.approx(want)
+    assert problem.plan_gain_us(everywhere) == pytest.approx(
+        sum(c.options[i].gain_us for c, i in zip(problem.choices, everywhere)) - want)

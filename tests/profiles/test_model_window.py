@@ -147,22 +147,40 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
     (one deployed copy at most), both after their own previous step, and stored as
     ``all:<precision>``: its ratio to that baseline times the window's baseline. A prefill
     shape has none."""
+    from hwcost.profiles import campaign as campaign_mod
+
     calls = _record(monkeypatch)
+    deployed = []  # (baseline precision, overrides) of every whole model deployed
+    real_fn_of = campaign_mod._Measurer.model_fn_of
+
+    def fn_of(self, shape, baseline, overrides=None):
+        deployed.append((self.part.pieces[0].layer_names, baseline.value,
+                         {n: p.value for n, p in (overrides or {}).items()}))
+        return real_fn_of(self, shape, baseline, overrides)
+
+    monkeypatch.setattr(campaign_mod._Measurer, "model_fn_of", fn_of)
     with open_store(sqlite_url) as store:
         rep = _campaign(store, family, [SHAPE, DECODE], "fp32,bf16,int8_wo")
-        pairs = [(out, kw) for out, kw in calls if "anchor" in out]
-        assert len(pairs) == 2, "bf16 and int8_wo, at the decode shape only"
-        for (out, kw), prec in zip(pairs, ("bf16", "int8_wo")):
-            assert set(out) == {"baseline", "anchor"}
-            assert set(kw["prepare"]) == {"baseline", "anchor"}
-            assert kw["min_samples"] == 4 * QUICK_TIMING.min_samples  # 4x a config's
-            row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, f"all:{prec}",
-                                      allow_unstable=True)
-            assert row.median_us == pytest.approx(
-                rep.baseline_us[DECODE] * out["anchor"].median_us / out["baseline"].median_us)
+        for kind in ("anchor", "first"):
+            pairs = [(out, kw) for out, kw in calls if kind in out]
+            assert len(pairs) == 2, "bf16 and int8_wo, at the decode shape only"
+            for (out, kw), prec in zip(pairs, ("bf16", "int8_wo")):
+                assert set(out) == {"baseline", kind}
+                assert set(kw["prepare"]) == {"baseline", kind}
+                assert kw["min_samples"] == 4 * QUICK_TIMING.min_samples  # 4x a config's
+                key = f"{'all' if kind == 'anchor' else 'first'}:{prec}"
+                row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, key,
+                                          allow_unstable=True)
+                assert row.median_us == pytest.approx(
+                    rep.baseline_us[DECODE] * out[kind].median_us / out["baseline"].median_us)
+        # first:<p> deploys the first piece's layers in p and every other layer in fp32
+        firsts = [(first, base, over) for first, base, over in deployed if over]
+        assert [set(over.values()) for _, _, over in firsts] == [{"bf16"}, {"int8_wo"}]
+        assert all(base == "fp32" and set(over) == set(first) for first, base, over in firsts)
         for prec in ("bf16", "int8_wo"):
-            assert store.model_latency(rep.model_fingerprint, rep.device, SHAPE, f"all:{prec}",
-                                       allow_unstable=True) is None
+            for kind in ("all", "first"):
+                assert store.model_latency(rep.model_fingerprint, rep.device, SHAPE,
+                                           f"{kind}:{prec}", allow_unstable=True) is None
         # a second run finds every row and times nothing again
         calls.clear()
         _campaign(store, family, [SHAPE, DECODE], "fp32,bf16,int8_wo")
@@ -246,6 +264,14 @@ def test_a_workloads_windows_are_timed_in_rotating_passes_and_their_means_stored
         want = sum(w["model"].median_us * a["anchor"].median_us / a["baseline"].median_us
                    for (w, _), (a, _) in zip(decode, at12)) / 3
         row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:int8_wo",
+                                  allow_unstable=True)
+        assert row.median_us == pytest.approx(want)
+        # and the first-piece anchor beside it, likewise the mean of its passes
+        firsts = [(out, kw) for out, kw in calls if "first" in out]
+        first12 = [a for a, at in zip(firsts, [x for x in order if x != "prefill"]) if at == 12]
+        want = sum(w["model"].median_us * a["first"].median_us / a["baseline"].median_us
+                   for (w, _), (a, _) in zip(decode, first12)) / 3
+        row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "first:int8_wo",
                                   allow_unstable=True)
         assert row.median_us == pytest.approx(want)
 
