@@ -223,6 +223,30 @@ def test_a_slower_plan_is_flagged_and_a_disagreement_warned():
     assert not same.slower_than_baseline and same.warnings() == []
 
 
+def test_a_validation_at_another_level_than_the_plan_was_priced_at_is_warned():
+    """The baseline measured now against the baseline the plan was priced against: beyond
+    LEVEL_TOLERANCE the machine runs at another level than when it was profiled, and the
+    validation says so, with both figures (it does not judge the plan for it)."""
+    from hwcost.planner.apply import LEVEL_TOLERANCE, ValidationResult
+
+    def result(baseline_us, priced_us):
+        return ValidationResult(1, 1, "dev", baseline_us, 0.8 * baseline_us, 1.0, 1.0, 1.25,
+                                1.25, 0.1, 0.1, 8, 1, speedup_rel_error=0.05,
+                                predicted_baseline_us=priced_us)
+
+    moved = result(396.0, 295.0)  # bench/decode.py demo run 10's request
+    assert moved.level_change == pytest.approx(396.0 / 295.0 - 1.0)
+    assert moved.warnings() == [
+        "warning: the baseline measured 396 us, 34% slower than the 295 us the plan was "
+        "priced at: the machine runs at another level than when it was profiled, and gains "
+        "do not carry from one level to another; validate again when it is back, or profile "
+        "again"]
+    assert "faster than the 400 us" in result(300.0, 400.0).warnings()[0]
+    within = 100.0 * (1 + 0.9 * LEVEL_TOLERANCE)
+    assert result(within, 100.0).warnings() == []
+    assert result(396.0, None).level_change is None and result(396.0, None).warnings() == []
+
+
 def _pinned_busy(cpu: int, seconds: float) -> subprocess.Popen:
     """A process spinning on ``cpu`` for ``seconds``, returned once it spins (its start-up,
     imports and all, sleeps on I/O now and then: a task caught then is not runnable)."""
