@@ -191,7 +191,7 @@ def additivity(store, camp, loaded, kv, batch, configs, backend, threads, timing
             "campaign_step_us": step_us, "median_abs_err_absolute_gains_pct":
             statistics.median(r["abs_err_absolute_gains_pct"] for r in out),
             "anchor_scales": problem.gain_scales.get(shape.key, {}),
-            "presence_us": dict(problem.presence_us),
+            "presence_us": dict(problem.presence_us.get(shape.key, {})),
             "median_unanchored_abs_err_pct":
             statistics.median(r["unanchored_abs_err_pct"] for r in out),
             "p90_abs_err_pct": sorted(errs)[int(0.9 * (len(errs) - 1))], "rows": out}

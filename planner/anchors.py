@@ -37,9 +37,15 @@ baseline step, ``G`` and ``g`` the pieces' gains of every piece and of the first
     D_all = kappa_p * G - c_p,    D_first = kappa_p * g - c_p
 
 give the scale ``kappa_p = (D_all - D_first) / (G - g)`` and the cost ``c_p = kappa_p * g -
-D_first`` that a plan pays once when any of its layers is in ``p`` (``Problem.presence_us``;
-the solver enumerates which precisions a plan uses, :func:`planner.solve.solve`). Both
-anchors are then priced exactly. A cost is never negative (a precision's presence does not
+D_first`` (``Problem.presence_us``). Both anchors are then priced exactly. A step pays the
+largest cost of the formats a plan uses, not their sum: leaving the baseline's path costs
+a step once, whichever formats do it (on this AMX host a plausible cause is the core's
+power-license and tile-state switch on the first wide-vector or AMX kernel of a step).
+Summed, the three formats' costs (bf16 about 300 us, the weight-only formats 40-170 us)
+priced the demo's random configs, nearly all using every format, 5-10 % too slow in
+bench/decode.py runs 10 and 11 (median 9.2 and 5.6 %); with the largest they read 4.9 and
+2.7 % (run 9: 1.6 % summed, 1.9 % largest). The solver enumerates which precisions a plan
+uses (:func:`planner.solve.solve`). A cost is never negative (a precision's presence does not
 pay by itself; a negative fit is noise and falls back to ``c_p = 0`` and the one-anchor
 scale), and a precision without a ``first:`` row has none. Pure Python.
 """
@@ -59,7 +65,8 @@ MIN_COST_SHARE = 0.001  # a once-per-step cost under this share of the step: non
 @dataclass(frozen=True)
 class Anchors:
     """What the whole-model anchors of one shape say: the scale of each precision's gains
-    and its once-per-step cost (microseconds of the whole step; absent: none)."""
+    and its once-per-step cost (microseconds of the whole step; absent: none; a step pays
+    the largest of the formats a plan uses)."""
 
     scales: dict[str, float] = field(default_factory=dict)
     presence_us: dict[str, float] = field(default_factory=dict)
@@ -106,7 +113,8 @@ def anchored(problem: Problem, scales: Mapping[str, float],
              presence_us: Mapping[str, float] | None = None) -> Problem:
     """The problem with every option's gain (and latency, and its standard error) scaled
     by the anchor scale of its layers' precisions, and each precision's once-per-step cost
-    (``presence_us``); ``problem.gain_scales`` records the scales."""
+    at this shape (``presence_us``, into ``problem.presence_us[shape]``);
+    ``problem.gain_scales`` records the scales."""
     if not scales:
         return problem
     # the anchored gains are microseconds of the whole model's step (kappa: its gain over the
@@ -125,21 +133,28 @@ def anchored(problem: Problem, scales: Mapping[str, float],
                for c in problem.choices]
     return replace(problem, choices=choices,
                    gain_scales={**problem.gain_scales, problem.shape: dict(scales)},
-                   presence_us={**problem.presence_us, **(presence_us or {})})
+                   presence_us={**problem.presence_us,
+                                **({problem.shape: dict(presence_us)} if presence_us else {})})
 
 
 def scales_line(gain_scales: Mapping[str, Mapping[str, float]],
-                presence_us: Mapping[str, float] | None = None) -> str | None:
-    """One line naming the anchor scales per shape and the plan's once-per-step costs
-    (None when no scale applied)."""
-    parts = [f"{shape}: " + ", ".join(f"{p} x{k:.2f}" for p, k in sc.items())
-             for shape, sc in gain_scales.items() if sc]
+                presence_us: Mapping[str, Mapping[str, float]] | None = None) -> str | None:
+    """One line naming the anchor scales and once-per-step costs per shape (None when no
+    scale applied)."""
+    presence_us = presence_us or {}
+    parts = []
+    for shape, sc in gain_scales.items():
+        if not sc:
+            continue
+        costs = {p: us for p, us in presence_us.get(shape, {}).items() if us > 0}
+        parts.append(f"{shape}: " + ", ".join(
+            f"{p} x{k:.2f}" + (f" +{costs[p]:.0f} us/step" if p in costs else "")
+            for p, k in sc.items()))
     if not parts:
         return None
-    costs = ", ".join(f"{p} {us:.0f} us" for p, us in (presence_us or {}).items() if us > 0)
     return ("decode gains anchored on whole-model steps in each uniform precision "
-            "(planner.anchors): " + "; ".join(parts)
-            + (f"; once-per-step cost of a precision a plan uses: {costs}" if costs else ""))
+            "(planner.anchors; +us/step: a step's once-per-step cost of the format, the "
+            "largest of those a plan uses): " + "; ".join(parts))
 
 
 def _clamped(kappa: float) -> float:

@@ -78,9 +78,10 @@ class Problem:
     sensitivity: dict = field(default_factory=dict)  # {method, calib_fingerprint, checkpoint, quantizer}
     # shape -> {precision: scale} of the gains anchored on whole-model steps (planner.anchors)
     gain_scales: dict = field(default_factory=dict)
-    # precision -> once-per-step cost (us) a plan pays when any of its layers is in that
-    # precision (planner.anchors: a format's first layers in a decode step cost more than
-    # their share of the uniform model's gain); empty: none
+    # shape -> {precision: once-per-step cost (us)}: each of that shape's steps pays the
+    # largest cost of the formats a plan uses there (planner.anchors: a format's first
+    # layers in a decode step cost more than their share of the uniform model's gain); a
+    # workload's entries are weighted by the steps they price; empty: none
     presence_us: dict = field(default_factory=dict)
     # the store's records the problem was built from (None for a problem made by hand):
     # saving its plan finds the model and device by these, never by re-resolving a reference
@@ -123,11 +124,13 @@ class Problem:
         return [n for c in self.choices for n in c.layer_names]
 
     def presence_cost_us(self, picks: Sequence[int]) -> float:
-        """The once-per-step costs (``presence_us``) of the precisions ``picks`` use."""
+        """The once-per-step costs (``presence_us``) ``picks`` pay: at each shape, the
+        largest of the formats they use (one step leaves the baseline's path once)."""
         if not self.presence_us:
             return 0.0
         used = {p for c, i in zip(self.choices, picks) for p in c.options[i].config}
-        return sum(self.presence_us.get(p, 0.0) for p in used)
+        return sum(max((costs.get(p, 0.0) for p in used), default=0.0)
+                   for costs in self.presence_us.values())
 
     def plan_gain_us(self, picks: Sequence[int]) -> float:
         """Predicted time gain of a pick of options over the baseline: the options' gains

@@ -265,10 +265,11 @@ def solve(problem: Problem, max_loss_mse: float | None, objective: str = "time",
     """The plan that maximises ``objective`` gain subject to predicted loss MSE <= the bound.
 
     With once-per-step costs (``Problem.presence_us``, time objective) the problem is no
-    longer separable by subgraph: a precision's cost is paid once by any plan using it. Each
-    subset of the costly precisions is then solved as its own separable problem (the others
-    excluded) and the plan with the best gain net of the costs it pays is kept: exact, and
-    at most 2^3 solves for a decode problem's formats.
+    longer separable by subgraph: a step pays the largest cost of the formats a plan uses.
+    Each subset of the costly precisions is then solved as its own separable problem (the
+    others excluded) and the plan with the best gain net of the costs it pays is kept:
+    exact for any cost of a set of formats, and at most 2^3 solves for a decode problem's
+    formats.
 
     Raises ``Infeasible`` (with the smallest achievable loss MSE) when no plan meets it.
     """
@@ -294,8 +295,8 @@ def presence_precisions(problem: Problem, objective: str = "time") -> list[str]:
     solver enumerates which of them a plan uses."""
     if objective != "time":
         return []
-    return sorted(p for p, us in problem.presence_us.items()
-                  if us > 0 and p != problem.baseline)
+    return sorted({p for costs in problem.presence_us.values() for p, us in costs.items()
+                   if us > 0 and p != problem.baseline})
 
 
 def min_loss_mse(comp: Compiled, *, time_limit_s: float = 60.0, seed: int = 0) -> float:

@@ -85,11 +85,9 @@ def combine(problems: dict[str, Problem], weights: dict[str, float], key: str) -
     # each shape's end-to-end baseline (its measured whole model, else its subgraph sum)
     model_base = sum(weights[s] * p.baseline_us for s, p in problems.items())
     scales = {k: v for p in problems.values() for k, v in p.gain_scales.items()}
-    # a precision's once-per-step cost is paid at every step of every shape it prices
-    presence: dict[str, float] = {}
-    for s, p in problems.items():
-        for prec, us in p.presence_us.items():
-            presence[prec] = presence.get(prec, 0.0) + weights[s] * us
+    # a bucket's once-per-step costs are paid at every step it prices: its weight
+    presence = {shape: {prec: weights[s] * us for prec, us in costs.items()}
+                for s, p in problems.items() for shape, costs in p.presence_us.items()}
     return replace(first, shape=key, choices=choices, model_baseline_us=model_base,
                    gain_scales=scales, presence_us=presence)
 

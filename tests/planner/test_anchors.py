@@ -3,6 +3,8 @@ the scales, the anchored problem, and the campaign rows the planner reads them f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hwcost.planner.anchors import anchor_scales, anchored, fit_anchors, scales_line
 from hwcost.planner.problem import Choice, Option, Problem
@@ -105,7 +107,7 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
                             SimpleNamespace(median_us=400.0 - (0.6 * g1 - 0.1 * bf16), spread_us=1.0,
                                             n_samples=15))
     costly = build_problem(store, m.name, m.device, shape)
-    assert costly.presence_us == {"bf16": pytest.approx(0.1 * bf16)}
+    assert costly.presence_us == {shape: {"bf16": pytest.approx(0.1 * bf16)}}
     assert predicted_speedup(costly, uniform) == pytest.approx(400.0 / (400.0 - 0.5 * bf16))
     alone = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
              if c.position == first.position else 0
@@ -175,7 +177,7 @@ def test_a_precisions_once_per_step_cost_is_fitted_from_its_first_piece_anchor()
     assert fit.scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
     assert fit.presence_us == pytest.approx({"int8_wo": 12.0})  # int4_wo: none
     a = anchored(p, fit.scales, fit.presence_us)
-    assert a.presence_us == pytest.approx({"int8_wo": 12.0})
+    assert a.presence_us == {SHAPE: pytest.approx({"int8_wo": 12.0})}
     for prec in ("int8_wo", "int4_wo"):  # both anchors priced as measured
         uniform = a.picks_of({"l0": prec, "l1": prec, "l2": prec})
         assert predicted_speedup(a, uniform) == pytest.approx(200.0 / whole[prec])
@@ -185,8 +187,13 @@ def test_a_precisions_once_per_step_cost_is_fitted_from_its_first_piece_anchor()
     mixed = a.picks_of({"l0": "int8_wo", "l1": "int8_wo", "l2": "int4_wo"})
     assert a.plan_gain_us(mixed) == pytest.approx(10 * 1.5 + 33 * (1.5 + 0.9) / 2 - 12.0)
     assert a.presence_cost_us(a.picks_of({"l0": "fp32", "l1": "fp32", "l2": "fp32"})) == 0.0
-    assert "once-per-step cost of a precision a plan uses: int8_wo 12 us" in scales_line(
-        a.gain_scales, a.presence_us)
+    assert "int8_wo x1.50 +12 us/step, int4_wo x0.90" in scales_line(a.gain_scales,
+                                                                      a.presence_us)
+    # two costly formats in one step: the step pays the larger cost, not both
+    both = replace(a, presence_us={SHAPE: {"int8_wo": 12.0, "int4_wo": 5.0}})
+    assert both.presence_cost_us(mixed) == pytest.approx(12.0)
+    assert both.presence_cost_us(both.picks_of({"l0": "int4_wo", "l1": "fp32",
+                                                "l2": "int4_wo"})) == pytest.approx(5.0)
 
 
 def test_a_negative_or_unfittable_cost_falls_back_to_the_one_anchor_scale():

@@ -101,7 +101,8 @@ def test_a_rival_pays_the_once_per_step_costs_of_the_precisions_it_adds():
 
     p = Problem("m", "fp", "d", "D", "cpu", "batch=1,kv=8,phase=decode", "fp32",
                 ("fp32", "bf16", "int8"), [piece(0, 3.0, 8.0), piece(1, 3.0, 2.0)],
-                model_baseline_us=200.0, presence_us={"bf16": 10.0})
+                model_baseline_us=200.0,
+                presence_us={"batch=1,kv=8,phase=decode": {"bf16": 10.0}})
     plan = solve(p, 1.5).picks
     assert p.choices[1].options[plan[1]].config == ("fp32",)
     both_bf16 = (1, 1)

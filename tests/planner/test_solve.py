@@ -39,8 +39,9 @@ def instances(draw):
             opts.append(Option(c, 100.0 - g, g, m, wb, 10.0 - g / 2, "measured"))
         choices.append(Choice(i, f"s{i}", "X", names, tuple(opts)))
     # once-per-step costs (planner.anchors): paid once by a time plan using the precision
-    presence = ({p: draw(st.integers(0, 300)) / 10.0 * gain_scale for p in PRECS[1:]}
-                if draw(st.booleans()) else {})
+    # a step pays the largest cost of the formats a plan uses there; two shapes' steps
+    presence = ({f"s{k}": {p: draw(st.integers(0, 300)) / 10.0 * gain_scale for p in PRECS[1:]}
+                 for k in range(draw(st.integers(1, 2)))} if draw(st.booleans()) else {})
     problem = Problem("m", "fp", "dev", "Dev", "cpu", "batch=1,seq=1,phase=prefill", "fp32", PRECS,
                       choices, presence_us=presence)
     total = sum(max(o.loss_mse for o in c.options) for c in choices)
@@ -73,7 +74,8 @@ def brute_force(problem, cons, objective, threshold):
             m += o.loss_mse
             wb += o.weight_bytes
         if objective == "time":
-            g -= sum(problem.presence_us.get(p, 0.0) for p in set(assign.values()))
+            g -= sum(max((costs.get(p, 0.0) for p in set(assign.values())), default=0.0)
+                     for costs in problem.presence_us.values())
         ok = all(assign[n] == p for n, p in cons.pins)
         ok = ok and all(len({assign[n] for n in grp}) == 1 for grp in cons.groups)
         ok = ok and (cons.max_weight_bytes is None or wb <= cons.max_weight_bytes)
@@ -168,10 +170,10 @@ def test_a_once_per_step_cost_keeps_a_precision_out_of_a_plan_it_would_barely_he
 
     p = Problem("m", "fp", "dev", "Dev", "cpu", "batch=1,kv=8,phase=decode", "fp32", PRECS,
                 [piece(0, 3.0, 8.0), piece(1, 3.0, 2.0)], model_baseline_us=200.0,
-                presence_us={"bf16": 10.0, "int8": 1.0})
+                presence_us={"batch=1,kv=8,phase=decode": {"bf16": 10.0, "int8": 1.0}})
     # loss 1.5: one int8 layer and one bf16 at most
     sol = solve(p, 1.5)
-    assert sol.layers == {"l0": "int8", "l1": "fp32"}  # not int8 + bf16 (8 + 3 - 11)
+    assert sol.layers == {"l0": "int8", "l1": "fp32"}  # not int8 + bf16 (8 + 3 - 10)
     assert sol.gain_us == pytest.approx(8.0 - 1.0)
     assert sol.predicted_speedup == pytest.approx(200.0 / 193.0)
     free_p = replace(p, presence_us={})

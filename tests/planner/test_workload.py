@@ -223,7 +223,8 @@ def test_a_workload_pays_each_buckets_once_per_step_cost_at_every_step(store):
                                 row(step - (kappa * gains[0] - costs[s])))
     problem, _ = build_workload_problem(store, m.name, m.device, wl)
     want = sum(pricing.weights[s] * c for s, c in costs.items())
-    assert problem.presence_us == {"bf16": pytest.approx(want)}
+    assert problem.presence_us == {s: {"bf16": pytest.approx(pricing.weights[s] * c)}
+                                   for s, c in costs.items()}
     layers = problem.layers
     one = problem.picks_of({n: "bf16" if i == 0 else "fp32" for i, n in enumerate(layers)})
     assert problem.presence_cost_us(one) == pytest.approx(want)
