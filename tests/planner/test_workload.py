@@ -153,26 +153,34 @@ def test_gains_are_priced_in_the_microseconds_of_the_rounds_the_request_was_time
             assert ob.latency_us == pytest.approx(0.8 * oa.latency_us)
 
 
+def _row(us):
+    """A whole-model timing as put_model_latency takes it."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
+
+
+def _unanchored_buckets(store, wl: str):
+    """A populated model with decode tables, the workload's pricing before any whole-model
+    row, and each decode bucket's problem with the pieces' own gains."""
+    m = populate(store)
+    _decode_tables(store, m)
+    _, pricing = build_workload_problem(store, m.name, m.device, wl)
+    return m, pricing, {s: build_problem(store, m.name, m.device, s, anchor=False)
+                        for s in pricing.weights if "phase=decode" in s}
+
+
 def test_anchored_decode_buckets_are_priced_in_the_whole_steps_microseconds(store):
     """At decode the pieces, each timed alone after a buffer that evicts its weights, sum
     above the whole model's step (here 1/0.7 of it), and the anchors put the gains in the
     whole step's microseconds. The workload is then priced from the whole steps: the request's
     steps, timed as fast as the campaign's whole steps, give a scale of 1, not the pieces'
     excess, and a uniform plan's decode gain is its whole model's."""
-    from types import SimpleNamespace
-
-    def row(us):
-        return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
-
-    m = populate(store)
-    _decode_tables(store, m)
+    row = _row
     wl = "prompt=16,gen=9,batch=1"
-    _, pricing = build_workload_problem(store, m.name, m.device, wl)
+    m, pricing, raws = _unanchored_buckets(store, wl)
     whole = {}
-    for s in pricing.weights:
-        if "phase=decode" not in s:
-            continue
-        raw = build_problem(store, m.name, m.device, s, anchor=False)
+    for s, raw in raws.items():
         pieces_bf16 = sum(next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
                           for c in raw.choices)
         whole[s] = (0.7 * raw.subgraph_baseline_us, 0.7 * pieces_bf16)
@@ -199,20 +207,11 @@ def test_a_workload_pays_each_buckets_once_per_step_cost_at_every_step(store):
     """A decode bucket's once-per-step costs (its first:<precision> anchor, planner.anchors)
     enter the workload as its weight (the steps it prices) times the cost; the prefill has
     none. A plan using bf16 pays that sum once, however many of its layers are bf16."""
-    from types import SimpleNamespace
-
-    def row(us):
-        return SimpleNamespace(median_us=us, spread_us=0.01 * us, n_samples=15)
-
-    m = populate(store)
-    _decode_tables(store, m)
+    row = _row
     wl = "prompt=16,gen=9,batch=1"
-    _, pricing = build_workload_problem(store, m.name, m.device, wl)
+    m, pricing, raws = _unanchored_buckets(store, wl)
     costs = {}
-    for s in pricing.weights:
-        if "phase=decode" not in s:
-            continue
-        raw = build_problem(store, m.name, m.device, s, anchor=False)
+    for s, raw in raws.items():
         gains = [next(o for o in c.options if set(o.config) == {"bf16"}).gain_us
                  for c in sorted(raw.choices, key=lambda c: c.position)]
         step, kappa, costs[s] = raw.subgraph_baseline_us, 0.8, 0.02 * raw.subgraph_baseline_us

@@ -259,21 +259,16 @@ def test_a_workloads_windows_are_timed_in_rotating_passes_and_their_means_stored
         for r in bases:
             assert r.median_us == pytest.approx(
                 sum(w[r.signature].median_us for w, _ in decode) / 3)
-        # anchors follow each decode window: pass by pass, the kv=12 ones
-        at12 = [a for a, at in zip(anchors, [x for x in order if x != "prefill"]) if at == 12]
-        want = sum(w["model"].median_us * a["anchor"].median_us / a["baseline"].median_us
-                   for (w, _), (a, _) in zip(decode, at12)) / 3
-        row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "all:int8_wo",
-                                  allow_unstable=True)
-        assert row.median_us == pytest.approx(want)
-        # and the first-piece anchor beside it, likewise the mean of its passes
-        firsts = [(out, kw) for out, kw in calls if "first" in out]
-        first12 = [a for a, at in zip(firsts, [x for x in order if x != "prefill"]) if at == 12]
-        want = sum(w["model"].median_us * a["first"].median_us / a["baseline"].median_us
-                   for (w, _), (a, _) in zip(decode, first12)) / 3
-        row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, "first:int8_wo",
-                                  allow_unstable=True)
-        assert row.median_us == pytest.approx(want)
+        # anchors follow each decode window: pass by pass, the kv=12 ones; the uniform
+        # anchor and the first-piece one beside it
+        for name, key in (("anchor", "all:int8_wo"), ("first", "first:int8_wo")):
+            timed = [(out, kw) for out, kw in calls if name in out]
+            at12 = [a for a, at in zip(timed, [x for x in order if x != "prefill"]) if at == 12]
+            want = sum(w["model"].median_us * a[name].median_us / a["baseline"].median_us
+                       for (w, _), (a, _) in zip(decode, at12)) / 3
+            row = store.model_latency(rep.model_fingerprint, rep.device, DECODE, key,
+                                      allow_unstable=True)
+            assert row.median_us == pytest.approx(want)
 
 
 def test_a_single_shape_is_timed_in_one_window_whatever_the_passes(sqlite_url, monkeypatch):
