@@ -164,19 +164,13 @@ def _clamped(kappa: float) -> float:
 def _first_gain(problem: Problem, prec: str) -> float | None:
     """The pieces' gain of the first piece (lowest position) in ``prec``: the one the
     campaign's ``first:<precision>`` anchor deploys in it (``profiles.window``)."""
-    first = min(problem.choices, key=lambda c: c.position)
-    opt = next((o for o in first.options if all(p == prec for p in o.config)), None)
+    opt = min(problem.choices, key=lambda c: c.position).uniform(prec)
     return opt.gain_us if opt is not None else None
 
 
 def _uniform_gain(problem: Problem, prec: str) -> float | None:
-    total = 0.0
-    for c in problem.choices:
-        opt = next((o for o in c.options if all(p == prec for p in o.config)), None)
-        if opt is None:
-            return None
-        total += opt.gain_us
-    return total
+    opts = [c.uniform(prec) for c in problem.choices]
+    return None if any(o is None for o in opts) else sum(o.gain_us for o in opts)
 
 
 def _scaled(o: Option, r: float, base_us: float, baseline: str,

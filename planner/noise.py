@@ -169,7 +169,7 @@ def chance_not_fastest(problem: Problem, picks: Sequence[int], bound: float | No
     # a rival using another set of precisions pays other once-per-step costs (exact, not drawn)
     own_cost = problem.presence_cost_us(picks)
     single_cost = {(s, j): problem.presence_cost_us(picks[:s] + (j,) + picks[s + 1:]) - own_cost
-                   for s, j in riv.single} if problem.presence_us else {}
+                   for s, j in riv.single}
     whole_cost = [problem.presence_cost_us(r) - own_cost for r in riv.whole]
     rng = random.Random(seed)
     gauss = rng.gauss
@@ -192,7 +192,7 @@ def chance_not_fastest(problem: Problem, picks: Sequence[int], bound: float | No
                 if z is None:
                     z = z_own[c.signature, o.key] = gauss(0.0, 1.0)
                 gain[s, i] = o.gain_us - o.uncertainty_us * z + _ref_term(o) * zr
-        if any(gain[s, j] - single_cost.get((s, j), 0.0) > gain[s, picks[s]]
+        if any(gain[s, j] - single_cost[s, j] > gain[s, picks[s]]
                for s, j in riv.single) or any(
                 sum(gain[s, r[s]] - gain[s, picks[s]] for s in varying if r[s] != picks[s]) > c
                 for r, c in zip(riv.whole, whole_cost)):

@@ -108,7 +108,7 @@ def lowest_precision_mse(problem: Problem) -> float:
             continue
         total, complete = 0.0, True
         for c in problem.choices:
-            opt = next((o for o in c.options if o.config == (p,) * len(c.layer_names)), None)
+            opt = c.uniform(p)
             if opt is None:
                 complete = False
                 break

@@ -60,6 +60,11 @@ class Choice:
     def baseline(self) -> Option:
         return self.options[0]
 
+    def uniform(self, precision: str) -> Option | None:
+        """The option with every layer in ``precision`` (None when not priced)."""
+        want = (precision,) * len(self.layer_names)
+        return next((o for o in self.options if o.config == want), None)
+
 
 @dataclass
 class Problem:
