@@ -43,13 +43,11 @@ def random_configs(problem: Problem, bound: float, n: int, seed: int = 0) -> lis
 
 
 def predicted_latency(problem: Problem, cfg: dict[str, str]) -> tuple[float, float]:
-    """(predicted end-to-end latency, predicted loss MSE) of a per-layer config."""
-    gain = mse = 0.0
-    for c in problem.choices:
-        want = tuple(cfg[n] for n in c.layer_names)
-        o = next(o for o in c.options if o.config == want)
-        gain, mse = gain + o.gain_us, mse + o.loss_mse
-    return problem.baseline_us - gain, mse
+    """(predicted end-to-end latency, predicted loss MSE) of a per-layer config, priced as
+    the planner prices a plan (``Problem.plan_gain_us``)."""
+    picks = problem.picks_of(cfg)
+    mse = sum(c.options[i].loss_mse for c, i in zip(problem.choices, picks))
+    return problem.baseline_us - problem.plan_gain_us(picks), mse
 
 
 def isolated_layer_latencies(loaded, problem: Problem, shape: str, backend, threads: int,

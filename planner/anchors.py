@@ -103,12 +103,6 @@ def fit_anchors(problem: Problem, whole_us: Mapping[str, float],
     return Anchors(scales, presence)
 
 
-def anchor_scales(problem: Problem, whole_us: Mapping[str, float],
-                  first_us: Mapping[str, float] | None = None) -> dict[str, float]:
-    """precision -> kappa (:func:`fit_anchors`' scales)."""
-    return fit_anchors(problem, whole_us, first_us).scales
-
-
 def anchored(problem: Problem, scales: Mapping[str, float],
              presence_us: Mapping[str, float] | None = None) -> Problem:
     """The problem with every option's gain (and latency, and its standard error) scaled

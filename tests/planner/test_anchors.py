@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hwcost.planner.anchors import anchor_scales, anchored, fit_anchors, scales_line
+from hwcost.planner.anchors import anchored, fit_anchors, scales_line
 from hwcost.planner.problem import Choice, Option, Problem
 from hwcost.planner.solve import predicted_speedup
 
@@ -31,7 +31,7 @@ def problem():
 def test_a_uniform_plan_is_priced_as_its_whole_model_measured():
     p = problem()
     # pieces: int8_wo gains 40 us in all, int4_wo 50; the whole model gained 60 and 45
-    scales = anchor_scales(p, {"fp32": 200.0, "int8_wo": 140.0, "int4_wo": 155.0})
+    scales = fit_anchors(p, {"fp32": 200.0, "int8_wo": 140.0, "int4_wo": 155.0}).scales
     assert scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
     a = anchored(p, scales)
     for prec, whole in (("int8_wo", 140.0), ("int4_wo", 155.0)):
@@ -54,16 +54,16 @@ def test_a_uniform_plan_is_priced_as_its_whole_model_measured():
 
 def test_scales_are_left_out_kept_at_one_or_clamped_where_the_ratio_means_nothing():
     p = problem()
-    assert anchor_scales(p, {"int8_wo": 140.0}) == {}  # no baseline step
-    assert anchor_scales(p, {"fp32": 200.0}) == {}  # no anchor
-    assert anchor_scales(p, {"fp32": 200.0, "bf16": 150.0}) == {}  # not a planned precision
+    assert fit_anchors(p, {"int8_wo": 140.0}).scales == {}  # no baseline step
+    assert fit_anchors(p, {"fp32": 200.0}).scales == {}  # no anchor
+    assert fit_anchors(p, {"fp32": 200.0, "bf16": 150.0}).scales == {}  # not a planned precision
     # the whole model lost where the pieces gained: no gain at all, never a loss
-    assert anchor_scales(p, {"fp32": 200.0, "int8_wo": 230.0}) == {"int8_wo": 0.0}
-    assert anchor_scales(p, {"fp32": 200.0, "int8_wo": 0.1}) == {"int8_wo": 4.0}
+    assert fit_anchors(p, {"fp32": 200.0, "int8_wo": 230.0}).scales == {"int8_wo": 0.0}
+    assert fit_anchors(p, {"fp32": 200.0, "int8_wo": 0.1}).scales == {"int8_wo": 4.0}
     # pieces' gains under 1 % of the step: noise over noise, left at 1
     flat = Problem("m", "fp", "d", "D", "cpu", SHAPE, "fp32", ("fp32", "bf16"),
                    [Choice(0, "a", "X", ("l0",), (opt("fp32", 0), opt("bf16", 1.0)))])
-    assert anchor_scales(flat, {"fp32": 200.0, "bf16": 150.0}) == {"bf16": 1.0}
+    assert fit_anchors(flat, {"fp32": 200.0, "bf16": 150.0}).scales == {"bf16": 1.0}
     assert anchored(p, {}) is p and scales_line({}) is None
 
 
@@ -132,7 +132,7 @@ def test_pieces_summing_above_the_whole_step_are_put_in_its_microseconds():
 
     p = replace(problem(), model_baseline_us=160.0)  # the pieces' baselines sum to 200
     assert p.baseline_us == 200.0  # unanchored: the larger sum, as for any shape
-    scales = anchor_scales(p, {"fp32": 160.0, "int8_wo": 112.0, "int4_wo": 124.0})
+    scales = fit_anchors(p, {"fp32": 160.0, "int8_wo": 112.0, "int4_wo": 124.0}).scales
     assert scales == pytest.approx({"int8_wo": 1.2, "int4_wo": 0.72})
     a = anchored(p, scales)
     assert a.baseline_us == pytest.approx(160.0) and a.subgraph_baseline_us == pytest.approx(160.0)
@@ -203,7 +203,7 @@ def test_a_negative_or_unfittable_cost_falls_back_to_the_one_anchor_scale():
     fit = fit_anchors(p, whole, {"int8_wo": 170.0})
     assert fit.presence_us == {} and fit.scales == pytest.approx({"int8_wo": 1.5, "int4_wo": 0.9})
     assert fit_anchors(p, whole).presence_us == {}  # no first: rows (an older campaign)
-    assert anchor_scales(p, whole, {"int8_wo": 170.0}) == fit.scales
+    assert fit_anchors(p, whole, {"int8_wo": 170.0}).scales == fit.scales
     # a first piece that is the whole model: the two anchors say one thing
     solo = Problem("m", "fp", "d", "D", "cpu", SHAPE, "fp32", ("fp32", "int8_wo"),
                    [Choice(0, "a", "X", ("l0",), (opt("fp32", 0), opt("int8_wo", 10)))],
