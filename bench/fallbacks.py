@@ -72,8 +72,8 @@ def build(width: int, seed: int = 0):
     return LoadedModel(f"bench-llama-h{width}", model, source="bench/fallbacks.py")
 
 
-def collect(store, widths, shapes, threads: int, quick: bool, budget: float = 4.0
-            ) -> tuple[str, float]:
+def collect(store, widths, shapes, threads: int, quick: bool, budget: float = 4.0,
+            passes: int = 3) -> tuple[str, float]:
     """Profile every width at every shape; calibrate the CPU. Returns (device, seconds)."""
     import torch
     from hwcost.profiles.calibrate import calibrate_cpu
@@ -83,7 +83,7 @@ def collect(store, widths, shapes, threads: int, quick: bool, budget: float = 4.
     # a short wait for a quiet machine per group: this shared machine is rarely quiet for
     # long, and the rows that stay unstable are counted and reported, not hidden
     timing = QUICK_TIMING if quick else TimingOptions(
-        min_samples=9, warmup_max_s=0.3, max_seconds=1.5, min_sample_us=300,
+        min_samples=9, warmup_max_s=0.3, max_seconds=1.5, min_sample_us=300, passes=passes,
         policy=StabilityPolicy(remeasure_spread=0.05, max_spread=0.08, wait_s=min(1.0, budget),
                                budget_s=budget))
     t0 = time.perf_counter()
@@ -324,6 +324,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads to time with (1: steadier on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="few samples, fewer shapes (smoke run)")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="passes of each width's campaign over its groups, each with its share "
+                         "of the samples (profiles.campaign: the machine's level wanders)")
     ap.add_argument("--budget", type=float, default=4.0,
                     help="seconds each group may wait for a quiet machine (0: judge, never wait)")
     ap.add_argument("--clock", choices=("wall", "thread"), default=None,
@@ -350,7 +353,8 @@ def main(argv=None) -> int:
         device, collect_s = _stored_device(store), 0.0
     else:
         print(f"profiling {len(widths)} widths x {len(shapes)} shapes into {db}", flush=True)
-        device, collect_s = collect(store, widths, shapes, args.threads, args.quick, args.budget)
+        device, collect_s = collect(store, widths, shapes, args.threads, args.quick, args.budget,
+                                    args.passes)
     dev = store.get_device(device)
     peaks = Peaks.from_json(json.loads(dev.peaks))
     # every timing of this campaign, stable or not (the share that is stable is reported)
@@ -409,7 +413,7 @@ def main(argv=None) -> int:
            "shapes": [parse_shape(s).key for s in shapes], "precisions": list(PRECISIONS),
            "peaks": json.loads(dev.peaks), "collect_s": round(collect_s, 1),
            "eval_s": round(eval_s, 1), "quick": args.quick, "evaluation": ev, "targets": targets,
-           "clock": args.clock or "wall", "stable_share": good / max(1, len(rows)),
+           "clock": args.clock or "wall", "passes": args.passes,"stable_share": good / max(1, len(rows)),
            "load1_median": float(np.median(load1s)) if load1s else None,
            "shared_machine": "shared with other engineers while measured", "learned_cache": cache,
            "group_baseline_spread": spread_between_groups, "evaluate_only": args.evaluate_only,

@@ -34,7 +34,7 @@ from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
-from hwcost.profiles.window import anchor_keys, time_windows
+from hwcost.profiles.window import anchor_keys, mean_timing, share_of, time_windows
 
 from hwcost import fleet_worker
 from hwcost.device import local_device
@@ -64,12 +64,15 @@ class TimingOptions:
     # a workload campaign's whole-model windows, in this many rotating passes over its shapes
     # (profiles.window.time_windows); each pass takes its share of the samples
     window_passes: int = 3
+    # a direct campaign's groups, in this many passes over all of them (alternate passes in
+    # reverse order), each with its share of the samples; a row is the mean of its passes
+    passes: int = 3
 
     def __post_init__(self) -> None:
         if self.min_samples < 3:
             raise ValueError("min_samples must be at least 3")
-        if self.window_passes < 1:
-            raise ValueError("window_passes must be at least 1")
+        if self.window_passes < 1 or self.passes < 1:
+            raise ValueError("window_passes and passes must be at least 1")
         if self.warmup_max_s < 0 or self.max_seconds < 0 or self.min_sample_us < 0:
             raise ValueError("timing limits must be non-negative")
 
@@ -81,7 +84,8 @@ class TimingOptions:
 
 
 QUICK_TIMING = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0, min_sample_us=0.0,
-                             quick=True, window_passes=1, policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
+                             quick=True, window_passes=1, passes=1,
+                             policy=StabilityPolicy(wait_s=0.0, budget_s=0.0))
 """Few samples, no re-measuring, no waiting for a quiet machine: for tests and smoke runs.
 Its rows are stored as quick: a plan uses them only when asked (``allow_unstable``) and a
 later full run measures them again."""
@@ -242,10 +246,12 @@ class _Measurer:
         """The all-baseline config of a piece."""
         return ",".join([self.baseline.value] * len(self.reps[signature].layer_names))
 
-    def measure(self, signature: str, shape: str, cfgs: Sequence[str]) -> dict[str, Any]:
+    def measure(self, signature: str, shape: str, cfgs: Sequence[str],
+                share: int = 1) -> dict[str, Any]:
         """config key -> Timing for each config of the group and for the piece's baseline
         config, which is timed in every group so that each gain is taken against the
         baseline timed with it, in the same rounds (drift cancels), on the same host.
+        ``share``: this is one of that many passes, with its share of the samples.
 
         Each (layer, precision) is deployed once per group with the backend's real kernel
         and shared by the configs that use it; every config runs in its own shallow copy
@@ -269,7 +275,8 @@ class _Measurer:
             fns = {k: step_fn(f, inputs, kv, layers) for k, f in fns.items()}
         return time_interleaved(fns, inputs, self.backend,
                                 threads=self.threads, baseline=baseline, evict_bytes=evict,
-                                on_round=self.on_round, **self.timing.kwargs())
+                                on_round=self.on_round,
+                                **share_of(self.timing.kwargs(), share))
 
     def piece_fns(self, signature: str, keys: Sequence[str]) -> dict[str, Any]:
         """config key -> a callable running the piece in that config on a captured input
@@ -508,13 +515,14 @@ def _bar(total: int, initial: int, progress: bool | None, desc: str):
                 disable=not show, dynamic_ncols=True)
 
 
-def _follow_group(bar, measurer: _Measurer, n_configs: int, sig: str, shape: str) -> None:
+def _follow_group(bar, measurer: _Measurer, n_configs: int, sig: str, shape: str,
+                  prefix: str = "") -> None:
     """Between the bar's per-group steps, its postfix follows the group being timed: its
     configs and piece, and the interleaved rounds taken of those planned."""
     if bar.disable:
         measurer.on_round = None
         return
-    what = f"{n_configs} configs of {sig[:8]} at {shape.split(',phase=')[0]}"
+    what = f"{prefix}{n_configs} configs of {sig[:8]} at {shape.split(',phase=')[0]}"
     bar.set_postfix_str(f"deploying {what}", refresh=False)
     bar.update(0)
 
@@ -534,12 +542,13 @@ def _groups(items: Sequence[tuple[str, str, str]], size: int):
 
 
 def _measurements(report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],
-                  timings: dict, baseline: str) -> list:
+                  timings: dict, baseline: str, count: bool = True) -> list:
     """The group's configs as rows (not the baseline timed alongside unless it was asked
     for), each with the in-group baseline median and how the group was timed; counts the
-    timings of an unstable group on the report."""
+    timings of an unstable group on the report (unless not ``count``: a pass before the
+    last)."""
     base = timings[baseline]
-    if not base.stable:
+    if not base.stable and count:
         report.unstable += len(cfgs)
         if len(report.unstable_reasons) < 5:
             report.unstable_reasons.append(base.reason)
@@ -551,12 +560,25 @@ def _measurements(report: CampaignReport, sig: str, shape: str, cfgs: Sequence[s
 
 
 def _write(store, report: CampaignReport, sig: str, shape: str, cfgs: Sequence[str],
-           timings: dict, baseline: str) -> None:
-    store.add_measurements(_measurements(report, sig, shape, cfgs, timings, baseline))
+           timings: dict, baseline: str, *, replace: bool = False, count: bool = True) -> None:
+    store.add_measurements(_measurements(report, sig, shape, cfgs, timings, baseline, count),
+                           replace=replace)
 
 
 def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
                 progress: bool | None) -> None:
+    """Time what the store lacks in groups of ``group`` configs, in ``TimingOptions.passes``
+    passes over all the groups (alternate passes in reverse order), each with its share of
+    the samples; after each pass a group's rows are the mean of its passes so far.
+
+    Why passes: this machine's level wanders by tens of percent over minutes (other
+    tenants of the shared cache and memory), and a group timed once carries the level of
+    its own few seconds. Two campaigns of the same rows, one pass each, read a median
+    19.2 % apart, in runs of units all 1.6-2x slower or 0.8x faster than the other
+    campaign, so a learned model saw each unit at its own moment's level. Every group timed
+    at several moments spread over the whole campaign carries their mixture. Rows are
+    written after the first pass already: a campaign stopped later keeps them (fewer
+    samples, as ``n_samples`` says) and a rerun does not time them again."""
     todo = []
     for shape in dict.fromkeys(t[1] for t in tasks):  # decode pieces without a cache: no kv
         sigs = list(dict.fromkeys(t[0] for t in tasks if t[1] == shape))
@@ -564,27 +586,49 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
         done = store.measured_configs(report.device, shape, sigs, allow_unstable=report.quick)
         todo.extend(t for t in tasks if t[1] == shape and t[2] not in done[t[0]])
     report.already = len(tasks) - len(todo)
-    with _bar(len(tasks), report.already, progress, report.model) as bar:
-        for sig, shape, run in _groups(todo, group):
-            cfgs = [t[2] for t in run]
-            _follow_group(bar, measurer, len(cfgs), sig, shape)
-            try:
-                timings = measurer.measure(sig, shape, cfgs)
-            except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
-                report.failed += len(cfgs)
-                report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
+    groups = list(_groups(todo, group))
+    passes = measurer.timing.passes if groups else 1
+    runs: list[list[dict]] = [[] for _ in groups]  # per group, its timings in each pass
+    failed: set[int] = set()
+    with _bar(report.already + passes * len(todo), report.already, progress,
+              report.model) as bar:
+        for k in range(passes):
+            order = range(len(groups)) if k % 2 == 0 else reversed(range(len(groups)))
+            for i in order:
+                sig, shape, run = groups[i]
+                cfgs = [t[2] for t in run]
+                if i in failed:
+                    bar.update(len(cfgs))
+                    continue
+                _follow_group(bar, measurer, len(cfgs), sig, shape,
+                              f"pass {k + 1}/{passes}: " if passes > 1 else "")
+                try:
+                    timings = measurer.measure(sig, shape, cfgs, share=passes)
+                except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
+                    failed.add(i)
+                    if k == 0:  # else the rows of its earlier passes stand
+                        report.failed += len(cfgs)
+                    report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
+                    bar.update(len(cfgs))
+                    continue
+                runs[i].append(timings)
+                # the configs timed in every pass so far (a kernel rejects the same ones)
+                merged = {c: mean_timing([r[c] for r in runs[i]])
+                          for c in timings if all(c in r for r in runs[i])}
+                ok = [c for c in cfgs if c in merged]
+                _write(store, report, sig, shape, ok, merged, measurer.baseline_key(sig),
+                       replace=k > 0, count=k == passes - 1)
+                if k == 0:
+                    report.measured += len(ok)
+                    if len(ok) < len(cfgs):  # configs with a layer the kernel cannot take
+                        report.failed += len(cfgs) - len(ok)
+                        missing = sorted(set(cfgs) - set(ok))
+                        why = measurer.undeployable.get(missing[0],
+                                                        f"cannot deploy {missing[0]}")
+                        report.errors.append(
+                            f"{sig[:12]} {shape}: {why}"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
                 bar.update(len(cfgs))
-                continue
-            _write(store, report, sig, shape, [c for c in cfgs if c in timings], timings,
-                   measurer.baseline_key(sig))
-            report.measured += len([c for c in cfgs if c in timings])
-            if len(timings) < len(cfgs):  # configs with a layer the kernel cannot take
-                report.failed += len(cfgs) - len(timings)
-                missing = sorted(set(cfgs) - set(timings))
-                why = measurer.undeployable.get(missing[0], f"cannot deploy {missing[0]}")
-                report.errors.append(f"{sig[:12]} {shape}: {why}"
-                                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-            bar.update(len(cfgs))
 
 
 def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worker: str,

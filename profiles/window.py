@@ -134,9 +134,9 @@ def _replace_piece_baselines(store: Any, report: Any, measurer: Any, shape: Shap
         store.add_measurements(rows, replace=True)
 
 
-def _shared(kwargs: dict, share: int) -> dict:
-    """The harness's options for one of ``share`` passes: its share of the samples and of
-    the re-measuring time (at least three samples)."""
+def share_of(kwargs: dict, share: int) -> dict:
+    """The harness's options (``TimingOptions.kwargs()``) for one of ``share`` passes: its
+    share of the samples and of the re-measuring time (at least three samples)."""
     if share <= 1:
         return kwargs
     return {**kwargs, "min_samples": max(3, -(-kwargs["min_samples"] // share)),
@@ -184,7 +184,7 @@ def anchor_timings(measurer: Any, shape: str, model: tuple[Any, list],
     # prediction there: four times the samples of one piece's config (60 by default, about
     # a second of a 9 ms step)
     kwargs = measurer.timing.kwargs()
-    kwargs = _shared({**kwargs, "min_samples": ANCHOR_SAMPLES * kwargs["min_samples"]}, share)
+    kwargs = share_of({**kwargs, "min_samples": ANCHOR_SAMPLES * kwargs["min_samples"]}, share)
     first = measurer.part.pieces[0].layer_names
     out = {}
     for prec in anchors:
@@ -254,5 +254,5 @@ def model_window(measurer: Any, shape: str, baseline: Precision,
                            evict_skip=("model",) if kv else (),
                            # a decode step after its own previous step, as generate() runs it
                            prepare={"model": lambda: model_fn(model_inputs[0])} if kv else None,
-                           **_shared(measurer.timing.kwargs(), share))
+                           **share_of(measurer.timing.kwargs(), share))
     return res["model"], {sig: res[sig] for sig in sigs}
