@@ -136,11 +136,18 @@ def _replace_piece_baselines(store: Any, report: Any, measurer: Any, shape: Shap
 
 def share_of(kwargs: dict, share: int) -> dict:
     """The harness's options (``TimingOptions.kwargs()``) for one of ``share`` passes: its
-    share of the samples and of the re-measuring time (at least three samples)."""
+    share of the samples (at least three), of the re-measuring time and of the stability
+    policy's budget for waiting on a quiet machine, so passes take no longer than one."""
     if share <= 1:
         return kwargs
+    from dataclasses import replace
+
+    from hwcost.profiles.stability import StabilityPolicy
+
+    policy = kwargs.get("policy") or StabilityPolicy.from_env()
     return {**kwargs, "min_samples": max(3, -(-kwargs["min_samples"] // share)),
-            "max_seconds": kwargs["max_seconds"] / share}
+            "max_seconds": kwargs["max_seconds"] / share,
+            "policy": replace(policy, budget_s=policy.budget_s / share)}
 
 
 def time_steps_paired(base_fn: Any, fn: Any, inputs: list, backend: str, threads: int,

@@ -40,6 +40,11 @@ from hwcost.app.options import (
               help="Configs timed together (interleaved) and written in one transaction; the "
                    "piece's baseline config is timed in every group as well, and each gain is "
                    "stored against it.")
+@click.option("--passes", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Time every group this many times, in passes over the whole campaign, each "
+                   "with its share of the samples, and store the mean: a machine whose speed "
+                   "wanders over minutes then gives every row the same mixture of moments. "
+                   "Not with --worker (a worker times each unit it claims once) or --quick.")
 @quick_option("Stored as quick: plans use them only with --allow-unstable and a later full "
               "run measures them again.")
 @click.option("--stale-after", default=None, type=click.FloatRange(min=0.5), metavar="SECONDS",
@@ -60,7 +65,7 @@ from hwcost.app.options import (
 @handle_errors
 def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisions: str | None,
                 worker: str | None, campaign: str | None, max_configs: int, threads: int | None,
-                group: int, quick: bool, stale_after: float | None, use_ray: bool,
+                group: int, passes: int, quick: bool, stale_after: float | None, use_ray: bool,
                 address: str | None, ray_workers: int | None, db_url: str | None,
                 as_json: bool) -> None:
     """Profile MODEL on this machine: cut it into sequential subgraphs, time every
@@ -71,7 +76,7 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     MODEL is a Hugging Face model directory, or package.module:factory for a Python
     callable returning (model, inputs); without it, the demo model.
     """
-    from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+    from hwcost.profiles.campaign import QUICK_TIMING, TimingOptions, run_campaign
     from hwcost.profiles.loading import load_model
     from hwcost.shape import parse_shape
     from hwcost.store import STALE_AFTER_S
@@ -87,7 +92,7 @@ def profile_cmd(model: str | None, device: str, shapes: tuple[str, ...], precisi
     with open_cli_store(db_url) as store:
         report = run_campaign(store, loaded, device, shape_list or None, precisions, worker,
                               campaign, max_configs=max_configs, group=group, threads=threads,
-                              timing=QUICK_TIMING if quick else None,
+                              timing=QUICK_TIMING if quick else TimingOptions(passes=passes),
                               progress=progress_enabled() and not as_json,
                               stale_after_s=STALE_AFTER_S if stale_after is None else stale_after)
     if as_json:

@@ -36,8 +36,9 @@ def _tiny(layers: int = 2) -> LoadedModel:
 
 def _quick(store, loaded, **kw):
     kw.setdefault("precisions", "fp32,bf16")
-    return run_campaign(store, loaded, "cpu", [SHAPE], threads=1, n_inputs=2, timing=QUICK_TIMING,
-                        progress=False, **kw)
+    kw.setdefault("timing", QUICK_TIMING)
+    return run_campaign(store, loaded, "cpu", [SHAPE], threads=1, n_inputs=2, progress=False,
+                        **kw)
 
 
 def test_campaign_measures_each_task_once_and_a_deeper_model_adds_none(store):
@@ -255,3 +256,86 @@ def test_a_worker_fails_the_tasks_no_kernel_here_can_deploy_with_the_reason(stor
                                                       partition(lm.model, lm.inputs_for(SHAPE))
                                                       .subgraph_infos()], allow_unstable=True)
     assert sum(len(v) for v in done.values()) == 5
+
+
+def _spy_measure(monkeypatch, stop_at: int | None = None) -> list:
+    """Record every group the campaign times (signature, configs, share, timings), the real
+    harness running underneath; with ``stop_at``, the campaign is interrupted at that call."""
+    from hwcost.profiles import campaign
+
+    calls, real = [], campaign._Measurer.measure
+
+    def measure(self, signature, shape, cfgs, share=1):
+        if stop_at is not None and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        out = real(self, signature, shape, cfgs, share)
+        calls.append((signature, tuple(cfgs), share, out))
+        return out
+
+    monkeypatch.setattr(campaign._Measurer, "measure", measure)
+    return calls
+
+
+def test_passes_time_every_group_at_several_moments_and_store_their_mean(sqlite_url,
+                                                                         monkeypatch):
+    """Each group is timed once per pass (alternate passes in reverse order), each time with
+    its share of the samples; its rows are the mean of its passes, and so is the in-group
+    baseline each gain is taken against."""
+    from dataclasses import replace
+
+    store = open_store(sqlite_url)
+    calls = _spy_measure(monkeypatch)
+    rep = _quick(store, _tiny(2), model_latency=False,
+                 timing=replace(QUICK_TIMING, passes=3, min_samples=6))
+    groups = len(calls) // 3
+    assert groups >= 4 and len(calls) == 3 * groups and rep.measured == 20 == rep.tasks
+    order = [c[:2] for c in calls]
+    assert order[groups:2 * groups] == order[:groups][::-1] == order[2 * groups:][::-1]
+    assert {c[2] for c in calls} == {3}
+    # each pass took its share: 6 samples over 3 passes, 2 each, but at least 3
+    assert all(t.n_samples == 3 for c in calls for t in c[3].values())
+    rows = {(r.signature, r.config): r for r in store.model_costs(
+        rep.model_fingerprint, rep.device, SHAPE, allow_unstable=True)}
+    for sig, cfgs, _, _ in calls[:groups]:
+        passes = [c[3] for c in calls if c[:2] == (sig, cfgs)]
+        base = ",".join(["fp32"] * len(cfgs[0].split(",")))
+        for cfg in cfgs:
+            row = rows[sig, cfg]
+            assert row.median_us == pytest.approx(sum(p[cfg].median_us for p in passes) / 3)
+            assert row.baseline_us == pytest.approx(sum(p[base].median_us for p in passes) / 3)
+            assert row.n_samples == 9
+
+
+def test_a_campaign_stopped_after_its_first_pass_keeps_it_and_a_rerun_adds_nothing(
+        tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    loaded, timing = _tiny(2), replace(QUICK_TIMING, passes=2)
+    calls = _spy_measure(monkeypatch)
+    _quick(open_store(f"sqlite:///{tmp_path / 'a.db'}"), loaded, model_latency=False,
+           timing=timing)
+    groups = len(calls) // 2
+    store2 = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    calls = _spy_measure(monkeypatch, stop_at=groups + 1)  # the second pass's second group
+    with pytest.raises(KeyboardInterrupt):
+        _quick(store2, loaded, model_latency=False, timing=timing)
+    assert store2.measurement_count() == 20  # every row of the first pass
+    rep = _quick(store2, loaded, model_latency=False, timing=timing)
+    assert (rep.already, rep.measured) == (20, 0)
+
+
+def test_a_pass_gets_its_share_of_the_samples_and_of_the_waiting_budget():
+    from hwcost.profiles.campaign import TimingOptions
+    from hwcost.profiles.stability import StabilityPolicy
+    from hwcost.profiles.window import share_of
+
+    kw = TimingOptions(min_samples=15, max_seconds=4.0,
+                       policy=StabilityPolicy(budget_s=30.0)).kwargs()
+    assert share_of(kw, 1) is kw
+    third = share_of(kw, 3)
+    assert (third["min_samples"], third["max_seconds"], third["policy"].budget_s) == (5, 4 / 3, 10)
+    assert third["policy"].max_spread == kw["policy"].max_spread  # the limits stay
+    assert share_of(kw, 8)["min_samples"] == 3  # never under three samples
+    # no policy given: the environment's default, its budget shared
+    assert share_of({**kw, "policy": None}, 2)["policy"].budget_s == \
+        StabilityPolicy.from_env().budget_s / 2
