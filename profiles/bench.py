@@ -56,7 +56,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +101,17 @@ class Timing:
     reason: str = ""  # why the batch is not stable (empty when it is)
     # what ``load`` counted: "cpus 1" (our affinity, a strict subset), "machine" or "caller"
     load_scope: str = ""
+    # the kept batch's samples, for merging passes (profiles.window.merge_passes); not output
+    samples_us: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def rel_spread(self) -> float:
         return self.spread_us / self.median_us if self.median_us > 0 else math.inf
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["samples_us"]
+        return out
 
 
 def summarize(samples_us: Sequence[float]) -> tuple[float, float]:
@@ -458,7 +462,7 @@ def time_interleaved(
     for n in names:
         median, spread = summarize(kept[n])
         out[n] = Timing(median, spread, len(kept[n]), used_threads, runners[n].inner, verdict.ok,
-                        min(kept[n]), clock, **extra)
+                        min(kept[n]), clock, **extra, samples_us=tuple(kept[n]))
     return out
 
 

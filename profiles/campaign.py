@@ -34,7 +34,7 @@ from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
 from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
-from hwcost.profiles.window import anchor_keys, mean_timing, share_of, time_windows
+from hwcost.profiles.window import anchor_keys, merge_passes, share_of, time_windows
 
 from hwcost import fleet_worker
 from hwcost.device import local_device
@@ -613,8 +613,7 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
                     continue
                 runs[i].append(timings)
                 # the configs timed in every pass so far (a kernel rejects the same ones)
-                merged = {c: mean_timing([r[c] for r in runs[i]])
-                          for c in timings if all(c in r for r in runs[i])}
+                merged = merge_passes(runs[i], measurer.timing.policy)
                 ok = [c for c in cfgs if c in merged]
                 _write(store, report, sig, shape, ok, merged, measurer.baseline_key(sig),
                        replace=k > 0, count=k == passes - 1)

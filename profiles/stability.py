@@ -288,7 +288,13 @@ class Verdict:
     @property
     def machine_busy(self) -> bool:
         """Failed on load or drift: waiting may help, re-measuring at once will not."""
-        return bool(self.reason) and not self.reason.startswith("spread")
+        return machine_busy(self.reason)
+
+
+def machine_busy(reason: str) -> bool:
+    """Whether a refusal's reason (``Verdict.reason``, ``Timing.reason``) is the machine's
+    load or drift rather than the samples' spread."""
+    return bool(reason) and not reason.startswith("spread")
 
 
 def judge(worst_spread: float, baseline_drift: float, load_readings: Sequence[float],

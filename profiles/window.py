@@ -35,7 +35,7 @@ bucket gave each bucket its own moment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hwcost.errors import BackendUnavailable
@@ -115,6 +115,39 @@ def mean_timing(timings: Sequence[Any]) -> Any:
                    load1=timings[-1].load1,
                    cpu_mhz=sum(mhz) / len(mhz) if mhz else None,
                    reason=next((t.reason for t in timings if t.reason), ""))
+
+
+def merge_passes(passes: Sequence[Mapping[str, Any]], policy: Any = None) -> dict[str, Any]:
+    """One interleaved group's timings over several passes (``{name: Timing}`` each) as one:
+    each candidate's :func:`mean_timing`, with as its spread the half-IQR of every pass's
+    samples over that pass's own median (times the mean): the measurement's scatter without
+    the level moves between passes, which the passes are there to average. The group is
+    judged again as one batch by ``policy`` (default ``StabilityPolicy.from_env()``):
+    refused when a pass was refused for load or drift, or when its worst pooled spread is
+    above the policy's ``max_spread``. A pass alone (a few samples) is not judged on its
+    spread: three samples' range refused 800 of 816 timings that nine in one batch did not.
+    Only candidates timed in every pass are kept."""
+    from dataclasses import replace
+
+    from hwcost.profiles.bench import summarize
+    from hwcost.profiles.stability import StabilityPolicy, judge, machine_busy
+
+    keys = [k for k in passes[0] if all(k in p for p in passes)]
+    if len(passes) == 1:
+        return {k: passes[0][k] for k in keys}
+    merged = {}
+    for k in keys:
+        runs = [p[k] for p in passes]
+        m = mean_timing(runs)
+        rel = [x / t.median_us for t in runs if t.median_us > 0 for x in t.samples_us]
+        if rel:
+            m = replace(m, spread_us=summarize(rel)[1] * m.median_us,
+                        samples_us=tuple(x for t in runs for x in t.samples_us))
+        merged[k] = m
+    busy = next((t.reason for p in passes for t in p.values() if machine_busy(t.reason)), "")
+    worst = max((m.rel_spread for m in merged.values()), default=0.0)
+    reason = busy or judge(worst, 0.0, (), 1, policy or StabilityPolicy.from_env()).reason
+    return {k: replace(m, stable=not reason, reason=reason) for k, m in merged.items()}
 
 
 def _replace_piece_baselines(store: Any, report: Any, measurer: Any, shape: Shape, t: Any,

@@ -339,3 +339,39 @@ def test_a_pass_gets_its_share_of_the_samples_and_of_the_waiting_budget():
     # no policy given: the environment's default, its budget shared
     assert share_of({**kw, "policy": None}, 2)["policy"].budget_s == \
         StabilityPolicy.from_env().budget_s / 2
+
+
+def _timing(samples, reason=""):
+    from hwcost.profiles.bench import Timing, summarize
+
+    med, half = summarize(samples)
+    return Timing(med, half, len(samples), 1, stable=not reason, reason=reason,
+                  samples_us=tuple(samples))
+
+
+def test_merged_passes_average_the_level_and_judge_the_scatter_within_passes():
+    """Two passes at levels 100 and 150 us (the machine wandered between them): the row is
+    their mean, its spread the samples' scatter around their own pass's level (under 1 %),
+    not the 50 % between passes, so the group stands. A pass whose few samples read over
+    the spread limit alone does not refuse it; a pass refused for load does."""
+    from hwcost.profiles.stability import StabilityPolicy
+    from hwcost.profiles.window import merge_passes
+
+    policy = StabilityPolicy(max_spread=0.05)
+    low = {"base": _timing([99, 100, 101]), "cfg": _timing([79, 80, 81])}
+    high = {"base": _timing([148.5, 150, 151.5], reason="spread 5.5% > 5%"),
+            "cfg": _timing([118.8, 120, 121.2]), "only_here": _timing([1, 1, 1])}
+    m = merge_passes([low, high], policy)
+    assert set(m) == {"base", "cfg"}  # timed in every pass
+    assert m["base"].median_us == pytest.approx(125) and m["cfg"].median_us == pytest.approx(100)
+    assert m["base"].rel_spread == pytest.approx(0.0075)  # the half-IQR of 0.99, 1, 1.01 twice
+    assert m["base"].n_samples == 6 and len(m["cfg"].samples_us) == 6
+    assert all(t.stable and not t.reason for t in m.values())
+    busy = dict(low, base=_timing([99, 100, 101], reason="load 2.00 runnable tasks per CPU > 1.25"))
+    assert {(t.stable, t.reason[:4]) for t in merge_passes([busy, high], policy).values()} == \
+        {(False, "load")}
+    wide = [{"base": _timing([a * level for a in (0.8, 1.0, 1.2)]), "cfg": _timing([79, 80, 81])}
+            for level in (100, 150)]  # scattered by 20 % within each pass
+    assert {t.reason for t in merge_passes(wide, policy).values()} == {"spread 15.0% > 5%"}
+    assert merge_passes([low], policy) == low
+    assert "samples_us" not in low["base"].to_dict()
