@@ -125,3 +125,29 @@ def test_a_workload_plan_on_conv1d_parallel_residual_and_moe(name, sqlite_url, t
     assert buckets and s.shape == f"workload:{WORKLOAD}"
     assert s.layers and set(s.layers.values()) <= {"fp32", "int8_wo"}
     assert s.measured_speedup > 0 and math.isfinite(s.measured_loss_mse)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gpt2", "falcon", "mixtral", "bert"])
+def test_campaign_passes_on_biases_conv1d_parallel_residual_moe_and_an_encoder(name, sqlite_url):
+    """A campaign in two passes (``TimingOptions.passes``) on Qwen2 (biased q/k/v), GPT-2
+    (Conv1D, fused c_attn), Falcon (parallel residual), Mixtral (MoE experts as one slot) and
+    BERT (an encoder): every task is stored once, as the mean of both passes (twice a
+    pass's samples), and a second run has nothing left to time."""
+    from dataclasses import replace
+
+    from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
+    from hwcost.profiles.loading import load_model
+    from hwcost.profiles.window import share_of
+
+    loaded = load_model(f"tests.zoo.families:{name}")
+    timing = replace(QUICK_TIMING, passes=2)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, loaded, "cpu", [SHAPE], ["fp32", "bf16"], threads=1,
+                           n_inputs=2, timing=timing, progress=False, model_latency=False)
+        assert rep.tasks > 0 and (rep.measured, rep.failed) == (rep.tasks, 0), rep.errors
+        rows = store.model_costs(rep.model_fingerprint, rep.device, SHAPE, allow_unstable=True)
+        per_pass = share_of(timing.kwargs(), 2)["min_samples"]
+        assert rows and {r.n_samples for r in rows} == {2 * per_pass}
+        again = run_campaign(store, loaded, "cpu", [SHAPE], ["fp32", "bf16"], threads=1,
+                             n_inputs=2, timing=timing, progress=False, model_latency=False)
+        assert (again.already, again.measured) == (rep.tasks, 0)
