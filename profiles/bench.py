@@ -101,7 +101,7 @@ class Timing:
     reason: str = ""  # why the batch is not stable (empty when it is)
     # what ``load`` counted: "cpus 1" (our affinity, a strict subset), "machine" or "caller"
     load_scope: str = ""
-    # the kept batch's samples, for merging passes (profiles.window.merge_passes); not output
+    # the kept batch's samples, for merging passes (profiles.passes.merge_passes); not output
     samples_us: tuple[float, ...] = field(default=(), repr=False)
 
     @property

@@ -32,9 +32,10 @@ from hwcost.profiles.decode import find_caches, layer_indices, rewind, step_fn
 from hwcost.profiles.eviction import CacheModel, module_bytes
 from hwcost.profiles.loading import LoadedModel
 from hwcost.profiles.partition import Partition, Piece, PieceInput, partition, register_model
+from hwcost.profiles.passes import merge_passes, share_of
 from hwcost.profiles.placement import place, to_device
 from hwcost.profiles.stability import StabilityPolicy
-from hwcost.profiles.window import anchor_keys, merge_passes, share_of, time_windows
+from hwcost.profiles.window import anchor_keys, time_windows
 
 from hwcost import fleet_worker
 from hwcost.device import local_device

@@ -326,8 +326,8 @@ def test_a_campaign_stopped_after_its_first_pass_keeps_it_and_a_rerun_adds_nothi
 
 def test_a_pass_gets_its_share_of_the_samples_and_of_the_waiting_budget():
     from hwcost.profiles.campaign import TimingOptions
+    from hwcost.profiles.passes import share_of
     from hwcost.profiles.stability import StabilityPolicy
-    from hwcost.profiles.window import share_of
 
     kw = TimingOptions(min_samples=15, max_seconds=4.0,
                        policy=StabilityPolicy(budget_s=30.0)).kwargs()
@@ -354,8 +354,8 @@ def test_merged_passes_average_the_level_and_judge_the_scatter_within_passes():
     their mean, its spread the samples' scatter around their own pass's level (under 1 %),
     not the 50 % between passes, so the group stands. A pass whose few samples read over
     the spread limit alone does not refuse it; a pass refused for load does."""
+    from hwcost.profiles.passes import merge_passes
     from hwcost.profiles.stability import StabilityPolicy
-    from hwcost.profiles.window import merge_passes
 
     policy = StabilityPolicy(max_spread=0.05)
     low = {"base": _timing([99, 100, 101]), "cfg": _timing([79, 80, 81])}

@@ -120,6 +120,8 @@ def test_drift_is_judged_against_the_scatter_of_its_own_samples():
     xs += [1150.0 * (1 + rng.gauss(0, 0.01)) for _ in range(7)]
     v = judge(0.02, drift(xs), [], 2, p, drift_noise=drift_noise(xs))
     assert v.reason.startswith("baseline drift 1") and v.machine_busy
+    # a pass of five samples judges no drift: its halves of two and three say nothing
+    assert drift(xs[:2] + xs[-3:]) == 0.0 == drift_noise(xs[:2] + xs[-3:])
     # the noise limit is named when it, not max_drift, is the one passed
     v = judge(0.08, 0.30, [], 2, p, drift_noise=0.05)
     assert v.reason == "baseline drift 30.0% > 2 standard errors of its samples' scatter (10.0%)"

@@ -137,7 +137,7 @@ def test_campaign_passes_on_biases_conv1d_parallel_residual_moe_and_an_encoder(n
 
     from hwcost.profiles.campaign import QUICK_TIMING, run_campaign
     from hwcost.profiles.loading import load_model
-    from hwcost.profiles.window import share_of
+    from hwcost.profiles.passes import share_of
 
     loaded = load_model(f"tests.zoo.families:{name}")
     timing = replace(QUICK_TIMING, passes=2)
