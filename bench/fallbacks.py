@@ -413,7 +413,7 @@ def main(argv=None) -> int:
            "shapes": [parse_shape(s).key for s in shapes], "precisions": list(PRECISIONS),
            "peaks": json.loads(dev.peaks), "collect_s": round(collect_s, 1),
            "eval_s": round(eval_s, 1), "quick": args.quick, "evaluation": ev, "targets": targets,
-           "clock": args.clock or "wall", "passes": args.passes,"stable_share": good / max(1, len(rows)),
+           "clock": args.clock or "wall", "passes": args.passes, "stable_share": good / max(1, len(rows)),
            "load1_median": float(np.median(load1s)) if load1s else None,
            "shared_machine": "shared with other engineers while measured", "learned_cache": cache,
            "group_baseline_spread": spread_between_groups, "evaluate_only": args.evaluate_only,

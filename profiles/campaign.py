@@ -569,17 +569,10 @@ def _write(store, report: CampaignReport, sig: str, shape: str, cfgs: Sequence[s
 def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group: int,
                 progress: bool | None) -> None:
     """Time what the store lacks in groups of ``group`` configs, in ``TimingOptions.passes``
-    passes over all the groups (alternate passes in reverse order), each with its share of
-    the samples; after each pass a group's rows are the mean of its passes so far.
-
-    Why passes: this machine's level wanders by tens of percent over minutes (other
-    tenants of the shared cache and memory), and a group timed once carries the level of
-    its own few seconds. Two campaigns of the same rows, one pass each, read a median
-    19.2 % apart, in runs of units all 1.6-2x slower or 0.8x faster than the other
-    campaign, so a learned model saw each unit at its own moment's level. Every group timed
-    at several moments spread over the whole campaign carries their mixture. Rows are
-    written after the first pass already: a campaign stopped later keeps them (fewer
-    samples, as ``n_samples`` says) and a rerun does not time them again."""
+    passes over all the groups (alternate passes in reverse order; why: ``profiles.passes``),
+    each with its share of the samples. After each pass a group's rows are the mean of its
+    passes so far, so a campaign stopped after its first pass keeps them (fewer samples, as
+    ``n_samples`` says) and a rerun does not time them again."""
     todo = []
     for shape in dict.fromkeys(t[1] for t in tasks):  # decode pieces without a cache: no kv
         sigs = list(dict.fromkeys(t[0] for t in tasks if t[1] == shape))
@@ -587,48 +580,50 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
         done = store.measured_configs(report.device, shape, sigs, allow_unstable=report.quick)
         todo.extend(t for t in tasks if t[1] == shape and t[2] not in done[t[0]])
     report.already = len(tasks) - len(todo)
-    groups = list(_groups(todo, group))
+    groups = [(sig, shape, [t[2] for t in run]) for sig, shape, run in _groups(todo, group)]
     passes = measurer.timing.passes if groups else 1
     runs: list[list[dict]] = [[] for _ in groups]  # per group, its timings in each pass
-    failed: set[int] = set()
     with _bar(report.already + passes * len(todo), report.already, progress,
               report.model) as bar:
         for k in range(passes):
-            order = range(len(groups)) if k % 2 == 0 else reversed(range(len(groups)))
-            for i in order:
-                sig, shape, run = groups[i]
-                cfgs = [t[2] for t in run]
-                if i in failed:
-                    bar.update(len(cfgs))
-                    continue
-                _follow_group(bar, measurer, len(cfgs), sig, shape,
-                              f"pass {k + 1}/{passes}: " if passes > 1 else "")
-                try:
-                    timings = measurer.measure(sig, shape, cfgs, share=passes)
-                except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
-                    failed.add(i)
-                    if k == 0:  # else the rows of its earlier passes stand
-                        report.failed += len(cfgs)
-                    report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
-                    bar.update(len(cfgs))
-                    continue
-                runs[i].append(timings)
-                # the configs timed in every pass so far (a kernel rejects the same ones)
-                merged = merge_passes(runs[i], measurer.timing.policy)
-                ok = [c for c in cfgs if c in merged]
-                _write(store, report, sig, shape, ok, merged, measurer.baseline_key(sig),
-                       replace=k > 0, count=k == passes - 1)
-                if k == 0:
-                    report.measured += len(ok)
-                    if len(ok) < len(cfgs):  # configs with a layer the kernel cannot take
-                        report.failed += len(cfgs) - len(ok)
-                        missing = sorted(set(cfgs) - set(ok))
-                        why = measurer.undeployable.get(missing[0],
-                                                        f"cannot deploy {missing[0]}")
-                        report.errors.append(
-                            f"{sig[:12]} {shape}: {why}"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-                bar.update(len(cfgs))
+            for i in range(len(groups)) if k % 2 == 0 else reversed(range(len(groups))):
+                if k == 0 or runs[i]:  # a group that failed its first pass is not retried
+                    _pass_of_group(store, report, measurer, *groups[i], runs[i], k, passes, bar)
+                bar.update(len(groups[i][2]))
+
+
+def _pass_of_group(store, report: CampaignReport, measurer: _Measurer, sig: str, shape: str,
+                   cfgs: list[str], runs: list[dict], k: int, passes: int, bar) -> None:
+    """Pass ``k`` of one group: time it, append its timings to ``runs`` and write the mean
+    of its passes so far (the report counts a group's rows, failures and refusals once)."""
+    _follow_group(bar, measurer, len(cfgs), sig, shape,
+                  f"pass {k + 1}/{passes}: " if passes > 1 else "")
+    try:
+        timings = measurer.measure(sig, shape, cfgs, share=passes)
+    except Exception as e:  # noqa: BLE001 - one bad group must not stop a campaign
+        runs.clear()  # its rows of earlier passes stand; it is not timed again
+        if k == 0:
+            report.failed += len(cfgs)
+        report.errors.append(f"{sig[:12]} {shape}: {type(e).__name__}: {e}")
+        return
+    runs.append(timings)
+    merged = merge_passes(runs, measurer.timing.policy)  # configs timed in every pass
+    ok = [c for c in cfgs if c in merged]
+    _write(store, report, sig, shape, ok, merged, measurer.baseline_key(sig),
+           replace=k > 0, count=k == passes - 1)
+    if k == 0:
+        report.measured += len(ok)
+        missing = sorted(c for c in cfgs if c not in merged)  # a layer no kernel here takes
+        if missing:
+            report.failed += len(missing)
+            report.errors.append(_left_out(sig, shape, measurer, missing))
+
+
+def _left_out(sig: str, shape: str, measurer: _Measurer, configs: Sequence[str]) -> str:
+    """One error line for the configs of a group no kernel here could deploy."""
+    why = measurer.undeployable.get(configs[0], f"cannot deploy {configs[0]}")
+    more = f" and {len(configs) - 1} more" if len(configs) > 1 else ""
+    return f"{sig[:12]} {shape}: {why}{more}"
 
 
 def _run_worker(store, report: CampaignReport, tasks, measurer: _Measurer, worker: str,
@@ -679,8 +674,8 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: Unit,
         for t in left_out:
             failed[t.id] = measurer.undeployable.get(t.config, f"cannot deploy {t.config}")
         if left_out:
-            report.errors.append(f"{unit.signature[:12]} {unit.shape}: {failed[left_out[0].id]}"
-                                 + (f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""))
+            report.errors.append(_left_out(unit.signature, unit.shape, measurer,
+                                           [t.config for t in left_out]))
         ok = [t.config for t in chunk if t.config in timings]
         rows.extend(_measurements(report, unit.signature, unit.shape, ok, timings,
                                   measurer.baseline_key(unit.signature)))
