@@ -17,6 +17,14 @@ HIDDEN = 64
 SEQ = 16
 N_CALIB = 32
 N_HELD_OUT = 16
+ATTENTIVE_INIT = 0.2
+"""Weight init std for the families whose tiny random models would otherwise attend
+uniformly. At transformers' default (0.02) a 64-wide BERT's or Gemma-2's query and key
+projections barely move the attention scores, so quantizing one of them moves the loss by
+float32 round-off (loss MSE 1e-14..1e-13): measured against a first-order prediction of
+1e-16..1e-15, a plan of that one layer read 27x and failed the zoo's ratio check by chance
+(whichever plan quick timings picked). At 0.2 every layer's loss MSE is far above round-off
+and within 0.24-2x of its prediction, as a trained model's are."""
 
 
 def _ids(n: int, seed: int) -> Any:
@@ -95,7 +103,7 @@ def gemma2():
     """Sandwich norms, attention and final logit soft-capping."""
     import transformers as T
     return _causal(lambda: T.Gemma2ForCausalLM(T.Gemma2Config(
-        **_common(num_key_value_heads=2, head_dim=16))))
+        **_common(num_key_value_heads=2, head_dim=16, initializer_range=ATTENTIVE_INIT))))
 
 
 def gemma3():
@@ -187,7 +195,7 @@ def bert():
     model = T.BertModel(T.BertConfig(
         vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0))
+        attention_probs_dropout_prob=0.0, initializer_range=ATTENTIVE_INIT))
     return model, _inputs(False), {"loss_fn": token_reconstruction_loss, **_data()}
 
 
