@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the slices other processes take on a shared machine")
     ap.add_argument("--quick", action="store_true",
                     help="few samples, no re-measuring: a smoke run, not numbers to keep")
+    ap.add_argument("--passes", type=int, default=TimingOptions.passes,
+                    help="the campaign's passes over its groups (profiling.md#passes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(p[0] is not Precision.FP32 for p in precs.values()):
         ap.error("--precisions must start with fp32, the CPU baseline")
     load_before, backend, threads = cpu_timing(args.threads, args.clock, ap.error)
-    timing = TimingOptions(max_seconds=args.max_seconds)
+    timing = TimingOptions(max_seconds=args.max_seconds, passes=args.passes)
     if args.quick:
         timing = QUICK_TIMING
     shape = parse_shape(f"batch={args.batch},seq={args.seq}")
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "additivity", "model": model_desc, "shape": shape.key,
         "threads": threads, "clock": args.clock, "device": local_device("cpu").to_dict(),
-        "timing": timing.kwargs(), "quick": args.quick, "target_on": target_on,
+        "timing": timing.kwargs(), "passes": timing.passes, "quick": args.quick, "target_on": target_on,
         # glibc's malloc thresholds pinned by the harness (profiles.allocator), or left moving
         # with HWCOST_MALLOC=dynamic (then page faults depend on what ran before)
         "allocator": "pinned" if steady_allocator() else
