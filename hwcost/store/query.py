@@ -205,17 +205,25 @@ def _ctrl_c_interrupts(con) -> Iterator[None]:
     r, w = os.pipe()
     os.set_blocking(w, False)
     previous = signal.set_wakeup_fd(w)
+    done = threading.Event()
 
     def watch() -> None:
         while data := os.read(r, 64):
             if signal.SIGINT in data:
-                con.interrupt()
+                # DuckDB clears a pending interrupt when a query starts executing: a Ctrl-C
+                # just before that was lost and the query ran to --timeout. Repeat it until
+                # the query has returned.
+                while not done.is_set():
+                    con.interrupt()
+                    done.wait(0.05)
+                return
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
         yield
     finally:
+        done.set()
         signal.set_wakeup_fd(previous)
         os.close(w)  # EOF ends the watcher
         watcher.join()
