@@ -256,10 +256,14 @@ def test_ctrl_c_during_a_query_is_one_line(sqlite_url):
     # action, and then the signal ends the whole test run.)
     with open_store(sqlite_url) as s:
         small_store(s)
+    # As a terminal starts it: SIGINT at its default action. An ignored SIGINT is inherited
+    # through exec, Python then keeps it ignored, and the query ran to --timeout: a pytest
+    # worker's SIGINT can be ignored, depending on what ran in it before.
     proc = subprocess.Popen(
         [sys.executable, "-m", "hwcost.app", "db", "query", "--db", sqlite_url, "--timeout", "60",
          "SELECT count(*) FROM range(1e15::BIGINT) a, range(10) b"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(4.0)  # past the interpreter's start and into the query
         proc.send_signal(signal.SIGINT)
