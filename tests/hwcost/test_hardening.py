@@ -308,7 +308,7 @@ except Exception as e:
 
 def test_a_ctrl_c_just_before_the_query_starts_still_stops_it(sqlite_url):
     # DuckDB clears an interrupt when a query starts: one sent just before was lost, and the
-    # query ran to --timeout (seen once in CI: "query stopped after --timeout 60 s").
+    # query ran to --timeout (the old watcher: "query stopped after --timeout 30 s").
     with open_store(sqlite_url) as s:
         small_store(s)
     out = subprocess.run([sys.executable, "-c", _LATE_CTRL_C, sqlite_url], capture_output=True,
