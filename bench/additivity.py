@@ -140,29 +140,44 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
 
 
 def same_window(model, part, baseline_model, cfg, inputs, captured, backend, threads, timing,
-                flow=None, wrap=lambda m: m) -> dict:
+                flow=None, wrap=lambda m: m, context: bool = False) -> dict:
     """The method's arithmetic with every term timed in the same interleaved rounds: the fp32
     and configured models and, for each subgraph whose config differs from fp32, the subgraph
     alone in both (``wrap``: each compiled alone under the compiled deployment, as the
     campaign compiles it). Load changes between profiling and validation cannot enter; what
-    is left is non-additivity (and sampling noise)."""
+    is left is non-additivity (and sampling noise).
+
+    ``context``: each subgraph's sample follows an untimed call of the subgraph before it in
+    the model, in the same deployment (fp32 before the fp32 term, the config before the
+    config's), as in the deployed model; without it, a sample follows whichever term ran
+    before it in the round. A diagnostic of how much a piece's time depends on its
+    neighbour (docs/backends.md), not something the campaign does."""
     fns = {"model_fp32": lambda d: baseline_model(**d["inp"]),
            "model_cfg": (lambda m: lambda d: m(**d["inp"]))(
                wrap(apply_precisions(model, cfg, backend, flow)))}
-    changed = []
-    for piece in part.pieces:
+    def piece_run(piece, mapping):
+        mod = apply_precisions(piece.extract(model), mapping, backend, flow)
+        return wrap((lambda pc, m: lambda inp: pc.run(m, inp))(piece, mod))
+
+    changed, prepare = [], {}
+    pieces = list(part.pieces)
+    for k, piece in enumerate(pieces):
         c = {n: cfg[n] for n in piece.layer_names}
         if all(p is Precision.FP32 for p in c.values()):
             continue
         changed.append(piece.position)
-        holder = piece.extract(model)
         for tag, mapping in (("fp32", dict.fromkeys(c, Precision.FP32)), ("cfg", c)):
-            mod = apply_precisions(holder, mapping, backend, flow)
-            run = wrap((lambda pc, m: lambda inp: pc.run(m, inp))(piece, mod))
             fns[f"{tag}:{piece.position}"] = (lambda f, pos: lambda d: f(d["caps"][pos]))(
-                run, piece.position)
+                piece_run(piece, mapping), piece.position)
+            if context and k > 0:
+                prev = pieces[k - 1]
+                before = piece_run(prev, {n: Precision.FP32 if tag == "fp32" else cfg[n]
+                                          for n in prev.layer_names})
+                prepare[f"{tag}:{piece.position}"] = (lambda f, x: lambda: f(x))(
+                    before, captured[0][prev.position])
     data = [{"inp": i, "caps": c} for i, c in zip(inputs, captured)]
-    res = time_interleaved(fns, data, backend, threads=threads, **timing.kwargs())
+    res = time_interleaved(fns, data, backend, threads=threads, prepare=prepare or None,
+                           **timing.kwargs())
     gain = sum(res[f"fp32:{k}"].median_us - res[f"cfg:{k}"].median_us for k in changed)
     pred, meas = res["model_fp32"].median_us - gain, res["model_cfg"].median_us
     return {"baseline_us": res["model_fp32"].median_us, "measured_us": meas,
@@ -237,7 +252,9 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
     pieces_fp32_us = sum(costs[(p.position, fp32_cfg[p.position])] for p in pieces)
     campaign_base = sub["report"]["baseline_us"][shape.key]
     same_n = min(args.same_window, n_configs)
-    if same_n:
+    in_context = {i for i in args.context_configs if i < n_configs}
+    same_set = set(range(same_n)) | in_context
+    if same_set:
         with torch.no_grad():
             # cut as the campaign cuts (at least 3 precisions: one canonical cut per model)
             part = partition(model, inputs[0], n_precisions=max(3, len(precisions)),
@@ -245,8 +262,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
         if [(p.signature, p.layer_names) for p in part.pieces] != [
                 (p.signature, tuple(p.layer_names)) for p in pieces]:
             print("same-window diagnostic off: this partition differs from the campaign's")
-            same_n = 0
-    captured = [part.capture_inputs(model, inp) for inp in inputs] if same_n else []
+            same_set, in_context = set(), set()
+    captured = [part.capture_inputs(model, inp) for inp in inputs] if same_set else []
 
     rows = []
     for i, cfg in enumerate(configs):
@@ -286,9 +303,13 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                "predicted_us": pred,
                "abs_err_pct": {k: abs(v - meas) / meas * 100 for k, v in pred.items()},
                "method_with_campaign_baseline_us": campaign_base - gain}
-        if i < same_n:
+        if i in same_set:
             row["same_window"] = same_window(model, part, baseline_model, cfg, inputs, captured,
                                              backend, threads, timing, flow, wrap)
+        if i in in_context:
+            row["same_window_context"] = same_window(model, part, baseline_model, cfg, inputs,
+                                                     captured, backend, threads, timing, flow,
+                                                     wrap, context=True)
         rows.append(row)
         e = row["abs_err_pct"]
         print(f"[{deployment}] {i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured "
@@ -296,7 +317,9 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
               f"per-layer {pred['per_layer'] / 1e3:7.2f} ({e['per_layer']:4.1f}%)  MACs "
               f"{pred['macs'] / 1e3:7.2f} ({e['macs']:5.1f}%)"
               + (f"  same-window {row['same_window']['abs_err_pct']:4.1f}%"
-                 if "same_window" in row else ""), flush=True)
+                 if "same_window" in row else "")
+              + (f"  in context {row['same_window_context']['abs_err_pct']:4.1f}%"
+                 if "same_window_context" in row else ""), flush=True)
 
     summary = {}
     for k in ("method", "per_layer", "macs", "method_absolute", "per_layer_absolute",
@@ -304,11 +327,12 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
         errs = [r["abs_err_pct"][k] for r in rows]
         summary[k] = _stats(errs, [r["predicted_us"][k] for r in rows],
                             [r["measured_us"] for r in rows])
-    sw = [r["same_window"] for r in rows if "same_window" in r]
-    if sw:
-        summary["method_same_window"] = _stats(
-            [x["abs_err_pct"] for x in sw], [x["predicted_us"] for x in sw],
-            [x["measured_us"] for x in sw]) | {"n_configs": len(sw)}
+    for key in ("same_window", "same_window_context"):
+        sw = [r[key] for r in rows if key in r]
+        if sw:
+            summary[f"method_{key}"] = _stats(
+                [x["abs_err_pct"] for x in sw], [x["predicted_us"] for x in sw],
+                [x["measured_us"] for x in sw]) | {"n_configs": len(sw)}
     per_layer_err = summary["per_layer"]["median_abs_err_pct"]
     speedups = [r["baseline_us"] / r["measured_us"] for r in rows]
     return {
@@ -358,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                          "the slices other processes take on a shared machine")
     ap.add_argument("--quick", action="store_true",
                     help="few samples, no re-measuring: a smoke run, not numbers to keep")
+    ap.add_argument("--context-configs", type=lambda v: [int(x) for x in v.split(",") if x],
+                    default=[], metavar="I,J",
+                    help="configs (by index) that also run the same-window diagnostic with each "
+                         "subgraph timed after the one before it in the model, beside the plain "
+                         "one: how much a piece's time depends on its neighbour")
     ap.add_argument("--passes", type=int, default=TimingOptions.passes,
                     help="the campaign's passes over its groups (profiling.md#passes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -450,7 +479,9 @@ _NAMES = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer su
           "per_layer_absolute": "per-layer, gains in us of their window [diagnostic]",
           "method_raw": "method, config medians minus the baseline's own row, across "
                         "interleave groups [diagnostic]",
-          "method_same_window": "method, every term timed in the same rounds [diagnostic]"}
+          "method_same_window": "method, every term timed in the same rounds [diagnostic]",
+          "method_same_window_context": "method, every term timed in the same rounds, each "
+                                        "subgraph after the one before it [diagnostic]"}
 
 
 def _markdown(r: dict) -> str:
@@ -511,8 +542,10 @@ def _markdown(r: dict) -> str:
                 f"{p['method'] / 1e3:.2f} ({e['method']:.1f}%) | "
                 f"{p['per_layer'] / 1e3:.2f} ({e['per_layer']:.1f}%) | "
                 f"{p['macs'] / 1e3:.2f} ({e['macs']:.1f}%) | "
-                + (f"{row['same_window']['abs_err_pct']:.1f}% |" if "same_window" in row
-                   else "- |"))
+                + (f"{row['same_window']['abs_err_pct']:.1f}%" if "same_window" in row
+                   else "-")
+                + (f" (in context {row['same_window_context']['abs_err_pct']:.1f}%) |"
+                   if "same_window_context" in row else " |"))
         lines.append("")
     lines += r.get("targets", [])
     return "\n".join(lines) + "\n"

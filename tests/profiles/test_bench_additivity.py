@@ -40,7 +40,8 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
 
     monkeypatch.setattr(additivity, "load_model", no_demo)  # always the small config model
     rc = additivity.main(["--configs", "2", "--layers", "1", "--seq", "16", "--threads", "1",
-                          "--precisions", "fp32,int8", "--same-window", "1", "--quick",
+                          "--precisions", "fp32,int8", "--same-window", "1", "--context-configs", "1",
+                          "--quick",
                           "--deployments", "eager",
                           "--out", str(tmp_path)])
     assert rc == 0
@@ -58,7 +59,11 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     assert report["precisions"] == ["fp32", "int8"]
     assert set(report["summary"]) == {"method", "per_layer", "macs", "method_absolute",
                                       "per_layer_absolute", "method_raw",
-                                      "method_same_window"}
+                                      "method_same_window", "method_same_window_context"}
     assert report["allocator"] == "pinned" or report["allocator"].startswith("dynamic")
-    assert "same_window" in report["rows"][0] and "same_window" not in report["rows"][1]
+    # config 0: the plain diagnostic; config 1: plain and with each piece after the one before
+    row0, row1 = report["rows"]
+    assert "same_window" in row0 and "same_window_context" not in row0
+    assert {"same_window", "same_window_context"} <= set(row1)
+    assert row1["same_window_context"]["measured_us"] > 0
     assert "| sum of subgraph gains (method) |" in (tmp_path / "additivity.md").read_text()
