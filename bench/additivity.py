@@ -140,48 +140,63 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
 
 
 def same_window(model, part, baseline_model, cfg, inputs, captured, backend, threads, timing,
-                flow=None, wrap=lambda m: m, context: bool = False) -> dict:
+                flow=None, wrap=lambda m: m, context: bool = False) -> dict[str, dict]:
     """The method's arithmetic with every term timed in the same interleaved rounds: the fp32
     and configured models and, for each subgraph whose config differs from fp32, the subgraph
     alone in both (``wrap``: each compiled alone under the compiled deployment, as the
     campaign compiles it). Load changes between profiling and validation cannot enter; what
-    is left is non-additivity (and sampling noise).
+    is left is non-additivity (and sampling noise). Returns ``{"same_window": result}``.
 
-    ``context``: each subgraph's sample follows an untimed call of the subgraph before it in
-    the model, in the same deployment (fp32 before the fp32 term, the config before the
-    config's), as in the deployed model; without it, a sample follows whichever term ran
-    before it in the round. A diagnostic of how much a piece's time depends on its
-    neighbour (docs/backends.md), not something the campaign does."""
+    ``context``: also ``"same_window_context"``, the same terms timed again with each
+    subgraph's sample after an untimed call of the subgraph before it in the model, in the
+    same deployment (fp32 before the fp32 term, the config before the config's), as in the
+    deployed model; in the first, a sample follows whichever term ran before it in the
+    round. A diagnostic of how much a piece's time depends on its neighbour
+    (docs/backends.md), not something the campaign does. Both use the same deployed and
+    compiled modules."""
     fns = {"model_fp32": lambda d: baseline_model(**d["inp"]),
            "model_cfg": (lambda m: lambda d: m(**d["inp"]))(
                wrap(apply_precisions(model, cfg, backend, flow)))}
-    def piece_run(piece, mapping):
-        mod = apply_precisions(piece.extract(model), mapping, backend, flow)
-        return wrap((lambda pc, m: lambda inp: pc.run(m, inp))(piece, mod))
+    holders: dict[int, object] = {}  # position -> the piece extracted from the model once
+    runs: dict[tuple, object] = {}  # (position, tag) -> the piece deployed (and compiled) once
+
+    def piece_run(piece, tag):
+        if (piece.position, tag) not in runs:
+            mapping = {n: Precision.FP32 if tag == "fp32" else cfg[n] for n in piece.layer_names}
+            if piece.position not in holders:
+                holders[piece.position] = piece.extract(model)
+            mod = apply_precisions(holders[piece.position], mapping, backend, flow)
+            runs[piece.position, tag] = wrap((lambda pc, m: lambda inp: pc.run(m, inp))(piece,
+                                                                                       mod))
+        return runs[piece.position, tag]
 
     changed, prepare = [], {}
     pieces = list(part.pieces)
     for k, piece in enumerate(pieces):
-        c = {n: cfg[n] for n in piece.layer_names}
-        if all(p is Precision.FP32 for p in c.values()):
+        if all(cfg[n] is Precision.FP32 for n in piece.layer_names):
             continue
         changed.append(piece.position)
-        for tag, mapping in (("fp32", dict.fromkeys(c, Precision.FP32)), ("cfg", c)):
+        for tag in ("fp32", "cfg"):
             fns[f"{tag}:{piece.position}"] = (lambda f, pos: lambda d: f(d["caps"][pos]))(
-                piece_run(piece, mapping), piece.position)
+                piece_run(piece, tag), piece.position)
             if context and k > 0:
                 prev = pieces[k - 1]
-                before = piece_run(prev, {n: Precision.FP32 if tag == "fp32" else cfg[n]
-                                          for n in prev.layer_names})
                 prepare[f"{tag}:{piece.position}"] = (lambda f, x: lambda: f(x))(
-                    before, captured[0][prev.position])
+                    piece_run(prev, tag), captured[0][prev.position])
     data = [{"inp": i, "caps": c} for i, c in zip(inputs, captured)]
-    res = time_interleaved(fns, data, backend, threads=threads, prepare=prepare or None,
-                           **timing.kwargs())
-    gain = sum(res[f"fp32:{k}"].median_us - res[f"cfg:{k}"].median_us for k in changed)
-    pred, meas = res["model_fp32"].median_us - gain, res["model_cfg"].median_us
-    return {"baseline_us": res["model_fp32"].median_us, "measured_us": meas,
-            "predicted_us": pred, "abs_err_pct": abs(pred - meas) / meas * 100}
+
+    def timed(before) -> dict:
+        res = time_interleaved(fns, data, backend, threads=threads, prepare=before,
+                               **timing.kwargs())
+        gain = sum(res[f"fp32:{k}"].median_us - res[f"cfg:{k}"].median_us for k in changed)
+        pred, meas = res["model_fp32"].median_us - gain, res["model_cfg"].median_us
+        return {"baseline_us": res["model_fp32"].median_us, "measured_us": meas,
+                "predicted_us": pred, "abs_err_pct": abs(pred - meas) / meas * 100}
+
+    out = {"same_window": timed(None)}
+    if context:
+        out["same_window_context"] = timed(prepare or None)
+    return out
 
 
 def measure_layers(model, layer_names, tokens, precisions, backend, threads, timing,
@@ -304,12 +319,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                "abs_err_pct": {k: abs(v - meas) / meas * 100 for k, v in pred.items()},
                "method_with_campaign_baseline_us": campaign_base - gain}
         if i in same_set:
-            row["same_window"] = same_window(model, part, baseline_model, cfg, inputs, captured,
-                                             backend, threads, timing, flow, wrap)
-        if i in in_context:
-            row["same_window_context"] = same_window(model, part, baseline_model, cfg, inputs,
-                                                     captured, backend, threads, timing, flow,
-                                                     wrap, context=True)
+            row.update(same_window(model, part, baseline_model, cfg, inputs, captured, backend,
+                                   threads, timing, flow, wrap, context=i in in_context))
         rows.append(row)
         e = row["abs_err_pct"]
         print(f"[{deployment}] {i:3d} {counts}  fp32 {base / 1e3:7.2f} ms  measured "

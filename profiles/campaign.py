@@ -233,6 +233,10 @@ class _Measurer:
                 ratio = self.config_bytes(signature, config) / own
         return self._cache.evict_bytes(decode, self.timing.cold_cache, own, ratio)
 
+    def why_undeployable(self, config: str) -> str:
+        """Why ``config`` has no timing: the kernel's rejection, where one was recorded."""
+        return self.undeployable.get(config, f"cannot deploy {config}")
+
     def config_bytes(self, signature: str, config: str) -> float:
         """Bytes of the piece's slot layers deployed in ``config`` (weights, scales, bias)."""
         model, total = self.loaded.model, 0
@@ -587,7 +591,7 @@ def _run_direct(store, report: CampaignReport, tasks, measurer: _Measurer, group
               report.model) as bar:
         for k in range(passes):
             for i in range(len(groups)) if k % 2 == 0 else reversed(range(len(groups))):
-                if k == 0 or runs[i]:  # a group that failed its first pass is not retried
+                if k == 0 or runs[i]:  # a group that failed a pass is not timed again
                     _pass_of_group(store, report, measurer, *groups[i], runs[i], k, passes, bar)
                 bar.update(len(groups[i][2]))
 
@@ -621,7 +625,7 @@ def _pass_of_group(store, report: CampaignReport, measurer: _Measurer, sig: str,
 
 def _left_out(sig: str, shape: str, measurer: _Measurer, configs: Sequence[str]) -> str:
     """One error line for the configs of a group no kernel here could deploy."""
-    why = measurer.undeployable.get(configs[0], f"cannot deploy {configs[0]}")
+    why = measurer.why_undeployable(configs[0])
     more = f" and {len(configs) - 1} more" if len(configs) > 1 else ""
     return f"{sig[:12]} {shape}: {why}{more}"
 
@@ -672,7 +676,7 @@ def _measure_unit(report: CampaignReport, measurer: _Measurer, unit: Unit,
         # a config no kernel here can deploy is failed with the reason, never marked done
         left_out = [t for t in chunk if t.config not in timings]
         for t in left_out:
-            failed[t.id] = measurer.undeployable.get(t.config, f"cannot deploy {t.config}")
+            failed[t.id] = measurer.why_undeployable(t.config)
         if left_out:
             report.errors.append(_left_out(unit.signature, unit.shape, measurer,
                                            [t.config for t in left_out]))
