@@ -1,7 +1,9 @@
 """Do measured subgraph gains add up to the end-to-end gain? (issue 3, "Must show")
 
 On this CPU, for N random per-layer precision configs of a small Llama (the demo model when
-``data/demo_model`` exists, else one built from the demo's config with random weights):
+``data/demo_model`` exists, else one built from the demo's config with random weights; or,
+``--family qwen2|gpt2``, one of the demo's widths from that family's config: biased q/k/v,
+Conv1D with a fused qkv):
 
 - **measured**: the whole model with the config applied (``apply_precisions``), timed
   interleaved with the fp32 model on the same inputs;
@@ -12,7 +14,11 @@ On this CPU, for N random per-layer precision configs of a small Llama (the demo
   a real profiling campaign (``profiles.campaign.run_campaign``, what ``hwcost profile`` runs)
   into a scratch SQLite store, read back with ``Store.model_costs``: every config of every
   unique subgraph, each run alone on inputs captured from the model, configs of a signature
-  timed interleaved;
+  timed interleaved. Under the compiled deployment the campaign also times the whole model
+  in each uniform precision (and with only its first piece in it) beside the fp32 model,
+  and the gains are anchored on those runs as the planner anchors them
+  (``planner.anchors``: the compiled model fuses across the pieces' edges, which no piece
+  sees); the pieces' own gains are printed beside (``method_unanchored``);
 - **per-layer** (HAWQ-V3 style): baseline minus the sum of per-layer gains, each linear layer
   timed alone on an input of its shape;
 - **MACs**: latency proportional to sum(MACs x bits/32) (attention matmuls stay fp32),
@@ -25,6 +31,10 @@ whole-model timing; for the per-layer proxy, the fp32 model timed in each layer 
 rounds) and that share is applied to the baseline: the planner's predicted speedup, in
 microseconds. Error = |predicted - measured| / measured.
 
+The measured side of each comparison takes at least ``--compare-samples`` samples a side,
+and ``--aa-repeats`` A/A comparisons (the fp32 model against a second deployment of itself,
+timed the same way) give its noise: the floor under every predictor's median error.
+
 Deployments (``--deployments eager,compiled``, both by default, in one run): **eager** deploys
 as users do (q/k/v and gate/up share one activation quantization, bf16 chains keep bf16
 between layers); **compiled** runs every subgraph, every isolated layer and every whole model
@@ -35,6 +45,7 @@ numbers are reported beside them. Prints a table, writes bench/results/additivit
 ends with the target lines.
 
     python bench/additivity.py [--configs 30] [--compiled-configs 8] [--seq 256] [--seed 0]
+                               [--compare-samples 60] [--aa-repeats 5]
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hwcost.planner.problem import build_problem  # noqa: E402
 from hwcost.profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
 from hwcost.profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
 from hwcost.profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
@@ -95,6 +107,35 @@ def load_llama(layers: int) -> tuple[LoadedModel, str]:
             f"Llama from config ({layers} layers, random weights; data/demo_model absent)")
 
 
+FAMILIES = ("llama", "qwen2", "gpt2")
+
+
+def load_family(family: str, layers: int) -> tuple[LoadedModel, str]:
+    """The model a run checks: ``llama`` (:func:`load_llama`), or a model of the demo's size
+    from another family's config with seeded random weights: ``qwen2`` (biased q/k/v),
+    ``gpt2`` (Conv1D layers, one fused qkv projection, biases everywhere, GELU MLP)."""
+    if family == "llama":
+        return load_llama(layers)
+    import transformers
+
+    if family == "qwen2":
+        cfg = transformers.Qwen2Config(
+            vocab_size=264, hidden_size=256, intermediate_size=768, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            tie_word_embeddings=False, use_cache=False)
+        cls = transformers.Qwen2ForCausalLM
+    elif family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=264, n_embd=256, n_inner=768, n_layer=layers,
+                                      n_head=4, n_positions=1024, use_cache=False)
+        cls = transformers.GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
+    torch.manual_seed(0)
+    model = cls(cfg).float().eval()
+    return (LoadedModel(f"additivity-{family}", model, source="config"),
+            f"{family} from config ({layers} layers, the demo's widths, random weights)")
+
+
 def random_configs(layers: list[str], n: int, rng: random.Random,
                    precisions: tuple[Precision, ...] = PRECISIONS) -> list[dict[str, Precision]]:
     """Per-layer precisions; each config draws its own mixture so configs range from mostly
@@ -129,6 +170,17 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
             # its own interleave group (hwcost.costs.gain_of)
             table = model_table(store, report.model_fingerprint, report.device, shape.key,
                                 [p.value for p in precisions], allow_unstable=True)
+            # the method's prediction, as the planner prices a plan: the same gains, anchored
+            # on the whole model's runs in each uniform precision where the campaign timed
+            # them (the compiled deployment: planner.anchors), less the formats' once-per-run
+            # costs
+            problem = build_problem(store, report.model_fingerprint, report.device, shape.key,
+                                    precisions=[p.value for p in precisions], method=None,
+                                    allow_unstable=True)
+            anchors = {key: row.median_us for p in precisions[1:]
+                       for key in (f"all:{p.value}", f"first:{p.value}")
+                       if (row := store.model_latency(report.model_fingerprint, report.device,
+                                                      shape.key, key, allow_unstable=True))}
         finally:
             store.close()
     costs = {(r.position, tuple(Precision(p) for p in r.config.split(","))): r.median_us
@@ -136,7 +188,7 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
     gains = {(e.position, tuple(Precision(p) for p in k.split(","))): table.gain(e, k)
              for e in table.entries for k in e.costs}
     return {"costs": costs, "gains": gains, "pieces": [item for item, _ in manifest],
-            "report": report.to_dict()}
+            "report": report.to_dict(), "problem": problem, "anchors_us": anchors}
 
 
 def same_window(model, part, baseline_model, cfg, inputs, captured, backend, threads, timing,
@@ -226,6 +278,20 @@ def measure_layers(model, layer_names, tokens, precisions, backend, threads, tim
     return out
 
 
+def a_a_noise(baseline_model, twin, inputs, backend, threads, timing: dict,
+              repeats: int) -> list[float]:
+    """The comparison's own noise: the fp32 model against a second deployment of itself
+    (``twin``), timed as each config is, ``repeats`` times: |twin / fp32 - 1| in %. No
+    predictor's median error can be read below this."""
+    out = []
+    for _ in range(repeats):
+        res = time_interleaved({"fp32": lambda inp: baseline_model(**inp),
+                                "config": lambda inp: twin(**inp)},
+                               inputs, backend, threads=threads, **timing)
+        out.append(abs(res["config"].median_us / res["fp32"].median_us - 1) * 100)
+    return out
+
+
 def macs(model, layer_names, batch, seq) -> tuple[dict[str, int], int]:
     """MACs of each linear layer, and of the attention matmuls (QK^T and PV, kept fp32)."""
     tokens = batch * seq
@@ -248,6 +314,7 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
     t0 = time.perf_counter()
     sub = profile_subgraphs(loaded, shape, precisions, threads, timing, deployment)
     costs, gains, pieces = sub["costs"], sub["gains"], sub["pieces"]  # manifest order
+    problem = sub["problem"]
     layers = [n for item in pieces for n in item.layer_names]
     configs = random_configs(layers, n_configs, random.Random(args.seed), precisions)
     n_unique = len({item.signature for item in pieces})
@@ -280,14 +347,27 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
             same_set, in_context = set(), set()
     captured = [part.capture_inputs(model, inp) for inp in inputs] if same_set else []
 
+    # the measured side of each comparison: the config and the fp32 model in the same
+    # rounds, with at least --compare-samples samples each (its noise bounds every
+    # predictor's error from below)
+    compare = {**timing.kwargs(),
+               "min_samples": max(timing.min_samples, 0 if timing.quick else args.compare_samples)}
+    aa = a_a_noise(baseline_model, wrap(apply_precisions(model, dict.fromkeys(
+        layers, Precision.FP32), backend, flow)), inputs, backend, threads, compare,
+        args.aa_repeats)
+    if aa:
+        print(f"[{deployment}] A/A: the fp32 model against a second fp32 deployment, "
+              f"{len(aa)} comparisons: median absolute difference {statistics.median(aa):.2f} %",
+              flush=True)
     rows = []
     for i, cfg in enumerate(configs):
         deployed = wrap(apply_precisions(model, cfg, backend, flow))
         res = time_interleaved({"fp32": lambda inp: baseline_model(**inp),
                                 "config": lambda inp, m=deployed: m(**inp)},
-                               inputs, backend, threads=threads, **timing.kwargs())
+                               inputs, backend, threads=threads, **compare)
         base, meas = res["fp32"].median_us, res["config"].median_us
         gain = sum(gains[(p.position, tuple(cfg[n] for n in p.layer_names))] for p in pieces)
+        planned = problem.plan_gain_us(problem.picks_of({n: v.value for n, v in cfg.items()}))
         # diagnostic: each config's median minus the baseline's own row, which may come from
         # another interleave group (what this benchmark computed before)
         raw_gain = sum(costs[(p.position, fp32_cfg[p.position])]
@@ -306,7 +386,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
         # predicted speedup, in microseconds. A shared machine runs everything 10-40 % slower
         # or faster from one window to the next (even on the thread clock); microseconds of
         # one window subtracted from a baseline of another would carry that into the error.
-        pred = {"method": base * (1 - gain / campaign_base),
+        pred = {"method": base * (1 - planned / problem.baseline_us),
+                "method_unanchored": base * (1 - gain / campaign_base),
                 "per_layer": base * (1 - layer_share), "macs": base * mac_cost,
                 # diagnostics: the same gains in microseconds of their own window, and the
                 # config medians minus the baseline's own row across interleave groups
@@ -333,8 +414,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                  if "same_window_context" in row else ""), flush=True)
 
     summary = {}
-    for k in ("method", "per_layer", "macs", "method_absolute", "per_layer_absolute",
-              "method_raw"):
+    for k in ("method", "method_unanchored", "per_layer", "macs", "method_absolute",
+              "per_layer_absolute", "method_raw"):
         errs = [r["abs_err_pct"][k] for r in rows]
         summary[k] = _stats(errs, [r["predicted_us"][k] for r in rows],
                             [r["measured_us"] for r in rows])
@@ -351,7 +432,14 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
         "n_configs": len(rows), "n_subgraphs": len(pieces), "n_unique_subgraphs": n_unique,
         "n_subgraph_configs_measured": sub["report"]["measured"],
         "speedup_range": [min(speedups), max(speedups)], "pieces_fp32_sum_us": pieces_fp32_us,
-        "summary": summary,
+        "compare_min_samples": compare["min_samples"], "aa_abs_diff_pct": aa,
+        "summary": summary, "anchor_scales": problem.gain_scales.get(shape.key, {}),
+        "anchor_presence_us": problem.presence_us.get(shape.key, {}),
+        # the campaign's whole-model runs, and each uniform config as the method prices it
+        # (the same microseconds): anchored, the two agree
+        "anchors_us": sub["anchors_us"], "uniform_priced_us": {
+            p.value: problem.baseline_us - problem.plan_gain_us(
+                problem.picks_of(dict.fromkeys(layers, p.value))) for p in precisions[1:]},
         "method_over_per_layer": (summary["method"]["median_abs_err_pct"] / per_layer_err
                                   if per_layer_err > 0 else float("inf")),
         "rows": rows, "campaign": sub["report"], "seconds": time.perf_counter() - t0}
@@ -374,7 +462,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the deployment the target lines read (its interactions are largest)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=6, help="layers of the fallback model")
+    ap.add_argument("--layers", type=int, default=6,
+                    help="layers of a model built from a config (the demo's are its own)")
+    ap.add_argument("--family", choices=FAMILIES, default="llama",
+                    help="llama: the demo model (else one of its size from its config); "
+                         "qwen2, gpt2: one of the demo's widths from that family's config "
+                         "(biased q/k/v; Conv1D with a fused qkv)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: all CPUs this process may use)")
     ap.add_argument("--seed", type=int, default=0)
@@ -400,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
                          "one: how much a piece's time depends on its neighbour")
     ap.add_argument("--passes", type=int, default=TimingOptions.passes,
                     help="the campaign's passes over its groups (profiling.md#passes)")
+    ap.add_argument("--compare-samples", type=int, default=60, metavar="N",
+                    help="at least N samples of the config and of the fp32 model in each "
+                         "end-to-end comparison (the measured side; --quick: the quick "
+                         "harness's)")
+    ap.add_argument("--aa-repeats", type=int, default=5, metavar="N",
+                    help="A/A comparisons (the fp32 model against a second deployment of "
+                         "itself) per deployment: the measured side's noise floor (0: off)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -417,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         timing = QUICK_TIMING
     shape = parse_shape(f"batch={args.batch},seq={args.seq}")
-    loaded, model_desc = load_llama(args.layers)
+    loaded, model_desc = load_family(args.family, args.layers)
     inputs = [loaded.inputs_for(shape, seed=k) for k in range(N_INPUTS)]
     print(f"model: {model_desc}; shape {shape.key}; threads {threads}", flush=True)
     runs = {}
@@ -427,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                                    threads, timing, n)
     main_run = runs[target_on]
     report = {
-        "benchmark": "additivity", "model": model_desc, "shape": shape.key,
+        "benchmark": "additivity", "model": model_desc, "family": args.family,
+        "shape": shape.key,
         "threads": threads, "clock": args.clock, "device": local_device("cpu").to_dict(),
         "timing": timing.kwargs(), "passes": timing.passes, "quick": args.quick, "target_on": target_on,
         # glibc's malloc thresholds pinned by the harness (profiles.allocator), or left moving
@@ -484,7 +585,10 @@ def _base(r: dict) -> float:
     return next(iter(r["campaign"]["baseline_us"].values()))
 
 
-_NAMES = {"method": "sum of subgraph gains (method)", "per_layer": "per-layer sum (HAWQ-V3)",
+_NAMES = {"method": "sum of subgraph gains (method; anchored where the campaign timed "
+                    "anchors, as the planner prices)",
+          "method_unanchored": "method, the pieces' own gains (not anchored) [diagnostic]",
+          "per_layer": "per-layer sum (HAWQ-V3)",
           "macs": "MACs x bits (scaled)",
           "method_absolute": "method, gains in us of the campaign's window [diagnostic]",
           "per_layer_absolute": "per-layer, gains in us of their window [diagnostic]",
@@ -530,7 +634,18 @@ def _markdown(r: dict) -> str:
             f"{d['n_subgraph_configs_measured']} subgraph configs measured; measured speedups "
             f"{d['speedup_range'][0]:.2f}x to {d['speedup_range'][1]:.2f}x; {d['seconds']:.0f} s. "
             f"Campaign: fp32 model {_base(d) / 1e3:.2f} ms; its subgraphs, each timed alone in "
-            f"fp32, sum to {d['pieces_fp32_sum_us'] / 1e3:.2f} ms.",
+            f"fp32, sum to {d['pieces_fp32_sum_us'] / 1e3:.2f} ms. "
+            + (("Anchor scales (the whole model's gain in each uniform precision over its "
+                "pieces', planner.anchors): " + ", ".join(
+                    f"{p} x{k:.2f}" + (f" +{d['anchor_presence_us'][p]:.0f} us/run"
+                                       if p in d.get("anchor_presence_us", {}) else "")
+                    for p, k in d["anchor_scales"].items()) + ".")
+               if d.get("anchor_scales") else "No anchors (the gains as the pieces measured).")
+            + (f" Each comparison: at least {d['compare_min_samples']} samples a side; A/A "
+               f"(the fp32 model against a second deployment of itself, "
+               f"{len(d['aa_abs_diff_pct'])} times): median absolute difference "
+               f"{statistics.median(d['aa_abs_diff_pct']):.2f} %, the floor under every "
+               "predictor's median error." if d.get("aa_abs_diff_pct") else ""),
             "",
             "| predictor | median abs err | p90 abs err | max abs err | rank corr |",
             "|---|---|---|---|---|"]

@@ -161,7 +161,7 @@ class Problem:
 
 
 def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
-                  precisions: Sequence[str] | None = None, method: str = "taylor",
+                  precisions: Sequence[str] | None = None, method: str | None = "taylor",
                   checkpoint: str | None = None, quantizer: str | None = None,
                   allow_unstable: bool = False, anchor: bool = True) -> Problem:
     """The planning problem of a stored model on a device and shape.
@@ -175,8 +175,11 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     quick and unstable timings (measurements and the whole-model baseline) only with
     ``allow_unstable``. Each measured gain is taken against the baseline timed with it; a
     subgraph with any config unmeasured takes all its gains from one fallback source.
-    At a decode shape the gains are anchored on whole-model steps (:func:`anchor_problem`)
-    unless ``anchor`` is False (the pieces' own gains, for diagnostics).
+    Where the campaign timed whole-model anchors (a decode shape, the compiled deployment)
+    the gains are anchored on them (:func:`anchor_problem`) unless ``anchor`` is False (the
+    pieces' own gains, for diagnostics). ``method=None``: the cost side alone, without a
+    sensitivity table (every option's loss 0; ``precisions`` must be named): how the planner
+    prices a plan's time, for benchmarks of the cost table.
     """
     from hwcost.costs import resolve_device
 
@@ -187,9 +190,15 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
     if not manifest:
         raise NoSuchModel(f"model {model.name!r} has an empty manifest; re-run `hwcost profile`")
     baseline = BASELINE.get(dev.kind, Precision.FP32).value
-    sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
     layers = manifest.layer_names
-    precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
+    if method is None:
+        if not precisions:
+            raise HwcostError("a problem without a sensitivity table needs its precisions named")
+        sens, key = {}, {}
+        precs = tuple(dict.fromkeys([baseline, *(parse_precision(p).value for p in precisions)]))
+    else:
+        sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
+        precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
     entries = _cost_entries(store, manifest, dev, shape_obj, precs, allow_unstable)
     kinds = {item.position: info.kind for item, info in manifest}
     rates = _mac_rates(dev, baseline, precs)
@@ -202,20 +211,21 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
                       device_kind=dev.kind, shape=shape_obj.key, baseline=baseline,
                       precisions=precs, choices=choices,
                       model_baseline_us=base_row.median_us if base_row else None,
-                      sensitivity={"method": method, **key}, model_ref=model, device_ref=dev)
+                      sensitivity={"method": method, **key} if method else {},
+                      model_ref=model, device_ref=dev)
     return anchor_problem(store, problem, allow_unstable) if anchor else problem
 
 
 def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Problem:
-    """A decode problem's gains anchored on the whole model's steps in each uniform
-    precision (:mod:`planner.anchors`), where the campaign timed them (beside the baseline
-    model, scaled to its window's baseline step: ``profiles.window.anchor_timings``). Other
-    shapes (a workload's problem: its decode buckets' problems were anchored one by one),
-    and a problem without a whole-model baseline, are returned as they are."""
+    """A problem's gains anchored on the whole model's runs in each uniform precision
+    (:mod:`planner.anchors`), where the campaign timed them (a decode shape, or any shape
+    under the compiled deployment, ``profiles.campaign.anchored_shape``; beside the baseline
+    model, scaled to its window's baseline: ``profiles.window.anchor_timings``). A workload's
+    problem (its buckets' problems were anchored one by one), a problem without a
+    whole-model baseline, and one without anchors stored are returned as they are."""
     from hwcost.planner.anchors import anchored, fit_anchors
 
-    if (is_workload_key(problem.shape) or problem.model_baseline_us is None
-            or parse_shape(problem.shape).phase != "decode"):
+    if is_workload_key(problem.shape) or problem.model_baseline_us is None:
         return problem
     whole = {problem.baseline: problem.model_baseline_us}
     for prec in problem.precisions[1:]:

@@ -462,9 +462,9 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
             todo = {}  # shape -> the precisions of its whole-model rows, when one is missing
             for shape in shape_list:
                 # a quick run accepts any stored row; a full run replaces quick or unstable ones
-                # (at a decode shape: the baseline's and each anchor's, timed in one window)
+                # (where anchored: the baseline's and each anchor's, timed in one window)
                 anchors = (_whole_model_precisions(store, report, tasks, shape, precs)
-                           if shape.phase == "decode" else precs[:1])
+                           if anchored_shape(shape, deployment) else precs[:1])
                 found = {key: store.model_latency(part.model_fingerprint, dev.fingerprint,
                                                   shape.key, key, allow_unstable=timing.quick)
                          for key in [f"all:{base.value}",
@@ -491,6 +491,15 @@ def run_campaign(store: Any, loaded: LoadedModel, device_kind: str = "cpu",
         torch.set_num_threads(before)
     report.elapsed_s = round(time.perf_counter() - start, 2)
     return report
+
+
+def anchored_shape(shape: Shape, deployment: str) -> bool:
+    """Whether a campaign times the whole model in each uniform precision at ``shape``
+    (``profiles.window.anchor_timings``), for the planner to anchor the pieces' gains on
+    (``planner.anchors``): at a decode shape (whether the weights stay in the cache depends
+    on the whole model's format) and under the compiled deployment (the whole model's graph
+    fuses across the pieces' edges, which no piece compiled alone can see)."""
+    return shape.phase == "decode" or deployment == "compiled"
 
 
 def _whole_model_precisions(store: Any, report: CampaignReport, tasks: Sequence[tuple],

@@ -128,7 +128,7 @@ def test_a_workload_plan_is_retimed_as_generate_requests(tmp_path, sqlite_url):
     doc = json.loads((tmp_path / "out" / "plan.json").read_text())["data"]
     assert doc["layers"] == summary.layers and any(n.startswith("re-timed ") for n in doc["notes"])
     # the decode buckets' gains were anchored on the whole model's steps in int8_wo
-    anchors = [n for n in doc["notes"] if n.startswith("decode gains anchored")]
+    anchors = [n for n in doc["notes"] if n.startswith("gains anchored")]
     assert anchors and "phase=decode: int8_wo x" in anchors[0], doc["notes"]
     assert summary.shape.startswith("workload:") and plans[-1].layers == summary.layers
     assert set(summary.layers.values()) <= {"fp32", "int8_wo"}

@@ -1,4 +1,4 @@
-"""Decode gains anchored on whole-model steps in each uniform precision (planner.anchors):
+"""Gains anchored on whole-model runs in each uniform precision (planner.anchors):
 the scales, the anchored problem, and the campaign rows the planner reads them from."""
 
 from __future__ import annotations
@@ -114,8 +114,22 @@ def test_build_problem_reads_the_campaigns_anchor_rows_and_can_leave_them_out(st
              for c in costly.choices]
     assert costly.baseline_us - costly.plan_gain_us(alone) == pytest.approx(
         400.0 - (0.6 * g1 - 0.1 * bf16))
-    # prefill shapes are never anchored, nor a workload's problem (its buckets were)
+    # a prefill shape without anchor rows (an eager campaign times none) is left as it is;
+    # with them (a compiled campaign times them at every shape) it is anchored the same way
     assert anchor_problem(store, build_problem(store, m.name, m.device, m.shape)).gain_scales == {}
+    pre = build_problem(store, m.name, m.device, m.shape, anchor=False)
+    bf16 = sum(c.uniform("bf16").gain_us for c in pre.choices)
+    whole = pre.subgraph_baseline_us
+    assert 0 < 0.8 * bf16 < whole
+    for prec, us in (("fp32", whole), ("bf16", whole - 0.8 * bf16)):
+        store.put_model_latency(m.name, m.device, m.shape, f"all:{prec}",
+                                SimpleNamespace(median_us=us, spread_us=1.0, n_samples=15))
+    compiled = build_problem(store, m.name, m.device, m.shape)
+    assert compiled.gain_scales == {m.shape: {"bf16": pytest.approx(0.8)}}
+    uniform = [next(j for j, o in enumerate(c.options) if set(o.config) == {"bf16"})
+               for c in compiled.choices]
+    assert predicted_speedup(compiled, uniform) == pytest.approx(whole / (whole - 0.8 * bf16))
+    # nor is a workload's problem (its buckets were)
     from hwcost.planner.workload import build_workload_problem
 
     wl, _ = build_workload_problem(store, m.name, m.device, "prompt=16,gen=1,batch=1")

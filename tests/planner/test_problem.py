@@ -108,6 +108,22 @@ def test_missing_sensitivity_is_a_clear_error(store):
         build_problem(store, m.name, m.device, m.shape)
 
 
+def test_the_cost_side_alone_needs_no_sensitivity_table(store):
+    """``method=None``: the problem a benchmark of the cost table prices plans with; the
+    same options and gains as the planner's, every loss 0."""
+    bare = populate(store, name="costonly", with_sensitivity=False)
+    with pytest.raises(HwcostError, match="needs its precisions named"):
+        build_problem(store, bare.name, bare.device, bare.shape, method=None)
+    p = build_problem(store, bare.name, bare.device, bare.shape, precisions=["int8"],
+                      method=None)
+    assert p.precisions == ("fp32", "int8") and p.sensitivity == {}
+    assert all(o.loss_mse == 0.0 for c in p.choices for o in c.options)
+    m = populate(store, name="costonly2")  # the same costs (seed 0), with a table
+    full = build_problem(store, m.name, m.device, m.shape, precisions=["int8"])
+    assert [[(o.key, o.gain_us) for o in c.options] for c in full.choices] == \
+        [[(o.key, o.gain_us) for o in c.options] for c in p.choices]
+
+
 def test_unmeasured_configs_fall_back_and_are_labelled(store):
     m = populate(store, name="partial", skip_configs=4)
     p = build_problem(store, m.name, m.device, m.shape)

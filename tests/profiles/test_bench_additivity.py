@@ -57,13 +57,72 @@ def test_quick_run_writes_results_and_target_line(additivity, tmp_path, monkeypa
     # one layer: attention head (3 slots), tail (1), MLP (3), lm_head (1); 2 precisions
     assert report["n_subgraph_configs_measured"] == 8 + 2 + 8 + 2
     assert report["precisions"] == ["fp32", "int8"]
-    assert set(report["summary"]) == {"method", "per_layer", "macs", "method_absolute",
-                                      "per_layer_absolute", "method_raw",
+    assert set(report["summary"]) == {"method", "method_unanchored", "per_layer", "macs",
+                                      "method_absolute", "per_layer_absolute", "method_raw",
                                       "method_same_window", "method_same_window_context"}
+    # an eager campaign times no anchors: the method's gains are the pieces' own
+    eager = report["deployments"]["eager"]
+    assert eager["anchor_scales"] == {} and eager["anchors_us"] == {}
+    assert eager["compare_min_samples"] == 5  # --quick: the quick harness's samples
+    assert len(eager["aa_abs_diff_pct"]) == 5 and all(x >= 0 for x in eager["aa_abs_diff_pct"])
     assert report["allocator"] == "pinned" or report["allocator"].startswith("dynamic")
     # config 0: the plain diagnostic; config 1: plain and with each piece after the one before
     row0, row1 = report["rows"]
     assert "same_window" in row0 and "same_window_context" not in row0
     assert {"same_window", "same_window_context"} <= set(row1)
     assert row1["same_window_context"]["measured_us"] > 0
-    assert "| sum of subgraph gains (method) |" in (tmp_path / "additivity.md").read_text()
+    assert "| sum of subgraph gains (method; anchored where the campaign timed anchors, as " \
+        "the planner prices) |" in (tmp_path / "additivity.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_compiled_run_anchors_the_methods_gains(additivity, tmp_path, monkeypatch):
+    """Under the compiled deployment the campaign times the whole model in each uniform
+    precision beside the fp32 model, and the method prices a config as the planner does:
+    the pieces' gains anchored on those runs (planner.anchors)."""
+    from hwcost.errors import ModelLoadError
+
+    def no_demo(spec):
+        raise ModelLoadError("no demo model in this test")
+
+    monkeypatch.setattr(additivity, "load_model", no_demo)
+    rc = additivity.main(["--compiled-configs", "2", "--layers", "1", "--seq", "16",
+                          "--threads", "1", "--compiled-precisions", "fp32,int8", "--quick",
+                          "--deployments", "compiled", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "additivity.json").read_text())
+    run = report["deployments"]["compiled"]
+    assert set(run["anchor_scales"]) == {"int8"}
+    k = run["anchor_scales"]["int8"]
+    assert 0.0 <= k <= 4.0
+    # the campaign's whole int8 model, and the model with only its first piece in int8,
+    # priced as they measured (both anchors exact); the pieces' own gains are not
+    assert set(run["anchors_us"]) == {"all:int8", "first:int8"}
+    if 0.0 < k < 4.0:  # a clamped scale (quick timings of a tiny model) prices no anchor
+        assert run["uniform_priced_us"]["int8"] == pytest.approx(run["anchors_us"]["all:int8"])
+    rows = run["rows"]
+    if abs(k - 1.0) > 1e-6:
+        assert [r["predicted_us"]["method"] for r in rows] != pytest.approx(
+            [r["predicted_us"]["method_unanchored"] for r in rows], rel=1e-9)
+    assert "Anchor scales" in (tmp_path / "additivity.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_other_families_are_built_at_the_demos_widths(additivity, family):
+    """``--family``: a biased-q/k/v Qwen2 and a Conv1D GPT-2 with a fused qkv, each with
+    layers the benchmark prices (linear parameters, MAC counts) and a config key."""
+    from hwcost.profiles.backends import linear_params
+
+    loaded, desc = additivity.load_family(family, 1)
+    assert family in desc and loaded.source == "config"
+    model = loaded.model
+    layer = ("model.layers.0.self_attn.q_proj" if family == "qwen2"
+             else "transformer.h.0.attn.c_attn")
+    w, b = linear_params(model.get_submodule(layer))
+    assert b is not None and w.shape[1] == 256
+    if family == "gpt2":
+        assert w.shape[0] == 3 * 256  # q, k and v in one projection
+    per_layer, attn = additivity.macs(model, [layer], 1, 16)
+    assert per_layer[layer] == 16 * w.shape[0] * w.shape[1] and attn > 0
+    with pytest.raises(ValueError, match="unknown family"):
+        additivity.load_family("bloom", 1)
