@@ -146,7 +146,7 @@ def test_a_decode_shape_times_the_whole_model_in_each_precision_as_an_anchor(
     layer in each other precision, timed beside the baseline model one precision at a time
     (one deployed copy at most), both after their own previous step, and stored as
     ``all:<precision>``: its ratio to that baseline times the window's baseline. A prefill
-    shape has none."""
+    shape has none in an eager campaign (a compiled one times them at every shape)."""
     from hwcost.profiles import campaign as campaign_mod
 
     calls = _record(monkeypatch)
