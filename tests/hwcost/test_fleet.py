@@ -104,7 +104,10 @@ def test_kill_half_the_workers_then_restart_every_task_measured_once(store_url, 
     open_store(store_url).close()
     cid, n = _campaign(store_url, 90)
     names = [f"w{i}" for i in range(8)]
-    procs = _start(store_url, cid, names, tmp_path, 0.05, 1.0)
+    # 0.2 s a task: the campaign takes ~10 s, so the kill lands mid-campaign even when this
+    # process is starved by the rest of a full suite (at 0.05 s it once took ~2 s, a starved
+    # poll missed it, and the victims had ended before the signal: ProcessLookupError)
+    procs = _start(store_url, cid, names, tmp_path, 0.2, 1.0)
     with open_store(store_url) as s:
         deadline = time.time() + 60
         while s.campaign_progress(cid).done < n // 4 and time.time() < deadline:
