@@ -65,7 +65,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hwcost.planner.problem import build_problem  # noqa: E402
+from hwcost.planner.problem import anchor_problem, anchor_rows, build_problem  # noqa: E402
 from hwcost.profiles.allocator import MALLOC_ENV, steady_allocator  # noqa: E402
 from hwcost.profiles.backends import apply_precisions, get_backend, linear_params  # noqa: E402
 from hwcost.profiles.backends.interact import compile_deployed, trace_dataflow  # noqa: E402
@@ -75,7 +75,6 @@ from hwcost.profiles.loading import LoadedModel, load_model  # noqa: E402
 from hwcost.profiles.partition import partition  # noqa: E402
 
 from bench.common import cpu_timing  # noqa: E402
-from hwcost.costs import model_table  # noqa: E402
 from hwcost.device import local_device  # noqa: E402
 from hwcost.errors import ModelLoadError  # noqa: E402
 from hwcost.precision import Precision, parse_precisions  # noqa: E402
@@ -166,28 +165,23 @@ def profile_subgraphs(loaded, shape, precisions, threads, timing, deployment="ea
             rows = store.model_costs(report.model_fingerprint, report.device, shape.key,
                                      allow_unstable=True)
             _, manifest = store.manifest(report.model_fingerprint)
-            # the gains as the planner takes them: each config against the baseline timed in
-            # its own interleave group (hwcost.costs.gain_of)
-            table = model_table(store, report.model_fingerprint, report.device, shape.key,
-                                [p.value for p in precisions], allow_unstable=True)
-            # the method's prediction, as the planner prices a plan: the same gains, anchored
-            # on the whole model's runs in each uniform precision where the campaign timed
-            # them (the compiled deployment: planner.anchors), less the formats' once-per-run
-            # costs
-            problem = build_problem(store, report.model_fingerprint, report.device, shape.key,
-                                    precisions=[p.value for p in precisions], method=None,
-                                    allow_unstable=True)
-            anchors = {key: row.median_us for p in precisions[1:]
-                       for key in (f"all:{p.value}", f"first:{p.value}")
-                       if (row := store.model_latency(report.model_fingerprint, report.device,
-                                                      shape.key, key, allow_unstable=True))}
+            # the gains as the planner takes them (one read of the cost table serves both):
+            # each config against the baseline timed in its own interleave group
+            # (hwcost.costs.gain_of), and those gains anchored on the whole model's runs in
+            # each uniform precision where the campaign timed them (the compiled deployment:
+            # planner.anchors), less the formats' once-per-run costs: the method's prediction
+            raw = build_problem(store, report.model_fingerprint, report.device, shape.key,
+                                precisions=[p.value for p in precisions], method=None,
+                                allow_unstable=True, anchor=False)
+            problem = anchor_problem(store, raw, allow_unstable=True)
+            whole, first = anchor_rows(store, raw, allow_unstable=True)
         finally:
             store.close()
     costs = {(r.position, tuple(Precision(p) for p in r.config.split(","))): r.median_us
              for r in rows}
-    gains = {(e.position, tuple(Precision(p) for p in k.split(","))): table.gain(e, k)
-             for e in table.entries for k in e.costs}
-    return {"costs": costs, "gains": gains, "pieces": [item for item, _ in manifest],
+    anchors = {**{f"all:{p}": us for p, us in whole.items() if p != raw.baseline},
+               **{f"first:{p}": us for p, us in first.items()}}
+    return {"costs": costs, "raw": raw, "pieces": [item for item, _ in manifest],
             "report": report.to_dict(), "problem": problem, "anchors_us": anchors}
 
 
@@ -313,8 +307,8 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
     wrap = compile_deployed if deployment == "compiled" else (lambda m: m)
     t0 = time.perf_counter()
     sub = profile_subgraphs(loaded, shape, precisions, threads, timing, deployment)
-    costs, gains, pieces = sub["costs"], sub["gains"], sub["pieces"]  # manifest order
-    problem = sub["problem"]
+    costs, pieces = sub["costs"], sub["pieces"]  # manifest order
+    raw, problem = sub["raw"], sub["problem"]
     layers = [n for item in pieces for n in item.layer_names]
     configs = random_configs(layers, n_configs, random.Random(args.seed), precisions)
     n_unique = len({item.signature for item in pieces})
@@ -366,8 +360,9 @@ def run_deployment(deployment: str, args, loaded, inputs, shape, precisions, bac
                                 "config": lambda inp, m=deployed: m(**inp)},
                                inputs, backend, threads=threads, **compare)
         base, meas = res["fp32"].median_us, res["config"].median_us
-        gain = sum(gains[(p.position, tuple(cfg[n] for n in p.layer_names))] for p in pieces)
-        planned = problem.plan_gain_us(problem.picks_of({n: v.value for n, v in cfg.items()}))
+        names = {n: v.value for n, v in cfg.items()}
+        gain, planned = raw.plan_gain_us(raw.picks_of(names)), problem.plan_gain_us(
+            problem.picks_of(names))
         # diagnostic: each config's median minus the baseline's own row, which may come from
         # another interleave group (what this benchmark computed before)
         raw_gain = sum(costs[(p.position, fp32_cfg[p.position])]

@@ -195,7 +195,7 @@ def build_problem(store, model_ref: str, device: str, shape: str | Shape, *,
         if not precisions:
             raise HwcostError("a problem without a sensitivity table needs its precisions named")
         sens, key = {}, {}
-        precs = tuple(dict.fromkeys([baseline, *(parse_precision(p).value for p in precisions)]))
+        precs = _baseline_first(baseline, precisions)
     else:
         sens, key = _sensitivity_table(store, model, method, checkpoint, quantizer)
         precs = _choose_precisions(dev.kind, baseline, precisions, sens, layers, model.name)
@@ -227,20 +227,25 @@ def anchor_problem(store, problem: Problem, allow_unstable: bool = False) -> Pro
 
     if is_workload_key(problem.shape) or problem.model_baseline_us is None:
         return problem
-    whole = {problem.baseline: problem.model_baseline_us}
-    for prec in problem.precisions[1:]:
-        row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
-                                  f"all:{prec}", allow_unstable=allow_unstable)
-        if row is not None:
-            whole[prec] = row.median_us
-    first = {}
-    for prec in whole:
-        row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
-                                  f"first:{prec}", allow_unstable=allow_unstable)
-        if row is not None:
-            first[prec] = row.median_us
-    fit = fit_anchors(problem, whole, first)
+    fit = fit_anchors(problem, *anchor_rows(store, problem, allow_unstable))
     return anchored(problem, fit.scales, fit.presence_us)
+
+
+def anchor_rows(store, problem: Problem, allow_unstable: bool = False
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """The campaign's whole-model runs at the problem's shape, in microseconds: every layer
+    in each precision (``all:<p>``, the baseline's being ``model_baseline_us``) and only the
+    first piece in it (``first:<p>``), ``({precision: us}, {precision: us})``; precisions
+    without a row are left out."""
+    def read(kind: str, prec: str) -> float | None:
+        row = store.model_latency(problem.model_ref, problem.device_ref, problem.shape,
+                                  f"{kind}:{prec}", allow_unstable=allow_unstable)
+        return row.median_us if row is not None else None
+
+    whole = {problem.baseline: problem.model_baseline_us} if problem.model_baseline_us else {}
+    whole.update({p: us for p in problem.precisions[1:] if (us := read("all", p)) is not None})
+    first = {p: us for p in whole if (us := read("first", p)) is not None}
+    return whole, first
 
 
 def _sensitivity_table(store, model, method: str, checkpoint: str | None,
@@ -274,11 +279,8 @@ def _sensitivity_table(store, model, method: str, checkpoint: str | None,
 def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
                        sens: dict, layers: list[str], model_name: str) -> tuple[str, ...]:
     have = {p for _, p in sens}
-    if asked:
-        precs = [parse_precision(p).value for p in asked]
-    else:
-        precs = [p.value for p in CANDIDATES.get(kind, ()) if p.value in have or p.value == baseline]
-    precs = [baseline] + [p for p in dict.fromkeys(precs) if p != baseline]
+    precs = _baseline_first(baseline, asked or [
+        p.value for p in CANDIDATES.get(kind, ()) if p.value in have or p.value == baseline])
     for p in precs[1:]:
         missing = [n for n in layers if (n, p) not in sens]
         if missing:
@@ -290,6 +292,11 @@ def _choose_precisions(kind: str, baseline: str, asked: Sequence[str] | None,
         raise HwcostError(f"nothing to plan: no precision besides the baseline {baseline} has a "
                           f"sensitivity table for {model_name!r}")
     return tuple(precs)
+
+
+def _baseline_first(baseline: str, names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` parsed, each once, after the baseline."""
+    return tuple(dict.fromkeys([baseline, *(parse_precision(p).value for p in names)]))
 
 
 def _cost_entries(store, manifest, dev, shape: Shape, precs: tuple[str, ...],
