@@ -282,3 +282,37 @@ def test_a_single_shape_is_timed_in_one_window_whatever_the_passes(sqlite_url, m
                            progress=False)
         assert len([c for c, _ in calls if "model" in c]) == 1
         assert rep.window_passes_us == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_a_compiled_campaign_anchors_a_prefill_shape_on_other_families(family, sqlite_url):
+    """Under the compiled deployment the whole model fuses across its pieces' edges, so a
+    compiled campaign times the anchors at a prefill shape too (``anchored_shape``), here on
+    a Conv1D GPT-2 with a fused, biased qkv and on a BERT encoder; the planner's problem is
+    anchored on them, each uniform plan priced as its whole model measured."""
+    from hwcost.planner.problem import build_problem
+    from hwcost.profiles.campaign import anchored_shape
+
+    from hwcost.shape import parse_shape
+
+    assert anchored_shape(parse_shape(SHAPE), "compiled")
+    assert not anchored_shape(parse_shape(SHAPE), "eager")
+    loaded = LoadedModel(f"compiled-{family}", getattr(families, family)()[0].eval(), None,
+                         "test")
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, loaded, "cpu", [SHAPE], "fp32,int8", threads=1, n_inputs=2,
+                           timing=QUICK_TIMING, progress=False, deployment="compiled")
+        assert rep.failed == 0, rep.errors
+        key = rep.model_fingerprint, rep.device, SHAPE
+        whole = {k: store.model_latency(*key, k, allow_unstable=True)
+                 for k in ("all:fp32", "all:int8", "first:int8")}
+        assert all(row is not None and row.median_us > 0 for row in whole.values())
+        problem = build_problem(store, rep.model_fingerprint, rep.device, SHAPE,
+                                precisions=["int8"], method=None, allow_unstable=True)
+        k = problem.gain_scales[SHAPE]["int8"]
+        assert problem.model_baseline_us == pytest.approx(whole["all:fp32"].median_us)
+        if 0.0 < k < 4.0:  # a clamped scale (quick timings of a tiny model) prices no anchor
+            uniform = problem.picks_of(dict.fromkeys(problem.layers, "int8"))
+            assert problem.baseline_us - problem.plan_gain_us(uniform) == pytest.approx(
+                whole["all:int8"].median_us)

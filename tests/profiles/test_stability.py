@@ -93,6 +93,55 @@ def test_an_unstable_run_is_refused_and_stores_nothing_as_good(sqlite_url, busy_
     assert elapsed < 60
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(runnable_tasks() is None, reason="no /proc/stat to read the load from")
+def test_a_loaded_compiled_campaigns_anchors_are_refused_and_never_anchor_a_plan(
+        sqlite_url, monkeypatch):
+    """A compiled campaign times whole-model anchors at prefill (planner.anchors). The load
+    competes with the whole-model window alone (the pieces, compiled one by one, are timed
+    on the quiet machine, which keeps the test short): its rows are stored for inspection,
+    never as good, and the planner's problem keeps the pieces' own gains unless asked for
+    unstable rows."""
+    from hwcost.profiles import campaign as campaign_mod
+
+    real = campaign_mod.time_windows
+
+    def under_load(*args, **kwargs):
+        busy = "import time\nend = time.time() + 300\nwhile time.time() < end:\n    pass\n"
+        procs = [subprocess.Popen([sys.executable, "-c", busy])
+                 for _ in range(2 * usable_cpus())]
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline and (runnable_tasks() or 0) < len(procs):
+                time.sleep(0.05)  # until the scheduler sees them
+            return real(*args, **kwargs)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+
+    monkeypatch.setattr(campaign_mod, "time_windows", under_load)
+    strict = StabilityPolicy(max_load=1.25, max_drift=0.05, wait_s=0.3, budget_s=1.0)
+    timing = TimingOptions(min_samples=5, warmup_max_s=0.05, max_seconds=0.0,
+                           min_sample_us=0.0, policy=strict)
+    with open_store(sqlite_url) as store:
+        rep = run_campaign(store, _tiny(), "cpu", [SHAPE], "fp32,int8", threads=1, n_inputs=2,
+                           timing=timing, progress=False, deployment="compiled")
+        key = rep.model_fingerprint, rep.device, "batch=1,seq=8,phase=prefill"
+        for row in ("all:fp32", "all:int8", "first:int8"):
+            assert store.model_latency(*key, row) is None  # never as good
+            kept = store.model_latency(*key, row, allow_unstable=True)
+            assert kept is not None and not kept.stable
+        assert any(r.startswith("whole model: ") for r in rep.unstable_reasons)
+        loose = build_problem(store, rep.model_fingerprint, rep.device, SHAPE,
+                              precisions=["int8"], method=None, allow_unstable=True)
+        assert set(loose.gain_scales[key[2]]) == {"int8"}  # anchored when asked
+        if store.model_costs(*key):  # the pieces' timings came out good: plan from them
+            plain = build_problem(store, rep.model_fingerprint, rep.device, SHAPE,
+                                  precisions=["int8"], method=None)
+            assert plain.gain_scales == {} and plain.model_baseline_us is None
+
+
 def test_judge_names_the_first_failing_figure():
     p = StabilityPolicy(max_load=1.0, max_drift=0.05, remeasure_spread=0.05, max_spread=0.15)
     assert judge(0.01, 0.01, [1.0, 1.0], 2, p).ok
